@@ -1,0 +1,75 @@
+// Parsing of flag values shared by the subcommands. Each failure is a UsageError: one line,
+// naming the flag and what a good value looks like; the CLI exits 2 on it.
+import type { HostPort } from "../config/snapshot.js";
+import type { UpstreamRequest } from "../controlplane/controlplane.js";
+import { isValidServiceName } from "../config/validate.js";
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/**
+ * Go's flag package takes `-service web`; commander wants `--service web`. Rewrite every
+ * multi-letter single-dash flag before a bare `--`, leaving `-h` and negative numbers alone.
+ */
+export function goStyleArgv(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  let rest = false;
+  for (const a of argv) {
+    if (a === "--") rest = true;
+    out.push(!rest && /^-[a-zA-Z][a-zA-Z0-9-]+(=.*)?$/.test(a) ? `-${a}` : a);
+  }
+  return out;
+}
+
+export function parsePort(flag: string, raw: string, s: string, allowZero = false): number {
+  if (!/^\d+$/.test(s)) throw new UsageError(`${flag} "${raw}": port "${s}" is not a number`);
+  const n = Number(s);
+  if (n > 65535 || n < (allowZero ? 0 : 1)) throw new UsageError(`${flag} "${raw}": port ${n} is out of range (${allowZero ? 0 : 1}-65535)`);
+  return n;
+}
+
+/** `host:port`, `[v6]:port` or `:port` (all interfaces, as Go's net.Listen reads it). */
+export function parseHostPort(flag: string, raw: string, defaultHost: string, allowZero = false): HostPort {
+  const i = raw.lastIndexOf(":");
+  if (i < 0) throw new UsageError(`${flag} "${raw}": want host:port, e.g. 127.0.0.1:8080`);
+  let host = raw.slice(0, i);
+  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
+  if (host === "") host = defaultHost;
+  if (/\s/.test(host)) throw new UsageError(`${flag} "${raw}": "${host}" is not a host`);
+  return { host, port: parsePort(flag, raw, raw.slice(i + 1), allowZero) };
+}
+
+/**
+ * `-upstream name:port` or `name:host:port`, as Consul's built-in proxy takes it. The name may
+ * carry `.service`; `.query` (prepared queries) needs a Consul agent.
+ */
+export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest {
+  const parts = raw.split(":");
+  if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === "" && parts.length === 2)) {
+    throw new UsageError(`-upstream "${raw}": want name:port or name:host:port, e.g. db:8181`);
+  }
+  let name = parts[0]!;
+  if (name.endsWith(".service")) name = name.slice(0, -".service".length);
+  else if (name.endsWith(".query")) {
+    if (!allowQuery) throw new UsageError(`-upstream "${raw}": prepared queries (.query) need a Consul agent (-http-addr)`);
+    name = name.slice(0, -".query".length);
+  } else if (name.includes(".") && !isValidServiceName(name)) {
+    throw new UsageError(`-upstream "${raw}": type must be .service or .query`);
+  }
+  if (!isValidServiceName(name)) throw new UsageError(`-upstream "${raw}": "${name}" is not a valid service name`);
+  const bind = parts.length === 2 ? { host: "127.0.0.1", port: parsePort("-upstream", raw, parts[1]!, true) } : parseHostPort("-upstream", `${parts[1]}:${parts[2]}`, "127.0.0.1", true);
+  return { name, bind };
+}
+
+export function parseBool(flag: string): (v: string) => boolean {
+  return (v: string) => {
+    const l = v.toLowerCase();
+    if (["1", "t", "true", "yes"].includes(l)) return true;
+    if (["0", "f", "false", "no"].includes(l)) return false;
+    throw new UsageError(`${flag}: "${v}" is not a boolean (true or false)`);
+  };
+}

@@ -1,0 +1,218 @@
+// The command line, with Consul's built-in proxy flags (single or double dash) and our own.
+// Commander parses; this file turns its values into typed options and validates them.
+import { readFileSync } from "node:fs";
+import { Command, CommanderError, Option } from "commander";
+import { goStyleArgv, parseBool, parseHostPort, parseUpstream, UsageError } from "./args.js";
+import { parseLevel, type Level } from "../telemetry/log.js";
+import { parseDurationMs } from "../config/duration.js";
+import { isValidServiceName } from "../config/validate.js";
+import { defaultDataDir } from "../controlplane/dev/state.js";
+import { DEFAULTS, type HostPort } from "../config/snapshot.js";
+import type { ProxyRequest } from "../controlplane/controlplane.js";
+
+export interface ProxyCommand {
+  readonly request: ProxyRequest;
+  readonly dataDir: string;
+  readonly consul: { readonly httpAddr: string; readonly token: string | undefined } | null;
+  readonly sidecarFor: string | undefined;
+  readonly admin: HostPort | null;
+  /** False when -admin-addr was left at its default: a taken default port is not fatal. */
+  readonly adminExplicit: boolean;
+  readonly logLevel: Level;
+  readonly logJson: boolean;
+  readonly drainTimeoutMs: number;
+}
+
+interface RawProxyOptions {
+  service?: string;
+  upstream: string[];
+  listen?: string;
+  serviceAddr?: string;
+  proxyId?: string;
+  sidecarFor?: string;
+  httpAddr?: string;
+  token?: string;
+  tokenFile?: string;
+  logLevel: string;
+  logJson: boolean;
+  dataDir: string;
+  adminAddr: string;
+  drainTimeout: string;
+  register: boolean;
+}
+
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
+/** Turns commander's values into a validated ProxyCommand, or throws a UsageError. */
+export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): ProxyCommand {
+  const logLevel = parseLevel(o.logLevel);
+  if (!logLevel) throw new UsageError(`-log-level "${o.logLevel}": want trace, debug, info, warn or error`);
+  const consul = o.httpAddr ? { httpAddr: o.httpAddr, token: readToken(o) } : null;
+  if (!o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
+  if (!consul && o.sidecarFor) throw new UsageError("-sidecar-for reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR");
+  if (!consul && !o.service) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
+  if (o.service && !isValidServiceName(o.service)) throw new UsageError(`-service "${o.service}": not a valid service name (letters, digits, - _ .)`);
+  if (o.listen && !o.serviceAddr) throw new UsageError("-listen requires -service-addr (the local app's host:port that inbound connections are forwarded to)");
+  if (o.serviceAddr && !o.listen) throw new UsageError("-service-addr needs -listen (the public mTLS listener's host:port)");
+  if (o.register && !consul) throw new UsageError("-register registers the proxy in a Consul agent: give -http-addr or CONSUL_HTTP_ADDR (the dev control plane registers on its own)");
+  const upstreams = o.upstream.map((u) => parseUpstream(u, consul !== null));
+  const byName = new Map(upstreams.map((u) => [u.name, u]));
+  const drainTimeoutMs = parseDurationMs(o.drainTimeout);
+  if (drainTimeoutMs === null) throw new UsageError(`-drain-timeout "${o.drainTimeout}": want a duration like 15s`);
+  const admin = o.adminAddr === "" ? null : parseHostPort("-admin-addr", o.adminAddr, "127.0.0.1", true);
+  return {
+    request: {
+      service: o.service ?? "",
+      ...(o.proxyId ? { proxyId: o.proxyId } : {}),
+      ...(o.listen && o.serviceAddr
+        ? { publicListener: { bind: parseHostPort("-listen", o.listen, "0.0.0.0", true), localApp: parseHostPort("-service-addr", o.serviceAddr, "127.0.0.1") } }
+        : {}),
+      // Consul keys upstreams by name: a repeated name overwrites the earlier one.
+      upstreams: [...byName.values()].sort((a, b) => a.name.localeCompare(b.name)),
+    },
+    dataDir: o.dataDir,
+    consul,
+    sidecarFor: o.sidecarFor,
+    admin,
+    adminExplicit,
+    logLevel,
+    logJson: o.logJson,
+    drainTimeoutMs,
+  };
+}
+
+function readToken(o: RawProxyOptions): string | undefined {
+  if (!o.tokenFile) return o.token;
+  try {
+    return readFileSync(o.tokenFile, "utf8").trim();
+  } catch (e) {
+    throw new UsageError(`-token-file "${o.tokenFile}": ${(e as Error).message}`);
+  }
+}
+
+export interface Handlers {
+  proxy(cmd: ProxyCommand): Promise<number>;
+  intention(action: "create" | "delete" | "list" | "check", args: string[], opts: { dataDir: string; allow: boolean; deny: boolean; replace: boolean; description?: string }): Promise<number>;
+  demo(opts: { dataDir?: string; count?: number; interval: number }): Promise<number>;
+}
+
+export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => void): Command {
+  const program = new Command("meshproxy")
+    .description("A service-mesh sidecar proxy: mTLS, intentions and traffic management for Consul Connect meshes.\nFlags take one dash or two: -service web or --service web.")
+    .usage("-service <name> [-listen host:port -service-addr host:port] [-upstream name:port ...]")
+    .helpOption("-h, --help", "show this help")
+    .showSuggestionAfterError(false)
+    .exitOverride();
+
+  program
+    .addOption(new Option("--service <name>", "name of the service this proxy represents"))
+    .addOption(new Option("--upstream <name:port>", "upstream listener: name:port or name:host:port (repeatable)").argParser(collect).default([]))
+    .addOption(new Option("--listen <host:port>", "public mTLS listener address (needs -service-addr)"))
+    .addOption(new Option("--service-addr <host:port>", "address of the local app that inbound connections are forwarded to"))
+    .addOption(new Option("--proxy-id <id>", "proxy instance id (with a Consul agent: the registered connect-proxy service id)").env("CONNECT_PROXY_ID"))
+    .addOption(new Option("--sidecar-for <id>", "app service id whose sidecar registration to use (Consul agent)").env("CONNECT_SIDECAR_FOR"))
+    .addOption(new Option("--http-addr <addr>", "Consul agent HTTP address; selects the Consul control plane").env("CONSUL_HTTP_ADDR"))
+    .addOption(new Option("--token <token>", "ACL token for the Consul agent").env("CONSUL_HTTP_TOKEN"))
+    .addOption(new Option("--token-file <path>", "file holding the ACL token (wins over -token)").env("CONSUL_HTTP_TOKEN_FILE"))
+    .addOption(new Option("--register [bool]", "register the proxy in the Consul agent").argParser(parseBool("-register")).preset(true).default(false))
+    .addOption(new Option("--log-level <level>", "trace, debug, info, warn or error").default("info"))
+    .addOption(new Option("--log-json [bool]", "log one JSON object per line").argParser(parseBool("-log-json")).preset(true).default(false))
+    .addOption(new Option("--data-dir <dir>", "dev control plane state directory (CA, catalog, intentions)").env("MESHPROXY_DATA_DIR").default(defaultDataDir()))
+    .addOption(new Option("--admin-addr <host:port>", "admin API address (empty to disable)").default(`${DEFAULTS.adminAddr.host}:${DEFAULTS.adminAddr.port}`))
+    .addOption(new Option("--drain-timeout <duration>", "how long open connections may finish on shutdown").default("15s"))
+    .action((opts: RawProxyOptions, cmd: Command) => {
+      const adminExplicit = cmd.getOptionValueSource("adminAddr") !== "default";
+      setResult(h.proxy(toProxyCommand(opts, adminExplicit)));
+    });
+
+  const intention = program.command("intention").description("manage intentions in the dev control plane (like `consul intention`)");
+  const dataDirOption = () => new Option("--data-dir <dir>", "dev control plane state directory").env("MESHPROXY_DATA_DIR").default(defaultDataDir());
+  intention
+    .command("create")
+    .description("create an intention: meshproxy intention create -deny web db")
+    .argument("<source>")
+    .argument("<destination>")
+    .option("--allow", "allow the connection (default)", false)
+    .option("--deny", "deny the connection", false)
+    .option("--replace", "replace an existing intention for the same pair", false)
+    .option("--description <text>", "free-form description")
+    .addOption(dataDirOption())
+    .action((src: string, dst: string, o: { allow: boolean; deny: boolean; replace: boolean; description?: string; dataDir: string }) =>
+      setResult(h.intention("create", [src, dst], o)),
+    );
+  intention
+    .command("delete")
+    .description("delete the intention for a source and destination")
+    .argument("<source>")
+    .argument("<destination>")
+    .addOption(dataDirOption())
+    .action((src: string, dst: string, o: { dataDir: string }) => setResult(h.intention("delete", [src, dst], { ...o, allow: false, deny: false, replace: false })));
+  intention
+    .command("list")
+    .description("list intentions in precedence order")
+    .addOption(dataDirOption())
+    .action((o: { dataDir: string }) => setResult(h.intention("list", [], { ...o, allow: false, deny: false, replace: false })));
+  intention
+    .command("check")
+    .description("would a connection from source to destination be allowed?")
+    .argument("<source>")
+    .argument("<destination>")
+    .addOption(dataDirOption())
+    .action((src: string, dst: string, o: { dataDir: string }) => setResult(h.intention("check", [src, dst], { ...o, allow: false, deny: false, replace: false })));
+
+  program
+    .command("demo")
+    .description("start a complete local mesh (two apps, their sidecars, the dev control plane) and send requests across it")
+    .option("--data-dir <dir>", "state directory (default: a fresh temporary one)")
+    .option("--count <n>", "stop after n requests (default: run until Ctrl-C)", (v) => {
+      const n = Number(v);
+      if (!Number.isInteger(n) || n < 1) throw new UsageError(`-count "${v}": want a positive whole number`);
+      return n;
+    })
+    .option("--interval <ms>", "milliseconds between requests", (v) => {
+      const n = Number(v);
+      if (!Number.isFinite(n) || n < 10) throw new UsageError(`-interval "${v}": want milliseconds ≥ 10`);
+      return n;
+    }, 1000)
+    .action((o: { dataDir?: string; count?: number; interval: number }) => setResult(h.demo(o)));
+
+  for (const c of [program, intention, ...intention.commands, ...program.commands]) c.exitOverride();
+  return program;
+}
+
+/** Runs the CLI; returns the exit code. Usage errors print one line and return 2. */
+export async function runCli(argv: readonly string[], h: Handlers, write = (s: string) => void process.stderr.write(s)): Promise<number> {
+  let result: Promise<number> = Promise.resolve(0);
+  const program = buildProgram(h, (p) => (result = p));
+  program.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
+  for (const c of program.commands) c.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
+  for (const c of program.commands.flatMap((c) => c.commands)) c.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
+  try {
+    await program.parseAsync(goStyleArgv(argv), { from: "user" });
+    return await result;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.help" || e.code === "commander.version") return 0;
+      write(`meshproxy: ${commanderMessage(e)}\n`);
+      return 2;
+    }
+    if (e instanceof UsageError) {
+      write(`meshproxy: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+/** Commander says `--flag`; the user may have typed `-flag`. Say it the Consul way. */
+function commanderMessage(e: CommanderError): string {
+  const m = e.message.replace(/^error: /, "");
+  if (e.code === "commander.unknownOption") {
+    const flag = /'(-[^']+)'/.exec(m)?.[1] ?? m;
+    return `unknown flag ${flag.replace(/^--/, "-")} (run meshproxy -h for the list)`;
+  }
+  if (e.code === "commander.invalidArgument" || e.code === "commander.optionMissingArgument") return m.replace(/'--([a-z-]+)/g, "'-$1");
+  return m.replace(/'--([a-z-]+)/g, "'-$1");
+}

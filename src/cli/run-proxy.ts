@@ -1,0 +1,77 @@
+// `meshproxy -service ...`: build the control plane the flags select, start the proxy and its
+// admin API, and drain cleanly on SIGTERM/SIGINT.
+import { Proxy, ListenerBindError } from "../proxy.js";
+import { DevControlPlane } from "../controlplane/dev/dev.js";
+import { ControlPlaneError, type ControlPlane } from "../controlplane/controlplane.js";
+import { AdminServer } from "../admin/server.js";
+import { createLogger, type Logger } from "../telemetry/log.js";
+import type { ProxyCommand } from "./program.js";
+
+function controlPlaneFor(cmd: ProxyCommand, log: Logger): ControlPlane {
+  if (cmd.consul) {
+    throw new ControlPlaneError("consul", `a Consul agent was selected (-http-addr ${cmd.consul.httpAddr}) but this build has no Consul control plane yet; unset CONSUL_HTTP_ADDR to use the dev control plane`, true);
+  }
+  return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log });
+}
+
+function flagFor(e: ListenerBindError): string {
+  return e.listener === "public" ? "-listen" : "-upstream";
+}
+
+async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger): Promise<AdminServer | null> {
+  if (!cmd.admin) return null;
+  const admin = new AdminServer(proxy);
+  try {
+    const a = await admin.listen(cmd.admin.host, cmd.admin.port);
+    log.info("admin API listening", { address: `${a.address}:${a.port}` });
+    return admin;
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const where = `${cmd.admin.host}:${cmd.admin.port}`;
+    if (err.code === "EADDRINUSE" && !cmd.adminExplicit) {
+      // Several sidecars on one machine all default to 19000; only an explicit address is a promise.
+      const a = await admin.listen(cmd.admin.host, 0);
+      log.warn("default admin address in use (another sidecar?); using a free port, set -admin-addr to choose", { wanted: where, address: `${a.address}:${a.port}` });
+      return admin;
+    }
+    throw new Error(`-admin-addr ${where}: ${err.code === "EADDRINUSE" ? "address already in use (another sidecar's admin API?); choose another with -admin-addr" : err.message}`);
+  }
+}
+
+export async function runProxy(cmd: ProxyCommand): Promise<number> {
+  const log = createLogger({ level: cmd.logLevel, json: cmd.logJson });
+  let proxy: Proxy | null = null;
+  let admin: AdminServer | null = null;
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      log.warn("second signal; exiting without draining", { signal: sig });
+      process.exit(1);
+    }
+    log.info("shutting down", { signal: sig });
+    void proxy?.stop();
+  };
+  process.on("SIGINT", onSignal);
+  process.on("SIGTERM", onSignal);
+  try {
+    proxy = new Proxy({ controlPlane: controlPlaneFor(cmd, log), logger: log, drainTimeoutMs: cmd.drainTimeoutMs });
+    const stopped = new Promise<void>((resolve) => proxy!.once("stopped", resolve));
+    admin = await startAdmin(proxy, cmd, log);
+    if (signals === 0) await proxy.start();
+    if (signals > 0) await proxy.stop();
+    await stopped;
+    log.info("stopped");
+    return 0;
+  } catch (e) {
+    const msg = e instanceof ListenerBindError ? `${flagFor(e)}: ${e.message}` : (e as Error).message;
+    log.error("cannot start", { error: msg });
+    process.stderr.write(`meshproxy: ${msg}\n`);
+    await proxy?.stop().catch(() => {});
+    return 1;
+  } finally {
+    admin?.close();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}

@@ -1,0 +1,121 @@
+// The Snapshot: everything the data plane needs to know, as one immutable value.
+// A control plane produces them; the proxy applies each one atomically. Nothing here
+// knows about sockets or about where the values came from.
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Who this proxy is: the leaf it presents and the SPIFFE identity inside it. */
+export interface Identity {
+  readonly service: string;
+  readonly namespace: string;
+  readonly datacenter: string;
+  readonly trustDomain: string;
+  /** `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>` */
+  readonly spiffeId: string;
+  /** Leaf first, then any intermediates, PEM. Presented whole. */
+  readonly certChainPem: string;
+  /** Never logged, never dumped. */
+  readonly privateKeyPem: string;
+  /** Colon-hex serial, Consul style. */
+  readonly serial: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
+export interface TrustBundle {
+  readonly trustDomain: string;
+  /** Every root listed is trusted (old roots stay listed during rotation). */
+  readonly rootsPem: readonly string[];
+}
+
+export type Protocol = "tcp" | "http" | "http2" | "grpc";
+
+/** Inbound: mTLS terminated here, authorized, then forwarded to the local app. */
+export interface PublicListener {
+  readonly bind: HostPort;
+  readonly localApp: HostPort;
+  readonly protocol: Protocol;
+  readonly handshakeTimeoutMs: number;
+  readonly localConnectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+/** Outbound: plain TCP from the local app, mTLS to an instance of `cluster`. */
+export interface UpstreamListener {
+  /** The destination service name the user wrote (`-upstream db:8181`). */
+  readonly name: string;
+  readonly bind: HostPort;
+  readonly cluster: string;
+  readonly protocol: Protocol;
+  readonly connectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+}
+
+export interface Endpoint {
+  readonly host: string;
+  readonly port: number;
+  readonly healthy: boolean;
+  /** Stable id for logs and admin output, e.g. the catalog instance id. */
+  readonly id: string;
+  readonly meta: Readonly<Record<string, string>>;
+}
+
+/** One destination service (or subset) and how to reach it. */
+export interface Cluster {
+  readonly name: string;
+  readonly service: string;
+  readonly namespace: string;
+  readonly datacenter: string;
+  /** SNI sent in the ClientHello, e.g. `db.default.dc1.internal.<td>`. */
+  readonly sni: string;
+  /** The SPIFFE ID the server must present. */
+  readonly expectedSpiffeId: string;
+  readonly endpoints: readonly Endpoint[];
+}
+
+export type IntentionAction = "allow" | "deny";
+
+export interface Intention {
+  /** Source service name or `*`. */
+  readonly source: string;
+  /** Destination service name or `*`. */
+  readonly destination: string;
+  readonly action: IntentionAction;
+  readonly description?: string;
+}
+
+export interface IntentionPolicy {
+  /** What applies when no intention matches. Consul's dev default (ACLs off) is allow. */
+  readonly defaultAction: IntentionAction;
+  readonly intentions: readonly Intention[];
+}
+
+export interface Snapshot {
+  /** Monotonic per control plane; used in logs and /config_dump. */
+  readonly version: number;
+  /** Which control plane produced it (`dev`, `static`, `consul`, ...). */
+  readonly source: string;
+  readonly identity: Identity;
+  readonly trust: TrustBundle;
+  readonly publicListener: PublicListener | null;
+  readonly upstreams: readonly UpstreamListener[];
+  readonly clusters: Readonly<Record<string, Cluster>>;
+  readonly intentions: IntentionPolicy;
+}
+
+/** Defaults people already know: Consul's built-in proxy and Envoy's tcp_proxy. */
+export const DEFAULTS = {
+  namespace: "default",
+  datacenter: "dc1",
+  handshakeTimeoutMs: 10_000,
+  localConnectTimeoutMs: 1_000,
+  upstreamConnectTimeoutMs: 5_000,
+  /** Envoy tcp_proxy idle_timeout. */
+  idleTimeoutMs: 3_600_000,
+  drainTimeoutMs: 15_000,
+  adminAddr: { host: "127.0.0.1", port: 19000 },
+  leafTtlMs: 72 * 3600 * 1000,
+} as const;

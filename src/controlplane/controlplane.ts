@@ -1,0 +1,66 @@
+// The seam between a control plane and the data plane. A control plane turns what the operator
+// asked for (a ProxyRequest) plus what it knows (CA, catalog, intentions) into Snapshots.
+// It never touches a socket; the proxy never calls back into it except to announce where its
+// public listener ended up (so the instance can be registered) and to withdraw it.
+import type { HostPort, Protocol, Snapshot } from "../config/snapshot.js";
+
+export interface UpstreamRequest {
+  /** Destination service name. */
+  readonly name: string;
+  readonly bind: HostPort;
+  readonly datacenter?: string;
+  readonly connectTimeoutMs?: number;
+}
+
+/** What the operator asked for on the command line (Consul's "flags mode"). */
+export interface ProxyRequest {
+  readonly service: string;
+  /** Instance id in the catalog; defaults to `<service>-sidecar-proxy-<pid>`. */
+  readonly proxyId?: string;
+  readonly publicListener?: {
+    readonly bind: HostPort;
+    readonly localApp: HostPort;
+    readonly protocol?: Protocol;
+  };
+  readonly upstreams: readonly UpstreamRequest[];
+}
+
+/** Where the proxy's public listener really is (port 0 resolved), for registration. */
+export interface Announcement {
+  readonly address: string;
+  readonly port: number;
+  readonly protocol: Protocol;
+}
+
+export class ControlPlaneError extends Error {
+  constructor(
+    /** Which watch or call failed, e.g. `intentions`, `ca-roots`, `leaf`. */
+    readonly resource: string,
+    message: string,
+    /** Fatal errors stop startup; others are retried while the last good Snapshot serves. */
+    readonly fatal = false,
+  ) {
+    super(`${resource}: ${message}`);
+    this.name = "ControlPlaneError";
+  }
+}
+
+export interface ControlPlaneHandlers {
+  /** A new Snapshot. The proxy validates it and keeps the last good one if it is invalid. */
+  snapshot(s: Snapshot): void;
+  /** A failure to fetch or parse. Counted and logged; the last good Snapshot keeps serving. */
+  error(e: ControlPlaneError): void;
+}
+
+export interface ControlPlane {
+  /** `dev`, `static`, `consul`, or your own. */
+  readonly kind: string;
+  /** Starts watching. Resolves once the first Snapshot has been delivered, or rejects if it cannot be. */
+  start(handlers: ControlPlaneHandlers): Promise<void>;
+  /** Registers the instance in the catalog (where the control plane has one). */
+  announce(a: Announcement): Promise<void>;
+  /** Removes the instance from the catalog; called first on shutdown. */
+  withdraw(): Promise<void>;
+  /** Stops every watch and timer. */
+  stop(): Promise<void>;
+}

@@ -1,0 +1,130 @@
+// The dev CA: an EC P-256 root and SPIFFE leaf certificates, as Consul's built-in CA makes them.
+import "reflect-metadata";
+import { webcrypto, randomBytes, X509Certificate } from "node:crypto";
+import * as x509 from "@peculiar/x509";
+import { trustDomainSpiffeId } from "./spiffe.js";
+
+type CryptoKey = webcrypto.CryptoKey;
+type CryptoKeyPair = webcrypto.CryptoKeyPair;
+const crypto = webcrypto;
+x509.cryptoProvider.set(crypto);
+
+const EC: webcrypto.EcKeyGenParams = { name: "ECDSA", namedCurve: "P-256" };
+const SIGN: webcrypto.EcdsaParams = { name: "ECDSA", hash: "SHA-256" };
+
+export interface CaMaterial {
+  readonly certPem: string;
+  /** PKCS#8 PEM. Written 0600, never logged. */
+  readonly keyPem: string;
+}
+
+export interface IssuedLeaf {
+  readonly certPem: string;
+  readonly keyPem: string;
+  /** Colon-hex, lowercase, leading zero bytes stripped (Consul's format). */
+  readonly serial: string;
+  readonly notBefore: Date;
+  readonly notAfter: Date;
+}
+
+export interface LeafRequest {
+  /** The URI SAN, e.g. `spiffe://<td>/ns/default/dc/dc1/svc/web`. */
+  readonly spiffeId: string;
+  readonly commonName: string;
+  readonly ttlMs: number;
+  /** Defaults to one minute ago, to absorb clock skew between processes. */
+  readonly notBefore?: Date;
+}
+
+function pem(label: string, der: ArrayBuffer): string {
+  const b64 = Buffer.from(der).toString("base64").replace(/.{64}/g, "$&\n");
+  return `-----BEGIN ${label}-----\n${b64.endsWith("\n") ? b64 : `${b64}\n`}-----END ${label}-----\n`;
+}
+
+function der(pemText: string): ArrayBuffer {
+  const body = pemText.replace(/-----(BEGIN|END) [A-Z ]+-----/g, "").replace(/\s+/g, "");
+  const buf = Buffer.from(body, "base64");
+  return buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength);
+}
+
+/** A positive 128-bit serial as hex. */
+function newSerialHex(): string {
+  const b = randomBytes(16);
+  b[0] = b[0]! & 0x7f;
+  if (b[0] === 0) b[0] = 0x01;
+  return b.toString("hex");
+}
+
+export function colonHexSerial(hex: string): string {
+  let h = hex.toLowerCase().replace(/^(00)+/, "");
+  if (h.length % 2 === 1) h = `0${h}`;
+  return (h.match(/../g) ?? ["00"]).join(":");
+}
+
+async function keyPair(): Promise<CryptoKeyPair> {
+  return crypto.subtle.generateKey(EC, true, ["sign", "verify"]);
+}
+
+async function exportKey(key: CryptoKey): Promise<string> {
+  return pem("PRIVATE KEY", await crypto.subtle.exportKey("pkcs8", key));
+}
+
+export async function createRootCa(trustDomain: string, opts: { ttlMs?: number; commonName?: string } = {}): Promise<CaMaterial> {
+  const keys = await keyPair();
+  const now = Date.now();
+  const cert = await x509.X509CertificateGenerator.createSelfSigned({
+    serialNumber: newSerialHex(),
+    name: `CN=${opts.commonName ?? "meshproxy dev CA"}`,
+    notBefore: new Date(now - 60_000),
+    notAfter: new Date(now + (opts.ttlMs ?? 10 * 365 * 24 * 3600 * 1000)),
+    signingAlgorithm: SIGN,
+    keys,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+      new x509.SubjectAlternativeNameExtension([{ type: "url", value: trustDomainSpiffeId(trustDomain) }]),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+    ],
+  });
+  return { certPem: cert.toString("pem") + "\n", keyPem: await exportKey(keys.privateKey) };
+}
+
+/** Issues a leaf for any SPIFFE ID: tests use it to make the certificates the proxy must refuse. */
+export async function issueLeaf(ca: CaMaterial, req: LeafRequest): Promise<IssuedLeaf> {
+  const caCert = new x509.X509Certificate(ca.certPem);
+  const caKey = await crypto.subtle.importKey("pkcs8", der(ca.keyPem), EC, false, ["sign"]);
+  const keys = await keyPair();
+  const notBefore = req.notBefore ?? new Date(Date.now() - 60_000);
+  const notAfter = new Date(notBefore.getTime() + req.ttlMs);
+  const serialHex = newSerialHex();
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: serialHex,
+    subject: `CN=${req.commonName}`,
+    issuer: caCert.subject,
+    notBefore,
+    notAfter,
+    signingAlgorithm: SIGN,
+    publicKey: keys.publicKey,
+    signingKey: caKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
+      new x509.SubjectAlternativeNameExtension([{ type: "url", value: req.spiffeId }]),
+      await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
+      await x509.AuthorityKeyIdentifierExtension.create(caCert),
+    ],
+  });
+  return {
+    certPem: cert.toString("pem") + "\n",
+    keyPem: await exportKey(keys.privateKey),
+    serial: colonHexSerial(serialHex),
+    notBefore,
+    notAfter,
+  };
+}
+
+/** Colon-hex serial of any PEM certificate (Node reports uppercase hex without colons). */
+export function serialOf(certPem: string): string {
+  return colonHexSerial(new X509Certificate(certPem).serialNumber);
+}

@@ -1,0 +1,192 @@
+// The public listener: terminate mTLS, verify the client's chain and SPIFFE identity,
+// authorize it with intentions, and only then dial the local app. (Consul's built-in proxy
+// dials the app first; an unauthorized client never reaches ours.)
+import { createServer, type Server, type TLSSocket } from "node:tls";
+import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import type { PublicListener as PublicListenerConfig, Snapshot } from "../config/snapshot.js";
+import type { TlsMaterial } from "../tls/contexts.js";
+import { CompiledIntentions } from "../authz/intentions.js";
+import { identifyPeer } from "../identity/peer.js";
+import { joinSockets, type Pipe } from "../tcp/pipe.js";
+import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
+import type { Logger } from "../telemetry/log.js";
+
+/** What one Snapshot says about inbound traffic, compiled once when it is applied. */
+interface InboundState {
+  readonly config: PublicListenerConfig;
+  readonly service: string;
+  readonly trustDomain: string;
+  readonly intentions: CompiledIntentions;
+}
+
+const UNTRUSTED = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "CERT_SIGNATURE_FAILURE",
+]);
+
+function rejectionFor(code: string): InboundRejection {
+  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "expired_certificate";
+  if (UNTRUSTED.has(code)) return "untrusted_certificate";
+  return "bad_certificate";
+}
+
+export class PublicListener {
+  private readonly server: Server;
+  private readonly log: Logger;
+  private state: InboundState;
+  private tlsKey: string;
+  private stats: ListenerStats | null = null;
+  private readonly pipes = new Set<Pipe>();
+  private readonly pending = new Set<Socket>();
+  private address = "";
+
+  constructor(
+    snapshot: Snapshot & { publicListener: PublicListenerConfig },
+    tls: TlsMaterial,
+    private readonly metrics: Metrics,
+    logger: Logger,
+  ) {
+    this.log = logger.child("inbound");
+    this.state = PublicListener.compile(snapshot);
+    this.tlsKey = tls.key;
+    this.server = createServer({
+      ...tls.options,
+      // Verify the chain ourselves after the handshake, so every refusal has a precise reason
+      // and a counter; nothing is forwarded before that check passes.
+      requestCert: true,
+      rejectUnauthorized: false,
+      handshakeTimeout: snapshot.publicListener.handshakeTimeoutMs,
+      allowHalfOpen: true,
+    });
+    this.server.on("secureConnection", (s) => this.onConnection(s));
+    this.server.on("tlsClientError", (err: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(err, s));
+    this.server.on("error", (e) => this.log.error("listener error", { address: this.address, error: e.message }));
+  }
+
+  private static compile(s: Snapshot & { publicListener: PublicListenerConfig }): InboundState {
+    return {
+      config: s.publicListener,
+      service: s.identity.service,
+      trustDomain: s.trust.trustDomain,
+      intentions: new CompiledIntentions(s.intentions, s.identity.service),
+    };
+  }
+
+  async listen(): Promise<AddressInfo> {
+    const { host, port } = this.state.config.bind;
+    await new Promise<void>((resolve, reject) => {
+      const onError = (e: Error) => reject(e);
+      this.server.once("error", onError);
+      this.server.listen({ host, port, exclusive: true }, () => {
+        this.server.off("error", onError);
+        resolve();
+      });
+    });
+    const addr = this.server.address() as AddressInfo;
+    this.address = `${addr.address}:${addr.port}`;
+    this.stats = this.metrics.listener(this.address);
+    this.log.info("public listener started", { address: this.address, local_app: `${this.state.config.localApp.host}:${this.state.config.localApp.port}` });
+    return addr;
+  }
+
+  /** New connections see the new Snapshot; connections already open are left alone. */
+  update(snapshot: Snapshot & { publicListener: PublicListenerConfig }, tls: TlsMaterial): void {
+    this.state = PublicListener.compile(snapshot);
+    if (tls.key !== this.tlsKey) {
+      this.server.setSecureContext({ ...tls.options });
+      this.tlsKey = tls.key;
+      this.log.info("public listener certificates rotated", { address: this.address, serial: snapshot.identity.serial });
+    }
+  }
+
+  get bind(): PublicListenerConfig["bind"] {
+    return this.state.config.bind;
+  }
+
+  get activeConnections(): number {
+    return this.pipes.size + this.pending.size;
+  }
+
+  private onTlsError(err: NodeJS.ErrnoException, s: TLSSocket): void {
+    const reason: InboundRejection = err.code === "ERR_TLS_HANDSHAKE_TIMEOUT" ? "handshake_timeout" : "tls_error";
+    this.metrics.reject(reason);
+    this.log.warn("inbound TLS handshake failed", { address: this.address, peer: `${s.remoteAddress}:${s.remotePort}`, reason, error: err.message });
+    s.destroy();
+  }
+
+  private refuse(s: TLSSocket, reason: InboundRejection, detail: string, fields: Record<string, string> = {}): void {
+    this.metrics.reject(reason);
+    this.log.warn("inbound connection refused", { address: this.address, peer: `${s.remoteAddress}:${s.remotePort}`, reason, detail, ...fields });
+    s.destroy();
+  }
+
+  private onConnection(s: TLSSocket): void {
+    const stats = this.stats!;
+    stats.cxTotal.inc();
+    stats.cxActive.inc();
+    s.once("close", () => {
+      stats.cxActive.dec();
+      stats.cxDestroy.inc();
+    });
+    s.on("error", () => s.destroy());
+    const state = this.state;
+    const cert = s.getPeerCertificate();
+    if (!cert || Object.keys(cert).length === 0) return this.refuse(s, "no_client_cert", "client presented no certificate");
+    if (!s.authorized) {
+      const code = String(s.authorizationError);
+      return this.refuse(s, rejectionFor(code), `client certificate not trusted: ${code}`);
+    }
+    const peer = identifyPeer(cert.subjectaltname, state.trustDomain);
+    if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
+    const decision = state.intentions.authorize(peer.id.service);
+    if (!decision.allowed) {
+      return this.refuse(s, "denied_by_intention", decision.reason, { source: peer.id.service, destination: state.service });
+    }
+    this.dialLocalApp(s, state, peer.id.service);
+  }
+
+  private dialLocalApp(s: TLSSocket, state: InboundState, source: string): void {
+    const { localApp, localConnectTimeoutMs, idleTimeoutMs } = state.config;
+    this.pending.add(s);
+    const app = netConnect({ host: localApp.host, port: localApp.port, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => app.destroy(new Error(`connect timeout after ${localConnectTimeoutMs} ms`)), localConnectTimeoutMs);
+    const fail = (e: Error) => {
+      clearTimeout(timer);
+      this.pending.delete(s);
+      this.refuse(s, "local_app_unreachable", `local app ${localApp.host}:${localApp.port}: ${e.message}`, { source });
+    };
+    app.once("error", fail);
+    s.once("close", () => {
+      if (this.pending.delete(s)) {
+        clearTimeout(timer);
+        app.destroy();
+      }
+    });
+    app.once("connect", () => {
+      clearTimeout(timer);
+      app.off("error", fail);
+      if (!this.pending.delete(s)) return; // the client went away while we dialled
+      const pipe = joinSockets(s, app, idleTimeoutMs, (r) => {
+        this.pipes.delete(pipe);
+        if (this.log.enabled("debug")) {
+          this.log.debug("inbound connection closed", { source, bytes_in: r.downstreamBytesIn, bytes_out: r.upstreamBytesIn, error: r.error?.message });
+        }
+      });
+      this.pipes.add(pipe);
+    });
+  }
+
+  /** Stops accepting; open connections carry on (server.close's callback would wait for them). */
+  close(): void {
+    if (this.server.listening) this.server.close();
+  }
+
+  destroyConnections(): void {
+    for (const p of this.pipes) p.destroy();
+    for (const s of this.pending) s.destroy();
+  }
+}

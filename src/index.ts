@@ -1,0 +1,20 @@
+// The public package API.
+export { Proxy, ListenerBindError, type ProxyOptions, type ProxyAddresses } from "./proxy.js";
+export {
+  ControlPlaneError,
+  type ControlPlane,
+  type ControlPlaneHandlers,
+  type ProxyRequest,
+  type UpstreamRequest,
+  type Announcement,
+} from "./controlplane/controlplane.js";
+export { DevControlPlane, type DevControlPlaneOptions } from "./controlplane/dev/dev.js";
+export type * from "./config/snapshot.js";
+export { DEFAULTS } from "./config/snapshot.js";
+export { validateSnapshot, SnapshotError } from "./config/validate.js";
+export { createRootCa, issueLeaf, type CaMaterial, type IssuedLeaf, type LeafRequest } from "./identity/ca.js";
+export { serviceSpiffeId, parseServiceSpiffeId, serviceSni, type ServiceId } from "./identity/spiffe.js";
+export { authorize, precedence, CompiledIntentions, type Decision } from "./authz/intentions.js";
+export { Metrics } from "./telemetry/metrics.js";
+export { createLogger, type Logger, type Level } from "./telemetry/log.js";
+export { AdminServer } from "./admin/server.js";

@@ -1,0 +1,258 @@
+// Proxy lifecycle: take Snapshots from a control plane, apply each atomically (new connections
+// see the new one, open ones finish where they started), announce the instance, drain on stop.
+import { EventEmitter } from "node:events";
+import type { Snapshot, PublicListener as PublicListenerConfig } from "./config/snapshot.js";
+import { DEFAULTS } from "./config/snapshot.js";
+import { validateSnapshot, SnapshotError } from "./config/validate.js";
+import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
+import { buildTlsMaterial, materialKey, type TlsMaterial } from "./tls/contexts.js";
+import { SessionCache } from "./tls/origin.js";
+import { PublicListener } from "./inbound/public-listener.js";
+import { UpstreamListener } from "./outbound/upstream-listener.js";
+import { Metrics } from "./telemetry/metrics.js";
+import { createLogger, type Logger } from "./telemetry/log.js";
+
+export interface ProxyOptions {
+  readonly controlPlane: ControlPlane;
+  readonly logger?: Logger;
+  readonly metrics?: Metrics;
+  /** How long open connections may run after shutdown starts. Default 15 s. */
+  readonly drainTimeoutMs?: number;
+}
+
+export interface ProxyAddresses {
+  readonly public: string | null;
+  readonly upstreams: Readonly<Record<string, string>>;
+}
+
+/** A listener that could not be bound: which one, where, and why. */
+export class ListenerBindError extends Error {
+  constructor(
+    readonly listener: string,
+    readonly address: string,
+    cause: NodeJS.ErrnoException,
+  ) {
+    const why = cause.code === "EADDRINUSE" ? "address already in use (another sidecar or app has it)" : cause.message;
+    super(`${listener} listener ${address}: ${why}`);
+    this.name = "ListenerBindError";
+  }
+}
+
+function hasPublic(s: Snapshot): s is Snapshot & { publicListener: PublicListenerConfig } {
+  return s.publicListener !== null;
+}
+
+export class Proxy extends EventEmitter {
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  private readonly cp: ControlPlane;
+  private current: Snapshot | null = null;
+  private tls: TlsMaterial | null = null;
+  private publicListener: PublicListener | null = null;
+  private readonly upstreams = new Map<string, UpstreamListener>();
+  private readonly sessions = new SessionCache();
+  private applying: Promise<void> = Promise.resolve();
+  private addrs: { public: string | null; upstreams: Record<string, string> } = { public: null, upstreams: {} };
+  private ready = false;
+  private stopping: Promise<void> | null = null;
+
+  constructor(private readonly opts: ProxyOptions) {
+    super();
+    this.cp = opts.controlPlane;
+    this.log = opts.logger ?? createLogger();
+    this.metrics = opts.metrics ?? new Metrics();
+  }
+
+  get isReady(): boolean {
+    return this.ready && !this.stopping;
+  }
+
+  get snapshot(): Snapshot | null {
+    return this.current;
+  }
+
+  get addresses(): ProxyAddresses {
+    return this.addrs;
+  }
+
+  /** Resolves when the first Snapshot is applied and every listener is bound. */
+  async start(): Promise<ProxyAddresses> {
+    let first: Promise<void> | null = null;
+    await this.cp.start({
+      snapshot: (s) => {
+        const p = this.enqueue(s);
+        first ??= p;
+        p.catch(() => {}); // reported in apply; the first failure is rethrown below
+      },
+      error: (e) => this.onControlPlaneError(e),
+    });
+    if (!first) throw new ControlPlaneError(this.cp.kind, "control plane started without delivering a Snapshot", true);
+    await first;
+    if (this.current === null) throw new ControlPlaneError(this.cp.kind, "the first Snapshot was invalid; see the log", true);
+    if (this.publicListener && this.current.publicListener) {
+      const [host, port] = splitAddr(this.addrs.public!);
+      const address = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
+      await this.cp.announce({ address, port, protocol: this.current.publicListener.protocol });
+    }
+    this.ready = true;
+    this.log.info("proxy ready", { service: this.current.identity.service, control_plane: this.cp.kind, public: this.addrs.public, ...prefixed("upstream.", this.addrs.upstreams) });
+    this.emit("ready", this.addrs);
+    return this.addrs;
+  }
+
+  private onControlPlaneError(e: ControlPlaneError): void {
+    this.metrics.controlPlaneErrors.labels(this.cp.kind, e.resource).inc();
+    this.log.error("control plane error; serving on the last good snapshot", { control_plane: this.cp.kind, error: e.message });
+  }
+
+  private enqueue(s: Snapshot): Promise<void> {
+    // Serialised: each apply sees the state the previous one left.
+    const next = this.applying.then(() => this.apply(s));
+    this.applying = next.catch(() => {});
+    return next;
+  }
+
+  /** Validates and applies one Snapshot. An invalid one is counted, logged and ignored. */
+  async apply(s: Snapshot): Promise<void> {
+    if (this.stopping) return;
+    try {
+      validateSnapshot(s);
+    } catch (e) {
+      if (!(e instanceof SnapshotError)) throw e;
+      this.metrics.snapshotsRejected.labels(s.source, e.field).inc();
+      this.log.error("snapshot rejected; keeping the last good one", { version: s.version, error: e.message });
+      if (this.current === null) throw e;
+      return;
+    }
+    const first = this.current === null;
+    const tls = this.tls && this.tls.key === materialKey(s.identity, s.trust) ? this.tls : buildTlsMaterial(s.identity, s.trust);
+    this.sessions.reset(tls.key);
+    const errors: ListenerBindError[] = [];
+    await this.applyPublic(s, tls, errors);
+    await this.applyUpstreams(s, tls, errors);
+    if (first && errors.length > 0) {
+      this.closeAll();
+      throw errors[0]!;
+    }
+    for (const e of errors) this.log.error("listener not started; will retry with the next snapshot", { error: e.message });
+    this.current = s;
+    this.tls = tls;
+    this.metrics.snapshotsApplied.labels(s.source).inc();
+    this.metrics.controlPlaneLastSuccess.labels(s.source).setToCurrentTime();
+    this.metrics.certExpiry.reset();
+    this.metrics.certExpiry.labels("leaf", s.identity.serial).set(s.identity.notAfter.getTime() / 1000);
+    this.log.debug("snapshot applied", { version: s.version, source: s.source });
+    this.emit("snapshot", s);
+  }
+
+  private async applyPublic(s: Snapshot, tls: TlsMaterial, errors: ListenerBindError[]): Promise<void> {
+    const existing = this.publicListener;
+    if (!hasPublic(s)) {
+      if (existing) {
+        existing.close();
+        this.publicListener = null;
+        this.addrs.public = null;
+      }
+      return;
+    }
+    if (existing && sameBind(existing.bind, s.publicListener.bind)) {
+      existing.update(s, tls);
+      return;
+    }
+    const l = new PublicListener(s, tls, this.metrics, this.log);
+    try {
+      const a = await l.listen();
+      existing?.close();
+      this.publicListener = l;
+      this.addrs.public = `${a.address}:${a.port}`;
+    } catch (e) {
+      errors.push(new ListenerBindError("public", fmt(s.publicListener.bind), e as NodeJS.ErrnoException));
+    }
+  }
+
+  private async applyUpstreams(s: Snapshot, tls: TlsMaterial, errors: ListenerBindError[]): Promise<void> {
+    const wanted = new Set(s.upstreams.map((u) => u.name));
+    for (const [name, l] of this.upstreams) {
+      if (wanted.has(name)) continue;
+      l.close();
+      this.upstreams.delete(name);
+      delete this.addrs.upstreams[name];
+      this.log.info("upstream listener removed", { upstream: name });
+    }
+    for (const u of s.upstreams) {
+      const cluster = s.clusters[u.cluster]!;
+      const existing = this.upstreams.get(u.name);
+      if (existing && sameBind(existing.bind, u.bind)) {
+        existing.update(u, cluster, tls);
+        continue;
+      }
+      const l = new UpstreamListener(u, cluster, tls, this.sessions, this.metrics, this.log);
+      try {
+        const a = await l.listen();
+        existing?.close();
+        this.upstreams.set(u.name, l);
+        this.addrs.upstreams[u.name] = `${a.address}:${a.port}`;
+      } catch (e) {
+        errors.push(new ListenerBindError(`upstream "${u.name}"`, fmt(u.bind), e as NodeJS.ErrnoException));
+      }
+    }
+  }
+
+  private allListeners(): Array<PublicListener | UpstreamListener> {
+    return [...(this.publicListener ? [this.publicListener] : []), ...this.upstreams.values()];
+  }
+
+  private closeAll(): void {
+    for (const l of this.allListeners()) l.close();
+  }
+
+  get activeConnections(): number {
+    return this.allListeners().reduce((n, l) => n + l.activeConnections, 0);
+  }
+
+  /**
+   * Graceful stop: deregister, stop accepting, let open connections finish up to the drain
+   * timeout, then close what is left.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.doStop();
+    return this.stopping;
+  }
+
+  private async doStop(): Promise<void> {
+    this.emit("draining");
+    try {
+      await this.cp.withdraw();
+    } catch (e) {
+      this.log.warn("could not deregister", { error: (e as Error).message });
+    }
+    this.closeAll();
+    const deadline = Date.now() + (this.opts.drainTimeoutMs ?? DEFAULTS.drainTimeoutMs);
+    if (this.activeConnections > 0) this.log.info("draining open connections", { open: this.activeConnections, timeout_ms: deadline - Date.now() });
+    while (this.activeConnections > 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    if (this.activeConnections > 0) this.log.warn("drain timeout; closing open connections", { open: this.activeConnections });
+    for (const l of this.allListeners()) l.destroyConnections();
+    await this.cp.stop();
+    this.ready = false;
+    this.emit("stopped");
+  }
+}
+
+function sameBind(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
+  return a.host === b.host && a.port === b.port;
+}
+
+function fmt(hp: { host: string; port: number }): string {
+  return hp.host.includes(":") ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
+}
+
+export function splitAddr(a: string): [string, number] {
+  const i = a.lastIndexOf(":");
+  return [a.slice(0, i).replace(/^\[|\]$/g, ""), Number(a.slice(i + 1))];
+}
+
+function prefixed(prefix: string, r: Readonly<Record<string, string>>): Record<string, string> {
+  return Object.fromEntries(Object.entries(r).map(([k, v]) => [`${prefix}${k}`, v]));
+}

@@ -1,0 +1,102 @@
+// The proxy's metrics, in Envoy's Prometheus names and labels where Envoy has one
+// (shared/reference/data-plane-anchors.md §5), so existing dashboards work; our own under
+// `meshproxy_`. Label children are resolved once per listener or cluster, never per chunk.
+import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+
+export type InboundRejection =
+  | "no_client_cert"
+  | "untrusted_certificate"
+  | "expired_certificate"
+  | "bad_certificate"
+  | "no_uri_san"
+  | "not_a_service_id"
+  | "wrong_trust_domain"
+  | "denied_by_intention"
+  | "handshake_timeout"
+  | "tls_error"
+  | "local_app_unreachable";
+
+export interface ListenerStats {
+  cxTotal: Counter.Internal;
+  cxActive: Gauge.Internal<string>;
+  cxDestroy: Counter.Internal;
+}
+
+export interface ClusterStats {
+  cxTotal: Counter.Internal;
+  cxActive: Gauge.Internal<string>;
+  cxConnectFail: Counter.Internal;
+  cxConnectTimeout: Counter.Internal;
+  cxNoHealthyUpstream: Counter.Internal;
+  rxBytes: Counter.Internal;
+  txBytes: Counter.Internal;
+}
+
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly listenerCx: Counter<string>;
+  private readonly listenerActive: Gauge<string>;
+  private readonly listenerDestroy: Counter<string>;
+  private readonly clusterCx: Counter<string>;
+  private readonly clusterActive: Gauge<string>;
+  private readonly clusterConnectFail: Counter<string>;
+  private readonly clusterConnectTimeout: Counter<string>;
+  private readonly clusterNoHealthy: Counter<string>;
+  private readonly clusterRx: Counter<string>;
+  private readonly clusterTx: Counter<string>;
+  readonly inboundRejected: Counter<"reason">;
+  readonly upstreamIdentityRejected: Counter<"envoy_cluster_name">;
+  readonly controlPlaneErrors: Counter<"control_plane" | "resource">;
+  readonly controlPlaneLastSuccess: Gauge<"control_plane">;
+  readonly snapshotsApplied: Counter<"control_plane">;
+  readonly snapshotsRejected: Counter<"control_plane" | "field">;
+  readonly certExpiry: Gauge<"kind" | "serial">;
+  readonly configErrors: Counter<"kind">;
+
+  constructor(opts: { processMetrics?: boolean } = {}) {
+    const r = [this.registry];
+    this.listenerCx = new Counter({ name: "envoy_listener_downstream_cx_total", help: "Downstream connections accepted", labelNames: ["envoy_listener_address"], registers: r });
+    this.listenerActive = new Gauge({ name: "envoy_listener_downstream_cx_active", help: "Downstream connections open", labelNames: ["envoy_listener_address"], registers: r });
+    this.listenerDestroy = new Counter({ name: "envoy_listener_downstream_cx_destroy", help: "Downstream connections closed", labelNames: ["envoy_listener_address"], registers: r });
+    this.clusterCx = new Counter({ name: "envoy_cluster_upstream_cx_total", help: "Upstream connections opened", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterActive = new Gauge({ name: "envoy_cluster_upstream_cx_active", help: "Upstream connections open", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterConnectFail = new Counter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterConnectTimeout = new Counter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect timeouts", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterNoHealthy = new Counter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterRx = new Counter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterTx = new Counter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: ["envoy_cluster_name"], registers: r });
+    this.inboundRejected = new Counter({ name: "meshproxy_inbound_rejected_total", help: "Inbound connections closed before reaching the app, by reason", labelNames: ["reason"], registers: r });
+    this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
+    this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Control-plane fetch or parse failures", labelNames: ["control_plane", "resource"], registers: r });
+    this.controlPlaneLastSuccess = new Gauge({ name: "meshproxy_control_plane_last_success_timestamp_seconds", help: "When the last good Snapshot was applied", labelNames: ["control_plane"], registers: r });
+    this.snapshotsApplied = new Counter({ name: "meshproxy_snapshots_applied_total", help: "Snapshots applied", labelNames: ["control_plane"], registers: r });
+    this.snapshotsRejected = new Counter({ name: "meshproxy_snapshots_rejected_total", help: "Snapshots rejected by validation (the last good one kept serving)", labelNames: ["control_plane", "field"], registers: r });
+    this.certExpiry = new Gauge({ name: "meshproxy_certificate_expiry_timestamp_seconds", help: "Expiry of the leaf and root certificates in use", labelNames: ["kind", "serial"], registers: r });
+    this.configErrors = new Counter({ name: "meshproxy_config_errors_total", help: "Bad configuration input rejected (flags, files)", labelNames: ["kind"], registers: r });
+    for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable"] satisfies InboundRejection[]) {
+      this.inboundRejected.labels(reason).inc(0);
+    }
+    if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+  }
+
+  listener(address: string): ListenerStats {
+    const a = address.replace(/:(\d+)$/, "_$1");
+    return { cxTotal: this.listenerCx.labels(a), cxActive: this.listenerActive.labels(a), cxDestroy: this.listenerDestroy.labels(a) };
+  }
+
+  cluster(name: string): ClusterStats {
+    return {
+      cxTotal: this.clusterCx.labels(name),
+      cxActive: this.clusterActive.labels(name),
+      cxConnectFail: this.clusterConnectFail.labels(name),
+      cxConnectTimeout: this.clusterConnectTimeout.labels(name),
+      cxNoHealthyUpstream: this.clusterNoHealthy.labels(name),
+      rxBytes: this.clusterRx.labels(name),
+      txBytes: this.clusterTx.labels(name),
+    };
+  }
+
+  reject(reason: InboundRejection): void {
+    this.inboundRejected.labels(reason).inc();
+  }
+}

@@ -1,0 +1,52 @@
+// Secure contexts built once per identity/trust change, never per connection.
+import { createSecureContext, type SecureContext, type SecureContextOptions } from "node:tls";
+import { createHash } from "node:crypto";
+import type { Identity, TrustBundle } from "../config/snapshot.js";
+
+/** TLS 1.2 suites as Consul's proxy limits them (ECDHE with AEAD only); TLS 1.3 suites as OpenSSL ships them. */
+export const CIPHERS = [
+  "TLS_AES_128_GCM_SHA256",
+  "TLS_AES_256_GCM_SHA384",
+  "TLS_CHACHA20_POLY1305_SHA256",
+  "ECDHE-ECDSA-AES128-GCM-SHA256",
+  "ECDHE-RSA-AES128-GCM-SHA256",
+  "ECDHE-ECDSA-AES256-GCM-SHA384",
+  "ECDHE-RSA-AES256-GCM-SHA384",
+  "ECDHE-ECDSA-CHACHA20-POLY1305",
+  "ECDHE-RSA-CHACHA20-POLY1305",
+].join(":");
+
+export function secureContextOptions(identity: Identity, trust: TrustBundle): SecureContextOptions {
+  return {
+    cert: identity.certChainPem,
+    key: identity.privateKeyPem,
+    ca: [...trust.rootsPem],
+    minVersion: "TLSv1.2",
+    ciphers: CIPHERS,
+    honorCipherOrder: true,
+  };
+}
+
+/**
+ * A key that changes whenever the leaf or any root changes: the proxy rebuilds contexts and
+ * drops cached TLS sessions only then.
+ */
+export function materialKey(identity: Identity, trust: TrustBundle): string {
+  const h = createHash("sha256");
+  h.update(identity.serial);
+  h.update(identity.certChainPem);
+  for (const r of trust.rootsPem) h.update(r);
+  return h.digest("hex");
+}
+
+export interface TlsMaterial {
+  readonly key: string;
+  readonly options: SecureContextOptions;
+  /** For outbound (client) connections. */
+  readonly clientContext: SecureContext;
+}
+
+export function buildTlsMaterial(identity: Identity, trust: TrustBundle): TlsMaterial {
+  const options = secureContextOptions(identity, trust);
+  return { key: materialKey(identity, trust), options, clientContext: createSecureContext(options) };
+}

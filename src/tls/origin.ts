@@ -1,0 +1,92 @@
+// Originating mTLS to a mesh endpoint: our leaf, the cluster's SNI, chain verified against our
+// roots, and the server's SPIFFE ID checked against the one we meant to reach. TLS sessions
+// are cached per endpoint and resumed, so reconnects skip the full handshake.
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { connect as netConnect } from "node:net";
+import { checkServerIdentity } from "../identity/peer.js";
+import type { TlsMaterial } from "./contexts.js";
+
+export class UpstreamTlsError extends Error {
+  constructor(
+    readonly kind: "timeout" | "identity" | "connect",
+    message: string,
+  ) {
+    super(message);
+    this.name = "UpstreamTlsError";
+  }
+}
+
+export interface OriginTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly sni: string;
+  readonly expectedSpiffeId: string;
+  readonly timeoutMs: number;
+  readonly alpn?: readonly string[];
+}
+
+/** Resumable sessions, keyed by endpoint and the TLS material they were made with. */
+export class SessionCache {
+  private readonly sessions = new Map<string, Buffer>();
+  private materialKey = "";
+
+  reset(materialKey: string): void {
+    if (materialKey === this.materialKey) return;
+    this.materialKey = materialKey;
+    this.sessions.clear();
+  }
+
+  get(key: string): Buffer | undefined {
+    return this.sessions.get(key);
+  }
+
+  set(key: string, session: Buffer): void {
+    if (this.sessions.size > 4096) this.sessions.clear();
+    this.sessions.set(key, session);
+  }
+
+  delete(key: string): void {
+    this.sessions.delete(key);
+  }
+}
+
+export function originate(target: OriginTarget, tls: TlsMaterial, sessions: SessionCache, done: (err: UpstreamTlsError | null, s: TLSSocket) => void): TLSSocket {
+  const key = `${target.host}:${target.port}/${target.sni}`;
+  let identityError: Error | undefined;
+  const session = sessions.get(key);
+  // Our own TCP socket, so half-close (allowHalfOpen) and Nagle are set where they take effect.
+  const tcp = netConnect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+  const socket = tlsConnect({
+    socket: tcp,
+    servername: target.sni,
+    secureContext: tls.clientContext,
+    rejectUnauthorized: true,
+    ...(session ? { session } : {}),
+    ...(target.alpn ? { ALPNProtocols: [...target.alpn] } : {}),
+    checkServerIdentity: (_host, cert) => (identityError = checkServerIdentity(cert.subjectaltname, target.expectedSpiffeId)),
+  });
+  let settled = false;
+  const settle = (err: UpstreamTlsError | null) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    socket.off("error", onError);
+    if (err) {
+      sessions.delete(key);
+      socket.destroy();
+      tcp.destroy();
+    }
+    done(err, socket);
+  };
+  const timer = setTimeout(() => settle(new UpstreamTlsError("timeout", `connect to ${key} timed out after ${target.timeoutMs} ms`)), target.timeoutMs);
+  const onError = (e: Error) => {
+    if (identityError) settle(new UpstreamTlsError("identity", `${target.host}:${target.port}: ${identityError.message}`));
+    else settle(new UpstreamTlsError("connect", `${target.host}:${target.port}: ${e.message}`));
+  };
+  socket.on("error", onError);
+  // After the handshake the pipe owns error handling; the raw socket's errors surface on the TLS one.
+  tcp.on("error", (e) => (settled ? socket.destroy(e) : onError(e)));
+  socket.on("session", (s: Buffer) => sessions.set(key, s));
+  socket.once("secureConnect", () => settle(null));
+  return socket;
+}
