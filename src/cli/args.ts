@@ -65,8 +65,10 @@ export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest
   return { name, bind };
 }
 
-export function parseBool(flag: string): (v: string) => boolean {
-  return (v: string) => {
+/** Go-style booleans: `-flag`, `-flag=true`, `-flag=false`. Commander passes the preset as a boolean. */
+export function parseBool(flag: string): (v: string | boolean) => boolean {
+  return (v: string | boolean) => {
+    if (typeof v === "boolean") return v;
     const l = v.toLowerCase();
     if (["1", "t", "true", "yes"].includes(l)) return true;
     if (["0", "f", "false", "no"].includes(l)) return false;
