@@ -9,11 +9,21 @@ import { isValidServiceName } from "../config/validate.js";
 import { defaultDataDir } from "../controlplane/dev/state.js";
 import { DEFAULTS, type HostPort } from "../config/snapshot.js";
 import type { ProxyRequest } from "../controlplane/controlplane.js";
+import type { AgentTlsOptions } from "../controlplane/consul/client.js";
+
+export interface ConsulSettings {
+  readonly httpAddr: string;
+  readonly token: string | undefined;
+  readonly datacenter: string | undefined;
+  readonly register: boolean;
+  readonly registerId: string | undefined;
+  readonly tls: AgentTlsOptions;
+}
 
 export interface ProxyCommand {
   readonly request: ProxyRequest;
   readonly dataDir: string;
-  readonly consul: { readonly httpAddr: string; readonly token: string | undefined } | null;
+  readonly consul: ConsulSettings | null;
   readonly sidecarFor: string | undefined;
   readonly admin: HostPort | null;
   /** False when -admin-addr was left at its default: a taken default port is not fatal. */
@@ -39,6 +49,13 @@ interface RawProxyOptions {
   adminAddr: string;
   drainTimeout: string;
   register: boolean;
+  registerId?: string;
+  datacenter?: string;
+  caFile?: string;
+  caPath?: string;
+  clientCert?: string;
+  clientKey?: string;
+  tlsServerName?: string;
 }
 
 function collect(v: string, prev: string[]): string[] {
@@ -49,7 +66,24 @@ function collect(v: string, prev: string[]): string[] {
 export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): ProxyCommand {
   const logLevel = parseLevel(o.logLevel);
   if (!logLevel) throw new UsageError(`-log-level "${o.logLevel}": want trace, debug, info, warn or error`);
-  const consul = o.httpAddr ? { httpAddr: o.httpAddr, token: readToken(o) } : null;
+  const consul: ConsulSettings | null = o.httpAddr
+    ? {
+        httpAddr: o.httpAddr,
+        token: readToken(o),
+        datacenter: o.datacenter,
+        register: o.register,
+        registerId: o.registerId,
+        tls: {
+          ...(o.caFile ? { caFile: o.caFile } : {}),
+          ...(o.caPath ? { caPath: o.caPath } : {}),
+          ...(o.clientCert ? { clientCert: o.clientCert } : {}),
+          ...(o.clientKey ? { clientKey: o.clientKey } : {}),
+          ...(o.tlsServerName ? { serverName: o.tlsServerName } : {}),
+          verify: process.env["CONSUL_HTTP_SSL_VERIFY"] !== "false",
+        },
+      }
+    : null;
+  if (o.register && !(o.service && o.listen)) throw new UsageError("-register needs -service and -listen (it registers the public listener)");
   if (!o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
   if (!consul && o.sidecarFor) throw new UsageError("-sidecar-for reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR");
   if (!consul && !o.service) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
@@ -117,6 +151,13 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--token <token>", "ACL token for the Consul agent").env("CONSUL_HTTP_TOKEN"))
     .addOption(new Option("--token-file <path>", "file holding the ACL token (wins over -token)").env("CONSUL_HTTP_TOKEN_FILE"))
     .addOption(new Option("--register [bool]", "register the proxy in the Consul agent").argParser(parseBool("-register")).preset(true).default(false))
+    .addOption(new Option("--register-id <suffix>", "suffix of the registered proxy's id (<service>-proxy-<suffix>)"))
+    .addOption(new Option("--datacenter <dc>", "datacenter sent on every Consul API request"))
+    .addOption(new Option("--ca-file <path>", "CA bundle for HTTPS to the agent").env("CONSUL_CACERT"))
+    .addOption(new Option("--ca-path <dir>", "directory of CA certificates for HTTPS to the agent").env("CONSUL_CAPATH"))
+    .addOption(new Option("--client-cert <path>", "client certificate for HTTPS to the agent").env("CONSUL_CLIENT_CERT"))
+    .addOption(new Option("--client-key <path>", "client key for HTTPS to the agent").env("CONSUL_CLIENT_KEY"))
+    .addOption(new Option("--tls-server-name <name>", "server name to verify the agent's HTTPS certificate against").env("CONSUL_TLS_SERVER_NAME"))
     .addOption(new Option("--log-level <level>", "trace, debug, info, warn or error").default("info"))
     .addOption(new Option("--log-json [bool]", "log one JSON object per line").argParser(parseBool("-log-json")).preset(true).default(false))
     .addOption(new Option("--data-dir <dir>", "dev control plane state directory (CA, catalog, intentions)").env("MESHPROXY_DATA_DIR").default(defaultDataDir()))

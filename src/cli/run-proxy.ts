@@ -3,13 +3,30 @@
 import { Proxy, ListenerBindError } from "../proxy.js";
 import { DevControlPlane } from "../controlplane/dev/dev.js";
 import { ControlPlaneError, type ControlPlane } from "../controlplane/controlplane.js";
+import { ConsulControlPlane } from "../controlplane/consul/consul.js";
+import { AgentClient } from "../controlplane/consul/client.js";
 import { AdminServer } from "../admin/server.js";
 import { createLogger, type Logger } from "../telemetry/log.js";
 import type { ProxyCommand } from "./program.js";
 
 function controlPlaneFor(cmd: ProxyCommand, log: Logger): ControlPlane {
   if (cmd.consul) {
-    throw new ControlPlaneError("consul", `a Consul agent was selected (-http-addr ${cmd.consul.httpAddr}) but this build has no Consul control plane yet; unset CONSUL_HTTP_ADDR to use the dev control plane`, true);
+    const c = cmd.consul;
+    let client: AgentClient;
+    try {
+      client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
+    } catch (e) {
+      throw new ControlPlaneError("consul", (e as Error).message, true);
+    }
+    return new ConsulControlPlane({
+      client,
+      logger: log,
+      request: cmd.request,
+      // As Consul's CLI: -proxy-id (or CONNECT_PROXY_ID) selects agent mode even next to -service.
+      ...(cmd.request.proxyId ? { proxyId: cmd.request.proxyId } : {}),
+      ...(cmd.sidecarFor ? { sidecarFor: cmd.sidecarFor } : {}),
+      ...(c.register ? { register: c.registerId ? { idSuffix: c.registerId } : {} } : {}),
+    });
   }
   return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log });
 }

@@ -51,7 +51,9 @@ export class SessionCache {
 }
 
 export function originate(target: OriginTarget, tls: TlsMaterial, sessions: SessionCache, done: (err: UpstreamTlsError | null, s: TLSSocket) => void): TLSSocket {
-  const key = `${target.host}:${target.port}/${target.sni}`;
+  // Node skips checkServerIdentity on a resumed session, so a session is only ever offered
+  // again for the same endpoint AND the same expected identity it was verified against.
+  const key = `${target.host}:${target.port}/${target.sni}/${target.expectedSpiffeId}`;
   let identityError: Error | undefined;
   const session = sessions.get(key);
   // Our own TCP socket, so half-close (allowHalfOpen) and Nagle are set where they take effect.
@@ -78,7 +80,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
     }
     done(err, socket);
   };
-  const timer = setTimeout(() => settle(new UpstreamTlsError("timeout", `connect to ${key} timed out after ${target.timeoutMs} ms`)), target.timeoutMs);
+  const timer = setTimeout(() => settle(new UpstreamTlsError("timeout", `connect to ${target.host}:${target.port} timed out after ${target.timeoutMs} ms`)), target.timeoutMs);
   const onError = (e: Error) => {
     if (identityError) settle(new UpstreamTlsError("identity", `${target.host}:${target.port}: ${identityError.message}`));
     else settle(new UpstreamTlsError("connect", `${target.host}:${target.port}: ${e.message}`));

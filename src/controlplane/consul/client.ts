@@ -1,0 +1,144 @@
+// An HTTP client for the local Consul agent, configured the way Consul's own CLI is:
+// -http-addr / CONSUL_HTTP_ADDR (host:port, http://, https://, unix://), token, TLS env vars.
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { Agent, request, type Dispatcher } from "undici";
+
+export interface AgentTlsOptions {
+  readonly caFile?: string;
+  readonly caPath?: string;
+  readonly clientCert?: string;
+  readonly clientKey?: string;
+  readonly serverName?: string;
+  readonly verify?: boolean;
+}
+
+export interface AgentClientOptions {
+  readonly httpAddr: string;
+  readonly token?: string;
+  readonly tls?: AgentTlsOptions;
+  /** `dc` sent on every request, as Consul's -datacenter does. */
+  readonly datacenter?: string;
+}
+
+export interface AgentResponse {
+  readonly status: number;
+  /** Parsed JSON for 2xx responses; the raw text for errors. */
+  readonly body: unknown;
+  readonly text: string;
+  readonly index: number | null;
+  readonly contentHash: string | null;
+  readonly defaultAclPolicy: "allow" | "deny" | null;
+}
+
+/** The agent answered, but not with what we asked for. */
+export class AgentError extends Error {
+  constructor(
+    readonly status: number,
+    readonly path: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "AgentError";
+  }
+}
+
+export interface ParsedAddr {
+  readonly origin: string;
+  readonly socketPath?: string;
+  readonly pathPrefix: string;
+}
+
+/** Reads CONSUL_HTTP_ADDR's forms; CONSUL_HTTP_SSL=true forces https for a bare host:port. */
+export function parseAgentAddr(addr: string, forceSsl = false): ParsedAddr {
+  if (addr.startsWith("unix://")) return { origin: "http://localhost", socketPath: addr.slice("unix://".length), pathPrefix: "" };
+  const withScheme = /^https?:\/\//.test(addr) ? addr : `${forceSsl ? "https" : "http"}://${addr}`;
+  let u: URL;
+  try {
+    u = new URL(withScheme);
+  } catch {
+    throw new Error(`-http-addr "${addr}": not an address; want host:port, http(s)://host:port or unix:///path`);
+  }
+  return { origin: `${u.protocol}//${u.host}`, pathPrefix: u.pathname.replace(/\/$/, "") };
+}
+
+function readCaPath(dir: string): string[] {
+  return readdirSync(dir)
+    .filter((f) => f.endsWith(".pem") || f.endsWith(".crt"))
+    .map((f) => readFileSync(join(dir, f), "utf8"));
+}
+
+export class AgentClient {
+  private readonly dispatcher: Dispatcher;
+  private readonly addr: ParsedAddr;
+
+  constructor(private readonly opts: AgentClientOptions) {
+    this.addr = parseAgentAddr(opts.httpAddr, process.env["CONSUL_HTTP_SSL"] === "true");
+    const t = opts.tls ?? {};
+    const ca = [...(t.caFile ? [readFileSync(t.caFile, "utf8")] : []), ...(t.caPath ? readCaPath(t.caPath) : [])];
+    this.dispatcher = new Agent({
+      // Blocking queries hold a request for up to `wait`; the watch sets its own deadline.
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      keepAliveTimeout: 30_000,
+      connect: {
+        ...(this.addr.socketPath ? { socketPath: this.addr.socketPath } : {}),
+        ...(ca.length > 0 ? { ca } : {}),
+        ...(t.clientCert ? { cert: readFileSync(t.clientCert, "utf8") } : {}),
+        ...(t.clientKey ? { key: readFileSync(t.clientKey, "utf8") } : {}),
+        ...(t.serverName ? { servername: t.serverName } : {}),
+        rejectUnauthorized: t.verify !== false,
+      },
+    });
+  }
+
+  get address(): string {
+    return this.opts.httpAddr;
+  }
+
+  async call(method: "GET" | "PUT" | "POST", path: string, opts: { query?: Record<string, string>; body?: unknown; signal?: AbortSignal } = {}): Promise<AgentResponse> {
+    const q = new URLSearchParams(opts.query);
+    if (this.opts.datacenter && !q.has("dc")) q.set("dc", this.opts.datacenter);
+    const qs = q.toString();
+    const url = `${this.addr.origin}${this.addr.pathPrefix}${path}${qs ? `?${qs}` : ""}`;
+    const headers: Record<string, string> = {};
+    if (this.opts.token) headers["x-consul-token"] = this.opts.token;
+    if (opts.body !== undefined) headers["content-type"] = "application/json";
+    const res = await request(url, {
+      method,
+      headers,
+      dispatcher: this.dispatcher,
+      ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    const text = await res.body.text();
+    const header = (name: string): string | null => {
+      const v = res.headers[name];
+      return typeof v === "string" ? v : null;
+    };
+    const rawIndex = header("x-consul-index");
+    const index = rawIndex !== null && /^\d+$/.test(rawIndex) ? Number(rawIndex) : null;
+    const policy = header("x-consul-default-acl-policy");
+    const base: Omit<AgentResponse, "body"> = {
+      status: res.statusCode,
+      text,
+      index,
+      contentHash: header("x-consul-contenthash"),
+      defaultAclPolicy: policy === "allow" || policy === "deny" ? policy : null,
+    };
+    if (res.statusCode < 200 || res.statusCode > 299) {
+      const hint = res.statusCode === 403 ? " (check the ACL token: -token, -token-file, CONSUL_HTTP_TOKEN)" : "";
+      throw new AgentError(res.statusCode, path, `${method} ${path}: HTTP ${res.statusCode}: ${text.trim().slice(0, 200)}${hint}`);
+    }
+    if (text.length === 0) return { ...base, body: null };
+    try {
+      return { ...base, body: JSON.parse(text) as unknown };
+    } catch (e) {
+      throw new AgentError(res.statusCode, path, `${method} ${path}: malformed JSON from the agent (${(e as Error).message})`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.destroy();
+  }
+}

@@ -1,0 +1,390 @@
+// The Consul control plane: meshproxy as a data plane for a real Consul agent.
+//
+// Watches (blocking queries, each its own loop): CA roots, this service's leaf, the proxy
+// registration (agent mode), intentions matching this service, and per upstream its discovery
+// chain and the health of the service it resolves to. The set of watches follows the config:
+// when the registration gains an upstream, its watches start; when it loses one, they stop.
+// A Snapshot is produced only once every required piece has arrived, so no listener ever
+// accepts a connection it cannot serve for lack of a certificate (Consul's built-in proxy
+// starts upstream listeners before its leaf arrives).
+import { hostname } from "node:os";
+import { ControlPlaneError, type Announcement, type ControlPlane, type ControlPlaneHandlers, type ProxyRequest, type UpstreamRequest } from "../controlplane.js";
+import { DEFAULTS, type Cluster, type Endpoint, type Intention, type Protocol, type Snapshot, type PublicListener, type UpstreamListener } from "../../config/snapshot.js";
+import { parseServiceSpiffeId, serviceSni, serviceSpiffeId } from "../../identity/spiffe.js";
+import type { Logger } from "../../telemetry/log.js";
+import type { AgentClient } from "./client.js";
+import { BlockingQuery, type BlockingOptions } from "./blocking.js";
+import {
+  parseAgentServices,
+  parseChain,
+  parseHealth,
+  parseIntentionMatch,
+  parseLeaf,
+  parseProxyRegistration,
+  parseRoots,
+  type CaRoots,
+  type DiscoveryChain,
+  type HealthEndpoint,
+  type LeafCert,
+  type ProxyRegistration,
+  type WireIntention,
+} from "./wire.js";
+import { ProxyRegistrar } from "./register.js";
+
+export interface ConsulControlPlaneOptions {
+  readonly client: AgentClient;
+  readonly logger: Logger;
+  /** Flags mode: what the command line asked for. Ignored for listeners in agent mode. */
+  readonly request: ProxyRequest;
+  /** Agent mode: the registered connect-proxy service to read config from. */
+  readonly proxyId?: string;
+  /** Agent mode via the app's service id (resolved like Consul's -sidecar-for). */
+  readonly sidecarFor?: string;
+  /** -register: self-register the proxy (flags mode with a public listener). */
+  readonly register?: { readonly idSuffix?: string };
+  /** Blocking `wait` and error backoff; tests shorten them. */
+  readonly waitMs?: number;
+  readonly backoff?: { readonly baseMs: number; readonly maxMs: number };
+}
+
+function isProtocol(p: string): p is Protocol {
+  return p === "tcp" || p === "http" || p === "http2" || p === "grpc";
+}
+
+function asProtocol(p: string): Protocol {
+  return isProtocol(p) ? p : "tcp";
+}
+
+interface IntentionsState {
+  readonly list: readonly WireIntention[];
+  readonly defaultAction: "allow" | "deny";
+}
+
+type ChainState = DiscoveryChain | "unavailable";
+
+export class ConsulControlPlane implements ControlPlane {
+  readonly kind = "consul";
+  private readonly log: Logger;
+  private handlers: ControlPlaneHandlers | null = null;
+  private readonly watches = new Map<string, { stop(): Promise<void> }>();
+  private proxyId: string | null;
+  private roots: CaRoots | null = null;
+  private leaf: LeafCert | null = null;
+  private registration: ProxyRegistration | null = null;
+  private intentions: IntentionsState | null = null;
+  private readonly health = new Map<string, HealthEndpoint[]>();
+  private readonly chains = new Map<string, ChainState>();
+  private version = 0;
+  private lastFingerprint = "";
+  private firstDelivered: (() => void) | null = null;
+  private fatal: ((e: Error) => void) | null = null;
+  private registrar: ProxyRegistrar | null = null;
+  private stopped = false;
+  private readonly warned = new Set<string>();
+
+  constructor(private readonly o: ConsulControlPlaneOptions) {
+    this.log = o.logger.child("consul");
+    this.proxyId = o.proxyId ?? null;
+  }
+
+  private get agentMode(): boolean {
+    return this.proxyId !== null;
+  }
+
+  async start(handlers: ControlPlaneHandlers): Promise<void> {
+    this.handlers = handlers;
+    if (!this.proxyId && this.o.sidecarFor) this.proxyId = await this.resolveSidecarFor(this.o.sidecarFor);
+    this.log.info("watching Consul agent", { agent: this.o.client.address, mode: this.agentMode ? `agent (proxy-id ${this.proxyId})` : "flags" });
+    const first = new Promise<void>((resolve, reject) => {
+      this.firstDelivered = resolve;
+      this.fatal = reject;
+    });
+    this.reconcile();
+    await first;
+  }
+
+  /** As Consul's CLI does: exactly one connect-proxy whose DestinationServiceID is the app's id. */
+  private async resolveSidecarFor(appId: string): Promise<string> {
+    let regs: ProxyRegistration[];
+    try {
+      const res = await this.o.client.call("GET", "/v1/agent/services");
+      regs = parseAgentServices(res.body);
+    } catch (e) {
+      throw new ControlPlaneError("sidecar-for", `cannot list agent services: ${(e as Error).message}`, true);
+    }
+    const matches = regs.filter((r) => r.destinationServiceId.toLowerCase() === appId.toLowerCase());
+    if (matches.length === 0) throw new ControlPlaneError("sidecar-for", `no sidecar proxy registered for service id "${appId}"`, true);
+    if (matches.length > 1) {
+      throw new ControlPlaneError("sidecar-for", `${matches.length} sidecar proxies registered for "${appId}" (${matches.map((m) => m.id).join(", ")}); choose one with -proxy-id`, true);
+    }
+    return matches[0]!.id;
+  }
+
+  /** The service this proxy represents: from the registration in agent mode, else -service. */
+  private serviceName(): string | null {
+    if (this.agentMode) return this.registration ? this.registration.destinationServiceName || null : null;
+    return this.o.request.service;
+  }
+
+  private upstreamRequests(): UpstreamRequest[] {
+    if (!this.agentMode) return [...this.o.request.upstreams];
+    if (!this.registration) return [];
+    const out: UpstreamRequest[] = [];
+    for (const u of this.registration.upstreams) {
+      const skip = (why: string) => this.warnOnce(`upstream ${u.destinationName}: ${why}`);
+      if (u.destinationType !== "service") skip(`destination type "${u.destinationType}" is not supported yet; skipped`);
+      else if (u.localBindSocketPath) skip("unix socket upstream listeners are not supported; skipped");
+      else if (u.localBindPort < 1) skip("no LocalBindPort; skipped");
+      else {
+        out.push({
+          name: u.destinationName,
+          bind: { host: u.localBindAddress, port: u.localBindPort },
+          ...(u.datacenter ? { datacenter: u.datacenter } : {}),
+          ...(u.connectTimeoutMs ? { connectTimeoutMs: u.connectTimeoutMs } : {}),
+        });
+      }
+    }
+    return out;
+  }
+
+  private warnOnce(msg: string): void {
+    if (this.warned.has(msg)) return;
+    this.warned.add(msg);
+    this.log.warn(msg);
+  }
+
+  /** The service (and datacenter) whose instances an upstream's connections go to. */
+  private targetOf(u: UpstreamRequest): { service: string; datacenter: string; sni: string | null; connectTimeoutMs: number | undefined } {
+    const chain = this.chains.get(chainKey(u));
+    const t = chain && chain !== "unavailable" && chain.defaultTarget ? chain.targets[chain.defaultTarget] : undefined;
+    if (t) return { service: t.service, datacenter: t.datacenter || u.datacenter || "", sni: t.sni || null, connectTimeoutMs: t.connectTimeoutMs };
+    return { service: u.name, datacenter: u.datacenter ?? "", sni: null, connectTimeoutMs: undefined };
+  }
+
+  private watch<T>(key: string, opts: Omit<BlockingOptions<T>, "client" | "onError" | "waitMs" | "backoff" | "onValue">, onValue: (v: T) => void): void {
+    if (this.watches.has(key)) return;
+    const q = new BlockingQuery<T>({
+      ...opts,
+      client: this.o.client,
+      ...(this.o.waitMs ? { waitMs: this.o.waitMs } : {}),
+      ...(this.o.backoff ? { backoff: this.o.backoff } : {}),
+      onValue: (v) => {
+        if (this.stopped) return;
+        onValue(v);
+        this.reconcile();
+      },
+      onError: (e) => {
+        if (this.stopped) return;
+        this.handlers?.error(new ControlPlaneError(key.split(":")[0]!, e.message));
+        // An older agent without discovery chains must not hold the first Snapshot back.
+        if (key.startsWith("chain:") && !this.chains.has(key.slice(6))) {
+          this.chains.set(key.slice(6), "unavailable");
+          this.reconcile();
+        }
+      },
+    });
+    this.watches.set(key, q);
+    q.start();
+  }
+
+  /** Starts the watches the current config needs, stops the rest, and emits if complete. */
+  private reconcile(): void {
+    if (this.stopped) return;
+    const wanted = new Set<string>(["roots"]);
+    this.watch<CaRoots>("roots", { path: "/v1/agent/connect/ca/roots", mode: "index", parse: parseRoots }, (v) => (this.roots = v));
+    if (this.agentMode) {
+      const id = this.proxyId!;
+      wanted.add(`service:${id}`);
+      this.watch<ProxyRegistration>(`service:${id}`, { path: `/v1/agent/service/${encodeURIComponent(id)}`, mode: "hash", parse: (b) => parseProxyRegistration(b) }, (v) => {
+        if (v.kind !== "connect-proxy") {
+          this.handlers?.error(new ControlPlaneError("service", `service "${id}" is of kind "${v.kind || "typical"}", not connect-proxy`));
+          return;
+        }
+        this.registration = v;
+      });
+    }
+    const service = this.serviceName();
+    if (service) {
+      wanted.add(`leaf:${service}`);
+      wanted.add(`intentions:${service}`);
+      this.watch<LeafCert>(`leaf:${service}`, { path: `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`, mode: "index", parse: parseLeaf }, (v) => (this.leaf = v));
+      this.watch<IntentionsState>(
+        `intentions:${service}`,
+        {
+          path: "/v1/connect/intentions/match",
+          query: { by: "destination", name: service },
+          mode: "index",
+          parse: (b, res) => ({ list: parseIntentionMatch(b, service), defaultAction: res.defaultAclPolicy ?? "allow" }),
+        },
+        (v) => (this.intentions = v),
+      );
+    }
+    for (const u of this.upstreamRequests()) {
+      const ck = chainKey(u);
+      wanted.add(`chain:${ck}`);
+      this.watch<DiscoveryChain>(
+        `chain:${ck}`,
+        { path: `/v1/discovery-chain/${encodeURIComponent(u.name)}`, query: u.datacenter ? { "compile-dc": u.datacenter } : {}, mode: "index", parse: (b) => parseChain(b, u.name) },
+        (v) => this.chains.set(ck, v),
+      );
+      const t = this.targetOf(u);
+      const hk = healthKey(t.service, t.datacenter);
+      wanted.add(`health:${hk}`);
+      this.watch<HealthEndpoint[]>(
+        `health:${hk}`,
+        { path: `/v1/health/connect/${encodeURIComponent(t.service)}`, query: t.datacenter ? { dc: t.datacenter } : {}, mode: "index", parse: (b) => parseHealth(b, t.service) },
+        (v) => this.health.set(hk, v),
+      );
+    }
+    for (const [key, q] of this.watches) {
+      if (wanted.has(key)) continue;
+      void q.stop();
+      this.watches.delete(key);
+      if (key.startsWith("health:")) this.health.delete(key.slice(7));
+      if (key.startsWith("chain:")) this.chains.delete(key.slice(6));
+    }
+    this.emitIfComplete();
+  }
+
+  private emitIfComplete(): void {
+    const snap = this.build();
+    if (!snap || !this.handlers) return;
+    const fingerprint = JSON.stringify({ ...snap, version: 0 });
+    if (fingerprint === this.lastFingerprint) return;
+    this.lastFingerprint = fingerprint;
+    this.version = snap.version;
+    this.handlers.snapshot(snap);
+    if (this.firstDelivered) {
+      this.firstDelivered();
+      this.firstDelivered = null;
+      this.fatal = null;
+    }
+  }
+
+  /** Null until every piece the config needs has arrived at least once. */
+  private build(): Snapshot | null {
+    const { roots, leaf, intentions } = this;
+    const service = this.serviceName();
+    if (!roots || !leaf || !intentions || !service) return null;
+    if (this.agentMode && !this.registration) return null;
+    const upstreams = this.upstreamRequests();
+    for (const u of upstreams) {
+      if (!this.chains.has(chainKey(u))) return null;
+      const t = this.targetOf(u);
+      if (!this.health.has(healthKey(t.service, t.datacenter))) return null;
+    }
+    const leafId = parseServiceSpiffeId(leaf.serviceUri);
+    const trustDomain = roots.trustDomain;
+    const datacenter = leafId?.datacenter ?? DEFAULTS.datacenter;
+    const namespace = leafId?.namespace ?? DEFAULTS.namespace;
+    const clusters: Record<string, Cluster> = {};
+    const listeners: UpstreamListener[] = [];
+    for (const u of upstreams) {
+      const t = this.targetOf(u);
+      const dc = t.datacenter || datacenter;
+      const endpoints: Endpoint[] = (this.health.get(healthKey(t.service, t.datacenter)) ?? []).map((h) => ({
+        id: h.id,
+        host: h.address,
+        port: h.port,
+        healthy: h.healthy,
+        meta: h.meta,
+      }));
+      clusters[u.name] = {
+        name: u.name,
+        service: t.service,
+        namespace,
+        datacenter: dc,
+        sni: t.sni ?? serviceSni(t.service, namespace, dc, trustDomain),
+        expectedSpiffeId: serviceSpiffeId({ trustDomain, namespace, datacenter: dc, service: t.service }),
+        endpoints,
+      };
+      listeners.push({
+        name: u.name,
+        bind: u.bind,
+        cluster: u.name,
+        protocol: "tcp",
+        connectTimeoutMs: u.connectTimeoutMs ?? t.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs,
+        idleTimeoutMs: DEFAULTS.idleTimeoutMs,
+      });
+    }
+    const intentionList: Intention[] = intentions.list.map((i) => ({ source: i.source, destination: i.destination, action: i.action }));
+    return {
+      version: this.version + 1,
+      source: this.kind,
+      identity: {
+        service: leaf.service,
+        namespace,
+        datacenter,
+        trustDomain,
+        spiffeId: leaf.serviceUri,
+        certChainPem: leaf.certPem,
+        privateKeyPem: leaf.keyPem,
+        serial: leaf.serial,
+        notBefore: leaf.validAfter,
+        notAfter: leaf.validBefore,
+      },
+      trust: { trustDomain, rootsPem: roots.roots.map((r) => r.certPem) },
+      publicListener: this.publicListener(),
+      upstreams: listeners,
+      clusters,
+      intentions: { defaultAction: intentions.defaultAction, intentions: intentionList },
+    };
+  }
+
+  private publicListener(): PublicListener | null {
+    const base = { handshakeTimeoutMs: DEFAULTS.handshakeTimeoutMs, localConnectTimeoutMs: DEFAULTS.localConnectTimeoutMs, idleTimeoutMs: DEFAULTS.idleTimeoutMs };
+    const reg = this.registration;
+    if (this.agentMode && reg) {
+      if (reg.port < 1 || reg.localServicePort < 1) return null;
+      return {
+        ...base,
+        bind: { host: reg.address || "0.0.0.0", port: reg.port },
+        localApp: { host: reg.localServiceAddress, port: reg.localServicePort },
+        protocol: asProtocol(reg.protocol),
+        ...(reg.handshakeTimeoutMs ? { handshakeTimeoutMs: reg.handshakeTimeoutMs } : {}),
+        ...(reg.localConnectTimeoutMs ? { localConnectTimeoutMs: reg.localConnectTimeoutMs } : {}),
+      };
+    }
+    const pl = this.o.request.publicListener;
+    return pl ? { ...base, bind: pl.bind, localApp: pl.localApp, protocol: pl.protocol ?? "tcp" } : null;
+  }
+
+  async announce(a: Announcement): Promise<void> {
+    if (!this.o.register || this.agentMode) return;
+    const pl = this.o.request.publicListener;
+    if (!pl) return;
+    this.registrar = new ProxyRegistrar({
+      client: this.o.client,
+      logger: this.log,
+      service: this.o.request.service,
+      idSuffix: this.o.register.idSuffix,
+      address: a.address,
+      port: a.port,
+      localApp: pl.localApp,
+      upstreams: this.o.request.upstreams,
+      node: hostname(),
+    });
+    await this.registrar.register();
+  }
+
+  async withdraw(): Promise<void> {
+    await this.registrar?.deregister();
+    this.registrar = null;
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.fatal?.(new ControlPlaneError("consul", "stopped before the first snapshot", true));
+    await Promise.all([...this.watches.values()].map((q) => q.stop()));
+    this.watches.clear();
+    await this.o.client.close();
+  }
+}
+
+function chainKey(u: UpstreamRequest): string {
+  return `${u.name}|${u.datacenter ?? ""}`;
+}
+
+function healthKey(service: string, dc: string): string {
+  return `${service}|${dc}`;
+}

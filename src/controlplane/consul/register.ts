@@ -1,0 +1,91 @@
+// -register: the proxy registers itself in the local agent as Consul's built-in proxy does
+// (a connect-proxy service with a TTL check kept passing by a heartbeat), and deregisters on
+// shutdown.
+import type { HostPort } from "../../config/snapshot.js";
+import type { UpstreamRequest } from "../controlplane.js";
+import type { Logger } from "../../telemetry/log.js";
+import type { AgentClient } from "./client.js";
+
+export interface RegistrarOptions {
+  readonly client: AgentClient;
+  readonly logger: Logger;
+  readonly service: string;
+  readonly idSuffix: string | undefined;
+  readonly address: string;
+  readonly port: number;
+  readonly localApp: HostPort;
+  readonly upstreams: readonly UpstreamRequest[];
+  readonly node: string;
+  /** Consul's: TTL 30 s, heartbeat every TTL/3. */
+  readonly ttlMs?: number;
+}
+
+export class ProxyRegistrar {
+  readonly id: string;
+  readonly checkId: string;
+  private heartbeat: NodeJS.Timeout | null = null;
+
+  constructor(private readonly o: RegistrarOptions) {
+    this.id = `${o.service}-proxy${o.idSuffix ? `-${o.idSuffix}` : ""}`;
+    this.checkId = `${this.id}-ttl`;
+  }
+
+  private get ttlMs(): number {
+    return this.o.ttlMs ?? 30_000;
+  }
+
+  body(): unknown {
+    return {
+      Kind: "connect-proxy",
+      ID: this.id,
+      Name: `${this.o.service}-proxy`,
+      Address: this.o.address,
+      Port: this.o.port,
+      Proxy: {
+        DestinationServiceName: this.o.service,
+        LocalServiceAddress: this.o.localApp.host,
+        LocalServicePort: this.o.localApp.port,
+        Upstreams: this.o.upstreams.map((u) => ({
+          DestinationType: "service",
+          DestinationName: u.name,
+          LocalBindAddress: u.bind.host,
+          LocalBindPort: u.bind.port,
+          ...(u.datacenter ? { Datacenter: u.datacenter } : {}),
+        })),
+      },
+      Check: { CheckID: this.checkId, Name: "proxy heartbeat", TTL: `${Math.round(this.ttlMs / 1000)}s`, Status: "passing" },
+    };
+  }
+
+  async register(): Promise<void> {
+    await this.o.client.call("PUT", "/v1/agent/service/register", { body: this.body() });
+    this.o.logger.info("registered proxy in the Consul agent", { id: this.id, address: `${this.o.address}:${this.o.port}` });
+    this.heartbeat = setInterval(() => void this.beat(), Math.max(1000, this.ttlMs / 3));
+    this.heartbeat.unref();
+  }
+
+  private async beat(): Promise<void> {
+    try {
+      await this.o.client.call("PUT", `/v1/agent/check/pass/${encodeURIComponent(this.checkId)}`);
+    } catch (e) {
+      // The agent may have restarted and lost the registration: put it back.
+      this.o.logger.warn("heartbeat failed; re-registering", { id: this.id, error: (e as Error).message });
+      await this.o.client.call("PUT", "/v1/agent/service/register", { body: this.body() }).catch(() => {});
+    }
+  }
+
+  async deregister(): Promise<void> {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await this.o.client.call("PUT", `/v1/agent/service/deregister/${encodeURIComponent(this.id)}`);
+        this.o.logger.info("deregistered proxy from the Consul agent", { id: this.id });
+        return;
+      } catch (e) {
+        if (attempt === 3) this.o.logger.warn("could not deregister from the Consul agent", { id: this.id, error: (e as Error).message });
+        else await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+  }
+}

@@ -1,0 +1,348 @@
+// The Consul agent's JSON, narrowed to what meshproxy uses. Unknown fields are ignored and
+// `null` stands for an empty list or map, as the agent writes them. Every failure names the
+// endpoint and field so a bad response can be told from a bad config.
+import { parseDurationMs } from "../../config/duration.js";
+
+export class WireError extends Error {
+  constructor(endpoint: string, field: string, why: string) {
+    super(`${endpoint}: ${field}: ${why}`);
+    this.name = "WireError";
+  }
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+class Reader {
+  constructor(
+    private readonly endpoint: string,
+    private readonly path: string,
+    private readonly o: Obj,
+  ) {}
+
+  static of(endpoint: string, v: unknown, path = "$"): Reader {
+    if (!isObj(v)) throw new WireError(endpoint, path, "want a JSON object");
+    return new Reader(endpoint, path, v);
+  }
+
+  str(k: string): string {
+    const v = this.o[k];
+    if (typeof v !== "string") throw new WireError(this.endpoint, `${this.path}.${k}`, `want a string, got ${JSON.stringify(v) ?? "nothing"}`);
+    return v;
+  }
+
+  optStr(k: string): string {
+    const v = this.o[k];
+    if (v === undefined || v === null) return "";
+    if (typeof v !== "string") throw new WireError(this.endpoint, `${this.path}.${k}`, "want a string");
+    return v;
+  }
+
+  num(k: string): number {
+    const v = this.o[k];
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new WireError(this.endpoint, `${this.path}.${k}`, `want a number, got ${JSON.stringify(v) ?? "nothing"}`);
+    return v;
+  }
+
+  optNum(k: string): number | undefined {
+    const v = this.o[k];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new WireError(this.endpoint, `${this.path}.${k}`, "want a number");
+    return v;
+  }
+
+  bool(k: string): boolean {
+    return this.o[k] === true;
+  }
+
+  arr(k: string): Reader[] {
+    const v = this.o[k];
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v)) throw new WireError(this.endpoint, `${this.path}.${k}`, "want an array");
+    return v.map((x, i) => Reader.of(this.endpoint, x, `${this.path}.${k}[${i}]`));
+  }
+
+  strArr(k: string): string[] {
+    const v = this.o[k];
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v) || !v.every((x): x is string => typeof x === "string")) throw new WireError(this.endpoint, `${this.path}.${k}`, "want an array of strings");
+    return v;
+  }
+
+  obj(k: string): Reader {
+    const v = this.o[k];
+    return Reader.of(this.endpoint, v === undefined || v === null ? {} : v, `${this.path}.${k}`);
+  }
+
+  strMap(k: string): Record<string, string> {
+    const v = this.o[k];
+    if (v === undefined || v === null) return {};
+    if (!isObj(v)) throw new WireError(this.endpoint, `${this.path}.${k}`, "want a map of strings");
+    const out: Record<string, string> = {};
+    for (const [key, val] of Object.entries(v)) if (typeof val === "string") out[key] = val;
+    return out;
+  }
+
+  raw(k: string): unknown {
+    return this.o[k];
+  }
+
+  keys(): string[] {
+    return Object.keys(this.o);
+  }
+}
+
+// ---- /v1/agent/connect/ca/roots ----
+
+export interface CaRoots {
+  readonly trustDomain: string;
+  readonly activeRootId: string;
+  readonly roots: ReadonlyArray<{ readonly id: string; readonly certPem: string; readonly intermediatesPem: readonly string[]; readonly active: boolean; readonly notAfter: string }>;
+}
+
+export function parseRoots(body: unknown): CaRoots {
+  const ep = "/v1/agent/connect/ca/roots";
+  const r = Reader.of(ep, body);
+  const roots = r.arr("Roots").map((x) => ({
+    id: x.str("ID"),
+    certPem: x.str("RootCert"),
+    intermediatesPem: x.strArr("IntermediateCerts"),
+    active: x.bool("Active"),
+    notAfter: x.optStr("NotAfter"),
+  }));
+  if (roots.length === 0) throw new WireError(ep, "$.Roots", "no CA roots (is Connect enabled on the agent?)");
+  return { trustDomain: r.str("TrustDomain").toLowerCase(), activeRootId: r.optStr("ActiveRootID"), roots };
+}
+
+// ---- /v1/agent/connect/ca/leaf/:service ----
+
+export interface LeafCert {
+  readonly serial: string;
+  readonly certPem: string;
+  readonly keyPem: string;
+  readonly service: string;
+  readonly serviceUri: string;
+  readonly validAfter: Date;
+  readonly validBefore: Date;
+}
+
+export function parseLeaf(body: unknown): LeafCert {
+  const ep = "/v1/agent/connect/ca/leaf";
+  const r = Reader.of(ep, body);
+  const date = (k: string) => {
+    const d = new Date(r.str(k));
+    if (Number.isNaN(d.getTime())) throw new WireError(ep, `$.${k}`, "not an RFC 3339 time");
+    return d;
+  };
+  return {
+    serial: r.str("SerialNumber"),
+    certPem: r.str("CertPEM"),
+    keyPem: r.str("PrivateKeyPEM"),
+    service: r.str("Service"),
+    serviceUri: r.str("ServiceURI"),
+    validAfter: date("ValidAfter"),
+    validBefore: date("ValidBefore"),
+  };
+}
+
+// ---- /v1/agent/service/:id (the proxy registration) ----
+
+export interface UpstreamDef {
+  readonly destinationType: string;
+  readonly destinationName: string;
+  readonly datacenter: string;
+  readonly localBindAddress: string;
+  readonly localBindPort: number;
+  readonly localBindSocketPath: string;
+  readonly connectTimeoutMs: number | undefined;
+}
+
+export interface ProxyRegistration {
+  readonly id: string;
+  readonly kind: string;
+  readonly address: string;
+  readonly port: number;
+  readonly destinationServiceName: string;
+  readonly destinationServiceId: string;
+  readonly localServiceAddress: string;
+  readonly localServicePort: number;
+  readonly protocol: string;
+  readonly localConnectTimeoutMs: number | undefined;
+  readonly handshakeTimeoutMs: number | undefined;
+  readonly upstreams: readonly UpstreamDef[];
+}
+
+/** A millisecond setting from a free-form Config map: a number, or a numeric string. */
+function msSetting(v: unknown): number | undefined {
+  if (typeof v === "number" && Number.isFinite(v) && v > 0) return v;
+  if (typeof v === "string" && /^\d+$/.test(v)) return Number(v);
+  return undefined;
+}
+
+export function parseProxyRegistration(body: unknown, endpoint = "/v1/agent/service"): ProxyRegistration {
+  const r = Reader.of(endpoint, body);
+  const p = r.obj("Proxy");
+  const cfg = p.obj("Config");
+  const upstreams = p.arr("Upstreams").map((u) => {
+    const ucfg = u.obj("Config");
+    return {
+      destinationType: u.optStr("DestinationType") || "service",
+      destinationName: u.str("DestinationName"),
+      datacenter: u.optStr("Datacenter"),
+      localBindAddress: u.optStr("LocalBindAddress") || "127.0.0.1",
+      localBindPort: u.optNum("LocalBindPort") ?? 0,
+      localBindSocketPath: u.optStr("LocalBindSocketPath"),
+      connectTimeoutMs: msSetting(ucfg.raw("connect_timeout_ms")),
+    };
+  });
+  const protocol = cfg.raw("protocol");
+  return {
+    id: r.str("ID"),
+    kind: r.optStr("Kind"),
+    address: r.optStr("Address"),
+    port: r.optNum("Port") ?? 0,
+    destinationServiceName: p.optStr("DestinationServiceName"),
+    destinationServiceId: p.optStr("DestinationServiceID"),
+    localServiceAddress: p.optStr("LocalServiceAddress") || "127.0.0.1",
+    localServicePort: p.optNum("LocalServicePort") ?? 0,
+    protocol: typeof protocol === "string" ? protocol : "tcp",
+    localConnectTimeoutMs: msSetting(cfg.raw("local_connect_timeout_ms")),
+    handshakeTimeoutMs: msSetting(cfg.raw("handshake_timeout_ms")),
+    upstreams,
+  };
+}
+
+/** `/v1/agent/services`: id → registration, for resolving -sidecar-for. */
+export function parseAgentServices(body: unknown): ProxyRegistration[] {
+  const ep = "/v1/agent/services";
+  const r = Reader.of(ep, body);
+  return r.keys().flatMap((id) => {
+    const s = r.obj(id);
+    return s.optStr("Kind") === "connect-proxy" ? [parseProxyRegistration(r.raw(id), ep)] : [];
+  });
+}
+
+// ---- /v1/health/connect/:service ----
+
+export interface HealthEndpoint {
+  readonly id: string;
+  readonly node: string;
+  readonly address: string;
+  readonly port: number;
+  readonly datacenter: string;
+  /** The service whose identity the instance presents. */
+  readonly identityService: string;
+  readonly healthy: boolean;
+  readonly meta: Record<string, string>;
+}
+
+export function parseHealth(body: unknown, service: string): HealthEndpoint[] {
+  const ep = `/v1/health/connect/${service}`;
+  if (body === null) return [];
+  if (!Array.isArray(body)) throw new WireError(ep, "$", "want an array of service entries");
+  return body.map((entry, i) => {
+    const r = Reader.of(ep, entry, `$[${i}]`);
+    const node = r.obj("Node");
+    const svc = r.obj("Service");
+    const checks = r.arr("Checks");
+    const proxy = svc.obj("Proxy");
+    const native = svc.obj("Connect").bool("Native");
+    return {
+      id: svc.str("ID"),
+      node: node.optStr("Node"),
+      address: svc.optStr("Address") || node.str("Address"),
+      port: svc.num("Port"),
+      datacenter: node.optStr("Datacenter"),
+      identityService: native ? svc.str("Service") : proxy.optStr("DestinationServiceName") || service,
+      // As Envoy weighs them: any critical check makes the instance unhealthy.
+      healthy: checks.every((c) => c.optStr("Status") !== "critical"),
+      meta: svc.strMap("Meta"),
+    };
+  });
+}
+
+// ---- /v1/discovery-chain/:service ----
+
+export interface ChainTarget {
+  readonly id: string;
+  readonly service: string;
+  readonly subset: string;
+  readonly namespace: string;
+  readonly datacenter: string;
+  readonly sni: string;
+  readonly filter: string;
+  readonly onlyPassing: boolean;
+  readonly connectTimeoutMs: number | undefined;
+}
+
+export interface DiscoveryChain {
+  readonly serviceName: string;
+  readonly protocol: string;
+  readonly startNode: string;
+  /** Node name → node; kept whole for the L7 router/splitter work. */
+  readonly nodes: Readonly<Record<string, unknown>>;
+  readonly targets: Readonly<Record<string, ChainTarget>>;
+  /** The target a plain TCP chain resolves to (its start resolver's), if it has one. */
+  readonly defaultTarget: string | null;
+}
+
+export function parseChain(body: unknown, service: string): DiscoveryChain {
+  const ep = `/v1/discovery-chain/${service}`;
+  const c = Reader.of(ep, body).obj("Chain");
+  const targets: Record<string, ChainTarget> = {};
+  const t = c.obj("Targets");
+  for (const id of t.keys()) {
+    const x = t.obj(id);
+    const subset = x.obj("Subset");
+    targets[id] = {
+      id,
+      service: x.str("Service"),
+      subset: x.optStr("ServiceSubset"),
+      namespace: x.optStr("Namespace") || "default",
+      datacenter: x.optStr("Datacenter"),
+      sni: x.optStr("SNI"),
+      filter: subset.optStr("Filter"),
+      onlyPassing: subset.bool("OnlyPassing"),
+      connectTimeoutMs: parseDurationMs(x.raw("ConnectTimeout")) ?? undefined,
+    };
+  }
+  const nodes = c.obj("Nodes");
+  const startNode = c.str("StartNode");
+  const nodeMap: Record<string, unknown> = {};
+  for (const k of nodes.keys()) nodeMap[k] = nodes.raw(k);
+  const start = nodes.obj(startNode);
+  const defaultTarget = start.optStr("Type") === "resolver" ? start.obj("Resolver").optStr("Target") || null : null;
+  if (defaultTarget !== null && !targets[defaultTarget]) throw new WireError(ep, `$.Chain.Nodes["${startNode}"].Resolver.Target`, `"${defaultTarget}" is not in Targets`);
+  return { serviceName: c.optStr("ServiceName") || service, protocol: c.optStr("Protocol") || "tcp", startNode, nodes: nodeMap, targets, defaultTarget };
+}
+
+// ---- /v1/connect/intentions/match ----
+
+export interface WireIntention {
+  readonly source: string;
+  readonly destination: string;
+  /** L7 intentions (with Permissions) have no Action; for L4 they deny, as the agent's authorize does. */
+  readonly action: "allow" | "deny";
+  readonly l7: boolean;
+  readonly precedence: number;
+}
+
+export function parseIntentionMatch(body: unknown, destination: string): WireIntention[] {
+  const ep = "/v1/connect/intentions/match";
+  const r = Reader.of(ep, body);
+  return r.arr(destination).map((x) => {
+    const l7 = x.arr("Permissions").length > 0;
+    const action = x.optStr("Action");
+    if (!l7 && action !== "allow" && action !== "deny") throw new WireError(ep, `$.${destination}[].Action`, `"${action}" is not allow or deny`);
+    return {
+      source: x.str("SourceName"),
+      destination: x.str("DestinationName"),
+      action: l7 ? "deny" : action === "allow" ? "allow" : "deny",
+      l7,
+      precedence: x.optNum("Precedence") ?? 0,
+    };
+  });
+}
