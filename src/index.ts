@@ -12,7 +12,7 @@ export { DevControlPlane, type DevControlPlaneOptions } from "./controlplane/dev
 export type * from "./config/snapshot.js";
 export { DEFAULTS } from "./config/snapshot.js";
 export { validateSnapshot, SnapshotError } from "./config/validate.js";
-export { createRootCa, issueLeaf, type CaMaterial, type IssuedLeaf, type LeafRequest } from "./identity/ca.js";
+export { createRootCa, issueLeaf, serialOf, type CaMaterial, type IssuedLeaf, type LeafRequest } from "./identity/ca.js";
 export { serviceSpiffeId, parseServiceSpiffeId, serviceSni, type ServiceId } from "./identity/spiffe.js";
 export { authorize, precedence, CompiledIntentions, type Decision } from "./authz/intentions.js";
 export { Metrics } from "./telemetry/metrics.js";
