@@ -7,9 +7,16 @@ import { validateSnapshot, SnapshotError } from "./config/validate.js";
 import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
 import { buildTlsMaterial, materialKey, type TlsMaterial } from "./tls/contexts.js";
 import { SessionCache } from "./tls/origin.js";
-import { PublicListener } from "./inbound/public-listener.js";
+import { PublicListener, type InboundState } from "./inbound/public-listener.js";
 import { UpstreamListener } from "./outbound/upstream-listener.js";
+import { HttpRouter, OutboundHttpState } from "./outbound/http-router.js";
+import { CompiledRoutes, RouteCompileError } from "./http/route-match.js";
+import { PermissionCompileError } from "./authz/l7.js";
+import { MatchCompileError } from "./http/match.js";
+import { PoolSet } from "./cluster/pools.js";
+import { ClusterRuntime } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
+import { HttpStats } from "./telemetry/http-stats.js";
 import { createLogger, type Logger } from "./telemetry/log.js";
 
 export interface ProxyOptions {
@@ -51,6 +58,11 @@ export class Proxy extends EventEmitter {
   private publicListener: PublicListener | null = null;
   private readonly upstreams = new Map<string, UpstreamListener>();
   private readonly sessions = new SessionCache();
+  private readonly pools = new PoolSet(this.sessions);
+  /** Cluster state that outlives Snapshots: ejections, counters, pools. */
+  private readonly runtimes = new Map<string, ClusterRuntime>();
+  private readonly httpStats: HttpStats;
+  private readonly router: HttpRouter;
   private applying: Promise<void> = Promise.resolve();
   private addrs: { public: string | null; upstreams: Record<string, string> } = { public: null, upstreams: {} };
   private ready = false;
@@ -61,6 +73,8 @@ export class Proxy extends EventEmitter {
     this.cp = opts.controlPlane;
     this.log = opts.logger ?? createLogger();
     this.metrics = opts.metrics ?? new Metrics();
+    this.httpStats = new HttpStats(this.metrics.registry);
+    this.router = new HttpRouter(this.log.child("http"), this.httpStats);
   }
 
   get isReady(): boolean {
@@ -124,11 +138,24 @@ export class Proxy extends EventEmitter {
       if (this.current === null) throw e;
       return;
     }
+    let inbound: InboundState | null;
+    try {
+      inbound = hasPublic(s) ? PublicListener.compile(s) : null;
+      for (const u of s.upstreams) if (u.routes && u.protocol !== "tcp") new CompiledRoutes(u.routes);
+    } catch (e) {
+      if (!(e instanceof RouteCompileError || e instanceof PermissionCompileError || e instanceof MatchCompileError)) throw e;
+      const field = e instanceof RouteCompileError ? `routes[${e.routeIndex}].${e.field}` : e instanceof PermissionCompileError ? e.field : "intentions";
+      this.metrics.snapshotsRejected.labels(s.source, field).inc();
+      this.log.error("snapshot rejected; keeping the last good one", { version: s.version, error: e.message });
+      if (this.current === null) throw new SnapshotError(field, e.message);
+      return;
+    }
     const first = this.current === null;
     const tls = this.tls && this.tls.key === materialKey(s.identity, s.trust) ? this.tls : buildTlsMaterial(s.identity, s.trust);
     this.sessions.reset(tls.key);
+    this.applyClusters(s, tls);
     const errors: ListenerBindError[] = [];
-    await this.applyPublic(s, tls, errors);
+    await this.applyPublic(s, tls, inbound, errors);
     await this.applyUpstreams(s, tls, errors);
     if (first && errors.length > 0) {
       this.closeAll();
@@ -145,7 +172,26 @@ export class Proxy extends EventEmitter {
     this.emit("snapshot", s);
   }
 
-  private async applyPublic(s: Snapshot, tls: TlsMaterial, errors: ListenerBindError[]): Promise<void> {
+  /** Cluster runtimes follow the Snapshot's clusters; pools of endpoints that left are closed. */
+  private applyClusters(s: Snapshot, tls: TlsMaterial): void {
+    for (const [name, rt] of this.runtimes) {
+      if (s.clusters[name]) continue;
+      rt.close();
+      this.runtimes.delete(name);
+    }
+    for (const c of Object.values(s.clusters)) {
+      const rt = this.runtimes.get(c.name);
+      if (rt) rt.update(c, tls);
+      else this.runtimes.set(c.name, new ClusterRuntime(c, tls, this.pools, false));
+    }
+    this.pools.retain(new Set([...this.runtimes.values()].flatMap((rt) => rt.poolKeys())));
+  }
+
+  private httpStateFor(u: Snapshot["upstreams"][number]): OutboundHttpState | null {
+    return u.routes && u.protocol !== "tcp" ? new OutboundHttpState(u.name, u.routes, this.runtimes) : null;
+  }
+
+  private async applyPublic(s: Snapshot, tls: TlsMaterial, inbound: InboundState | null, errors: ListenerBindError[]): Promise<void> {
     const existing = this.publicListener;
     if (!hasPublic(s)) {
       if (existing) {
@@ -156,7 +202,7 @@ export class Proxy extends EventEmitter {
       return;
     }
     if (existing && sameBind(existing.bind, s.publicListener.bind)) {
-      existing.update(s, tls);
+      existing.update(s, tls, inbound ?? undefined);
       return;
     }
     const l = new PublicListener(s, tls, this.metrics, this.log);
@@ -182,11 +228,12 @@ export class Proxy extends EventEmitter {
     for (const u of s.upstreams) {
       const cluster = s.clusters[u.cluster]!;
       const existing = this.upstreams.get(u.name);
+      const http = this.httpStateFor(u);
       if (existing && sameBind(existing.bind, u.bind)) {
-        existing.update(u, cluster, tls);
+        existing.update(u, cluster, tls, http);
         continue;
       }
-      const l = new UpstreamListener(u, cluster, tls, this.sessions, this.metrics, this.log);
+      const l = new UpstreamListener(u, cluster, tls, http, this.sessions, this.metrics, this.router, this.log);
       try {
         const a = await l.listen();
         existing?.close();
@@ -230,10 +277,14 @@ export class Proxy extends EventEmitter {
     const deadline = Date.now() + (this.opts.drainTimeoutMs ?? DEFAULTS.drainTimeoutMs);
     if (this.activeConnections > 0) this.log.info("draining open connections", { open: this.activeConnections, timeout_ms: deadline - Date.now() });
     while (this.activeConnections > 0 && Date.now() < deadline) {
+      // Keep-alive HTTP connections close as soon as they are idle; busy ones after their response.
+      for (const l of this.allListeners()) l.closeIdle();
       await new Promise((r) => setTimeout(r, 50));
     }
     if (this.activeConnections > 0) this.log.warn("drain timeout; closing open connections", { open: this.activeConnections });
     for (const l of this.allListeners()) l.destroyConnections();
+    for (const rt of this.runtimes.values()) rt.close();
+    await this.pools.closeAll();
     await this.cp.stop();
     this.ready = false;
     this.emit("stopped");

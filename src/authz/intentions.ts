@@ -24,6 +24,11 @@ export function sortByPrecedence(intentions: readonly Intention[]): Intention[] 
   return [...intentions].sort((a, b) => precedence(b) - precedence(a));
 }
 
+/** An intention with HTTP permissions is L7: only a listener that sees requests can enforce it. */
+export function hasPermissions(it: Intention): boolean {
+  return it.permissions !== undefined && it.permissions.length > 0;
+}
+
 function matches(pattern: string, name: string): boolean {
   return pattern === "*" || pattern === name;
 }
@@ -51,6 +56,15 @@ export class CompiledIntentions {
   private evaluate(source: string): Decision {
     for (const it of this.ordered) {
       if (!matches(it.source, source)) continue;
+      // As Consul's authorize endpoint: an L7 intention still decides (it is the most specific),
+      // and a connection-level check cannot honour its permissions, so it denies.
+      if (hasPermissions(it)) {
+        return {
+          allowed: false,
+          reason: `Matched L7 intention: ${it.source} => ${it.destination} (L4 connections are denied; the service's protocol must be http)`,
+          intention: it,
+        };
+      }
       return {
         allowed: it.action === "allow",
         reason: `Matched L4 intention: ${it.source} => ${it.destination} (${it.action})`,

@@ -24,6 +24,8 @@ export interface ProxyCommand {
   readonly request: ProxyRequest;
   readonly dataDir: string;
   readonly consul: ConsulSettings | null;
+  /** Static config file; when set, the file (not flags) says what the proxy is. */
+  readonly configFile: string | undefined;
   readonly sidecarFor: string | undefined;
   readonly admin: HostPort | null;
   /** False when -admin-addr was left at its default: a taken default port is not fatal. */
@@ -36,11 +38,13 @@ export interface ProxyCommand {
 interface RawProxyOptions {
   service?: string;
   upstream: string[];
+  meta: string[];
   listen?: string;
   serviceAddr?: string;
   proxyId?: string;
   sidecarFor?: string;
   httpAddr?: string;
+  configFile?: string;
   token?: string;
   tokenFile?: string;
   logLevel: string;
@@ -83,10 +87,11 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
         },
       }
     : null;
+  if (o.configFile !== undefined) checkConfigFileAlone(o);
   if (o.register && !(o.service && o.listen)) throw new UsageError("-register needs -service and -listen (it registers the public listener)");
-  if (!o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
+  if (o.configFile === undefined && !o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
   if (!consul && o.sidecarFor) throw new UsageError("-sidecar-for reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR");
-  if (!consul && !o.service) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
+  if (!consul && !o.service && o.configFile === undefined) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
   if (o.service && !isValidServiceName(o.service)) throw new UsageError(`-service "${o.service}": not a valid service name (letters, digits, - _ .)`);
   if (o.listen && !o.serviceAddr) throw new UsageError("-listen requires -service-addr (the local app's host:port that inbound connections are forwarded to)");
   if (o.serviceAddr && !o.listen) throw new UsageError("-service-addr needs -listen (the public mTLS listener's host:port)");
@@ -105,9 +110,11 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
         : {}),
       // Consul keys upstreams by name: a repeated name overwrites the earlier one.
       upstreams: [...byName.values()].sort((a, b) => a.name.localeCompare(b.name)),
+      ...(o.meta.length > 0 ? { meta: parseMeta(o.meta) } : {}),
     },
     dataDir: o.dataDir,
     consul,
+    configFile: o.configFile,
     sidecarFor: o.sidecarFor,
     admin,
     adminExplicit,
@@ -115,6 +122,35 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
     logJson: o.logJson,
     drainTimeoutMs,
   };
+}
+
+/** The file is the whole configuration: a flag that said part of it again would be ignored or contradict it. */
+function checkConfigFileAlone(o: RawProxyOptions): void {
+  if (o.configFile === "") throw new UsageError("-config-file: give the path of the static config file");
+  if (o.httpAddr) throw new UsageError("-config-file selects the static control plane and -http-addr (or CONSUL_HTTP_ADDR) the Consul one: give only one");
+  const clash = [
+    o.service !== undefined ? "-service" : null,
+    o.upstream.length > 0 ? "-upstream" : null,
+    o.listen !== undefined ? "-listen" : null,
+    o.serviceAddr !== undefined ? "-service-addr" : null,
+    o.proxyId !== undefined ? "-proxy-id (or CONNECT_PROXY_ID)" : null,
+    o.sidecarFor !== undefined ? "-sidecar-for (or CONNECT_SIDECAR_FOR)" : null,
+    o.datacenter !== undefined ? "-datacenter" : null,
+    o.register ? "-register" : null,
+  ].filter((f) => f !== null);
+  if (clash.length > 0) {
+    throw new UsageError(`-config-file cannot be combined with ${clash.join(", ")}: the file sets the service, datacenter, listeners and upstreams (put them there), and there is no catalog to register in`);
+  }
+}
+
+function parseMeta(pairs: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const p of pairs) {
+    const i = p.indexOf("=");
+    if (i <= 0) throw new UsageError(`-meta "${p}": want key=value, e.g. version=v2`);
+    out[p.slice(0, i)] = p.slice(i + 1);
+  }
+  return out;
 }
 
 function readToken(o: RawProxyOptions): string | undefined {
@@ -130,14 +166,18 @@ export interface Handlers {
   proxy(cmd: ProxyCommand): Promise<number>;
   intention(action: "create" | "delete" | "list" | "check", args: string[], opts: { dataDir: string; allow: boolean; deny: boolean; replace: boolean; description?: string }): Promise<number>;
   demo(opts: { dataDir?: string; count?: number; interval: number }): Promise<number>;
+  config(action: "write" | "read" | "list" | "delete", args: { file?: string; kind?: string; name?: string; dataDir: string }): Promise<number>;
 }
 
 export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => void): Command {
   const program = new Command("meshproxy")
     .description("A service-mesh sidecar proxy: mTLS, intentions and traffic management for Consul Connect meshes.\nFlags take one dash or two: -service web or --service web.")
-    .usage("-service <name> [-listen host:port -service-addr host:port] [-upstream name:port ...]")
+    .usage("-service <name> [-listen host:port -service-addr host:port] [-upstream name:port ...] | -config-file <path>")
     .helpOption("-h, --help", "show this help")
     .showSuggestionAfterError(false)
+    // Flags after a subcommand belong to it: without this the proxy's own --data-dir swallows
+    // `intention create web db -data-dir X` and the subcommand silently uses ./.meshproxy.
+    .enablePositionalOptions()
     .exitOverride();
 
   program
@@ -145,9 +185,11 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--upstream <name:port>", "upstream listener: name:port or name:host:port (repeatable)").argParser(collect).default([]))
     .addOption(new Option("--listen <host:port>", "public mTLS listener address (needs -service-addr)"))
     .addOption(new Option("--service-addr <host:port>", "address of the local app that inbound connections are forwarded to"))
+    .addOption(new Option("--meta <key=value>", "service metadata registered with the instance (repeatable); subset filters select on it").argParser(collect).default([]))
     .addOption(new Option("--proxy-id <id>", "proxy instance id (with a Consul agent: the registered connect-proxy service id)").env("CONNECT_PROXY_ID"))
     .addOption(new Option("--sidecar-for <id>", "app service id whose sidecar registration to use (Consul agent)").env("CONNECT_SIDECAR_FOR"))
     .addOption(new Option("--http-addr <addr>", "Consul agent HTTP address; selects the Consul control plane").env("CONSUL_HTTP_ADDR"))
+    .addOption(new Option("--config-file <path>", "static config file; selects the static control plane"))
     .addOption(new Option("--token <token>", "ACL token for the Consul agent").env("CONSUL_HTTP_TOKEN"))
     .addOption(new Option("--token-file <path>", "file holding the ACL token (wins over -token)").env("CONSUL_HTTP_TOKEN_FILE"))
     .addOption(new Option("--register [bool]", "register the proxy in the Consul agent").argParser(parseBool("-register")).preset(true).default(false))
@@ -203,6 +245,34 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(dataDirOption())
     .action((src: string, dst: string, o: { dataDir: string }) => setResult(h.intention("check", [src, dst], { ...o, allow: false, deny: false, replace: false })));
 
+  const config = program.command("config").description("manage config entries in the dev control plane (like `consul config`)");
+  config
+    .command("write")
+    .description("write a config entry from a JSON file (service-defaults, proxy-defaults, service-router, service-splitter, service-resolver)")
+    .argument("<file>", "the entry as Consul's JSON; - reads standard input")
+    .addOption(dataDirOption())
+    .action((file: string, o: { dataDir: string }) => setResult(h.config("write", { file, dataDir: o.dataDir })));
+  config
+    .command("read")
+    .description("print one config entry")
+    .requiredOption("--kind <kind>", "entry kind")
+    .requiredOption("--name <name>", "entry name")
+    .addOption(dataDirOption())
+    .action((o: { kind: string; name: string; dataDir: string }) => setResult(h.config("read", o)));
+  config
+    .command("list")
+    .description("list config entries")
+    .option("--kind <kind>", "only this kind")
+    .addOption(dataDirOption())
+    .action((o: { kind?: string; dataDir: string }) => setResult(h.config("list", o)));
+  config
+    .command("delete")
+    .description("delete a config entry")
+    .requiredOption("--kind <kind>", "entry kind")
+    .requiredOption("--name <name>", "entry name")
+    .addOption(dataDirOption())
+    .action((o: { kind: string; name: string; dataDir: string }) => setResult(h.config("delete", o)));
+
   program
     .command("demo")
     .description("start a complete local mesh (two apps, their sidecars, the dev control plane) and send requests across it")
@@ -219,7 +289,7 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     }, 1000)
     .action((o: { dataDir?: string; count?: number; interval: number }) => setResult(h.demo(o)));
 
-  for (const c of [program, intention, ...intention.commands, ...program.commands]) c.exitOverride();
+  for (const c of [program, intention, ...intention.commands, config, ...config.commands, ...program.commands]) c.exitOverride();
   return program;
 }
 

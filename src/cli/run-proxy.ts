@@ -2,6 +2,7 @@
 // admin API, and drain cleanly on SIGTERM/SIGINT.
 import { Proxy, ListenerBindError } from "../proxy.js";
 import { DevControlPlane } from "../controlplane/dev/dev.js";
+import { StaticControlPlane } from "../controlplane/static/static.js";
 import { ControlPlaneError, type ControlPlane } from "../controlplane/controlplane.js";
 import { ConsulControlPlane } from "../controlplane/consul/consul.js";
 import { AgentClient } from "../controlplane/consul/client.js";
@@ -10,6 +11,7 @@ import { createLogger, type Logger } from "../telemetry/log.js";
 import type { ProxyCommand } from "./program.js";
 
 function controlPlaneFor(cmd: ProxyCommand, log: Logger): ControlPlane {
+  if (cmd.configFile !== undefined) return new StaticControlPlane({ file: cmd.configFile, logger: log });
   if (cmd.consul) {
     const c = cmd.consul;
     let client: AgentClient;
@@ -31,7 +33,8 @@ function controlPlaneFor(cmd: ProxyCommand, log: Logger): ControlPlane {
   return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log });
 }
 
-function flagFor(e: ListenerBindError): string {
+function flagFor(e: ListenerBindError, cmd: ProxyCommand): string {
+  if (cmd.configFile !== undefined) return `${cmd.configFile}: ${e.listener === "public" ? "public_listener.bind" : "upstreams[].bind"}`;
   return e.listener === "public" ? "-listen" : "-upstream";
 }
 
@@ -81,7 +84,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     log.info("stopped");
     return 0;
   } catch (e) {
-    const msg = e instanceof ListenerBindError ? `${flagFor(e)}: ${e.message}` : (e as Error).message;
+    const msg = e instanceof ListenerBindError ? `${flagFor(e, cmd)}: ${e.message}` : (e as Error).message;
     log.error("cannot start", { error: msg });
     process.stderr.write(`meshproxy: ${msg}\n`);
     await proxy?.stop().catch(() => {});

@@ -1,6 +1,7 @@
 // The Snapshot: everything the data plane needs to know, as one immutable value.
 // A control plane produces them; the proxy applies each one atomically. Nothing here
 // knows about sockets or about where the values came from.
+import type { Limits, LoadBalancer, OutlierDetection, Permission, RouteTable } from "./http.js";
 
 export interface HostPort {
   readonly host: string;
@@ -41,6 +42,8 @@ export interface PublicListener {
   readonly handshakeTimeoutMs: number;
   readonly localConnectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** HTTP: how long the local app may take to answer one request. Default 15 s. */
+  readonly requestTimeoutMs?: number;
 }
 
 /** Outbound: plain TCP from the local app, mTLS to an instance of `cluster`. */
@@ -52,6 +55,8 @@ export interface UpstreamListener {
   readonly protocol: Protocol;
   readonly connectTimeoutMs: number;
   readonly idleTimeoutMs: number;
+  /** HTTP upstreams: where each request goes. Absent for tcp (all traffic to `cluster`). */
+  readonly routes?: RouteTable;
 }
 
 export interface Endpoint {
@@ -74,6 +79,18 @@ export interface Cluster {
   /** The SPIFFE ID the server must present. */
   readonly expectedSpiffeId: string;
   readonly endpoints: readonly Endpoint[];
+  /** Default round robin (Envoy's). */
+  readonly lb?: LoadBalancer;
+  /** Absent: no outlier detection. */
+  readonly outlierDetection?: OutlierDetection;
+  /** Default Envoy's circuit-breaker thresholds. */
+  readonly limits?: Limits;
+  readonly connectTimeoutMs?: number;
+  /**
+   * Clusters to use, in order, when this one has no healthy endpoint left (Consul resolver
+   * failover; Envoy's lower priorities).
+   */
+  readonly failover?: readonly string[];
 }
 
 export type IntentionAction = "allow" | "deny";
@@ -85,6 +102,11 @@ export interface Intention {
   readonly destination: string;
   readonly action: IntentionAction;
   readonly description?: string;
+  /**
+   * L7 intention: checked per HTTP request, first match wins; a request matching none gets
+   * the default action. On a tcp service an L7 intention denies, as Consul's authorize does.
+   */
+  readonly permissions?: readonly Permission[];
 }
 
 export interface IntentionPolicy {

@@ -23,6 +23,8 @@ export interface ProxyRequest {
     readonly protocol?: Protocol;
   };
   readonly upstreams: readonly UpstreamRequest[];
+  /** Service metadata registered with the instance (subset filters select on it). */
+  readonly meta?: Readonly<Record<string, string>>;
 }
 
 /** Where the proxy's public listener really is (port 0 resolved), for registration. */

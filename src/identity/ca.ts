@@ -124,6 +124,40 @@ export async function issueLeaf(ca: CaMaterial, req: LeafRequest): Promise<Issue
   };
 }
 
+/**
+ * The new root's subject and key, signed by the old root: the intermediate Consul ships during a
+ * root rotation (shared/reference/consul-connect.md §3.7) so peers that still trust only the old
+ * root accept leafs from the new one. It keeps the new root's SubjectKeyIdentifier, so a leaf
+ * chains through it exactly as it chains to the new root. The two roots need distinct subjects
+ * (`commonName`), or the result would look self-issued.
+ */
+export async function crossSign(newRoot: CaMaterial, oldRoot: CaMaterial): Promise<string> {
+  const next = new x509.X509Certificate(newRoot.certPem);
+  const prev = new x509.X509Certificate(oldRoot.certPem);
+  const prevKey = await crypto.subtle.importKey("pkcs8", der(oldRoot.keyPem), EC, false, ["sign"]);
+  const ski = next.getExtension(x509.SubjectKeyIdentifierExtension) ?? (await x509.SubjectKeyIdentifierExtension.create(next.publicKey));
+  const san = next.getExtension(x509.SubjectAlternativeNameExtension);
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: newSerialHex(),
+    subject: next.subject,
+    issuer: prev.subject,
+    notBefore: next.notBefore,
+    // An intermediate that outlives its issuer would be rejected for the difference anyway.
+    notAfter: next.notAfter < prev.notAfter ? next.notAfter : prev.notAfter,
+    signingAlgorithm: SIGN,
+    publicKey: next.publicKey,
+    signingKey: prevKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign | x509.KeyUsageFlags.cRLSign | x509.KeyUsageFlags.digitalSignature, true),
+      ...(san ? [san] : []),
+      ski,
+      await x509.AuthorityKeyIdentifierExtension.create(prev),
+    ],
+  });
+  return cert.toString("pem") + "\n";
+}
+
 /** Colon-hex serial of any PEM certificate (Node reports uppercase hex without colons). */
 export function serialOf(certPem: string): string {
   return colonHexSerial(new X509Certificate(certPem).serialNumber);

@@ -6,17 +6,22 @@ import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import type { PublicListener as PublicListenerConfig, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { CompiledIntentions } from "../authz/intentions.js";
+import { CompiledL7Intentions } from "../authz/l7.js";
+import { InboundHttp, type InboundHttpConfig } from "./http-inbound.js";
 import { identifyPeer } from "../identity/peer.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 
 /** What one Snapshot says about inbound traffic, compiled once when it is applied. */
-interface InboundState {
+export interface InboundState {
   readonly config: PublicListenerConfig;
   readonly service: string;
   readonly trustDomain: string;
   readonly intentions: CompiledIntentions;
+  /** HTTP services: intentions are checked per request instead of per connection. */
+  readonly l7: CompiledL7Intentions | null;
+  readonly http: InboundHttpConfig | null;
 }
 
 const UNTRUSTED = new Set([
@@ -42,6 +47,7 @@ export class PublicListener {
   private stats: ListenerStats | null = null;
   private readonly pipes = new Set<Pipe>();
   private readonly pending = new Set<Socket>();
+  private inboundHttp: InboundHttp | null = null;
   private address = "";
 
   constructor(
@@ -67,12 +73,25 @@ export class PublicListener {
     this.server.on("error", (e) => this.log.error("listener error", { address: this.address, error: e.message }));
   }
 
-  private static compile(s: Snapshot & { publicListener: PublicListenerConfig }): InboundState {
+  /** Throws on intentions that cannot be compiled (a bad permission regex): the Snapshot is rejected. */
+  static compile(s: Snapshot & { publicListener: PublicListenerConfig }): InboundState {
+    const pl = s.publicListener;
+    const http = pl.protocol !== "tcp";
     return {
-      config: s.publicListener,
+      config: pl,
       service: s.identity.service,
       trustDomain: s.trust.trustDomain,
       intentions: new CompiledIntentions(s.intentions, s.identity.service),
+      l7: http ? new CompiledL7Intentions(s.intentions, s.identity.service) : null,
+      http: http
+        ? {
+            localApp: pl.localApp,
+            requestTimeoutMs: pl.requestTimeoutMs ?? 15_000,
+            localConnectTimeoutMs: pl.localConnectTimeoutMs,
+            idleTimeoutMs: pl.idleTimeoutMs,
+            spiffeId: s.identity.spiffeId,
+          }
+        : null,
     };
   }
 
@@ -94,8 +113,9 @@ export class PublicListener {
   }
 
   /** New connections see the new Snapshot; connections already open are left alone. */
-  update(snapshot: Snapshot & { publicListener: PublicListenerConfig }, tls: TlsMaterial): void {
-    this.state = PublicListener.compile(snapshot);
+  update(snapshot: Snapshot & { publicListener: PublicListenerConfig }, tls: TlsMaterial, compiled?: InboundState): void {
+    this.state = compiled ?? PublicListener.compile(snapshot);
+    if (this.state.http) this.inboundHttp?.update(this.state.http);
     if (tls.key !== this.tlsKey) {
       this.server.setSecureContext({ ...tls.options });
       this.tlsKey = tls.key;
@@ -108,7 +128,7 @@ export class PublicListener {
   }
 
   get activeConnections(): number {
-    return this.pipes.size + this.pending.size;
+    return this.pipes.size + this.pending.size + (this.inboundHttp?.activeConnections ?? 0);
   }
 
   private onTlsError(err: NodeJS.ErrnoException, s: TLSSocket): void {
@@ -142,6 +162,11 @@ export class PublicListener {
     }
     const peer = identifyPeer(cert.subjectaltname, state.trustDomain);
     if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
+    if (state.l7 && state.http) {
+      this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log);
+      this.inboundHttp.accept(s, state.l7.forSource(peer.id.service), peer.uri);
+      return;
+    }
     const decision = state.intentions.authorize(peer.id.service);
     if (!decision.allowed) {
       return this.refuse(s, "denied_by_intention", decision.reason, { source: peer.id.service, destination: state.service });
@@ -185,8 +210,14 @@ export class PublicListener {
     if (this.server.listening) this.server.close();
   }
 
+  closeIdle(): void {
+    this.inboundHttp?.closeIdle();
+  }
+
   destroyConnections(): void {
     for (const p of this.pipes) p.destroy();
     for (const s of this.pending) s.destroy();
+    this.inboundHttp?.destroyAll();
+    void this.inboundHttp?.close();
   }
 }

@@ -1,6 +1,7 @@
 // An upstream listener: plain TCP from the local app on loopback, mTLS to a healthy instance of
 // the destination. A connect failure tries the next instance before giving up.
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import type { TLSSocket } from "node:tls";
 import type { Cluster, UpstreamListener as UpstreamListenerConfig } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
@@ -10,6 +11,9 @@ import type { Endpoint } from "../config/snapshot.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { ClusterStats, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
+import type { HttpRouter, OutboundHttpState } from "./http-router.js";
+import { upgradeOutbound } from "./upgrade.js";
+import { localReply } from "../http/local-reply.js";
 
 /** How many distinct instances one connection may try. */
 const MAX_ATTEMPTS = 3;
@@ -19,6 +23,8 @@ interface OutboundState {
   readonly cluster: Cluster;
   readonly tls: TlsMaterial;
   readonly clusterStats: ClusterStats;
+  /** HTTP upstreams: compiled routes and the clusters they use. Null for tcp. */
+  readonly http: OutboundHttpState | null;
 }
 
 export class UpstreamListener {
@@ -29,18 +35,22 @@ export class UpstreamListener {
   private stats: ListenerStats | null = null;
   private readonly pipes = new Set<Pipe>();
   private readonly pending = new Set<Socket>();
+  private readonly httpSockets = new Set<Socket>();
+  private httpServer: HttpServer | null = null;
   private address = "";
 
   constructor(
     config: UpstreamListenerConfig,
     cluster: Cluster,
     tls: TlsMaterial,
+    http: OutboundHttpState | null,
     private readonly sessions: SessionCache,
     private readonly metrics: Metrics,
+    private readonly router: HttpRouter,
     logger: Logger,
   ) {
     this.log = logger.child(`upstream.${config.name}`);
-    this.state = { config, cluster, tls, clusterStats: metrics.cluster(cluster.name) };
+    this.state = { config, cluster, tls, clusterStats: metrics.cluster(cluster.name), http };
     this.picker.update(cluster);
     // pauseOnConnect: nothing is read from the app until the mTLS side is up, so early bytes
     // wait in the kernel instead of in our memory.
@@ -57,7 +67,7 @@ export class UpstreamListener {
   }
 
   get activeConnections(): number {
-    return this.pipes.size + this.pending.size;
+    return this.pipes.size + this.pending.size + this.httpSockets.size;
   }
 
   async listen(): Promise<AddressInfo> {
@@ -77,10 +87,33 @@ export class UpstreamListener {
     return addr;
   }
 
-  update(config: UpstreamListenerConfig, cluster: Cluster, tls: TlsMaterial): void {
+  update(config: UpstreamListenerConfig, cluster: Cluster, tls: TlsMaterial, http: OutboundHttpState | null): void {
     const clusterStats = cluster.name === this.state.cluster.name ? this.state.clusterStats : this.metrics.cluster(cluster.name);
-    this.state = { config, cluster, tls, clusterStats };
+    this.state = { config, cluster, tls, clusterStats, http };
     this.picker.update(cluster);
+  }
+
+  /** One node:http server parses every HTTP connection of this listener; routing reads the current state per request. */
+  private http(): HttpServer {
+    if (this.httpServer) return this.httpServer;
+    const srv = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) => {
+      const h = this.state.http;
+      if (!h) return localReply(res, 503, "NR", `upstream "${this.name}" is no longer HTTP; reconnect`);
+      this.router.handle(req, res, h);
+    });
+    srv.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      const h = this.state.http;
+      if (!h) return void socket.destroy();
+      upgradeOutbound(req, socket, head, h, this.state.tls, this.sessions, this.state.config.idleTimeoutMs, this.log);
+    });
+    srv.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
+      this.metrics.configErrors.labels("http_parse").inc();
+      if (!socket.writable) return void socket.destroy();
+      const status = err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "408 Request Timeout" : "400 Bad Request";
+      socket.end(`HTTP/1.1 ${status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+    });
+    this.httpServer = srv;
+    return srv;
   }
 
   private onConnection(down: Socket): void {
@@ -93,6 +126,13 @@ export class UpstreamListener {
     });
     down.on("error", () => down.destroy());
     const state = this.state;
+    if (state.http) {
+      this.httpSockets.add(down);
+      down.once("close", () => this.httpSockets.delete(down));
+      this.http().emit("connection", down);
+      down.resume();
+      return;
+    }
     let candidates: readonly Endpoint[];
     try {
       candidates = this.picker.pick(MAX_ATTEMPTS);
@@ -153,8 +193,14 @@ export class UpstreamListener {
     if (this.server.listening) this.server.close();
   }
 
+  /** Draining: idle keep-alive connections close now, busy ones after their response. */
+  closeIdle(): void {
+    this.httpServer?.closeIdleConnections();
+  }
+
   destroyConnections(): void {
     for (const p of this.pipes) p.destroy();
     for (const s of this.pending) s.destroy();
+    for (const s of this.httpSockets) s.destroy();
   }
 }

@@ -11,9 +11,12 @@ import {
   type ControlPlaneHandlers,
   type ProxyRequest,
 } from "../controlplane.js";
-import { DEFAULTS, type Cluster, type Endpoint, type Identity, type IntentionPolicy, type Snapshot } from "../../config/snapshot.js";
+import { DEFAULTS, type Cluster, type Identity, type IntentionPolicy, type Snapshot, type UpstreamListener } from "../../config/snapshot.js";
 import { issueLeaf, type IssuedLeaf } from "../../identity/ca.js";
-import { serviceSni, serviceSpiffeId } from "../../identity/spiffe.js";
+import { serviceSpiffeId } from "../../identity/spiffe.js";
+import type { ConfigEntry } from "../chain/entries.js";
+import { compileChain, entryIndex, serviceDefaults, serviceProtocol, type EntryLookup } from "../chain/compile.js";
+import { buildUpstream, upstreamSettingsFor, type ServiceInstance } from "../chain/upstream.js";
 import {
   DEFAULT_POLICY,
   StateError,
@@ -22,6 +25,7 @@ import {
   paths,
   processAlive,
   readCatalog,
+  readEntries,
   readIntentions,
   registerInstance,
   type CatalogEntry,
@@ -53,6 +57,8 @@ export class DevControlPlane implements ControlPlane {
   private leaf: IssuedLeaf | null = null;
   private intentions: IntentionPolicy = DEFAULT_POLICY;
   private catalog: CatalogEntry[] = [];
+  /** The last set of config entries that compiled; a broken edit never replaces it. */
+  private entries: ConfigEntry[] = [];
   private version = 0;
   private lastFingerprint = "";
   private announced: Announcement | null = null;
@@ -61,7 +67,10 @@ export class DevControlPlane implements ControlPlane {
   private refreshing: Promise<void> | null = null;
   private refreshAgain = false;
   private stopped = false;
-  private readonly reportedProblems = new Set<string>();
+  // Problems reported and still present after the last read: each is said once while it lasts,
+  // and again if it comes back after a fix (a second bad edit is news to the operator).
+  private reportedProblems = new Set<string>();
+  private seenProblems = new Set<string>();
 
   constructor(private readonly opts: DevControlPlaneOptions) {
     this.log = opts.logger.child("dev-cp");
@@ -154,30 +163,73 @@ export class DevControlPlane implements ControlPlane {
 
   private async readState(): Promise<void> {
     const { dataDir } = this.opts;
+    this.seenProblems = new Set();
     try {
       this.intentions = await readIntentions(dataDir);
-      this.reportedProblems.delete("intentions");
     } catch (e) {
       // Keep the last good intentions; say so once per distinct problem, not every poll.
-      const msg = (e as Error).message;
-      if (!this.reportedProblems.has(msg)) {
-        this.reportedProblems.add(msg);
-        this.report(new ControlPlaneError("intentions", msg));
-      }
+      this.reportOnce("intentions", (e as Error).message);
     }
     const { entries, problems } = await readCatalog(dataDir);
     this.catalog = entries;
-    for (const p of problems) {
-      if (this.reportedProblems.has(p.message)) continue;
-      this.reportedProblems.add(p.message);
-      this.report(new ControlPlaneError("catalog", p.message));
+    for (const p of problems) this.reportOnce("catalog", p.message);
+    const read = await readEntries(dataDir);
+    for (const p of read.problems) this.reportOnce("config-entries", p.message);
+    if (read.problems.length === 0) {
+      try {
+        this.compileAll(entryIndex(read.entries));
+        this.entries = read.entries;
+      } catch (e) {
+        this.reportOnce("config-entries", `${(e as Error).message}; the previous config entries stay in force`);
+      }
     }
+    this.reportedProblems = this.seenProblems; // fixed problems are forgotten
   }
 
-  private endpointsFor(service: string): Endpoint[] {
+  private reportOnce(resource: string, message: string): void {
+    this.seenProblems.add(message);
+    if (this.reportedProblems.has(message)) return;
+    this.reportedProblems.add(message);
+    this.report(new ControlPlaneError(resource, message));
+  }
+
+  private instancesOf(service: string, datacenter: string): ServiceInstance[] {
     return this.catalog
       .filter((e) => e.service === service)
-      .map((e) => ({ id: e.id, host: e.address, port: e.port, healthy: processAlive(e.pid), meta: e.meta }));
+      .map((e) => ({
+        id: e.id,
+        service: e.service,
+        address: e.address,
+        port: e.port,
+        status: processAlive(e.pid) ? "passing" : "critical",
+        meta: e.meta,
+        tags: [],
+        node: { name: hostname(), datacenter, meta: {} },
+      }));
+  }
+
+  /** Compiles every upstream's chain; throws on entries that do not fit together. */
+  private compileAll(lookup: EntryLookup): { listeners: UpstreamListener[]; clusters: Record<string, Cluster> } {
+    const ca = this.ca!;
+    const { trustDomain, datacenter } = ca.config;
+    const req = this.opts.request;
+    const own = serviceDefaults(lookup, req.service);
+    const listeners: UpstreamListener[] = [];
+    const clusters: Record<string, Cluster> = {};
+    for (const u of req.upstreams) {
+      const dc = u.datacenter ?? datacenter;
+      const chain = compileChain(lookup, u.name, { namespace: DEFAULTS.namespace, datacenter: dc });
+      const built = buildUpstream({
+        upstream: u,
+        chain,
+        instances: (svc, d) => this.instancesOf(svc, d),
+        settings: upstreamSettingsFor(own?.upstreamDefaults, own?.upstreamOverrides ?? [], u.name),
+        trustDomain,
+      });
+      listeners.push(built.listener);
+      Object.assign(clusters, built.clusters);
+    }
+    return { listeners, clusters };
   }
 
   private build(): Snapshot {
@@ -198,19 +250,9 @@ export class DevControlPlane implements ControlPlane {
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
     };
-    const clusters: Record<string, Cluster> = {};
-    for (const u of req.upstreams) {
-      const dc = u.datacenter ?? datacenter;
-      clusters[u.name] = {
-        name: u.name,
-        service: u.name,
-        namespace,
-        datacenter: dc,
-        sni: serviceSni(u.name, namespace, dc, trustDomain),
-        expectedSpiffeId: serviceSpiffeId({ trustDomain, namespace, datacenter: dc, service: u.name }),
-        endpoints: this.endpointsFor(u.name),
-      };
-    }
+    const lookup = entryIndex(this.entries);
+    const { listeners, clusters } = this.compileAll(lookup);
+    const own = serviceDefaults(lookup, req.service);
     const pl = req.publicListener;
     return {
       version: this.version + 1,
@@ -221,20 +263,14 @@ export class DevControlPlane implements ControlPlane {
         ? {
             bind: pl.bind,
             localApp: pl.localApp,
-            protocol: pl.protocol ?? "tcp",
+            protocol: pl.protocol ?? serviceProtocol(lookup, req.service),
             handshakeTimeoutMs: DEFAULTS.handshakeTimeoutMs,
-            localConnectTimeoutMs: DEFAULTS.localConnectTimeoutMs,
+            localConnectTimeoutMs: own?.localConnectTimeoutMs ?? DEFAULTS.localConnectTimeoutMs,
             idleTimeoutMs: DEFAULTS.idleTimeoutMs,
+            ...(own?.localRequestTimeoutMs ? { requestTimeoutMs: own.localRequestTimeoutMs } : {}),
           }
         : null,
-      upstreams: req.upstreams.map((u) => ({
-        name: u.name,
-        bind: u.bind,
-        cluster: u.name,
-        protocol: "tcp",
-        connectTimeoutMs: u.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs,
-        idleTimeoutMs: DEFAULTS.idleTimeoutMs,
-      })),
+      upstreams: listeners,
       clusters,
       intentions: this.intentions,
     };
@@ -260,7 +296,7 @@ export class DevControlPlane implements ControlPlane {
       port: a.port,
       protocol: a.protocol,
       pid: process.pid,
-      meta: { host: hostname() },
+      meta: { ...this.opts.request.meta },
     });
     this.log.info("registered service instance", { id: this.instanceId, address: `${a.address}:${a.port}` });
   }

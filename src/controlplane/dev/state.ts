@@ -5,6 +5,7 @@
 //   <dir>/ca/root.key        its private key (0600)
 //   <dir>/catalog/<id>.json  one file per registered service instance
 //   <dir>/intentions.json    intentions (human-editable; `meshproxy intention ...` edits it)
+//   <dir>/config/<kind>/<name>.json  Consul config entries (`meshproxy config write` puts them there)
 //
 // Every write is temp-file + rename, so a reader never sees half a file.
 import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp } from "node:fs/promises";
@@ -13,6 +14,7 @@ import { join } from "node:path";
 import { createRootCa, type CaMaterial } from "../../identity/ca.js";
 import { parseDurationMs, formatDurationMs } from "../../config/duration.js";
 import { isValidServiceName } from "../../config/validate.js";
+import { parseEntry, ENTRY_KINDS, type ConfigEntry, type EntryKind } from "../chain/entries.js";
 import { DEFAULTS, type Intention, type IntentionAction, type IntentionPolicy, type Protocol } from "../../config/snapshot.js";
 
 export interface CaConfig {
@@ -57,6 +59,7 @@ export const paths = (dir: string) => ({
   rootKey: join(dir, "ca", "root.key"),
   catalog: join(dir, "catalog"),
   intentions: join(dir, "intentions.json"),
+  entries: join(dir, "config"),
 });
 
 async function atomicWrite(file: string, data: string, mode = 0o644): Promise<void> {
@@ -246,4 +249,61 @@ export async function writeIntentions(dir: string, policy: IntentionPolicy): Pro
     })),
   };
   await atomicWrite(paths(dir).intentions, JSON.stringify(body, null, 2) + "\n");
+}
+
+// ---- config entries ----
+
+export interface EntriesRead {
+  readonly entries: ConfigEntry[];
+  readonly problems: StateError[];
+}
+
+export function entryFile(dir: string, kind: EntryKind, name: string): string {
+  return join(paths(dir).entries, kind, `${name}.json`);
+}
+
+export async function readEntries(dir: string): Promise<EntriesRead> {
+  const entries: ConfigEntry[] = [];
+  const problems: StateError[] = [];
+  for (const kind of ENTRY_KINDS) {
+    const kdir = join(paths(dir).entries, kind);
+    let names: string[];
+    try {
+      names = await readdir(kdir);
+    } catch {
+      continue;
+    }
+    for (const name of names.sort()) {
+      if (!name.endsWith(".json")) continue;
+      const file = join(kdir, name);
+      try {
+        const e = parseEntry(JSON.parse(await readFile(file, "utf8")), file);
+        if (e.kind !== kind || `${e.name}.json` !== name) problems.push(new StateError(file, `holds ${e.kind} "${e.name}"; it belongs in ${entryFile(dir, e.kind, e.name)}`));
+        else entries.push(e);
+      } catch (e) {
+        const err = e as NodeJS.ErrnoException;
+        if (err.code !== "ENOENT") problems.push(new StateError(file, err.message));
+      }
+    }
+  }
+  return { entries, problems };
+}
+
+/** Stores an entry exactly as given (Consul's JSON), after checking that it parses. */
+export async function writeEntry(dir: string, raw: unknown, source: string): Promise<ConfigEntry> {
+  const e = parseEntry(raw, source);
+  const file = entryFile(dir, e.kind, e.name);
+  await mkdir(join(paths(dir).entries, e.kind), { recursive: true });
+  await atomicWrite(file, JSON.stringify(raw, null, 2) + "\n");
+  return e;
+}
+
+export async function deleteEntry(dir: string, kind: EntryKind, name: string): Promise<boolean> {
+  const file = entryFile(dir, kind, name);
+  try {
+    await rm(file);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -1,0 +1,168 @@
+// L7 intentions on the inbound side (shared/reference/consul-connect.md §2.9). Which intention
+// governs a source is a connection-time question, answered once per source; each request is
+// then checked only against that intention's permissions. Everything — regexes, lower-cased
+// header names, reason strings — is prepared when the policy is compiled, so a request
+// allocates nothing.
+import type { Permission } from "../config/http.js";
+import type { Intention, IntentionAction, IntentionPolicy } from "../config/snapshot.js";
+import type { RequestView } from "../http/route-match.js";
+import {
+  MatchCompileError,
+  compileHeaderMatches,
+  compileMethods,
+  compilePathMatch,
+  headersMatch,
+  methodMatches,
+  pathMatches,
+  type CompiledHeaderMatch,
+  type CompiledPathMatch,
+} from "../http/match.js";
+import { hasPermissions, precedence, sortByPrecedence } from "./intentions.js";
+
+export interface L7Decision {
+  readonly allowed: boolean;
+  /** Consul style: `Matched L7 intention: web => api (permission 2: deny)`. */
+  readonly reason: string;
+}
+
+/** What a permission reads from a request; a RequestView will do. */
+export type L7Request = Pick<RequestView, "method" | "path" | "header">;
+
+/** The decision procedure for one source, fixed for the life of a policy. */
+export interface SourceAuthorizer {
+  /** The intention that governs the source; null when the default action applies. */
+  readonly intention: Intention | null;
+  authorize(req: L7Request): L7Decision;
+}
+
+/** A permission that cannot be compiled; `field` is e.g. `intentions[3].permissions[0].path.regex`. */
+export class PermissionCompileError extends Error {
+  constructor(
+    readonly field: string,
+    readonly reason: string,
+  ) {
+    super(`${field}: ${reason}`);
+    this.name = "PermissionCompileError";
+  }
+}
+
+class FixedAuthorizer implements SourceAuthorizer {
+  private readonly decision: L7Decision;
+
+  constructor(
+    readonly intention: Intention | null,
+    allowed: boolean,
+    reason: string,
+  ) {
+    this.decision = { allowed, reason };
+  }
+
+  authorize(): L7Decision {
+    return this.decision;
+  }
+}
+
+interface CompiledPermission {
+  readonly methods: ReadonlySet<string> | null;
+  readonly path: CompiledPathMatch;
+  readonly headers: readonly CompiledHeaderMatch[];
+  readonly decision: L7Decision;
+}
+
+/** Path, headers and methods are AND-ed; a permission with none of them matches every request. */
+function permissionMatches(p: CompiledPermission, req: L7Request): boolean {
+  return methodMatches(p.methods, req.method) && pathMatches(p.path, req.path) && headersMatch(p.headers, req);
+}
+
+class PermissionAuthorizer implements SourceAuthorizer {
+  constructor(
+    readonly intention: Intention,
+    private readonly permissions: readonly CompiledPermission[],
+    private readonly fallback: L7Decision,
+  ) {}
+
+  authorize(req: L7Request): L7Decision {
+    for (const p of this.permissions) if (permissionMatches(p, req)) return p.decision;
+    // Consul: no matching permission means the default action — lower-precedence intentions
+    // are not consulted, the matched intention was terminal.
+    return this.fallback;
+  }
+}
+
+function compilePermission(p: Permission, index: number, it: Intention, field: string): CompiledPermission {
+  if (p.action !== "allow" && p.action !== "deny") throw new MatchCompileError(`${field}.action`, `"${String(p.action)}" must be allow or deny`);
+  return {
+    methods: compileMethods(p.methods),
+    path: compilePathMatch(p.path, `${field}.path`),
+    headers: compileHeaderMatches(p.headers, `${field}.headers`),
+    // 1-based, as a person counts the permissions they wrote.
+    decision: { allowed: p.action === "allow", reason: `Matched L7 intention: ${it.source} => ${it.destination} (permission ${index + 1}: ${p.action})` },
+  };
+}
+
+function matches(pattern: string, name: string): boolean {
+  return pattern === "*" || pattern === name;
+}
+
+/** Bounded because source names come from peer certificates; the real set is small. */
+const MAX_CACHED_SOURCES = 10_000;
+
+/** The L7 view of one policy for one destination. Throws PermissionCompileError for a bad permission. */
+export class CompiledL7Intentions {
+  /** Most specific first (Consul precedence), each with its authorizer already built. */
+  private readonly ordered: readonly { readonly intention: Intention; readonly authorizer: SourceAuthorizer }[];
+  private readonly fallback: SourceAuthorizer;
+  private readonly cache = new Map<string, SourceAuthorizer>();
+
+  constructor(policy: IntentionPolicy, destination: string) {
+    const defaultAction: IntentionAction = policy.defaultAction;
+    const noPermission: L7Decision = { allowed: defaultAction === "allow", reason: `No permission matched; default policy is ${defaultAction}` };
+    this.fallback = new FixedAuthorizer(null, defaultAction === "allow", `No intention matched; default policy is ${defaultAction}`);
+
+    // Compiled before sorting so a bad permission is reported by its index in the policy, and
+    // eagerly so it is reported when the Snapshot is applied, not when a peer first connects.
+    const built = new Map<Intention, SourceAuthorizer>();
+    policy.intentions.forEach((it, i) => {
+      if (!matches(it.destination, destination)) return;
+      built.set(it, this.build(it, `intentions[${i}]`, noPermission));
+    });
+    this.ordered = sortByPrecedence([...built.keys()]).map((intention) => ({ intention, authorizer: built.get(intention) ?? this.fallback }));
+  }
+
+  private build(it: Intention, field: string, noPermission: L7Decision): SourceAuthorizer {
+    if (!hasPermissions(it)) {
+      return new FixedAuthorizer(it, it.action === "allow", `Matched L4 intention: ${it.source} => ${it.destination} (${it.action})`);
+    }
+    const permissions = (it.permissions ?? []).map((p, j) => {
+      const pf = `${field}.permissions[${j}]`;
+      try {
+        return compilePermission(p, j, it, pf);
+      } catch (e) {
+        if (e instanceof MatchCompileError) throw new PermissionCompileError(e.field, e.reason);
+        throw e;
+      }
+    });
+    return new PermissionAuthorizer(it, permissions, noPermission);
+  }
+
+  /** Connection time: the authorizer for a peer, from the most specific intention matching it. */
+  forSource(source: string): SourceAuthorizer {
+    const hit = this.cache.get(source);
+    if (hit !== undefined) return hit;
+    const found = this.ordered.find((o) => matches(o.intention.source, source));
+    const a = found === undefined ? this.fallback : found.authorizer;
+    if (this.cache.size >= MAX_CACHED_SOURCES) {
+      // Oldest first out; Map iterates in insertion order.
+      const oldest = this.cache.keys().next();
+      if (oldest.done !== true) this.cache.delete(oldest.value);
+    }
+    this.cache.set(source, a);
+    return a;
+  }
+
+  /** Consul's precedence of the intention governing `source` (0 when none does), for logs. */
+  precedenceFor(source: string): number {
+    const it = this.forSource(source).intention;
+    return it === null ? 0 : precedence(it);
+  }
+}

@@ -1,0 +1,157 @@
+// The live state of one cluster, carried across Snapshots: its hosts with their active-request
+// counts, the balancer built over them, outlier detection with its sweep timer, the circuit
+// breaker, and where each host's pooled connections live. A new Snapshot updates it in place,
+// so ejections, counters and pools survive a weight change.
+import type { Cluster } from "../config/snapshot.js";
+import { DEFAULT_LB, DEFAULT_LIMITS } from "../config/http.js";
+import { createBalancer, type Balancer, type HostState, type PickContext } from "./balancer.js";
+import { OutlierDetector, availableHosts } from "./outlier.js";
+import { CircuitBreaker } from "./limits.js";
+import { PoolSet, type PoolTarget } from "./pools.js";
+import type { TlsMaterial } from "../tls/contexts.js";
+import type { Pool } from "undici";
+
+export interface ClusterHost extends HostState {
+  readonly pool: PoolTarget;
+}
+
+export class ClusterRuntime {
+  private cluster: Cluster;
+  private hosts: ClusterHost[] = [];
+  private available: readonly ClusterHost[] = [];
+  private balancer: Balancer;
+  readonly breaker: CircuitBreaker;
+  private outlier: OutlierDetector | null = null;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private sweepEvery = 0;
+  private tls: TlsMaterial;
+  panic = false;
+
+  constructor(
+    cluster: Cluster,
+    tls: TlsMaterial,
+    private readonly pools: PoolSet,
+    private readonly http2: boolean,
+  ) {
+    this.cluster = cluster;
+    this.tls = tls;
+    this.breaker = new CircuitBreaker(cluster.limits ?? DEFAULT_LIMITS);
+    this.balancer = createBalancer(DEFAULT_LB, []);
+    this.update(cluster, tls);
+  }
+
+  get name(): string {
+    return this.cluster.name;
+  }
+
+  get config(): Cluster {
+    return this.cluster;
+  }
+
+  get ejectedCount(): number {
+    return this.outlier?.stats.ejectionsActive ?? 0;
+  }
+
+  get hostCount(): number {
+    return this.hosts.length;
+  }
+
+  get detector(): OutlierDetector | null {
+    return this.outlier;
+  }
+
+  /** Applies a new Snapshot's view of this cluster; keeps per-host counters of hosts that stay. */
+  update(cluster: Cluster, tls: TlsMaterial): void {
+    this.cluster = cluster;
+    this.tls = tls;
+    const limits = cluster.limits ?? DEFAULT_LIMITS;
+    this.breaker.update(limits);
+    const old = new Map(this.hosts.map((h) => [h.key, h]));
+    this.hosts = cluster.endpoints.map((e) => {
+      const key = `${e.host}:${e.port}`;
+      const prev = old.get(key);
+      const pool: PoolTarget = {
+        host: e.host,
+        port: e.port,
+        sni: cluster.sni,
+        expectedSpiffeId: cluster.expectedSpiffeId,
+        connectTimeoutMs: cluster.connectTimeoutMs ?? 5000,
+        http2: this.http2,
+        maxConnections: limits.maxConnections,
+      };
+      return { endpoint: e, key, activeRequests: prev?.activeRequests ?? 0, pool };
+    });
+    const od = cluster.outlierDetection;
+    if (od) {
+      if (!this.outlier) {
+        this.outlier = new OutlierDetector(od);
+        this.outlier.onEject = () => this.recompute();
+        this.outlier.onUneject = () => this.recompute();
+      }
+      this.outlier.setHosts(this.hosts.map((h) => h.key));
+      if (this.sweepEvery !== od.intervalMs) {
+        if (this.sweepTimer) clearInterval(this.sweepTimer);
+        this.sweepEvery = od.intervalMs;
+        this.sweepTimer = setInterval(() => this.outlier?.sweep(), od.intervalMs);
+        this.sweepTimer.unref();
+      }
+    } else {
+      this.stopSweep();
+      this.outlier = null;
+    }
+    this.balancer = createBalancer(cluster.lb ?? DEFAULT_LB, this.hosts);
+    this.recompute();
+  }
+
+  private recompute(): void {
+    const od = this.cluster.outlierDetection;
+    const r = availableHosts(this.hosts, this.outlier, (h) => h.endpoint.healthy, od?.panicThresholdPercent ?? 0);
+    this.available = r.hosts;
+    this.panic = r.panic;
+  }
+
+  /** Keys of the pools this cluster uses, for PoolSet.retain. */
+  poolKeys(): string[] {
+    return this.hosts.map((h) => PoolSet.key(h.pool, this.tls));
+  }
+
+  /** A host for one attempt, or null when none is available (all unhealthy, ejected or tried). */
+  pick(ctx: PickContext): ClusterHost | null {
+    if (this.available.length === 0) return null;
+    const h = this.balancer.pick(this.available, ctx);
+    return h ? (h as ClusterHost) : null;
+  }
+
+  /** Healthy-and-not-ejected hosts left, excluding those already tried. */
+  hasAvailable(exclude?: ReadonlySet<string>): boolean {
+    if (!exclude || exclude.size === 0) return this.available.length > 0;
+    return this.available.some((h) => !exclude.has(h.key));
+  }
+
+  poolFor(h: ClusterHost): Pool {
+    return this.pools.get(h.pool, this.tls);
+  }
+
+  reportResult(h: ClusterHost, r: { status?: number; localOriginFailure?: boolean }): void {
+    this.outlier?.reportResult(h.key, r);
+  }
+
+  /** Why nothing could be picked, for the 503 body and the log. */
+  describeUnavailable(): string {
+    const total = this.hosts.length;
+    if (total === 0) return `cluster "${this.name}": no instances registered`;
+    const unhealthy = this.hosts.filter((h) => !h.endpoint.healthy).length;
+    const ejected = this.ejectedCount;
+    return `cluster "${this.name}": no healthy instances (${total} total, ${unhealthy} unhealthy, ${ejected} ejected by outlier detection)`;
+  }
+
+  private stopSweep(): void {
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
+    this.sweepTimer = null;
+    this.sweepEvery = 0;
+  }
+
+  close(): void {
+    this.stopSweep();
+  }
+}

@@ -1,0 +1,471 @@
+// Consul config entries (shared/reference/consul-connect.md §2.8) as the dev control plane stores
+// them and `meshproxy config write` accepts them: Consul's JSON, CamelCase or snake_case keys,
+// durations as Go strings or integer nanoseconds. Parsing narrows to typed entries and names
+// the field when something is wrong.
+import { parseDurationMs } from "../../config/duration.js";
+import type { Protocol } from "../../config/snapshot.js";
+import type { HashPolicy, HeaderMatch, HeaderMutation, LbPolicy, PathMatch, QueryParamMatch, RetryOn } from "../../config/http.js";
+
+export class EntryError extends Error {
+  constructor(where: string, why: string) {
+    super(`${where}: ${why}`);
+    this.name = "EntryError";
+  }
+}
+
+export const ENTRY_KINDS = ["service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver"] as const;
+export type EntryKind = (typeof ENTRY_KINDS)[number];
+
+export interface UpstreamSettings {
+  readonly connectTimeoutMs?: number;
+  readonly limits?: { readonly maxConnections?: number; readonly maxPendingRequests?: number; readonly maxConcurrentRequests?: number };
+  readonly passiveHealthCheck?: {
+    readonly intervalMs?: number;
+    readonly maxFailures?: number;
+    readonly enforcingConsecutive5xx?: number;
+    readonly maxEjectionPercent?: number;
+    readonly baseEjectionTimeMs?: number;
+  };
+}
+
+export interface ServiceDefaults {
+  readonly kind: "service-defaults";
+  readonly name: string;
+  readonly protocol?: Protocol;
+  readonly localConnectTimeoutMs?: number;
+  readonly localRequestTimeoutMs?: number;
+  readonly upstreamDefaults?: UpstreamSettings;
+  readonly upstreamOverrides: ReadonlyArray<UpstreamSettings & { readonly name: string }>;
+}
+
+export interface ProxyDefaults {
+  readonly kind: "proxy-defaults";
+  readonly name: "global";
+  readonly protocol?: Protocol;
+}
+
+export interface RouteDestination {
+  readonly service?: string;
+  readonly serviceSubset?: string;
+  readonly prefixRewrite?: string;
+  readonly requestTimeoutMs?: number;
+  readonly idleTimeoutMs?: number;
+  readonly numRetries?: number;
+  readonly retryOnConnectFailure?: boolean;
+  readonly retryOnStatusCodes: readonly number[];
+  readonly retryOn: readonly RetryOn[];
+  readonly requestHeaders?: HeaderMutation;
+  readonly responseHeaders?: HeaderMutation;
+}
+
+export interface RouterRoute {
+  readonly path?: PathMatch;
+  readonly headers: readonly HeaderMatch[];
+  readonly queryParams: readonly QueryParamMatch[];
+  readonly methods: readonly string[];
+  readonly destination: RouteDestination;
+}
+
+export interface ServiceRouter {
+  readonly kind: "service-router";
+  readonly name: string;
+  readonly routes: readonly RouterRoute[];
+}
+
+export interface Split {
+  /** Percent, 0–100, 0.01 resolution. */
+  readonly weight: number;
+  readonly service?: string;
+  readonly serviceSubset?: string;
+  readonly requestHeaders?: HeaderMutation;
+  readonly responseHeaders?: HeaderMutation;
+}
+
+export interface ServiceSplitter {
+  readonly kind: "service-splitter";
+  readonly name: string;
+  readonly splits: readonly Split[];
+}
+
+export interface FailoverTarget {
+  readonly service?: string;
+  readonly serviceSubset?: string;
+  readonly datacenter?: string;
+}
+
+export interface ServiceResolver {
+  readonly kind: "service-resolver";
+  readonly name: string;
+  readonly defaultSubset?: string;
+  readonly subsets: Readonly<Record<string, { readonly filter: string; readonly onlyPassing: boolean }>>;
+  readonly redirect?: { readonly service?: string; readonly serviceSubset?: string; readonly datacenter?: string };
+  /** Keyed by subset name or `*`. */
+  readonly failover: Readonly<Record<string, readonly FailoverTarget[]>>;
+  readonly connectTimeoutMs?: number;
+  readonly requestTimeoutMs?: number;
+  readonly loadBalancer?: { readonly policy: LbPolicy; readonly choiceCount?: number; readonly ringSize?: { readonly min?: number; readonly max?: number }; readonly hashPolicies: readonly HashPolicy[] };
+}
+
+export type ConfigEntry = ServiceDefaults | ProxyDefaults | ServiceRouter | ServiceSplitter | ServiceResolver;
+
+// ---- narrowing ----
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Accepts `ServiceSubset`, `service_subset` and `serviceSubset` for the same field. */
+function pick(o: Obj, camel: string): unknown {
+  if (camel in o) return o[camel];
+  const snake = camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
+  if (snake in o) return o[snake];
+  const lower = camel[0]!.toLowerCase() + camel.slice(1);
+  return o[lower];
+}
+
+class Fields {
+  constructor(
+    readonly where: string,
+    private readonly o: Obj,
+  ) {}
+
+  static of(where: string, v: unknown): Fields {
+    if (!isObj(v)) throw new EntryError(where, "want a JSON object");
+    return new Fields(where, v);
+  }
+
+  private at(k: string): string {
+    return `${this.where}.${k}`;
+  }
+
+  str(k: string): string | undefined {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null || v === "") return undefined;
+    if (typeof v !== "string") throw new EntryError(this.at(k), `want a string, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  num(k: string): number | undefined {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new EntryError(this.at(k), `want a non-negative number, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  bool(k: string): boolean {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return false;
+    if (typeof v !== "boolean") throw new EntryError(this.at(k), `want true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  duration(k: string): number | undefined {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null || v === "") return undefined;
+    const ms = parseDurationMs(v);
+    if (ms === null) throw new EntryError(this.at(k), `want a duration like "5s" or integer nanoseconds, got ${JSON.stringify(v)}`);
+    return ms;
+  }
+
+  /** `*_ms` settings are plain milliseconds. */
+  ms(k: string): number | undefined {
+    return this.num(k);
+  }
+
+  list(k: string): Fields[] {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v)) throw new EntryError(this.at(k), "want an array");
+    return v.map((x, i) => Fields.of(`${this.at(k)}[${i}]`, x));
+  }
+
+  strList(k: string): string[] {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v) || !v.every((x): x is string => typeof x === "string")) throw new EntryError(this.at(k), "want an array of strings");
+    return v;
+  }
+
+  numList(k: string): number[] {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return [];
+    if (!Array.isArray(v) || !v.every((x): x is number => typeof x === "number" && Number.isInteger(x))) throw new EntryError(this.at(k), "want an array of whole numbers");
+    return v;
+  }
+
+  obj(k: string): Fields | undefined {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return undefined;
+    return Fields.of(this.at(k), v);
+  }
+
+  strMap(k: string): Record<string, string> {
+    const v = pick(this.o, k);
+    if (v === undefined || v === null) return {};
+    if (!isObj(v)) throw new EntryError(this.at(k), "want a map of strings");
+    const out: Record<string, string> = {};
+    for (const [key, val] of Object.entries(v)) {
+      if (typeof val !== "string") throw new EntryError(`${this.at(k)}.${key}`, "want a string");
+      out[key] = val;
+    }
+    return out;
+  }
+
+  keys(): string[] {
+    return Object.keys(this.o);
+  }
+
+  raw(k: string): unknown {
+    return pick(this.o, k);
+  }
+}
+
+const PROTOCOLS = ["tcp", "http", "http2", "grpc"] as const;
+function protocol(f: Fields, k: string): Protocol | undefined {
+  const p = f.str(k);
+  if (p === undefined) return undefined;
+  const found = PROTOCOLS.find((x) => x === p.toLowerCase());
+  if (!found) throw new EntryError(`${f.where}.${k}`, `"${p}" is not one of ${PROTOCOLS.join(", ")}`);
+  return found;
+}
+
+function upstreamSettings(f: Fields): UpstreamSettings {
+  const limits = f.obj("Limits");
+  const phc = f.obj("PassiveHealthCheck");
+  const connectTimeoutMs = f.num("ConnectTimeoutMs");
+  return {
+    ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}),
+    ...(limits
+      ? {
+          limits: {
+            ...opt("maxConnections", limits.num("MaxConnections")),
+            ...opt("maxPendingRequests", limits.num("MaxPendingRequests")),
+            ...opt("maxConcurrentRequests", limits.num("MaxConcurrentRequests")),
+          },
+        }
+      : {}),
+    ...(phc
+      ? {
+          passiveHealthCheck: {
+            ...opt("intervalMs", phc.duration("Interval")),
+            ...opt("maxFailures", phc.num("MaxFailures")),
+            ...opt("enforcingConsecutive5xx", phc.num("EnforcingConsecutive5xx")),
+            ...opt("maxEjectionPercent", phc.num("MaxEjectionPercent")),
+            ...opt("baseEjectionTimeMs", phc.duration("BaseEjectionTime")),
+          },
+        }
+      : {}),
+  };
+}
+
+/** `{ k: v }` when v is set, `{}` otherwise: exactOptionalPropertyTypes forbids `k: undefined`. */
+function opt<K extends string, V>(k: K, v: V | undefined): Partial<Record<K, V>> {
+  const out: Partial<Record<K, V>> = {};
+  if (v !== undefined) out[k] = v;
+  return out;
+}
+
+function headerMutation(f: Fields | undefined): HeaderMutation | undefined {
+  if (!f) return undefined;
+  const lower = (m: Record<string, string>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k.toLowerCase(), v]));
+  return { add: lower(f.strMap("Add")), set: lower(f.strMap("Set")), remove: f.strList("Remove").map((h) => h.toLowerCase()) };
+}
+
+function pathMatch(f: Fields): PathMatch | undefined {
+  const exact = f.str("PathExact");
+  const prefix = f.str("PathPrefix");
+  const regex = f.str("PathRegex");
+  const set = [exact, prefix, regex].filter((x) => x !== undefined).length;
+  if (set > 1) throw new EntryError(f.where, "set at most one of PathExact, PathPrefix, PathRegex");
+  if (exact !== undefined) return { kind: "exact", value: exact };
+  if (prefix !== undefined) return { kind: "prefix", value: prefix };
+  if (regex !== undefined) return { kind: "regex", value: regex };
+  return undefined;
+}
+
+export function headerMatches(list: Fields[]): HeaderMatch[] {
+  return list.map((h) => {
+    const name = h.str("Name");
+    if (!name) throw new EntryError(h.where, "Name is required");
+    return {
+      name: name.toLowerCase(),
+      ...(h.bool("Present") ? { present: true } : {}),
+      ...opt("exact", h.str("Exact")),
+      ...opt("prefix", h.str("Prefix")),
+      ...opt("suffix", h.str("Suffix")),
+      ...opt("regex", h.str("Regex")),
+      ...(h.bool("Invert") ? { invert: true } : {}),
+    };
+  });
+}
+
+const RETRY_ON: readonly RetryOn[] = ["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "retriable-status-codes"];
+
+function router(f: Fields, name: string): ServiceRouter {
+  const routes = f.list("Routes").map((r) => {
+    const http = r.obj("Match")?.obj("HTTP");
+    const d = r.obj("Destination") ?? Fields.of(`${r.where}.Destination`, {});
+    const retryOn = d.strList("RetryOn").map((x) => {
+      const found = RETRY_ON.find((c) => c === x);
+      if (!found) throw new EntryError(`${d.where}.RetryOn`, `"${x}" is not one of ${RETRY_ON.join(", ")}`);
+      return found;
+    });
+    const reqH = headerMutation(d.obj("RequestHeaders"));
+    const resH = headerMutation(d.obj("ResponseHeaders"));
+    const path = http ? pathMatch(http) : undefined;
+    const destination: RouteDestination = {
+      ...opt("service", d.str("Service")),
+      ...opt("serviceSubset", d.str("ServiceSubset")),
+      ...opt("prefixRewrite", d.str("PrefixRewrite")),
+      ...opt("requestTimeoutMs", d.duration("RequestTimeout")),
+      ...opt("idleTimeoutMs", d.duration("IdleTimeout")),
+      ...opt("numRetries", d.num("NumRetries")),
+      ...(d.bool("RetryOnConnectFailure") ? { retryOnConnectFailure: true } : {}),
+      retryOnStatusCodes: d.numList("RetryOnStatusCodes"),
+      retryOn,
+      ...(reqH ? { requestHeaders: reqH } : {}),
+      ...(resH ? { responseHeaders: resH } : {}),
+    };
+    if (destination.prefixRewrite !== undefined && path && path.kind !== "prefix") {
+      throw new EntryError(`${d.where}.PrefixRewrite`, "needs a PathPrefix match (or no path match)");
+    }
+    return {
+      ...(path ? { path } : {}),
+      headers: http ? headerMatches(http.list("Header")) : [],
+      queryParams: http
+        ? http.list("QueryParam").map((q) => {
+            const qn = q.str("Name");
+            if (!qn) throw new EntryError(q.where, "Name is required");
+            return { name: qn, ...(q.bool("Present") ? { present: true } : {}), ...opt("exact", q.str("Exact")), ...opt("regex", q.str("Regex")) };
+          })
+        : [],
+      methods: http ? http.strList("Methods").map((m) => m.toUpperCase()) : [],
+      destination,
+    };
+  });
+  return { kind: "service-router", name, routes };
+}
+
+function splitter(f: Fields, name: string): ServiceSplitter {
+  const splits = f.list("Splits").map((s) => {
+    const weight = s.num("Weight") ?? 0;
+    if (weight > 100) throw new EntryError(`${s.where}.Weight`, `${weight} is over 100`);
+    const reqH = headerMutation(s.obj("RequestHeaders"));
+    const resH = headerMutation(s.obj("ResponseHeaders"));
+    return {
+      weight,
+      ...opt("service", s.str("Service")),
+      ...opt("serviceSubset", s.str("ServiceSubset")),
+      ...(reqH ? { requestHeaders: reqH } : {}),
+      ...(resH ? { responseHeaders: resH } : {}),
+    };
+  });
+  if (splits.length === 0) throw new EntryError(`${f.where}.Splits`, "needs at least one split");
+  // Consul scales weights to 0.01% units and requires the sum to be exactly 100%.
+  const total = splits.reduce((n, s) => n + Math.round(s.weight * 100), 0);
+  if (total !== 10_000) throw new EntryError(`${f.where}.Splits`, `the sum of all split weights must be 100, got ${total / 100}`);
+  const seen = new Set<string>();
+  for (const s of splits) {
+    const key = `${s.service ?? name}/${s.serviceSubset ?? ""}`;
+    if (seen.has(key)) throw new EntryError(`${f.where}.Splits`, `duplicate destination ${key}`);
+    seen.add(key);
+  }
+  return { kind: "service-splitter", name, splits };
+}
+
+const LB: readonly LbPolicy[] = ["round_robin", "least_request", "random", "ring_hash", "maglev"];
+
+function resolver(f: Fields, name: string): ServiceResolver {
+  const subsets: Record<string, { filter: string; onlyPassing: boolean }> = {};
+  const sf = f.obj("Subsets");
+  for (const k of sf?.keys() ?? []) {
+    const s = sf!.obj(k)!;
+    subsets[k] = { filter: s.str("Filter") ?? "", onlyPassing: s.bool("OnlyPassing") };
+  }
+  const failover: Record<string, FailoverTarget[]> = {};
+  const ff = f.obj("Failover");
+  for (const k of ff?.keys() ?? []) {
+    const x = ff!.obj(k)!;
+    const one = (t: Fields): FailoverTarget => ({ ...opt("service", t.str("Service")), ...opt("serviceSubset", t.str("ServiceSubset")), ...opt("datacenter", t.str("Datacenter")) });
+    const targets = x.list("Targets").map(one);
+    failover[k] = targets.length > 0 ? targets : [one(x)];
+  }
+  const red = f.obj("Redirect");
+  const lb = f.obj("LoadBalancer");
+  let loadBalancer: ServiceResolver["loadBalancer"];
+  if (lb) {
+    const p = lb.str("Policy") ?? "round_robin";
+    const policy = LB.find((x) => x === p);
+    if (!policy) throw new EntryError(`${lb.where}.Policy`, `"${p}" is not one of ${LB.join(", ")}`);
+    const rh = lb.obj("RingHashConfig");
+    const lr = lb.obj("LeastRequestConfig");
+    const hashPolicies: HashPolicy[] = lb.list("HashPolicies").map((h) => {
+      const terminal = h.bool("Terminal");
+      if (h.bool("SourceIP")) return { field: "source_ip", terminal };
+      const field = h.str("Field");
+      const value = h.str("FieldValue");
+      if ((field === "header" || field === "cookie" || field === "query_parameter") && value) return { field, name: field === "header" ? value.toLowerCase() : value, terminal };
+      throw new EntryError(h.where, `want Field header|cookie|query_parameter with a FieldValue, or SourceIP: true`);
+    });
+    loadBalancer = {
+      policy,
+      ...opt("choiceCount", lr?.num("ChoiceCount")),
+      ...(rh ? { ringSize: { ...opt("min", rh.num("MinimumRingSize")), ...opt("max", rh.num("MaximumRingSize")) } } : {}),
+      hashPolicies,
+    };
+  }
+  return {
+    kind: "service-resolver",
+    name,
+    ...opt("defaultSubset", f.str("DefaultSubset")),
+    subsets,
+    ...(red ? { redirect: { ...opt("service", red.str("Service")), ...opt("serviceSubset", red.str("ServiceSubset")), ...opt("datacenter", red.str("Datacenter")) } } : {}),
+    failover,
+    ...opt("connectTimeoutMs", f.duration("ConnectTimeout")),
+    ...opt("requestTimeoutMs", f.duration("RequestTimeout")),
+    ...(loadBalancer ? { loadBalancer } : {}),
+  };
+}
+
+/** Parses one config entry; `where` names the file for messages. */
+export function parseEntry(v: unknown, where: string): ConfigEntry {
+  const f = Fields.of(where, v);
+  const kind = f.str("Kind");
+  const name = f.str("Name");
+  if (!kind) throw new EntryError(where, `Kind is required (one of ${ENTRY_KINDS.join(", ")})`);
+  if (!name) throw new EntryError(where, "Name is required");
+  switch (kind) {
+    case "service-defaults": {
+      const uc = f.obj("UpstreamConfig");
+      const defaults = uc?.obj("Defaults");
+      return {
+        kind,
+        name,
+        ...opt("protocol", protocol(f, "Protocol")),
+        ...opt("localConnectTimeoutMs", f.ms("LocalConnectTimeoutMs")),
+        ...opt("localRequestTimeoutMs", f.ms("LocalRequestTimeoutMs")),
+        ...(defaults ? { upstreamDefaults: upstreamSettings(defaults) } : {}),
+        upstreamOverrides: (uc?.list("Overrides") ?? []).map((o) => {
+          const n = o.str("Name");
+          if (!n) throw new EntryError(o.where, "Name is required in an override");
+          return { name: n, ...upstreamSettings(o) };
+        }),
+      };
+    }
+    case "proxy-defaults": {
+      if (name !== "global") throw new EntryError(`${where}.Name`, `proxy-defaults must be named "global"`);
+      const cfg = f.obj("Config");
+      return { kind, name: "global", ...opt("protocol", cfg ? protocol(cfg, "protocol") : undefined) };
+    }
+    case "service-router":
+      return router(f, name);
+    case "service-splitter":
+      return splitter(f, name);
+    case "service-resolver":
+      return resolver(f, name);
+    default:
+      throw new EntryError(`${where}.Kind`, `"${kind}" is not supported (one of ${ENTRY_KINDS.join(", ")})`);
+  }
+}

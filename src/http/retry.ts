@@ -1,0 +1,54 @@
+// Retry decisions with Envoy's semantics (shared/reference/data-plane-anchors.md §3).
+import type { RetryPolicy } from "../config/http.js";
+
+/** How one attempt ended, as far as retrying is concerned. */
+export type AttemptOutcome =
+  | { readonly kind: "response"; readonly status: number }
+  /** TCP or TLS never came up: no request byte left. */
+  | { readonly kind: "connect-failure" }
+  /** The connection broke or the per-try timeout fired before response headers. */
+  | { readonly kind: "reset" }
+  | { readonly kind: "per-try-timeout" };
+
+/** Compiled once per route: a Set instead of scanning lists per attempt. */
+export class CompiledRetry {
+  private readonly on: ReadonlySet<string>;
+  private readonly codes: ReadonlySet<number>;
+
+  constructor(readonly policy: RetryPolicy) {
+    this.on = new Set(policy.retryOn);
+    this.codes = new Set(policy.retriableStatusCodes);
+  }
+
+  get numRetries(): number {
+    return this.policy.numRetries;
+  }
+
+  /** Whether this outcome may be retried under the policy (budget and count checked elsewhere). */
+  retriable(o: AttemptOutcome): boolean {
+    const on = this.on;
+    switch (o.kind) {
+      case "connect-failure":
+        // 5xx and gateway-error cover connect failures in Envoy.
+        return on.has("connect-failure") || on.has("5xx") || on.has("gateway-error") || on.has("reset");
+      case "reset":
+        return on.has("reset") || on.has("5xx");
+      case "per-try-timeout":
+        return on.has("5xx") || on.has("gateway-error") || on.has("reset");
+      case "response": {
+        const s = o.status;
+        if (on.has("5xx") && s >= 500) return true;
+        if (on.has("gateway-error") && (s === 502 || s === 503 || s === 504)) return true;
+        if (on.has("retriable-4xx") && s === 409) return true;
+        if (on.has("retriable-status-codes") && this.codes.has(s)) return true;
+        return false;
+      }
+    }
+  }
+
+  /** Fully jittered exponential backoff before retry `n` (1-based): [0, min(cap, (2^n − 1) × base)). */
+  backoffMs(n: number, rand: () => number = Math.random): number {
+    const { backoffBaseMs: base, backoffMaxMs: cap } = this.policy;
+    return Math.floor(rand() * Math.min(cap, (2 ** n - 1) * base));
+  }
+}

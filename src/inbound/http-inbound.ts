@@ -1,0 +1,197 @@
+// Inbound HTTP on the public listener: after the client's mTLS identity is verified, every
+// request is authorized with intentions (L7 permissions included) and forwarded to the local
+// app over a keep-alive pool. A denied request gets 403 and the connection stays usable.
+import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { connect as netConnect, type Socket } from "node:net";
+import type { TLSSocket } from "node:tls";
+import { pipeline } from "node:stream/promises";
+import { Pool } from "undici";
+import type { HostPort } from "../config/snapshot.js";
+import type { SourceAuthorizer } from "../authz/l7.js";
+import { stripHopByHop } from "../http/headers.js";
+import { localReply, type ResponseFlag } from "../http/local-reply.js";
+import { joinSockets } from "../tcp/pipe.js";
+import type { Logger } from "../telemetry/log.js";
+import type { Metrics } from "../telemetry/metrics.js";
+
+export interface InboundHttpConfig {
+  readonly localApp: HostPort;
+  readonly requestTimeoutMs: number;
+  readonly localConnectTimeoutMs: number;
+  readonly idleTimeoutMs: number;
+  /** This proxy's SPIFFE ID, for x-forwarded-client-cert's By=. */
+  readonly spiffeId: string;
+}
+
+interface Caller {
+  readonly authorizer: SourceAuthorizer;
+  readonly uri: string;
+}
+
+type Req = IncomingMessage;
+type Res = ServerResponse;
+
+export class InboundHttp {
+  private readonly h1: Server;
+  private readonly callers = new WeakMap<object, Caller>();
+  private config: InboundHttpConfig;
+  private pool: Pool;
+  private poolFor = "";
+  private readonly sockets = new Set<Socket>();
+
+  constructor(
+    config: InboundHttpConfig,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {
+    this.config = config;
+    this.pool = this.makePool(config.localApp);
+    this.h1 = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) => this.handle(req, res));
+    this.h1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
+    // node types the upgrade/clientError socket as Duplex; on our server it is always the Socket we emitted.
+    this.h1.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => this.clientError(err, socket));
+  }
+
+  private makePool(app: HostPort): Pool {
+    this.poolFor = `${app.host}:${app.port}`;
+    return new Pool(`http://${app.host.includes(":") ? `[${app.host}]` : app.host}:${app.port}`, {
+      connections: null,
+      keepAliveTimeout: 30_000,
+      headersTimeout: 0,
+      bodyTimeout: 0,
+      connectTimeout: this.config.localConnectTimeoutMs,
+    });
+  }
+
+  update(config: InboundHttpConfig): void {
+    this.config = config;
+    const key = `${config.localApp.host}:${config.localApp.port}`;
+    if (key !== this.poolFor) {
+      const old = this.pool;
+      this.pool = this.makePool(config.localApp);
+      void old.close().catch(() => {});
+    }
+  }
+
+  get activeConnections(): number {
+    return this.sockets.size;
+  }
+
+  /** Takes a verified, identity-checked TLS connection. */
+  accept(s: TLSSocket, authorizer: SourceAuthorizer, uri: string): void {
+    this.sockets.add(s);
+    s.once("close", () => this.sockets.delete(s));
+    this.callers.set(s, { authorizer, uri });
+    this.h1.emit("connection", s);
+    s.resume();
+  }
+
+  private callerOf(req: Req): Caller | undefined {
+    return this.callers.get(req.socket);
+  }
+
+  private reply(res: Res, status: number, flag: ResponseFlag, detail?: string): void {
+    localReply(res, status, flag, detail);
+  }
+
+  private handle(req: Req, res: Res): void {
+    const caller = this.callerOf(req);
+    if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection");
+    const url = req.url ?? "/";
+    const q = url.indexOf("?");
+    const decision = caller.authorizer.authorize({
+      method: req.method ?? "GET",
+      path: q < 0 ? url : url.slice(0, q),
+      header: (n: string) => {
+        const v = req.headers[n];
+        return Array.isArray(v) ? v.join(", ") : v;
+      },
+    });
+    if (!decision.allowed) {
+      this.metrics.reject("denied_by_intention");
+      this.log.info("request denied by intention", { source: caller.uri, method: req.method, path: url, reason: decision.reason });
+      return this.reply(res, 403, "UAEX", decision.reason);
+    }
+    void this.forward(req, res, caller);
+  }
+
+  private async forward(req: Req, res: Res, caller: Caller): Promise<void> {
+    const headers: Record<string, string | string[] | undefined> = {};
+    for (const [k, v] of Object.entries(req.headers)) if (k[0] !== ":") headers[k] = v;
+    stripHopByHop(headers);
+    delete headers["expect"];
+    // Envoy's forward_client_cert_details as Consul sets it: the app can see who called.
+    const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
+    const prev = headers["x-forwarded-client-cert"];
+    headers["x-forwarded-client-cert"] = prev ? `${Array.isArray(prev) ? prev.join(",") : prev},${xfcc}` : xfcc;
+    const hasBody = req.headers["content-length"] !== undefined ? req.headers["content-length"] !== "0" : req.headers["transfer-encoding"] !== undefined;
+    const ac = new AbortController();
+    const timer = this.config.requestTimeoutMs > 0 ? setTimeout(() => ac.abort(), this.config.requestTimeoutMs) : null;
+    res.once("close", () => ac.abort());
+    try {
+      const r = await this.pool.request({ method: req.method ?? "GET", path: req.url ?? "/", headers, body: hasBody ? req : null, signal: ac.signal });
+      if (timer) clearTimeout(timer);
+      const out: Record<string, string | string[] | undefined> = { ...r.headers };
+      stripHopByHop(out);
+      res.writeHead(r.statusCode, out);
+      await pipeline(r.body, res).catch(() => {
+        r.body.destroy();
+      });
+    } catch (e) {
+      if (timer) clearTimeout(timer);
+      if (res.headersSent || res.destroyed) return;
+      const timedOut = ac.signal.aborted;
+      this.log.warn("local app request failed", { app: this.poolFor, error: (e as Error).message, timed_out: timedOut });
+      this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${this.config.requestTimeoutMs} ms` : `local app ${this.poolFor}: ${(e as Error).message}`);
+    }
+  }
+
+  /** WebSocket and other upgrades: authorize, then a raw pipe to the app with the head replayed. */
+  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
+    const caller = this.callerOf(req);
+    const decision = caller?.authorizer.authorize({
+      method: req.method ?? "GET",
+      path: (req.url ?? "/").split("?")[0]!,
+      header: (n: string) => {
+        const v = req.headers[n];
+        return Array.isArray(v) ? v.join(", ") : v;
+      },
+    });
+    if (!caller || !decision?.allowed) {
+      socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      return;
+    }
+    const app = netConnect({ host: this.config.localApp.host, port: this.config.localApp.port, allowHalfOpen: true });
+    app.once("error", () => socket.destroy());
+    app.once("connect", () => {
+      app.removeAllListeners("error");
+      let headText = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) headText += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      headText += `x-forwarded-client-cert: By=${this.config.spiffeId};URI=${caller.uri}\r\n\r\n`;
+      app.write(headText);
+      if (head.length > 0) app.write(head);
+      joinSockets(socket, app, this.config.idleTimeoutMs, () => {});
+    });
+  }
+
+  private clientError(err: NodeJS.ErrnoException, socket: Socket): void {
+    // node's parser refused the request (smuggling attempts, oversized headers, garbage): answer
+    // as node would, and count it.
+    this.metrics.configErrors.labels("http_parse").inc();
+    if (!socket.writable) return void socket.destroy();
+    const status = err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "408 Request Timeout" : "400 Bad Request";
+    socket.end(`HTTP/1.1 ${status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+  }
+
+  closeIdle(): void {
+    this.h1.closeIdleConnections();
+  }
+
+  destroyAll(): void {
+    for (const s of this.sockets) s.destroy();
+  }
+
+  async close(): Promise<void> {
+    await this.pool.close().catch(() => {});
+  }
+}

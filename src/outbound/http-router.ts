@@ -1,0 +1,327 @@
+// Outbound HTTP: a request from the local app is matched to a route, a split leg is drawn, the
+// cluster picks a host, and the request goes over a pooled mTLS connection. Retries go to a
+// different host (and to failover clusters once the primary has none left), within the retry
+// budget; the route timeout covers every attempt up to the response headers.
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { pipeline } from "node:stream/promises";
+import type { Dispatcher } from "undici";
+import type { Route, RouteTable } from "../config/http.js";
+import { CompiledRoutes, rewritePrefix, type RequestView } from "../http/route-match.js";
+import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
+import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
+import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
+import { isConnectFailure } from "../cluster/pools.js";
+import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
+import { requestHash } from "../cluster/balancer.js";
+import type { Logger } from "../telemetry/log.js";
+import type { HttpStats } from "../telemetry/http-stats.js";
+
+/** Bodies up to this size are buffered so that a retry can send them again. */
+export const RETRY_BUFFER_LIMIT = 64 * 1024;
+
+interface CompiledRoute {
+  readonly route: Route;
+  readonly retry: CompiledRetry;
+  /** Cumulative weights of the split legs, for one random draw per request. */
+  readonly cumulative: Int32Array;
+  readonly hasReqMutations: boolean;
+  readonly hasResMutations: boolean;
+}
+
+/** What one Snapshot says about an HTTP upstream, compiled once when it is applied. */
+export class OutboundHttpState {
+  readonly routes: CompiledRoutes;
+  private readonly compiled = new Map<Route, CompiledRoute>();
+
+  constructor(
+    readonly upstream: string,
+    table: RouteTable,
+    readonly clusters: ReadonlyMap<string, ClusterRuntime>,
+  ) {
+    this.routes = new CompiledRoutes(table);
+    for (const route of table.routes) {
+      const cumulative = new Int32Array(route.action.splits.length);
+      let sum = 0;
+      route.action.splits.forEach((s, i) => (cumulative[i] = sum += s.weight));
+      this.compiled.set(route, {
+        route,
+        retry: new CompiledRetry(route.action.retry),
+        cumulative,
+        hasReqMutations: !isEmptyMutation(route.action.requestHeaders) || route.action.splits.some((s) => !isEmptyMutation(s.requestHeaders)),
+        hasResMutations: !isEmptyMutation(route.action.responseHeaders) || route.action.splits.some((s) => !isEmptyMutation(s.responseHeaders)),
+      });
+    }
+  }
+
+  compiledFor(route: Route): CompiledRoute {
+    return this.compiled.get(route)!;
+  }
+}
+
+function view(req: IncomingMessage): RequestView & { readonly rawQuery: string } {
+  const url = req.url ?? "/";
+  const q = url.indexOf("?");
+  const path = q < 0 ? url : url.slice(0, q);
+  const rawQuery = q < 0 ? "" : url.slice(q + 1);
+  let query: URLSearchParams | null = null;
+  return {
+    method: req.method ?? "GET",
+    path,
+    rawQuery,
+    get query() {
+      return (query ??= rawQuery ? new URLSearchParams(rawQuery) : null);
+    },
+    header(name: string) {
+      const v = req.headers[name];
+      return Array.isArray(v) ? v.join(",") : v;
+    },
+  };
+}
+
+function cookie(req: IncomingMessage, name: string): string | undefined {
+  const c = req.headers.cookie;
+  if (!c) return undefined;
+  for (const part of c.split(";")) {
+    const i = part.indexOf("=");
+    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
+  }
+  return undefined;
+}
+
+function pickLeg(c: CompiledRoute, rand: number): number {
+  const cum = c.cumulative;
+  const total = cum[cum.length - 1] ?? 0;
+  const x = rand * total;
+  for (let i = 0; i < cum.length; i++) if (x < cum[i]!) return i;
+  return cum.length - 1;
+}
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for await (const c of req) {
+    const b = c as Buffer;
+    n += b.length;
+    if (n > limit) return null;
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks);
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export class HttpRouter {
+  constructor(
+    private readonly log: Logger,
+    private readonly stats: HttpStats,
+  ) {}
+
+  handle(req: IncomingMessage, res: ServerResponse, state: OutboundHttpState): void {
+    this.route(req, res, state).catch((e: Error) => {
+      this.log.error("request failed unexpectedly", { upstream: state.upstream, error: e.message });
+      localReply(res, 500, "UF", e.message);
+    });
+  }
+
+  private async route(req: IncomingMessage, res: ServerResponse, state: OutboundHttpState): Promise<void> {
+    const start = performance.now();
+    const v = view(req);
+    const route = state.routes.match(v);
+    if (!route) return this.reply(res, 404, "NR", state.upstream, undefined, start);
+    const c = state.compiledFor(route);
+    const a = route.action;
+    const legIndex = pickLeg(c, Math.random());
+    const leg = a.splits[legIndex]!;
+    const primary = state.clusters.get(leg.cluster);
+    if (!primary) return this.reply(res, 503, "UH", state.upstream, `cluster "${leg.cluster}" is not configured`, start);
+
+    // Request headers for the upstream: hop-by-hop stripped, mutations applied.
+    const headers: Record<string, string | string[] | undefined> = { ...req.headers };
+    stripHopByHop(headers);
+    delete headers["expect"]; // node already answered 100-continue; undici refuses to send it
+    if (c.hasReqMutations) {
+      applyHeaderMutation(headers, a.requestHeaders);
+      applyHeaderMutation(headers, leg.requestHeaders);
+    }
+    let path = req.url ?? "/";
+    if (a.prefixRewrite !== undefined) {
+      const prefix = route.match.path?.kind === "prefix" ? route.match.path.value : "/";
+      path = rewritePrefix(v.path, prefix, a.prefixRewrite) + (v.rawQuery ? `?${v.rawQuery}` : "");
+    }
+
+    // A body is buffered when small enough to send again; a larger one streams and is not retried.
+    const hasBody = req.headers["content-length"] !== undefined ? req.headers["content-length"] !== "0" : req.headers["transfer-encoding"] !== undefined;
+    let body: Buffer | IncomingMessage | null = null;
+    let canRetry = true;
+    if (hasBody) {
+      const len = Number(req.headers["content-length"] ?? Infinity);
+      if (len <= RETRY_BUFFER_LIMIT) {
+        body = await readBody(req, RETRY_BUFFER_LIMIT);
+        if (body === null) return this.reply(res, 413, "UF", state.upstream, "body larger than its content-length", start);
+      } else {
+        body = req;
+        canRetry = false;
+      }
+    }
+
+    if (!primary.breaker.tryAcquireRequest()) {
+      this.stats.overflow(primary.name);
+      return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, start);
+    }
+    const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
+    const hashPolicies = primary.config.lb?.hashPolicies;
+    const hash =
+      hashPolicies && hashPolicies.length > 0
+        ? requestHash(hashPolicies, { header: (n) => v.header(n), cookie: (n) => cookie(req, n), query: (n) => v.query?.get(n) ?? undefined, sourceIp: req.socket.remoteAddress ?? "" })
+        : undefined;
+    const tried = new Set<string>();
+    const clientGone = new AbortController();
+    res.once("close", () => {
+      if (!res.writableFinished) clientGone.abort();
+    });
+    let last: { outcome: AttemptOutcome; response: Dispatcher.ResponseData | null; cluster: ClusterRuntime; host: ClusterHost } | null = null;
+    let retriesTaken = 0;
+    try {
+      for (let attempt = 1; ; attempt++) {
+        const cluster = this.clusterWithHosts(primary, tried, state);
+        const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
+        if (!cluster || !host) {
+          if (last?.response) return await this.forward(res, last.response, last.cluster, c, leg, start, "URX");
+          if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), start);
+          this.stats.noHealthy(primary.name);
+          return this.reply(res, 503, "UH", state.upstream, primary.describeUnavailable(), start);
+        }
+        tried.add(host.key);
+        headers["x-envoy-attempt-count"] = String(attempt);
+        const remaining = deadline - Date.now();
+        if (remaining <= 0) return this.timeout(res, cluster, state.upstream, start);
+        const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
+        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, perTry, clientGone.signal);
+        if (clientGone.signal.aborted) return;
+        last = { outcome: outcome.outcome, response: outcome.response, cluster, host };
+        const retriable = canRetry && c.retry.retriable(outcome.outcome);
+        const more = retriable && retriesTaken < c.retry.numRetries;
+        if (!more) {
+          // Envoy's URX: still failing after every retry the policy allowed; the last answer goes back.
+          const flag = retriable && retriesTaken > 0 ? "URX" : null;
+          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, start, flag);
+          if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, start);
+          return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), start);
+        }
+        if (!cluster.breaker.tryAcquireRetry()) {
+          this.stats.retryOverflow(cluster.name);
+          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, start, null);
+          return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), start);
+        }
+        try {
+          retriesTaken++;
+          this.stats.retry(cluster.name);
+          if (outcome.response) await outcome.response.body.dump().catch(() => {});
+          const wait = c.retry.backoffMs(retriesTaken);
+          if (Date.now() + wait >= deadline) return this.timeout(res, cluster, state.upstream, start);
+          await sleep(wait);
+        } finally {
+          cluster.breaker.releaseRetry();
+        }
+      }
+    } finally {
+      primary.breaker.releaseRequest();
+    }
+  }
+
+  /** The primary cluster while it has untried hosts, then its failover clusters in order. */
+  private clusterWithHosts(primary: ClusterRuntime, tried: ReadonlySet<string>, state: OutboundHttpState): ClusterRuntime | null {
+    if (primary.hasAvailable(tried)) return primary;
+    for (const name of primary.config.failover ?? []) {
+      const f = state.clusters.get(name);
+      if (f?.hasAvailable(tried)) return f;
+    }
+    return null;
+  }
+
+  private describeFailure(o: AttemptOutcome, host: ClusterHost): string {
+    if (o.kind === "response") return `${host.key} answered ${o.status}`;
+    return `${host.key}: ${o.kind}`;
+  }
+
+  private async attempt(
+    cluster: ClusterRuntime,
+    host: ClusterHost,
+    method: string,
+    path: string,
+    headers: Record<string, string | string[] | undefined>,
+    body: Buffer | IncomingMessage | null,
+    timeoutMs: number,
+    clientGone: AbortSignal,
+  ): Promise<{ outcome: AttemptOutcome; response: Dispatcher.ResponseData | null }> {
+    const perTry = AbortSignal.timeout(Math.max(1, timeoutMs));
+    host.activeRequests++;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      host.activeRequests--;
+    };
+    try {
+      const r = await cluster.poolFor(host).request({
+        method,
+        path,
+        headers,
+        body,
+        signal: AbortSignal.any([perTry, clientGone]),
+      });
+      r.body.once("close", release);
+      cluster.reportResult(host, { status: r.statusCode });
+      return { outcome: { kind: "response", status: r.statusCode }, response: r };
+    } catch (e) {
+      release();
+      if (clientGone.aborted) return { outcome: { kind: "reset" }, response: null };
+      if (perTry.aborted) {
+        cluster.reportResult(host, { localOriginFailure: true });
+        return { outcome: { kind: "per-try-timeout" }, response: null };
+      }
+      cluster.reportResult(host, { localOriginFailure: true });
+      if (isConnectFailure(e)) return { outcome: { kind: "connect-failure" }, response: null };
+      return { outcome: { kind: "reset" }, response: null };
+    }
+  }
+
+  private async forward(
+    res: ServerResponse,
+    r: Dispatcher.ResponseData,
+    cluster: ClusterRuntime,
+    c: CompiledRoute,
+    leg: Route["action"]["splits"][number],
+    start: number,
+    flag: ResponseFlag | null,
+  ): Promise<void> {
+    const headers: Record<string, string | string[] | undefined> = { ...r.headers };
+    stripHopByHop(headers);
+    if (c.hasResMutations) {
+      applyHeaderMutation(headers, c.route.action.responseHeaders);
+      applyHeaderMutation(headers, leg.responseHeaders);
+    }
+    if (flag) headers[FLAGS_HEADER] = flag;
+    res.writeHead(r.statusCode, headers);
+    this.stats.response(cluster.name, r.statusCode, performance.now() - start);
+    try {
+      await pipeline(r.body, res);
+    } catch {
+      // The client went away or the upstream broke mid-body; both sides are torn down already.
+      r.body.destroy();
+      res.destroy();
+    }
+  }
+
+  private timeout(res: ServerResponse, cluster: ClusterRuntime, upstream: string, start: number): void {
+    this.stats.timeout(cluster.name);
+    this.reply(res, 504, "UT", upstream, undefined, start);
+  }
+
+  private reply(res: ServerResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, start: number): void {
+    if (status >= 500) this.log.warn("local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - start) });
+    localReply(res, status, flag, detail);
+  }
+}
