@@ -17,6 +17,7 @@ import { PoolSet } from "./cluster/pools.js";
 import { ClusterRuntime } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
 import { HttpStats } from "./telemetry/http-stats.js";
+import { registerClusterGauges } from "./telemetry/cluster-gauges.js";
 import { createLogger, type Logger } from "./telemetry/log.js";
 
 export interface ProxyOptions {
@@ -75,6 +76,7 @@ export class Proxy extends EventEmitter {
     this.metrics = opts.metrics ?? new Metrics();
     this.httpStats = new HttpStats(this.metrics.registry);
     this.router = new HttpRouter(this.log.child("http"), this.httpStats);
+    registerClusterGauges(this.metrics.registry, () => [...this.runtimes.values()].map((rt) => rt.statsSnapshot()));
   }
 
   get isReady(): boolean {

@@ -25,7 +25,8 @@ export interface Balancer {
    * One host out of `hosts`, or null when `hosts` is empty. `hosts` is the set the caller may use
    * right now (availableHosts): the array given to createBalancer or a subset of it. The result
    * is always an element of `hosts`, hence the type parameter: callers with richer host objects
-   * get them back without a cast.
+   * get them back without a cast. Treat these arrays as immutable (pass a new array when the set
+   * changes): ring_hash and maglev recognise them by identity.
    */
   pick<T extends HostState>(hosts: readonly T[], ctx: PickContext): T | null;
 }
@@ -153,7 +154,7 @@ function randomIndex(random: () => number, n: number): number {
   return i < n ? i : n - 1;
 }
 
-/** How many of `hosts` are not in `exclude`. Only computed on retries (non-empty exclude). */
+/** How many of `hosts` are not in `exclude`. Retries only, and only after rejection failed. */
 function countAllowed(hosts: readonly HostState[], exclude: ReadonlySet<string>): number {
   let n = 0;
   for (const h of hosts) if (!exclude.has(h.key)) n++;
@@ -161,25 +162,35 @@ function countAllowed(hosts: readonly HostState[], exclude: ReadonlySet<string>)
 }
 
 /** The `k`-th (0-based) host not in `exclude`; the caller ensures k < countAllowed. */
-function nthAllowed<T extends HostState>(hosts: readonly T[], exclude: ReadonlySet<string>, k: number): T | null {
+function nthAllowed<T extends HostState>(hosts: readonly T[], exclude: ReadonlySet<string>, k: number): T | undefined {
   for (const h of hosts) {
     if (exclude.has(h.key)) continue;
     if (k === 0) return h;
     k--;
   }
-  return null;
+  return undefined;
+}
+
+function nonEmpty(exclude: ReadonlySet<string> | undefined): ReadonlySet<string> | undefined {
+  return exclude !== undefined && exclude.size > 0 ? exclude : undefined;
 }
 
 /**
- * The exclusion set to honour, or undefined. When every host was already tried, exclusion is
- * dropped and the policy picks as usual: Envoy's previous_hosts predicate likewise gives up after
- * host_selection_retry_max_attempts and uses the host it selected, so a retry on a one-host
- * cluster still happens.
+ * A uniformly random host not in `exclude`. The exclusion set of a retry is a few hosts out of
+ * many, so a few rejection draws almost always succeed without a pass over the hosts; counting is
+ * the fallback. When every host was already tried, exclusion is dropped (see createBalancer).
  */
-function effectiveExclude(hosts: readonly HostState[], exclude: ReadonlySet<string> | undefined): ReadonlySet<string> | undefined {
-  if (exclude === undefined || exclude.size === 0) return undefined;
-  for (const h of hosts) if (!exclude.has(h.key)) return exclude;
-  return undefined;
+function sampleAllowed<T extends HostState>(hosts: readonly T[], exclude: ReadonlySet<string> | undefined, random: () => number): T | undefined {
+  const n = hosts.length;
+  if (exclude !== undefined) {
+    for (let attempt = 0; attempt < 4; attempt++) {
+      const h = hosts[randomIndex(random, n)];
+      if (h !== undefined && !exclude.has(h.key)) return h;
+    }
+    const allowed = countAllowed(hosts, exclude);
+    if (allowed > 0) return nthAllowed(hosts, exclude, randomIndex(random, allowed));
+  }
+  return hosts[randomIndex(random, n)];
 }
 
 class RoundRobinBalancer implements Balancer {
@@ -195,10 +206,10 @@ class RoundRobinBalancer implements Balancer {
     const n = hosts.length;
     if (n === 0) return null;
     const start = this.cursor % n;
-    const ex = effectiveExclude(hosts, ctx.exclude);
     // The cursor moves on by one whichever host a retry lands on, so retries do not make the
     // next requests skip hosts.
     this.cursor = start + 1;
+    const ex = nonEmpty(ctx.exclude);
     if (ex !== undefined) {
       for (let step = 0; step < n; step++) {
         const h = hosts[(start + step) % n];
@@ -213,11 +224,8 @@ class RandomBalancer implements Balancer {
   constructor(private readonly random: () => number) {}
 
   pick<T extends HostState>(hosts: readonly T[], ctx: PickContext): T | null {
-    const n = hosts.length;
-    if (n === 0) return null;
-    const ex = effectiveExclude(hosts, ctx.exclude);
-    if (ex === undefined) return hosts[randomIndex(this.random, n)] ?? null;
-    return nthAllowed(hosts, ex, randomIndex(this.random, countAllowed(hosts, ex)));
+    if (hosts.length === 0) return null;
+    return sampleAllowed(hosts, nonEmpty(ctx.exclude), this.random) ?? null;
   }
 }
 
@@ -231,14 +239,12 @@ class LeastRequestBalancer implements Balancer {
   pick<T extends HostState>(hosts: readonly T[], ctx: PickContext): T | null {
     const n = hosts.length;
     if (n === 0) return null;
-    if (n === 1) return hosts[0] ?? null;
-    const ex = effectiveExclude(hosts, ctx.exclude);
-    const allowed = ex === undefined ? n : countAllowed(hosts, ex);
+    const ex = nonEmpty(ctx.exclude);
+    if (n === 1 && ex === undefined) return hosts[0] ?? null;
     let best: T | null = null;
     for (let c = 0; c < this.choiceCount; c++) {
-      const i = randomIndex(this.random, allowed);
-      const h = ex === undefined ? hosts[i] : nthAllowed(hosts, ex, i);
-      if (h !== undefined && h !== null && (best === null || h.activeRequests < best.activeRequests)) best = h;
+      const h = sampleAllowed(hosts, ex, this.random);
+      if (h !== undefined && (best === null || h.activeRequests < best.activeRequests)) best = h;
     }
     return best;
   }
@@ -252,15 +258,24 @@ class LeastRequestBalancer implements Balancer {
  * property instead of the extra churn a rebuild causes.
  */
 abstract class TableBalancer implements Balancer {
-  private readonly members: ReadonlySet<HostState>;
+  /** Built host → its index in `built`. */
+  private readonly position: ReadonlyMap<HostState, number>;
   private readonly fallback: RandomBalancer;
+  /**
+   * For the last subset seen: built index → index in that subset, or -1. The owner recomputes the
+   * available set only when health or ejections change, so one cached entry serves nearly every
+   * pick and a degraded cluster costs no more per pick than a whole one.
+   */
+  private subset: readonly HostState[] | null = null;
+  private subsetIndex = new Int32Array(0);
+  private subsetUsable = 0;
 
   protected constructor(
     protected readonly built: readonly HostState[],
     protected readonly owners: Uint32Array,
     random: () => number,
   ) {
-    this.members = new Set(built);
+    this.position = new Map(built.map((h, i) => [h, i]));
     this.fallback = new RandomBalancer(random);
   }
 
@@ -269,44 +284,59 @@ abstract class TableBalancer implements Balancer {
   pick<T extends HostState>(hosts: readonly T[], ctx: PickContext): T | null {
     if (hosts.length === 0) return null;
     if (ctx.hash === undefined || this.owners.length === 0) return this.fallback.pick(hosts, ctx);
-    // The usual case: every built host is available and this is the very array the table was
-    // built from, so membership needs no test.
+    // The usual case: every built host is available and `hosts` is the very array the table was
+    // built from, so owners index it directly.
     const whole = hosts === this.built;
-    let ex = ctx.exclude !== undefined && ctx.exclude.size > 0 ? ctx.exclude : undefined;
-    if (!whole || ex !== undefined) {
-      // Make sure the walk below ends at a host: with exclusion if some usable host is not yet
-      // tried, without it otherwise; and never trust `hosts` to belong to this table.
-      let usable = 0;
-      let untried = 0;
-      for (const h of hosts) {
-        if (!this.members.has(h)) continue;
-        usable++;
-        if (ex === undefined || !ex.has(h.key)) untried++;
-      }
+    let index: Int32Array | null = null;
+    let usable = this.built.length;
+    if (!whole) {
+      index = this.indexOf(hosts);
+      usable = this.subsetUsable;
+      // None of `hosts` is on this table: the caller did not rebuild after an endpoint change.
       if (usable === 0) return this.fallback.pick(hosts, ctx);
-      if (untried === 0) ex = undefined;
     }
+    let ex = nonEmpty(ctx.exclude);
+    // The walk must end at a host: drop exclusion when it covers every usable host (see
+    // createBalancer). Only a set at least as large as the usable hosts can.
+    if (ex !== undefined && ex.size >= usable && !this.anyUntried(hosts, index, ex)) ex = undefined;
     const owners = this.owners;
-    const built = this.built;
     const len = owners.length;
     let p = this.slot(ctx.hash >>> 0);
     for (let step = 0; step < len; step++) {
       const owner = owners[p]!;
-      const h = whole ? hosts[owner] : member(hosts, built[owner]);
+      const h = index === null ? hosts[owner] : hosts[index[owner]!];
       if (h !== undefined && (ex === undefined || !ex.has(h.key))) return h;
       p = p + 1 === len ? 0 : p + 1;
     }
     return this.fallback.pick(hosts, ctx);
   }
-}
 
-/** `h` as an element of `hosts`, or undefined. A plain loop: this runs per pick, so no closure. */
-function member<T extends HostState>(hosts: readonly T[], h: HostState | undefined): T | undefined {
-  for (let i = 0; i < hosts.length; i++) {
-    const x = hosts[i];
-    if (x === h) return x;
+  private indexOf(hosts: readonly HostState[]): Int32Array {
+    if (hosts !== this.subset) {
+      const index = new Int32Array(this.built.length).fill(-1);
+      let usable = 0;
+      for (let i = 0; i < hosts.length; i++) {
+        const h = hosts[i];
+        const b = h === undefined ? undefined : this.position.get(h);
+        if (b !== undefined && index[b] === -1) {
+          index[b] = i;
+          usable++;
+        }
+      }
+      this.subset = hosts;
+      this.subsetIndex = index;
+      this.subsetUsable = usable;
+    }
+    return this.subsetIndex;
   }
-  return undefined;
+
+  private anyUntried(hosts: readonly HostState[], index: Int32Array | null, exclude: ReadonlySet<string>): boolean {
+    for (let b = 0; b < this.built.length; b++) {
+      const h = index === null ? hosts[b] : hosts[index[b]!];
+      if (h !== undefined && !exclude.has(h.key)) return true;
+    }
+    return false;
+  }
 }
 
 /**
@@ -433,6 +463,12 @@ class MaglevBalancer extends TableBalancer {
  * A balancer for `hosts` under `lb`. Call once per installed endpoint set (and again whenever
  * that set changes); pass the same HostState objects — usually the same array — to pick.
  * `random` (default Math.random) is injectable so tests are deterministic.
+ *
+ * Exclusion (ctx.exclude) is a strong preference, not a filter: a host not yet tried is returned
+ * whenever `hosts` has one; when every host was tried, the policy picks as if nothing were
+ * excluded. Envoy's previous_hosts predicate also gives up after host_selection_retry_max_attempts
+ * and uses the host it selected, so a retry on a one-host cluster still happens. Callers that
+ * want "no retry unless a new host exists" check for that before picking.
  */
 export function createBalancer(lb: LoadBalancer, hosts: readonly HostState[], random: () => number = Math.random): Balancer {
   switch (lb.policy) {
@@ -454,5 +490,99 @@ export function createBalancer(lb: LoadBalancer, hosts: readonly HostState[], ra
     }
     case "maglev":
       return MaglevBalancer.build(hosts, random);
+  }
+}
+
+export interface PeakEwmaOptions {
+  /** Estimate for a host with no sample yet (linkerd2-proxy's default_rtt: 30 ms). */
+  readonly defaultRttMs?: number;
+  /** Time constant of the decay (linkerd2-proxy's default: 10 s). */
+  readonly decayMs?: number;
+  readonly now?: () => number;
+}
+
+interface RttEstimate {
+  rttMs: number;
+  atMs: number;
+}
+
+/**
+ * Latency-aware P2C after linkerd2-proxy (tower's PeakEwma), an extra policy outside LbPolicy:
+ * the caller constructs it directly, keeps one per cluster across endpoint changes (estimates are
+ * keyed by host key; retain() drops departed hosts) and reports each response's latency with
+ * observe(). Cost = RTT estimate × (activeRequests + 1); of two distinct random hosts the cheaper
+ * wins. A sample above the estimate replaces it at once (the "peak"); lower samples pull it down
+ * exponentially, and an idle estimate decays toward 0 so a host that was slow gets tried again.
+ * Unlike least_request it steers away from a slow host even when nothing is in flight, which is
+ * when least_request degenerates to random.
+ */
+export class PeakEwmaBalancer implements Balancer {
+  private readonly estimates = new Map<string, RttEstimate>();
+  private readonly defaultRttMs: number;
+  private readonly decayMs: number;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly random: () => number = Math.random,
+    opts: PeakEwmaOptions = {},
+  ) {
+    this.defaultRttMs = Math.max(1, opts.defaultRttMs ?? 30);
+    this.decayMs = opts.decayMs ?? 10_000;
+    if (!(this.decayMs > 0)) throw new RangeError(`peak_ewma: decayMs ${String(opts.decayMs)} must be > 0`);
+    this.now = opts.now ?? (() => performance.now());
+  }
+
+  /** One finished request's latency to the host with this key. */
+  observe(key: string, rttMs: number): void {
+    const now = this.now();
+    const e = this.estimates.get(key);
+    if (e === undefined) {
+      this.estimates.set(key, { rttMs, atMs: now });
+      return;
+    }
+    if (rttMs > e.rttMs) {
+      e.rttMs = rttMs;
+    } else {
+      const w = Math.exp(-Math.max(0, now - e.atMs) / this.decayMs);
+      e.rttMs = e.rttMs * w + rttMs * (1 - w);
+    }
+    e.atMs = now;
+  }
+
+  /** Forget estimates of hosts that left the cluster. */
+  retain(keys: readonly string[]): void {
+    const keep = new Set(keys);
+    for (const k of this.estimates.keys()) if (!keep.has(k)) this.estimates.delete(k);
+  }
+
+  /** The host's current cost (exported for tests and the admin page). */
+  cost(h: HostState, now: number = this.now()): number {
+    const e = this.estimates.get(h.key);
+    const rtt = e === undefined ? this.defaultRttMs : e.rttMs * Math.exp(-Math.max(0, now - e.atMs) / this.decayMs);
+    return rtt * (h.activeRequests + 1);
+  }
+
+  pick<T extends HostState>(hosts: readonly T[], ctx: PickContext): T | null {
+    const n = hosts.length;
+    if (n === 0) return null;
+    const ex = nonEmpty(ctx.exclude);
+    let a: T | undefined;
+    let b: T | undefined;
+    if (ex === undefined) {
+      if (n === 1) return hosts[0] ?? null;
+      // Two distinct hosts, as tower's P2C draws them.
+      const i = randomIndex(this.random, n);
+      let j = randomIndex(this.random, n - 1);
+      if (j >= i) j++;
+      a = hosts[i];
+      b = hosts[j];
+    } else {
+      a = sampleAllowed(hosts, ex, this.random);
+      b = sampleAllowed(hosts, ex, this.random);
+    }
+    if (a === undefined) return b ?? null;
+    if (b === undefined || a === b) return a;
+    const now = this.now();
+    return this.cost(b, now) < this.cost(a, now) ? b : a;
   }
 }

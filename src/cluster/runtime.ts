@@ -10,6 +10,7 @@ import { CircuitBreaker } from "./limits.js";
 import { PoolSet, type PoolTarget } from "./pools.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import type { Pool } from "undici";
+import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
 
 export interface ClusterHost extends HostState {
   readonly pool: PoolTarget;
@@ -108,6 +109,22 @@ export class ClusterRuntime {
     const r = availableHosts(this.hosts, this.outlier, (h) => h.endpoint.healthy, od?.panicThresholdPercent ?? 0);
     this.available = r.hosts;
     this.panic = r.panic;
+  }
+
+  /** What the scrape-time gauges report. */
+  statsSnapshot(): ClusterSnapshotStats {
+    const b = this.breaker.state;
+    const limits = this.cluster.limits ?? DEFAULT_LIMITS;
+    return {
+      name: this.cluster.name,
+      membershipTotal: this.hosts.length,
+      membershipHealthy: this.panic ? 0 : this.available.length,
+      ejectionsActive: this.outlier?.stats.ejectionsActive ?? 0,
+      ejectionsEnforcedTotal: this.outlier?.stats.ejectionsTotal ?? 0,
+      ejectionsOverflow: this.outlier?.stats.ejectionsOverflow ?? 0,
+      activeRequests: b.activeRequests,
+      rqOpen: b.activeRequests >= limits.maxRequests,
+    };
   }
 
   /** Keys of the pools this cluster uses, for PoolSet.retain. */

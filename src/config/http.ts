@@ -157,7 +157,9 @@ export const DEFAULT_LIMITS: Limits = {
   maxRequests: 1024,
   maxRetries: 3,
   retryBudgetPercent: 20,
-  minRetryConcurrency: 3,
+  // Envoy's floor is 3; bursts of a handful of requests to a host that has just started failing
+  // exceed it before outlier detection reacts. 10 is linkerd2-proxy's floor (per second there).
+  minRetryConcurrency: 10,
 };
 
 /** An HTTP permission of an L7 intention (Consul's IntentionPermission). */

@@ -17,7 +17,7 @@ export class MatchCompileError extends Error {
 
 /** The only part of a request the shared matchers read. */
 export interface HeaderSource {
-  /** `name` is lower-case; multiple field lines arrive combined (`a, b`), as Envoy matches them. */
+  /** `name` is lower-case; repeated field lines arrive as one comma-joined value, as Envoy matches them. */
   header(name: string): string | undefined;
 }
 
@@ -30,7 +30,7 @@ const LOOKAROUND = ["(?=", "(?!", "(?<=", "(?<!"];
  * Compiles an RE2-syntax pattern to a JS RegExp. `anchored` gives a full match (Envoy's
  * safe_regex); otherwise it is a search (Go's regexp.MatchString, as go-bexpr uses).
  * A leading RE2 flag group `(?i)`, `(?s)`, `(?m)` becomes a JS flag, `(?P<name>` becomes
- * `(?<name>`. Throws an Error whose message says what is wrong.
+ * `(?<name>`; scoped flag groups such as `(?i:...)` are rejected. Throws an Error saying what is wrong.
  */
 export function compileRegex(source: string, anchored: boolean): RegExp {
   let body = source;
@@ -208,4 +208,37 @@ export function methodMatches(set: ReadonlySet<string> | null, method: string): 
   if (set === null || set.has(method)) return true;
   // node:http already upper-cases methods; the fallback only runs for other callers.
   return LOWER.test(method) && set.has(method.toUpperCase());
+}
+
+const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
+const PCT = /%([0-9a-fA-F]{2})/g;
+
+/**
+ * RFC 3986 §6.2.2 path normalization, as Envoy's normalize_path (on by default for Consul's
+ * inbound listeners, so L7 intentions cannot be bypassed with `/./admin` or `/%61dmin`):
+ * percent-encoded unreserved characters are decoded, other escapes upper-cased (`%2f` stays an
+ * escape: an encoded slash is not a separator), and dot segments removed. Slashes are not
+ * merged (Consul's MergeSlashes is opt-in). Allocates only for a path that needs it.
+ */
+export function normalizePath(path: string): string {
+  if (!path.includes("%") && !path.includes("/.")) return path;
+  const decoded = path.replace(PCT, (_, hex: string) => {
+    const c = String.fromCharCode(parseInt(hex, 16));
+    return UNRESERVED.test(c) ? c : `%${hex.toUpperCase()}`;
+  });
+  const segs = decoded.split("/");
+  const out: string[] = [];
+  for (let i = 0; i < segs.length; i++) {
+    const seg = segs[i] ?? "";
+    const last = i === segs.length - 1;
+    if (seg === "." || seg === "..") {
+      // Never above the root: out[0] is the empty segment before the leading slash.
+      if (seg === ".." && out.length > 1) out.pop();
+      if (last) out.push("");
+      continue;
+    }
+    out.push(seg);
+  }
+  const joined = out.join("/");
+  return joined.startsWith("/") ? joined : `/${joined}`;
 }

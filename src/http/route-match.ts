@@ -28,7 +28,7 @@ export interface RequestView {
    * (and share the parse with hash policies).
    */
   readonly query: URLSearchParams | null;
-  /** `name` is lower-case; repeated field lines combined as `a, b` (node:http does this). */
+  /** `name` is lower-case; repeated field lines as one comma-joined value. */
   header(name: string): string | undefined;
 }
 

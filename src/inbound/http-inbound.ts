@@ -9,6 +9,7 @@ import { Pool } from "undici";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
+import { normalizePath } from "../http/match.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { joinSockets } from "../tcp/pipe.js";
 import type { Logger } from "../telemetry/log.js";
@@ -99,9 +100,10 @@ export class InboundHttp {
     if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection");
     const url = req.url ?? "/";
     const q = url.indexOf("?");
+    // Authorize the path the app will see, normalized: `/./admin` and `/%61dmin` are `/admin`.
     const decision = caller.authorizer.authorize({
       method: req.method ?? "GET",
-      path: q < 0 ? url : url.slice(0, q),
+      path: normalizePath(q < 0 ? url : url.slice(0, q)),
       header: (n: string) => {
         const v = req.headers[n];
         return Array.isArray(v) ? v.join(", ") : v;
@@ -112,10 +114,12 @@ export class InboundHttp {
       this.log.info("request denied by intention", { source: caller.uri, method: req.method, path: url, reason: decision.reason });
       return this.reply(res, 403, "UAEX", decision.reason);
     }
-    void this.forward(req, res, caller);
+    // The app gets the path that was authorized, as Envoy's normalize_path rewrites :path.
+    const path = normalizePath(q < 0 ? url : url.slice(0, q)) + (q < 0 ? "" : url.slice(q));
+    void this.forward(req, res, caller, path);
   }
 
-  private async forward(req: Req, res: Res, caller: Caller): Promise<void> {
+  private async forward(req: Req, res: Res, caller: Caller, path: string): Promise<void> {
     const headers: Record<string, string | string[] | undefined> = {};
     for (const [k, v] of Object.entries(req.headers)) if (k[0] !== ":") headers[k] = v;
     stripHopByHop(headers);
@@ -129,7 +133,7 @@ export class InboundHttp {
     const timer = this.config.requestTimeoutMs > 0 ? setTimeout(() => ac.abort(), this.config.requestTimeoutMs) : null;
     res.once("close", () => ac.abort());
     try {
-      const r = await this.pool.request({ method: req.method ?? "GET", path: req.url ?? "/", headers, body: hasBody ? req : null, signal: ac.signal });
+      const r = await this.pool.request({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, signal: ac.signal });
       if (timer) clearTimeout(timer);
       const out: Record<string, string | string[] | undefined> = { ...r.headers };
       stripHopByHop(out);
@@ -151,7 +155,7 @@ export class InboundHttp {
     const caller = this.callerOf(req);
     const decision = caller?.authorizer.authorize({
       method: req.method ?? "GET",
-      path: (req.url ?? "/").split("?")[0]!,
+      path: normalizePath((req.url ?? "/").split("?")[0]!),
       header: (n: string) => {
         const v = req.headers[n];
         return Array.isArray(v) ? v.join(", ") : v;

@@ -6,7 +6,8 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { pipeline } from "node:stream/promises";
 import type { Dispatcher } from "undici";
 import type { Route, RouteTable } from "../config/http.js";
-import { CompiledRoutes, rewritePrefix, type RequestView } from "../http/route-match.js";
+import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
+import { normalizePath } from "../http/match.js";
 import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
@@ -61,7 +62,7 @@ export class OutboundHttpState {
 function view(req: IncomingMessage): RequestView & { readonly rawQuery: string } {
   const url = req.url ?? "/";
   const q = url.indexOf("?");
-  const path = q < 0 ? url : url.slice(0, q);
+  const path = normalizePath(q < 0 ? url : url.slice(0, q));
   const rawQuery = q < 0 ? "" : url.slice(q + 1);
   let query: URLSearchParams | null = null;
   return {
@@ -146,10 +147,7 @@ export class HttpRouter {
       applyHeaderMutation(headers, leg.requestHeaders);
     }
     let path = req.url ?? "/";
-    if (a.prefixRewrite !== undefined) {
-      const prefix = route.match.path?.kind === "prefix" ? route.match.path.value : "/";
-      path = rewritePrefix(v.path, prefix, a.prefixRewrite) + (v.rawQuery ? `?${v.rawQuery}` : "");
-    }
+    if (a.prefixRewrite !== undefined) path = rewritePath(route, v.path) + (v.rawQuery ? `?${v.rawQuery}` : "");
 
     // A body is buffered when small enough to send again; a larger one streams and is not retried.
     const hasBody = req.headers["content-length"] !== undefined ? req.headers["content-length"] !== "0" : req.headers["transfer-encoding"] !== undefined;
@@ -183,6 +181,12 @@ export class HttpRouter {
     });
     let last: { outcome: AttemptOutcome; response: Dispatcher.ResponseData | null; cluster: ClusterRuntime; host: ClusterHost } | null = null;
     let retriesTaken = 0;
+    // A retry holds a slot of its cluster's retry budget until the retried attempt is over.
+    let retrySlot: ClusterRuntime | null = null;
+    const releaseRetrySlot = () => {
+      retrySlot?.breaker.releaseRetry();
+      retrySlot = null;
+    };
     try {
       for (let attempt = 1; ; attempt++) {
         const cluster = this.clusterWithHosts(primary, tried, state);
@@ -199,10 +203,12 @@ export class HttpRouter {
         if (remaining <= 0) return this.timeout(res, cluster, state.upstream, start);
         const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
         const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, perTry, clientGone.signal);
+        releaseRetrySlot();
         if (clientGone.signal.aborted) return;
         last = { outcome: outcome.outcome, response: outcome.response, cluster, host };
         const retriable = canRetry && c.retry.retriable(outcome.outcome);
         const more = retriable && retriesTaken < c.retry.numRetries;
+        if (this.log.enabled("trace")) this.log.trace("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, retriable, more });
         if (!more) {
           // Envoy's URX: still failing after every retry the policy allowed; the last answer goes back.
           const flag = retriable && retriesTaken > 0 ? "URX" : null;
@@ -215,18 +221,16 @@ export class HttpRouter {
           if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, start, null);
           return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), start);
         }
-        try {
-          retriesTaken++;
-          this.stats.retry(cluster.name);
-          if (outcome.response) await outcome.response.body.dump().catch(() => {});
-          const wait = c.retry.backoffMs(retriesTaken);
-          if (Date.now() + wait >= deadline) return this.timeout(res, cluster, state.upstream, start);
-          await sleep(wait);
-        } finally {
-          cluster.breaker.releaseRetry();
-        }
+        retrySlot = cluster;
+        retriesTaken++;
+        this.stats.retry(cluster.name);
+        if (outcome.response) await outcome.response.body.dump().catch(() => {});
+        const wait = c.retry.backoffMs(retriesTaken);
+        if (Date.now() + wait >= deadline) return this.timeout(res, cluster, state.upstream, start);
+        await sleep(wait);
       }
     } finally {
+      releaseRetrySlot();
       primary.breaker.releaseRequest();
     }
   }

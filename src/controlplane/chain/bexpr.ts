@@ -10,7 +10,7 @@
 //   not   := "not" not | "(" or ")" | match
 //   match := selector ("==" | "!=") value | selector "is" ["not"] "empty"
 //          | value ["not"] "in" selector | selector ["not"] ("contains" | "matches") value
-//   selector := Ident ("." Ident | "[" string "]")*
+//   selector := Ident ("." Ident | "." Digits | "[" string "]")*
 //   value := bare word (an identifier path) | number | "double-quoted" | `raw`
 // Deliberately left out: go-bexpr's JSON-pointer selectors ("/Service/Meta/x"), inline list
 // selectors, and its ordering operators (<, >), which Consul's subset docs never use.
@@ -276,7 +276,14 @@ class Parser {
     for (;;) {
       if (this.src[this.pos] === ".") {
         this.pos++;
-        parts.push(this.ident());
+        // go-bexpr also takes `.<digits>` (a list index), which is what makes `v1.2` a bare word.
+        const digits = /^[0-9]+/.exec(this.src.slice(this.pos));
+        if (digits !== null) {
+          this.pos += digits[0].length;
+          parts.push(digits[0]);
+        } else {
+          parts.push(this.ident());
+        }
       } else if (this.src[this.pos] === "[") {
         this.pos++;
         this.skipSpace();

@@ -1,0 +1,156 @@
+// L7 intentions: the §8.7 vectors of shared/reference/consul-connect.md, precedence, the
+// default-action fallback, and how the L4 path treats an L7 intention.
+import t from "tap";
+import type { Permission } from "../../src/config/http.js";
+import type { Intention, IntentionPolicy } from "../../src/config/snapshot.js";
+import { CompiledL7Intentions, PermissionCompileError, type L7Request } from "../../src/authz/l7.js";
+import { CompiledIntentions, hasPermissions } from "../../src/authz/intentions.js";
+
+function req(method: string, path: string, headers: Record<string, string> = {}): L7Request {
+  return { method, path, header: (n) => headers[n] };
+}
+
+// §8.7: frontend => billing with two permissions, and * => billing deny.
+const FRONTEND_PERMISSIONS: readonly Permission[] = [
+  { action: "allow", path: { kind: "prefix", value: "/invoices" }, headers: [], methods: ["GET", "HEAD"] },
+  { action: "deny", path: { kind: "regex", value: "^/admin(/.*)?$" }, headers: [{ name: "x-debug", present: true }], methods: [] },
+];
+const frontendL7: Intention = { source: "frontend", destination: "billing", action: "allow", permissions: FRONTEND_PERMISSIONS };
+const wildcardDeny: Intention = { source: "*", destination: "billing", action: "deny" };
+const wildcardAllow: Intention = { source: "*", destination: "billing", action: "allow" };
+
+// The wildcard is written first so that only precedence, not order, can put frontend's first.
+const VECTORS: IntentionPolicy = { defaultAction: "deny", intentions: [wildcardDeny, frontendL7] };
+
+t.test("§8.7 vectors, default policy deny", async (t) => {
+  const l7 = new CompiledL7Intentions(VECTORS, "billing");
+  const frontend = l7.forSource("frontend");
+  t.equal(frontend.intention, frontendL7, "the exact intention governs frontend");
+
+  t.same(frontend.authorize(req("GET", "/invoices/7")), { allowed: true, reason: "Matched L7 intention: frontend => billing (permission 1: allow)" }, "frontend GET /invoices/7 → allow");
+  t.same(frontend.authorize(req("POST", "/invoices")), { allowed: false, reason: "No permission matched; default policy is deny" }, "frontend POST /invoices → no permission matches → default deny");
+  t.same(frontend.authorize(req("GET", "/admin", { "x-debug": "1" })), { allowed: false, reason: "Matched L7 intention: frontend => billing (permission 2: deny)" }, "frontend GET /admin with x-debug → deny");
+
+  const reporting = l7.forSource("reporting");
+  t.equal(reporting.intention, wildcardDeny, "reporting falls to the wildcard intention");
+  for (const r of [req("GET", "/invoices/7"), req("GET", "/"), req("POST", "/admin")]) {
+    t.same(reporting.authorize(r), { allowed: false, reason: "Matched L4 intention: * => billing (deny)" }, `reporting ${r.method} ${r.path} → L4 deny`);
+  }
+
+  // §8.7's last vector: Consul's authorize endpoint (L4) refuses frontend outright.
+  const l4 = new CompiledIntentions(VECTORS, "billing").authorize("frontend");
+  t.equal(l4.allowed, false, "L4 evaluation of frontend's L7 intention denies");
+  t.equal(l4.reason, "Matched L7 intention: frontend => billing (L4 connections are denied; the service's protocol must be http)");
+  t.equal(l4.intention, frontendL7);
+  t.equal(new CompiledIntentions(VECTORS, "billing").authorize("reporting").reason, "Matched L4 intention: * => billing (deny)", "L4 intentions are unchanged");
+});
+
+t.test("permission matching: methods, path and headers are AND-ed", async (t) => {
+  const frontend = new CompiledL7Intentions(VECTORS, "billing").forSource("frontend");
+  t.equal(frontend.authorize(req("HEAD", "/invoices")).allowed, true, "every listed method counts");
+  t.equal(frontend.authorize(req("DELETE", "/invoices/7")).reason, "No permission matched; default policy is deny", "the path alone is not enough: the method must match too");
+  t.equal(frontend.authorize(req("GET", "/admin")).reason, "No permission matched; default policy is deny", "the path alone is not enough: the header must be there too");
+  t.equal(frontend.authorize(req("GET", "/admin/users", { "x-debug": "" })).reason, "Matched L7 intention: frontend => billing (permission 2: deny)", "a permission without methods takes any method; the regex is a full match");
+  t.equal(frontend.authorize(req("GET", "/administrator", { "x-debug": "1" })).reason, "No permission matched; default policy is deny", "the regex does not match a longer path");
+});
+
+t.test("first matching permission wins", async (t) => {
+  const permissions: Permission[] = [
+    { action: "deny", path: { kind: "exact", value: "/secret" }, headers: [], methods: [] },
+    { action: "allow", path: { kind: "prefix", value: "/" }, headers: [], methods: [] },
+    { action: "deny", path: { kind: "prefix", value: "/" }, headers: [], methods: [] },
+  ];
+  const a = new CompiledL7Intentions({ defaultAction: "deny", intentions: [{ source: "web", destination: "api", action: "allow", permissions }] }, "api").forSource("web");
+  t.same(a.authorize(req("GET", "/secret")), { allowed: false, reason: "Matched L7 intention: web => api (permission 1: deny)" }, "an earlier deny beats a later allow");
+  t.same(a.authorize(req("GET", "/public")), { allowed: true, reason: "Matched L7 intention: web => api (permission 2: allow)" }, "an earlier allow beats a later deny");
+});
+
+t.test("an empty HTTP block matches every request", async (t) => {
+  const permissions: Permission[] = [{ action: "deny", headers: [], methods: [] }];
+  const a = new CompiledL7Intentions({ defaultAction: "allow", intentions: [{ source: "web", destination: "api", action: "allow", permissions }] }, "api").forSource("web");
+  for (const r of [req("GET", "/"), req("POST", "/x/y", { any: "thing" })]) {
+    t.same(a.authorize(r), { allowed: false, reason: "Matched L7 intention: web => api (permission 1: deny)" }, `${r.method} ${r.path} matches the empty block`);
+  }
+});
+
+t.test("no matching permission falls to the default, not to lower-precedence intentions", async (t) => {
+  const allowByDefault = new CompiledL7Intentions({ defaultAction: "allow", intentions: [wildcardDeny, frontendL7] }, "billing").forSource("frontend");
+  t.same(allowByDefault.authorize(req("POST", "/invoices")), { allowed: true, reason: "No permission matched; default policy is allow" }, "default allow wins over the wildcard deny below");
+  const denyByDefault = new CompiledL7Intentions({ defaultAction: "deny", intentions: [wildcardAllow, frontendL7] }, "billing").forSource("frontend");
+  t.same(denyByDefault.authorize(req("POST", "/invoices")), { allowed: false, reason: "No permission matched; default policy is deny" }, "default deny wins over the wildcard allow below");
+});
+
+t.test("precedence: the most specific intention decides", async (t) => {
+  const policy: IntentionPolicy = {
+    defaultAction: "deny",
+    intentions: [
+      { source: "*", destination: "*", action: "deny" },
+      { source: "web", destination: "*", action: "deny" },
+      wildcardAllow,
+      { source: "web", destination: "billing", action: "allow" },
+      { source: "batch", destination: "*", action: "allow" },
+    ],
+  };
+  const l7 = new CompiledL7Intentions(policy, "billing");
+  t.equal(l7.forSource("web").authorize(req("GET", "/")).reason, "Matched L4 intention: web => billing (allow)", "exact → exact (9) beats web → * and * → *");
+  t.equal(l7.forSource("web").authorize(req("GET", "/")).allowed, true);
+  t.equal(l7.forSource("batch").authorize(req("GET", "/")).reason, "Matched L4 intention: * => billing (allow)", "* → exact (8) beats exact → * (6)");
+  t.equal(l7.precedenceFor("batch"), 8, "precedence of the governing intention");
+  const other = new CompiledL7Intentions(policy, "ledger");
+  t.equal(other.forSource("batch").authorize(req("GET", "/")).reason, "Matched L4 intention: batch => * (allow)", "exact → * (6) beats * → * (5)");
+  t.equal(other.forSource("cron").authorize(req("GET", "/")).reason, "Matched L4 intention: * => * (deny)", "* → * catches the rest");
+  t.equal(other.precedenceFor("cron"), 5);
+});
+
+t.test("no intention matched: the default action", async (t) => {
+  for (const defaultAction of ["allow", "deny"] as const) {
+    const a = new CompiledL7Intentions({ defaultAction, intentions: [frontendL7] }, "billing").forSource("reporting");
+    t.equal(a.intention, null);
+    t.same(a.authorize(req("GET", "/invoices")), { allowed: defaultAction === "allow", reason: `No intention matched; default policy is ${defaultAction}` }, `default ${defaultAction}`);
+  }
+  const elsewhere = new CompiledL7Intentions(VECTORS, "ledger").forSource("frontend");
+  t.equal(elsewhere.intention, null, "intentions for another destination do not apply");
+});
+
+t.test("header matchers in permissions share the route semantics", async (t) => {
+  const permissions: Permission[] = [{ action: "allow", headers: [{ name: "X-Env", exact: "prod", invert: true }], methods: [] }];
+  const a = new CompiledL7Intentions({ defaultAction: "deny", intentions: [{ source: "web", destination: "api", action: "allow", permissions }] }, "api").forSource("web");
+  t.equal(a.authorize(req("GET", "/", { "x-env": "dev" })).allowed, true, "inverted exact matches another value (name lower-cased)");
+  t.equal(a.authorize(req("GET", "/", { "x-env": "prod" })).allowed, false, "and not the named one");
+  t.equal(a.authorize(req("GET", "/")).allowed, false, "and not a missing header (Envoy)");
+});
+
+t.test("authorizers are compiled once and cached per source", async (t) => {
+  const l7 = new CompiledL7Intentions(VECTORS, "billing");
+  t.equal(l7.forSource("frontend"), l7.forSource("frontend"), "the same authorizer for the same source");
+  t.equal(l7.forSource("a"), l7.forSource("b"), "sources governed by the same intention share its authorizer");
+  for (let i = 0; i < 10_050; i++) l7.forSource(`svc-${i}`);
+  t.equal(l7.forSource("frontend").intention, frontendL7, "still right after the cache has evicted");
+});
+
+t.test("a bad permission is rejected when the policy is compiled", async (t) => {
+  const bad: Intention = {
+    source: "web",
+    destination: "billing",
+    action: "allow",
+    permissions: [FRONTEND_PERMISSIONS[0] ?? { action: "allow", headers: [], methods: [] }, { action: "deny", path: { kind: "regex", value: "/(admin" }, headers: [], methods: [] }],
+  };
+  let err: unknown = null;
+  try {
+    new CompiledL7Intentions({ defaultAction: "deny", intentions: [wildcardDeny, bad] }, "billing");
+  } catch (e) {
+    err = e;
+  }
+  t.ok(err instanceof PermissionCompileError, "throws PermissionCompileError");
+  if (err instanceof PermissionCompileError) t.equal(err.field, "intentions[1].permissions[1].path.regex", "names the intention, the permission and the field");
+  t.doesNotThrow(() => new CompiledL7Intentions({ defaultAction: "deny", intentions: [bad] }, "ledger"), "intentions for other destinations are not compiled");
+});
+
+t.test("hasPermissions", async (t) => {
+  t.equal(hasPermissions(frontendL7), true);
+  t.equal(hasPermissions(wildcardDeny), false, "no permissions: L4");
+  const emptyList: Intention = { source: "web", destination: "billing", action: "allow", permissions: [] };
+  t.equal(hasPermissions(emptyList), false, "an empty list is L4");
+  t.equal(new CompiledIntentions({ defaultAction: "deny", intentions: [emptyList] }, "billing").authorize("web").allowed, true, "…and L4 evaluation honours its action");
+  t.equal(new CompiledL7Intentions({ defaultAction: "deny", intentions: [emptyList] }, "billing").forSource("web").authorize(req("GET", "/")).reason, "Matched L4 intention: web => billing (allow)");
+});
