@@ -4,7 +4,7 @@
 // so ejections, counters and pools survive a weight change.
 import type { Cluster } from "../config/snapshot.js";
 import { DEFAULT_LB, DEFAULT_LIMITS } from "../config/http.js";
-import { createBalancer, type Balancer, type HostState, type PickContext } from "./balancer.js";
+import { createBalancer, hostKey, type Balancer, type HostState, type PickContext } from "./balancer.js";
 import { OutlierDetector, availableHosts } from "./outlier.js";
 import { CircuitBreaker } from "./limits.js";
 import { PoolSet, type PoolTarget } from "./pools.js";
@@ -69,7 +69,7 @@ export class ClusterRuntime {
     this.breaker.update(limits);
     const old = new Map(this.hosts.map((h) => [h.key, h]));
     this.hosts = cluster.endpoints.map((e) => {
-      const key = `${e.host}:${e.port}`;
+      const key = hostKey(e);
       const prev = old.get(key);
       const pool: PoolTarget = {
         host: e.host,
@@ -89,6 +89,7 @@ export class ClusterRuntime {
         this.outlier.onEject = () => this.recompute();
         this.outlier.onUneject = () => this.recompute();
       }
+      this.outlier.setConfig(od);
       this.outlier.setHosts(this.hosts.map((h) => h.key));
       if (this.sweepEvery !== od.intervalMs) {
         if (this.sweepTimer) clearInterval(this.sweepTimer);
@@ -135,8 +136,7 @@ export class ClusterRuntime {
   /** A host for one attempt, or null when none is available (all unhealthy, ejected or tried). */
   pick(ctx: PickContext): ClusterHost | null {
     if (this.available.length === 0) return null;
-    const h = this.balancer.pick(this.available, ctx);
-    return h ? (h as ClusterHost) : null;
+    return this.balancer.pick(this.available, ctx);
   }
 
   /** Healthy-and-not-ejected hosts left, excluding those already tried. */

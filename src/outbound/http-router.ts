@@ -208,7 +208,7 @@ export class HttpRouter {
         last = { outcome: outcome.outcome, response: outcome.response, cluster, host };
         const retriable = canRetry && c.retry.retriable(outcome.outcome);
         const more = retriable && retriesTaken < c.retry.numRetries;
-        if (this.log.enabled("trace")) this.log.trace("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, retriable, more });
+        if (this.log.enabled("debug")) this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, retriable, more });
         if (!more) {
           // Envoy's URX: still failing after every retry the policy allowed; the last answer goes back.
           const flag = retriable && retriesTaken > 0 ? "URX" : null;
@@ -218,6 +218,7 @@ export class HttpRouter {
         }
         if (!cluster.breaker.tryAcquireRetry()) {
           this.stats.retryOverflow(cluster.name);
+          this.log.warn("retry budget exhausted; passing the failure on", { cluster: cluster.name, active_retries: cluster.breaker.state.activeRetries, budget: cluster.breaker.maxRetriesNow() });
           if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, start, null);
           return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), start);
         }
