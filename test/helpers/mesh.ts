@@ -77,7 +77,9 @@ export function runMeshproxy(t: Teardown, args: string[], env: NodeJS.ProcessEnv
       }
     }
   });
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // "close", not "exit": by then stdout and stderr are fully read, so a test that awaits
+  // `exited` sees the last line the process wrote.
+  const exited = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill("SIGKILL");
@@ -152,14 +154,24 @@ export function hostPort(addr: string): { host: string; port: number } {
 /** A TCP echo server on 127.0.0.1:0 that supports half-close (echoes, then ends after the client ends). */
 export async function echoServer(t: Teardown): Promise<{ server: Server; port: number; connections: () => number }> {
   let n = 0;
+  // net.Server has no closeAllConnections (that is http.Server): track sockets to end them.
+  const open = new Set<Socket>();
   const server = createServer({ allowHalfOpen: true }, (s) => {
     n++;
+    open.add(s);
+    s.once("close", () => open.delete(s));
     s.on("error", () => s.destroy());
     s.pipe(s);
   });
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
-  t.teardown(() => new Promise<void>((r) => { server.close(() => r()); server.closeAllConnections?.(); }));
+  t.teardown(
+    () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        for (const s of open) s.destroy();
+      }),
+  );
   return { server, port: (server.address() as AddressInfo).port, connections: () => n };
 }
 
