@@ -7,7 +7,7 @@ import { validateSnapshot, SnapshotError } from "./config/validate.js";
 import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
 import { buildTlsMaterial, materialKey, type TlsMaterial } from "./tls/contexts.js";
 import { SessionCache } from "./tls/origin.js";
-import { PublicListener, type InboundState } from "./inbound/public-listener.js";
+import { PublicListener, alpnFor, type InboundState } from "./inbound/public-listener.js";
 import { UpstreamListener } from "./outbound/upstream-listener.js";
 import { HttpRouter, OutboundHttpState } from "./outbound/http-router.js";
 import { CompiledRoutes, RouteCompileError } from "./http/route-match.js";
@@ -181,10 +181,15 @@ export class Proxy extends EventEmitter {
       rt.close();
       this.runtimes.delete(name);
     }
+    const h2 = http2Clusters(s);
     for (const c of Object.values(s.clusters)) {
       const rt = this.runtimes.get(c.name);
-      if (rt) rt.update(c, tls);
-      else this.runtimes.set(c.name, new ClusterRuntime(c, tls, this.pools, false));
+      const wantH2 = h2.has(c.name);
+      if (rt && rt.http2 === wantH2) rt.update(c, tls);
+      else {
+        rt?.close();
+        this.runtimes.set(c.name, new ClusterRuntime(c, tls, this.pools, wantH2));
+      }
     }
     this.pools.retain(new Set([...this.runtimes.values()].flatMap((rt) => rt.poolKeys())));
   }
@@ -204,8 +209,13 @@ export class Proxy extends EventEmitter {
       return;
     }
     if (existing && sameBind(existing.bind, s.publicListener.bind)) {
-      existing.update(s, tls, inbound ?? undefined);
-      return;
+      if (existing.alpn === alpnFor(s.publicListener.protocol)) {
+        existing.update(s, tls, inbound ?? undefined);
+        return;
+      }
+      // Same address, different ALPN: the old server must release the port first.
+      existing.close();
+      this.publicListener = null;
     }
     const l = new PublicListener(s, tls, this.metrics, this.log);
     try {
@@ -291,6 +301,20 @@ export class Proxy extends EventEmitter {
     this.ready = false;
     this.emit("stopped");
   }
+}
+
+/** Clusters reached from http2/grpc upstreams: their pooled connections offer h2. */
+function http2Clusters(s: Snapshot): Set<string> {
+  const out = new Set<string>();
+  for (const u of s.upstreams) {
+    if (u.protocol !== "http2" && u.protocol !== "grpc") continue;
+    const names = [u.cluster, ...(u.routes?.routes ?? []).flatMap((r) => r.action.splits.map((x) => x.cluster))];
+    for (const n of names) {
+      out.add(n);
+      for (const f of s.clusters[n]?.failover ?? []) out.add(f);
+    }
+  }
+  return out;
 }
 
 function sameBind(a: { host: string; port: number }, b: { host: string; port: number }): boolean {

@@ -32,7 +32,7 @@ export class ClusterRuntime {
     cluster: Cluster,
     tls: TlsMaterial,
     private readonly pools: PoolSet,
-    private readonly http2: boolean,
+    readonly http2: boolean,
   ) {
     this.cluster = cluster;
     this.tls = tls;

@@ -1,7 +1,7 @@
 // Responses the proxy generates itself. Each carries a response flag (Envoy's access-log flags)
 // in `x-meshproxy-response-flags`, so a client, a log and a dashboard can all tell a proxy-made
 // 503 from the app's own.
-import type { ServerResponse } from "node:http";
+import { writeHead, type AnyResponse } from "./compat.js";
 
 export type ResponseFlag =
   /** No healthy upstream host. */
@@ -35,7 +35,7 @@ const TEXT: Partial<Record<ResponseFlag, string>> = {
   UC: "upstream connection terminated",
 };
 
-export function localReply(res: ServerResponse, status: number, flag: ResponseFlag, detail?: string): void {
+export function localReply(res: AnyResponse, status: number, flag: ResponseFlag, detail?: string): void {
   if (res.headersSent) {
     res.destroy();
     return;
@@ -47,6 +47,6 @@ export function localReply(res: ServerResponse, status: number, flag: ResponseFl
     [FLAGS_HEADER]: flag,
   };
   if (flag === "UO") headers["x-envoy-overloaded"] = "true";
-  res.writeHead(status, headers);
+  writeHead(res, status, headers);
   res.end(body);
 }

@@ -1,14 +1,15 @@
 // Inbound HTTP on the public listener: after the client's mTLS identity is verified, every
 // request is authorized with intentions (L7 permissions included) and forwarded to the local
 // app over a keep-alive pool. A denied request gets 403 and the connection stays usable.
-import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createHttpServer, type IncomingMessage, type Server } from "node:http";
+import { createServer as createH2Server, type Http2Server, type ServerHttp2Session } from "node:http2";
 import { connect as netConnect, type Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { pipeline } from "node:stream/promises";
-import { Pool } from "undici";
+import { H2CClient, Pool, type Dispatcher } from "undici";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
+import { requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { normalizePath } from "../http/match.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { joinSockets } from "../tcp/pipe.js";
@@ -22,6 +23,8 @@ export interface InboundHttpConfig {
   readonly idleTimeoutMs: number;
   /** This proxy's SPIFFE ID, for x-forwarded-client-cert's By=. */
   readonly spiffeId: string;
+  /** http2/grpc services: the app speaks HTTP/2 in cleartext (h2c), as Envoy's local cluster does. */
+  readonly appHttp2: boolean;
 }
 
 interface Caller {
@@ -29,14 +32,22 @@ interface Caller {
   readonly uri: string;
 }
 
-type Req = IncomingMessage;
-type Res = ServerResponse;
+type Req = AnyRequest;
+type Res = AnyResponse;
+
+function poolKey(c: InboundHttpConfig): string {
+  return `${c.localApp.host}:${c.localApp.port}/${c.appHttp2 ? "h2c" : "h1"}`;
+}
 
 export class InboundHttp {
   private readonly h1: Server;
+  private readonly h2: Http2Server;
   private readonly callers = new WeakMap<object, Caller>();
+  private readonly sessions = new Set<ServerHttp2Session>();
+  /** Set around emit("connection"): node creates the HTTP/2 session synchronously inside it. */
+  private connecting: Caller | null = null;
   private config: InboundHttpConfig;
-  private pool: Pool;
+  private pool: Dispatcher;
   private poolFor = "";
   private readonly sockets = new Set<Socket>();
 
@@ -46,21 +57,32 @@ export class InboundHttp {
     private readonly log: Logger,
   ) {
     this.config = config;
-    this.pool = this.makePool(config.localApp);
-    this.h1 = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) => this.handle(req, res));
+    this.pool = this.makePool(config);
+    this.h1 = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) =>
+      this.handle(req, res, this.callers.get(req.socket)),
+    );
+    this.h2 = createH2Server({}, (req, res) => this.handle(req, res, this.callers.get(req.stream.session ?? {})));
+    this.h2.on("session", (session: ServerHttp2Session) => {
+      if (this.connecting) this.callers.set(session, this.connecting);
+      this.sessions.add(session);
+      session.once("close", () => this.sessions.delete(session));
+    });
     this.h1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
     // node types the upgrade/clientError socket as Duplex; on our server it is always the Socket we emitted.
     this.h1.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => this.clientError(err, socket));
   }
 
-  private makePool(app: HostPort): Pool {
-    this.poolFor = `${app.host}:${app.port}`;
-    return new Pool(`http://${app.host.includes(":") ? `[${app.host}]` : app.host}:${app.port}`, {
+  private makePool(config: InboundHttpConfig): Dispatcher {
+    const app = config.localApp;
+    this.poolFor = poolKey(config);
+    const origin = `http://${app.host.includes(":") ? `[${app.host}]` : app.host}:${app.port}`;
+    if (config.appHttp2) return new H2CClient(origin, { headersTimeout: 0, bodyTimeout: 0, connectTimeout: config.localConnectTimeoutMs });
+    return new Pool(origin, {
       connections: null,
       keepAliveTimeout: 30_000,
       headersTimeout: 0,
       bodyTimeout: 0,
-      connectTimeout: this.config.localConnectTimeoutMs,
+      connectTimeout: config.localConnectTimeoutMs,
     });
   }
 
@@ -69,7 +91,7 @@ export class InboundHttp {
     const key = `${config.localApp.host}:${config.localApp.port}`;
     if (key !== this.poolFor) {
       const old = this.pool;
-      this.pool = this.makePool(config.localApp);
+      this.pool = this.makePool(config);
       void old.close().catch(() => {});
     }
   }
@@ -82,21 +104,26 @@ export class InboundHttp {
   accept(s: TLSSocket, authorizer: SourceAuthorizer, uri: string): void {
     this.sockets.add(s);
     s.once("close", () => this.sockets.delete(s));
-    this.callers.set(s, { authorizer, uri });
-    this.h1.emit("connection", s);
+    const caller = { authorizer, uri };
+    this.callers.set(s, caller);
+    if (s.alpnProtocol === "h2") {
+      this.connecting = caller;
+      try {
+        this.h2.emit("connection", s);
+      } finally {
+        this.connecting = null;
+      }
+    } else {
+      this.h1.emit("connection", s);
+    }
     s.resume();
-  }
-
-  private callerOf(req: Req): Caller | undefined {
-    return this.callers.get(req.socket);
   }
 
   private reply(res: Res, status: number, flag: ResponseFlag, detail?: string): void {
     localReply(res, status, flag, detail);
   }
 
-  private handle(req: Req, res: Res): void {
-    const caller = this.callerOf(req);
+  private handle(req: Req, res: Res, caller: Caller | undefined): void {
     if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection");
     const url = req.url ?? "/";
     const q = url.indexOf("?");
@@ -120,15 +147,22 @@ export class InboundHttp {
   }
 
   private async forward(req: Req, res: Res, caller: Caller, path: string): Promise<void> {
-    const headers: Record<string, string | string[] | undefined> = {};
-    for (const [k, v] of Object.entries(req.headers)) if (k[0] !== ":") headers[k] = v;
+    const headers = requestHeaders(req);
+    const te = headers["te"];
     stripHopByHop(headers);
+    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+    if (te === "trailers") headers["te"] = te;
     delete headers["expect"];
     // Envoy's forward_client_cert_details as Consul sets it: the app can see who called.
     const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
     const prev = headers["x-forwarded-client-cert"];
     headers["x-forwarded-client-cert"] = prev ? `${Array.isArray(prev) ? prev.join(",") : prev},${xfcc}` : xfcc;
-    const hasBody = req.headers["content-length"] !== undefined ? req.headers["content-length"] !== "0" : req.headers["transfer-encoding"] !== undefined;
+    const hasBody =
+      "stream" in req
+        ? !req.stream.endAfterHeaders
+        : req.headers["content-length"] !== undefined
+          ? req.headers["content-length"] !== "0"
+          : req.headers["transfer-encoding"] !== undefined;
     const ac = new AbortController();
     const timer = this.config.requestTimeoutMs > 0 ? setTimeout(() => ac.abort(), this.config.requestTimeoutMs) : null;
     res.once("close", () => ac.abort());
@@ -137,10 +171,8 @@ export class InboundHttp {
       if (timer) clearTimeout(timer);
       const out: Record<string, string | string[] | undefined> = { ...r.headers };
       stripHopByHop(out);
-      res.writeHead(r.statusCode, out);
-      await pipeline(r.body, res).catch(() => {
-        r.body.destroy();
-      });
+      writeHead(res, r.statusCode, out);
+      await sendBody(res, r.body, () => r.trailers);
     } catch (e) {
       if (timer) clearTimeout(timer);
       if (res.headersSent || res.destroyed) return;
@@ -152,7 +184,7 @@ export class InboundHttp {
 
   /** WebSocket and other upgrades: authorize, then a raw pipe to the app with the head replayed. */
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const caller = this.callerOf(req);
+    const caller = this.callers.get(req.socket);
     const decision = caller?.authorizer.authorize({
       method: req.method ?? "GET",
       path: normalizePath((req.url ?? "/").split("?")[0]!),
@@ -189,10 +221,16 @@ export class InboundHttp {
 
   closeIdle(): void {
     this.h1.closeIdleConnections();
+    this.goAway();
   }
 
   destroyAll(): void {
     for (const s of this.sockets) s.destroy();
+  }
+
+  /** Draining: HTTP/2 clients get a GOAWAY and finish their open streams. */
+  goAway(): void {
+    for (const s of this.sessions) s.close();
   }
 
   async close(): Promise<void> {

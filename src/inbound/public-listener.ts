@@ -39,6 +39,10 @@ function rejectionFor(code: string): InboundRejection {
   return "bad_certificate";
 }
 
+export function alpnFor(p: PublicListenerConfig["protocol"]): "h2" | "none" {
+  return p === "http2" || p === "grpc" ? "h2" : "none";
+}
+
 export class PublicListener {
   private readonly server: Server;
   private readonly log: Logger;
@@ -48,6 +52,8 @@ export class PublicListener {
   private readonly pipes = new Set<Pipe>();
   private readonly pending = new Set<Socket>();
   private inboundHttp: InboundHttp | null = null;
+  /** ALPN is fixed per TLS server: a service switching to or from HTTP/2 gets a new listener. */
+  readonly alpn: "h2" | "none";
   private address = "";
 
   constructor(
@@ -59,8 +65,12 @@ export class PublicListener {
     this.log = logger.child("inbound");
     this.state = PublicListener.compile(snapshot);
     this.tlsKey = tls.key;
+    this.alpn = alpnFor(snapshot.publicListener.protocol);
     this.server = createServer({
       ...tls.options,
+      // HTTP/2 services offer h2 (and http/1.1); others negotiate no ALPN at all, as Consul's
+      // Envoy public listener does, so a TCP service never claims a protocol it does not speak.
+      ...(this.alpn === "h2" ? { ALPNProtocols: ["h2", "http/1.1"] } : {}),
       // Verify the chain ourselves after the handshake, so every refusal has a precise reason
       // and a counter; nothing is forwarded before that check passes.
       requestCert: true,
@@ -90,6 +100,7 @@ export class PublicListener {
             localConnectTimeoutMs: pl.localConnectTimeoutMs,
             idleTimeoutMs: pl.idleTimeoutMs,
             spiffeId: s.identity.spiffeId,
+            appHttp2: pl.protocol === "http2" || pl.protocol === "grpc",
           }
         : null,
     };

@@ -2,8 +2,6 @@
 // cluster picks a host, and the request goes over a pooled mTLS connection. Retries go to a
 // different host (and to failover clusters once the primary has none left), within the retry
 // budget; the route timeout covers every attempt up to the response headers.
-import type { IncomingMessage, ServerResponse } from "node:http";
-import { pipeline } from "node:stream/promises";
 import type { Dispatcher } from "undici";
 import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
@@ -11,6 +9,7 @@ import { normalizePath } from "../http/match.js";
 import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
+import { requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { isConnectFailure } from "../cluster/pools.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
@@ -59,7 +58,7 @@ export class OutboundHttpState {
   }
 }
 
-function view(req: IncomingMessage): RequestView & { readonly rawQuery: string } {
+function view(req: AnyRequest): RequestView & { readonly rawQuery: string } {
   const url = req.url ?? "/";
   const q = url.indexOf("?");
   const path = normalizePath(q < 0 ? url : url.slice(0, q));
@@ -79,7 +78,7 @@ function view(req: IncomingMessage): RequestView & { readonly rawQuery: string }
   };
 }
 
-function cookie(req: IncomingMessage, name: string): string | undefined {
+function cookie(req: AnyRequest, name: string): string | undefined {
   const c = req.headers.cookie;
   if (!c) return undefined;
   for (const part of c.split(";")) {
@@ -97,7 +96,7 @@ function pickLeg(c: CompiledRoute, rand: number): number {
   return cum.length - 1;
 }
 
-async function readBody(req: IncomingMessage, limit: number): Promise<Buffer | null> {
+async function readBody(req: AnyRequest, limit: number): Promise<Buffer | null> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
@@ -119,14 +118,14 @@ export class HttpRouter {
     private readonly stats: HttpStats,
   ) {}
 
-  handle(req: IncomingMessage, res: ServerResponse, state: OutboundHttpState): void {
+  handle(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): void {
     this.route(req, res, state).catch((e: Error) => {
       this.log.error("request failed unexpectedly", { upstream: state.upstream, error: e.message });
       localReply(res, 500, "UF", e.message);
     });
   }
 
-  private async route(req: IncomingMessage, res: ServerResponse, state: OutboundHttpState): Promise<void> {
+  private async route(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): Promise<void> {
     const start = performance.now();
     const v = view(req);
     const route = state.routes.match(v);
@@ -139,8 +138,11 @@ export class HttpRouter {
     if (!primary) return this.reply(res, 503, "UH", state.upstream, `cluster "${leg.cluster}" is not configured`, start);
 
     // Request headers for the upstream: hop-by-hop stripped, mutations applied.
-    const headers: Record<string, string | string[] | undefined> = { ...req.headers };
+    const headers = requestHeaders(req);
+    const te = headers["te"];
     stripHopByHop(headers);
+    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+    if (te === "trailers") headers["te"] = te;
     delete headers["expect"]; // node already answered 100-continue; undici refuses to send it
     if (c.hasReqMutations) {
       applyHeaderMutation(headers, a.requestHeaders);
@@ -150,8 +152,13 @@ export class HttpRouter {
     if (a.prefixRewrite !== undefined) path = rewritePath(route, v.path) + (v.rawQuery ? `?${v.rawQuery}` : "");
 
     // A body is buffered when small enough to send again; a larger one streams and is not retried.
-    const hasBody = req.headers["content-length"] !== undefined ? req.headers["content-length"] !== "0" : req.headers["transfer-encoding"] !== undefined;
-    let body: Buffer | IncomingMessage | null = null;
+    const hasBody =
+      "stream" in req
+        ? !req.stream.endAfterHeaders
+        : req.headers["content-length"] !== undefined
+          ? req.headers["content-length"] !== "0"
+          : req.headers["transfer-encoding"] !== undefined;
+    let body: Buffer | AnyRequest | null = null;
     let canRetry = true;
     if (hasBody) {
       const len = Number(req.headers["content-length"] ?? Infinity);
@@ -257,7 +264,7 @@ export class HttpRouter {
     method: string,
     path: string,
     headers: Record<string, string | string[] | undefined>,
-    body: Buffer | IncomingMessage | null,
+    body: Buffer | AnyRequest | null,
     timeoutMs: number,
     clientGone: AbortSignal,
   ): Promise<{ outcome: AttemptOutcome; response: Dispatcher.ResponseData | null }> {
@@ -294,7 +301,7 @@ export class HttpRouter {
   }
 
   private async forward(
-    res: ServerResponse,
+    res: AnyResponse,
     r: Dispatcher.ResponseData,
     cluster: ClusterRuntime,
     c: CompiledRoute,
@@ -309,23 +316,17 @@ export class HttpRouter {
       applyHeaderMutation(headers, leg.responseHeaders);
     }
     if (flag) headers[FLAGS_HEADER] = flag;
-    res.writeHead(r.statusCode, headers);
+    writeHead(res, r.statusCode, headers);
     this.stats.response(cluster.name, r.statusCode, performance.now() - start);
-    try {
-      await pipeline(r.body, res);
-    } catch {
-      // The client went away or the upstream broke mid-body; both sides are torn down already.
-      r.body.destroy();
-      res.destroy();
-    }
+    await sendBody(res, r.body, () => r.trailers);
   }
 
-  private timeout(res: ServerResponse, cluster: ClusterRuntime, upstream: string, start: number): void {
+  private timeout(res: AnyResponse, cluster: ClusterRuntime, upstream: string, start: number): void {
     this.stats.timeout(cluster.name);
     this.reply(res, 504, "UT", upstream, undefined, start);
   }
 
-  private reply(res: ServerResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, start: number): void {
+  private reply(res: AnyResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, start: number): void {
     if (status >= 500) this.log.warn("local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - start) });
     localReply(res, status, flag, detail);
   }

@@ -2,6 +2,7 @@
 // the destination. A connect failure tries the next instance before giving up.
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from "node:http";
+import { createServer as createH2Server, type Http2Server } from "node:http2";
 import type { TLSSocket } from "node:tls";
 import type { Cluster, UpstreamListener as UpstreamListenerConfig } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
@@ -37,6 +38,7 @@ export class UpstreamListener {
   private readonly pending = new Set<Socket>();
   private readonly httpSockets = new Set<Socket>();
   private httpServer: HttpServer | null = null;
+  private h2Server: Http2Server | null = null;
   private address = "";
 
   constructor(
@@ -116,6 +118,32 @@ export class UpstreamListener {
     return srv;
   }
 
+  /** h2c with prior knowledge, as gRPC clients speak to a plain address. */
+  private h2(): Http2Server {
+    if (this.h2Server) return this.h2Server;
+    const srv = createH2Server({}, (req, res) => {
+      const h = this.state.http;
+      if (!h) return localReply(res, 503, "NR", `upstream "${this.name}" is no longer HTTP; reconnect`);
+      this.router.handle(req, res, h);
+    });
+    this.h2Server = srv;
+    return srv;
+  }
+
+  /** The app may speak HTTP/1.1 or HTTP/2 (h2c); the first bytes tell, as Envoy's codec AUTO does. */
+  private sniff(down: Socket): void {
+    down.once("readable", () => {
+      const first: Buffer | null = down.read();
+      if (first === null) return;
+      down.unshift(first);
+      const h2 = first.length >= 3 && first[0] === 0x50 && first[1] === 0x52 && first[2] === 0x49; // "PRI" of the HTTP/2 preface
+      (h2 ? this.h2() : this.http()).emit("connection", down);
+    });
+    // Reading starts now (the listener pauses new sockets); stay paused until one server owns it.
+    down.resume();
+    down.pause();
+  }
+
   private onConnection(down: Socket): void {
     const stats = this.stats!;
     stats.cxTotal.inc();
@@ -129,8 +157,7 @@ export class UpstreamListener {
     if (state.http) {
       this.httpSockets.add(down);
       down.once("close", () => this.httpSockets.delete(down));
-      this.http().emit("connection", down);
-      down.resume();
+      this.sniff(down);
       return;
     }
     let candidates: readonly Endpoint[];

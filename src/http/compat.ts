@@ -1,0 +1,58 @@
+// One request/response shape for HTTP/1.1 (node:http) and HTTP/2 (node:http2's compatibility
+// API), so routing, authorization and forwarding are written once. The differences that matter
+// are here: pseudo-headers, connection-specific headers, and trailers (gRPC's grpc-status).
+import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
+import { Http2ServerResponse, type Http2ServerRequest } from "node:http2";
+import type { Readable } from "node:stream";
+import { once } from "node:events";
+import { finished } from "node:stream/promises";
+import type { HeaderRecord } from "./headers.js";
+
+export type AnyRequest = IncomingMessage | Http2ServerRequest;
+export type AnyResponse = ServerResponse | Http2ServerResponse;
+
+/** The request's headers without HTTP/2 pseudo-headers; `host` filled from `:authority`. */
+export function requestHeaders(req: AnyRequest): HeaderRecord {
+  const out: HeaderRecord = {};
+  for (const [k, v] of Object.entries(req.headers)) if (k.charCodeAt(0) !== 58 /* ':' */) out[k] = v;
+  const authority = req.headers[":authority"];
+  if (out["host"] === undefined && typeof authority === "string") out["host"] = authority;
+  return out;
+}
+
+export function writeHead(res: AnyResponse, status: number, headers: OutgoingHttpHeaders): void {
+  if (res instanceof Http2ServerResponse) {
+    // HTTP/2 forbids connection-specific fields; hop-by-hop stripping removed most already.
+    delete headers["connection"];
+    delete headers["keep-alive"];
+    delete headers["transfer-encoding"];
+    res.writeHead(status, headers);
+  } else {
+    res.writeHead(status, headers);
+  }
+}
+
+/**
+ * Streams an upstream body to the client. HTTP/2 responses also carry the upstream's trailers
+ * (gRPC puts its status there); HTTP/1.1 clients get the body only.
+ */
+export async function sendBody(res: AnyResponse, body: Readable, trailers: () => Record<string, string | string[] | undefined>): Promise<void> {
+  if (!(res instanceof Http2ServerResponse)) {
+    body.pipe(res);
+    await finished(res).catch(() => {});
+    if (!res.writableFinished) body.destroy();
+    return;
+  }
+  body.pipe(res, { end: false });
+  await Promise.race([finished(body).catch(() => {}), once(res, "close")]);
+  if (res.stream.destroyed || !body.readableEnded) return void body.destroy();
+  const t = trailers();
+  const clean: OutgoingHttpHeaders = {};
+  for (const [k, v] of Object.entries(t)) if (v !== undefined) clean[k] = v;
+  if (Object.keys(clean).length > 0) res.addTrailers(clean);
+  res.end();
+}
+
+export function isHttp2(res: AnyResponse): res is Http2ServerResponse {
+  return res instanceof Http2ServerResponse;
+}
