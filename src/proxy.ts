@@ -14,10 +14,14 @@ import { CompiledRoutes, RouteCompileError } from "./http/route-match.js";
 import { PermissionCompileError } from "./authz/l7.js";
 import { MatchCompileError } from "./http/match.js";
 import { PoolSet } from "./cluster/pools.js";
-import { ClusterRuntime } from "./cluster/runtime.js";
+import { ClusterRuntime, type ClusterStatus } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
 import { HttpStats } from "./telemetry/http-stats.js";
 import { registerClusterGauges } from "./telemetry/cluster-gauges.js";
+import { Tracing } from "./telemetry/tracing.js";
+import { AccessLog, type AccessLogTarget } from "./telemetry/access-log.js";
+import { registerServerGauges } from "./telemetry/server-gauges.js";
+import { certInfo, pemCertificates } from "./identity/cert-info.js";
 import { createLogger, type Logger } from "./telemetry/log.js";
 
 export interface ProxyOptions {
@@ -26,6 +30,10 @@ export interface ProxyOptions {
   readonly metrics?: Metrics;
   /** How long open connections may run after shutdown starts. Default 15 s. */
   readonly drainTimeoutMs?: number;
+  /** OpenTelemetry tracing of HTTP requests; off when absent. */
+  readonly tracing?: { readonly endpoint: string; readonly sampleRate: number };
+  /** One JSON line per connection and request; off by default. */
+  readonly accessLog?: AccessLogTarget;
 }
 
 export interface ProxyAddresses {
@@ -64,6 +72,8 @@ export class Proxy extends EventEmitter {
   private readonly runtimes = new Map<string, ClusterRuntime>();
   private readonly httpStats: HttpStats;
   private readonly router: HttpRouter;
+  /** Tracing starts with the first Snapshot: spans are named after the service it names. */
+  private readonly obs: { tracing: Tracing | null; accessLog: AccessLog };
   private applying: Promise<void> = Promise.resolve();
   private addrs: { public: string | null; upstreams: Record<string, string> } = { public: null, upstreams: {} };
   private ready = false;
@@ -75,8 +85,13 @@ export class Proxy extends EventEmitter {
     this.log = opts.logger ?? createLogger();
     this.metrics = opts.metrics ?? new Metrics();
     this.httpStats = new HttpStats(this.metrics.registry);
-    this.router = new HttpRouter(this.log.child("http"), this.httpStats);
+    this.obs = { tracing: null, accessLog: new AccessLog(opts.accessLog ?? "off", this.metrics.accessLogDropped) };
+    this.router = new HttpRouter(this.log.child("http"), this.httpStats, this.obs);
     registerClusterGauges(this.metrics.registry, () => [...this.runtimes.values()].map((rt) => rt.statsSnapshot()));
+    registerServerGauges(this.metrics.registry, {
+      state: () => (this.stopping ? "draining" : this.ready ? "live" : "initializing"),
+      totalConnections: () => this.activeConnections,
+    });
   }
 
   get isReady(): boolean {
@@ -89,6 +104,11 @@ export class Proxy extends EventEmitter {
 
   get addresses(): ProxyAddresses {
     return this.addrs;
+  }
+
+  /** Every cluster's hosts with health, ejection and active requests, for the admin API. */
+  clusters(): ClusterStatus[] {
+    return [...this.runtimes.values()].map((rt) => rt.hostsSnapshot());
   }
 
   /** Resolves when the first Snapshot is applied and every listener is bound. */
@@ -153,6 +173,10 @@ export class Proxy extends EventEmitter {
       return;
     }
     const first = this.current === null;
+    if (first && this.opts.tracing && !this.obs.tracing) {
+      this.obs.tracing = new Tracing({ ...this.opts.tracing, serviceName: s.identity.service, exportFailures: this.metrics.tracingExportFailures });
+      this.log.info("tracing requests", { endpoint: this.opts.tracing.endpoint, sample_rate: this.opts.tracing.sampleRate });
+    }
     const tls = this.tls && this.tls.key === materialKey(s.identity, s.trust) ? this.tls : buildTlsMaterial(s.identity, s.trust);
     this.sessions.reset(tls.key);
     this.applyClusters(s, tls);
@@ -164,14 +188,27 @@ export class Proxy extends EventEmitter {
       throw errors[0]!;
     }
     for (const e of errors) this.log.error("listener not started; will retry with the next snapshot", { error: e.message });
+    if (tls !== this.tls) this.recordCertExpiry(s);
     this.current = s;
     this.tls = tls;
     this.metrics.snapshotsApplied.labels(s.source).inc();
     this.metrics.controlPlaneLastSuccess.labels(s.source).setToCurrentTime();
-    this.metrics.certExpiry.reset();
-    this.metrics.certExpiry.labels("leaf", s.identity.serial).set(s.identity.notAfter.getTime() / 1000);
     this.log.debug("snapshot applied", { version: s.version, source: s.source });
     this.emit("snapshot", s);
+  }
+
+  /** Leaf and root expiry series, replaced whole when the certificates change (rotation drops old serials). */
+  private recordCertExpiry(s: Snapshot): void {
+    this.metrics.certExpiry.reset();
+    this.metrics.certExpiry.labels("leaf", s.identity.serial).set(s.identity.notAfter.getTime() / 1000);
+    for (const pem of s.trust.rootsPem.flatMap(pemCertificates)) {
+      try {
+        const root = certInfo(pem);
+        this.metrics.certExpiry.labels("root", root.serial).set(new Date(root.notAfter).getTime() / 1000);
+      } catch (e) {
+        this.log.warn("cannot read a trusted root certificate for its expiry metric", { error: e instanceof Error ? e.message : String(e) });
+      }
+    }
   }
 
   /** Cluster runtimes follow the Snapshot's clusters; pools of endpoints that left are closed. */
@@ -217,7 +254,7 @@ export class Proxy extends EventEmitter {
       existing.close();
       this.publicListener = null;
     }
-    const l = new PublicListener(s, tls, this.metrics, this.log);
+    const l = new PublicListener(s, tls, this.metrics, this.log, this.obs);
     try {
       const a = await l.listen();
       existing?.close();
@@ -245,7 +282,7 @@ export class Proxy extends EventEmitter {
         existing.update(u, cluster, tls, http);
         continue;
       }
-      const l = new UpstreamListener(u, cluster, tls, http, this.sessions, this.metrics, this.router, this.log);
+      const l = new UpstreamListener(u, cluster, tls, http, this.sessions, this.metrics, this.router, this.log, this.obs);
       try {
         const a = await l.listen();
         existing?.close();
@@ -297,6 +334,8 @@ export class Proxy extends EventEmitter {
     for (const l of this.allListeners()) l.destroyConnections();
     for (const rt of this.runtimes.values()) rt.close();
     await this.pools.closeAll();
+    await this.obs.tracing?.shutdown();
+    this.obs.accessLog.close();
     await this.cp.stop();
     this.ready = false;
     this.emit("stopped");

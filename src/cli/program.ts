@@ -10,6 +10,7 @@ import { defaultDataDir } from "../controlplane/dev/state.js";
 import { DEFAULTS, type HostPort } from "../config/snapshot.js";
 import type { ProxyRequest } from "../controlplane/controlplane.js";
 import type { AgentTlsOptions } from "../controlplane/consul/client.js";
+import { parseAccessLogTarget, type AccessLogTarget } from "../telemetry/access-log.js";
 
 export interface ConsulSettings {
   readonly httpAddr: string;
@@ -33,6 +34,13 @@ export interface ProxyCommand {
   readonly logLevel: Level;
   readonly logJson: boolean;
   readonly drainTimeoutMs: number;
+  /** -metrics-addr; null: none, unless Consul's Proxy.Config names one (envoy_prometheus_bind_addr). */
+  readonly metrics: HostPort | null;
+  /** -app-metrics-url: the app's metrics, merged into the proxy's at each scrape. */
+  readonly appMetricsUrl: string | undefined;
+  /** -tracing-endpoint and -tracing-sample-rate; null: tracing off. */
+  readonly tracing: { readonly endpoint: string; readonly sampleRate: number } | null;
+  readonly accessLog: AccessLogTarget;
 }
 
 interface RawProxyOptions {
@@ -52,6 +60,11 @@ interface RawProxyOptions {
   dataDir: string;
   adminAddr: string;
   drainTimeout: string;
+  metricsAddr?: string;
+  appMetricsUrl?: string;
+  tracingEndpoint?: string;
+  tracingSampleRate: string;
+  accessLog: string;
   register: boolean;
   registerId?: string;
   datacenter?: string;
@@ -101,6 +114,11 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   const drainTimeoutMs = parseDurationMs(o.drainTimeout);
   if (drainTimeoutMs === null) throw new UsageError(`-drain-timeout "${o.drainTimeout}": want a duration like 15s`);
   const admin = o.adminAddr === "" ? null : parseHostPort("-admin-addr", o.adminAddr, "127.0.0.1", true);
+  const metrics = o.metricsAddr === undefined || o.metricsAddr === "" ? null : parseHostPort("-metrics-addr", o.metricsAddr, "127.0.0.1", true);
+  if (o.appMetricsUrl !== undefined) checkAppMetricsUrl(o.appMetricsUrl);
+  const sampleRate = Number(o.tracingSampleRate);
+  if (!Number.isFinite(sampleRate) || sampleRate < 0 || sampleRate > 1) throw new UsageError(`-tracing-sample-rate "${o.tracingSampleRate}": want a number from 0 to 1, e.g. 0.1`);
+  if (o.tracingEndpoint) checkHttpUrl("-tracing-endpoint", o.tracingEndpoint, "http://127.0.0.1:4318/v1/traces");
   return {
     request: {
       service: o.service ?? "",
@@ -121,7 +139,31 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
     logLevel,
     logJson: o.logJson,
     drainTimeoutMs,
+    metrics,
+    appMetricsUrl: o.appMetricsUrl,
+    tracing: o.tracingEndpoint ? { endpoint: o.tracingEndpoint, sampleRate } : null,
+    accessLog: parseAccessLogTarget(o.accessLog),
   };
+}
+
+function checkHttpUrl(flag: string, raw: string, example: string): void {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new UsageError(`${flag} "${raw}": not a URL; want e.g. ${example}`);
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new UsageError(`${flag} "${raw}": want an http:// or https:// URL, e.g. ${example}`);
+}
+
+function checkAppMetricsUrl(raw: string): void {
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new UsageError(`-app-metrics-url "${raw}": not a URL; want e.g. http://127.0.0.1:9464/metrics`);
+  }
+  if (u.protocol !== "http:" && u.protocol !== "https:") throw new UsageError(`-app-metrics-url "${raw}": want an http:// or https:// URL, e.g. http://127.0.0.1:9464/metrics`);
 }
 
 /** The file is the whole configuration: a flag that said part of it again would be ignored or contradict it. */
@@ -205,6 +247,11 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--data-dir <dir>", "dev control plane state directory (CA, catalog, intentions)").env("MESHPROXY_DATA_DIR").default(defaultDataDir()))
     .addOption(new Option("--admin-addr <host:port>", "admin API address (empty to disable)").default(`${DEFAULTS.adminAddr.host}:${DEFAULTS.adminAddr.port}`))
     .addOption(new Option("--drain-timeout <duration>", "how long open connections may finish on shutdown").default("15s"))
+    .addOption(new Option("--tracing-endpoint <url>", "OTLP/HTTP traces endpoint; turns tracing on").env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    .addOption(new Option("--tracing-sample-rate <0..1>", "share of new traces sampled (a caller's decision always wins)").default("1"))
+    .addOption(new Option("--access-log <dest>", "access log: off, stdout, stderr or a file path (JSON lines)").default("off"))
+    .addOption(new Option("--metrics-addr <host:port>", "Prometheus metrics listener (default none; with Consul, Proxy.Config envoy_prometheus_bind_addr)"))
+    .addOption(new Option("--app-metrics-url <url>", "the app's metrics, merged into the proxy's at each scrape, e.g. http://127.0.0.1:9464/metrics"))
     .action((opts: RawProxyOptions, cmd: Command) => {
       const adminExplicit = cmd.getOptionValueSource("adminAddr") !== "default";
       setResult(h.proxy(toProxyCommand(opts, adminExplicit)));

@@ -7,19 +7,27 @@ import { ControlPlaneError, type ControlPlane } from "../controlplane/controlpla
 import { ConsulControlPlane } from "../controlplane/consul/consul.js";
 import { AgentClient } from "../controlplane/consul/client.js";
 import { AdminServer } from "../admin/server.js";
-import { createLogger, type Logger } from "../telemetry/log.js";
+import { createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
+import { MetricsExposition } from "../telemetry/merge.js";
+import { MetricsServer } from "../telemetry/metrics-server.js";
+import type { HostPort } from "../config/snapshot.js";
+import { consulPrometheusBindAddr } from "./consul-metrics-addr.js";
 import type { ProxyCommand } from "./program.js";
 
-function controlPlaneFor(cmd: ProxyCommand, log: Logger): ControlPlane {
+function agentClientFor(cmd: ProxyCommand): AgentClient | null {
+  const c = cmd.consul;
+  if (!c || cmd.configFile !== undefined) return null;
+  try {
+    return new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
+  } catch (e) {
+    throw new ControlPlaneError("consul", (e as Error).message, true);
+  }
+}
+
+function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): ControlPlane {
   if (cmd.configFile !== undefined) return new StaticControlPlane({ file: cmd.configFile, logger: log });
-  if (cmd.consul) {
+  if (cmd.consul && client) {
     const c = cmd.consul;
-    let client: AgentClient;
-    try {
-      client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
-    } catch (e) {
-      throw new ControlPlaneError("consul", (e as Error).message, true);
-    }
     return new ConsulControlPlane({
       client,
       logger: log,
@@ -38,9 +46,9 @@ function flagFor(e: ListenerBindError, cmd: ProxyCommand): string {
   return e.listener === "public" ? "-listen" : "-upstream";
 }
 
-async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger): Promise<AdminServer | null> {
+async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger & LevelControl, exposition: MetricsExposition): Promise<AdminServer | null> {
   if (!cmd.admin) return null;
-  const admin = new AdminServer(proxy);
+  const admin = new AdminServer(proxy, { exposition, logLevel: log, log: log.child("admin") });
   try {
     const a = await admin.listen(cmd.admin.host, cmd.admin.port);
     log.info("admin API listening", { address: `${a.address}:${a.port}` });
@@ -58,10 +66,41 @@ async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger): Promise
   }
 }
 
+/** Binds the metrics listener; `source` names the setting that chose the address, for the error. */
+async function startMetrics(exposition: MetricsExposition, at: HostPort, source: string, log: Logger): Promise<MetricsServer> {
+  const server = new MetricsServer(exposition);
+  try {
+    const a = await server.listen(at.host, at.port);
+    log.info("metrics listening", { address: `${a.address}:${a.port}`, path: "/metrics" });
+    return server;
+  } catch (e) {
+    const inUse = e instanceof Error && "code" in e && e.code === "EADDRINUSE";
+    const why = inUse ? "address already in use; choose another" : e instanceof Error ? e.message : String(e);
+    throw new Error(`${source} ${at.host}:${at.port}: ${why}`);
+  }
+}
+
+/**
+ * Consul agent mode without -metrics-addr: the registration may ask for a listener. Read once the
+ * proxy runs (the registration then exists); a failure here costs the listener, not the proxy,
+ * and the admin API still serves the same metrics.
+ */
+async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposition: MetricsExposition, log: Logger): Promise<MetricsServer | null> {
+  try {
+    const at = await consulPrometheusBindAddr(client, cmd.request.proxyId, cmd.sidecarFor);
+    return at ? await startMetrics(exposition, at, "Proxy.Config.envoy_prometheus_bind_addr", log) : null;
+  } catch (e) {
+    log.error("metrics listener not started; metrics stay available on the admin API at /stats/prometheus", { error: e instanceof Error ? e.message : String(e) });
+    return null;
+  }
+}
+
 export async function runProxy(cmd: ProxyCommand): Promise<number> {
   const log = createLogger({ level: cmd.logLevel, json: cmd.logJson });
   let proxy: Proxy | null = null;
   let admin: AdminServer | null = null;
+  let metrics: MetricsServer | null = null;
+  let exposition: MetricsExposition | null = null;
   let signals = 0;
   const onSignal = (sig: NodeJS.Signals) => {
     signals++;
@@ -75,10 +114,14 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
   try {
-    proxy = new Proxy({ controlPlane: controlPlaneFor(cmd, log), logger: log, drainTimeoutMs: cmd.drainTimeoutMs });
+    const client = agentClientFor(cmd);
+    proxy = new Proxy({ controlPlane: controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
     const stopped = new Promise<void>((resolve) => proxy!.once("stopped", resolve));
-    admin = await startAdmin(proxy, cmd, log);
+    exposition = new MetricsExposition(proxy.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log);
+    admin = await startAdmin(proxy, cmd, log, exposition);
+    if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log);
     if (signals === 0) await proxy.start();
+    if (signals === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log);
     if (signals > 0) await proxy.stop();
     await stopped;
     log.info("stopped");
@@ -91,6 +134,8 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     return 1;
   } finally {
     admin?.close();
+    metrics?.close();
+    await exposition?.close();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
   }

@@ -15,6 +15,8 @@ import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { joinSockets } from "../tcp/pipe.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Metrics } from "../telemetry/metrics.js";
+import type { RequestSpan } from "../telemetry/tracing.js";
+import type { Observers } from "../telemetry/observers.js";
 
 export interface InboundHttpConfig {
   readonly localApp: HostPort;
@@ -25,6 +27,14 @@ export interface InboundHttpConfig {
   readonly spiffeId: string;
   /** http2/grpc services: the app speaks HTTP/2 in cleartext (h2c), as Envoy's local cluster does. */
   readonly appHttp2: boolean;
+}
+
+interface InboundRecord {
+  readonly start: number;
+  readonly startTime: number;
+  status: number;
+  flag: string;
+  span?: RequestSpan;
 }
 
 interface Caller {
@@ -55,6 +65,7 @@ export class InboundHttp {
     config: InboundHttpConfig,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    private readonly obs: Observers,
   ) {
     this.config = config;
     this.pool = this.makePool(config);
@@ -119,12 +130,54 @@ export class InboundHttp {
     s.resume();
   }
 
-  private reply(res: Res, status: number, flag: ResponseFlag, detail?: string): void {
+  private reply(res: Res, status: number, flag: ResponseFlag, detail?: string, rec?: InboundRecord): void {
+    if (rec) {
+      rec.status = status;
+      rec.flag = flag;
+    }
     localReply(res, status, flag, detail);
   }
 
   private handle(req: Req, res: Res, caller: Caller | undefined): void {
-    if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection");
+    const rec: InboundRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-" };
+    const tracing = this.obs.tracing;
+    if (tracing) {
+      rec.span = tracing.start("server", `ingress ${req.method ?? "GET"}`, req.headers, {
+        "http.request.method": req.method ?? "GET",
+        "url.path": req.url ?? "/",
+        "network.protocol.version": req.httpVersion,
+        ...(caller ? { "meshproxy.source_identity": caller.uri } : {}),
+      });
+    }
+    this.authorizeAndForward(req, res, caller, rec).finally(() => this.finish(req, caller, rec));
+  }
+
+  private finish(req: Req, caller: Caller | undefined, rec: InboundRecord): void {
+    if (rec.status === 0) rec.flag = "DC";
+    if (this.obs.tracing && rec.span) this.obs.tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag });
+    if (!this.obs.accessLog.enabled) return;
+    const ua = req.headers["user-agent"];
+    const rid = req.headers["x-request-id"];
+    this.obs.accessLog.log({
+      start_time: new Date(rec.startTime).toISOString(),
+      duration_ms: Math.round((performance.now() - rec.start) * 1000) / 1000,
+      protocol: `HTTP/${req.httpVersion}`,
+      direction: "inbound",
+      method: req.method ?? "GET",
+      path: req.url ?? "/",
+      status: rec.status,
+      response_flags: rec.flag,
+      upstream_cluster: "local_app",
+      upstream_host: this.poolFor,
+      ...(caller ? { source_identity: caller.uri } : {}),
+      ...(typeof ua === "string" ? { user_agent: ua } : {}),
+      ...(typeof rid === "string" ? { request_id: rid } : {}),
+      ...(rec.span ? { trace_id: rec.span.span.spanContext().traceId } : {}),
+    });
+  }
+
+  private async authorizeAndForward(req: Req, res: Res, caller: Caller | undefined, rec: InboundRecord): Promise<void> {
+    if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection", rec);
     const url = req.url ?? "/";
     const q = url.indexOf("?");
     // Authorize the path the app will see, normalized: `/./admin` and `/%61dmin` are `/admin`.
@@ -139,14 +192,14 @@ export class InboundHttp {
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
       this.log.info("request denied by intention", { source: caller.uri, method: req.method, path: url, reason: decision.reason });
-      return this.reply(res, 403, "UAEX", decision.reason);
+      return this.reply(res, 403, "UAEX", decision.reason, rec);
     }
     // The app gets the path that was authorized, as Envoy's normalize_path rewrites :path.
     const path = normalizePath(q < 0 ? url : url.slice(0, q)) + (q < 0 ? "" : url.slice(q));
-    void this.forward(req, res, caller, path);
+    await this.forward(req, res, caller, path, rec);
   }
 
-  private async forward(req: Req, res: Res, caller: Caller, path: string): Promise<void> {
+  private async forward(req: Req, res: Res, caller: Caller, path: string, rec: InboundRecord): Promise<void> {
     const headers = requestHeaders(req);
     const te = headers["te"];
     stripHopByHop(headers);
@@ -157,6 +210,8 @@ export class InboundHttp {
     const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
     const prev = headers["x-forwarded-client-cert"];
     headers["x-forwarded-client-cert"] = prev ? `${Array.isArray(prev) ? prev.join(",") : prev},${xfcc}` : xfcc;
+    // The app's spans become children of this hop's server span.
+    if (this.obs.tracing && rec.span) this.obs.tracing.inject(rec.span, headers);
     const hasBody =
       "stream" in req
         ? !req.stream.endAfterHeaders
@@ -172,13 +227,14 @@ export class InboundHttp {
       const out: Record<string, string | string[] | undefined> = { ...r.headers };
       stripHopByHop(out);
       writeHead(res, r.statusCode, out);
+      rec.status = r.statusCode;
       await sendBody(res, r.body, () => r.trailers);
     } catch (e) {
       if (timer) clearTimeout(timer);
       if (res.headersSent || res.destroyed) return;
       const timedOut = ac.signal.aborted;
       this.log.warn("local app request failed", { app: this.poolFor, error: (e as Error).message, timed_out: timedOut });
-      this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${this.config.requestTimeoutMs} ms` : `local app ${this.poolFor}: ${(e as Error).message}`);
+      this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${this.config.requestTimeoutMs} ms` : `local app ${this.poolFor}: ${(e as Error).message}`, rec);
     }
   }
 

@@ -12,6 +12,7 @@ import { identifyPeer } from "../identity/peer.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
+import type { Observers } from "../telemetry/observers.js";
 
 /** What one Snapshot says about inbound traffic, compiled once when it is applied. */
 export interface InboundState {
@@ -61,6 +62,7 @@ export class PublicListener {
     tls: TlsMaterial,
     private readonly metrics: Metrics,
     logger: Logger,
+    private readonly obs: Observers,
   ) {
     this.log = logger.child("inbound");
     this.state = PublicListener.compile(snapshot);
@@ -152,7 +154,27 @@ export class PublicListener {
   private refuse(s: TLSSocket, reason: InboundRejection, detail: string, fields: Record<string, string> = {}): void {
     this.metrics.reject(reason);
     this.log.warn("inbound connection refused", { address: this.address, peer: `${s.remoteAddress}:${s.remotePort}`, reason, detail, ...fields });
+    // Envoy's flags: UF when the app could not be reached, UAEX for every refusal of the caller.
+    this.logConnection(Date.now(), reason === "local_app_unreachable" ? "UF" : "UAEX", 0, 0, fields["source"], detail);
     s.destroy();
+  }
+
+  private logConnection(started: number, flags: string, received: number, sent: number, source: string | undefined, error?: string): void {
+    if (!this.obs.accessLog.enabled) return;
+    this.obs.accessLog.log({
+      start_time: new Date(started).toISOString(),
+      duration_ms: Date.now() - started,
+      protocol: "tcp",
+      direction: "inbound",
+      listener: this.address,
+      upstream_cluster: "local_app",
+      upstream_host: `${this.state.config.localApp.host}:${this.state.config.localApp.port}`,
+      ...(source ? { source_identity: source } : {}),
+      bytes_received: received,
+      bytes_sent: sent,
+      response_flags: flags,
+      ...(error ? { error } : {}),
+    });
   }
 
   private onConnection(s: TLSSocket): void {
@@ -174,7 +196,7 @@ export class PublicListener {
     const peer = identifyPeer(cert.subjectaltname, state.trustDomain);
     if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
     if (state.l7 && state.http) {
-      this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log);
+      this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log, this.obs);
       this.inboundHttp.accept(s, state.l7.forSource(peer.id.service), peer.uri);
       return;
     }
@@ -206,8 +228,10 @@ export class PublicListener {
       clearTimeout(timer);
       app.off("error", fail);
       if (!this.pending.delete(s)) return; // the client went away while we dialled
+      const started = Date.now();
       const pipe = joinSockets(s, app, idleTimeoutMs, (r) => {
         this.pipes.delete(pipe);
+        this.logConnection(started, "-", r.downstreamBytesIn, r.upstreamBytesIn, source, r.error?.message);
         if (this.log.enabled("debug")) {
           this.log.debug("inbound connection closed", { source, bytes_in: r.downstreamBytesIn, bytes_out: r.upstreamBytesIn, error: r.error?.message });
         }

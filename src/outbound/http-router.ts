@@ -15,6 +15,8 @@ import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
 import type { Logger } from "../telemetry/log.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
+import type { RequestSpan } from "../telemetry/tracing.js";
+import type { Observers } from "../telemetry/observers.js";
 
 /** Bodies up to this size are buffered so that a retry can send them again. */
 export const RETRY_BUFFER_LIMIT = 64 * 1024;
@@ -112,30 +114,75 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+/** What one request did, for the access log and its span; filled in as the request goes. */
+interface RequestRecord {
+  readonly start: number;
+  readonly startTime: number;
+  status: number;
+  flag: string;
+  cluster?: string;
+  host?: string;
+  attempts: number;
+  span?: RequestSpan;
+}
+
+
 export class HttpRouter {
   constructor(
     private readonly log: Logger,
     private readonly stats: HttpStats,
+    private readonly obs: Observers,
   ) {}
 
   handle(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): void {
-    this.route(req, res, state).catch((e: Error) => {
-      this.log.error("request failed unexpectedly", { upstream: state.upstream, error: e.message });
-      localReply(res, 500, "UF", e.message);
+    const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
+    this.route(req, res, state, rec)
+      .catch((e: Error) => {
+        this.log.error("request failed unexpectedly", { upstream: state.upstream, error: e.message });
+        rec.status = 500;
+        rec.flag = "UF";
+        localReply(res, 500, "UF", e.message);
+      })
+      .finally(() => this.finish(req, state, rec));
+  }
+
+  private finish(req: AnyRequest, state: OutboundHttpState, rec: RequestRecord): void {
+    if (rec.status === 0) rec.flag = "DC"; // the app went away before an answer
+    const tracing = this.obs.tracing;
+    if (tracing && rec.span) {
+      tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag, "meshproxy.attempts": rec.attempts, ...(rec.cluster ? { "meshproxy.upstream_cluster": rec.cluster } : {}) });
+    }
+    if (!this.obs.accessLog.enabled) return;
+    const ua = req.headers["user-agent"];
+    const rid = req.headers["x-request-id"];
+    this.obs.accessLog.log({
+      start_time: new Date(rec.startTime).toISOString(),
+      duration_ms: Math.round((performance.now() - rec.start) * 1000) / 1000,
+      protocol: `HTTP/${req.httpVersion}`,
+      direction: "outbound",
+      method: req.method ?? "GET",
+      path: req.url ?? "/",
+      status: rec.status,
+      response_flags: rec.flag,
+      upstream_cluster: rec.cluster ?? state.upstream,
+      ...(rec.host ? { upstream_host: rec.host } : {}),
+      attempts: rec.attempts,
+      ...(typeof ua === "string" ? { user_agent: ua } : {}),
+      ...(typeof rid === "string" ? { request_id: rid } : {}),
+      ...(rec.span ? { trace_id: rec.span.span.spanContext().traceId } : {}),
     });
   }
 
-  private async route(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): Promise<void> {
-    const start = performance.now();
+  private async route(req: AnyRequest, res: AnyResponse, state: OutboundHttpState, rec: RequestRecord): Promise<void> {
     const v = view(req);
     const route = state.routes.match(v);
-    if (!route) return this.reply(res, 404, "NR", state.upstream, undefined, start);
+    if (!route) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
     const c = state.compiledFor(route);
     const a = route.action;
     const legIndex = pickLeg(c, Math.random());
     const leg = a.splits[legIndex]!;
     const primary = state.clusters.get(leg.cluster);
-    if (!primary) return this.reply(res, 503, "UH", state.upstream, `cluster "${leg.cluster}" is not configured`, start);
+    if (!primary) return this.reply(res, 503, "UH", state.upstream, `cluster "${leg.cluster}" is not configured`, rec);
 
     // Request headers for the upstream: hop-by-hop stripped, mutations applied.
     const headers = requestHeaders(req);
@@ -147,6 +194,17 @@ export class HttpRouter {
     if (c.hasReqMutations) {
       applyHeaderMutation(headers, a.requestHeaders);
       applyHeaderMutation(headers, leg.requestHeaders);
+    }
+    const tracing = this.obs.tracing;
+    if (tracing) {
+      rec.span = tracing.start("client", `egress ${state.upstream}`, headers, {
+        "http.request.method": req.method ?? "GET",
+        "url.path": v.path,
+        "network.protocol.version": req.httpVersion,
+        "peer.service": primary.config.service,
+        "meshproxy.upstream": state.upstream,
+      });
+      tracing.inject(rec.span, headers);
     }
     let path = req.url ?? "/";
     if (a.prefixRewrite !== undefined) path = rewritePath(route, v.path) + (v.rawQuery ? `?${v.rawQuery}` : "");
@@ -164,7 +222,7 @@ export class HttpRouter {
       const len = Number(req.headers["content-length"] ?? Infinity);
       if (len <= RETRY_BUFFER_LIMIT) {
         body = await readBody(req, RETRY_BUFFER_LIMIT);
-        if (body === null) return this.reply(res, 413, "UF", state.upstream, "body larger than its content-length", start);
+        if (body === null) return this.reply(res, 413, "UF", state.upstream, "body larger than its content-length", rec);
       } else {
         body = req;
         canRetry = false;
@@ -173,7 +231,7 @@ export class HttpRouter {
 
     if (!primary.breaker.tryAcquireRequest()) {
       this.stats.overflow(primary.name);
-      return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, start);
+      return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
     }
     const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
     const hashPolicies = primary.config.lb?.hashPolicies;
@@ -199,15 +257,18 @@ export class HttpRouter {
         const cluster = this.clusterWithHosts(primary, tried, state);
         const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
         if (!cluster || !host) {
-          if (last?.response) return await this.forward(res, last.response, last.cluster, c, leg, start, "URX");
-          if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), start);
+          if (last?.response) return await this.forward(res, last.response, last.cluster, c, leg, rec, "URX");
+          if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), rec);
           this.stats.noHealthy(primary.name);
-          return this.reply(res, 503, "UH", state.upstream, primary.describeUnavailable(), start);
+          return this.reply(res, 503, "UH", state.upstream, primary.describeUnavailable(), rec);
         }
         tried.add(host.key);
+        rec.attempts = attempt;
+        rec.cluster = cluster.name;
+        rec.host = host.key;
         headers["x-envoy-attempt-count"] = String(attempt);
         const remaining = deadline - Date.now();
-        if (remaining <= 0) return this.timeout(res, cluster, state.upstream, start);
+        if (remaining <= 0) return this.timeout(res, cluster, state.upstream, rec);
         const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
         const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, perTry, clientGone.signal);
         releaseRetrySlot();
@@ -219,22 +280,22 @@ export class HttpRouter {
         if (!more) {
           // Envoy's URX: still failing after every retry the policy allowed; the last answer goes back.
           const flag = retriable && retriesTaken > 0 ? "URX" : null;
-          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, start, flag);
-          if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, start);
-          return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), start);
+          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, rec, flag);
+          if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, rec);
+          return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
         }
         if (!cluster.breaker.tryAcquireRetry()) {
           this.stats.retryOverflow(cluster.name);
           this.log.warn("retry budget exhausted; passing the failure on", { cluster: cluster.name, active_retries: cluster.breaker.state.activeRetries, budget: cluster.breaker.maxRetriesNow() });
-          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, start, null);
-          return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), start);
+          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, rec, null);
+          return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
         }
         retrySlot = cluster;
         retriesTaken++;
         this.stats.retry(cluster.name);
         if (outcome.response) await outcome.response.body.dump().catch(() => {});
         const wait = c.retry.backoffMs(retriesTaken);
-        if (Date.now() + wait >= deadline) return this.timeout(res, cluster, state.upstream, start);
+        if (Date.now() + wait >= deadline) return this.timeout(res, cluster, state.upstream, rec);
         await sleep(wait);
       }
     } finally {
@@ -243,12 +304,17 @@ export class HttpRouter {
     }
   }
 
-  /** The primary cluster while it has untried hosts, then its failover clusters in order. */
+  /**
+   * The primary cluster while it has untried hosts, then its failover clusters in order. Once
+   * every host was tried, a retry goes to one of them again (the balancer drops the exclusion):
+   * Consul sets no retry host predicate, and Envoy's previous_hosts gives up after a few picks
+   * too, so NumRetries on a one-instance service still retries.
+   */
   private clusterWithHosts(primary: ClusterRuntime, tried: ReadonlySet<string>, state: OutboundHttpState): ClusterRuntime | null {
-    if (primary.hasAvailable(tried)) return primary;
-    for (const name of primary.config.failover ?? []) {
-      const f = state.clusters.get(name);
-      if (f?.hasAvailable(tried)) return f;
+    const failover = (primary.config.failover ?? []).map((n) => state.clusters.get(n));
+    for (const exclude of [tried, undefined]) {
+      if (primary.hasAvailable(exclude)) return primary;
+      for (const f of failover) if (f?.hasAvailable(exclude)) return f;
     }
     return null;
   }
@@ -306,9 +372,11 @@ export class HttpRouter {
     cluster: ClusterRuntime,
     c: CompiledRoute,
     leg: Route["action"]["splits"][number],
-    start: number,
+    rec: RequestRecord,
     flag: ResponseFlag | null,
   ): Promise<void> {
+    rec.status = r.statusCode;
+    rec.flag = flag ?? "-";
     const headers: Record<string, string | string[] | undefined> = { ...r.headers };
     stripHopByHop(headers);
     if (c.hasResMutations) {
@@ -317,17 +385,19 @@ export class HttpRouter {
     }
     if (flag) headers[FLAGS_HEADER] = flag;
     writeHead(res, r.statusCode, headers);
-    this.stats.response(cluster.name, r.statusCode, performance.now() - start);
+    this.stats.response(cluster.name, r.statusCode, performance.now() - rec.start);
     await sendBody(res, r.body, () => r.trailers);
   }
 
-  private timeout(res: AnyResponse, cluster: ClusterRuntime, upstream: string, start: number): void {
+  private timeout(res: AnyResponse, cluster: ClusterRuntime, upstream: string, rec: RequestRecord): void {
     this.stats.timeout(cluster.name);
-    this.reply(res, 504, "UT", upstream, undefined, start);
+    this.reply(res, 504, "UT", upstream, undefined, rec);
   }
 
-  private reply(res: AnyResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, start: number): void {
-    if (status >= 500) this.log.warn("local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - start) });
+  private reply(res: AnyResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, rec: RequestRecord): void {
+    rec.status = status;
+    rec.flag = flag;
+    if (status >= 500) this.log.warn("local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - rec.start) });
     localReply(res, status, flag, detail);
   }
 }

@@ -12,6 +12,7 @@ import type { Endpoint } from "../config/snapshot.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { ClusterStats, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
+import type { Observers } from "../telemetry/observers.js";
 import type { HttpRouter, OutboundHttpState } from "./http-router.js";
 import { upgradeOutbound } from "./upgrade.js";
 import { localReply } from "../http/local-reply.js";
@@ -50,6 +51,7 @@ export class UpstreamListener {
     private readonly metrics: Metrics,
     private readonly router: HttpRouter,
     logger: Logger,
+    private readonly obs: Observers,
   ) {
     this.log = logger.child(`upstream.${config.name}`);
     this.state = { config, cluster, tls, clusterStats: metrics.cluster(cluster.name), http };
@@ -167,6 +169,7 @@ export class UpstreamListener {
       if (!(e instanceof NoHealthyEndpointError)) throw e;
       state.clusterStats.cxNoHealthyUpstream.inc();
       this.log.warn("connection refused", { error: e.message });
+      this.logConnection(Date.now(), "UH", 0, 0, state.cluster.name, undefined, e.message);
       down.destroy();
       return;
     }
@@ -194,6 +197,7 @@ export class UpstreamListener {
           errors.push(err.message);
           if (i + 1 < candidates.length) return this.attempt(down, state, candidates, i + 1, errors);
           this.log.warn("connection failed", { error: `upstream "${cluster.name}": ${errors.length} instance(s) failed: ${errors.join("; ")}` });
+          this.logConnection(Date.now(), "UF", 0, 0, cluster.name, `${ep.host}:${ep.port}`, errors.join("; "));
           this.pending.delete(down);
           down.destroy();
           return;
@@ -201,7 +205,9 @@ export class UpstreamListener {
         this.pending.delete(down);
         clusterStats.cxTotal.inc();
         clusterStats.cxActive.inc();
+        const started = Date.now();
         const pipe = joinSockets(down, up, config.idleTimeoutMs, (r) => {
+          this.logConnection(started, "-", r.downstreamBytesIn, r.upstreamBytesIn, cluster.name, `${ep.host}:${ep.port}`, r.error?.message);
           this.pipes.delete(pipe);
           clusterStats.cxActive.dec();
           clusterStats.txBytes.inc(r.downstreamBytesIn);
@@ -214,6 +220,23 @@ export class UpstreamListener {
         down.resume();
       },
     );
+  }
+
+  private logConnection(started: number, flags: string, received: number, sent: number, cluster: string, host: string | undefined, error?: string): void {
+    if (!this.obs.accessLog.enabled) return;
+    this.obs.accessLog.log({
+      start_time: new Date(started).toISOString(),
+      duration_ms: Date.now() - started,
+      protocol: "tcp",
+      direction: "outbound",
+      listener: this.address,
+      upstream_cluster: cluster,
+      ...(host ? { upstream_host: host } : {}),
+      bytes_received: received,
+      bytes_sent: sent,
+      response_flags: flags,
+      ...(error ? { error } : {}),
+    });
   }
 
   close(): void {

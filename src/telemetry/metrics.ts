@@ -1,7 +1,8 @@
 // The proxy's metrics, in Envoy's Prometheus names and labels where Envoy has one
 // (shared/reference/data-plane-anchors.md §5), so existing dashboards work; our own under
 // `meshproxy_`. Label children are resolved once per listener or cluster, never per chunk.
-import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { ENVOY_BUCKETS_MS } from "./http-stats.js";
 
 export type InboundRejection =
   | "no_client_cert"
@@ -20,6 +21,8 @@ export interface ListenerStats {
   cxTotal: Counter.Internal;
   cxActive: Gauge.Internal<string>;
   cxDestroy: Counter.Internal;
+  /** Connection lifetime, ms (Envoy's downstream_cx_length_ms). */
+  cxLengthMs: Histogram.Internal<string>;
 }
 
 export interface ClusterStats {
@@ -30,6 +33,10 @@ export interface ClusterStats {
   cxNoHealthyUpstream: Counter.Internal;
   rxBytes: Counter.Internal;
   txBytes: Counter.Internal;
+  /** Time to a usable upstream connection (TCP + TLS), ms. */
+  cxConnectMs: Histogram.Internal<string>;
+  /** Upstream connection lifetime, ms. */
+  cxLengthMs: Histogram.Internal<string>;
 }
 
 export class Metrics {
@@ -44,6 +51,9 @@ export class Metrics {
   private readonly clusterNoHealthy: Counter<string>;
   private readonly clusterRx: Counter<string>;
   private readonly clusterTx: Counter<string>;
+  private readonly listenerLength: Histogram<string>;
+  private readonly clusterConnectMs: Histogram<string>;
+  private readonly clusterLength: Histogram<string>;
   readonly inboundRejected: Counter<"reason">;
   readonly upstreamIdentityRejected: Counter<"envoy_cluster_name">;
   readonly controlPlaneErrors: Counter<"control_plane" | "resource">;
@@ -52,6 +62,8 @@ export class Metrics {
   readonly snapshotsRejected: Counter<"control_plane" | "field">;
   readonly certExpiry: Gauge<"kind" | "serial">;
   readonly configErrors: Counter<"kind">;
+  readonly tracingExportFailures: Counter<"reason">;
+  readonly accessLogDropped: Counter<string>;
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const r = [this.registry];
@@ -65,6 +77,9 @@ export class Metrics {
     this.clusterNoHealthy = new Counter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registers: r });
     this.clusterRx = new Counter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: ["envoy_cluster_name"], registers: r });
     this.clusterTx = new Counter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: ["envoy_cluster_name"], registers: r });
+    this.listenerLength = new Histogram({ name: "envoy_listener_downstream_cx_length_ms", help: "Downstream connection lifetime, ms", labelNames: ["envoy_listener_address"], buckets: ENVOY_BUCKETS_MS, registers: r });
+    this.clusterConnectMs = new Histogram({ name: "envoy_cluster_upstream_cx_connect_ms", help: "Time to establish an upstream connection (TCP and TLS), ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
+    this.clusterLength = new Histogram({ name: "envoy_cluster_upstream_cx_length_ms", help: "Upstream connection lifetime, ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
     this.inboundRejected = new Counter({ name: "meshproxy_inbound_rejected_total", help: "Inbound connections closed before reaching the app, by reason", labelNames: ["reason"], registers: r });
     this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
     this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Control-plane fetch or parse failures", labelNames: ["control_plane", "resource"], registers: r });
@@ -73,6 +88,8 @@ export class Metrics {
     this.snapshotsRejected = new Counter({ name: "meshproxy_snapshots_rejected_total", help: "Snapshots rejected by validation (the last good one kept serving)", labelNames: ["control_plane", "field"], registers: r });
     this.certExpiry = new Gauge({ name: "meshproxy_certificate_expiry_timestamp_seconds", help: "Expiry of the leaf and root certificates in use", labelNames: ["kind", "serial"], registers: r });
     this.configErrors = new Counter({ name: "meshproxy_config_errors_total", help: "Bad configuration input rejected (flags, files)", labelNames: ["kind"], registers: r });
+    this.tracingExportFailures = new Counter({ name: "meshproxy_tracing_export_failures_total", help: "Span batches the OTLP exporter could not deliver (the spans are dropped)", labelNames: ["reason"], registers: r });
+    this.accessLogDropped = new Counter({ name: "meshproxy_access_log_dropped_total", help: "Access-log lines dropped because the destination could not keep up", registers: r });
     for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable"] satisfies InboundRejection[]) {
       this.inboundRejected.labels(reason).inc(0);
     }
@@ -81,7 +98,7 @@ export class Metrics {
 
   listener(address: string): ListenerStats {
     const a = address.replace(/:(\d+)$/, "_$1");
-    return { cxTotal: this.listenerCx.labels(a), cxActive: this.listenerActive.labels(a), cxDestroy: this.listenerDestroy.labels(a) };
+    return { cxTotal: this.listenerCx.labels(a), cxActive: this.listenerActive.labels(a), cxDestroy: this.listenerDestroy.labels(a), cxLengthMs: this.listenerLength.labels(a) };
   }
 
   cluster(name: string): ClusterStats {
@@ -93,6 +110,8 @@ export class Metrics {
       cxNoHealthyUpstream: this.clusterNoHealthy.labels(name),
       rxBytes: this.clusterRx.labels(name),
       txBytes: this.clusterTx.labels(name),
+      cxConnectMs: this.clusterConnectMs.labels(name),
+      cxLengthMs: this.clusterLength.labels(name),
     };
   }
 
