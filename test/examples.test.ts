@@ -18,3 +18,19 @@ t.test("the demo (the README's first command) sends requests across a local mesh
   t.equal((stdout.match(/web → api over mTLS: 200 /g) ?? []).length, 3, "three requests answered through the mesh");
   t.match(stdout, /done: 3 requests, 3 answered, 0 failed/);
 });
+
+t.test("the canary example's config entries parse and compile into a 95/5 split with failover", async (t) => {
+  const { readdir, readFile } = await import("node:fs/promises");
+  const { parseEntry } = await import("../src/controlplane/chain/entries.js");
+  const { compileChain, entryIndex } = await import("../src/controlplane/chain/compile.js");
+  const dir = join(ROOT, "examples", "canary");
+  const files = (await readdir(dir)).filter((f) => f.endsWith(".json"));
+  const entries = await Promise.all(files.map(async (f) => parseEntry(JSON.parse(await readFile(join(dir, f), "utf8")), f)));
+  t.equal(entries.length, 5);
+  const chain = compileChain(entryIndex(entries), "api", { namespace: "default", datacenter: "dc1" });
+  t.equal(chain.protocol, "http");
+  const catchAll = chain.routes[chain.routes.length - 1]!;
+  t.same(catchAll.splits.map((s) => [s.target, s.weight]), [["v1.api.default.dc1", 9500], ["v2.api.default.dc1", 500]]);
+  t.same(chain.targets["v2.api.default.dc1"]?.failover, ["v1.api.default.dc1"]);
+  t.equal(chain.routes.length, 3, "two router routes and the catch-all");
+});
