@@ -20,6 +20,14 @@ export function requestHeaders(req: AnyRequest): HeaderRecord {
   return out;
 }
 
+/** Whether a request carries a body: HTTP/2 says so in its HEADERS frame, HTTP/1.1 in its framing headers. */
+export function requestHasBody(req: AnyRequest): boolean {
+  if ("stream" in req) return !req.stream.endAfterHeaders;
+  const cl = req.headers["content-length"];
+  if (cl !== undefined) return cl !== "0";
+  return req.headers["transfer-encoding"] !== undefined;
+}
+
 export function writeHead(res: AnyResponse, status: number, headers: OutgoingHttpHeaders): void {
   if (res instanceof Http2ServerResponse) {
     // HTTP/2 forbids connection-specific fields; hop-by-hop stripping removed most already.

@@ -9,9 +9,10 @@ import { H2CClient, Pool, type Dispatcher } from "undici";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
-import { requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { normalizePath } from "../http/match.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
+import { answerClientError } from "../http/client-error.js";
 import { joinSockets } from "../tcp/pipe.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Metrics } from "../telemetry/metrics.js";
@@ -80,7 +81,7 @@ export class InboundHttp {
     });
     this.h1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
     // node types the upgrade/clientError socket as Duplex; on our server it is always the Socket we emitted.
-    this.h1.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => this.clientError(err, socket));
+    this.h1.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, this.metrics.configErrors));
   }
 
   private makePool(config: InboundHttpConfig): Dispatcher {
@@ -212,12 +213,7 @@ export class InboundHttp {
     headers["x-forwarded-client-cert"] = prev ? `${Array.isArray(prev) ? prev.join(",") : prev},${xfcc}` : xfcc;
     // The app's spans become children of this hop's server span.
     if (this.obs.tracing && rec.span) this.obs.tracing.inject(rec.span, headers);
-    const hasBody =
-      "stream" in req
-        ? !req.stream.endAfterHeaders
-        : req.headers["content-length"] !== undefined
-          ? req.headers["content-length"] !== "0"
-          : req.headers["transfer-encoding"] !== undefined;
+    const hasBody = requestHasBody(req);
     const ac = new AbortController();
     const timer = this.config.requestTimeoutMs > 0 ? setTimeout(() => ac.abort(), this.config.requestTimeoutMs) : null;
     res.once("close", () => ac.abort());
@@ -264,15 +260,6 @@ export class InboundHttp {
       if (head.length > 0) app.write(head);
       joinSockets(socket, app, this.config.idleTimeoutMs, () => {});
     });
-  }
-
-  private clientError(err: NodeJS.ErrnoException, socket: Socket): void {
-    // node's parser refused the request (smuggling attempts, oversized headers, garbage): answer
-    // as node would, and count it.
-    this.metrics.configErrors.labels("http_parse").inc();
-    if (!socket.writable) return void socket.destroy();
-    const status = err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "408 Request Timeout" : "400 Bad Request";
-    socket.end(`HTTP/1.1 ${status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
   }
 
   closeIdle(): void {

@@ -9,6 +9,7 @@ import { CompiledIntentions } from "../authz/intentions.js";
 import { CompiledL7Intentions } from "../authz/l7.js";
 import { InboundHttp, type InboundHttpConfig } from "./http-inbound.js";
 import { identifyPeer } from "../identity/peer.js";
+import { listenOn } from "../tcp/listen.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
@@ -110,15 +111,7 @@ export class PublicListener {
 
   async listen(): Promise<AddressInfo> {
     const { host, port } = this.state.config.bind;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error) => reject(e);
-      this.server.once("error", onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off("error", onError);
-        resolve();
-      });
-    });
-    const addr = this.server.address() as AddressInfo;
+    const addr = await listenOn(this.server, host, port);
     this.address = `${addr.address}:${addr.port}`;
     this.stats = this.metrics.listener(this.address);
     this.log.info("public listener started", { address: this.address, local_app: `${this.state.config.localApp.host}:${this.state.config.localApp.port}` });

@@ -9,7 +9,7 @@ import { normalizePath } from "../http/match.js";
 import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
-import { requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { isConnectFailure } from "../cluster/pools.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
@@ -210,12 +210,7 @@ export class HttpRouter {
     if (a.prefixRewrite !== undefined) path = rewritePath(route, v.path) + (v.rawQuery ? `?${v.rawQuery}` : "");
 
     // A body is buffered when small enough to send again; a larger one streams and is not retried.
-    const hasBody =
-      "stream" in req
-        ? !req.stream.endAfterHeaders
-        : req.headers["content-length"] !== undefined
-          ? req.headers["content-length"] !== "0"
-          : req.headers["transfer-encoding"] !== undefined;
+    const hasBody = requestHasBody(req);
     let body: Buffer | AnyRequest | null = null;
     let canRetry = true;
     if (hasBody) {

@@ -9,6 +9,7 @@ import type { TlsMaterial } from "../tls/contexts.js";
 import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
 import { EndpointPicker, NoHealthyEndpointError } from "../cluster/endpoints.js";
 import type { Endpoint } from "../config/snapshot.js";
+import { listenOn } from "../tcp/listen.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { ClusterStats, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
@@ -16,6 +17,7 @@ import type { Observers } from "../telemetry/observers.js";
 import type { HttpRouter, OutboundHttpState } from "./http-router.js";
 import { upgradeOutbound } from "./upgrade.js";
 import { localReply } from "../http/local-reply.js";
+import { answerClientError } from "../http/client-error.js";
 
 /** How many distinct instances one connection may try. */
 const MAX_ATTEMPTS = 3;
@@ -76,15 +78,7 @@ export class UpstreamListener {
 
   async listen(): Promise<AddressInfo> {
     const { host, port } = this.state.config.bind;
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error) => reject(e);
-      this.server.once("error", onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off("error", onError);
-        resolve();
-      });
-    });
-    const addr = this.server.address() as AddressInfo;
+    const addr = await listenOn(this.server, host, port);
     this.address = `${addr.address}:${addr.port}`;
     this.stats = this.metrics.listener(this.address);
     this.log.info("upstream listener started", { address: this.address, destination: this.state.cluster.service });
@@ -110,12 +104,7 @@ export class UpstreamListener {
       if (!h) return void socket.destroy();
       upgradeOutbound(req, socket, head, h, this.state.tls, this.sessions, this.state.config.idleTimeoutMs, this.log);
     });
-    srv.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => {
-      this.metrics.configErrors.labels("http_parse").inc();
-      if (!socket.writable) return void socket.destroy();
-      const status = err.code === "HPE_HEADER_OVERFLOW" ? "431 Request Header Fields Too Large" : err.code === "ERR_HTTP_REQUEST_TIMEOUT" ? "408 Request Timeout" : "400 Bad Request";
-      socket.end(`HTTP/1.1 ${status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
-    });
+    srv.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, this.metrics.configErrors));
     this.httpServer = srv;
     return srv;
   }
