@@ -32,7 +32,7 @@ export interface LeafRequest {
   readonly spiffeId: string;
   readonly commonName: string;
   readonly ttlMs: number;
-  /** Defaults to one minute ago, to absorb clock skew between processes. */
+  /** Defaults to a little before now (a minute at most), to absorb clock skew; the TTL counts from now. */
   readonly notBefore?: Date;
 }
 
@@ -94,8 +94,11 @@ export async function issueLeaf(ca: CaMaterial, req: LeafRequest): Promise<Issue
   const caCert = new x509.X509Certificate(ca.certPem);
   const caKey = await crypto.subtle.importKey("pkcs8", der(ca.keyPem), EC, false, ["sign"]);
   const keys = await keyPair();
-  const notBefore = req.notBefore ?? new Date(Date.now() - 60_000);
-  const notAfter = new Date(notBefore.getTime() + req.ttlMs);
+  // Back-dated to absorb clock skew between machines, but never by more than a quarter of the
+  // lifetime: the TTL counts from now, so a short-lived leaf is not born expired.
+  const now = Date.now();
+  const notBefore = req.notBefore ?? new Date(now - Math.min(60_000, req.ttlMs / 4));
+  const notAfter = new Date((req.notBefore ? notBefore.getTime() : now) + req.ttlMs);
   const serialHex = newSerialHex();
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: serialHex,
