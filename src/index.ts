@@ -17,4 +17,6 @@ export { serviceSpiffeId, parseServiceSpiffeId, serviceSni, type ServiceId } fro
 export { authorize, precedence, CompiledIntentions, type Decision } from "./authz/intentions.js";
 export { Metrics } from "./telemetry/metrics.js";
 export { createLogger, type Logger, type Level } from "./telemetry/log.js";
-export { AdminServer } from "./admin/server.js";
+export { AdminServer, type AdminTarget, type AdminOptions } from "./admin/server.js";
+export { MetricsExposition, type AppMetricsOptions } from "./telemetry/merge.js";
+export { MetricsServer } from "./telemetry/metrics-server.js";

@@ -4,12 +4,27 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import type { Metrics } from "../telemetry/metrics.js";
 import type { Snapshot } from "../config/snapshot.js";
+import type { ClusterStatus } from "../cluster/runtime.js";
+import { MetricsExposition } from "../telemetry/merge.js";
+import { serveExposition } from "../telemetry/metrics-server.js";
+import { parseLevel, silentLogger, type LevelControl, type Logger } from "../telemetry/log.js";
+import { clustersJson, clustersText } from "./clusters.js";
+import { certsJson } from "./certs.js";
 
 export interface AdminTarget {
   readonly isReady: boolean;
   readonly snapshot: Snapshot | null;
   readonly metrics: Metrics;
+  clusters(): readonly ClusterStatus[];
   stop(): Promise<void>;
+}
+
+export interface AdminOptions {
+  /** What /stats/prometheus serves; default the target's registry alone (no app metrics). */
+  readonly exposition?: MetricsExposition;
+  /** The root logger's level, for POST /logging; without it /logging answers 501. */
+  readonly logLevel?: LevelControl;
+  readonly log?: Logger;
 }
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void | Promise<void>;
@@ -19,27 +34,64 @@ function send(res: ServerResponse, status: number, body: string, type = "text/pl
   res.end(body);
 }
 
-/** The Snapshot as operators may see it: private keys and certificate bodies never leave. */
+function sendJson(res: ServerResponse, status: number, v: unknown): void {
+  send(res, status, JSON.stringify(v, null, 2) + "\n", "application/json");
+}
+
+const PRIVATE_KEY_PEM = /-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/;
+
+/**
+ * Drops key material wherever it is, not only where the Snapshot type says a key lives: a
+ * control plane that put a key in another field (or a future field) must not leak it here.
+ */
+function redactKeys(key: string, value: unknown): unknown {
+  if (key === "privateKeyPem") return "[redacted]";
+  if (typeof value === "string" && PRIVATE_KEY_PEM.test(value)) return "[redacted]";
+  return value;
+}
+
+/** The Snapshot as operators may see it: certificates yes, private keys never. */
 export function redactedSnapshot(s: Snapshot): unknown {
-  return {
-    ...s,
-    identity: { ...s.identity, privateKeyPem: "[redacted]" },
-  };
+  const v: unknown = JSON.parse(JSON.stringify(s, redactKeys));
+  return v;
+}
+
+function query(req: IncomingMessage): URLSearchParams {
+  const u = req.url ?? "/";
+  const i = u.indexOf("?");
+  return new URLSearchParams(i < 0 ? "" : u.slice(i + 1));
 }
 
 export class AdminServer {
   private readonly server: Server;
   private readonly gets: Record<string, Handler>;
   private readonly posts: Record<string, Handler>;
+  private readonly exposition: MetricsExposition;
+  private readonly log: Logger;
 
-  constructor(private readonly target: AdminTarget) {
+  constructor(
+    private readonly target: AdminTarget,
+    private readonly opts: AdminOptions = {},
+  ) {
+    this.log = opts.log ?? silentLogger;
+    this.exposition = opts.exposition ?? new MetricsExposition(target.metrics.registry, null, this.log);
     this.gets = {
       "/ready": (_q, res) => (target.isReady ? send(res, 200, "LIVE\n") : send(res, 503, "NOT READY\n")),
-      "/stats/prometheus": (q, res) => this.prometheus(q, res),
-      "/metrics": (q, res) => this.prometheus(q, res),
+      "/stats/prometheus": (q, res) => serveExposition(this.exposition, res, q.method === "HEAD"),
+      "/metrics": (q, res) => serveExposition(this.exposition, res, q.method === "HEAD"),
       "/config_dump": (_q, res) => {
         const s = target.snapshot;
-        send(res, s ? 200 : 503, JSON.stringify(s ? redactedSnapshot(s) : { error: "no snapshot yet" }, null, 2) + "\n", "application/json");
+        sendJson(res, s ? 200 : 503, s ? redactedSnapshot(s) : { error: "no snapshot yet" });
+      },
+      "/clusters": (q, res) => {
+        const clusters = target.clusters();
+        if (query(q).get("format") === "json") return sendJson(res, 200, clustersJson(clusters));
+        send(res, 200, clustersText(clusters));
+      },
+      "/certs": (_q, res) => {
+        const s = target.snapshot;
+        if (!s) return sendJson(res, 503, { error: "no snapshot yet: no certificates in use" });
+        sendJson(res, 200, certsJson(s));
       },
     };
     this.posts = {
@@ -47,17 +99,28 @@ export class AdminServer {
         send(res, 202, "draining\n");
         void target.stop();
       },
+      "/logging": (q, res) => this.logging(q, res),
     };
     this.server = createServer((req, res) => void this.handle(req, res));
   }
 
-  private async prometheus(_req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const body = await this.target.metrics.registry.metrics();
-    send(res, 200, body, this.target.metrics.registry.contentType);
+  /** POST /logging?level=debug sets the level of every logger; without ?level reports it. */
+  private logging(req: IncomingMessage, res: ServerResponse): void {
+    const control = this.opts.logLevel;
+    if (!control) return send(res, 501, "this proxy was started without a run-time log level control\n");
+    const raw = query(req).get("level");
+    if (raw === null) return send(res, 200, `level: ${control.level()}\n`);
+    const level = parseLevel(raw);
+    if (!level) return send(res, 400, `level "${raw}": want trace, debug, info, warn or error, e.g. POST /logging?level=debug\n`);
+    const was = control.level();
+    control.setLevel(level);
+    this.log.info("log level changed", { from: was, to: level });
+    send(res, 200, `level: ${level}\n`);
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? "/").split("?")[0]!;
+    if (this.log.enabled("debug")) this.log.debug("admin request", { method: req.method, path });
     try {
       if (req.method === "GET" || req.method === "HEAD") {
         const h = this.gets[path];
@@ -72,7 +135,9 @@ export class AdminServer {
       }
       send(res, 405, "method not allowed\n");
     } catch (e) {
-      send(res, 500, `${(e as Error).message}\n`);
+      const msg = e instanceof Error ? e.message : String(e);
+      if (res.headersSent) return void res.destroy();
+      send(res, 500, `${path}: ${msg}\n`);
     }
   }
 
@@ -85,7 +150,9 @@ export class AdminServer {
         resolve();
       });
     });
-    return this.server.address() as AddressInfo;
+    const a = this.server.address();
+    if (a === null || typeof a === "string") throw new Error(`admin API on ${host}:${port} has no TCP address`);
+    return a;
   }
 
   close(): void {

@@ -20,7 +20,7 @@ function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   try {
     return new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
   } catch (e) {
-    throw new ControlPlaneError("consul", (e as Error).message, true);
+    throw new ControlPlaneError("consul", e instanceof Error ? e.message : String(e), true);
   }
 }
 

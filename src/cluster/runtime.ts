@@ -16,6 +16,34 @@ export interface ClusterHost extends HostState {
   readonly pool: PoolTarget;
 }
 
+/** One host as the admin API's /clusters shows it. */
+export interface HostStatus {
+  readonly id: string;
+  readonly host: string;
+  readonly port: number;
+  /** The control plane's view (catalog health checks). */
+  readonly healthy: boolean;
+  /** Ejected by outlier detection right now. */
+  readonly ejected: boolean;
+  /** Length of the current ejection, 0 when not ejected. */
+  readonly ejectionTimeMs: number;
+  readonly activeRequests: number;
+  readonly meta: Readonly<Record<string, string>>;
+}
+
+/** One cluster as /clusters shows it: thresholds, panic mode and every host. */
+export interface ClusterStatus {
+  readonly name: string;
+  readonly service: string;
+  readonly sni: string;
+  readonly outlierDetection: boolean;
+  /** No host usable (all unhealthy or ejected below the panic threshold): Envoy's lb_healthy_panic. */
+  readonly panic: boolean;
+  readonly limits: { readonly maxConnections: number; readonly maxPendingRequests: number; readonly maxRequests: number; readonly maxRetries: number };
+  readonly activeRequests: number;
+  readonly hosts: readonly HostStatus[];
+}
+
 export class ClusterRuntime {
   private cluster: Cluster;
   private hosts: ClusterHost[] = [];
@@ -125,6 +153,30 @@ export class ClusterRuntime {
       ejectionsOverflow: this.outlier?.stats.ejectionsOverflow ?? 0,
       activeRequests: b.activeRequests,
       rqOpen: b.activeRequests >= limits.maxRequests,
+    };
+  }
+
+  /** Per-host state for the admin API; computed on request, nothing kept. */
+  hostsSnapshot(): ClusterStatus {
+    const l = this.cluster.limits ?? DEFAULT_LIMITS;
+    return {
+      name: this.cluster.name,
+      service: this.cluster.service,
+      sni: this.cluster.sni,
+      outlierDetection: this.outlier !== null,
+      panic: this.panic,
+      limits: { maxConnections: l.maxConnections, maxPendingRequests: l.maxPendingRequests, maxRequests: l.maxRequests, maxRetries: l.maxRetries },
+      activeRequests: this.breaker.state.activeRequests,
+      hosts: this.hosts.map((h) => ({
+        id: h.endpoint.id,
+        host: h.endpoint.host,
+        port: h.endpoint.port,
+        healthy: h.endpoint.healthy,
+        ejected: this.outlier?.isEjected(h.key) ?? false,
+        ejectionTimeMs: this.outlier?.ejectionTimeMs(h.key) ?? 0,
+        activeRequests: h.activeRequests,
+        meta: h.endpoint.meta,
+      })),
     };
   }
 

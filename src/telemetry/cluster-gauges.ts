@@ -1,7 +1,7 @@
 // Per-cluster state read at scrape time (outlier ejections, membership, circuit breakers), in
 // Envoy's names. Nothing on the request path touches these: prom-client calls `collect` when
 // Prometheus scrapes.
-import { Gauge, type Registry } from "prom-client";
+import { Counter, Gauge, type Registry } from "prom-client";
 
 export interface ClusterSnapshotStats {
   readonly name: string;
@@ -20,11 +20,26 @@ export function registerClusterGauges(registry: Registry, clusters: () => Iterab
     ["envoy_cluster_membership_total", "Hosts in the cluster", (s) => s.membershipTotal],
     ["envoy_cluster_membership_healthy", "Hosts healthy and not ejected", (s) => s.membershipHealthy],
     ["envoy_cluster_outlier_detection_ejections_active", "Hosts ejected by outlier detection now", (s) => s.ejectionsActive],
-    ["envoy_cluster_outlier_detection_ejections_enforced_total", "Ejections enforced since start", (s) => s.ejectionsEnforcedTotal],
-    ["envoy_cluster_outlier_detection_ejections_overflow", "Ejections refused by max_ejection_percent", (s) => s.ejectionsOverflow],
     ["envoy_cluster_upstream_rq_active", "Requests in flight", (s) => s.activeRequests],
     ["envoy_cluster_circuit_breakers_default_rq_open", "1 while max concurrent requests is reached", (s) => (s.rqOpen ? 1 : 0)],
   ];
+  // Envoy's counters: typed as counters so rate() and promtool treat them as such.
+  const counters: Array<[string, string, (s: ClusterSnapshotStats) => number]> = [
+    ["envoy_cluster_outlier_detection_ejections_enforced_total", "Ejections enforced since start", (s) => s.ejectionsEnforcedTotal],
+    ["envoy_cluster_outlier_detection_ejections_overflow", "Ejections refused by max_ejection_percent", (s) => s.ejectionsOverflow],
+  ];
+  for (const [name, help, read] of counters) {
+    new Counter({
+      name,
+      help,
+      labelNames: c,
+      registers: [registry],
+      collect() {
+        this.reset();
+        for (const s of clusters()) this.inc({ envoy_cluster_name: s.name }, read(s));
+      },
+    });
+  }
   for (const [name, help, read] of defs) {
     new Gauge({
       name,

@@ -89,15 +89,24 @@ export interface LogOptions {
   write?: (line: string) => void;
 }
 
+/** Changing the level at run time (admin POST /logging): every child logger follows. */
+export interface LevelControl {
+  setLevel(level: Level): void;
+  level(): Level;
+}
+
 /** The root logger, plus a handle to change its level at run time (admin /logging). */
-export function createLogger(opts: LogOptions = {}): Logger & { setLevel(level: Level): void } {
+export function createLogger(opts: LogOptions = {}): Logger & LevelControl {
   const sink: Sink = {
     level: LEVELS.indexOf(opts.level ?? "info"),
     json: opts.json ?? false,
     write: opts.write ?? ((line) => void process.stderr.write(line)),
   };
   const root = new SinkLogger(sink, "meshproxy");
-  return Object.assign(root, { setLevel: (level: Level) => void (sink.level = LEVELS.indexOf(level)) });
+  return Object.assign(root, {
+    setLevel: (level: Level) => void (sink.level = LEVELS.indexOf(level)),
+    level: () => LEVELS[sink.level] ?? "info",
+  });
 }
 
 export const silentLogger: Logger = createLogger({ level: "error", write: () => {} });
