@@ -174,9 +174,11 @@ export class PublicListener {
     const stats = this.stats!;
     stats.cxTotal.inc();
     stats.cxActive.inc();
+    const accepted = performance.now();
     s.once("close", () => {
       stats.cxActive.dec();
       stats.cxDestroy.inc();
+      stats.cxLengthMs.observe(performance.now() - accepted);
     });
     s.on("error", () => s.destroy());
     const state = this.state;

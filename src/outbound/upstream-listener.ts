@@ -139,9 +139,11 @@ export class UpstreamListener {
     const stats = this.stats!;
     stats.cxTotal.inc();
     stats.cxActive.inc();
+    const accepted = performance.now();
     down.once("close", () => {
       stats.cxActive.dec();
       stats.cxDestroy.inc();
+      stats.cxLengthMs.observe(performance.now() - accepted);
     });
     down.on("error", () => down.destroy());
     const state = this.state;
@@ -170,6 +172,7 @@ export class UpstreamListener {
   private attempt(down: Socket, state: OutboundState, candidates: readonly Endpoint[], i: number, errors: string[]): void {
     const ep = candidates[i]!;
     const { cluster, config, tls, clusterStats } = state;
+    const dialled = performance.now();
     originate(
       { host: ep.host, port: ep.port, sni: cluster.sni, expectedSpiffeId: cluster.expectedSpiffeId, timeoutMs: config.connectTimeoutMs },
       tls,
@@ -194,11 +197,14 @@ export class UpstreamListener {
         this.pending.delete(down);
         clusterStats.cxTotal.inc();
         clusterStats.cxActive.inc();
+        clusterStats.cxConnectMs.observe(performance.now() - dialled);
         const started = Date.now();
+        const opened = performance.now();
         const pipe = joinSockets(down, up, config.idleTimeoutMs, (r) => {
           this.logConnection(started, "-", r.downstreamBytesIn, r.upstreamBytesIn, cluster.name, `${ep.host}:${ep.port}`, r.error?.message);
           this.pipes.delete(pipe);
           clusterStats.cxActive.dec();
+          clusterStats.cxLengthMs.observe(performance.now() - opened);
           clusterStats.txBytes.inc(r.downstreamBytesIn);
           clusterStats.rxBytes.inc(r.upstreamBytesIn);
           if (this.log.enabled("debug")) {
