@@ -18,7 +18,7 @@ import { ClusterRuntime, type ClusterStatus } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
 import { HttpStats } from "./telemetry/http-stats.js";
 import { registerClusterGauges } from "./telemetry/cluster-gauges.js";
-import { Tracing } from "./telemetry/tracing.js";
+import type { Tracing } from "./telemetry/tracing.js";
 import { AccessLog, type AccessLogTarget } from "./telemetry/access-log.js";
 import { registerServerGauges } from "./telemetry/server-gauges.js";
 import { certInfo, pemCertificates } from "./identity/cert-info.js";
@@ -174,6 +174,8 @@ export class Proxy extends EventEmitter {
     }
     const first = this.current === null;
     if (first && this.opts.tracing && !this.obs.tracing) {
+      // The OpenTelemetry SDK is loaded only when tracing is on.
+      const { Tracing } = await import("./telemetry/tracing.js");
       this.obs.tracing = new Tracing({ ...this.opts.tracing, serviceName: s.identity.service, exportFailures: this.metrics.tracingExportFailures });
       this.log.info("tracing requests", { endpoint: this.opts.tracing.endpoint, sample_rate: this.opts.tracing.sampleRate });
     }

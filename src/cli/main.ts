@@ -1,16 +1,14 @@
 #!/usr/bin/env node
 // The `meshproxy` binary.
 import { runCli } from "./program.js";
-import { runProxy } from "./run-proxy.js";
-import { runIntention } from "./intention.js";
-import { runDemo } from "./demo.js";
-import { runConfig } from "./config.js";
+
+// Each subcommand loads its own modules: a sidecar does not carry the demo's or the CLI tools'.
 
 const code = await runCli(process.argv.slice(2), {
-  proxy: runProxy,
-  intention: (action, args, opts) => runIntention(action, args, opts),
-  demo: runDemo,
-  config: (action, args) => runConfig(action, args),
+  proxy: async (cmd) => (await import("./run-proxy.js")).runProxy(cmd),
+  intention: async (action, args, opts) => (await import("./intention.js")).runIntention(action, args, opts),
+  demo: async (opts) => (await import("./demo.js")).runDemo(opts),
+  config: async (action, args) => (await import("./config.js")).runConfig(action, args),
 }).catch((e: Error) => {
   process.stderr.write(`meshproxy: ${e.stack ?? e.message}\n`);
   return 1;

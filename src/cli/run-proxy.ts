@@ -1,10 +1,7 @@
 // `meshproxy -service ...`: build the control plane the flags select, start the proxy and its
 // admin API, and drain cleanly on SIGTERM/SIGINT.
 import { Proxy, ListenerBindError } from "../proxy.js";
-import { DevControlPlane } from "../controlplane/dev/dev.js";
-import { StaticControlPlane } from "../controlplane/static/static.js";
 import { ControlPlaneError, type ControlPlane } from "../controlplane/controlplane.js";
-import { ConsulControlPlane } from "../controlplane/consul/consul.js";
 import { AgentClient } from "../controlplane/consul/client.js";
 import { AdminServer } from "../admin/server.js";
 import { createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
@@ -24,10 +21,15 @@ function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   }
 }
 
-function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): ControlPlane {
-  if (cmd.configFile !== undefined) return new StaticControlPlane({ file: cmd.configFile, logger: log });
+/** Only the selected control plane is loaded (the dev CA's certificate library is not small). */
+async function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): Promise<ControlPlane> {
+  if (cmd.configFile !== undefined) {
+    const { StaticControlPlane } = await import("../controlplane/static/static.js");
+    return new StaticControlPlane({ file: cmd.configFile, logger: log });
+  }
   if (cmd.consul && client) {
     const c = cmd.consul;
+    const { ConsulControlPlane } = await import("../controlplane/consul/consul.js");
     return new ConsulControlPlane({
       client,
       logger: log,
@@ -38,6 +40,7 @@ function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | n
       ...(c.register ? { register: c.registerId ? { idSuffix: c.registerId } : {} } : {}),
     });
   }
+  const { DevControlPlane } = await import("../controlplane/dev/dev.js");
   return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log });
 }
 
@@ -115,7 +118,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
   process.on("SIGTERM", onSignal);
   try {
     const client = agentClientFor(cmd);
-    proxy = new Proxy({ controlPlane: controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
+    proxy = new Proxy({ controlPlane: await controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
     const stopped = new Promise<void>((resolve) => proxy!.once("stopped", resolve));
     exposition = new MetricsExposition(proxy.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log);
     admin = await startAdmin(proxy, cmd, log, exposition);

@@ -1,13 +1,30 @@
 // The dev CA: an EC P-256 root and SPIFFE leaf certificates, as Consul's built-in CA makes them.
-import "reflect-metadata";
-import { webcrypto, randomBytes, X509Certificate } from "node:crypto";
-import * as x509 from "@peculiar/x509";
+import { webcrypto, randomBytes } from "node:crypto";
 import { trustDomainSpiffeId } from "./spiffe.js";
+import { colonHexSerial } from "./serial.js";
+
+export { colonHexSerial, serialOf } from "./serial.js";
 
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 const crypto = webcrypto;
-x509.cryptoProvider.set(crypto);
+
+type X509 = typeof import("@peculiar/x509");
+let loaded: Promise<X509> | null = null;
+
+/**
+ * @peculiar/x509 (and the reflect-metadata it needs) cost about 15 MB of resident memory; a
+ * sidecar fed by Consul or a static file never issues a certificate, so it never loads them.
+ */
+function x509lib(): Promise<X509> {
+  loaded ??= (async () => {
+    await import("reflect-metadata");
+    const lib = await import("@peculiar/x509");
+    lib.cryptoProvider.set(crypto);
+    return lib;
+  })();
+  return loaded;
+}
 
 const EC: webcrypto.EcKeyGenParams = { name: "ECDSA", namedCurve: "P-256" };
 const SIGN: webcrypto.EcdsaParams = { name: "ECDSA", hash: "SHA-256" };
@@ -55,11 +72,6 @@ function newSerialHex(): string {
   return b.toString("hex");
 }
 
-export function colonHexSerial(hex: string): string {
-  let h = hex.toLowerCase().replace(/^(00)+/, "");
-  if (h.length % 2 === 1) h = `0${h}`;
-  return (h.match(/../g) ?? ["00"]).join(":");
-}
 
 async function keyPair(): Promise<CryptoKeyPair> {
   return crypto.subtle.generateKey(EC, true, ["sign", "verify"]);
@@ -70,6 +82,7 @@ async function exportKey(key: CryptoKey): Promise<string> {
 }
 
 export async function createRootCa(trustDomain: string, opts: { ttlMs?: number; commonName?: string } = {}): Promise<CaMaterial> {
+  const x509 = await x509lib();
   const keys = await keyPair();
   const now = Date.now();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -91,6 +104,7 @@ export async function createRootCa(trustDomain: string, opts: { ttlMs?: number; 
 
 /** Issues a leaf for any SPIFFE ID: tests use it to make the certificates the proxy must refuse. */
 export async function issueLeaf(ca: CaMaterial, req: LeafRequest): Promise<IssuedLeaf> {
+  const x509 = await x509lib();
   const caCert = new x509.X509Certificate(ca.certPem);
   const caKey = await crypto.subtle.importKey("pkcs8", der(ca.keyPem), EC, false, ["sign"]);
   const keys = await keyPair();
@@ -135,6 +149,7 @@ export async function issueLeaf(ca: CaMaterial, req: LeafRequest): Promise<Issue
  * (`commonName`), or the result would look self-issued.
  */
 export async function crossSign(newRoot: CaMaterial, oldRoot: CaMaterial): Promise<string> {
+  const x509 = await x509lib();
   const next = new x509.X509Certificate(newRoot.certPem);
   const prev = new x509.X509Certificate(oldRoot.certPem);
   const prevKey = await crypto.subtle.importKey("pkcs8", der(oldRoot.keyPem), EC, false, ["sign"]);
@@ -161,7 +176,3 @@ export async function crossSign(newRoot: CaMaterial, oldRoot: CaMaterial): Promi
   return cert.toString("pem") + "\n";
 }
 
-/** Colon-hex serial of any PEM certificate (Node reports uppercase hex without colons). */
-export function serialOf(certPem: string): string {
-  return colonHexSerial(new X509Certificate(certPem).serialNumber);
-}

@@ -1,7 +1,7 @@
 // What an operator may know about the certificates in use: who, which serial, valid when.
 // Built from the certificate bodies only; key material never comes near this file.
 import { X509Certificate } from "node:crypto";
-import { colonHexSerial } from "./ca.js";
+import { colonHexSerial } from "./serial.js";
 import type { Snapshot } from "../config/snapshot.js";
 
 export interface CertInfo {

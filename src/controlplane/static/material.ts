@@ -3,7 +3,7 @@
 // gets wrong (key from another cert, leaf from another CA, leaf for another service) so that
 // it is reported against the config field that names the file, not found at the first handshake.
 import { X509Certificate, createPrivateKey, type KeyObject } from "node:crypto";
-import { colonHexSerial } from "../../identity/ca.js";
+import { colonHexSerial } from "../../identity/serial.js";
 import { firstUriSan, parseServiceSpiffeId } from "../../identity/spiffe.js";
 import { DEFAULTS, type Identity, type TrustBundle } from "../../config/snapshot.js";
 import { StaticConfigError, type StaticConfig } from "./config.js";
