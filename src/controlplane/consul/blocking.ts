@@ -90,9 +90,14 @@ export class BlockingQuery<T> {
       if (this.o.mode === "index" && this.index > 0) Object.assign(query, { index: String(this.index), wait: `${waitMs}ms` });
       if (this.o.mode === "hash" && this.hash) Object.assign(query, { hash: this.hash, wait: `${waitMs}ms` });
       // The agent adds up to wait/16 of jitter; past that plus a margin the agent is stalled.
-      const deadline = AbortSignal.timeout(waitMs + waitMs / 16 + 5000);
+      // Whole milliseconds: AbortSignal.timeout throws a RangeError on a fraction (wait 200ms).
+      const deadlineMs = Math.ceil(waitMs + waitMs / 16) + 5000;
+      const deadline = AbortSignal.timeout(deadlineMs);
       try {
         const res = await this.o.client.call("GET", this.o.path, { query, signal: AbortSignal.any([signal, deadline]) });
+        // Stopped while the answer was on its way: a stopped watch delivers nothing (its
+        // owner may already have dropped the value it would overwrite).
+        if (signal.aborted) return;
         const value = this.o.parse(res.body, res);
         this.advance(res);
         this.failures = 0;
@@ -108,7 +113,7 @@ export class BlockingQuery<T> {
         this.index = 0;
         this.hash = "";
         const err = e as Error;
-        const msg = deadline.aborted ? `GET ${this.o.path}: no answer within ${Math.round((waitMs + waitMs / 16 + 5000) / 1000)} s (agent stalled?)` : err.message;
+        const msg = deadline.aborted ? `GET ${this.o.path}: no answer within ${Math.round(deadlineMs / 1000)} s (agent stalled?)` : err.message;
         this.o.onError(err instanceof AgentError ? err : new Error(msg));
         await sleep(backoffMs(this.failures, this.o.backoff ?? DEFAULT_BACKOFF), signal);
       }
@@ -125,8 +130,10 @@ export class BlockingQuery<T> {
       this.index = 0;
       return;
     }
-    // Snapshot restores move the index backwards: reset. A buggy 0 must not become a busy loop.
-    if (next < this.index) this.index = 0;
-    else this.index = next === 0 ? 1 : next;
+    // A buggy 0 is not a reset: block on 1 (§2.0), or every wait would cost an extra
+    // non-blocking call. Snapshot restores move the index backwards: start over from 0.
+    if (next === 0) this.index = 1;
+    else if (next < this.index) this.index = 0;
+    else this.index = next;
   }
 }

@@ -242,6 +242,10 @@ export class ConsulControlPlane implements ControlPlane {
       this.watches.delete(key);
       if (key.startsWith("health:")) this.health.delete(key.slice(7));
       if (key.startsWith("chain:")) this.chains.delete(key.slice(6));
+      // The registration now names another service: its leaf and intentions must not stand in
+      // for the new one's (a Snapshot would pair the old identity with the new listener).
+      if (key.startsWith("leaf:")) this.leaf = null;
+      if (key.startsWith("intentions:")) this.intentions = null;
     }
     this.emitIfComplete();
   }
