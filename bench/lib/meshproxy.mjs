@@ -1,0 +1,51 @@
+// meshproxy sidecars as the harness runs them: `node dist/cli/main.js` with JSON logs, port-0
+// listeners, an admin API on a free port, and the dev control plane in the given data dir.
+// Startup to ready = spawn → the "proxy ready" log line.
+import { join } from "node:path";
+
+export function startSidecar(procs, { root, name, dataDir, args, nodeArgs = [], env = {} }) {
+  const bin = join(root, "dist", "cli", "main.js");
+  const h = procs.spawn(name, process.execPath, [...nodeArgs, bin, "-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0", ...args], {
+    role: "proxy",
+    env: { ...process.env, CONSUL_HTTP_ADDR: "", ...env },
+  });
+  return h
+    .waitForLine((e) => e.stream === "stderr" && e.line.includes('"proxy ready"'), 20_000)
+    .then(async (e) => {
+      const ready = JSON.parse(e.line);
+      const upstreams = {};
+      for (const [k, v] of Object.entries(ready)) if (k.startsWith("upstream.")) upstreams[k.slice(9)] = String(v);
+      const admin = JSON.parse((await h.waitForLine((l) => l.stream === "stderr" && l.line.includes('"admin API listening"'), 5000)).line);
+      return { handle: h, readyMs: e.at - h.spawnedAt, public: typeof ready.public === "string" ? ready.public : null, upstreams, adminAddr: String(admin.address) };
+    });
+}
+
+/** `meshproxy config write <file> -data-dir <dir>`, as an operator would. Resolves with its duration (ms). */
+export async function configWrite(procs, { root, dataDir, file, entry }) {
+  const { writeFile } = await import("node:fs/promises");
+  await writeFile(file, JSON.stringify(entry, null, 2));
+  const h = procs.spawn("meshproxy-config-write", process.execPath, [join(root, "dist", "cli", "main.js"), "config", "write", file, "-data-dir", dataDir], { role: "tool" });
+  const { code } = await h.exited;
+  if (code !== 0) throw new Error(`meshproxy config write ${file} failed (exit ${code}): ${h.stderr()}`);
+  return performance.now() - h.spawnedAt;
+}
+
+/** The sidecar's config dump (admin API). */
+export async function configDump(adminAddr) {
+  const { get } = await import("node:http");
+  const [host, port] = adminAddr.split(":");
+  return new Promise((resolve, reject) => {
+    get({ host, port: Number(port), path: "/config_dump", agent: false }, (res) => {
+      let b = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (b += d));
+      res.on("end", () => {
+        try {
+          resolve(JSON.parse(b));
+        } catch (e) {
+          reject(e);
+        }
+      });
+    }).on("error", reject);
+  });
+}

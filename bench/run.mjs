@@ -1,0 +1,857 @@
+#!/usr/bin/env node
+// meshproxy load benchmark (issue 6). `npm run bench` (full), `npm run bench -- --quick`
+// (about a minute), `node bench/run.mjs --smoke` (a few seconds; used by the test suite).
+//
+// It starts every process itself on loopback — the app, the meshproxy pair, the HAProxy pair,
+// the load clients — records their PIDs, stops them by PID (also on error and Ctrl-C), runs the
+// workloads path by path interleaved (direct, meshproxy, HAProxy, direct, …; the order rotates
+// every workload and round), and reports medians over the rounds as a markdown table plus
+// bench/out/results.json. A full run also rewrites bench/RESULTS.md.
+import { parseArgs } from "node:util";
+import { spawnSync } from "node:child_process";
+import { mkdtemp, mkdir, rm, writeFile, readdir, cp, symlink, copyFile } from "node:fs/promises";
+import { existsSync, rmSync, readFileSync, statSync, readdirSync } from "node:fs";
+import { tmpdir, cpus, availableParallelism, loadavg, totalmem, release } from "node:os";
+import { join, dirname, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { get } from "node:http";
+import { createServer } from "node:net";
+import { Procs } from "./lib/procs.mjs";
+import { cpuSeconds, memory, resetPeak } from "./lib/procstat.mjs";
+import { clientConfig, serverConfig, startHaproxy, writeHaproxyCerts, haproxyInfo, haproxyCommand } from "./lib/haproxy.mjs";
+import { startSidecar, configWrite, configDump } from "./lib/meshproxy.mjs";
+import { summarize, figures, targets, renderTable, renderTargets } from "./lib/report.mjs";
+import { fmt } from "./lib/stats.mjs";
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const LIB = join(ROOT, "bench", "lib");
+const MiB = 2 ** 20;
+
+const HELP = `usage: node bench/run.mjs [--quick | --smoke] [options]   (npm run bench -- [options])
+
+modes:
+  (default)         full run: ${"3"} rounds, 1 GiB bulk, 9,900 idle connections; rewrites bench/RESULTS.md
+  --quick           one short round (about a minute): 3 s runs, 256 MiB bulk, 1,000 idle connections
+  --smoke           a few seconds: startup + a 200 req/s latency run, direct and meshproxy only
+                    (HAProxy too with --with-haproxy); for the test suite
+
+options:
+  --rounds N        rounds (each starts fresh processes; medians over rounds)
+  --out DIR         where results.json / results.md go (default bench/out)
+  --no-haproxy      skip the HAProxy pair (ratios against HAProxy are then not computed)
+  --idle-conns N    idle mTLS connections to hold (full: 9,900 — see RESULTS.md for why not 10,000)
+  --bulk-mib N      bulk transfer size in MiB
+  --workloads LIST  comma list of keepalive,l7-keepalive,newconn,bulk,latency,idle,weight-shift
+  --cpu-prof        run the meshproxy sidecars with node --cpu-prof; profiles and a self-time
+                    summary go to <out>/prof/
+  --no-results-md   do not rewrite bench/RESULTS.md after a full run
+  --meshproxy-root DIR
+                    benchmark the meshproxy build in DIR/dist (default: this checkout's dist/)
+  --meshproxy-rev REV
+                    benchmark a commit of this repository instead: \`git archive REV\` into the
+                    run's temp dir, built there with tsc (uncommitted changes and a dist/ being
+                    rebuilt by someone else do not matter)
+  -h, --help        this help
+`;
+
+const PROFILES = {
+  full: {
+    rounds: 3,
+    warmupS: 1,
+    keepAliveS: 6,
+    newConnS: 4,
+    latencyS: 4,
+    latencyWarmupS: 1,
+    shiftTotalS: 5,
+    shiftAtS: 2,
+    rates: [1000, 5000],
+    bulkBytes: 1024 * MiB,
+    idleConns: 9900,
+    idleWave: 250,
+    // Holding ~10k connections takes a while (every one is an mTLS handshake through each pair)
+    // and its memory figures vary little between rounds: it runs in the last round only.
+    idleRounds: 1,
+    wrkConns: 50,
+    newConnConns: 16,
+    latencyConns: 16,
+    workloads: ["keepalive", "l7-keepalive", "newconn", "bulk", "latency", "idle", "weight-shift"],
+    paths: ["direct", "mesh", "haproxy"],
+  },
+  quick: {
+    rounds: 1,
+    warmupS: 1,
+    keepAliveS: 3,
+    newConnS: 3,
+    latencyS: 3,
+    latencyWarmupS: 0.5,
+    shiftTotalS: 4,
+    shiftAtS: 1.5,
+    rates: [1000, 5000],
+    bulkBytes: 256 * MiB,
+    idleConns: 1000,
+    idleWave: 250,
+    idleRounds: 1,
+    wrkConns: 50,
+    newConnConns: 16,
+    latencyConns: 16,
+    workloads: ["keepalive", "l7-keepalive", "newconn", "bulk", "latency", "idle", "weight-shift"],
+    paths: ["direct", "mesh", "haproxy"],
+  },
+  smoke: {
+    rounds: 1,
+    warmupS: 0,
+    keepAliveS: 1,
+    newConnS: 1,
+    latencyS: 1,
+    latencyWarmupS: 0.2,
+    shiftTotalS: 3,
+    shiftAtS: 1,
+    rates: [200],
+    bulkBytes: 16 * MiB,
+    idleConns: 50,
+    idleWave: 50,
+    idleRounds: 1,
+    wrkConns: 8,
+    newConnConns: 4,
+    latencyConns: 4,
+    workloads: ["latency"],
+    paths: ["direct", "mesh"],
+  },
+};
+
+// ─── arguments ──────────────────────────────────────────────────────────────────────────────
+let args;
+try {
+  args = parseArgs({
+    options: {
+      quick: { type: "boolean", default: false },
+      smoke: { type: "boolean", default: false },
+      "with-haproxy": { type: "boolean", default: false },
+      "no-haproxy": { type: "boolean", default: false },
+      rounds: { type: "string" },
+      out: { type: "string" },
+      "idle-conns": { type: "string" },
+      "bulk-mib": { type: "string" },
+      workloads: { type: "string" },
+      "cpu-prof": { type: "boolean", default: false },
+      "no-results-md": { type: "boolean", default: false },
+      "meshproxy-root": { type: "string" },
+      "meshproxy-rev": { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  }).values;
+} catch (e) {
+  process.stderr.write(`bench: ${e.message}\n\n${HELP}`);
+  process.exit(2);
+}
+if (args.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+const mode = args.smoke ? "smoke" : args.quick ? "quick" : "full";
+const cfg = structuredClone(PROFILES[mode]);
+if (args.rounds) cfg.rounds = positiveInt("--rounds", args.rounds);
+if (args["idle-conns"]) cfg.idleConns = positiveInt("--idle-conns", args["idle-conns"]);
+if (args["bulk-mib"]) cfg.bulkBytes = positiveInt("--bulk-mib", args["bulk-mib"]) * MiB;
+if (args.workloads) cfg.workloads = args.workloads.split(",").map((s) => s.trim()).filter(Boolean);
+if (mode === "smoke" && args["with-haproxy"]) cfg.paths.push("haproxy");
+if (args["no-haproxy"]) cfg.paths = cfg.paths.filter((p) => p !== "haproxy");
+const outDir = resolve(args.out ?? join(ROOT, "bench", "out"));
+let MP_SRC = resolve(args["meshproxy-root"] ?? ROOT);
+if (args["meshproxy-root"] && args["meshproxy-rev"]) {
+  process.stderr.write("bench: give --meshproxy-root or --meshproxy-rev, not both\n");
+  process.exit(2);
+}
+const writeResultsMd = mode === "full" && !args["no-results-md"] && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"];
+const command = process.env.npm_lifecycle_event === "bench" ? `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}` : `node bench/run.mjs ${process.argv.slice(2).join(" ")}`.trim();
+
+function positiveInt(flag, v) {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) {
+    process.stderr.write(`bench: ${flag} "${v}": want a positive whole number\n`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const needHaproxy = cfg.paths.includes("haproxy");
+const needWrk = cfg.workloads.some((w) => ["keepalive", "l7-keepalive", "newconn"].includes(w)) || cfg.warmupS > 0;
+
+// ─── process bookkeeping and cleanup ────────────────────────────────────────────────────────
+const procs = new Procs({ pidFile: join(outDir, "running.pids") });
+let tmp = null;
+let mpRoot = ROOT;
+let cleaning = null;
+function cleanup() {
+  cleaning ??= (async () => {
+    await procs.stopAll({ graceMs: args["cpu-prof"] ? 15_000 : 2000 });
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
+let interrupted = false;
+for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.on(sig, () => {
+    if (interrupted) return;
+    interrupted = true;
+    process.stderr.write(`\nbench: ${sig}: stopping every process the harness started (${[...procs.live.keys()].join(", ") || "none running"})\n`);
+    void cleanup().finally(() => process.exit(130));
+  });
+}
+process.on("exit", () => {
+  procs.killAllSync();
+  if (tmp) rmSync(tmp, { recursive: true, force: true });
+});
+
+const log = (s) => process.stderr.write(`${s}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ─── preflight ──────────────────────────────────────────────────────────────────────────────
+function toolVersion(cmd, args, re) {
+  const r = spawnSync(cmd, args, { encoding: "utf8" });
+  if (r.error) return null;
+  const m = re.exec(`${r.stdout}\n${r.stderr}`);
+  return m ? m[1] : "unknown";
+}
+
+function newestMtime(dir) {
+  let newest = 0;
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) newest = Math.max(newest, newestMtime(p));
+    else if (e.name.endsWith(".ts")) newest = Math.max(newest, statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+function preflight() {
+  const problems = [];
+  const versions = { node: process.versions.node, haproxy: null, wrk: null, openssl: process.versions.openssl };
+  if (needHaproxy) {
+    versions.haproxy = toolVersion("haproxy", ["-v"], /HAProxy version (\S+)/);
+    if (!versions.haproxy) problems.push("`haproxy` is not installed (Debian package: haproxy)");
+  }
+  if (needWrk) {
+    versions.wrk = toolVersion("wrk", ["-v"], /wrk (\S+)/);
+    if (!versions.wrk) problems.push("`wrk` is not installed (Debian package: wrk)");
+  }
+  if (problems.length) {
+    const pkgs = [needHaproxy && !versions.haproxy ? "haproxy" : null, needWrk && !versions.wrk ? "wrk" : null].filter(Boolean).join(" ");
+    log(`bench: ${problems.join("; ")}.\n  Install the Debian packages with:  apt-get install -y ${pkgs}\n  (.ci/run installs them in CI.)${needHaproxy && versions.wrk ? "  Or run without HAProxy: --no-haproxy" : ""}`);
+    process.exit(3);
+  }
+  if (!existsSync(join(ROOT, "node_modules"))) {
+    log("bench: node_modules is missing: run `npm ci` first");
+    process.exit(3);
+  }
+  if (args["meshproxy-rev"]) return versions; // built from the commit in main()
+  const distMain = join(MP_SRC, "dist", "cli", "main.js");
+  const distIndex = join(MP_SRC, "dist", "index.js");
+  if (!existsSync(distMain) || !existsSync(distIndex)) {
+    log("bench: dist/ is missing: building (tsc -p tsconfig.json)");
+    const r = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(MP_SRC, "tsconfig.json")], { stdio: "inherit" });
+    if (r.status !== 0) {
+      log("bench: the build failed");
+      process.exit(3);
+    }
+  } else if (existsSync(join(MP_SRC, "src")) && newestMtime(join(MP_SRC, "src")) > Math.min(statSync(distMain).mtimeMs, statSync(distIndex).mtimeMs)) {
+    log("bench: warning: src/ has changes newer than dist/; this run measures dist/ as it is (run `npm run build` first to measure src/)");
+  }
+  const git = (gargs) => spawnSync("git", gargs, { cwd: MP_SRC, encoding: "utf8" });
+  const head = git(["rev-parse", "--short", "HEAD"]);
+  versions.meshproxy = head.status === 0 ? `commit ${head.stdout.trim()}${git(["status", "--porcelain", "--untracked-files=no"]).stdout.trim() ? " + uncommitted changes" : ""}` : `the build in ${MP_SRC}`;
+  return versions;
+}
+
+// ─── small helpers ──────────────────────────────────────────────────────────────────────────
+async function freePorts(n) {
+  const servers = [];
+  const ports = [];
+  for (let i = 0; i < n; i++) {
+    const s = createServer();
+    await new Promise((r, j) => s.listen(0, "127.0.0.1", r).once("error", j));
+    servers.push(s);
+    ports.push(s.address().port);
+  }
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+function appStats(port) {
+  return new Promise((resolve, reject) => {
+    const req = get({ host: "127.0.0.1", port, path: "/stats", agent: false, headers: { connection: "close" } }, (res) => {
+      let b = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (b += d));
+      res.on("end", () => resolve(JSON.parse(b)));
+    });
+    req.on("error", reject);
+  });
+}
+
+/** Runs a Node helper from bench/lib as its own process; resolves with its last JSON stdout line. */
+async function nodeTool(name, script, toolArgs) {
+  const h = procs.spawn(name, process.execPath, [join(LIB, script), ...toolArgs], { role: "load" });
+  const { code } = await h.exited;
+  const line = h.stdout().trim().split("\n").pop();
+  if (code !== 0 || !line) throw new Error(`${name} (pid ${h.pid}) failed (exit ${code}):\n${h.stderr().slice(-2000)}`);
+  return JSON.parse(line);
+}
+
+async function wrk({ url, seconds, conns, headers = [] }) {
+  const wargs = ["-t1", `-c${conns}`, `-d${seconds}s`, "--timeout", "5s", "-s", join(LIB, "wrk-report.lua"), ...headers.flatMap((h) => ["-H", h]), url];
+  const h = procs.spawn("wrk", "wrk", wargs, { role: "load" });
+  const { code } = await h.exited;
+  const line = h.stdout().split("\n").find((l) => l.startsWith('{"wrkReport"'));
+  if (code !== 0 || !line) throw new Error(`wrk (pid ${h.pid}) failed (exit ${code}):\n${h.stdout().slice(-2000)}\n${h.stderr().slice(-2000)}`);
+  const r = JSON.parse(line);
+  const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
+  const seconds_ = r.durationUs / 1e6;
+  return { requests: r.requests, seconds: seconds_, rps: r.requests / seconds_, p50Ms: r.latencyUs.p50 / 1000, p90Ms: r.latencyUs.p90 / 1000, p99Ms: r.latencyUs.p99 / 1000, p999Ms: r.latencyUs.p999 / 1000, errors, errorDetail: r.errors };
+}
+
+/** Wraps a workload: proxy CPU deltas, VmHWM reset before and read after, load average. */
+async function measured(path, fn) {
+  for (const p of path.proxies) resetPeak(p.handle.pid);
+  const before = path.proxies.map((p) => cpuSeconds(p.handle.pid));
+  const r = await fn();
+  const cpu = {};
+  const peakMb = {};
+  path.proxies.forEach((p, i) => {
+    const after = cpuSeconds(p.handle.pid);
+    cpu[p.side] = after !== null && before[i] !== null ? after - before[i] : null;
+    peakMb[p.side] = (memory(p.handle.pid)?.hwmKb ?? 0) / 1024;
+  });
+  const cpuTotal = path.proxies.length ? Object.values(cpu).reduce((a, b) => a + (b ?? 0), 0) : null;
+  return { ...r, proxyCpuS: cpuTotal, proxyCpuBySide: cpu, peakRssMb: peakMb, loadavg1: loadavg()[0] };
+}
+
+function per10k(cpu, n) {
+  return typeof cpu === "number" && n > 0 ? (cpu / n) * 1e4 : null;
+}
+
+// ─── one round: start everything fresh ──────────────────────────────────────────────────────
+const wantL7 = () => cfg.workloads.includes("l7-keepalive");
+const wantShift = () => cfg.workloads.includes("weight-shift");
+
+async function startApp(name, round, label = "app") {
+  const h = procs.spawn(`${name}-r${round}`, process.execPath, [join(LIB, "app-server.mjs"), "0", label], { role: "app" });
+  const line = await h.waitForLine((e) => e.stream === "stdout" && e.line.startsWith('{"listening"'));
+  return { handle: h, port: JSON.parse(line.line).listening };
+}
+
+/** Polls until the sidecar's config dump satisfies pred (bounded). */
+async function untilDump(adminAddr, pred, what, timeoutMs = 15_000) {
+  const end = performance.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (pred(await configDump(adminAddr))) return;
+    } catch {
+      /* not yet */
+    }
+    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** Weights (1/10000ths) of the last route of an upstream in a meshproxy config dump, by subset. */
+function splitWeights(dump, upstream) {
+  const out = {};
+  for (const u of dump?.upstreams ?? []) {
+    if (u.name !== upstream) continue;
+    const routes = u.routes?.routes ?? [];
+    for (const sp of routes[routes.length - 1]?.action?.splits ?? []) out[sp.cluster.split(".")[0]] = sp.weight;
+  }
+  return out;
+}
+
+async function startRound(round, ca) {
+  const env = { round, paths: {}, app: null, apps: [], startup: {}, mesh: null };
+  env.app = await startApp("app", round);
+  env.apps.push(env.app);
+  const appAddr = `127.0.0.1:${env.app.port}`;
+  env.paths.direct = { key: "direct", target: appAddr, proxies: [] };
+  if (wantShift()) {
+    env.v1 = await startApp("app-v1", round, "v1");
+    env.v2 = await startApp("app-v2", round, "v2");
+    env.apps.push(env.v1, env.v2);
+  }
+  const roundDir = join(tmp, `round-${round}`);
+  await mkdir(roundDir, { recursive: true });
+
+  if (cfg.paths.includes("mesh")) {
+    const dataDir = join(roundDir, "mesh-data");
+    await mkdir(join(dataDir, "ca"), { recursive: true, mode: 0o700 });
+    await writeFile(join(dataDir, "ca", "root.pem"), ca.certPem);
+    await writeFile(join(dataDir, "ca", "root.key"), ca.keyPem, { mode: 0o600 });
+    await writeFile(join(dataDir, "ca", "config.json"), JSON.stringify({ trust_domain: ca.trustDomain, datacenter: "dc1", leaf_cert_ttl: "72h" }, null, 2) + "\n");
+    const nodeArgs = args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", join(outDir, "prof")] : [];
+    const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}-r${round}`, dataDir, nodeArgs, args: sargs });
+    // L4 pair. Server side first: the client's dev control plane finds it in the catalog.
+    const server = await sidecar("mesh-server", ["-service", "app", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
+    const client = await sidecar("mesh-client", ["-service", "client", "-upstream", "app:0"]);
+    const target = client.upstreams.app;
+    if (!target) throw new Error("the meshproxy client sidecar reported no upstream listener for app");
+    env.paths.mesh = { key: "mesh", target, proxies: [{ side: "client", handle: client.handle }, { side: "server", handle: server.handle }] };
+    env.startup.mesh = { clientMs: client.readyMs, serverMs: server.readyMs };
+    env.mesh = { dataDir };
+
+    // L7 (HTTP) pair: the same app as service "apphttp" with Protocol http (service-defaults),
+    // written the way an operator would, with `meshproxy config write`. For the weight shift, a
+    // second upstream "split" whose two instances (-meta version=v1|v2) front app-v1 and app-v2.
+    if (wantL7() || wantShift()) {
+      const entry = (e) => configWrite(procs, { root: mpRoot, dataDir, file: join(roundDir, `entry-${e.Kind}-${e.Name}.json`), entry: e });
+      await entry({ Kind: "service-defaults", Name: "apphttp", Protocol: "http" });
+      const upstreams = ["-upstream", "apphttp:0"];
+      const l7Servers = [await sidecar("mesh-l7-server", ["-service", "apphttp", "-listen", "127.0.0.1:0", "-service-addr", appAddr])];
+      if (wantShift()) {
+        await entry({ Kind: "service-defaults", Name: "split", Protocol: "http" });
+        await entry({ Kind: "service-resolver", Name: "split", DefaultSubset: "v1", Subsets: { v1: { Filter: "Service.Meta.version == v1" }, v2: { Filter: "Service.Meta.version == v2" } } });
+        await entry({ Kind: "service-splitter", Name: "split", Splits: [{ Weight: 100, ServiceSubset: "v1" }, { Weight: 0, ServiceSubset: "v2" }] });
+        for (const v of ["v1", "v2"]) l7Servers.push(await sidecar(`mesh-split-${v}`, ["-service", "split", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${env[v].port}`, "-meta", `version=${v}`]));
+        upstreams.push("-upstream", "split:0");
+      }
+      const l7Client = await sidecar("mesh-l7-client", ["-service", "clientl7", ...upstreams]);
+      if (!l7Client.upstreams.apphttp) throw new Error("the meshproxy L7 client sidecar reported no upstream listener for apphttp");
+      env.paths["mesh-l7"] = { key: "mesh", target: l7Client.upstreams.apphttp, proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[0].handle }] };
+      if (wantShift()) {
+        await untilDump(l7Client.adminAddr, (d) => Object.entries(d.clusters ?? {}).filter(([k, c]) => /^v[12]\./.test(k) && c.endpoints?.length > 0).length >= 2, "both split subsets to have endpoints in the L7 client");
+        env.paths["mesh-split"] = {
+          key: "mesh",
+          target: l7Client.upstreams.split,
+          proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[1].handle }, { side: "server2", handle: l7Servers[2].handle }],
+          admin: l7Client.adminAddr,
+        };
+      }
+    }
+  }
+
+  if (cfg.paths.includes("haproxy")) {
+    const dir = join(tmp, "haproxy");
+    const [sL4, sL7, cL4, cL7, sV1, sV2, cSplit] = await freePorts(7);
+    const split = wantShift();
+    const maxconn = Math.min(9990, Math.max(2000, cfg.idleConns + 50));
+    const sock = (side) => join(roundDir, `haproxy-${side}.sock`);
+    const server = await startHaproxy(
+      procs,
+      `haproxy-server-r${round}`,
+      join(roundDir, "haproxy-server.cfg"),
+      serverConfig({ l4Port: sL4, l7Port: sL7, appPort: env.app.port, dir, maxconn, statsSocket: sock("server"), split: split ? { v1: { port: sV1, appPort: env.v1.port }, v2: { port: sV2, appPort: env.v2.port } } : null }),
+      sL4,
+    );
+    const client = await startHaproxy(
+      procs,
+      `haproxy-client-r${round}`,
+      join(roundDir, "haproxy-client.cfg"),
+      clientConfig({ l4Port: cL4, l7Port: cL7, serverL4Port: sL4, serverL7Port: sL7, sni: ca.sni, dir, maxconn, statsSocket: sock("client"), split: split ? { port: cSplit, serverV1Port: sV1, serverV2Port: sV2 } : null }),
+      cL4,
+    );
+    const proxies = [
+      { side: "client", handle: client.handle, statsSocket: sock("client") },
+      { side: "server", handle: server.handle, statsSocket: sock("server") },
+    ];
+    env.paths.haproxy = { key: "haproxy", target: `127.0.0.1:${cL4}`, proxies };
+    env.paths["haproxy-l7"] = { key: "haproxy", target: `127.0.0.1:${cL7}`, proxies };
+    if (split) env.paths["haproxy-split"] = { key: "haproxy", target: `127.0.0.1:${cSplit}`, proxies, statsSocket: sock("client") };
+    env.startup.haproxy = { clientMs: client.readyMs, serverMs: server.readyMs };
+  }
+  return env;
+}
+
+async function stopRound(env) {
+  const handles = [];
+  for (const p of Object.values(env.paths)) for (const x of p.proxies) if (!handles.includes(x.handle)) handles.push(x.handle);
+  await Promise.all(handles.map((h) => procs.stop(h, { graceMs: args["cpu-prof"] ? 15_000 : 3000 })));
+  await Promise.all(env.apps.map((a) => procs.stop(a.handle)));
+}
+
+// ─── workloads ──────────────────────────────────────────────────────────────────────────────
+const url = (target) => `http://${target}/`;
+
+const WORKLOADS = {
+  async keepalive(path) {
+    const r = await measured(path, () => wrk({ url: url(path.target), seconds: cfg.keepAliveS, conns: cfg.wrkConns }));
+    return { rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p999Ms: r.p999Ms, requests: r.requests, errors: r.errors, proxyCpuS: r.proxyCpuS, proxyCpuPer10k: per10k(r.proxyCpuS, r.requests), clientCpuPer10k: per10k(r.proxyCpuBySide.client, r.requests), serverCpuPer10k: per10k(r.proxyCpuBySide.server, r.requests), ...peaks(r), loadavg1: r.loadavg1 };
+  },
+  async "l7-keepalive"(path) {
+    return WORKLOADS.keepalive(path);
+  },
+  async newconn(path) {
+    const r = await measured(path, () => wrk({ url: url(path.target), seconds: cfg.newConnS, conns: cfg.newConnConns, headers: ["Connection: close"] }));
+    // HAProxy: check that the pair really resumed TLS sessions (server side's reuse %).
+    const sock = path.proxies.find((p) => p.side === "server")?.statsSocket;
+    const info = sock ? await haproxyInfo(sock) : null;
+    return { ...(info ? { tlsSessionReusePct: info.SslFrontendSessionReuse_pct } : {}), rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, requests: r.requests, errors: r.errors, proxyCpuS: r.proxyCpuS, proxyCpuPer10k: per10k(r.proxyCpuS, r.requests), ...peaks(r), loadavg1: r.loadavg1 };
+  },
+  async bulk(path) {
+    const r = await measured(path, () => nodeTool("bulk-client", "bulk-client.mjs", ["--target", path.target, "--bytes", String(cfg.bulkBytes)]));
+    return { mbPerS: r.mbPerS, seconds: r.seconds, bytes: r.bytes, proxyCpuS: r.proxyCpuS, proxyCpuPerGiB: typeof r.proxyCpuS === "number" ? r.proxyCpuS / (r.bytes / 2 ** 30) : null, ...peaks(r), loadavg1: r.loadavg1 };
+  },
+  latency: (rate) => async (path) => {
+    const r = await measured(path, () =>
+      nodeTool("latency-client", "latency-client.mjs", ["--target", path.target, "--rate", String(rate), "--duration", String(cfg.latencyS), "--warmup", String(cfg.latencyWarmupS), "--conns", String(cfg.latencyConns)]),
+    );
+    return { p50Ms: r.p50Ms, p90Ms: r.p90Ms, p99Ms: r.p99Ms, p999Ms: r.p999Ms, maxMs: r.maxMs, achievedRate: r.achievedRate, errors: r.errors, delayedByQueue: r.delayedByQueue, proxyCpuS: r.proxyCpuS, proxyCpuPer10k: per10k(r.proxyCpuS, r.completed), ...peaks(r), loadavg1: r.loadavg1 };
+  },
+  /**
+   * Weight change under load: 1,000 req/s (open loop) to an upstream whose traffic all goes to
+   * v1; after shiftAtS seconds, all of it is moved to v2 — meshproxy: `meshproxy config write` of
+   * a service-splitter 0/100; HAProxy: `set weight split/v2 100; set weight split/v1 0` on the
+   * runtime socket. Measured: failed requests, time from the command to the first v2 answer and
+   * to the last v1 answer, and latency before vs. in the second after the change.
+   */
+  async "weight-shift"(path, env) {
+    const h = procs.spawn("latency-client", process.execPath, [join(LIB, "latency-client.mjs"), "--target", path.target, "--rate", "1000", "--duration", String(cfg.shiftTotalS), "--warmup", "0", "--conns", String(cfg.latencyConns), "--tally"], { role: "load" });
+    const started = JSON.parse((await h.waitForLine((e) => e.stream === "stdout" && e.line.startsWith('{"started"'), 10_000)).line).started;
+    await sleep(Math.max(0, started + cfg.shiftAtS * 1000 - Date.now()));
+    const cmdAt = Date.now();
+    if (path.statsSocket) {
+      const reply = await haproxyCommand(path.statsSocket, "set weight split/v2 100; set weight split/v1 0");
+      if (reply.trim()) throw new Error(`HAProxy set weight: ${reply.trim()}`);
+    } else {
+      await configWrite(procs, { root: mpRoot, dataDir: env.mesh.dataDir, file: join(tmp, `round-${env.round}`, "entry-splitter-shift.json"), entry: { Kind: "service-splitter", Name: "split", Splits: [{ Weight: 0, ServiceSubset: "v1" }, { Weight: 100, ServiceSubset: "v2" }] } });
+    }
+    const cmdMs = Date.now() - cmdAt;
+    const { code } = await h.exited;
+    const line = h.stdout().trim().split("\n").pop();
+    if (code !== 0 || !line) throw new Error(`latency-client (pid ${h.pid}) failed (exit ${code}): ${h.stderr().slice(-2000)}`);
+    const r = JSON.parse(line);
+    const rel = cmdAt - started; // command time on the client's clock (ms since it started)
+    const samples = r.samples;
+    const failed = r.errors + r.unfinished; // non-200 answers, broken connections, no answer in time
+    const firstV2 = samples.filter((x) => x[2] === "v2").map((x) => x[0]).sort((a, b) => a - b)[0];
+    const lastV1 = samples.filter((x) => x[2] === "v1").map((x) => x[0]).sort((a, b) => b - a)[0];
+    const p99 = (xs) => {
+      const v = xs.sort((a, b) => a - b);
+      return v.length ? v[Math.min(v.length - 1, Math.ceil(0.99 * v.length) - 1)] : null;
+    };
+    const before = p99(samples.filter((x) => x[0] >= 500 && x[0] < rel).map((x) => x[1]));
+    const after = p99(samples.filter((x) => x[0] >= rel && x[0] < rel + 1000).map((x) => x[1]));
+    return {
+      requests: samples.length,
+      failed,
+      commandMs: cmdMs,
+      firstNewMs: firstV2 !== undefined ? firstV2 - rel : null,
+      lastOldMs: lastV1 !== undefined ? Math.max(0, lastV1 - rel) : null,
+      p99BeforeMs: before,
+      p99AfterMs: after,
+      achievedRate: r.achievedRate,
+    };
+  },
+  async idle(path, env) {
+    const n = cfg.idleConns;
+    const base = (await appStats(env.app.port)).open;
+    const rssBefore = Object.fromEntries(path.proxies.map((p) => [p.side, memory(p.handle.pid)?.rssKb ?? null]));
+    for (const p of path.proxies) resetPeak(p.handle.pid);
+    const holder = procs.spawn("idle-holder", process.execPath, [join(LIB, "idle-holder.mjs"), "--target", path.target, "--stats", `127.0.0.1:${env.app.port}`, "--n", String(n), "--wave", String(cfg.idleWave), "--timeout", "240"], { role: "load" });
+    let established;
+    try {
+      established = JSON.parse((await holder.waitForLine((e) => e.stream === "stdout" && e.line.startsWith('{"established"'), 250_000)).line);
+      await sleep(1000); // let allocations settle before reading RSS
+    } catch (e) {
+      await procs.stop(holder);
+      throw e;
+    }
+    const rssAfter = Object.fromEntries(path.proxies.map((p) => [p.side, memory(p.handle.pid)?.rssKb ?? null]));
+    const hwm = Object.fromEntries(path.proxies.map((p) => [p.side, memory(p.handle.pid)?.hwmKb ?? null]));
+    await procs.stop(holder);
+    // Wait until the connections are gone end to end before the next path runs.
+    const deadline = performance.now() + 60_000;
+    while ((await appStats(env.app.port)).open > base + 2 && performance.now() < deadline) await sleep(50);
+    const per = (side) => (rssAfter[side] !== null && rssBefore[side] !== null ? (rssAfter[side] - rssBefore[side]) / n : null);
+    return {
+      n,
+      establishS: established.ms / 1000,
+      rssBeforeClientMb: rssBefore.client / 1024,
+      rssBeforeServerMb: rssBefore.server / 1024,
+      rssAfterClientMb: rssAfter.client / 1024,
+      rssAfterServerMb: rssAfter.server / 1024,
+      perConnClientKb: per("client"),
+      perConnServerKb: per("server"),
+      rssWithConnsMaxMb: Math.max(hwm.client ?? 0, hwm.server ?? 0) / 1024,
+    };
+  },
+};
+
+function peaks(r) {
+  const v = Object.values(r.peakRssMb ?? {});
+  return v.length ? { peakRssMaxMb: Math.max(...v), peakClientMb: r.peakRssMb.client, peakServerMb: r.peakRssMb.server } : {};
+}
+
+function rotate(xs, k) {
+  const i = ((k % xs.length) + xs.length) % xs.length;
+  return [...xs.slice(i), ...xs.slice(0, i)];
+}
+
+// ─── CPU profile summary (--cpu-prof) ───────────────────────────────────────────────────────
+async function summarizeProfiles(dir) {
+  let files;
+  try {
+    files = (await readdir(dir)).filter((f) => f.endsWith(".cpuprofile"));
+  } catch {
+    return null;
+  }
+  const out = [];
+  for (const f of files) {
+    const prof = JSON.parse(readFileSync(join(dir, f), "utf8"));
+    const self = new Map();
+    const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+    const dt = new Map();
+    for (let i = 0; i < prof.samples.length; i++) dt.set(prof.samples[i], (dt.get(prof.samples[i]) ?? 0) + (prof.timeDeltas[i] ?? 0));
+    let total = 0;
+    for (const [id, us] of dt) {
+      const n = byId.get(id);
+      const cf = n.callFrame;
+      const key = `${cf.functionName || "(anonymous)"} ${cf.url ? cf.url.replace(/^.*\/(node_modules|dist|node:)/, "$1").replace(/^file:\/\//, "") : ""}${cf.lineNumber >= 0 ? `:${cf.lineNumber + 1}` : ""}`;
+      self.set(key, (self.get(key) ?? 0) + us);
+      total += us;
+    }
+    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25).map(([fn, us]) => ({ fn, ms: us / 1000, pct: (100 * us) / total }));
+    out.push({ file: f, totalMs: total / 1000, top });
+  }
+  return out;
+}
+
+// ─── main ───────────────────────────────────────────────────────────────────────────────────
+async function main() {
+  const versions = preflight();
+  await mkdir(outDir, { recursive: true });
+  if (args["cpu-prof"]) await rm(join(outDir, "prof"), { recursive: true, force: true });
+  tmp = await mkdtemp(join(tmpdir(), "meshproxy-bench-"));
+  const started = new Date();
+  const loadavgAtStart = loadavg();
+  const tStart = performance.now();
+  log(`bench: ${mode} run — paths ${cfg.paths.join(", ")}; workloads ${cfg.workloads.join(", ")}; ${cfg.rounds} round(s); ${availableParallelism()} cores`);
+
+  // One dev CA for the whole run: meshproxy's data dirs get a copy, HAProxy gets leaves from it.
+  if (args["meshproxy-rev"]) {
+    const rev = args["meshproxy-rev"];
+    const git = (gargs, opts = {}) => spawnSync("git", gargs, { cwd: ROOT, encoding: "utf8", ...opts });
+    const sha = git(["rev-parse", "--short", "--verify", `${rev}^{commit}`]);
+    if (sha.status !== 0) throw new Error(`--meshproxy-rev ${rev}: not a commit of ${ROOT}: ${sha.stderr.trim()}`);
+    const src = join(tmp, "meshproxy-src");
+    await mkdir(src, { recursive: true });
+    const tar = join(tmp, "meshproxy-src.tar");
+    if (git(["archive", "-o", tar, sha.stdout.trim()]).status !== 0) throw new Error(`git archive ${sha.stdout.trim()} failed`);
+    if (spawnSync("tar", ["-xf", tar, "-C", src]).status !== 0) throw new Error("tar -xf of the archived commit failed");
+    await symlink(join(ROOT, "node_modules"), join(src, "node_modules"), "dir");
+    log(`bench: building meshproxy at commit ${sha.stdout.trim()} (tsc)`);
+    const b = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(src, "tsconfig.json")], { stdio: "inherit" });
+    if (b.status !== 0) throw new Error(`building commit ${sha.stdout.trim()} failed`);
+    MP_SRC = src;
+    versions.meshproxy = `commit ${sha.stdout.trim()} (git archive, built for this run)`;
+  }
+  // Snapshot dist/ (with node_modules linked) so that a rebuild of the tree during the run
+  // cannot change the proxy between rounds.
+  mpRoot = join(tmp, "meshproxy");
+  await mkdir(mpRoot, { recursive: true });
+  await cp(join(MP_SRC, "dist"), join(mpRoot, "dist"), { recursive: true });
+  await copyFile(join(MP_SRC, "package.json"), join(mpRoot, "package.json"));
+  await symlink(join(existsSync(join(MP_SRC, "node_modules")) ? MP_SRC : ROOT, "node_modules"), join(mpRoot, "node_modules"), "dir");
+  const { createRootCa, issueLeaf } = await import(pathToFileURL(join(mpRoot, "dist", "index.js")).href);
+  const trustDomain = `${crypto.randomUUID()}.consul`;
+  const root = await createRootCa(trustDomain);
+  const sni = `app.default.dc1.internal.${trustDomain}`;
+  const ca = { ...root, trustDomain, sni };
+  if (cfg.paths.includes("haproxy")) {
+    const dir = join(tmp, "haproxy");
+    await mkdir(dir, { recursive: true });
+    const spiffe = (svc) => `spiffe://${trustDomain}/ns/default/dc/dc1/svc/${svc}`;
+    // CN = the SNI name: HAProxy checks the server certificate's name against the SNI it sends.
+    const server = await issueLeaf(root, { spiffeId: spiffe("app"), commonName: sni, ttlMs: 24 * 3600_000 });
+    const client = await issueLeaf(root, { spiffeId: spiffe("client"), commonName: "client", ttlMs: 24 * 3600_000 });
+    await writeHaproxyCerts(dir, { rootPem: root.certPem, server, client });
+  }
+
+  const runs = [];
+  const push = (round, workload, path, metrics) => {
+    runs.push({ round, workload, path, metrics });
+  };
+  for (let round = 1; round <= cfg.rounds; round++) {
+    log(`bench: round ${round}/${cfg.rounds}: starting processes`);
+    const env = await startRound(round, ca);
+    await sleep(1000);
+    for (const [key, s] of Object.entries(env.startup)) {
+      const p = env.paths[key];
+      const rss = Object.fromEntries(p.proxies.map((x) => [x.side, (memory(x.handle.pid)?.rssKb ?? 0) / 1024]));
+      const anon = Object.fromEntries(p.proxies.map((x) => [x.side, (memory(x.handle.pid)?.rssAnonKb ?? 0) / 1024]));
+      push(round, "startup", key, {
+        maxMs: Math.max(s.clientMs, s.serverMs),
+        clientMs: s.clientMs,
+        serverMs: s.serverMs,
+        idleRssMaxMb: Math.max(rss.client, rss.server),
+        idleRssClientMb: rss.client,
+        idleRssServerMb: rss.server,
+        idleRssAnonMaxMb: Math.max(anon.client, anon.server),
+      });
+      log(`  startup ${key}: client ${s.clientMs.toFixed(0)} ms, server ${s.serverMs.toFixed(0)} ms; idle RSS client ${rss.client.toFixed(1)} MB, server ${rss.server.toFixed(1)} MB`);
+    }
+    if (cfg.warmupS > 0) {
+      for (const p of [...cfg.paths, "mesh-l7", "haproxy-l7", "mesh-split", "haproxy-split"]) {
+        if (env.paths[p]) await wrk({ url: url(env.paths[p].target), seconds: cfg.warmupS, conns: p.endsWith("split") ? cfg.latencyConns : cfg.wrkConns });
+      }
+    }
+    const peakByPath = {};
+    let wi = 0;
+    for (const w of cfg.workloads) {
+      if (w === "idle" && round <= cfg.rounds - cfg.idleRounds) continue;
+      const variants = w === "latency" ? cfg.rates.map((rate) => [`latency-${rate}`, WORKLOADS.latency(rate)]) : [[w, WORKLOADS[w]]];
+      for (const [name, fn] of variants) {
+        if (!fn) throw new Error(`unknown workload "${w}"`);
+        let paths =
+          w === "l7-keepalive"
+            ? ["mesh-l7", "haproxy-l7"].filter((p) => env.paths[p])
+            : w === "weight-shift"
+              ? ["mesh-split", "haproxy-split"].filter((p) => env.paths[p])
+              : w === "idle"
+                ? cfg.paths.filter((p) => p !== "direct")
+                : cfg.paths;
+        paths = rotate(paths, round - 1 + wi++);
+        for (const p of paths) {
+          const path = env.paths[p];
+          const t = performance.now();
+          const m = await fn(path, env);
+          const pathKey = env.paths[p].key;
+          push(round, name, pathKey, m);
+          if (m.peakRssMaxMb !== undefined && !["l7-keepalive", "weight-shift"].includes(w)) peakByPath[pathKey] = Math.max(peakByPath[pathKey] ?? 0, m.peakRssMaxMb);
+          log(`  ${name.padEnd(13)} ${p.padEnd(10)} ${describe(name, m)}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
+        }
+      }
+    }
+    for (const [p, v] of Object.entries(peakByPath)) if (p !== "direct") push(round, "peak", p, { peakRssMaxMb: v });
+    await stopRound(env);
+  }
+
+  const summary = summarize(runs);
+  const rows = figures(summary, runs, cfg);
+  const tgs = targets(summary, runs, rows);
+  const table = renderTable(rows);
+  const targetTable = renderTargets(tgs);
+  const meta = {
+    date: started.toISOString(),
+    command,
+    mode,
+    nproc: availableParallelism(),
+    cpuModel: cpus()[0]?.model ?? "unknown",
+    memoryGb: totalmem() / 2 ** 30,
+    kernel: release(),
+    versions,
+    fdLimit: fdLimit(),
+    durationS: (performance.now() - tStart) / 1000,
+    loadavgAtStart,
+    loadavgAtEnd: loadavg(),
+  };
+  let profiles = null;
+  if (args["cpu-prof"]) {
+    await cleanup();
+    profiles = await summarizeProfiles(join(outDir, "prof"));
+  }
+  const results = {
+    meta,
+    config: cfg,
+    paths: {
+      direct: "load client → app (no proxy)",
+      mesh: "load client → meshproxy client sidecar (upstream listener) → mTLS → meshproxy server sidecar (public listener) → app",
+      haproxy: "load client → HAProxy (mode tcp) → mTLS (client cert, verify required, session reuse) → HAProxy (mode tcp, ssl verify required) → app; nbthread 1 per side",
+      "haproxy-l7": "as haproxy, both sides mode http with keep-alive to the next hop (the HAProxy column of the L7 rows)",
+      "mesh-l7": "as mesh, with the upstream service's protocol set to http (service-defaults), so both sidecars route HTTP and keep connections to the next hop alive (the meshproxy column of the L7 rows)",
+      "weight-shift": "an L7 upstream with two versions (v1, v2 apps, each behind its own server-side proxy); all traffic moves from v1 to v2 under 1,000 req/s",
+    },
+    processes: procs.records,
+    runs,
+    summary,
+    figures: rows,
+    targets: tgs,
+    profiles,
+  };
+  await writeFile(join(outDir, "results.json"), JSON.stringify(results, null, 2) + "\n");
+  const md = renderMarkdown(meta, table, targetTable, cfg, profiles);
+  await writeFile(join(outDir, "results.md"), md);
+  process.stdout.write(`\n${table}\n\n${targetTable}\n\n`);
+  log(`bench: wrote ${join(outDir, "results.json")} and results.md (${meta.durationS.toFixed(0)} s)`);
+  if (writeResultsMd) {
+    await writeFile(join(ROOT, "bench", "RESULTS.md"), md);
+    log(`bench: rewrote bench/RESULTS.md`);
+  }
+}
+
+/** "soft/hard" open-files limit of this process (children inherit it). */
+function fdLimit() {
+  try {
+    const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? (m[1] === m[2] ? m[1] : `${m[1]} (hard ${m[2]})`) : "unknown";
+  } catch {
+    return "unknown";
+  }
+}
+
+function describe(name, m) {
+  if (name === "keepalive" || name === "l7-keepalive" || name === "newconn") return `${fmt(m.rps)} req/s  p99 ${fmt(m.p99Ms)} ms  proxy CPU ${fmt(m.proxyCpuPer10k)} s/10k${m.errors ? `  errors ${m.errors}` : ""}`;
+  if (name === "bulk") return `${fmt(m.mbPerS)} MB/s`;
+  if (name.startsWith("latency")) return `p50 ${fmt(m.p50Ms)}  p99 ${fmt(m.p99Ms)}  p99.9 ${fmt(m.p999Ms)} ms  (${fmt(m.achievedRate)} req/s${m.errors ? `, errors ${m.errors}` : ""})`;
+  if (name === "weight-shift") return `first v2 answer ${fmt(m.firstNewMs)} ms, last v1 answer ${fmt(m.lastOldMs)} ms after the command (${fmt(m.commandMs)} ms); failed ${m.failed}; p99 ${fmt(m.p99BeforeMs)} → ${fmt(m.p99AfterMs)} ms`;
+  if (name === "idle") return `${fmt(m.n)} conns in ${fmt(m.establishS)} s: client ${fmt(m.perConnClientKb)} KB/conn, server ${fmt(m.perConnServerKb)} KB/conn`;
+  return "";
+}
+
+function renderMarkdown(meta, table, targetTable, cfg, profiles) {
+  const v = meta.versions;
+  const lines = [];
+  lines.push(`# meshproxy benchmark results`);
+  lines.push("");
+  lines.push(`- command: \`${meta.command}\` (${meta.mode} mode)`);
+  lines.push(`- date: ${meta.date}`);
+  lines.push(`- machine: ${meta.nproc} cores (${meta.cpuModel}), ${meta.memoryGb.toFixed(1)} GiB RAM, Linux ${meta.kernel}, loopback only, fd limit ${meta.fdLimit}`);
+  lines.push(`- software: meshproxy ${v.meshproxy}; node ${v.node} (OpenSSL ${v.openssl})${v.haproxy ? `, HAProxy ${v.haproxy}` : ""}${v.wrk ? `, wrk ${v.wrk}` : ""}`);
+  lines.push(`- load average (1 min) at the start: ${meta.loadavgAtStart[0].toFixed(2)}, at the end: ${meta.loadavgAtEnd[0].toFixed(2)}`);
+  lines.push(`- ${cfg.rounds} round(s), fresh processes each round, paths interleaved per workload (order rotating); medians over rounds; the run took ${meta.durationS.toFixed(0)} s`);
+  lines.push(
+    `- workloads: keep-alive \`wrk -t1 -c${cfg.wrkConns} -d${cfg.keepAliveS}s\`; new connection per request \`wrk -t1 -c${cfg.newConnConns} -d${cfg.newConnS}s -H "Connection: close"\`; bulk ${(cfg.bulkBytes / MiB).toLocaleString("en-US")} MiB on one connection; fixed rate ${cfg.rates.map((r) => r.toLocaleString("en-US")).join(" and ")} req/s open loop over ${cfg.latencyConns} keep-alive connections for ${cfg.latencyS} s (after ${cfg.latencyWarmupS} s warm-up); ${cfg.idleConns.toLocaleString("en-US")} idle connections held through each pair`,
+  );
+  lines.push("");
+  lines.push("## Results");
+  lines.push("");
+  lines.push(table);
+  lines.push("");
+  lines.push("## Targets (issue 6; ratios against HAProxy in the same run)");
+  lines.push("");
+  lines.push(targetTable);
+  lines.push("");
+  lines.push("## How to read this");
+  lines.push("");
+  lines.push(
+    [
+      `- **One run on a shared ${meta.nproc}-core machine** (medians over its ${cfg.rounds} round(s)). Everything (load client, both proxies, the app) shares the same ${meta.nproc} cores, and other jobs may have been running on the machine at the same time (see the load averages above; every measured run also records the 1-minute load average in results.json). Absolute numbers drift between runs; the side-by-side ratios hold better. On 2 cores the closed-loop wrk runs are CPU-bound for every path: req/s measures the whole chain's CPU cost per request as much as the proxy's.`,
+      "- **Paths.** direct: client → app. meshproxy: client → client sidecar's upstream listener → mTLS → server sidecar's public listener → app. HAProxy: the same pair built from two HAProxy processes (`nbthread 1` each, `mode tcp`, client certificate + `verify required` on both sides, SNI, TLS session reuse), certificates from the same dev CA, the same TLS 1.3 cipher order. The L7 rows use a second meshproxy pair whose upstream service has protocol `http` (a `service-defaults` config entry written with `meshproxy config write`), and `mode http` frontends/backends in the same two HAProxy processes; both keep connections to the next hop alive. Their \"direct\" column repeats the L4 direct figure (same app, no proxy).",
+      "- **Weight change under load**: an L7 upstream with two versions (two more apps, each behind its own server-side proxy), 1,000 req/s open loop, and after a while all traffic is moved from v1 to v2 — meshproxy: `meshproxy config write` of a `service-splitter` (the command's own run time, a Node process start, is included); HAProxy: `set weight` on its runtime socket. Reported: requests that failed, time from issuing the change to the first answer from v2 and to the last answer from v1, and p99 latency before vs. in the second after the change.",
+      "- **Proxy CPU** is utime+stime from /proc/<pid>/stat of both proxy processes over the workload, divided by the requests completed. **Peak RSS** is VmHWM (reset before each workload via /proc/<pid>/clear_refs).",
+      "- **Fixed-rate latency** comes from an open-loop Node client (bench/lib/latency-client.mjs): a 1 ms pacer releases requests at the fixed rate; latency runs from release to the last response byte, including any wait for a free connection. Added latency per hop = (path − direct) / 2 (two proxies per path), paired per round. The client shares the cores with the proxies, so its scheduling jitter is part of every path's tail (the same for all paths).",
+      `- **Idle connections**: (RSS with N connections held − RSS before) / N per proxy process, N = ${cfg.idleConns.toLocaleString("en-US")}.${cfg.idleConns < 10_000 ? ` ${mode === "full" ? "Not 10,000: e" : "E"}ach proxy holds 2 sockets per proxied connection and the file-descriptor limit here is ${meta.fdLimit} per process (not raised), so 10,000 connections through a pair need more descriptors than any proxy (HAProxy or meshproxy) may open here; the per-connection figure hardly depends on N at this scale.` : ""} Measured in ${cfg.idleRounds >= cfg.rounds ? "every round" : `the last ${cfg.idleRounds} round(s) only`}; connections are opened in waves of ${cfg.idleWave} and counted at the app, so every one is established end to end.`,
+      "- **Startup to ready**: meshproxy: spawn → the `proxy ready` log line (dev control plane, CA already present, leaf issued at start). HAProxy: spawn → its listener accepting. Idle RSS is read 1 s after all processes are up, before any traffic.",
+    ].join("\n"),
+  );
+  if (profiles) {
+    lines.push("");
+    lines.push("## CPU profiles (--cpu-prof): top self time");
+    for (const p of profiles) {
+      lines.push("");
+      lines.push(`### ${p.file} (${p.totalMs.toFixed(0)} ms sampled)`);
+      lines.push("");
+      lines.push("| self ms | % | function |");
+      lines.push("|---:|---:|---|");
+      for (const t of p.top.slice(0, 15)) lines.push(`| ${t.ms.toFixed(0)} | ${t.pct.toFixed(1)} | \`${t.fn}\` |`);
+    }
+  }
+  lines.push("");
+  return lines.join("\n");
+}
+
+try {
+  await main();
+  await cleanup();
+  process.exit(0);
+} catch (e) {
+  if (!interrupted) log(`bench: ${e.stack ?? e.message}`);
+  await cleanup();
+  process.exit(interrupted ? 130 : 1);
+}
