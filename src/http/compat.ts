@@ -64,3 +64,8 @@ export async function sendBody(res: AnyResponse, body: Readable, trailers: () =>
 export function isHttp2(res: AnyResponse): res is Http2ServerResponse {
   return res instanceof Http2ServerResponse;
 }
+
+/** The `code` of an error from undici or node (e.g. UND_ERR_HEADERS_TIMEOUT), if it has one. */
+export function errorCode(e: unknown): string | undefined {
+  return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined;
+}

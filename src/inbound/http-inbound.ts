@@ -9,7 +9,7 @@ import { H2CClient, Pool, type Dispatcher } from "undici";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
-import { requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { errorCode, requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { normalizePath } from "../http/match.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
@@ -73,6 +73,10 @@ export class InboundHttp {
     this.h1 = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) =>
       this.handle(req, res, this.callers.get(req.socket)),
     );
+    // node starts tracking connections (headersTimeout, closeIdleConnections) on "listening",
+    // which a server fed with emit("connection") never sees: without this, slow headers are
+    // never timed out and draining leaves idle keep-alive connections open.
+    this.h1.emit("listening");
     this.h2 = createH2Server({}, (req, res) => this.handle(req, res, this.callers.get(req.stream.session ?? {})));
     this.h2.on("session", (session: ServerHttp2Session) => {
       if (this.connecting) this.callers.set(session, this.connecting);
@@ -214,21 +218,23 @@ export class InboundHttp {
     // The app's spans become children of this hop's server span.
     if (this.obs.tracing && rec.span) this.obs.tracing.inject(rec.span, headers);
     const hasBody = requestHasBody(req);
+    // Aborted only when the caller leaves before its answer is complete; the app's time to answer
+    // is undici's header timer, so a normal request allocates no timer and no abort reason.
     const ac = new AbortController();
-    const timer = this.config.requestTimeoutMs > 0 ? setTimeout(() => ac.abort(), this.config.requestTimeoutMs) : null;
-    res.once("close", () => ac.abort());
+    res.once("close", () => {
+      if (!res.writableFinished) ac.abort();
+    });
+    const timeoutMs = this.config.requestTimeoutMs;
     try {
-      const r = await this.pool.request({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, signal: ac.signal });
-      if (timer) clearTimeout(timer);
+      const r = await this.pool.request({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, signal: ac.signal, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 });
       const out: Record<string, string | string[] | undefined> = { ...r.headers };
       stripHopByHop(out);
       writeHead(res, r.statusCode, out);
       rec.status = r.statusCode;
       await sendBody(res, r.body, () => r.trailers);
     } catch (e) {
-      if (timer) clearTimeout(timer);
       if (res.headersSent || res.destroyed) return;
-      const timedOut = ac.signal.aborted;
+      const timedOut = errorCode(e) === "UND_ERR_HEADERS_TIMEOUT";
       this.log.warn("local app request failed", { app: this.poolFor, error: (e as Error).message, timed_out: timedOut });
       this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${this.config.requestTimeoutMs} ms` : `local app ${this.poolFor}: ${(e as Error).message}`, rec);
     }

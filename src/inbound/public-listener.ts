@@ -6,7 +6,7 @@ import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import type { PublicListener as PublicListenerConfig, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { CompiledIntentions } from "../authz/intentions.js";
-import { CompiledL7Intentions } from "../authz/l7.js";
+import { CompiledL7Intentions, type SourceAuthorizer } from "../authz/l7.js";
 import { InboundHttp, type InboundHttpConfig } from "./http-inbound.js";
 import { identifyPeer } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
@@ -182,17 +182,18 @@ export class PublicListener {
     });
     s.on("error", () => s.destroy());
     const state = this.state;
-    const cert = s.getPeerCertificate();
-    if (!cert || Object.keys(cert).length === 0) return this.refuse(s, "no_client_cert", "client presented no certificate");
+    // Only the SAN is needed: getPeerX509Certificate() skips building the full certificate object.
+    const cert = s.getPeerX509Certificate();
+    if (!cert) return this.refuse(s, "no_client_cert", "client presented no certificate");
     if (!s.authorized) {
       const code = String(s.authorizationError);
       return this.refuse(s, rejectionFor(code), `client certificate not trusted: ${code}`);
     }
-    const peer = identifyPeer(cert.subjectaltname, state.trustDomain);
+    const peer = identifyPeer(cert.subjectAltName, state.trustDomain);
     if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
     if (state.l7 && state.http) {
       this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log, this.obs);
-      this.inboundHttp.accept(s, state.l7.forSource(peer.id.service), peer.uri);
+      this.inboundHttp.accept(s, this.currentAuthorizer(peer.id.service, state.l7), peer.uri);
       return;
     }
     const decision = state.intentions.authorize(peer.id.service);
@@ -200,6 +201,21 @@ export class PublicListener {
       return this.refuse(s, "denied_by_intention", decision.reason, { source: peer.id.service, destination: state.service });
     }
     this.dialLocalApp(s, state, peer.id.service);
+  }
+
+  /**
+   * Each request is checked against the intentions in force when it arrives, not those the
+   * connection was accepted under: a pooled keep-alive connection lives as long as traffic flows,
+   * so a revoked permission would otherwise never stop applying. forSource is a cached lookup.
+   */
+  private currentAuthorizer(source: string, accepted: CompiledL7Intentions): SourceAuthorizer {
+    const current = () => (this.state.l7 ?? accepted).forSource(source);
+    return {
+      get intention() {
+        return current().intention;
+      },
+      authorize: (req) => current().authorize(req),
+    };
   }
 
   private dialLocalApp(s: TLSSocket, state: InboundState, source: string): void {

@@ -9,7 +9,7 @@ import { normalizePath } from "../http/match.js";
 import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
-import { requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { errorCode, requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { isConnectFailure } from "../cluster/pools.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
@@ -329,7 +329,6 @@ export class HttpRouter {
     timeoutMs: number,
     clientGone: AbortSignal,
   ): Promise<{ outcome: AttemptOutcome; response: Dispatcher.ResponseData | null }> {
-    const perTry = AbortSignal.timeout(Math.max(1, timeoutMs));
     host.activeRequests++;
     let released = false;
     const release = () => {
@@ -343,7 +342,9 @@ export class HttpRouter {
         path,
         headers,
         body,
-        signal: AbortSignal.any([perTry, clientGone]),
+        // undici's own header timer is the per-try timeout: no timer or signal object per attempt.
+        headersTimeout: Math.max(1, Math.ceil(timeoutMs)),
+        signal: clientGone,
       });
       r.body.once("close", release);
       cluster.reportResult(host, { status: r.statusCode });
@@ -351,7 +352,7 @@ export class HttpRouter {
     } catch (e) {
       release();
       if (clientGone.aborted) return { outcome: { kind: "reset" }, response: null };
-      if (perTry.aborted) {
+      if (errorCode(e) === "UND_ERR_HEADERS_TIMEOUT") {
         cluster.reportResult(host, { localOriginFailure: true });
         return { outcome: { kind: "per-try-timeout" }, response: null };
       }

@@ -1,6 +1,10 @@
-// Two sockets joined both ways: backpressure (stream.pipe pauses the faster side), half-close
-// (a FIN from one side becomes end() on the other while the reverse direction keeps flowing),
-// an idle timeout, and teardown of both when either fails.
+// Two sockets joined both ways: backpressure (a side that cannot take more pauses the other),
+// half-close (a FIN from one side becomes end() on the other while the reverse direction keeps
+// flowing), an idle timeout, and teardown of both when either fails.
+//
+// This is the L4 hot path, so it does per chunk only what it must: one write, and a pause when
+// the write is queued. stream.pipe() keeps more state per chunk, and socket.setTimeout re-arms
+// a timer on every read and write; idleness is instead checked by one sweep for all pipes.
 import type { Socket } from "node:net";
 
 export interface PipeResult {
@@ -24,6 +28,48 @@ export class IdleTimeoutError extends Error {
   }
 }
 
+interface Live {
+  lastActive: number;
+  readonly idleMs: number;
+  readonly destroy: (reason?: Error) => void;
+}
+
+/**
+ * Idle detection for every pipe by one timer. A pipe only stamps a number when data moves; the
+ * sweep, every second, closes the pipes whose stamp is older than their idle timeout.
+ */
+const live = new Set<Live>();
+let sweeper: NodeJS.Timeout | null = null;
+let now = Date.now();
+
+function sweep(): void {
+  now = Date.now();
+  for (const p of live) if (now - p.lastActive >= p.idleMs) p.destroy(new IdleTimeoutError(p.idleMs));
+  if (live.size === 0 && sweeper) {
+    clearInterval(sweeper);
+    sweeper = null;
+  }
+}
+
+function track(p: Live): void {
+  live.add(p);
+  if (!sweeper) {
+    now = Date.now();
+    sweeper = setInterval(sweep, Math.min(1000, Math.max(10, p.idleMs / 4)));
+    sweeper.unref();
+  }
+}
+
+/** Moves data from `src` to `dst`, pausing `src` while `dst` has queued writes. */
+function forward(src: Socket, dst: Socket, stamp: Live | null): void {
+  src.on("data", (chunk: Buffer) => {
+    if (stamp) stamp.lastActive = now;
+    if (!dst.write(chunk)) src.pause();
+  });
+  dst.on("drain", () => src.resume());
+  src.once("end", () => dst.end());
+}
+
 export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onClose: (r: PipeResult) => void): Pipe {
   let error: Error | null = null;
   let open = 2;
@@ -32,24 +78,24 @@ export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onC
     down.destroy();
     up.destroy();
   };
+  const stamp: Live | null = idleTimeoutMs > 0 ? { lastActive: Date.now(), idleMs: idleTimeoutMs, destroy } : null;
+  if (stamp) track(stamp);
   const closed = (other: Socket) => (hadError: boolean) => {
     // A clean close means this side's read ended and its write finished, which (through the
-    // pipes) means the other side's read ended too: it closes by itself once its writes flush.
-    // Anything else (an error, a reset, a destroy) tears the other side down now.
+    // forwarding) means the other side's read ended too: it closes by itself once its writes
+    // flush. Anything else (an error, a reset, a destroy) tears the other side down now.
     if (hadError || !other.readableEnded) other.destroy();
-    if (--open === 0) onClose({ downstreamBytesIn: down.bytesRead, upstreamBytesIn: up.bytesRead, error });
+    if (--open === 0) {
+      if (stamp) live.delete(stamp);
+      onClose({ downstreamBytesIn: down.bytesRead, upstreamBytesIn: up.bytesRead, error });
+    }
   };
   const failed = (e: Error) => destroy(e);
   down.on("error", failed);
   up.on("error", failed);
   down.once("close", closed(up));
   up.once("close", closed(down));
-  if (idleTimeoutMs > 0) {
-    const idle = () => destroy(new IdleTimeoutError(idleTimeoutMs));
-    down.setTimeout(idleTimeoutMs, idle);
-    up.setTimeout(idleTimeoutMs, idle);
-  }
-  down.pipe(up);
-  up.pipe(down);
+  forward(down, up, stamp);
+  forward(up, down, stamp);
   return { destroy };
 }
