@@ -1,7 +1,7 @@
 // `meshproxy intention create|delete|list|check`, mirroring `consul intention`, against the dev
 // control plane's intentions.json. Running proxies pick changes up within about a second.
 import { readIntentions, writeIntentions, StateError, paths } from "../controlplane/dev/state.js";
-import { authorize, precedence, sortByPrecedence } from "../authz/intentions.js";
+import { authorize, hasPermissions, precedence, sortByPrecedence } from "../authz/intentions.js";
 import { isValidServiceName } from "../config/validate.js";
 import type { Intention } from "../config/snapshot.js";
 import { UsageError } from "./args.js";
@@ -56,7 +56,8 @@ export async function runIntention(
       return 0;
     }
     case "list": {
-      const rows = sortByPrecedence(policy.intentions).map((it) => [it.source, "=>", it.destination, it.action, String(precedence(it)), it.description ?? ""]);
+      // An L7 intention has no action of its own: its permissions decide, request by request.
+      const rows = sortByPrecedence(policy.intentions).map((it) => [it.source, "=>", it.destination, hasPermissions(it) ? "L7" : it.action, String(precedence(it)), it.description ?? ""]);
       const table = [["Source", "", "Destination", "Action", "Precedence", "Description"], ...rows];
       const widths = table[0]!.map((_, c) => Math.max(...table.map((r) => r[c]!.length)));
       for (const r of table) out(r.map((v, c) => v.padEnd(widths[c]!)).join("  ").trimEnd() + "\n");

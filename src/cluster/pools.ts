@@ -32,8 +32,10 @@ export function isConnectFailure(e: unknown): e is ConnectFailure {
   return e instanceof ConnectFailure;
 }
 
+// maxConnections is part of the key: undici fixes a Pool's connection count at construction, so a
+// new MaxConnections takes a new pool (the old one finishes its requests and closes).
 function poolKey(t: PoolTarget, tlsKey: string): string {
-  return `${t.host}:${t.port}|${t.sni}|${t.expectedSpiffeId}|${t.http2 ? "h2" : "h1"}|${tlsKey}`;
+  return `${t.host}:${t.port}|${t.sni}|${t.expectedSpiffeId}|${t.http2 ? "h2" : "h1"}|${t.maxConnections}|${tlsKey}`;
 }
 
 /**

@@ -14,6 +14,8 @@ import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
 
 export interface ClusterHost extends HostState {
   readonly pool: PoolTarget;
+  /** The host's connection pool, looked up on first use. */
+  dispatcher?: Pool;
 }
 
 /** One host as the admin API's /clusters shows it. */
@@ -197,8 +199,9 @@ export class ClusterRuntime {
     return this.available.some((h) => !exclude.has(h.key));
   }
 
+  /** Cached per host: hosts are rebuilt on every Snapshot, so the cache never outlives its TLS material. */
   poolFor(h: ClusterHost): Pool {
-    return this.pools.get(h.pool, this.tls);
+    return (h.dispatcher ??= this.pools.get(h.pool, this.tls));
   }
 
   reportResult(h: ClusterHost, r: { status?: number; localOriginFailure?: boolean }): void {

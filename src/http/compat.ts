@@ -4,7 +4,7 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { Http2ServerResponse, type Http2ServerRequest } from "node:http2";
 import type { Readable } from "node:stream";
-import { once } from "node:events";
+import { EventEmitter, once } from "node:events";
 import { finished } from "node:stream/promises";
 import type { HeaderRecord } from "./headers.js";
 
@@ -68,4 +68,23 @@ export function isHttp2(res: AnyResponse): res is Http2ServerResponse {
 /** The `code` of an error from undici or node (e.g. UND_ERR_HEADERS_TIMEOUT), if it has one. */
 export function errorCode(e: unknown): string | undefined {
   return typeof e === "object" && e !== null && "code" in e && typeof e.code === "string" ? e.code : undefined;
+}
+
+/**
+ * A cancel handle undici accepts as a request's `signal`. An EventEmitter costs far less to make
+ * than an AbortController (an EventTarget), and one is made for every request.
+ */
+export class Cancel extends EventEmitter {
+  cancelled = false;
+
+  cancel(): void {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    this.emit("abort");
+  }
+}
+
+/** One body chunk to the client; false when it must wait for 'drain'. */
+export function writeChunk(res: AnyResponse, chunk: Buffer): boolean {
+  return res instanceof Http2ServerResponse ? res.write(chunk) : res.write(chunk);
 }

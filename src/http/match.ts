@@ -210,6 +210,23 @@ export function methodMatches(set: ReadonlySet<string> | null, method: string): 
   return LOWER.test(method) && set.has(method.toUpperCase());
 }
 
+const ABSOLUTE_FORM = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i;
+
+/**
+ * The origin-form of a request target (RFC 9112 §3.2): an absolute-form target, as clients
+ * talking to a proxy send it (`http://api/admin?x`), becomes `/admin?x`, as Envoy's connection
+ * manager rewrites it before routing and RBAC. Without this, `GET http://api/admin` would be
+ * authorized as a path that no `/admin` rule matches and then reach the app, which reads it as
+ * /admin. Other targets are returned unchanged.
+ */
+export function originForm(target: string): string {
+  if (target.charCodeAt(0) === 47 /* '/' */) return target;
+  const m = ABSOLUTE_FORM.exec(target);
+  if (m === null) return target;
+  const rest = target.slice(m[0].length);
+  return rest.startsWith("/") ? rest : `/${rest}`;
+}
+
 const UNRESERVED = /^[A-Za-z0-9\-._~]$/;
 const PCT = /%([0-9a-fA-F]{2})/g;
 

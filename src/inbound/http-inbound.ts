@@ -9,8 +9,8 @@ import { H2CClient, Pool, type Dispatcher } from "undici";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
-import { errorCode, requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
-import { normalizePath } from "../http/match.js";
+import { Cancel, errorCode, requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { normalizePath, originForm } from "../http/match.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
 import { joinSockets } from "../tcp/pipe.js";
@@ -183,7 +183,7 @@ export class InboundHttp {
 
   private async authorizeAndForward(req: Req, res: Res, caller: Caller | undefined, rec: InboundRecord): Promise<void> {
     if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection", rec);
-    const url = req.url ?? "/";
+    const url = originForm(req.url ?? "/");
     const q = url.indexOf("?");
     // Authorize the path the app will see, normalized: `/./admin` and `/%61dmin` are `/admin`.
     const decision = caller.authorizer.authorize({
@@ -220,13 +220,13 @@ export class InboundHttp {
     const hasBody = requestHasBody(req);
     // Aborted only when the caller leaves before its answer is complete; the app's time to answer
     // is undici's header timer, so a normal request allocates no timer and no abort reason.
-    const ac = new AbortController();
+    const gone = new Cancel();
     res.once("close", () => {
-      if (!res.writableFinished) ac.abort();
+      if (!res.writableFinished) gone.cancel();
     });
     const timeoutMs = this.config.requestTimeoutMs;
     try {
-      const r = await this.pool.request({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, signal: ac.signal, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 });
+      const r = await this.pool.request({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, signal: gone, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 });
       const out: Record<string, string | string[] | undefined> = { ...r.headers };
       stripHopByHop(out);
       writeHead(res, r.statusCode, out);
@@ -243,9 +243,13 @@ export class InboundHttp {
   /** WebSocket and other upgrades: authorize, then a raw pipe to the app with the head replayed. */
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const caller = this.callers.get(req.socket);
+    // As for requests: the app is sent the origin-form, normalized path that was authorized.
+    const url = originForm(req.url ?? "/");
+    const q = url.indexOf("?");
+    const path = normalizePath(q < 0 ? url : url.slice(0, q));
     const decision = caller?.authorizer.authorize({
       method: req.method ?? "GET",
-      path: normalizePath((req.url ?? "/").split("?")[0]!),
+      path,
       header: (n: string) => {
         const v = req.headers[n];
         return Array.isArray(v) ? v.join(", ") : v;
@@ -259,7 +263,7 @@ export class InboundHttp {
     app.once("error", () => socket.destroy());
     app.once("connect", () => {
       app.removeAllListeners("error");
-      let headText = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      let headText = `${req.method} ${path}${q < 0 ? "" : url.slice(q)} HTTP/1.1\r\n`;
       for (let i = 0; i < req.rawHeaders.length; i += 2) headText += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
       headText += `x-forwarded-client-cert: By=${this.config.spiffeId};URI=${caller.uri}\r\n\r\n`;
       app.write(headText);

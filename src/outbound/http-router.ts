@@ -2,14 +2,15 @@
 // cluster picks a host, and the request goes over a pooled mTLS connection. Retries go to a
 // different host (and to failover clusters once the primary has none left), within the retry
 // budget; the route timeout covers every attempt up to the response headers.
-import type { Dispatcher } from "undici";
+import type { IncomingHttpHeaders } from "node:http";
 import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
-import { normalizePath } from "../http/match.js";
+import { normalizePath, originForm } from "../http/match.js";
 import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
-import { errorCode, requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { ResponseForwarder } from "../http/forwarder.js";
+import { Cancel, errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { isConnectFailure } from "../cluster/pools.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
@@ -61,7 +62,7 @@ export class OutboundHttpState {
 }
 
 function view(req: AnyRequest): RequestView & { readonly rawQuery: string } {
-  const url = req.url ?? "/";
+  const url = originForm(req.url ?? "/");
   const q = url.indexOf("?");
   const path = normalizePath(q < 0 ? url : url.slice(0, q));
   const rawQuery = q < 0 ? "" : url.slice(q + 1);
@@ -206,7 +207,7 @@ export class HttpRouter {
       });
       tracing.inject(rec.span, headers);
     }
-    let path = req.url ?? "/";
+    let path = originForm(req.url ?? "/");
     if (a.prefixRewrite !== undefined) path = rewritePath(route, v.path) + (v.rawQuery ? `?${v.rawQuery}` : "");
 
     // A body is buffered when small enough to send again; a larger one streams and is not retried.
@@ -228,6 +229,22 @@ export class HttpRouter {
       this.stats.overflow(primary.name);
       return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
     }
+    // With every pooled connection busy (one request each), this request waits for one: it is
+    // pending, and the pending queue has its own limit, as Envoy's max_pending_requests.
+    let pending = false;
+    const limits = primary.config.limits;
+    if (limits && primary.breaker.state.activeRequests > limits.maxConnections) {
+      if (!primary.breaker.tryAcquirePending()) {
+        primary.breaker.releaseRequest();
+        this.stats.overflow(primary.name);
+        return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max pending requests reached`, rec);
+      }
+      pending = true;
+    }
+    const releasePending = () => {
+      if (pending) primary.breaker.releasePending();
+      pending = false;
+    };
     const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
     const hashPolicies = primary.config.lb?.hashPolicies;
     const hash =
@@ -235,11 +252,11 @@ export class HttpRouter {
         ? requestHash(hashPolicies, { header: (n) => v.header(n), cookie: (n) => cookie(req, n), query: (n) => v.query?.get(n) ?? undefined, sourceIp: req.socket.remoteAddress ?? "" })
         : undefined;
     const tried = new Set<string>();
-    const clientGone = new AbortController();
+    const clientGone = new Cancel();
     res.once("close", () => {
-      if (!res.writableFinished) clientGone.abort();
+      if (!res.writableFinished) clientGone.cancel();
     });
-    let last: { outcome: AttemptOutcome; response: Dispatcher.ResponseData | null; cluster: ClusterRuntime; host: ClusterHost } | null = null;
+    let last: { outcome: AttemptOutcome; cluster: ClusterRuntime; host: ClusterHost } | null = null;
     let retriesTaken = 0;
     // A retry holds a slot of its cluster's retry budget until the retried attempt is over.
     let retrySlot: ClusterRuntime | null = null;
@@ -252,7 +269,6 @@ export class HttpRouter {
         const cluster = this.clusterWithHosts(primary, tried, state);
         const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
         if (!cluster || !host) {
-          if (last?.response) return await this.forward(res, last.response, last.cluster, c, leg, rec, "URX");
           if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), rec);
           this.stats.noHealthy(primary.name);
           return this.reply(res, 503, "UH", state.upstream, primary.describeUnavailable(), rec);
@@ -265,36 +281,55 @@ export class HttpRouter {
         const remaining = deadline - Date.now();
         if (remaining <= 0) return this.timeout(res, cluster, state.upstream, rec);
         const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
-        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, perTry, clientGone.signal);
-        releaseRetrySlot();
-        if (clientGone.signal.aborted) return;
-        last = { outcome: outcome.outcome, response: outcome.response, cluster, host };
-        const retriable = canRetry && c.retry.retriable(outcome.outcome);
-        const more = retriable && retriesTaken < c.retry.numRetries;
-        if (this.log.enabled("debug")) this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, retriable, more });
-        if (!more) {
+        let retryTaken: ClusterRuntime | null = null;
+        // Decided when the upstream's headers arrive: retry (the body is drained, not delivered)
+        // or deliver (head and body go straight into the client's response).
+        const deliver = (status: number, upstreamHeaders: IncomingHttpHeaders): boolean => {
+          const retriable = canRetry && c.retry.retriable({ kind: "response", status });
+          if (retriable && retriesTaken < c.retry.numRetries && this.clusterWithHosts(primary, tried, state)) {
+            if (cluster.breaker.tryAcquireRetry()) {
+              retryTaken = cluster;
+              return false;
+            }
+            this.stats.retryOverflow(cluster.name);
+            this.log.warn("retry budget exhausted; passing the failure on", { cluster: cluster.name, active_retries: cluster.breaker.state.activeRetries, budget: cluster.breaker.maxRetriesNow() });
+          }
           // Envoy's URX: still failing after every retry the policy allowed; the last answer goes back.
-          const flag = retriable && retriesTaken > 0 ? "URX" : null;
-          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, rec, flag);
-          if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, rec);
-          return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+          this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
+          return true;
+        };
+        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, perTry, clientGone, res, deliver);
+        releaseRetrySlot();
+        releasePending();
+        if (this.log.enabled("debug")) {
+          this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
         }
-        if (!cluster.breaker.tryAcquireRetry()) {
-          this.stats.retryOverflow(cluster.name);
-          this.log.warn("retry budget exhausted; passing the failure on", { cluster: cluster.name, active_retries: cluster.breaker.state.activeRetries, budget: cluster.breaker.maxRetriesNow() });
-          if (outcome.response) return await this.forward(res, outcome.response, cluster, c, leg, rec, null);
-          return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+        if (clientGone.cancelled || outcome.delivered) return;
+        last = { outcome: outcome.outcome, cluster, host };
+        if (outcome.outcome.kind === "response") {
+          // deliver() chose to retry and took the budget slot.
+          retrySlot = retryTaken;
+        } else {
+          const more = canRetry && c.retry.retriable(outcome.outcome) && retriesTaken < c.retry.numRetries;
+          if (!more) {
+            if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, rec);
+            return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+          }
+          if (!cluster.breaker.tryAcquireRetry()) {
+            this.stats.retryOverflow(cluster.name);
+            return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+          }
+          retrySlot = cluster;
         }
-        retrySlot = cluster;
         retriesTaken++;
         this.stats.retry(cluster.name);
-        if (outcome.response) await outcome.response.body.dump().catch(() => {});
         const wait = c.retry.backoffMs(retriesTaken);
         if (Date.now() + wait >= deadline) return this.timeout(res, cluster, state.upstream, rec);
         await sleep(wait);
       }
     } finally {
       releaseRetrySlot();
+      releasePending();
       primary.breaker.releaseRequest();
     }
   }
@@ -319,7 +354,8 @@ export class HttpRouter {
     return `${host.key}: ${o.kind}`;
   }
 
-  private async attempt(
+  /** One try against one host; resolves once the answer is delivered, drained for a retry, or failed. */
+  private attempt(
     cluster: ClusterRuntime,
     host: ClusterHost,
     method: string,
@@ -327,62 +363,58 @@ export class HttpRouter {
     headers: Record<string, string | string[] | undefined>,
     body: Buffer | AnyRequest | null,
     timeoutMs: number,
-    clientGone: AbortSignal,
-  ): Promise<{ outcome: AttemptOutcome; response: Dispatcher.ResponseData | null }> {
+    clientGone: Cancel,
+    res: AnyResponse,
+    deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
+  ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
     host.activeRequests++;
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
-      host.activeRequests--;
-    };
-    try {
-      const r = await cluster.poolFor(host).request({
-        method,
-        path,
-        headers,
-        body,
-        // undici's own header timer is the per-try timeout: no timer or signal object per attempt.
-        headersTimeout: Math.max(1, Math.ceil(timeoutMs)),
-        signal: clientGone,
-      });
-      r.body.once("close", release);
-      cluster.reportResult(host, { status: r.statusCode });
-      return { outcome: { kind: "response", status: r.statusCode }, response: r };
-    } catch (e) {
-      release();
-      if (clientGone.aborted) return { outcome: { kind: "reset" }, response: null };
-      if (errorCode(e) === "UND_ERR_HEADERS_TIMEOUT") {
-        cluster.reportResult(host, { localOriginFailure: true });
-        return { outcome: { kind: "per-try-timeout" }, response: null };
-      }
-      cluster.reportResult(host, { localOriginFailure: true });
-      if (isConnectFailure(e)) return { outcome: { kind: "connect-failure" }, response: null };
-      return { outcome: { kind: "reset" }, response: null };
-    }
+    return new Promise((resolve) => {
+      const handler = new ResponseForwarder(
+        res,
+        (status, h) => {
+          cluster.reportResult(host, { status });
+          return deliver(status, h);
+        },
+        (r) => {
+          host.activeRequests--;
+          clientGone.off("abort", onGone);
+          if ("status" in r) return resolve({ outcome: { kind: "response", status: r.status }, delivered: r.delivered });
+          if (clientGone.cancelled) return resolve({ outcome: { kind: "reset" }, delivered: false });
+          // A failure after the head was sent cannot be retried: the client has part of an answer.
+          if (r.delivered) return resolve({ outcome: { kind: "reset" }, delivered: true });
+          cluster.reportResult(host, { localOriginFailure: true });
+          if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
+          resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : "reset" }, delivered: false });
+        },
+      );
+      const onGone = () => handler.abort(new Error("the client closed the connection"));
+      clientGone.once("abort", onGone);
+      // undici's own header timer is the per-try timeout: no timer or signal object per attempt.
+      cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeoutMs)) }, handler);
+    });
   }
 
-  private async forward(
+  private writeResponseHead(
     res: AnyResponse,
-    r: Dispatcher.ResponseData,
+    status: number,
+    upstreamHeaders: IncomingHttpHeaders,
     cluster: ClusterRuntime,
     c: CompiledRoute,
     leg: Route["action"]["splits"][number],
     rec: RequestRecord,
     flag: ResponseFlag | null,
-  ): Promise<void> {
-    rec.status = r.statusCode;
+  ): void {
+    rec.status = status;
     rec.flag = flag ?? "-";
-    const headers: Record<string, string | string[] | undefined> = { ...r.headers };
+    const headers: Record<string, string | string[] | undefined> = { ...upstreamHeaders };
     stripHopByHop(headers);
     if (c.hasResMutations) {
       applyHeaderMutation(headers, c.route.action.responseHeaders);
       applyHeaderMutation(headers, leg.responseHeaders);
     }
     if (flag) headers[FLAGS_HEADER] = flag;
-    writeHead(res, r.statusCode, headers);
-    this.stats.response(cluster.name, r.statusCode, performance.now() - rec.start);
-    await sendBody(res, r.body, () => r.trailers);
+    writeHead(res, status, headers);
+    this.stats.response(cluster.name, status, performance.now() - rec.start);
   }
 
   private timeout(res: AnyResponse, cluster: ClusterRuntime, upstream: string, rec: RequestRecord): void {

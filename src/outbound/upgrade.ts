@@ -7,6 +7,7 @@ import type { TLSSocket } from "node:tls";
 import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { joinSockets } from "../tcp/pipe.js";
+import { originForm } from "../http/match.js";
 import type { Logger } from "../telemetry/log.js";
 import type { OutboundHttpState } from "./http-router.js";
 
@@ -15,7 +16,7 @@ function refuse(socket: Socket, status: string): void {
 }
 
 export function upgradeOutbound(req: IncomingMessage, socket: Socket, head: Buffer, state: OutboundHttpState, tls: TlsMaterial, sessions: SessionCache, idleTimeoutMs: number, log: Logger): void {
-  const url = req.url ?? "/";
+  const url = originForm(req.url ?? "/");
   const q = url.indexOf("?");
   const route = state.routes.match({
     method: req.method ?? "GET",

@@ -99,6 +99,10 @@ export class UpstreamListener {
       if (!h) return localReply(res, 503, "NR", `upstream "${this.name}" is no longer HTTP; reconnect`);
       this.router.handle(req, res, h);
     });
+    // node starts tracking connections (headersTimeout, closeIdleConnections) on "listening",
+    // which a server fed with emit("connection") never sees: without this, slow headers are
+    // never timed out and draining leaves idle keep-alive connections open.
+    srv.emit("listening");
     srv.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
       const h = this.state.http;
       if (!h) return void socket.destroy();

@@ -4,7 +4,7 @@
 // the field when something is wrong.
 import { parseDurationMs } from "../../config/duration.js";
 import type { Protocol } from "../../config/snapshot.js";
-import type { HashPolicy, HeaderMatch, HeaderMutation, LbPolicy, PathMatch, QueryParamMatch, RetryOn } from "../../config/http.js";
+import type { HashPolicy, HeaderMatch, HeaderMutation, LbPolicy, PathMatch, Permission, QueryParamMatch, RetryOn } from "../../config/http.js";
 
 export class EntryError extends Error {
   constructor(where: string, why: string) {
@@ -297,6 +297,31 @@ export function headerMatches(list: Fields[]): HeaderMatch[] {
       ...opt("suffix", h.str("Suffix")),
       ...opt("regex", h.str("Regex")),
       ...(h.bool("Invert") ? { invert: true } : {}),
+    };
+  });
+}
+
+/**
+ * An L7 intention's `Permissions` (Consul's IntentionPermission), in the key styles config entries
+ * accept: `{Action, HTTP: {PathExact|PathPrefix|PathRegex, Methods, Header: [...]}}` or snake_case.
+ * `where` names the list for messages, e.g. `intentions.json: intentions[2].permissions`.
+ */
+export function parsePermissions(v: unknown, where: string): Permission[] {
+  if (v === undefined || v === null) return [];
+  if (!Array.isArray(v)) throw new EntryError(where, "want an array");
+  return v.map((x, i) => {
+    const p = Fields.of(`${where}[${i}]`, x);
+    const action = p.str("Action");
+    if (action !== "allow" && action !== "deny") throw new EntryError(`${p.where}.Action`, `want "allow" or "deny", got ${JSON.stringify(action ?? null)}`);
+    // Consul requires the HTTP block (JWT-only permissions are not supported here); an empty one matches every request.
+    const http = p.obj("HTTP");
+    if (!http) throw new EntryError(`${p.where}.HTTP`, "is required (an empty {} matches every request)");
+    const path = pathMatch(http);
+    return {
+      action,
+      ...(path ? { path } : {}),
+      headers: headerMatches(http.list("Header")),
+      methods: http.strList("Methods").map((m) => m.toUpperCase()),
     };
   });
 }

@@ -14,8 +14,10 @@ import { join } from "node:path";
 import { createRootCa, type CaMaterial } from "../../identity/ca.js";
 import { parseDurationMs, formatDurationMs } from "../../config/duration.js";
 import { isValidServiceName } from "../../config/validate.js";
-import { parseEntry, ENTRY_KINDS, type ConfigEntry, type EntryKind } from "../chain/entries.js";
+import { parseEntry, parsePermissions, EntryError, ENTRY_KINDS, type ConfigEntry, type EntryKind } from "../chain/entries.js";
 import { DEFAULTS, type Intention, type IntentionAction, type IntentionPolicy, type Protocol } from "../../config/snapshot.js";
+import type { HeaderMatch, Permission } from "../../config/http.js";
+import { CompiledL7Intentions, PermissionCompileError } from "../../authz/l7.js";
 
 export interface CaConfig {
   readonly trustDomain: string;
@@ -212,6 +214,15 @@ export function parseIntentions(text: string, file: string): IntentionPolicy {
         throw new StateError(file, `${at}.${k} must be a service name or "*", got ${JSON.stringify(val)}`);
       }
     }
+    const permissions = parseIntentionPermissions(e["permissions"] ?? e["Permissions"], file, `${at}.permissions`);
+    if (permissions.length > 0) {
+      // As Consul: an L7 intention's permissions decide, and a request matching none gets the
+      // default action; an action beside them would read as a fallback it is not.
+      if (action !== undefined) throw new StateError(file, `${at}: omit action when permissions are given (a request matching no permission gets default_action)`);
+      // The stored action is what a connection-level check does with an L7 intention: deny.
+      const it: Intention = { source: source as string, destination: destination as string, action: "deny", permissions };
+      return typeof description === "string" ? { ...it, description } : it;
+    }
     if (action !== "allow" && action !== "deny") throw new StateError(file, `${at}.action must be "allow" or "deny", got ${JSON.stringify(action)}`);
     const it: Intention = { source: source as string, destination: destination as string, action };
     return typeof description === "string" ? { ...it, description } : it;
@@ -222,7 +233,34 @@ export function parseIntentions(text: string, file: string): IntentionPolicy {
     if (seen.has(key)) throw new StateError(file, `intentions[${i}]: a second intention for ${key}; keep one`);
     seen.add(key);
   });
-  return { defaultAction: def as IntentionAction, intentions };
+  const policy: IntentionPolicy = { defaultAction: def as IntentionAction, intentions };
+  // A bad permission regex is reported here, naming the field, so the previous intentions stay
+  // in force; the proxy would otherwise refuse the whole Snapshot.
+  try {
+    for (const d of new Set(intentions.map((it) => it.destination))) new CompiledL7Intentions(policy, d);
+  } catch (e) {
+    if (e instanceof PermissionCompileError) throw new StateError(file, `${e.field}: ${e.reason}`);
+    throw e;
+  }
+  return policy;
+}
+
+function parseIntentionPermissions(v: unknown, file: string, at: string): Permission[] {
+  try {
+    return parsePermissions(v, at);
+  } catch (e) {
+    if (e instanceof EntryError) throw new StateError(file, e.message);
+    throw e;
+  }
+}
+
+/** Consul's snake_case form, which parsePermissions reads back. */
+function permissionJson(p: Permission): Record<string, unknown> {
+  const http: Record<string, unknown> = {};
+  if (p.path) http[p.path.kind === "exact" ? "path_exact" : p.path.kind === "prefix" ? "path_prefix" : "path_regex"] = p.path.value;
+  if (p.methods.length > 0) http["methods"] = p.methods;
+  if (p.headers.length > 0) http["header"] = p.headers.map((h: HeaderMatch) => ({ ...h }));
+  return { action: p.action, http };
 }
 
 export async function readIntentions(dir: string): Promise<IntentionPolicy> {
@@ -244,7 +282,8 @@ export async function writeIntentions(dir: string, policy: IntentionPolicy): Pro
     intentions: policy.intentions.map((it) => ({
       source: it.source,
       destination: it.destination,
-      action: it.action,
+      // Kept through CLI edits of other intentions; an L7 intention has no action of its own.
+      ...(it.permissions && it.permissions.length > 0 ? { permissions: it.permissions.map(permissionJson) } : { action: it.action }),
       ...(it.description ? { description: it.description } : {}),
     })),
   };

@@ -1,0 +1,82 @@
+// An undici dispatch handler that streams an upstream answer straight into the client's
+// response: no intermediate Readable, no pipe, backpressure by pausing the upstream read. At the
+// response head the caller decides to deliver it or to drain it (a retry comes next).
+import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
+import type { Dispatcher } from "undici";
+import { isHttp2, writeChunk, type AnyResponse } from "./compat.js";
+
+export type ForwardResult =
+  | { readonly status: number; readonly delivered: boolean }
+  | { readonly error: Error; readonly delivered: boolean };
+
+export class ResponseForwarder implements Dispatcher.DispatchHandler {
+  private controller: Dispatcher.DispatchController | null = null;
+  private status = 0;
+  private delivering = false;
+  private done = false;
+  private pendingAbort: Error | null = null;
+
+  constructor(
+    private readonly res: AnyResponse,
+    /** Called once, at the final (non-1xx) head; true delivers the answer to `res`. */
+    private readonly decide: (status: number, headers: IncomingHttpHeaders) => boolean,
+    private readonly finished: (r: ForwardResult) => void,
+  ) {}
+
+  /** Cancels the upstream request (the client went away). */
+  abort(reason: Error): void {
+    if (this.done) return;
+    if (this.controller) this.controller.abort(reason);
+    else this.pendingAbort = reason;
+  }
+
+  private finish(r: ForwardResult): void {
+    if (this.done) return;
+    this.done = true;
+    this.finished(r);
+  }
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.pendingAbort) controller.abort(this.pendingAbort);
+  }
+
+  onResponseStart(_controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    // 1xx heads (100 Continue) are the sidecar's business, not the client's.
+    if (statusCode < 200 || this.status !== 0) return;
+    this.status = statusCode;
+    this.delivering = this.decide(statusCode, headers);
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.delivering) return;
+    if (!writeChunk(this.res, chunk)) {
+      controller.pause();
+      this.res.once("drain", () => controller.resume());
+    }
+  }
+
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
+    if (this.delivering) {
+      // gRPC's status travels in trailers; HTTP/1.1 clients get none.
+      if (isHttp2(this.res)) {
+        const t: OutgoingHttpHeaders = {};
+        let any = false;
+        for (const [k, v] of Object.entries(trailers)) {
+          if (v === undefined) continue;
+          t[k] = v;
+          any = true;
+        }
+        if (any) this.res.addTrailers(t);
+      }
+      this.res.end();
+    }
+    this.finish({ status: this.status, delivered: this.delivering });
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    // Part of an answer already went out: the client's response cannot be completed.
+    if (this.delivering) this.res.destroy();
+    this.finish({ error, delivered: this.delivering });
+  }
+}
