@@ -3,9 +3,7 @@
 // are here: pseudo-headers, connection-specific headers, and trailers (gRPC's grpc-status).
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { Http2ServerResponse, type Http2ServerRequest } from "node:http2";
-import type { Readable } from "node:stream";
-import { EventEmitter, once } from "node:events";
-import { finished } from "node:stream/promises";
+import { EventEmitter } from "node:events";
 import type { HeaderRecord } from "./headers.js";
 
 export type AnyRequest = IncomingMessage | Http2ServerRequest;
@@ -40,26 +38,6 @@ export function writeHead(res: AnyResponse, status: number, headers: OutgoingHtt
   }
 }
 
-/**
- * Streams an upstream body to the client. HTTP/2 responses also carry the upstream's trailers
- * (gRPC puts its status there); HTTP/1.1 clients get the body only.
- */
-export async function sendBody(res: AnyResponse, body: Readable, trailers: () => Record<string, string | string[] | undefined>): Promise<void> {
-  if (!(res instanceof Http2ServerResponse)) {
-    body.pipe(res);
-    await finished(res).catch(() => {});
-    if (!res.writableFinished) body.destroy();
-    return;
-  }
-  body.pipe(res, { end: false });
-  await Promise.race([finished(body).catch(() => {}), once(res, "close")]);
-  if (res.stream.destroyed || !body.readableEnded) return void body.destroy();
-  const t = trailers();
-  const clean: OutgoingHttpHeaders = {};
-  for (const [k, v] of Object.entries(t)) if (v !== undefined) clean[k] = v;
-  if (Object.keys(clean).length > 0) res.addTrailers(clean);
-  res.end();
-}
 
 export function isHttp2(res: AnyResponse): res is Http2ServerResponse {
   return res instanceof Http2ServerResponse;

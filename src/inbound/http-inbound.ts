@@ -9,7 +9,8 @@ import { H2CClient, Pool, type Dispatcher } from "undici";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
-import { Cancel, errorCode, requestHasBody, requestHeaders, sendBody, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { ResponseForwarder, type ForwardResult } from "../http/forwarder.js";
+import { errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { normalizePath, originForm } from "../http/match.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
@@ -218,26 +219,30 @@ export class InboundHttp {
     // The app's spans become children of this hop's server span.
     if (this.obs.tracing && rec.span) this.obs.tracing.inject(rec.span, headers);
     const hasBody = requestHasBody(req);
-    // Aborted only when the caller leaves before its answer is complete; the app's time to answer
-    // is undici's header timer, so a normal request allocates no timer and no abort reason.
-    const gone = new Cancel();
-    res.once("close", () => {
-      if (!res.writableFinished) gone.cancel();
-    });
     const timeoutMs = this.config.requestTimeoutMs;
-    try {
-      const r = await this.pool.request({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, signal: gone, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 });
-      const out: Record<string, string | string[] | undefined> = { ...r.headers };
-      stripHopByHop(out);
-      writeHead(res, r.statusCode, out);
-      rec.status = r.statusCode;
-      await sendBody(res, r.body, () => r.trailers);
-    } catch (e) {
-      if (res.headersSent || res.destroyed) return;
-      const timedOut = errorCode(e) === "UND_ERR_HEADERS_TIMEOUT";
-      this.log.warn("local app request failed", { app: this.poolFor, error: (e as Error).message, timed_out: timedOut });
-      this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${this.config.requestTimeoutMs} ms` : `local app ${this.poolFor}: ${(e as Error).message}`, rec);
-    }
+    // The answer streams straight from the app into the caller's response; the app's time to
+    // answer is undici's header timer, so a normal request allocates no timer and no signal.
+    const result = await new Promise<ForwardResult>((resolve) => {
+      const handler = new ResponseForwarder(
+        res,
+        (status, h) => {
+          const out: Record<string, string | string[] | undefined> = { ...h };
+          stripHopByHop(out);
+          writeHead(res, status, out);
+          rec.status = status;
+          return true;
+        },
+        resolve,
+      );
+      res.once("close", () => {
+        if (!res.writableFinished) handler.abort(new Error("the caller closed the connection"));
+      });
+      this.pool.dispatch({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 }, handler);
+    });
+    if (!("error" in result) || result.delivered || res.destroyed) return;
+    const timedOut = errorCode(result.error) === "UND_ERR_HEADERS_TIMEOUT";
+    this.log.warn("local app request failed", { app: this.poolFor, error: result.error.message, timed_out: timedOut });
+    this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${timeoutMs} ms` : `local app ${this.poolFor}: ${result.error.message}`, rec);
   }
 
   /** WebSocket and other upgrades: authorize, then a raw pipe to the app with the head replayed. */
