@@ -4,6 +4,7 @@
 import { watch, type FSWatcher } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
+import { join } from "node:path";
 import {
   ControlPlaneError,
   type Announcement,
@@ -14,7 +15,7 @@ import {
 import { DEFAULTS, type Cluster, type Identity, type IntentionPolicy, type Snapshot, type UpstreamListener } from "../../config/snapshot.js";
 import { issueLeaf, type IssuedLeaf } from "../../identity/ca.js";
 import { serviceSpiffeId } from "../../identity/spiffe.js";
-import type { ConfigEntry } from "../chain/entries.js";
+import { ENTRY_KINDS, type ConfigEntry } from "../chain/entries.js";
 import { compileChain, entryIndex, serviceDefaults, serviceProtocol, type EntryLookup } from "../chain/compile.js";
 import { buildUpstream, upstreamSettingsFor, type ServiceInstance } from "../chain/upstream.js";
 import {
@@ -93,6 +94,13 @@ export class DevControlPlane implements ControlPlane {
     await this.refresh();
     this.watchDir(dataDir);
     this.watchDir(paths(dataDir).catalog);
+    // fs.watch is not recursive here: each config-entry kind has its own directory to watch, so
+    // a `meshproxy config write` applies in milliseconds rather than at the next poll.
+    for (const kind of ENTRY_KINDS) {
+      const dir = join(paths(dataDir).entries, kind);
+      await mkdir(dir, { recursive: true });
+      this.watchDir(dir);
+    }
     const poll = setInterval(() => void this.refresh(), this.opts.pollMs ?? 1000);
     poll.unref();
     this.timers.add(poll);
