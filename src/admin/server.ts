@@ -1,5 +1,6 @@
 // The admin HTTP server (loopback by default). Mutations are POST only: a GET to a mutating
 // endpoint is refused, as Envoy does, so a stray browser prefetch cannot drain a proxy.
+import { listenOn } from "../tcp/listen.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Metrics } from "../telemetry/metrics.js";
@@ -142,17 +143,7 @@ export class AdminServer {
   }
 
   async listen(host: string, port: number): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error) => reject(e);
-      this.server.once("error", onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off("error", onError);
-        resolve();
-      });
-    });
-    const a = this.server.address();
-    if (a === null || typeof a === "string") throw new Error(`admin API on ${host}:${port} has no TCP address`);
-    return a;
+    return listenOn(this.server, host, port);
   }
 
   close(): void {

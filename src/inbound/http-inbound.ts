@@ -19,6 +19,7 @@ import type { Logger } from "../telemetry/log.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
+import { requestFields } from "../telemetry/access-log.js";
 
 export interface InboundHttpConfig {
   readonly localApp: HostPort;
@@ -162,22 +163,14 @@ export class InboundHttp {
     if (rec.status === 0) rec.flag = "DC";
     if (this.obs.tracing && rec.span) this.obs.tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag });
     if (!this.obs.accessLog.enabled) return;
-    const ua = req.headers["user-agent"];
-    const rid = req.headers["x-request-id"];
     this.obs.accessLog.log({
-      start_time: new Date(rec.startTime).toISOString(),
-      duration_ms: Math.round((performance.now() - rec.start) * 1000) / 1000,
-      protocol: `HTTP/${req.httpVersion}`,
+      ...requestFields(req, rec.startTime, rec.start),
       direction: "inbound",
-      method: req.method ?? "GET",
-      path: req.url ?? "/",
       status: rec.status,
       response_flags: rec.flag,
       upstream_cluster: "local_app",
       upstream_host: this.poolFor,
       ...(caller ? { source_identity: caller.uri } : {}),
-      ...(typeof ua === "string" ? { user_agent: ua } : {}),
-      ...(typeof rid === "string" ? { request_id: rid } : {}),
       ...(rec.span ? { trace_id: rec.span.span.spanContext().traceId } : {}),
     });
   }

@@ -18,6 +18,7 @@ import type { Logger } from "../telemetry/log.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
+import { requestFields } from "../telemetry/access-log.js";
 
 /** Bodies up to this size are buffered so that a retry can send them again. */
 export const RETRY_BUFFER_LIMIT = 64 * 1024;
@@ -154,22 +155,14 @@ export class HttpRouter {
       tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag, "meshproxy.attempts": rec.attempts, ...(rec.cluster ? { "meshproxy.upstream_cluster": rec.cluster } : {}) });
     }
     if (!this.obs.accessLog.enabled) return;
-    const ua = req.headers["user-agent"];
-    const rid = req.headers["x-request-id"];
     this.obs.accessLog.log({
-      start_time: new Date(rec.startTime).toISOString(),
-      duration_ms: Math.round((performance.now() - rec.start) * 1000) / 1000,
-      protocol: `HTTP/${req.httpVersion}`,
+      ...requestFields(req, rec.startTime, rec.start),
       direction: "outbound",
-      method: req.method ?? "GET",
-      path: req.url ?? "/",
       status: rec.status,
       response_flags: rec.flag,
       upstream_cluster: rec.cluster ?? state.upstream,
       ...(rec.host ? { upstream_host: rec.host } : {}),
       attempts: rec.attempts,
-      ...(typeof ua === "string" ? { user_agent: ua } : {}),
-      ...(typeof rid === "string" ? { request_id: rid } : {}),
       ...(rec.span ? { trace_id: rec.span.span.spanContext().traceId } : {}),
     });
   }

@@ -107,3 +107,22 @@ export class AccessLog {
     if (this.out && this.out !== process.stdout && this.out !== process.stderr) this.out.end();
   }
 }
+
+/** The request-derived fields of an L7 entry, the same on both sides of the mesh. */
+export function requestFields(
+  req: { readonly method?: string | undefined; readonly url?: string | undefined; readonly httpVersion: string; readonly headers: Readonly<Record<string, string | string[] | undefined>> },
+  startTime: number,
+  start: number,
+): Pick<L7Entry, "start_time" | "duration_ms" | "protocol" | "method" | "path" | "user_agent" | "request_id"> {
+  const ua = req.headers["user-agent"];
+  const rid = req.headers["x-request-id"];
+  return {
+    start_time: new Date(startTime).toISOString(),
+    duration_ms: Math.round((performance.now() - start) * 1000) / 1000,
+    protocol: `HTTP/${req.httpVersion}`,
+    method: req.method ?? "GET",
+    path: req.url ?? "/",
+    ...(typeof ua === "string" ? { user_agent: ua } : {}),
+    ...(typeof rid === "string" ? { request_id: rid } : {}),
+  };
+}

@@ -1,6 +1,7 @@
 // The metrics listener (-metrics-addr, or Consul's envoy_prometheus_bind_addr): the merged
 // exposition and nothing else, so it can be exposed to a Prometheus on another host without
 // exposing the admin API's mutations and config dump with it.
+import { listenOn } from "../tcp/listen.js";
 import { createServer, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { MetricsExposition } from "./merge.js";
@@ -32,17 +33,7 @@ export class MetricsServer {
   }
 
   async listen(host: string, port: number): Promise<AddressInfo> {
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error) => reject(e);
-      this.server.once("error", onError);
-      this.server.listen({ host, port, exclusive: true }, () => {
-        this.server.off("error", onError);
-        resolve();
-      });
-    });
-    const a = this.server.address();
-    if (a === null || typeof a === "string") throw new Error(`metrics listener on ${host}:${port} has no TCP address`);
-    return a;
+    return listenOn(this.server, host, port);
   }
 
   close(): void {
