@@ -9,6 +9,18 @@ export type ForwardResult =
   | { readonly status: number; readonly delivered: boolean }
   | { readonly error: Error; readonly delivered: boolean };
 
+/**
+ * undici 7 hands HTTP/2 trailers to new-style handlers through a parser meant for HTTP/1.1's
+ * flat [name, value, ...] list, which turns node:http2's trailers object into {}. The object
+ * itself is still on the controller.
+ */
+function http2Trailers(raw: Dispatcher.DispatchController["rawTrailers"]): IncomingHttpHeaders | null {
+  if (!raw || Array.isArray(raw)) return null;
+  const out: IncomingHttpHeaders = {};
+  for (const [k, v] of Object.entries(raw)) if (typeof v === "string" || Array.isArray(v)) out[k] = v;
+  return out;
+}
+
 export class ResponseForwarder implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | null = null;
   private status = 0;
@@ -56,13 +68,13 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
+  onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
     if (this.delivering) {
       // gRPC's status travels in trailers; HTTP/1.1 clients get none.
       if (isHttp2(this.res)) {
         const t: OutgoingHttpHeaders = {};
         let any = false;
-        for (const [k, v] of Object.entries(trailers)) {
+        for (const [k, v] of Object.entries(http2Trailers(controller.rawTrailers) ?? trailers)) {
           if (v === undefined) continue;
           t[k] = v;
           any = true;

@@ -48,3 +48,39 @@ t.test("an http2 service is reached over h2 end to end", async (t) => {
   t.equal(s.alpnProtocol, "h2", "sidecar-to-sidecar connections negotiate h2");
   s.destroy();
 });
+
+t.test("a grpc service carries trailers (grpc-status) end to end", async (t) => {
+  const dir = await tempDir(t);
+  const app = createH2Server();
+  app.on("stream", (st, h) => {
+    st.resume();
+    st.on("end", () => {
+      st.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+      st.on("wantTrailers", () => st.sendTrailers({ "grpc-status": "0", "grpc-message": "ok" }));
+      st.end(`grpc app: ${String(h[":path"])} te=${String(h["te"])}`);
+    });
+  });
+  app.listen(0, "127.0.0.1");
+  await once(app, "listening");
+  t.teardown(() => new Promise<void>((r) => app.close(() => r())));
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "grpc" });
+  await startSidecar(t, dir, ["-service", "api", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${(app.address() as AddressInfo).port}`]);
+  const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "api:0"]);
+  const client = h2connect(`http://${web.upstreams["api"]}`);
+  t.teardown(() => client.close());
+  const got = await new Promise<{ body: string; trailers: Record<string, unknown>; status: unknown }>((resolve, reject) => {
+    const st = client.request({ ":path": "/pkg.Greeter/Hello", ":method": "POST", "content-type": "application/grpc", te: "trailers" });
+    let body = "";
+    let trailers: Record<string, unknown> = {};
+    let status: unknown;
+    st.on("response", (h) => (status = h[":status"]));
+    st.on("trailers", (tr) => (trailers = { ...tr }));
+    st.setEncoding("utf8").on("data", (c: string) => (body += c));
+    st.on("end", () => resolve({ body, trailers, status }));
+    st.on("error", reject);
+    st.end(Buffer.alloc(5));
+  });
+  t.equal(got.status, 200);
+  t.equal(got.body, "grpc app: /pkg.Greeter/Hello te=trailers", "the request reached the app with te: trailers");
+  t.match(got.trailers, { "grpc-status": "0", "grpc-message": "ok" }, "the app's trailers reached the client through both sidecars");
+});
