@@ -291,7 +291,7 @@ export class HttpRouter {
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
           return true;
         };
-        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, perTry, clientGone, res, deliver);
+        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
         releaseRetrySlot();
         releasePending();
         if (this.log.enabled("debug")) {
@@ -355,7 +355,7 @@ export class HttpRouter {
     path: string,
     headers: Record<string, string | string[] | undefined>,
     body: Buffer | AnyRequest | null,
-    timeoutMs: number,
+    timeouts: { readonly headersMs: number; readonly idleMs: number },
     clientGone: Cancel,
     res: AnyResponse,
     deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
@@ -382,8 +382,9 @@ export class HttpRouter {
       );
       const onGone = () => handler.abort(new Error("the client closed the connection"));
       clientGone.once("abort", onGone);
-      // undici's own header timer is the per-try timeout: no timer or signal object per attempt.
-      cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeoutMs)) }, handler);
+      // undici's own timers: the header timer is the per-try timeout, the body timer the route's
+      // idle timeout (the longest silence between two chunks of the answer). No timer objects here.
+      cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeouts.headersMs)), bodyTimeout: Math.max(0, Math.ceil(timeouts.idleMs)) }, handler);
     });
   }
 
