@@ -17,6 +17,7 @@ import { PoolSet } from "./cluster/pools.js";
 import { ClusterRuntime, type ClusterStatus } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
 import { HttpStats } from "./telemetry/http-stats.js";
+import { loadUndici } from "./http/undici.js";
 import { registerClusterGauges } from "./telemetry/cluster-gauges.js";
 import type { Tracing } from "./telemetry/tracing.js";
 import { AccessLog, type AccessLogTarget } from "./telemetry/access-log.js";
@@ -172,6 +173,8 @@ export class Proxy extends EventEmitter {
       if (this.current === null) throw new SnapshotError(field, e.message);
       return;
     }
+    // HTTP listeners need undici (pools to peers and the app); a TCP-only sidecar never loads it.
+    if (speaksHttp(s)) await loadUndici();
     const first = this.current === null;
     if (first && this.opts.tracing && !this.obs.tracing) {
       // The OpenTelemetry SDK is loaded only when tracing is on.
@@ -342,6 +345,10 @@ export class Proxy extends EventEmitter {
     this.ready = false;
     this.emit("stopped");
   }
+}
+
+function speaksHttp(s: Snapshot): boolean {
+  return (s.publicListener !== null && s.publicListener.protocol !== "tcp") || s.upstreams.some((u) => u.protocol !== "tcp");
 }
 
 /** Clusters reached from http2/grpc upstreams: their pooled connections offer h2. */

@@ -1,7 +1,8 @@
 // Keep-alive mTLS connection pools between sidecars, one undici Pool per endpoint. undici does
 // the pooling and HTTP; the connection itself comes from our own connector, so every pooled
 // connection carries our leaf, the cluster's SNI, and a verified SPIFFE identity.
-import { Pool } from "undici";
+import type { Pool } from "undici";
+import { undici } from "../http/undici.js";
 import type { TLSSocket } from "node:tls";
 import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
 import type { TlsMaterial } from "../tls/contexts.js";
@@ -51,7 +52,7 @@ export class PoolSet {
     const key = poolKey(t, tls.key);
     let p = this.pools.get(key);
     if (!p) {
-      p = new Pool(`https://${t.host.includes(":") ? `[${t.host}]` : t.host}:${t.port}`, {
+      p = new (undici().Pool)(`https://${t.host.includes(":") ? `[${t.host}]` : t.host}:${t.port}`, {
         connections: t.maxConnections,
         pipelining: 1,
         allowH2: t.http2,

@@ -5,7 +5,8 @@ import { createServer as createHttpServer, type IncomingMessage, type Server } f
 import { createServer as createH2Server, type Http2Server, type ServerHttp2Session } from "node:http2";
 import { connect as netConnect, type Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { H2CClient, Pool, type Dispatcher } from "undici";
+import type { Dispatcher } from "undici";
+import { undici } from "../http/undici.js";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { stripHopByHop } from "../http/headers.js";
@@ -94,6 +95,7 @@ export class InboundHttp {
     const app = config.localApp;
     this.poolFor = poolKey(config);
     const origin = `http://${app.host.includes(":") ? `[${app.host}]` : app.host}:${app.port}`;
+    const { H2CClient, Pool } = undici();
     if (config.appHttp2) return new H2CClient(origin, { headersTimeout: 0, bodyTimeout: 0, connectTimeout: config.localConnectTimeoutMs });
     return new Pool(origin, {
       connections: null,

@@ -10,7 +10,8 @@
 // family is dropped. Both are counted in meshproxy_app_metrics_families{result}.
 import { performance } from "node:perf_hooks";
 import { Counter, Gauge, type Registry } from "prom-client";
-import { Agent, request } from "undici";
+import type { Agent } from "undici";
+import { loadUndici, undici } from "../http/undici.js";
 import { ExpositionError, formatFamilies, occupiedNames, parseExposition, type Family } from "./exposition.js";
 import type { Logger } from "./log.js";
 
@@ -105,7 +106,7 @@ class AppSource {
   private readonly url: string;
   private readonly timeoutMs: number;
   private readonly maxBytes: number;
-  private readonly dispatcher: Agent;
+  private readonly dispatcher: Promise<Agent>;
   private readonly errors: Counter<"reason">;
   private readonly duration: Gauge;
   private readonly up: Gauge;
@@ -121,7 +122,8 @@ class AppSource {
     this.timeoutMs = opts.timeoutMs ?? DEFAULT_APP_TIMEOUT_MS;
     this.maxBytes = opts.maxBytes ?? DEFAULT_APP_MAX_BYTES;
     const t = this.timeoutMs;
-    this.dispatcher = new Agent({ connections: 4, keepAliveTimeout: 30_000, headersTimeout: t, bodyTimeout: t, connect: { timeout: t } });
+    // Made on the first scrape: undici is loaded only by proxies that merge an app's metrics.
+    this.dispatcher = loadUndici().then((u) => new u.Agent({ connections: 4, keepAliveTimeout: 30_000, headersTimeout: t, bodyTimeout: t, connect: { timeout: t } }));
     const registers = [registry];
     this.errors = new Counter({ name: "meshproxy_app_metrics_scrape_errors_total", help: "Scrapes of the app's metrics (-app-metrics-url) that failed, by reason; the proxy's metrics were served without the app's", labelNames: ["reason"], registers });
     for (const r of SCRAPE_FAILURES) this.errors.labels(r).inc(0);
@@ -165,8 +167,9 @@ class AppSource {
     const fail = (reason: ScrapeFailure, message: string): AppScrape => ({ ok: false, reason, message });
     let text: string;
     try {
-      const res = await request(this.url, {
-        dispatcher: this.dispatcher,
+      const dispatcher = await this.dispatcher;
+      const res = await undici().request(this.url, {
+        dispatcher,
         headers: { accept: "text/plain;version=0.0.4;q=1,*/*;q=0.1" },
         signal: AbortSignal.timeout(this.timeoutMs),
       });
@@ -208,7 +211,7 @@ class AppSource {
   }
 
   close(): Promise<void> {
-    return this.dispatcher.destroy();
+    return this.dispatcher.then((d) => d.destroy());
   }
 }
 

@@ -2,7 +2,8 @@
 // -http-addr / CONSUL_HTTP_ADDR (host:port, http://, https://, unix://), token, TLS env vars.
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { Agent, request, type Dispatcher } from "undici";
+import type { Dispatcher } from "undici";
+import { loadUndici, undici } from "../../http/undici.js";
 
 export interface AgentTlsOptions {
   readonly caFile?: string;
@@ -69,27 +70,34 @@ function readCaPath(dir: string): string[] {
 }
 
 export class AgentClient {
-  private readonly dispatcher: Dispatcher;
+  private dispatcherP: Promise<Dispatcher> | null = null;
   private readonly addr: ParsedAddr;
+  private readonly connectOptions: { socketPath?: string; ca?: string[]; cert?: string; key?: string; servername?: string; rejectUnauthorized: boolean };
 
   constructor(private readonly opts: AgentClientOptions) {
     this.addr = parseAgentAddr(opts.httpAddr, process.env["CONSUL_HTTP_SSL"] === "true");
     const t = opts.tls ?? {};
     const ca = [...(t.caFile ? [readFileSync(t.caFile, "utf8")] : []), ...(t.caPath ? readCaPath(t.caPath) : [])];
-    this.dispatcher = new Agent({
+    // Files are read (and their errors reported) here; the HTTP client itself is made on first use.
+    this.connectOptions = {
+      ...(this.addr.socketPath ? { socketPath: this.addr.socketPath } : {}),
+      ...(ca.length > 0 ? { ca } : {}),
+      ...(t.clientCert ? { cert: readFileSync(t.clientCert, "utf8") } : {}),
+      ...(t.clientKey ? { key: readFileSync(t.clientKey, "utf8") } : {}),
+      ...(t.serverName ? { servername: t.serverName } : {}),
+      rejectUnauthorized: t.verify !== false,
+    };
+  }
+
+  private dispatcher(): Promise<Dispatcher> {
+    this.dispatcherP ??= loadUndici().then((u) => new u.Agent({
       // Blocking queries hold a request for up to `wait`; the watch sets its own deadline.
       headersTimeout: 0,
       bodyTimeout: 0,
       keepAliveTimeout: 30_000,
-      connect: {
-        ...(this.addr.socketPath ? { socketPath: this.addr.socketPath } : {}),
-        ...(ca.length > 0 ? { ca } : {}),
-        ...(t.clientCert ? { cert: readFileSync(t.clientCert, "utf8") } : {}),
-        ...(t.clientKey ? { key: readFileSync(t.clientKey, "utf8") } : {}),
-        ...(t.serverName ? { servername: t.serverName } : {}),
-        rejectUnauthorized: t.verify !== false,
-      },
-    });
+      connect: this.connectOptions,
+    }));
+    return this.dispatcherP;
   }
 
   get address(): string {
@@ -104,10 +112,11 @@ export class AgentClient {
     const headers: Record<string, string> = {};
     if (this.opts.token) headers["x-consul-token"] = this.opts.token;
     if (opts.body !== undefined) headers["content-type"] = "application/json";
-    const res = await request(url, {
+    const dispatcher = await this.dispatcher();
+    const res = await undici().request(url, {
       method,
       headers,
-      dispatcher: this.dispatcher,
+      dispatcher,
       ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
@@ -139,6 +148,6 @@ export class AgentClient {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.destroy();
+    if (this.dispatcherP) await (await this.dispatcherP).destroy();
   }
 }

@@ -13,7 +13,8 @@ import {
   type ProxyRequest,
 } from "../controlplane.js";
 import { DEFAULTS, type Cluster, type Identity, type IntentionPolicy, type Snapshot, type UpstreamListener } from "../../config/snapshot.js";
-import { issueLeaf, type IssuedLeaf } from "../../identity/ca.js";
+import type { IssuedLeaf } from "../../identity/ca.js";
+import { issueLeafInWorker } from "../../identity/ca-worker.js";
 import { serviceSpiffeId } from "../../identity/spiffe.js";
 import { ENTRY_KINDS, type ConfigEntry } from "../chain/entries.js";
 import { compileChain, entryIndex, serviceDefaults, serviceProtocol, type EntryLookup } from "../chain/compile.js";
@@ -129,7 +130,7 @@ export class DevControlPlane implements ControlPlane {
     const ca = this.ca!;
     const { service } = this.opts.request;
     const spiffeId = serviceSpiffeId({ trustDomain: ca.config.trustDomain, namespace: DEFAULTS.namespace, datacenter: ca.config.datacenter, service });
-    this.leaf = await issueLeaf(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
+    this.leaf = await issueLeafInWorker(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
     this.log.info("issued leaf certificate", { service, serial: this.leaf.serial, not_after: this.leaf.notAfter.toISOString() });
     this.scheduleRenewal(renewalDelayMs(this.leaf.notBefore, this.leaf.notAfter));
   }

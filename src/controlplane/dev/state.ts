@@ -11,7 +11,8 @@
 import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp } from "node:fs/promises";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
-import { createRootCa, type CaMaterial } from "../../identity/ca.js";
+import type { CaMaterial } from "../../identity/ca.js";
+import { createRootCaInWorker } from "../../identity/ca-worker.js";
 import { parseDurationMs, formatDurationMs } from "../../config/duration.js";
 import { isValidServiceName } from "../../config/validate.js";
 import { parseEntry, parsePermissions, EntryError, ENTRY_KINDS, type ConfigEntry, type EntryKind } from "../chain/entries.js";
@@ -102,7 +103,7 @@ export async function ensureCa(dir: string): Promise<DevCa & { created: boolean 
     await readFile(p.rootCert);
   } catch {
     const trustDomain = `${randomUUID()}.consul`;
-    const ca = await createRootCa(trustDomain);
+    const ca = await createRootCaInWorker(trustDomain);
     const tmp = await mkdtemp(join(dir, ".ca-"));
     await writeFile(join(tmp, "root.pem"), ca.certPem, { mode: 0o644 });
     await writeFile(join(tmp, "root.key"), ca.keyPem, { mode: 0o600 });
