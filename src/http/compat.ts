@@ -4,17 +4,23 @@
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { Http2ServerResponse, type Http2ServerRequest } from "node:http2";
 import { EventEmitter } from "node:events";
-import type { HeaderRecord } from "./headers.js";
+import { endToEndCopy, type HeaderRecord } from "./headers.js";
 
 export type AnyRequest = IncomingMessage | Http2ServerRequest;
 export type AnyResponse = ServerResponse | Http2ServerResponse;
 
-/** The request's headers without HTTP/2 pseudo-headers; `host` filled from `:authority`. */
+/**
+ * The request's end-to-end headers for the next hop: no hop-by-hop fields, no HTTP/2
+ * pseudo-headers, `host` filled from `:authority`, and `te: trailers` kept (gRPC needs it end to
+ * end; it is the one TE value HTTP/2 allows).
+ */
 export function requestHeaders(req: AnyRequest): HeaderRecord {
-  const out: HeaderRecord = {};
-  for (const [k, v] of Object.entries(req.headers)) if (k.charCodeAt(0) !== 58 /* ':' */) out[k] = v;
+  const out = endToEndCopy(req.headers, true);
   const authority = req.headers[":authority"];
   if (out["host"] === undefined && typeof authority === "string") out["host"] = authority;
+  if (req.headers["te"] === "trailers") out["te"] = "trailers";
+  // The sidecar already answered 100-continue itself, and undici refuses to send `expect`.
+  if (out["expect"] !== undefined) delete out["expect"];
   return out;
 }
 

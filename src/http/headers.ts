@@ -139,3 +139,23 @@ export function stripHopByHop(headers: HeaderRecord): void {
   else if (conn !== undefined) for (const v of conn) dropNominated(headers, v);
   for (const name of HOP_BY_HOP) if (headers[name] !== undefined) delete headers[name];
 }
+
+/**
+ * A copy of `src` holding only end-to-end fields: hop-by-hop ones, those the Connection header
+ * nominates, and (for HTTP/2) pseudo-headers are left out while copying. One pass and no
+ * `delete`, which would turn the object into a slow dictionary for everything that reads it next.
+ */
+export function endToEndCopy(src: Readonly<Record<string, string | string[] | undefined>>, skipPseudo = false): HeaderRecord {
+  const conn = src["connection"];
+  let nominated: Set<string> | null = null;
+  if (conn !== undefined) {
+    nominated = new Set();
+    for (const v of typeof conn === "string" ? [conn] : conn) for (const t of v.split(",")) nominated.add(t.trim().toLowerCase());
+  }
+  const out: HeaderRecord = {};
+  for (const name in src) {
+    if (HOP_BY_HOP.has(name) || (skipPseudo && name.charCodeAt(0) === 58) || nominated?.has(name)) continue;
+    out[name] = src[name];
+  }
+  return out;
+}

@@ -9,7 +9,7 @@ import type { Dispatcher } from "undici";
 import { undici } from "../http/undici.js";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
-import { stripHopByHop } from "../http/headers.js";
+import { endToEndCopy } from "../http/headers.js";
 import { ResponseForwarder, type ForwardResult } from "../http/forwarder.js";
 import { errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { normalizePath, originForm } from "../http/match.js";
@@ -202,11 +202,6 @@ export class InboundHttp {
 
   private async forward(req: Req, res: Res, caller: Caller, path: string, rec: InboundRecord): Promise<void> {
     const headers = requestHeaders(req);
-    const te = headers["te"];
-    stripHopByHop(headers);
-    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
-    if (te === "trailers") headers["te"] = te;
-    delete headers["expect"];
     // Envoy's forward_client_cert_details as Consul sets it: the app can see who called.
     const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
     const prev = headers["x-forwarded-client-cert"];
@@ -221,9 +216,7 @@ export class InboundHttp {
       const handler = new ResponseForwarder(
         res,
         (status, h) => {
-          const out: Record<string, string | string[] | undefined> = { ...h };
-          stripHopByHop(out);
-          writeHead(res, status, out);
+          writeHead(res, status, endToEndCopy(h));
           rec.status = status;
           return true;
         },

@@ -6,7 +6,7 @@ import type { IncomingHttpHeaders } from "node:http";
 import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
 import { normalizePath, originForm } from "../http/match.js";
-import { applyHeaderMutation, isEmptyMutation, stripHopByHop } from "../http/headers.js";
+import { applyHeaderMutation, endToEndCopy, isEmptyMutation } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
 import { ResponseForwarder } from "../http/forwarder.js";
@@ -180,11 +180,6 @@ export class HttpRouter {
 
     // Request headers for the upstream: hop-by-hop stripped, mutations applied.
     const headers = requestHeaders(req);
-    const te = headers["te"];
-    stripHopByHop(headers);
-    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
-    if (te === "trailers") headers["te"] = te;
-    delete headers["expect"]; // node already answered 100-continue; undici refuses to send it
     if (c.hasReqMutations) {
       applyHeaderMutation(headers, a.requestHeaders);
       applyHeaderMutation(headers, leg.requestHeaders);
@@ -400,8 +395,7 @@ export class HttpRouter {
   ): void {
     rec.status = status;
     rec.flag = flag ?? "-";
-    const headers: Record<string, string | string[] | undefined> = { ...upstreamHeaders };
-    stripHopByHop(headers);
+    const headers = endToEndCopy(upstreamHeaders);
     if (c.hasResMutations) {
       applyHeaderMutation(headers, c.route.action.responseHeaders);
       applyHeaderMutation(headers, leg.responseHeaders);

@@ -103,3 +103,11 @@ t.test("headers nominated by Connection are stripped (RFC 9110 §7.6.1)", async 
   stripHopByHop(none);
   t.same(none, { "x-a": "1" }, "nothing to strip, nothing changes");
 });
+
+t.test("endToEndCopy leaves out hop-by-hop, nominated and pseudo fields in one pass", async (t) => {
+  const { endToEndCopy } = await import("../../src/http/headers.js");
+  const src = { ":path": "/x", host: "a", connection: "keep-alive, x-secret", "x-secret": "s", "keep-alive": "timeout=5", te: "trailers", "transfer-encoding": "chunked", accept: "*/*", cookie: ["a=1", "b=2"] };
+  t.same(endToEndCopy(src, true), { host: "a", accept: "*/*", cookie: ["a=1", "b=2"] });
+  t.same(endToEndCopy(src, false), { ":path": "/x", host: "a", accept: "*/*", cookie: ["a=1", "b=2"] }, "pseudo-headers kept unless asked");
+  t.equal(src["x-secret"], "s", "the source is not changed");
+});
