@@ -2,6 +2,7 @@
 // on a fresh machine with no server to install. It watches the directory and turns it, plus
 // the ProxyRequest, into Snapshots.
 import { watch, type FSWatcher } from "node:fs";
+import { CoalescedRun } from "../coalesce.js";
 import { mkdir } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
@@ -66,8 +67,10 @@ export class DevControlPlane implements ControlPlane {
   private announced: Announcement | null = null;
   private watchers: FSWatcher[] = [];
   private timers = new Set<NodeJS.Timeout>();
-  private refreshing: Promise<void> | null = null;
-  private refreshAgain = false;
+  private readonly refresher = new CoalescedRun(async () => {
+    await this.readState();
+    this.emitIfChanged();
+  }, () => this.stopped);
   private stopped = false;
   // Problems reported and still present after the last read: each is said once while it lasts,
   // and again if it comes back after a fix (a second bad edit is news to the operator).
@@ -118,12 +121,7 @@ export class DevControlPlane implements ControlPlane {
   }
 
   private scheduleRefresh(): void {
-    // Coalesce bursts of events (a rename is several) into one re-read.
-    if (this.refreshing) {
-      this.refreshAgain = true;
-      return;
-    }
-    void this.refresh();
+    void this.refresher.run();
   }
 
   private async renewLeaf(): Promise<void> {
@@ -154,20 +152,8 @@ export class DevControlPlane implements ControlPlane {
     this.handlers?.error(e);
   }
 
-  private async refresh(): Promise<void> {
-    if (this.stopped) return;
-    if (this.refreshing) {
-      this.refreshAgain = true;
-      return this.refreshing;
-    }
-    this.refreshing = (async () => {
-      do {
-        this.refreshAgain = false;
-        await this.readState();
-        this.emitIfChanged();
-      } while (this.refreshAgain && !this.stopped);
-    })().finally(() => (this.refreshing = null));
-    return this.refreshing;
+  private refresh(): Promise<void> {
+    return this.refresher.run();
   }
 
   private async readState(): Promise<void> {
@@ -323,7 +309,7 @@ export class DevControlPlane implements ControlPlane {
     for (const t of this.timers) clearTimeout(t);
     this.watchers = [];
     this.timers.clear();
-    await this.refreshing;
+    await this.refresher.settled();
   }
 }
 

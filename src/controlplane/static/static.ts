@@ -1,6 +1,7 @@
 // The static control plane: one JSON file (plus the PEM files it names) is the whole truth.
 // Both are watched; a good edit becomes a new Snapshot, a broken one is reported once and
 // ignored, so the proxy keeps serving on the last good configuration.
+import { CoalescedRun } from "../coalesce.js";
 import { watch, type FSWatcher } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -46,8 +47,7 @@ export class StaticControlPlane implements ControlPlane {
   private readonly watchers = new Map<string, FSWatcher>();
   private poll: NodeJS.Timeout | null = null;
   private settle: NodeJS.Timeout | null = null;
-  private refreshing: Promise<void> | null = null;
-  private refreshAgain = false;
+  private readonly refresher = new CoalescedRun(() => this.reload(), () => this.stopped);
   private stopped = false;
   /** Problems already reported since the last good load: each is said once, not every poll. */
   private readonly reported = new Set<string>();
@@ -151,18 +151,7 @@ export class StaticControlPlane implements ControlPlane {
   }
 
   private refresh(): Promise<void> {
-    if (this.stopped) return Promise.resolve();
-    if (this.refreshing) {
-      this.refreshAgain = true;
-      return this.refreshing;
-    }
-    this.refreshing = (async () => {
-      do {
-        this.refreshAgain = false;
-        await this.reload();
-      } while (this.refreshAgain && !this.stopped);
-    })().finally(() => (this.refreshing = null));
-    return this.refreshing;
+    return this.refresher.run();
   }
 
   private scheduleRefresh(): void {
@@ -243,7 +232,7 @@ export class StaticControlPlane implements ControlPlane {
     if (this.settle) clearTimeout(this.settle);
     this.poll = null;
     this.settle = null;
-    await this.refreshing;
+    await this.refresher.settled();
   }
 }
 
