@@ -122,8 +122,14 @@ const WEB_WITH_DB: ProxyRequest = {
   upstreams: [{ name: "db", bind: { host: "127.0.0.1", port: 9191 } }],
 };
 
-function endpointsOf(s: Snapshot, cluster: string): Array<{ id: string; host: string; port: number; healthy: boolean }> {
-  return (s.clusters[cluster]?.endpoints ?? []).map((e) => ({ id: e.id, host: e.host, port: e.port, healthy: e.healthy }));
+/** The cluster an upstream listener sends to (clusters are named as Consul names them: the target's SNI). */
+function clusterFor(s: Snapshot, upstream: string): Snapshot["clusters"][string] | undefined {
+  const u = s.upstreams.find((x) => x.name === upstream);
+  return u ? s.clusters[u.cluster] : undefined;
+}
+
+function endpointsOf(s: Snapshot, upstream: string): Array<{ id: string; host: string; port: number; healthy: boolean }> {
+  return (clusterFor(s, upstream)?.endpoints ?? []).map((e) => ({ id: e.id, host: e.host, port: e.port, healthy: e.healthy }));
 }
 
 const isGet = (prefix: string) => (r: RecordedRequest) => r.method === "GET" && r.path.startsWith(prefix);
@@ -150,9 +156,10 @@ t.test("flags mode (-service): the first Snapshot holds the leaf, roots, intenti
   t.same(s.publicListener?.localApp, { host: "127.0.0.1", port: 8080 });
   t.same(
     s.upstreams.map((u) => ({ name: u.name, bind: u.bind, cluster: u.cluster })),
-    [{ name: "db", bind: { host: "127.0.0.1", port: 9191 }, cluster: "db" }],
+    [{ name: "db", bind: { host: "127.0.0.1", port: 9191 }, cluster: serviceSni("db", "default", "dc1", d.trustDomain) }],
+    "the upstream's cluster is named as Consul names it: the target's SNI",
   );
-  const db = s.clusters["db"];
+  const db = clusterFor(s, "db");
   t.equal(db?.service, "db");
   t.equal(db?.sni, serviceSni("db", "default", "dc1", d.trustDomain), "SNI from the default chain's target");
   t.equal(db?.expectedSpiffeId, serviceSpiffeId({ trustDomain: d.trustDomain, namespace: "default", datacenter: "dc1", service: "db" }));
@@ -264,17 +271,17 @@ t.test("discovery chain: the target's SNI is used, and a redirect moves the heal
 
   let mark = h.snapshots.length;
   d.setChain("db", chainTo(d, "db", "db", { sni: "db.custom-sni.example", connectTimeout: "2s" }));
-  let s = await h.snapshots.next((x) => x.clusters["db"]?.sni === "db.custom-sni.example", "a Snapshot with the chain's SNI", mark);
+  let s = await h.snapshots.next((x) => clusterFor(x, "db")?.sni === "db.custom-sni.example", "a Snapshot with the chain's SNI", mark);
   t.pass("the SNI comes from Chain.Targets[<start resolver's target>].SNI, not a computed name");
   t.equal(s.upstreams[0]?.connectTimeoutMs, 2000, "the target's ConnectTimeout applies when the upstream sets none");
   t.same(endpointsOf(s, "db").map((e) => e.id), ["db-1"], "same instances");
 
   mark = h.snapshots.length;
   d.setChain("db", chainTo(d, "db", "postgres", {}));
-  s = await h.snapshots.next((x) => x.clusters["db"]?.service === "postgres", "a Snapshot for the redirected service", mark);
+  s = await h.snapshots.next((x) => clusterFor(x, "db")?.service === "postgres", "a Snapshot for the redirected service", mark);
   t.same(endpointsOf(s, "db"), [{ id: "postgres-1", host: "10.0.0.9", port: 21002, healthy: true }], "endpoints come from /v1/health/connect/postgres");
-  t.equal(s.clusters["db"]?.expectedSpiffeId, serviceSpiffeId({ trustDomain: d.trustDomain, namespace: "default", datacenter: "dc1", service: "postgres" }), "the expected identity is the target service's");
-  t.equal(s.clusters["db"]?.sni, serviceSni("postgres", "default", "dc1", d.trustDomain));
+  t.equal(clusterFor(s, "db")?.expectedSpiffeId, serviceSpiffeId({ trustDomain: d.trustDomain, namespace: "default", datacenter: "dc1", service: "postgres" }), "the expected identity is the target service's");
+  t.equal(clusterFor(s, "db")?.sni, serviceSni("postgres", "default", "dc1", d.trustDomain));
   t.same(s.upstreams.map((u) => u.name), ["db"], "the listener keeps the upstream's name");
   t.ok(await waitUntil(() => d.heldCount("/v1/health/connect/db") === 0, 5000), "the health watch on db was stopped (its blocking query cancelled)");
   t.ok(d.requestsTo("/v1/health/connect/postgres").length >= 1, "and one on postgres started");
@@ -373,7 +380,7 @@ t.test("agent mode (-proxy-id): the registration, watched by hash, says what the
   d.registerProxy({ ...WEB_PROXY, Port: 21500, Proxy: { ...WEB_PROXY.Proxy, LocalServicePort: 8081, Config: { protocol: "tcp" }, Upstreams: [{ DestinationName: "cache", LocalBindPort: 9292 }] } });
   s = await h.snapshots.next((x) => x.upstreams.length === 1, "a Snapshot without db", mark);
   t.same(s.upstreams.map((u) => u.name), ["cache"], "a removed upstream goes away");
-  t.same(Object.keys(s.clusters), ["cache"], "and so does its cluster");
+  t.same(Object.values(s.clusters).map((c) => c.service), ["cache"], "and so does its cluster");
   t.same(s.publicListener?.bind, { host: "10.20.0.15", port: 21500 }, "the public listener follows a new Port");
   t.equal(s.publicListener?.localApp.port, 8081, "and a new LocalServicePort");
   t.equal(s.publicListener?.handshakeTimeoutMs, 10_000, "a setting dropped from Proxy.Config falls back to its default");
@@ -625,7 +632,7 @@ t.test("the first Snapshot waits for roots, leaf, intentions and every upstream'
       await started;
       t.equal(h.snapshots.length, 1, "it arrives: one complete Snapshot");
       const s = h.latest();
-      t.same(Object.keys(s.clusters).sort(), ["cache", "db"]);
+      t.same(Object.values(s.clusters).map((c) => c.service).sort(), ["cache", "db"]);
       t.equal(s.version, 1);
     });
   }
@@ -717,4 +724,60 @@ t.test("-register heartbeat: the TTL check is passed every TTL/3, and a lost reg
   const end = d.requests.length;
   await new Promise((r) => setTimeout(r, 1500));
   t.notOk(d.requests.slice(end).some(isPass), "no heartbeats after deregistration");
+});
+
+t.test("an HTTP chain from the agent (the reference's splitter to two subsets) becomes routes, splits and subset clusters", async (t) => {
+  const d = await double(t);
+  d.setInstances("db", [
+    { id: "db-blue", address: "10.0.0.5", port: 21000, meta: { version: "blue" } },
+    { id: "db-green", address: "10.0.0.6", port: 21000, meta: { version: "green" } },
+  ]);
+  const td = d.trustDomain;
+  const dc = d.datacenter;
+  const target = (subset: string): JsonObject => ({
+    ID: `${subset}.db.default.default.${dc}`,
+    Service: "db",
+    ServiceSubset: subset,
+    Namespace: "default",
+    Partition: "default",
+    Datacenter: dc,
+    MeshGateway: {},
+    Subset: { Filter: `Service.Meta.version == ${subset}`, ...(subset === "green" ? { OnlyPassing: true } : {}) },
+    ConnectTimeout: "5s",
+    SNI: `${subset}.db.default.${dc}.internal.${td}`,
+    Name: `${subset}.db.default.${dc}.internal.${td}`,
+  });
+  d.setChain("db", {
+    ServiceName: "db",
+    Namespace: "default",
+    Partition: "default",
+    Datacenter: dc,
+    Protocol: "http",
+    StartNode: "splitter:db.default.default",
+    Nodes: {
+      "splitter:db.default.default": {
+        Type: "splitter",
+        Name: "db.default.default",
+        Splits: [
+          { Definition: { Weight: 80, ServiceSubset: "blue" }, Weight: 80, NextNode: `resolver:blue.db.default.default.${dc}` },
+          { Definition: { Weight: 20, ServiceSubset: "green" }, Weight: 20, NextNode: `resolver:green.db.default.default.${dc}` },
+        ],
+      },
+      [`resolver:blue.db.default.default.${dc}`]: { Type: "resolver", Name: `blue.db.default.default.${dc}`, Resolver: { ConnectTimeout: "5s", Target: `blue.db.default.default.${dc}`, Failover: { Targets: [`green.db.default.default.${dc}`] } } },
+      [`resolver:green.db.default.default.${dc}`]: { Type: "resolver", Name: `green.db.default.default.${dc}`, Resolver: { ConnectTimeout: "5s", Target: `green.db.default.default.${dc}` } },
+    },
+    Targets: { [`blue.db.default.default.${dc}`]: target("blue"), [`green.db.default.default.${dc}`]: target("green") },
+  });
+  const h = harness(t, d, { request: WEB_WITH_DB });
+  await h.start();
+  const s = await h.snapshots.next((x) => x.upstreams[0]?.protocol === "http", "a Snapshot with the HTTP chain", 0);
+  const u = s.upstreams[0]!;
+  const splits = u.routes?.routes.at(-1)?.action.splits.map((x) => [x.cluster, x.weight]);
+  t.same(splits, [[`blue.db.default.${dc}.internal.${td}`, 8000], [`green.db.default.${dc}.internal.${td}`, 2000]], "the splitter's 80/20 in 1/10000ths, to the subset clusters named by their SNI");
+  const blue = s.clusters[`blue.db.default.${dc}.internal.${td}`];
+  const green = s.clusters[`green.db.default.${dc}.internal.${td}`];
+  t.same(blue?.endpoints.map((e) => e.id), ["db-blue"], "the blue subset's filter selects the blue instance");
+  t.same(green?.endpoints.map((e) => e.id), ["db-green"], "and green's the green one");
+  t.same(blue?.failover, [`green.db.default.${dc}.internal.${td}`], "the resolver's failover targets");
+  t.equal(blue?.expectedSpiffeId, serviceSpiffeId({ trustDomain: td, namespace: "default", datacenter: dc, service: "db" }), "a subset presents its service's identity");
 });

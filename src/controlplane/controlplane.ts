@@ -3,6 +3,7 @@
 // It never touches a socket; the proxy never calls back into it except to announce where its
 // public listener ended up (so the instance can be registered) and to withdraw it.
 import type { HostPort, Protocol, Snapshot } from "../config/snapshot.js";
+import type { UpstreamSettings } from "./chain/entries.js";
 
 export interface UpstreamRequest {
   /** Destination service name. */
@@ -10,6 +11,8 @@ export interface UpstreamRequest {
   readonly bind: HostPort;
   readonly datacenter?: string;
   readonly connectTimeoutMs?: number;
+  /** Limits, outlier detection and connect timeout for this destination (Consul's upstream Config). */
+  readonly settings?: UpstreamSettings;
 }
 
 /** What the operator asked for on the command line (Consul's "flags mode"). */

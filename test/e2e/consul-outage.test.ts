@@ -15,9 +15,13 @@ function since(p: Sidecar, mark: number, pred: (l: LogLine) => boolean): (l: Log
   return (l) => p.logs.indexOf(l) >= mark && pred(l);
 }
 
-function endpointCount(dump: unknown, cluster: string): number {
+/** Endpoints of the cluster for `service` (clusters are named by their SNI). */
+function endpointCount(dump: unknown, service: string): number {
   if (typeof dump !== "object" || dump === null || !("clusters" in dump)) return 0;
-  const c: unknown = typeof dump.clusters === "object" && dump.clusters !== null ? Object.getOwnPropertyDescriptor(dump.clusters, cluster)?.value : undefined;
+  const c: unknown =
+    typeof dump.clusters === "object" && dump.clusters !== null
+      ? Object.values(dump.clusters).find((x: unknown) => typeof x === "object" && x !== null && "service" in x && x.service === service)
+      : undefined;
   return typeof c === "object" && c !== null && "endpoints" in c && Array.isArray(c.endpoints) ? c.endpoints.length : 0;
 }
 

@@ -15,11 +15,12 @@ async function dbSidecar(t: Teardown, d: ConsulAgentDouble): Promise<Sidecar> {
   return consulSidecar(t, d, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`, "-register"]);
 }
 
-function endpointPorts(dump: unknown, cluster: string): number[] {
+/** Ports of the endpoints of the cluster for `service` (clusters are named by their SNI). */
+function endpointPorts(dump: unknown, service: string): number[] {
   if (typeof dump !== "object" || dump === null || !("clusters" in dump)) return [];
   const clusters: unknown = dump.clusters;
-  if (typeof clusters !== "object" || clusters === null || !(cluster in clusters)) return [];
-  const c: unknown = Object.getOwnPropertyDescriptor(clusters, cluster)?.value;
+  if (typeof clusters !== "object" || clusters === null) return [];
+  const c: unknown = Object.values(clusters).find((x: unknown) => typeof x === "object" && x !== null && "service" in x && x.service === service);
   if (typeof c !== "object" || c === null || !("endpoints" in c) || !Array.isArray(c.endpoints)) return [];
   return c.endpoints.flatMap((e: unknown) => (typeof e === "object" && e !== null && "port" in e && typeof e.port === "number" ? [e.port] : []));
 }

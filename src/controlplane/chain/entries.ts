@@ -267,6 +267,15 @@ function opt<K extends string, V>(k: K, v: V | undefined): Partial<Record<K, V>>
   return out;
 }
 
+/**
+ * An upstream's `Config` map as a Consul agent hands it over (service-defaults' UpstreamConfig
+ * merged in): `connect_timeout_ms`, `limits`, `passive_health_check`, either key spelling.
+ */
+export function parseUpstreamSettings(raw: unknown, where: string): UpstreamSettings | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  return upstreamSettings(Fields.of(where, raw));
+}
+
 function headerMutation(f: Fields | undefined): HeaderMutation | undefined {
   if (!f) return undefined;
   const lower = (m: Record<string, string>) => Object.fromEntries(Object.entries(m).map(([k, v]) => [k.toLowerCase(), v]));

@@ -16,20 +16,21 @@ import type { AgentClient } from "./client.js";
 import { BlockingQuery, type BlockingOptions } from "./blocking.js";
 import {
   parseAgentServices,
-  parseChain,
   parseHealth,
   parseIntentionMatch,
   parseLeaf,
   parseProxyRegistration,
   parseRoots,
   type CaRoots,
-  type DiscoveryChain,
   type HealthEndpoint,
   type LeafCert,
   type ProxyRegistration,
   type WireIntention,
 } from "./wire.js";
 import { ProxyRegistrar } from "./register.js";
+import { chainFromAgent } from "./chain.js";
+import { compileChain, entryIndex, type ChainTarget, type CompiledChain } from "../chain/compile.js";
+import { buildUpstream, type ServiceInstance } from "../chain/upstream.js";
 
 export interface ConsulControlPlaneOptions {
   readonly client: AgentClient;
@@ -60,7 +61,7 @@ interface IntentionsState {
   readonly defaultAction: "allow" | "deny";
 }
 
-type ChainState = DiscoveryChain | "unavailable";
+type ChainState = CompiledChain | "unavailable";
 
 export class ConsulControlPlane implements ControlPlane {
   readonly kind = "consul";
@@ -141,6 +142,7 @@ export class ConsulControlPlane implements ControlPlane {
           bind: { host: u.localBindAddress, port: u.localBindPort },
           ...(u.datacenter ? { datacenter: u.datacenter } : {}),
           ...(u.connectTimeoutMs ? { connectTimeoutMs: u.connectTimeoutMs } : {}),
+          ...(u.settings ? { settings: u.settings } : {}),
         });
       }
     }
@@ -153,12 +155,19 @@ export class ConsulControlPlane implements ControlPlane {
     this.log.warn(msg);
   }
 
-  /** The service (and datacenter) whose instances an upstream's connections go to. */
-  private targetOf(u: UpstreamRequest): { service: string; datacenter: string; sni: string | null; connectTimeoutMs: number | undefined } {
-    const chain = this.chains.get(chainKey(u));
-    const t = chain && chain !== "unavailable" && chain.defaultTarget ? chain.targets[chain.defaultTarget] : undefined;
-    if (t) return { service: t.service, datacenter: t.datacenter || u.datacenter || "", sni: t.sni || null, connectTimeoutMs: t.connectTimeoutMs };
-    return { service: u.name, datacenter: u.datacenter ?? "", sni: null, connectTimeoutMs: undefined };
+  /**
+   * The upstream's chain as the agent compiled it, or, before one arrives or from an agent
+   * without discovery chains, the default chain (one target: the service itself).
+   */
+  private chainOf(u: UpstreamRequest, datacenter: string): CompiledChain {
+    const c = this.chains.get(chainKey(u));
+    if (c && c !== "unavailable") return c;
+    return compileChain(entryIndex([]), u.name, { namespace: DEFAULTS.namespace, datacenter: u.datacenter ?? datacenter });
+  }
+
+  /** Every service the upstream's chain can send traffic to (subsets share their service). */
+  private servicesOf(u: UpstreamRequest): string[] {
+    return [...new Set(Object.values(this.chainOf(u, "").targets).map((t) => t.service))];
   }
 
   private watch<T>(key: string, opts: Omit<BlockingOptions<T>, "client" | "onError" | "waitMs" | "backoff" | "onValue">, onValue: (v: T) => void): void {
@@ -222,19 +231,21 @@ export class ConsulControlPlane implements ControlPlane {
     for (const u of this.upstreamRequests()) {
       const ck = chainKey(u);
       wanted.add(`chain:${ck}`);
-      this.watch<DiscoveryChain>(
+      this.watch<CompiledChain>(
         `chain:${ck}`,
-        { path: `/v1/discovery-chain/${encodeURIComponent(u.name)}`, query: u.datacenter ? { "compile-dc": u.datacenter } : {}, mode: "index", parse: (b) => parseChain(b, u.name) },
+        { path: `/v1/discovery-chain/${encodeURIComponent(u.name)}`, query: u.datacenter ? { "compile-dc": u.datacenter } : {}, mode: "index", parse: (b) => chainFromAgent(b, u.name) },
         (v) => this.chains.set(ck, v),
       );
-      const t = this.targetOf(u);
-      const hk = healthKey(t.service, t.datacenter);
-      wanted.add(`health:${hk}`);
-      this.watch<HealthEndpoint[]>(
-        `health:${hk}`,
-        { path: `/v1/health/connect/${encodeURIComponent(t.service)}`, query: t.datacenter ? { dc: t.datacenter } : {}, mode: "index", parse: (b) => parseHealth(b, t.service) },
-        (v) => this.health.set(hk, v),
-      );
+      const dc = u.datacenter ?? "";
+      for (const svc of this.servicesOf(u)) {
+        const hk = healthKey(svc, dc);
+        wanted.add(`health:${hk}`);
+        this.watch<HealthEndpoint[]>(
+          `health:${hk}`,
+          { path: `/v1/health/connect/${encodeURIComponent(svc)}`, query: dc ? { dc } : {}, mode: "index", parse: (b) => parseHealth(b, svc) },
+          (v) => this.health.set(hk, v),
+        );
+      }
     }
     for (const [key, q] of this.watches) {
       if (wanted.has(key)) continue;
@@ -274,8 +285,7 @@ export class ConsulControlPlane implements ControlPlane {
     const upstreams = this.upstreamRequests();
     for (const u of upstreams) {
       if (!this.chains.has(chainKey(u))) return null;
-      const t = this.targetOf(u);
-      if (!this.health.has(healthKey(t.service, t.datacenter))) return null;
+      for (const svc of this.servicesOf(u)) if (!this.health.has(healthKey(svc, u.datacenter ?? ""))) return null;
     }
     const leafId = parseServiceSpiffeId(leaf.serviceUri);
     const trustDomain = roots.trustDomain;
@@ -284,32 +294,16 @@ export class ConsulControlPlane implements ControlPlane {
     const clusters: Record<string, Cluster> = {};
     const listeners: UpstreamListener[] = [];
     for (const u of upstreams) {
-      const t = this.targetOf(u);
-      const dc = t.datacenter || datacenter;
-      const endpoints: Endpoint[] = (this.health.get(healthKey(t.service, t.datacenter)) ?? []).map((h) => ({
-        id: h.id,
-        host: h.address,
-        port: h.port,
-        healthy: h.healthy,
-        meta: h.meta,
-      }));
-      clusters[u.name] = {
-        name: u.name,
-        service: t.service,
-        namespace,
-        datacenter: dc,
-        sni: t.sni ?? serviceSni(t.service, namespace, dc, trustDomain),
-        expectedSpiffeId: serviceSpiffeId({ trustDomain, namespace, datacenter: dc, service: t.service }),
-        endpoints,
-      };
-      listeners.push({
-        name: u.name,
-        bind: u.bind,
-        cluster: u.name,
-        protocol: "tcp",
-        connectTimeoutMs: u.connectTimeoutMs ?? t.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs,
-        idleTimeoutMs: DEFAULTS.idleTimeoutMs,
+      const dcParam = u.datacenter ?? "";
+      const built = buildUpstream({
+        upstream: u,
+        chain: withDatacenter(this.chainOf(u, datacenter), u.datacenter ?? datacenter),
+        instances: (svc) => (this.health.get(healthKey(svc, dcParam)) ?? []).map((h) => instanceOf(h, svc, datacenter)),
+        settings: u.settings,
+        trustDomain,
       });
+      listeners.push(built.listener);
+      Object.assign(clusters, built.clusters);
     }
     const intentionList: Intention[] = intentions.list.map((i) => ({ source: i.source, destination: i.destination, action: i.action }));
     return {
@@ -367,6 +361,7 @@ export class ConsulControlPlane implements ControlPlane {
       localApp: pl.localApp,
       upstreams: this.o.request.upstreams,
       node: hostname(),
+      ...(this.o.request.meta ? { meta: this.o.request.meta } : {}),
     });
     await this.registrar.register();
   }
@@ -387,6 +382,27 @@ export class ConsulControlPlane implements ControlPlane {
 
 function chainKey(u: UpstreamRequest): string {
   return `${u.name}|${u.datacenter ?? ""}`;
+}
+
+/** Targets compiled without a datacenter (the default chain before the leaf says where we are) get ours. */
+function withDatacenter(chain: CompiledChain, datacenter: string): CompiledChain {
+  if (Object.values(chain.targets).every((t) => t.datacenter)) return chain;
+  const targets: Record<string, ChainTarget> = {};
+  for (const [id, t] of Object.entries(chain.targets)) targets[id] = t.datacenter ? t : { ...t, datacenter };
+  return { ...chain, targets };
+}
+
+function instanceOf(h: HealthEndpoint, service: string, datacenter: string): ServiceInstance {
+  return {
+    id: h.id,
+    service: h.identityService || service,
+    address: h.address,
+    port: h.port,
+    status: h.status,
+    meta: h.meta,
+    tags: h.tags,
+    node: { name: h.node, datacenter: h.datacenter || datacenter, meta: h.nodeMeta },
+  };
 }
 
 function healthKey(service: string, dc: string): string {

@@ -16,6 +16,8 @@ export interface RegistrarOptions {
   readonly localApp: HostPort;
   readonly upstreams: readonly UpstreamRequest[];
   readonly node: string;
+  /** Service metadata (-meta); subset filters select on it. */
+  readonly meta?: Readonly<Record<string, string>>;
   /** Consul's: TTL 30 s, heartbeat every TTL/3. */
   readonly ttlMs?: number;
 }
@@ -41,6 +43,7 @@ export class ProxyRegistrar {
       Name: `${this.o.service}-proxy`,
       Address: this.o.address,
       Port: this.o.port,
+      ...(this.o.meta ? { Meta: this.o.meta } : {}),
       Proxy: {
         DestinationServiceName: this.o.service,
         LocalServiceAddress: this.o.localApp.host,

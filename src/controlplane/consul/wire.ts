@@ -2,6 +2,7 @@
 // `null` stands for an empty list or map, as the agent writes them. Every failure names the
 // endpoint and field so a bad response can be told from a bad config.
 import { parseDurationMs } from "../../config/duration.js";
+import { parseUpstreamSettings, type UpstreamSettings } from "../chain/entries.js";
 
 export class WireError extends Error {
   constructor(endpoint: string, field: string, why: string) {
@@ -158,6 +159,7 @@ export interface UpstreamDef {
   readonly localBindPort: number;
   readonly localBindSocketPath: string;
   readonly connectTimeoutMs: number | undefined;
+  readonly settings: UpstreamSettings | undefined;
 }
 
 export interface ProxyRegistration {
@@ -196,6 +198,7 @@ export function parseProxyRegistration(body: unknown, endpoint = "/v1/agent/serv
       localBindPort: u.optNum("LocalBindPort") ?? 0,
       localBindSocketPath: u.optStr("LocalBindSocketPath"),
       connectTimeoutMs: msSetting(ucfg.raw("connect_timeout_ms")),
+      settings: parseUpstreamSettings(u.raw("Config"), `${endpoint} Upstreams[${u.optStr("DestinationName")}].Config`),
     };
   });
   const protocol = cfg.raw("protocol");
@@ -229,6 +232,11 @@ export function parseAgentServices(body: unknown): ProxyRegistration[] {
 
 export interface HealthEndpoint {
   readonly id: string;
+  readonly service: string;
+  /** The worst of the instance's checks. */
+  readonly status: "passing" | "warning" | "critical";
+  readonly tags: readonly string[];
+  readonly nodeMeta: Record<string, string>;
   readonly node: string;
   readonly address: string;
   readonly port: number;
@@ -250,8 +258,13 @@ export function parseHealth(body: unknown, service: string): HealthEndpoint[] {
     const checks = r.arr("Checks");
     const proxy = svc.obj("Proxy");
     const native = svc.obj("Connect").bool("Native");
+    const statuses = checks.map((c) => c.optStr("Status"));
     return {
       id: svc.str("ID"),
+      service: svc.optStr("Service"),
+      status: statuses.includes("critical") ? "critical" : statuses.includes("warning") ? "warning" : "passing",
+      tags: svc.strArr("Tags"),
+      nodeMeta: node.strMap("Meta"),
       node: node.optStr("Node"),
       address: svc.optStr("Address") || node.str("Address"),
       port: svc.num("Port"),
