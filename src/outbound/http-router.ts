@@ -1,7 +1,8 @@
 // Outbound HTTP: a request from the local app is matched to a route, a split leg is drawn, the
-// cluster picks a host, and the request goes over a pooled mTLS connection. Retries go to a
-// different host (and to failover clusters once the primary has none left), within the retry
-// budget; the route timeout covers every attempt up to the response headers.
+// cluster picks a host, and the request goes over a pooled mTLS connection; the answer streams
+// straight back into the app's response. Retries go to a host not tried yet, then to failover
+// clusters, then to a tried host, within the retry budget; the route timeout covers every
+// attempt up to the response headers, the route's idle timeout every silence after them.
 import type { IncomingHttpHeaders } from "node:http";
 import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
@@ -104,7 +105,7 @@ async function readBody(req: AnyRequest, limit: number): Promise<Buffer | null> 
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of req) {
-    const b = c as Buffer;
+    const b = Buffer.isBuffer(c) ? c : Buffer.from(String(c));
     n += b.length;
     if (n > limit) return null;
     chunks.push(b);
@@ -127,7 +128,6 @@ interface RequestRecord {
   attempts: number;
   span?: RequestSpan;
 }
-
 
 export class HttpRouter {
   constructor(
@@ -279,8 +279,9 @@ export class HttpRouter {
               retryTaken = cluster;
               return false;
             }
+            // Counted, not logged at warn: under overload this happens on every request.
             this.stats.retryOverflow(cluster.name);
-            this.log.warn("retry budget exhausted; passing the failure on", { cluster: cluster.name, active_retries: cluster.breaker.state.activeRetries, budget: cluster.breaker.maxRetriesNow() });
+            this.log.debug("retry budget exhausted; passing the failure on", { cluster: cluster.name, active_retries: cluster.breaker.state.activeRetries, budget: cluster.breaker.maxRetriesNow() });
           }
           // Envoy's URX: still failing after every retry the policy allowed; the last answer goes back.
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
@@ -413,7 +414,8 @@ export class HttpRouter {
   private reply(res: AnyResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, rec: RequestRecord): void {
     rec.status = status;
     rec.flag = flag;
-    if (status >= 500) this.log.warn("local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - rec.start) });
+    // Overflow is counted and happens on every request under overload: not a warning line each.
+    if (status >= 500) (flag === "UO" ? this.log.debug : this.log.warn).call(this.log, "local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - rec.start) });
     localReply(res, status, flag, detail);
   }
 }
