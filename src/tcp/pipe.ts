@@ -60,25 +60,10 @@ function track(p: Live): void {
   }
 }
 
-/** A full TLS record: when one arrives, more of the same read usually follow in this tick. */
-const TLS_RECORD = 16 * 1024;
-
 /** Moves data from `src` to `dst`, pausing `src` while `dst` has queued writes. */
 function forward(src: Socket, dst: Socket, stamp: Live | null): void {
-  let corked = false;
-  const uncork = () => {
-    corked = false;
-    dst.uncork();
-  };
   src.on("data", (chunk: Buffer) => {
     if (stamp) stamp.lastActive = now;
-    // node:tls hands a bulk read over as one 16 KiB record per event; corking until the end of
-    // the tick sends them together in one writev instead of one syscall each.
-    if (chunk.length >= TLS_RECORD && !corked) {
-      corked = true;
-      dst.cork();
-      process.nextTick(uncork);
-    }
     if (!dst.write(chunk)) src.pause();
   });
   dst.on("drain", () => src.resume());
