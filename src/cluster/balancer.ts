@@ -490,6 +490,8 @@ export function createBalancer(lb: LoadBalancer, hosts: readonly HostState[], ra
     }
     case "maglev":
       return MaglevBalancer.build(hosts, random);
+    case "peak_ewma":
+      return new PeakEwmaBalancer(random);
   }
 }
 

@@ -4,7 +4,7 @@
 // so ejections, counters and pools survive a weight change.
 import type { Cluster } from "../config/snapshot.js";
 import { DEFAULT_LB, DEFAULT_LIMITS } from "../config/http.js";
-import { createBalancer, hostKey, type Balancer, type HostState, type PickContext } from "./balancer.js";
+import { PeakEwmaBalancer, createBalancer, hostKey, type Balancer, type HostState, type PickContext } from "./balancer.js";
 import { OutlierDetector, availableHosts } from "./outlier.js";
 import { CircuitBreaker } from "./limits.js";
 import { PoolSet, type PoolTarget } from "./pools.js";
@@ -51,6 +51,8 @@ export class ClusterRuntime {
   private hosts: ClusterHost[] = [];
   private available: readonly ClusterHost[] = [];
   private balancer: Balancer;
+  /** Set when the policy is peak_ewma: response times feed it. */
+  private ewma: PeakEwmaBalancer | null = null;
   readonly breaker: CircuitBreaker;
   private outlier: OutlierDetector | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
@@ -131,7 +133,11 @@ export class ClusterRuntime {
       this.stopSweep();
       this.outlier = null;
     }
-    this.balancer = createBalancer(cluster.lb ?? DEFAULT_LB, this.hosts);
+    const lb = cluster.lb ?? DEFAULT_LB;
+    // Peak-EWMA learns from responses: its estimates survive a Snapshot that keeps the hosts.
+    if (lb.policy === "peak_ewma" && this.balancer instanceof PeakEwmaBalancer) this.balancer.retain(this.hosts.map((h) => h.key));
+    else this.balancer = createBalancer(lb, this.hosts);
+    this.ewma = this.balancer instanceof PeakEwmaBalancer ? this.balancer : null;
     this.recompute();
   }
 
@@ -202,6 +208,16 @@ export class ClusterRuntime {
   /** Cached per host: hosts are rebuilt on every Snapshot, so the cache never outlives its TLS material. */
   poolFor(h: ClusterHost): Pool {
     return (h.dispatcher ??= this.pools.get(h.pool, this.tls));
+  }
+
+  /** Whether response times are wanted (peak_ewma); the router measures only then. */
+  get learnsLatency(): boolean {
+    return this.ewma !== null;
+  }
+
+  /** Time to the response head of one request to `h`. */
+  observeLatency(h: ClusterHost, ms: number): void {
+    this.ewma?.observe(h.key, ms);
   }
 
   reportResult(h: ClusterHost, r: { status?: number; localOriginFailure?: boolean }): void {

@@ -91,7 +91,11 @@ export interface RouteTable {
   readonly routes: readonly Route[];
 }
 
-export type LbPolicy = "round_robin" | "least_request" | "random" | "ring_hash" | "maglev";
+/**
+ * Envoy's policies as Consul names them, plus `peak_ewma` (meshproxy's: linkerd2-proxy's
+ * latency-aware P2C, picking the host with the lower peak-EWMA of response times × load).
+ */
+export type LbPolicy = "round_robin" | "least_request" | "random" | "ring_hash" | "maglev" | "peak_ewma";
 
 export type HashPolicy =
   | { readonly field: "header"; readonly name: string; readonly terminal: boolean }

@@ -357,11 +357,13 @@ export class HttpRouter {
     deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
   ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
     host.activeRequests++;
+    const sent = cluster.learnsLatency ? performance.now() : 0;
     return new Promise((resolve) => {
       const handler = new ResponseForwarder(
         res,
         (status, h) => {
           cluster.reportResult(host, { status });
+          if (sent > 0) cluster.observeLatency(host, performance.now() - sent);
           return deliver(status, h);
         },
         (r) => {

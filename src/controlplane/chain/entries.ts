@@ -409,7 +409,7 @@ function splitter(f: Fields, name: string): ServiceSplitter {
   return { kind: "service-splitter", name, splits };
 }
 
-const LB: readonly LbPolicy[] = ["round_robin", "least_request", "random", "ring_hash", "maglev"];
+const LB: readonly LbPolicy[] = ["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"];
 
 function resolver(f: Fields, name: string): ServiceResolver {
   const subsets: Record<string, { filter: string; onlyPassing: boolean }> = {};
