@@ -1,32 +1,16 @@
 // Half-close through two real sidecars, in both directions: a FIN from one end reaches the
 // other end, and the direction that is still open keeps carrying bytes, none lost.
 import t from "tap";
-import { createServer, connect, type Socket, type AddressInfo } from "node:net";
+import { connect, type Socket } from "node:net";
 import { once } from "node:events";
 import { randomBytes, createHash } from "node:crypto";
-import { hostPort, startSidecar, tempDir, type Teardown } from "../helpers/mesh.js";
+import { hostPort, startSidecar, tcpApp, tempDir, type Teardown } from "../helpers/mesh.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
 
 /** A loopback app server with allowHalfOpen; `handle` decides what it does per connection. */
 async function appServer(t: Teardown, handle: (s: Socket) => void): Promise<number> {
-  const open = new Set<Socket>();
-  const server = createServer({ allowHalfOpen: true }, (s) => {
-    open.add(s);
-    s.once("close", () => open.delete(s));
-    s.on("error", () => s.destroy());
-    handle(s);
-  });
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  t.teardown(
-    () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        for (const s of open) s.destroy();
-      }),
-  );
-  return (server.address() as AddressInfo).port;
+  return (await tcpApp(t, handle)).port;
 }
 
 /** A db sidecar in front of `appPort` and a web sidecar with upstream db; returns web's upstream. */

@@ -1,12 +1,13 @@
 // Helpers for end-to-end tests on the Consul agent double: real meshproxy processes pointed at
 // it with -http-addr, apps that say who they are, direct mTLS clients with leafs the double
 // issues, and the admin API's /ready.
-import { createServer, connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, type Socket } from "node:net";
 import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from "node:tls";
 import { once } from "node:events";
 import { request } from "undici";
 import { ConsulAgentDouble, type ConsulAgentDoubleOptions } from "./consul-agent.js";
-import { hostPort, roundTrip, startSidecar, tempDir, type Sidecar, type Teardown } from "./mesh.js";
+import { hostPort, roundTrip, startSidecar, tcpApp, tempDir, type Sidecar, type Teardown } from "./mesh.js";
+export { freePort } from "./peers.js";
 import { until } from "./l7.js";
 import { colonHexSerial } from "../../src/identity/ca.js";
 
@@ -21,36 +22,14 @@ export async function consulSidecar(t: Teardown, d: ConsulAgentDouble, args: str
   return startSidecar(t, await tempDir(t), ["-http-addr", d.url, ...args]);
 }
 
-/** A port nothing listens on right now (for registrations, which need a real port). */
-export async function freePort(): Promise<number> {
-  const s = createServer();
-  s.listen(0, "127.0.0.1");
-  await once(s, "listening");
-  const { port } = s.address() as AddressInfo;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 /** A TCP app that first writes `<name>\n`, then echoes (and ends after the client ends). */
 export async function namedApp(t: Teardown, name: string): Promise<{ port: number }> {
-  const open = new Set<Socket>();
-  const server = createServer({ allowHalfOpen: true }, (s) => {
-    open.add(s);
-    s.once("close", () => open.delete(s));
-    s.on("error", () => s.destroy());
+  const { port } = await tcpApp(t, (s) => {
     s.write(`${name}\n`);
     s.pipe(s);
   });
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  t.teardown(
-    () =>
-      new Promise<void>((r) => {
-        server.close(() => r());
-        for (const s of open) s.destroy();
-      }),
-  );
-  return { port: (server.address() as AddressInfo).port };
+  return { port };
 }
 
 /** GET /ready on the admin API: the status code. */

@@ -151,17 +151,18 @@ export function hostPort(addr: string): { host: string; port: number } {
   return { host: addr.slice(0, i), port: Number(addr.slice(i + 1)) };
 }
 
-/** A TCP echo server on 127.0.0.1:0 that supports half-close (echoes, then ends after the client ends). */
-export async function echoServer(t: Teardown): Promise<{ server: Server; port: number; connections: () => number }> {
-  let n = 0;
-  // net.Server has no closeAllConnections (that is http.Server): track sockets to end them.
+/**
+ * A TCP app on 127.0.0.1:0 with allowHalfOpen; `handle` decides what it does per connection.
+ * net.Server has no closeAllConnections (that is http.Server), so its sockets are tracked and
+ * destroyed at teardown.
+ */
+export async function tcpApp(t: Teardown, handle: (s: Socket) => void): Promise<{ server: Server; port: number }> {
   const open = new Set<Socket>();
   const server = createServer({ allowHalfOpen: true }, (s) => {
-    n++;
     open.add(s);
     s.once("close", () => open.delete(s));
     s.on("error", () => s.destroy());
-    s.pipe(s);
+    handle(s);
   });
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
@@ -172,7 +173,17 @@ export async function echoServer(t: Teardown): Promise<{ server: Server; port: n
         for (const s of open) s.destroy();
       }),
   );
-  return { server, port: (server.address() as AddressInfo).port, connections: () => n };
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
+/** A TCP echo server that supports half-close (echoes, then ends after the client ends). */
+export async function echoServer(t: Teardown): Promise<{ server: Server; port: number; connections: () => number }> {
+  let n = 0;
+  const app = await tcpApp(t, (s) => {
+    n++;
+    s.pipe(s);
+  });
+  return { ...app, connections: () => n };
 }
 
 /** Connects, sends `data`, half-closes, and collects everything until the other side ends. */
