@@ -45,6 +45,9 @@ options:
   --cpu-prof        run the meshproxy sidecars with node --cpu-prof; profiles and a self-time
                     summary go to <out>/prof/
   --no-results-md   do not rewrite bench/RESULTS.md after a full run
+  --sidecar-node-args "FLAGS"
+                    extra node flags for the meshproxy sidecars only (e.g. V8 heap flags), for
+                    trying a setting before building it in; recorded in results.json
   --meshproxy-root DIR
                     benchmark the meshproxy build in DIR/dist (default: this checkout's dist/)
   --meshproxy-rev REV
@@ -135,6 +138,7 @@ try {
       workloads: { type: "string" },
       "cpu-prof": { type: "boolean", default: false },
       "no-results-md": { type: "boolean", default: false },
+      "sidecar-node-args": { type: "string" },
       "meshproxy-root": { type: "string" },
       "meshproxy-rev": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -162,7 +166,7 @@ if (args["meshproxy-root"] && args["meshproxy-rev"]) {
   process.stderr.write("bench: give --meshproxy-root or --meshproxy-rev, not both\n");
   process.exit(2);
 }
-const writeResultsMd = mode === "full" && !args["no-results-md"] && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"];
+const writeResultsMd = mode === "full" && !args["no-results-md"] && !args["sidecar-node-args"] && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"];
 const command = process.env.npm_lifecycle_event === "bench" ? `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}` : `node bench/run.mjs ${process.argv.slice(2).join(" ")}`.trim();
 
 function positiveInt(flag, v) {
@@ -385,7 +389,7 @@ async function startRound(round, ca) {
     await writeFile(join(dataDir, "ca", "root.pem"), ca.certPem);
     await writeFile(join(dataDir, "ca", "root.key"), ca.keyPem, { mode: 0o600 });
     await writeFile(join(dataDir, "ca", "config.json"), JSON.stringify({ trust_domain: ca.trustDomain, datacenter: "dc1", leaf_cert_ttl: "72h" }, null, 2) + "\n");
-    const nodeArgs = args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", join(outDir, "prof")] : [];
+    const nodeArgs = [...(args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", join(outDir, "prof")] : []), ...(args["sidecar-node-args"] ?? "").split(/\s+/).filter(Boolean)];
     const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}-r${round}`, dataDir, nodeArgs, args: sargs });
     // L4 pair. Server side first: the client's dev control plane finds it in the catalog.
     const server = await sidecar("mesh-server", ["-service", "app", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
@@ -736,6 +740,7 @@ async function main() {
     memoryGb: totalmem() / 2 ** 30,
     kernel: release(),
     versions,
+    ...(args["sidecar-node-args"] ? { sidecarNodeArgs: args["sidecar-node-args"] } : {}),
     fdLimit: fdLimit(),
     durationS: (performance.now() - tStart) / 1000,
     loadavgAtStart,

@@ -10,7 +10,7 @@ import { CompiledL7Intentions, type SourceAuthorizer } from "../authz/l7.js";
 import { InboundHttp, type InboundHttpConfig } from "./http-inbound.js";
 import { identifyPeer } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
-import { joinSockets, type Pipe } from "../tcp/pipe.js";
+import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
@@ -221,7 +221,8 @@ export class PublicListener {
   private dialLocalApp(s: TLSSocket, state: InboundState, source: string): void {
     const { localApp, localConnectTimeoutMs, idleTimeoutMs } = state.config;
     this.pending.add(s);
-    const app = netConnect({ host: localApp.host, port: localApp.port, allowHalfOpen: true, noDelay: true });
+    const reads = new DirectReads(s);
+    const app = netConnect({ host: localApp.host, port: localApp.port, allowHalfOpen: true, noDelay: true, onread: reads.onread });
     const timer = setTimeout(() => app.destroy(new Error(`connect timeout after ${localConnectTimeoutMs} ms`)), localConnectTimeoutMs);
     const fail = (e: Error) => {
       clearTimeout(timer);
@@ -246,7 +247,7 @@ export class PublicListener {
         if (this.log.enabled("debug")) {
           this.log.debug("inbound connection closed", { source, bytes_in: r.downstreamBytesIn, bytes_out: r.upstreamBytesIn, error: r.error?.message });
         }
-      });
+      }, reads);
       this.pipes.add(pipe);
     });
   }

@@ -2,7 +2,8 @@
 // half-close works.
 import t from "tap";
 import { randomBytes, createHash } from "node:crypto";
-import { echoServer, roundTrip, startSidecar, tempDir } from "../helpers/mesh.js";
+import { connect } from "node:net";
+import { echoServer, hostPort, roundTrip, startSidecar, tcpApp, tempDir } from "../helpers/mesh.js";
 
 t.test("bytes cross a two-sidecar mesh over mTLS", async (t) => {
   const dir = await tempDir(t);
@@ -22,4 +23,42 @@ t.test("bytes cross a two-sidecar mesh over mTLS", async (t) => {
 
   t.equal(await web.stop(), 0, "web exits 0 on SIGTERM");
   t.equal(await db.stop(), 0, "db exits 0 on SIGTERM");
+});
+
+// The server sidecar reads the app's bytes into one buffer shared by all its connections
+// (src/tcp/pipe.ts, DirectReads). Many streams at once to slow readers, so the kernel's and the
+// sidecars' buffers fill and drain: every stream must still arrive byte for byte.
+t.test("many concurrent streams from the app to slow readers arrive intact", async (t) => {
+  const dir = await tempDir(t);
+  const streams = Array.from({ length: 8 }, () => randomBytes(16 * 1024 * 1024));
+  const app = await tcpApp(t, (s) => {
+    s.once("data", (id: Buffer) => s.end(streams[id[0]!]!));
+  });
+  const db = await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${app.port}`]);
+  const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "db:0"]);
+  const { host, port } = hostPort(web.upstreams["db"]!);
+  const fetchStream = (id: number) =>
+    new Promise<Buffer>((resolve, reject) => {
+      const s = connect({ host, port });
+      const chunks: Buffer[] = [];
+      let sincePause = 0;
+      s.on("data", (d: Buffer) => {
+        chunks.push(d);
+        sincePause += d.length;
+        if (sincePause >= 128 * 1024) {
+          sincePause = 0;
+          s.pause();
+          setTimeout(() => s.resume(), 5 + (id % 4) * 5);
+        }
+      });
+      s.on("error", reject);
+      s.on("end", () => resolve(Buffer.concat(chunks)));
+      s.write(Buffer.from([id]));
+    });
+  const got = await Promise.all(streams.map((_, i) => fetchStream(i)));
+  const sha = (b: Buffer) => createHash("sha256").update(b).digest("hex");
+  const intact = got.filter((g, i) => g.length === streams[i]!.length && sha(g) === sha(streams[i]!)).length;
+  t.equal(intact, streams.length, `all ${streams.length} streams of 16 MiB arrive whole and intact`);
+  t.equal(await web.stop(), 0, "web exits 0");
+  t.equal(await db.stop(), 0, "db exits 0");
 });

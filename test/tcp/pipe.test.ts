@@ -1,0 +1,67 @@
+// DirectReads: reads of the local-app socket land in one buffer shared by every connection and
+// go straight into the TLS socket. The next read overwrites that buffer, so a chunk the TLS
+// socket keeps queued (by reference) must have been copied first.
+import t from "tap";
+import { once } from "node:events";
+import { createServer, connect, type TLSSocket } from "node:tls";
+import type { AddressInfo } from "node:net";
+import { createRootCa, issueLeaf } from "../../src/index.js";
+import { DirectReads } from "../../src/tcp/pipe.js";
+import type { Teardown } from "../helpers/mesh.js";
+
+async function tlsPair(t: Teardown): Promise<{ client: TLSSocket; received: () => Promise<Buffer> }> {
+  const ca = await createRootCa("11111111-2222-3333-4444-555555555555.consul");
+  const leaf = await issueLeaf(ca, { spiffeId: "spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/app", commonName: "app", ttlMs: 3_600_000 });
+  const chunks: Buffer[] = [];
+  let markEnded: () => void = () => {};
+  const ended = new Promise<void>((resolve) => (markEnded = resolve));
+  const server = createServer({ key: leaf.keyPem, cert: leaf.certPem }, (s) => {
+    s.on("data", (d: Buffer) => chunks.push(d));
+    s.on("end", markEnded);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const client = connect({ port: (server.address() as AddressInfo).port, host: "127.0.0.1", ca: ca.certPem, checkServerIdentity: () => undefined });
+  await once(client, "secureConnect");
+  t.teardown(() => {
+    client.destroy();
+    server.close();
+  });
+  return {
+    client,
+    received: async () => {
+      client.end();
+      await ended;
+      return Buffer.concat(chunks);
+    },
+  };
+}
+
+t.test("a read that would wait in the TLS socket's queue is copied before the buffer is reused", async (t) => {
+  const { client, received } = await tlsPair(t);
+  const reads = new DirectReads(client);
+  const buffer = reads.onread.buffer;
+  if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
+  const deliver = reads.onread.callback;
+  // Corked, the TLS socket queues writes (as it does while an earlier write is in flight).
+  client.cork();
+  Buffer.from(buffer.buffer, buffer.byteOffset, 5).write("first");
+  deliver(5, buffer);
+  // The next read of any connection lands in the same buffer.
+  Buffer.from(buffer.buffer, buffer.byteOffset, 6).write("second");
+  deliver(6, buffer);
+  client.uncork();
+  t.equal((await received()).toString(), "firstsecond", "both reads arrive as they were read");
+});
+
+t.test("an unqueued read goes out as is", async (t) => {
+  const { client, received } = await tlsPair(t);
+  const reads = new DirectReads(client);
+  const buffer = reads.onread.buffer;
+  if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
+  for (const word of ["one", "two", "three"]) {
+    Buffer.from(buffer.buffer, buffer.byteOffset, word.length).write(word);
+    t.equal(reads.onread.callback(word.length, buffer), true, `"${word}" is taken without backpressure`);
+  }
+  t.equal((await received()).toString(), "onetwothree", "every read arrives, in order");
+});
