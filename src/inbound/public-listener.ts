@@ -221,7 +221,7 @@ export class PublicListener {
   private dialLocalApp(s: TLSSocket, state: InboundState, source: string): void {
     const { localApp, localConnectTimeoutMs, idleTimeoutMs } = state.config;
     this.pending.add(s);
-    const reads = new DirectReads(s);
+    const reads = DirectReads.intoTls(s);
     const app = netConnect({ host: localApp.host, port: localApp.port, allowHalfOpen: true, noDelay: true, onread: reads.onread });
     const timer = setTimeout(() => app.destroy(new Error(`connect timeout after ${localConnectTimeoutMs} ms`)), localConnectTimeoutMs);
     const fail = (e: Error) => {

@@ -10,7 +10,7 @@ import { originate, type SessionCache, type UpstreamTlsError } from "../tls/orig
 import { EndpointPicker, NoHealthyEndpointError } from "../cluster/endpoints.js";
 import type { Endpoint } from "../config/snapshot.js";
 import { listenOn } from "../tcp/listen.js";
-import { joinSockets, type Pipe } from "../tcp/pipe.js";
+import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { ClusterStats, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
@@ -177,8 +177,9 @@ export class UpstreamListener {
     const ep = candidates[i]!;
     const { cluster, config, tls, clusterStats } = state;
     const dialled = performance.now();
+    const reads = DirectReads.intoPlain(down);
     originate(
-      { host: ep.host, port: ep.port, sni: cluster.sni, expectedSpiffeId: cluster.expectedSpiffeId, timeoutMs: config.connectTimeoutMs },
+      { host: ep.host, port: ep.port, sni: cluster.sni, expectedSpiffeId: cluster.expectedSpiffeId, timeoutMs: config.connectTimeoutMs, onread: reads.onread },
       tls,
       this.sessions,
       (err: UpstreamTlsError | null, up: TLSSocket) => {
@@ -214,7 +215,7 @@ export class UpstreamListener {
           if (this.log.enabled("debug")) {
             this.log.debug("connection closed", { endpoint: `${ep.host}:${ep.port}`, bytes_out: r.downstreamBytesIn, bytes_in: r.upstreamBytesIn, error: r.error?.message });
           }
-        });
+        }, reads);
         this.pipes.add(pipe);
         down.resume();
       },

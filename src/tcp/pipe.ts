@@ -72,26 +72,40 @@ function forward(src: Socket, dst: Socket, stamp: Live | null): void {
 }
 
 /**
- * One read buffer shared by every plain socket dialled with `DirectReads`. Node otherwise hands
- * each read on a plain socket a fresh 64 KiB allocation (shrunk afterwards) and runs it through
- * the Readable machinery; malloc/free alone was 12-14 % of a sidecar's CPU under keep-alive load.
+ * One read buffer shared by every socket read with `DirectReads`. Node otherwise hands each read
+ * a fresh allocation (64 KiB on a plain socket, shrunk afterwards) as a new ArrayBuffer, and runs
+ * it through the Readable machinery; malloc/free alone was 12-14 % of a sidecar's CPU under
+ * keep-alive load.
  */
 const sharedReadBuffer = Buffer.allocUnsafe(64 * 1024);
 
 /**
- * Reads of a plain socket we dial ourselves (the local app), delivered straight into the TLS
- * socket it is joined to: pass `onread` when creating the socket and the instance to
- * `joinSockets`. Sharing one buffer is safe only because a TLS socket's write encrypts (copies)
- * the cleartext before it returns; a chunk that would wait in the TLS socket's own write queue
- * (an earlier write still in flight, or corked) is copied first, since a queued chunk is kept by
- * reference and the next read anywhere would overwrite it.
+ * Reads of a socket we dial ourselves, delivered straight into the socket it is joined to: pass
+ * `onread` when creating the socket and the instance to `joinSockets`. The next read of any such
+ * socket overwrites the shared buffer, so what a write keeps by reference must be a copy:
+ * - into TLS: the write encrypts (copies) the cleartext before it returns, unless it waits in the
+ *   socket's own queue (an earlier write in flight, or corked): only then is the chunk copied;
+ * - into plain TCP: a write the kernel cannot take at once stays referenced until it completes,
+ *   and that cannot be known in advance: always copied (still cheaper than Node's allocation:
+ *   small chunks come from Buffer's pool).
  */
 export class DirectReads {
   readonly onread: OnReadOpts;
   /** Set by joinSockets: the pipe's idle stamp. */
   stamp: { lastActive: number } | null = null;
 
-  constructor(private readonly dst: TLSSocket) {
+  static intoTls(dst: TLSSocket): DirectReads {
+    return new DirectReads(dst, false);
+  }
+
+  static intoPlain(dst: Socket): DirectReads {
+    return new DirectReads(dst, true);
+  }
+
+  private constructor(
+    private readonly dst: Socket,
+    private readonly alwaysCopy: boolean,
+  ) {
     this.onread = { buffer: sharedReadBuffer, callback: (n, buf) => this.deliver(n, buf) };
   }
 
@@ -99,14 +113,14 @@ export class DirectReads {
     if (this.stamp) this.stamp.lastActive = now;
     const dst = this.dst;
     const view = Buffer.from(buf.buffer, buf.byteOffset, n);
-    return dst.write(dst.writableLength === 0 && dst.writableCorked === 0 ? view : Buffer.copyBytesFrom(view));
+    return dst.write(!this.alwaysCopy && dst.writableLength === 0 && dst.writableCorked === 0 ? view : Buffer.copyBytesFrom(view));
   }
 }
 
 /**
  * Joins `down` and `up`. With `upReads`, `up` was created with `upReads.onread`: its data already
- * goes to `down` (which must be the TLS socket given to DirectReads); only backpressure and
- * half-close are wired here.
+ * goes to `down` (the socket given to DirectReads); only backpressure and half-close are wired
+ * here.
  */
 export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onClose: (r: PipeResult) => void, upReads?: DirectReads): Pipe {
   let error: Error | null = null;

@@ -1,8 +1,8 @@
 // Originating mTLS to a mesh endpoint: our leaf, the cluster's SNI, chain verified against our
 // roots, and the server's SPIFFE ID checked against the one we meant to reach. TLS sessions
 // are cached per endpoint and resumed, so reconnects skip the full handshake.
-import { connect as tlsConnect, type TLSSocket } from "node:tls";
-import { connect as netConnect } from "node:net";
+import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from "node:tls";
+import { connect as netConnect, type OnReadOpts } from "node:net";
 import { checkServerIdentity } from "../identity/peer.js";
 import type { TlsMaterial } from "./contexts.js";
 
@@ -23,6 +23,8 @@ export interface OriginTarget {
   readonly expectedSpiffeId: string;
   readonly timeoutMs: number;
   readonly alpn?: readonly string[];
+  /** Deliver reads here instead of through the socket's Readable side (the L4 pipe). */
+  readonly onread?: OnReadOpts;
 }
 
 /** Resumable sessions, keyed by endpoint and the TLS material they were made with. */
@@ -56,17 +58,21 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   const key = `${target.host}:${target.port}/${target.sni}/${target.expectedSpiffeId}`;
   let identityError: Error | undefined;
   const session = sessions.get(key);
-  // Our own TCP socket, so half-close (allowHalfOpen) and Nagle are set where they take effect.
-  const tcp = netConnect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
-  const socket = tlsConnect({
-    socket: tcp,
+  const common = {
     servername: target.sni,
     secureContext: tls.clientContext,
     rejectUnauthorized: true,
     ...(session ? { session } : {}),
     ...(target.alpn ? { ALPNProtocols: [...target.alpn] } : {}),
-    checkServerIdentity: (_host, cert) => (identityError = checkServerIdentity(cert.subjectaltname, target.expectedSpiffeId)),
-  });
+    checkServerIdentity: (_host: string, cert: PeerCertificate) => (identityError = checkServerIdentity(cert.subjectaltname, target.expectedSpiffeId)),
+  };
+  // Node ignores `onread` on a TLS socket layered over a socket of our own, so the L4 pipe lets
+  // tls.connect dial; otherwise (pools) our own TCP socket, so half-close and Nagle are set where
+  // they take effect.
+  const tcp = target.onread ? null : netConnect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+  // allowHalfOpen is honoured by tls.connect though @types/node does not list it.
+  const direct: ConnectionOptions & { readonly allowHalfOpen: boolean } = { host: target.host, port: target.port, allowHalfOpen: true, ...(target.onread ? { onread: target.onread } : {}), ...common };
+  const socket = tcp ? tlsConnect({ socket: tcp, ...common }) : tlsConnect(direct).setNoDelay(true);
   let settled = false;
   const settle = (err: UpstreamTlsError | null) => {
     if (settled) return;
@@ -76,7 +82,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
     if (err) {
       sessions.delete(key);
       socket.destroy();
-      tcp.destroy();
+      tcp?.destroy();
     }
     done(err, socket);
   };
@@ -87,7 +93,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   };
   socket.on("error", onError);
   // After the handshake the pipe owns error handling; the raw socket's errors surface on the TLS one.
-  tcp.on("error", (e) => (settled ? socket.destroy(e) : onError(e)));
+  tcp?.on("error", (e) => (settled ? socket.destroy(e) : onError(e)));
   socket.on("session", (s: Buffer) => sessions.set(key, s));
   socket.once("secureConnect", () => settle(null));
   return socket;

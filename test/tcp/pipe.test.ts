@@ -4,7 +4,7 @@
 import t from "tap";
 import { once } from "node:events";
 import { createServer, connect, type TLSSocket } from "node:tls";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import { createRootCa, issueLeaf } from "../../src/index.js";
 import { DirectReads } from "../../src/tcp/pipe.js";
 import type { Teardown } from "../helpers/mesh.js";
@@ -39,7 +39,7 @@ async function tlsPair(t: Teardown): Promise<{ client: TLSSocket; received: () =
 
 t.test("a read that would wait in the TLS socket's queue is copied before the buffer is reused", async (t) => {
   const { client, received } = await tlsPair(t);
-  const reads = new DirectReads(client);
+  const reads = DirectReads.intoTls(client);
   const buffer = reads.onread.buffer;
   if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
   const deliver = reads.onread.callback;
@@ -56,7 +56,7 @@ t.test("a read that would wait in the TLS socket's queue is copied before the bu
 
 t.test("an unqueued read goes out as is", async (t) => {
   const { client, received } = await tlsPair(t);
-  const reads = new DirectReads(client);
+  const reads = DirectReads.intoTls(client);
   const buffer = reads.onread.buffer;
   if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
   for (const word of ["one", "two", "three"]) {
@@ -64,4 +64,44 @@ t.test("an unqueued read goes out as is", async (t) => {
     t.equal(reads.onread.callback(word.length, buffer), true, `"${word}" is taken without backpressure`);
   }
   t.equal((await received()).toString(), "onetwothree", "every read arrives, in order");
+});
+
+t.test("into plain TCP, every read is copied: a write the kernel cannot take at once keeps its chunk", async (t) => {
+  const chunks: Buffer[] = [];
+  let peer: Socket | null = null;
+  const accepted = new Promise<Socket>((resolve) => {
+    const server = createNetServer((s) => {
+      peer = s;
+      s.pause(); // nothing is read yet, so the kernel's buffers fill and later writes wait
+      resolve(s);
+    });
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as AddressInfo).port;
+      t.teardown(() => server.close());
+      client = netConnect({ port, host: "127.0.0.1" });
+    });
+  });
+  let client: Socket | null = null;
+  const s = await accepted;
+  t.teardown(() => {
+    client?.destroy();
+    peer?.destroy();
+  });
+  if (!client) throw new Error("no client socket");
+  const reads = DirectReads.intoPlain(client);
+  const buffer = reads.onread.buffer;
+  if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
+  const sent: Buffer[] = [];
+  for (let i = 0; i < 96; i++) {
+    const piece = Buffer.alloc(65536, 0x41 + (i % 26));
+    piece.copy(Buffer.from(buffer.buffer, buffer.byteOffset, piece.length));
+    sent.push(piece);
+    reads.onread.callback(piece.length, buffer);
+  }
+  t.ok((client as Socket).writableLength > 0, "some writes are waiting for the kernel");
+  (client as Socket).end();
+  s.on("data", (d: Buffer) => chunks.push(d));
+  s.resume();
+  await once(s, "end");
+  t.ok(Buffer.concat(chunks).equals(Buffer.concat(sent)), "the peer gets every read as it was read");
 });
