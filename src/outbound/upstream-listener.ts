@@ -203,6 +203,8 @@ export class UpstreamListener {
         clusterStats.cxTotal.inc();
         clusterStats.cxActive.inc();
         clusterStats.cxConnectMs.observe(performance.now() - dialled);
+        clusterStats.sslHandshake.inc();
+        if (up.isSessionReused()) clusterStats.sslSessionReused.inc();
         const started = Date.now();
         const opened = performance.now();
         const pipe = joinSockets(down, up, config.idleTimeoutMs, (r) => {

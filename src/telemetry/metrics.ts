@@ -37,6 +37,9 @@ export interface ClusterStats {
   cxConnectMs: Histogram.Internal<string>;
   /** Upstream connection lifetime, ms. */
   cxLengthMs: Histogram.Internal<string>;
+  /** TLS handshakes completed to this cluster, and how many resumed a cached session. */
+  sslHandshake: Counter.Internal;
+  sslSessionReused: Counter.Internal;
 }
 
 export class Metrics {
@@ -54,6 +57,8 @@ export class Metrics {
   private readonly listenerLength: Histogram<string>;
   private readonly clusterConnectMs: Histogram<string>;
   private readonly clusterLength: Histogram<string>;
+  private readonly clusterSslHandshake: Counter<string>;
+  private readonly clusterSslReused: Counter<string>;
   readonly inboundRejected: Counter<"reason">;
   readonly upstreamIdentityRejected: Counter<"envoy_cluster_name">;
   readonly controlPlaneErrors: Counter<"control_plane" | "resource">;
@@ -80,6 +85,8 @@ export class Metrics {
     this.listenerLength = new Histogram({ name: "envoy_listener_downstream_cx_length_ms", help: "Downstream connection lifetime, ms", labelNames: ["envoy_listener_address"], buckets: ENVOY_BUCKETS_MS, registers: r });
     this.clusterConnectMs = new Histogram({ name: "envoy_cluster_upstream_cx_connect_ms", help: "Time to establish an upstream connection (TCP and TLS), ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
     this.clusterLength = new Histogram({ name: "envoy_cluster_upstream_cx_length_ms", help: "Upstream connection lifetime, ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
+    this.clusterSslHandshake = new Counter({ name: "envoy_cluster_ssl_handshake", help: "Upstream TLS handshakes completed", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterSslReused = new Counter({ name: "envoy_cluster_ssl_session_reused", help: "Upstream TLS handshakes that resumed a cached session", labelNames: ["envoy_cluster_name"], registers: r });
     this.inboundRejected = new Counter({ name: "meshproxy_inbound_rejected_total", help: "Inbound connections closed before reaching the app, by reason", labelNames: ["reason"], registers: r });
     this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
     this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Control-plane fetch or parse failures", labelNames: ["control_plane", "resource"], registers: r });
@@ -112,6 +119,8 @@ export class Metrics {
       txBytes: this.clusterTx.labels(name),
       cxConnectMs: this.clusterConnectMs.labels(name),
       cxLengthMs: this.clusterLength.labels(name),
+      sslHandshake: this.clusterSslHandshake.labels(name),
+      sslSessionReused: this.clusterSslReused.labels(name),
     };
   }
 

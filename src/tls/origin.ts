@@ -34,9 +34,17 @@ export interface OriginTarget {
   readonly onread?: OnReadOpts;
 }
 
+/**
+ * A cached session is reused for new connections until it is this old; only then does a
+ * connection ask for a fresh one. TLS 1.3 servers send new tickets after every handshake, and
+ * taking each one costs the client a serialisation per ticket; the tickets stay valid for the
+ * server's session lifetime (300 s by default in Node and Envoy), well past this.
+ */
+const SESSION_REFRESH_MS = 60_000;
+
 /** Resumable sessions, keyed by endpoint and the TLS material they were made with. */
 export class SessionCache {
-  private readonly sessions = new Map<string, Buffer>();
+  private readonly sessions = new Map<string, { readonly session: Buffer; readonly at: number }>();
   private materialKey = "";
 
   reset(materialKey: string): void {
@@ -46,12 +54,18 @@ export class SessionCache {
   }
 
   get(key: string): Buffer | undefined {
-    return this.sessions.get(key);
+    return this.sessions.get(key)?.session;
+  }
+
+  /** True when there is no session for `key`, or it is old enough to be replaced. */
+  wants(key: string, now = Date.now()): boolean {
+    const s = this.sessions.get(key);
+    return s === undefined || now - s.at >= SESSION_REFRESH_MS;
   }
 
   set(key: string, session: Buffer): void {
     if (this.sessions.size > 4096) this.sessions.clear();
-    this.sessions.set(key, session);
+    this.sessions.set(key, { session, at: Date.now() });
   }
 
   delete(key: string): void {
@@ -105,7 +119,15 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   socket.on("error", onError);
   // After the handshake the pipe owns error handling; the raw socket's errors surface on the TLS one.
   tcp?.on("error", (e) => (settled ? socket.destroy(e) : onError(e)));
-  socket.on("session", (s: Buffer) => sessions.set(key, s));
-  socket.once("secureConnect", () => settle(null));
+  // Node serialises new sessions only while a "session" listener is attached.
+  const store = (s: Buffer): void => sessions.set(key, s);
+  const wanted = sessions.wants(key);
+  if (wanted) socket.on("session", store);
+  socket.once("secureConnect", () => {
+    // The cached session was refused (the server's ticket keys changed): take the new tickets,
+    // which TLS 1.3 sends after the handshake.
+    if (!wanted && !socket.isSessionReused()) socket.on("session", store);
+    settle(null);
+  });
   return socket;
 }
