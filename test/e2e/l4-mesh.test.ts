@@ -73,15 +73,26 @@ t.test("new upstream connections resume a cached TLS session", async (t) => {
   const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "db:0", "-metrics-addr", "127.0.0.1:0"]);
   const metricsAddr = String((await web.waitForLog((l) => l["@message"] === "metrics listening"))["address"]);
   for (let i = 0; i < 20; i++) t.equal((await roundTrip(web.upstreams["db"]!, `ping ${i}`)).toString(), `ping ${i}`, `connection ${i + 1} echoes`, { diagnostic: false });
-  const text = await new Promise<string>((resolve, reject) => {
-    httpGet(`http://${metricsAddr}/metrics`, (res) => {
-      let body = "";
-      res.setEncoding("utf8");
-      res.on("data", (d: string) => (body += d));
-      res.on("end", () => resolve(body));
-    }).on("error", reject);
-  });
+  const scrape = () =>
+    new Promise<string>((resolve, reject) => {
+      httpGet(`http://${metricsAddr}/metrics`, (res) => {
+        let body = "";
+        res.setEncoding("utf8");
+        res.on("data", (d: string) => (body += d));
+        res.on("end", () => resolve(body));
+      }).on("error", reject);
+    });
+  const sent = Array.from({ length: 20 }, (_, i) => `ping ${i}`.length).reduce((a, b) => a + b, 0);
+  let text = "";
   const value = (name: string) => Number(new RegExp(`^${name}\\{envoy_cluster_name="db\\.[^"]+"\\} (\\d+)`, "m").exec(text)?.[1] ?? NaN);
+  // Bytes are counted when a connection's pipe closes, which may trail the client's own close.
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
+    text = await scrape();
+    if (value("envoy_cluster_upstream_cx_rx_bytes_total") === sent) break;
+  }
   t.equal(value("envoy_cluster_ssl_handshake"), 20, "20 upstream TLS handshakes");
+  // Both directions are read through DirectReads (src/tcp/pipe.ts); their bytes still count.
+  t.equal(value("envoy_cluster_upstream_cx_tx_bytes_total"), sent, `${sent} bytes counted towards the upstream`);
+  t.equal(value("envoy_cluster_upstream_cx_rx_bytes_total"), sent, "and as many back from it");
   t.ok(value("envoy_cluster_ssl_session_reused") >= 19, `all but the first resumed a session (${value("envoy_cluster_ssl_session_reused")})`);
 });
