@@ -2,6 +2,7 @@
 // (shared/reference/data-plane-anchors.md §5), so existing dashboards work; our own under
 // `meshproxy_`. Label children are resolved once per listener or cluster, never per chunk.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { BatchedCounter, BatchedGauge, type CountSlot, type LevelSlot } from "./batched.js";
 import { ENVOY_BUCKETS_MS } from "./http-stats.js";
 
 export type InboundRejection =
@@ -18,47 +19,47 @@ export type InboundRejection =
   | "local_app_unreachable";
 
 export interface ListenerStats {
-  cxTotal: Counter.Internal;
-  cxActive: Gauge.Internal<string>;
-  cxDestroy: Counter.Internal;
+  cxTotal: CountSlot;
+  cxActive: LevelSlot;
+  cxDestroy: CountSlot;
   /** Connection lifetime, ms (Envoy's downstream_cx_length_ms). */
   cxLengthMs: Histogram.Internal<string>;
 }
 
 export interface ClusterStats {
-  cxTotal: Counter.Internal;
-  cxActive: Gauge.Internal<string>;
-  cxConnectFail: Counter.Internal;
-  cxConnectTimeout: Counter.Internal;
-  cxNoHealthyUpstream: Counter.Internal;
-  rxBytes: Counter.Internal;
-  txBytes: Counter.Internal;
+  cxTotal: CountSlot;
+  cxActive: LevelSlot;
+  cxConnectFail: CountSlot;
+  cxConnectTimeout: CountSlot;
+  cxNoHealthyUpstream: CountSlot;
+  rxBytes: CountSlot;
+  txBytes: CountSlot;
   /** Time to a usable upstream connection (TCP + TLS), ms. */
   cxConnectMs: Histogram.Internal<string>;
   /** Upstream connection lifetime, ms. */
   cxLengthMs: Histogram.Internal<string>;
   /** TLS handshakes completed to this cluster, and how many resumed a cached session. */
-  sslHandshake: Counter.Internal;
-  sslSessionReused: Counter.Internal;
+  sslHandshake: CountSlot;
+  sslSessionReused: CountSlot;
 }
 
 export class Metrics {
   readonly registry = new Registry();
-  private readonly listenerCx: Counter<string>;
-  private readonly listenerActive: Gauge<string>;
-  private readonly listenerDestroy: Counter<string>;
-  private readonly clusterCx: Counter<string>;
-  private readonly clusterActive: Gauge<string>;
-  private readonly clusterConnectFail: Counter<string>;
-  private readonly clusterConnectTimeout: Counter<string>;
-  private readonly clusterNoHealthy: Counter<string>;
-  private readonly clusterRx: Counter<string>;
-  private readonly clusterTx: Counter<string>;
+  private readonly listenerCx: BatchedCounter<string>;
+  private readonly listenerActive: BatchedGauge<string>;
+  private readonly listenerDestroy: BatchedCounter<string>;
+  private readonly clusterCx: BatchedCounter<string>;
+  private readonly clusterActive: BatchedGauge<string>;
+  private readonly clusterConnectFail: BatchedCounter<string>;
+  private readonly clusterConnectTimeout: BatchedCounter<string>;
+  private readonly clusterNoHealthy: BatchedCounter<string>;
+  private readonly clusterRx: BatchedCounter<string>;
+  private readonly clusterTx: BatchedCounter<string>;
   private readonly listenerLength: Histogram<string>;
   private readonly clusterConnectMs: Histogram<string>;
   private readonly clusterLength: Histogram<string>;
-  private readonly clusterSslHandshake: Counter<string>;
-  private readonly clusterSslReused: Counter<string>;
+  private readonly clusterSslHandshake: BatchedCounter<string>;
+  private readonly clusterSslReused: BatchedCounter<string>;
   readonly inboundRejected: Counter<"reason">;
   readonly upstreamIdentityRejected: Counter<"envoy_cluster_name">;
   readonly controlPlaneErrors: Counter<"control_plane" | "resource">;
@@ -72,21 +73,21 @@ export class Metrics {
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const r = [this.registry];
-    this.listenerCx = new Counter({ name: "envoy_listener_downstream_cx_total", help: "Downstream connections accepted", labelNames: ["envoy_listener_address"], registers: r });
-    this.listenerActive = new Gauge({ name: "envoy_listener_downstream_cx_active", help: "Downstream connections open", labelNames: ["envoy_listener_address"], registers: r });
-    this.listenerDestroy = new Counter({ name: "envoy_listener_downstream_cx_destroy", help: "Downstream connections closed", labelNames: ["envoy_listener_address"], registers: r });
-    this.clusterCx = new Counter({ name: "envoy_cluster_upstream_cx_total", help: "Upstream connections opened", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterActive = new Gauge({ name: "envoy_cluster_upstream_cx_active", help: "Upstream connections open", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterConnectFail = new Counter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterConnectTimeout = new Counter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect timeouts", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterNoHealthy = new Counter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterRx = new Counter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterTx = new Counter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: ["envoy_cluster_name"], registers: r });
+    this.listenerCx = new BatchedCounter({ name: "envoy_listener_downstream_cx_total", help: "Downstream connections accepted", labelNames: ["envoy_listener_address"], registry: this.registry });
+    this.listenerActive = new BatchedGauge({ name: "envoy_listener_downstream_cx_active", help: "Downstream connections open", labelNames: ["envoy_listener_address"], registry: this.registry });
+    this.listenerDestroy = new BatchedCounter({ name: "envoy_listener_downstream_cx_destroy", help: "Downstream connections closed", labelNames: ["envoy_listener_address"], registry: this.registry });
+    this.clusterCx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_total", help: "Upstream connections opened", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterActive = new BatchedGauge({ name: "envoy_cluster_upstream_cx_active", help: "Upstream connections open", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterConnectFail = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterConnectTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect timeouts", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterNoHealthy = new BatchedCounter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterRx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterTx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.listenerLength = new Histogram({ name: "envoy_listener_downstream_cx_length_ms", help: "Downstream connection lifetime, ms", labelNames: ["envoy_listener_address"], buckets: ENVOY_BUCKETS_MS, registers: r });
     this.clusterConnectMs = new Histogram({ name: "envoy_cluster_upstream_cx_connect_ms", help: "Time to establish an upstream connection (TCP and TLS), ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
     this.clusterLength = new Histogram({ name: "envoy_cluster_upstream_cx_length_ms", help: "Upstream connection lifetime, ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
-    this.clusterSslHandshake = new Counter({ name: "envoy_cluster_ssl_handshake", help: "Upstream TLS handshakes completed", labelNames: ["envoy_cluster_name"], registers: r });
-    this.clusterSslReused = new Counter({ name: "envoy_cluster_ssl_session_reused", help: "Upstream TLS handshakes that resumed a cached session", labelNames: ["envoy_cluster_name"], registers: r });
+    this.clusterSslHandshake = new BatchedCounter({ name: "envoy_cluster_ssl_handshake", help: "Upstream TLS handshakes completed", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterSslReused = new BatchedCounter({ name: "envoy_cluster_ssl_session_reused", help: "Upstream TLS handshakes that resumed a cached session", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.inboundRejected = new Counter({ name: "meshproxy_inbound_rejected_total", help: "Inbound connections closed before reaching the app, by reason", labelNames: ["reason"], registers: r });
     this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
     this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Control-plane fetch or parse failures", labelNames: ["control_plane", "resource"], registers: r });

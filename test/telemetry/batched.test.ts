@@ -1,0 +1,27 @@
+// Batched counters and gauges: additions on the request path, handed to prom-client at scrape.
+import t from "tap";
+import { Registry } from "prom-client";
+import { BatchedCounter, BatchedGauge } from "../../src/telemetry/batched.js";
+
+t.test("counter and gauge series show what was added, per label set, at every scrape", async (t) => {
+  const registry = new Registry();
+  const rq = new BatchedCounter({ name: "demo_rq", help: "requests", labelNames: ["cluster", "code"], registry });
+  const active = new BatchedGauge({ name: "demo_active", help: "open", labelNames: ["cluster"], registry });
+  const ok = rq.labels("api", "200");
+  ok.inc();
+  ok.inc(2);
+  rq.labels("api", "503");
+  const a = active.labels("api");
+  a.inc();
+  a.inc();
+  a.dec();
+  let text = await registry.metrics();
+  t.match(text, /^demo_rq\{cluster="api",code="200"\} 3$/m, "three requests counted");
+  t.match(text, /^demo_rq\{cluster="api",code="503"\} 0$/m, "a series asked for but not used shows 0, as Envoy's do");
+  t.match(text, /^demo_active\{cluster="api"\} 1$/m, "the gauge is at its level");
+  t.match(text, /^# TYPE demo_rq counter$/m, "still typed as a counter");
+  t.equal(rq.labels("api", "200"), ok, "a label set always gives the same series");
+  ok.inc();
+  text = await registry.metrics();
+  t.match(text, /^demo_rq\{cluster="api",code="200"\} 4$/m, "a later scrape has the later total, not the difference");
+});
