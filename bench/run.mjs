@@ -17,7 +17,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { get } from "node:http";
 import { createServer } from "node:net";
 import { Procs } from "./lib/procs.mjs";
-import { cpuSeconds, memory, resetPeak } from "./lib/procstat.mjs";
+import { cpuTimes, memory, resetPeak } from "./lib/procstat.mjs";
 import { clientConfig, serverConfig, startHaproxy, writeHaproxyCerts, haproxyInfo, haproxyCommand } from "./lib/haproxy.mjs";
 import { startSidecar, configWrite, configDump } from "./lib/meshproxy.mjs";
 import { summarize, figures, targets, renderTable, renderTargets } from "./lib/report.mjs";
@@ -317,17 +317,20 @@ async function wrk({ url, seconds, conns, headers = [] }) {
 /** Wraps a workload: proxy CPU deltas, VmHWM reset before and read after, load average. */
 async function measured(path, fn) {
   for (const p of path.proxies) resetPeak(p.handle.pid);
-  const before = path.proxies.map((p) => cpuSeconds(p.handle.pid));
+  const before = path.proxies.map((p) => cpuTimes(p.handle.pid));
   const r = await fn();
   const cpu = {};
   const peakMb = {};
+  let systemS = path.proxies.length ? 0 : null;
   path.proxies.forEach((p, i) => {
-    const after = cpuSeconds(p.handle.pid);
-    cpu[p.side] = after !== null && before[i] !== null ? after - before[i] : null;
+    const after = cpuTimes(p.handle.pid);
+    const b = before[i];
+    cpu[p.side] = after && b ? after.user + after.system - (b.user + b.system) : null;
+    if (after && b && systemS !== null) systemS += after.system - b.system;
     peakMb[p.side] = (memory(p.handle.pid)?.hwmKb ?? 0) / 1024;
   });
   const cpuTotal = path.proxies.length ? Object.values(cpu).reduce((a, b) => a + (b ?? 0), 0) : null;
-  return { ...r, proxyCpuS: cpuTotal, proxyCpuBySide: cpu, peakRssMb: peakMb, loadavg1: loadavg()[0] };
+  return { ...r, proxyCpuS: cpuTotal, proxySystemCpuS: systemS, proxyCpuBySide: cpu, peakRssMb: peakMb, loadavg1: loadavg()[0] };
 }
 
 function per10k(cpu, n) {
@@ -475,7 +478,7 @@ const url = (target) => `http://${target}/`;
 const WORKLOADS = {
   async keepalive(path) {
     const r = await measured(path, () => wrk({ url: url(path.target), seconds: cfg.keepAliveS, conns: cfg.wrkConns }));
-    return { rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p999Ms: r.p999Ms, requests: r.requests, errors: r.errors, proxyCpuS: r.proxyCpuS, proxyCpuPer10k: per10k(r.proxyCpuS, r.requests), clientCpuPer10k: per10k(r.proxyCpuBySide.client, r.requests), serverCpuPer10k: per10k(r.proxyCpuBySide.server, r.requests), ...peaks(r), loadavg1: r.loadavg1 };
+    return { rps: r.rps, p50Ms: r.p50Ms, p99Ms: r.p99Ms, p999Ms: r.p999Ms, requests: r.requests, errors: r.errors, proxyCpuS: r.proxyCpuS, proxyCpuPer10k: per10k(r.proxyCpuS, r.requests), proxySystemCpuPer10k: per10k(r.proxySystemCpuS, r.requests), clientCpuPer10k: per10k(r.proxyCpuBySide.client, r.requests), serverCpuPer10k: per10k(r.proxyCpuBySide.server, r.requests), ...peaks(r), loadavg1: r.loadavg1 };
   },
   async "l7-keepalive"(path) {
     return WORKLOADS.keepalive(path);

@@ -10,18 +10,22 @@ try {
   /* Linux default */
 }
 
-/** CPU seconds (user + system) used so far by pid, or null if it is gone. */
-export function cpuSeconds(pid) {
+/** CPU seconds used so far by pid, split into user and system (kernel) time, or null if it is gone. */
+export function cpuTimes(pid) {
   try {
     const s = readFileSync(`/proc/${pid}/stat`, "utf8");
     // The command name (field 2) may contain spaces; fields after the closing paren are fixed.
     const rest = s.slice(s.lastIndexOf(")") + 2).split(" ");
-    const utime = Number(rest[11]);
-    const stime = Number(rest[12]);
-    return (utime + stime) / clkTck;
+    return { user: Number(rest[11]) / clkTck, system: Number(rest[12]) / clkTck };
   } catch {
     return null;
   }
+}
+
+/** CPU seconds (user + system) used so far by pid, or null if it is gone. */
+export function cpuSeconds(pid) {
+  const t = cpuTimes(pid);
+  return t ? t.user + t.system : null;
 }
 
 /** { rssKb, hwmKb, rssAnonKb } from /proc/<pid>/status, or null. */

@@ -62,6 +62,7 @@ export function figures(summary, runs, cfg) {
     rows.push(row("L4 keep-alive latency p50 (closed loop)", "ms", pick(summary, "keepalive", "p50Ms"), "lower"));
     rows.push(row("L4 keep-alive latency p99 (closed loop)", "ms", pick(summary, "keepalive", "p99Ms"), "lower"));
     rows.push(row("proxy CPU-seconds per 10k requests, both proxies (keep-alive)", "CPU-s", pick(summary, "keepalive", "proxyCpuPer10k", ["mesh", "haproxy"]), "lower", { key: "keepalive.cpu" }));
+    rows.push(row("… of which in the kernel (system time: TCP and syscalls)", "CPU-s", pick(summary, "keepalive", "proxySystemCpuPer10k", ["mesh", "haproxy"]), "lower"));
   }
   if (has("l7-keepalive")) {
     const paths = ["mesh", "haproxy"];
