@@ -2,7 +2,7 @@
 // roots, and the server's SPIFFE ID checked against the one we meant to reach. TLS sessions
 // are cached per endpoint and resumed, so reconnects skip the full handshake.
 import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, type TLSSocket } from "node:tls";
-import { connect as netConnect, type OnReadOpts } from "node:net";
+import { connect as netConnect, type OnReadOpts, type Socket } from "node:net";
 import { checkServerIdentity } from "../identity/peer.js";
 import type { TlsMaterial } from "./contexts.js";
 
@@ -89,10 +89,16 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   // Node ignores `onread` on a TLS socket layered over a socket of our own, so the L4 pipe lets
   // tls.connect dial; otherwise (pools) our own TCP socket, so half-close and Nagle are set where
   // they take effect.
-  const tcp = target.onread ? null : netConnect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
-  // allowHalfOpen is honoured by tls.connect though @types/node does not list it.
-  const direct: ConnectionOptions & { readonly allowHalfOpen: boolean } = { host: target.host, port: target.port, allowHalfOpen: true, ...(target.onread ? { onread: target.onread } : {}), ...common };
-  const socket = tcp ? tlsConnect({ socket: tcp, ...common }) : tlsConnect(direct).setNoDelay(true);
+  let tcp: Socket | null = null;
+  let socket: TLSSocket;
+  if (target.onread) {
+    // tls.connect honours allowHalfOpen and onread (documented) though @types/node lists neither.
+    const direct: ConnectionOptions & { readonly allowHalfOpen: boolean; readonly onread: OnReadOpts } = { host: target.host, port: target.port, allowHalfOpen: true, onread: target.onread, ...common };
+    socket = tlsConnect(direct).setNoDelay(true);
+  } else {
+    tcp = netConnect({ host: target.host, port: target.port, allowHalfOpen: true, noDelay: true });
+    socket = tlsConnect({ socket: tcp, ...common });
+  }
   // The session goes in after tls.connect, not as its `session` option: given that option, Node
   // parses the session (and the server certificate chain in it) twice, once in the socket's
   // constructor and once more in tls.connect; one parse was ~20 % of the client sidecar's CPU per
