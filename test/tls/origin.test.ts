@@ -1,0 +1,66 @@
+// Originating mTLS: sessions are resumed on both dialling paths (the pools' own TCP socket and
+// the L4 pipe's direct dial with onread), a cached session is kept rather than replaced on every
+// connection, and one the server no longer accepts is replaced by the next handshake's tickets.
+import t from "tap";
+import { createServer, createSecureContext, type TLSSocket } from "node:tls";
+import { randomBytes } from "node:crypto";
+import type { AddressInfo } from "node:net";
+import { createRootCa, issueLeaf } from "../../src/index.js";
+import { originate, SessionCache, type OriginTarget } from "../../src/tls/origin.js";
+import type { TlsMaterial } from "../../src/tls/contexts.js";
+
+const TD = "11111111-2222-3333-4444-555555555555.consul";
+const spiffe = (svc: string) => `spiffe://${TD}/ns/default/dc/dc1/svc/${svc}`;
+
+t.test("SessionCache keeps a session for 60 s before asking for a new one", async (t) => {
+  const c = new SessionCache();
+  t.equal(c.wants("a", 0), true, "nothing cached: a connection should take the server's tickets");
+  c.set("a", Buffer.from("s1"));
+  const at = Date.now();
+  t.equal(c.wants("a", at + 1_000), false, "a fresh session is reused as is");
+  t.equal(c.wants("a", at + 61_000), true, "after a minute a connection takes new tickets");
+  c.reset("other-material");
+  t.equal(c.get("a"), undefined, "new TLS material drops every session");
+});
+
+t.test("upstream connections resume, on both dialling paths, and recover from refused sessions", async (t) => {
+  const ca = await createRootCa(TD);
+  const db = await issueLeaf(ca, { spiffeId: spiffe("db"), commonName: "db", ttlMs: 3_600_000 });
+  const web = await issueLeaf(ca, { spiffeId: spiffe("web"), commonName: "web", ttlMs: 3_600_000 });
+  const server = createServer({ key: db.keyPem, cert: db.certPem, ca: ca.certPem, requestCert: true }, (s) => s.end("ok"));
+  server.listen(0, "127.0.0.1");
+  await new Promise((r) => server.once("listening", r));
+  t.teardown(() => server.close());
+  const material: TlsMaterial = { key: "k", options: {}, clientContext: createSecureContext({ key: web.keyPem, cert: web.certPem, ca: ca.certPem }) };
+  const sessions = new SessionCache();
+  const port = (server.address() as AddressInfo).port;
+  const connectOnce = (direct: boolean) =>
+    new Promise<boolean>((resolve, reject) => {
+      const target: OriginTarget = {
+        host: "127.0.0.1",
+        port,
+        sni: "db.default.dc1.internal." + TD,
+        expectedSpiffeId: spiffe("db"),
+        timeoutMs: 5000,
+        ...(direct ? { onread: { buffer: Buffer.alloc(1024), callback: () => true } } : {}),
+      };
+      originate(target, material, sessions, (err, s: TLSSocket) => {
+        if (err) return reject(err);
+        const reused = s.isSessionReused();
+        // Read until the server's end, so the session tickets it sent are taken.
+        s.on("data", () => {});
+        s.once("end", () => {
+          s.destroy();
+          resolve(reused);
+        });
+      });
+    });
+  t.equal(await connectOnce(false), false, "the first connection is a full handshake");
+  t.equal(await connectOnce(false), true, "the next one, dialled like a pool's, resumes");
+  t.equal(await connectOnce(true), true, "and so does one dialled like the L4 pipe's");
+  // The server forgets its ticket keys (a restart): the cached session is refused once, and the
+  // tickets of that full handshake are taken even though the cache entry was still fresh.
+  server.setTicketKeys(randomBytes(48));
+  t.equal(await connectOnce(true), false, "a refused session means a full handshake");
+  t.equal(await connectOnce(true), true, "after which connections resume again");
+});
