@@ -33,6 +33,10 @@ interface Definition<L extends string> {
   readonly registry: Registry;
 }
 
+function metricOptions<L extends string>(d: Definition<L>): { name: string; help: string; labelNames: readonly L[]; registers: Registry[] } {
+  return { name: d.name, help: d.help, labelNames: d.labelNames, registers: [d.registry] };
+}
+
 abstract class Batched<L extends string> {
   protected readonly slots = new Map<string, Slot<L>>();
   constructor(private readonly labelNames: readonly L[]) {}
@@ -56,10 +60,7 @@ export class BatchedCounter<L extends string> extends Batched<L> {
     super(d.labelNames);
     const slots = this.slots;
     new Counter<L>({
-      name: d.name,
-      help: d.help,
-      labelNames: d.labelNames,
-      registers: [d.registry],
+      ...metricOptions(d),
       collect() {
         this.reset();
         for (const s of slots.values()) this.inc(s.labels, s.value);
@@ -77,10 +78,7 @@ export class BatchedGauge<L extends string> extends Batched<L> {
     super(d.labelNames);
     const slots = this.slots;
     new Gauge<L>({
-      name: d.name,
-      help: d.help,
-      labelNames: d.labelNames,
-      registers: [d.registry],
+      ...metricOptions(d),
       collect() {
         this.reset();
         for (const s of slots.values()) this.set(s.labels, s.value);
