@@ -34,4 +34,16 @@ export default tseslint.config(
       ],
     },
   },
+  {
+    // tap's t.test() returns a promise that tap itself awaits (subtests run in order); an async
+    // test callback without an await is tap's normal shape.
+    files: ["test/**/*.ts"],
+    rules: {
+      "@typescript-eslint/no-floating-promises": [
+        "error",
+        { ignoreVoid: false, allowForKnownSafePromises: [{ from: "package", name: "PromiseWithSubtest", package: "@tapjs/core" }] },
+      ],
+      "@typescript-eslint/require-await": "off",
+    },
+  },
 );
