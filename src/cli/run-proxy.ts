@@ -10,6 +10,7 @@ import { MetricsServer } from "../telemetry/metrics-server.js";
 import type { HostPort } from "../config/snapshot.js";
 import type { Metrics } from "../telemetry/metrics.js";
 import { consulPrometheusBindAddr } from "./consul-metrics-addr.js";
+import { fileDescriptorLimit, listenerLimits, RESERVED_FDS } from "../tcp/admission.js";
 import type { ProxyCommand } from "./program.js";
 
 function agentClientFor(cmd: ProxyCommand): AgentClient | null {
@@ -119,7 +120,12 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
   process.on("SIGTERM", onSignal);
   try {
     const client = agentClientFor(cmd);
-    proxy = new Proxy({ controlPlane: await controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
+    const fds = fileDescriptorLimit();
+    const limits = listenerLimits(cmd.limits, fds);
+    if (fds !== null && limits.maxConnections * 2 + RESERVED_FDS > fds) {
+      log.warn("-max-connections is more than the file-descriptor limit can hold (two per proxied connection); raise ulimit -n or lower it", { max_connections: limits.maxConnections, fd_limit: fds });
+    }
+    proxy = new Proxy({ controlPlane: await controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, limits, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
     const stopped = new Promise<void>((resolve) => proxy!.once("stopped", resolve));
     exposition = new MetricsExposition(proxy.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log);
     admin = await startAdmin(proxy, cmd, log, exposition);
