@@ -24,6 +24,7 @@ import { AccessLog, type AccessLogTarget } from "./telemetry/access-log.js";
 import { registerServerGauges } from "./telemetry/server-gauges.js";
 import { certInfo, pemCertificates } from "./identity/cert-info.js";
 import { createLogger, type Logger } from "./telemetry/log.js";
+import { listenerLimits, type ListenerLimits } from "./tcp/admission.js";
 
 export interface ProxyOptions {
   readonly controlPlane: ControlPlane;
@@ -35,6 +36,8 @@ export interface ProxyOptions {
   readonly tracing?: { readonly endpoint: string; readonly sampleRate: number };
   /** One JSON line per connection and request; off by default. */
   readonly accessLog?: AccessLogTarget;
+  /** Connection and TLS-handshake caps of every listener; default from the file-descriptor limit. */
+  readonly limits?: ListenerLimits;
 }
 
 export interface ProxyAddresses {
@@ -79,9 +82,11 @@ export class Proxy extends EventEmitter {
   private addrs: { public: string | null; upstreams: Record<string, string> } = { public: null, upstreams: {} };
   private ready = false;
   private stopping: Promise<void> | null = null;
+  private readonly limits: ListenerLimits;
 
   constructor(private readonly opts: ProxyOptions) {
     super();
+    this.limits = opts.limits ?? listenerLimits();
     this.cp = opts.controlPlane;
     this.log = opts.logger ?? createLogger();
     this.metrics = opts.metrics ?? new Metrics();
@@ -259,7 +264,7 @@ export class Proxy extends EventEmitter {
       existing.close();
       this.publicListener = null;
     }
-    const l = new PublicListener(s, tls, this.metrics, this.log, this.obs);
+    const l = new PublicListener(s, tls, this.metrics, this.log, this.obs, this.limits);
     try {
       const a = await l.listen();
       existing?.close();
@@ -287,7 +292,7 @@ export class Proxy extends EventEmitter {
         existing.update(u, cluster, tls, http);
         continue;
       }
-      const l = new UpstreamListener(u, cluster, tls, http, this.sessions, this.metrics, this.router, this.log, this.obs);
+      const l = new UpstreamListener(u, cluster, tls, http, this.sessions, this.metrics, this.router, this.log, this.obs, this.limits);
       try {
         const a = await l.listen();
         existing?.close();

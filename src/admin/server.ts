@@ -1,5 +1,8 @@
-// The admin HTTP server (loopback by default). Mutations are POST only: a GET to a mutating
-// endpoint is refused, as Envoy does, so a stray browser prefetch cannot drain a proxy.
+// The admin HTTP server (loopback by default). It trusts anyone who can open a TCP connection to
+// it, and so refuses what only a web browser would send: a Host that is not this listener's
+// (DNS rebinding), and on mutations a cross-origin Origin or Sec-Fetch-Site or a form body (CSRF).
+// Mutations are POST only: a GET to a mutating endpoint is refused, as Envoy does, so a stray
+// browser prefetch cannot drain a proxy.
 import { listenOn } from "../tcp/listen.js";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -11,6 +14,8 @@ import { serveExposition } from "../telemetry/metrics-server.js";
 import { parseLevel, silentLogger, type LevelControl, type Logger } from "../telemetry/log.js";
 import { clustersJson, clustersText } from "./clusters.js";
 import { certsJson } from "./certs.js";
+import { BROWSER_REFUSALS, HostAllowList, checkHost, checkMutation, type Refused } from "../http/browser-guard.js";
+import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 
 export interface AdminTarget {
   readonly isReady: boolean;
@@ -69,6 +74,8 @@ export class AdminServer {
   private readonly posts: Record<string, Handler>;
   private readonly exposition: MetricsExposition;
   private readonly log: Logger;
+  private hosts = new HostAllowList("127.0.0.1");
+  private readonly refusedLog: RateLimitedWarning;
 
   constructor(
     private readonly target: AdminTarget,
@@ -103,6 +110,16 @@ export class AdminServer {
       "/logging": (q, res) => this.logging(q, res),
     };
     this.server = createServer((req, res) => void this.handle(req, res));
+    this.refusedLog = new RateLimitedWarning(this.log, "admin request refused as coming from a web page");
+    for (const reason of BROWSER_REFUSALS) target.metrics.adminRejected.labels("admin", reason).inc(0);
+  }
+
+  private refuse(req: IncomingMessage, res: ServerResponse, path: string, r: Refused): void {
+    this.target.metrics.adminRejected.labels("admin", r.reason).inc();
+    this.refusedLog.note({ method: req.method, path, reason: r.reason, host: req.headers.host, origin: req.headers.origin, peer: req.socket.remoteAddress });
+    // Connection: close: a browser that was refused once has no business reusing the connection.
+    res.setHeader("connection", "close");
+    send(res, r.status, `${r.message}\n`);
   }
 
   /** POST /logging?level=debug sets the level of every logger; without ?level reports it. */
@@ -122,6 +139,8 @@ export class AdminServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const path = (req.url ?? "/").split("?")[0]!;
     if (this.log.enabled("debug")) this.log.debug("admin request", { method: req.method, path });
+    const wrongHost = checkHost(req, this.hosts);
+    if (wrongHost) return this.refuse(req, res, path, wrongHost);
     try {
       if (req.method === "GET" || req.method === "HEAD") {
         const h = this.gets[path];
@@ -131,8 +150,10 @@ export class AdminServer {
       }
       if (req.method === "POST") {
         const h = this.posts[path];
-        if (h) return await h(req, res);
-        return send(res, this.gets[path] ? 405 : 404, `no POST endpoint: ${path}\n`);
+        if (!h) return send(res, this.gets[path] ? 405 : 404, `no POST endpoint: ${path}\n`);
+        const crossOrigin = checkMutation(req);
+        if (crossOrigin) return this.refuse(req, res, path, crossOrigin);
+        return await h(req, res);
       }
       send(res, 405, "method not allowed\n");
     } catch (e) {
@@ -143,10 +164,12 @@ export class AdminServer {
   }
 
   async listen(host: string, port: number): Promise<AddressInfo> {
+    this.hosts = new HostAllowList(host);
     return listenOn(this.server, host, port);
   }
 
   close(): void {
+    this.refusedLog.close();
     this.server.close();
     this.server.closeAllConnections();
   }

@@ -11,6 +11,7 @@ import { DEFAULTS, type HostPort } from "../config/snapshot.js";
 import type { ProxyRequest } from "../controlplane/controlplane.js";
 import type { AgentTlsOptions } from "../controlplane/consul/client.js";
 import { parseAccessLogTarget, type AccessLogTarget } from "../telemetry/access-log.js";
+import type { ListenerLimits } from "../tcp/admission.js";
 
 export interface ConsulSettings {
   readonly httpAddr: string;
@@ -41,6 +42,8 @@ export interface ProxyCommand {
   /** -tracing-endpoint and -tracing-sample-rate; null: tracing off. */
   readonly tracing: { readonly endpoint: string; readonly sampleRate: number } | null;
   readonly accessLog: AccessLogTarget;
+  /** -max-connections and -max-tls-handshakes as given; the rest default from the fd limit. */
+  readonly limits: Partial<ListenerLimits>;
 }
 
 interface RawProxyOptions {
@@ -65,6 +68,8 @@ interface RawProxyOptions {
   tracingEndpoint?: string;
   tracingSampleRate: string;
   accessLog: string;
+  maxConnections?: string;
+  maxTlsHandshakes?: string;
   register: boolean;
   registerId?: string;
   datacenter?: string;
@@ -143,7 +148,17 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
     appMetricsUrl: o.appMetricsUrl,
     tracing: o.tracingEndpoint ? { endpoint: o.tracingEndpoint, sampleRate } : null,
     accessLog: parseAccessLogTarget(o.accessLog),
+    limits: {
+      ...(o.maxConnections !== undefined ? { maxConnections: positiveInt("-max-connections", o.maxConnections) } : {}),
+      ...(o.maxTlsHandshakes !== undefined ? { maxTlsHandshakes: positiveInt("-max-tls-handshakes", o.maxTlsHandshakes) } : {}),
+    },
   };
+}
+
+function positiveInt(flag: string, raw: string): number {
+  const n = Number(raw);
+  if (!/^[0-9]+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`${flag} "${raw}": want a whole number of connections, at least 1`);
+  return n;
 }
 
 function checkHttpUrl(flag: string, raw: string, example: string): void {
@@ -251,6 +266,8 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--tracing-sample-rate <0..1>", "share of new traces sampled (a caller's decision always wins)").default("1"))
     .addOption(new Option("--access-log <dest>", "access log: off, stdout, stderr or a file path (JSON lines)").default("off"))
     .addOption(new Option("--metrics-addr <host:port>", "Prometheus metrics listener (default none; with Consul, Proxy.Config envoy_prometheus_bind_addr)"))
+    .addOption(new Option("--max-connections <n>", "connections each listener holds at once; more are closed at accept (default: half the file-descriptor limit less 256, at most 50000)"))
+    .addOption(new Option("--max-tls-handshakes <n>", "TLS handshakes in flight on the public listener; more connections are closed at accept (default 1024)"))
     .addOption(new Option("--app-metrics-url <url>", "the app's metrics, merged into the proxy's at each scrape, e.g. http://127.0.0.1:9464/metrics"))
     .action((opts: RawProxyOptions, cmd: Command) => {
       const adminExplicit = cmd.getOptionValueSource("adminAddr") !== "default";

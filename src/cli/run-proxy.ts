@@ -8,7 +8,9 @@ import { createLogger, type LevelControl, type Logger } from "../telemetry/log.j
 import { MetricsExposition } from "../telemetry/merge.js";
 import { MetricsServer } from "../telemetry/metrics-server.js";
 import type { HostPort } from "../config/snapshot.js";
+import type { Metrics } from "../telemetry/metrics.js";
 import { consulPrometheusBindAddr } from "./consul-metrics-addr.js";
+import { fileDescriptorLimit, listenerLimits, RESERVED_FDS } from "../tcp/admission.js";
 import type { ProxyCommand } from "./program.js";
 
 function agentClientFor(cmd: ProxyCommand): AgentClient | null {
@@ -70,8 +72,8 @@ async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger & LevelCo
 }
 
 /** Binds the metrics listener; `source` names the setting that chose the address, for the error. */
-async function startMetrics(exposition: MetricsExposition, at: HostPort, source: string, log: Logger): Promise<MetricsServer> {
-  const server = new MetricsServer(exposition);
+async function startMetrics(exposition: MetricsExposition, at: HostPort, source: string, log: Logger, refused: Metrics["adminRejected"]): Promise<MetricsServer> {
+  const server = new MetricsServer(exposition, refused);
   try {
     const a = await server.listen(at.host, at.port);
     log.info("metrics listening", { address: `${a.address}:${a.port}`, path: "/metrics" });
@@ -88,10 +90,10 @@ async function startMetrics(exposition: MetricsExposition, at: HostPort, source:
  * proxy runs (the registration then exists); a failure here costs the listener, not the proxy,
  * and the admin API still serves the same metrics.
  */
-async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposition: MetricsExposition, log: Logger): Promise<MetricsServer | null> {
+async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposition: MetricsExposition, log: Logger, refused: Metrics["adminRejected"]): Promise<MetricsServer | null> {
   try {
     const at = await consulPrometheusBindAddr(client, cmd.request.proxyId, cmd.sidecarFor);
-    return at ? await startMetrics(exposition, at, "Proxy.Config.envoy_prometheus_bind_addr", log) : null;
+    return at ? await startMetrics(exposition, at, "Proxy.Config.envoy_prometheus_bind_addr", log, refused) : null;
   } catch (e) {
     log.error("metrics listener not started; metrics stay available on the admin API at /stats/prometheus", { error: e instanceof Error ? e.message : String(e) });
     return null;
@@ -118,13 +120,18 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
   process.on("SIGTERM", onSignal);
   try {
     const client = agentClientFor(cmd);
-    proxy = new Proxy({ controlPlane: await controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
+    const fds = fileDescriptorLimit();
+    const limits = listenerLimits(cmd.limits, fds);
+    if (fds !== null && limits.maxConnections * 2 + RESERVED_FDS > fds) {
+      log.warn("-max-connections is more than the file-descriptor limit can hold (two per proxied connection); raise ulimit -n or lower it", { max_connections: limits.maxConnections, fd_limit: fds });
+    }
+    proxy = new Proxy({ controlPlane: await controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, limits, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
     const stopped = new Promise<void>((resolve) => proxy!.once("stopped", resolve));
     exposition = new MetricsExposition(proxy.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log);
     admin = await startAdmin(proxy, cmd, log, exposition);
-    if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log);
+    if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log, proxy.metrics.adminRejected);
     if (signals === 0) await proxy.start();
-    if (signals === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log);
+    if (signals === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log, proxy.metrics.adminRejected);
     if (signals > 0) await proxy.stop();
     await stopped;
     log.info("stopped");

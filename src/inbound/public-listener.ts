@@ -1,8 +1,9 @@
 // The public listener: terminate mTLS, verify the client's chain and SPIFFE identity,
 // authorize it with intentions, and only then dial the local app. (Consul's built-in proxy
-// dials the app first; an unauthorized client never reaches ours.)
+// dials the app first; an unauthorized client never reaches ours.) Connections over the
+// listener's limits are closed at accept, before any TLS work.
 import { createServer, type Server, type TLSSocket } from "node:tls";
-import { connect as netConnect, type AddressInfo, type Socket } from "node:net";
+import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from "node:net";
 import type { PublicListener as PublicListenerConfig, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { CompiledIntentions } from "../authz/intentions.js";
@@ -14,6 +15,8 @@ import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
+import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
+import { HandshakeGate, capConnections, type ListenerLimits } from "../tcp/admission.js";
 
 /** What one Snapshot says about inbound traffic, compiled once when it is applied. */
 export interface InboundState {
@@ -46,7 +49,13 @@ export function alpnFor(p: PublicListenerConfig["protocol"]): "h2" | "none" {
 }
 
 export class PublicListener {
+  /** Accepts TCP and applies the limits; admitted sockets are handed to `server` for TLS. */
+  private readonly acceptor: NetServer;
+  /** Terminates TLS on the sockets the acceptor hands it; never listens itself. */
   private readonly server: Server;
+  private readonly handshakes: HandshakeGate;
+  private readonly overflowLog: RateLimitedWarning;
+  private readonly overloadLog: RateLimitedWarning;
   private readonly log: Logger;
   private state: InboundState;
   private tlsKey: string;
@@ -64,6 +73,7 @@ export class PublicListener {
     private readonly metrics: Metrics,
     logger: Logger,
     private readonly obs: Observers,
+    private readonly limits: ListenerLimits,
   ) {
     this.log = logger.child("inbound");
     this.state = PublicListener.compile(snapshot);
@@ -79,14 +89,47 @@ export class PublicListener {
       requestCert: true,
       rejectUnauthorized: false,
       handshakeTimeout: snapshot.publicListener.handshakeTimeoutMs,
-      allowHalfOpen: true,
+    });
+    this.acceptor = createNetServer({
+      // Not before the handshake: a client that connects and hangs up at once must free its
+      // handshake slot now, not at the handshake timeout. onConnection turns it on for the pipe.
+      allowHalfOpen: false,
       // Without it, the first answer on a new connection waits for the delayed ACK (40 ms on
       // Linux) of the TLS 1.3 session tickets sent just before it (Nagle's algorithm).
       noDelay: true,
+    }, (raw) => this.admit(raw));
+    this.handshakes = new HandshakeGate(limits.maxTlsHandshakes, () => this.stats?.handshakesActive.dec());
+    this.overflowLog = new RateLimitedWarning(this.log, "public listener at its connection limit (-max-connections); closing new connections at once");
+    this.overloadLog = new RateLimitedWarning(this.log, "public listener at its TLS handshake limit (-max-tls-handshakes); closing new connections at once");
+    capConnections(this.acceptor, limits.maxConnections, (peer) => {
+      this.stats?.cxOverflow.inc();
+      this.overflowLog.note({ address: this.address, max_connections: limits.maxConnections, peer });
     });
-    this.server.on("secureConnection", (s) => this.onConnection(s));
-    this.server.on("tlsClientError", (err: NodeJS.ErrnoException, s: TLSSocket) => this.onTlsError(err, s));
-    this.server.on("error", (e) => this.log.error("listener error", { address: this.address, error: e.message }));
+    this.acceptor.on("error", (e) => this.log.error("listener error", { address: this.address, error: e.message }));
+    this.server.on("secureConnection", (s) => {
+      this.handshakes.done(s);
+      this.onConnection(s);
+    });
+    this.server.on("tlsClientError", (err: NodeJS.ErrnoException, s: TLSSocket) => {
+      this.handshakes.done(s);
+      this.onTlsError(err, s);
+    });
+  }
+
+  /**
+   * A handshake costs ~2 ms of CPU and tens of KB until it ends or times out: past the cap, a
+   * new connection is closed before node starts one, so idle or slow clients cannot grow memory
+   * or queue work without bound. Established connections are not affected.
+   */
+  private admit(raw: Socket): void {
+    if (!this.handshakes.admit(raw)) {
+      this.stats?.cxOverloadReject.inc();
+      this.overloadLog.note({ address: this.address, max_tls_handshakes: this.limits.maxTlsHandshakes, peer: `${raw.remoteAddress}:${raw.remotePort}` });
+      raw.destroy();
+      return;
+    }
+    this.stats?.handshakesActive.inc();
+    this.server.emit("connection", raw);
   }
 
   /** Throws on intentions that cannot be compiled (a bad permission regex): the Snapshot is rejected. */
@@ -114,10 +157,15 @@ export class PublicListener {
 
   async listen(): Promise<AddressInfo> {
     const { host, port } = this.state.config.bind;
-    const addr = await listenOn(this.server, host, port);
+    const addr = await listenOn(this.acceptor, host, port);
     this.address = `${addr.address}:${addr.port}`;
     this.stats = this.metrics.listener(this.address);
-    this.log.info("public listener started", { address: this.address, local_app: `${this.state.config.localApp.host}:${this.state.config.localApp.port}` });
+    this.log.info("public listener started", {
+      address: this.address,
+      local_app: `${this.state.config.localApp.host}:${this.state.config.localApp.port}`,
+      max_connections: this.limits.maxConnections,
+      max_tls_handshakes: this.limits.maxTlsHandshakes,
+    });
     return addr;
   }
 
@@ -174,6 +222,8 @@ export class PublicListener {
   }
 
   private onConnection(s: TLSSocket): void {
+    // Half-close carries through from here on (a client may shut down its side and still read).
+    s.allowHalfOpen = true;
     const stats = this.stats!;
     stats.cxTotal.inc();
     stats.cxActive.inc();
@@ -257,7 +307,9 @@ export class PublicListener {
 
   /** Stops accepting; open connections carry on (server.close's callback would wait for them). */
   close(): void {
-    if (this.server.listening) this.server.close();
+    if (this.acceptor.listening) this.acceptor.close();
+    this.overflowLog.close();
+    this.overloadLog.close();
   }
 
   closeIdle(): void {

@@ -18,6 +18,8 @@ import type { HttpRouter, OutboundHttpState } from "./http-router.js";
 import { upgradeOutbound } from "./upgrade.js";
 import { localReply } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
+import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
+import { capConnections, type ListenerLimits } from "../tcp/admission.js";
 
 /** How many distinct instances one connection may try. */
 const MAX_ATTEMPTS = 3;
@@ -43,6 +45,7 @@ export class UpstreamListener {
   private httpServer: HttpServer | null = null;
   private h2Server: Http2Server | null = null;
   private address = "";
+  private readonly overflowLog: RateLimitedWarning;
 
   constructor(
     config: UpstreamListenerConfig,
@@ -54,6 +57,7 @@ export class UpstreamListener {
     private readonly router: HttpRouter,
     logger: Logger,
     private readonly obs: Observers,
+    private readonly limits: ListenerLimits,
   ) {
     this.log = logger.child(`upstream.${config.name}`);
     this.state = { config, cluster, tls, clusterStats: metrics.cluster(cluster.name), http };
@@ -62,6 +66,13 @@ export class UpstreamListener {
     // wait in the kernel instead of in our memory.
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.onConnection(s));
     this.server.on("error", (e) => this.log.error("listener error", { address: this.address, error: e.message }));
+    // The local app is trusted with its traffic, not with the proxy's descriptors: a connection
+    // leak in the app must not starve the public listener of them.
+    this.overflowLog = new RateLimitedWarning(this.log, "upstream listener at its connection limit (-max-connections); closing new connections at once");
+    capConnections(this.server, limits.maxConnections, (peer) => {
+      this.stats?.cxOverflow.inc();
+      this.overflowLog.note({ address: this.address, max_connections: limits.maxConnections, peer });
+    });
   }
 
   get name(): string {
@@ -243,6 +254,7 @@ export class UpstreamListener {
 
   close(): void {
     if (this.server.listening) this.server.close();
+    this.overflowLog.close();
   }
 
   /** Draining: idle keep-alive connections close now, busy ones after their response. */

@@ -24,6 +24,12 @@ export interface ListenerStats {
   cxDestroy: CountSlot;
   /** Connection lifetime, ms (Envoy's downstream_cx_length_ms). */
   cxLengthMs: Histogram.Internal<string>;
+  /** Closed at accept: the listener was at -max-connections (Envoy's listener connection limit). */
+  cxOverflow: CountSlot;
+  /** Closed at accept: -max-tls-handshakes were in flight (our overload action). */
+  cxOverloadReject: CountSlot;
+  /** TLS handshakes in flight on the public listener. */
+  handshakesActive: LevelSlot;
 }
 
 export interface ClusterStats {
@@ -48,6 +54,9 @@ export class Metrics {
   private readonly listenerCx: BatchedCounter<string>;
   private readonly listenerActive: BatchedGauge<string>;
   private readonly listenerDestroy: BatchedCounter<string>;
+  private readonly listenerOverflow: BatchedCounter<string>;
+  private readonly listenerOverloadReject: BatchedCounter<string>;
+  private readonly listenerHandshakes: BatchedGauge<string>;
   private readonly clusterCx: BatchedCounter<string>;
   private readonly clusterActive: BatchedGauge<string>;
   private readonly clusterConnectFail: BatchedCounter<string>;
@@ -70,12 +79,16 @@ export class Metrics {
   readonly configErrors: Counter<"kind">;
   readonly tracingExportFailures: Counter<"reason">;
   readonly accessLogDropped: Counter<string>;
+  readonly adminRejected: Counter<"listener" | "reason">;
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const r = [this.registry];
     this.listenerCx = new BatchedCounter({ name: "envoy_listener_downstream_cx_total", help: "Downstream connections accepted", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerActive = new BatchedGauge({ name: "envoy_listener_downstream_cx_active", help: "Downstream connections open", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerDestroy = new BatchedCounter({ name: "envoy_listener_downstream_cx_destroy", help: "Downstream connections closed", labelNames: ["envoy_listener_address"], registry: this.registry });
+    this.listenerOverflow = new BatchedCounter({ name: "envoy_listener_downstream_cx_overflow", help: "Downstream connections closed at accept because the listener was at its connection limit (-max-connections)", labelNames: ["envoy_listener_address"], registry: this.registry });
+    this.listenerOverloadReject = new BatchedCounter({ name: "envoy_listener_downstream_cx_overload_reject", help: "Downstream connections closed at accept because too many TLS handshakes were in flight (-max-tls-handshakes)", labelNames: ["envoy_listener_address"], registry: this.registry });
+    this.listenerHandshakes = new BatchedGauge({ name: "meshproxy_listener_downstream_tls_handshakes_active", help: "TLS handshakes in flight on the public listener", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.clusterCx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_total", help: "Upstream connections opened", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterActive = new BatchedGauge({ name: "envoy_cluster_upstream_cx_active", help: "Upstream connections open", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterConnectFail = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: ["envoy_cluster_name"], registry: this.registry });
@@ -97,6 +110,7 @@ export class Metrics {
     this.certExpiry = new Gauge({ name: "meshproxy_certificate_expiry_timestamp_seconds", help: "Expiry of the leaf and root certificates in use", labelNames: ["kind", "serial"], registers: r });
     this.configErrors = new Counter({ name: "meshproxy_config_errors_total", help: "Bad configuration input rejected (flags, files)", labelNames: ["kind"], registers: r });
     this.tracingExportFailures = new Counter({ name: "meshproxy_tracing_export_failures_total", help: "Span batches the OTLP exporter could not deliver (the spans are dropped)", labelNames: ["reason"], registers: r });
+    this.adminRejected = new Counter({ name: "meshproxy_admin_rejected_total", help: "Requests to the admin API or metrics listener refused as coming from a browser page (DNS rebinding, cross-origin, form body)", labelNames: ["listener", "reason"], registers: r });
     this.accessLogDropped = new Counter({ name: "meshproxy_access_log_dropped_total", help: "Access-log lines dropped because the destination could not keep up", registers: r });
     for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable"] satisfies InboundRejection[]) {
       this.inboundRejected.labels(reason).inc(0);
@@ -106,7 +120,15 @@ export class Metrics {
 
   listener(address: string): ListenerStats {
     const a = address.replace(/:(\d+)$/, "_$1");
-    return { cxTotal: this.listenerCx.labels(a), cxActive: this.listenerActive.labels(a), cxDestroy: this.listenerDestroy.labels(a), cxLengthMs: this.listenerLength.labels(a) };
+    return {
+      cxTotal: this.listenerCx.labels(a),
+      cxActive: this.listenerActive.labels(a),
+      cxDestroy: this.listenerDestroy.labels(a),
+      cxLengthMs: this.listenerLength.labels(a),
+      cxOverflow: this.listenerOverflow.labels(a),
+      cxOverloadReject: this.listenerOverloadReject.labels(a),
+      handshakesActive: this.listenerHandshakes.labels(a),
+    };
   }
 
   cluster(name: string): ClusterStats {
