@@ -215,9 +215,9 @@ t.test("health/connect: instances appearing, turning critical and leaving each g
   t.same(s.upstreams.map((u) => u.name), ["db"], "the upstream listener stays with no instances");
 });
 
-t.test("roots and leaf: a rotation reaches the Snapshot; intentions follow the match endpoint and the default-policy header", async (t) => {
+t.test("roots and leaf: a rotation reaches the Snapshot; intentions follow the match endpoint and the agent's default action", async (t) => {
   const d = await double(t);
-  const h = harness(t, d, { request: WEB_WITH_DB });
+  const h = harness(t, d, { request: WEB_WITH_DB, defaultActionRefreshMs: 200 });
   await h.start();
   const before = h.latest();
 
@@ -244,14 +244,14 @@ t.test("roots and leaf: a rotation reaches the Snapshot; intentions follow the m
     s.intentions.intentions,
     [
       { source: "api", destination: "web", action: "allow" },
-      { source: "admin", destination: "web", action: "deny" },
+      { source: "admin", destination: "web", action: "deny", permissions: [{ action: "allow", path: { kind: "prefix", value: "/admin" }, headers: [], methods: [] }] },
     ],
-    "an L7 intention (Permissions, no Action) denies at L4, as the agent's authorize does",
+    "an L7 intention keeps its permissions (enforced per request on http; its action, deny, is what a tcp service does)",
   );
-  t.equal(s.intentions.defaultAction, "allow", "X-Consul-Default-ACL-Policy: allow");
+  t.equal(s.intentions.defaultAction, "allow", "ACLs off, no default_intention_policy: allow, as the agent's authorize");
 
   mark = h.snapshots.length;
-  d.setDefaultAllow(false);
+  d.setDefaultIntentionPolicy("deny");
   s = await h.snapshots.next((x) => x.intentions.defaultAction === "deny", "a Snapshot with default deny", mark);
   t.equal(s.intentions.intentions.length, 2, "the intentions are unchanged");
 
