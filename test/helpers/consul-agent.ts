@@ -26,9 +26,10 @@ export type CheckStatus = "passing" | "warning" | "critical";
  * `none` clears; `500` and `403` answer with a short plain-text body; `garbage` is a 200 with
  * malformed JSON; `stall` holds the request unanswered until the fault is cleared (then it is
  * served normally) or the double stops; `slow:<ms>` serves it after a delay; `reset` destroys
- * the socket without an answer.
+ * the socket without an answer; `body:<text>` is a 200 `application/json` with exactly that body
+ * (`body:` alone: an empty one), for well-formed JSON the agent should never send.
  */
-export type FaultKind = "none" | "500" | "403" | "garbage" | "stall" | "reset" | `slow:${number}`;
+export type FaultKind = "none" | "500" | "403" | "garbage" | "stall" | "reset" | `slow:${number}` | `body:${string}`;
 
 export interface ConsulAgentDoubleOptions {
   /** ACL token every request must carry. Unset: ACLs are disabled and any token is accepted. */
@@ -1010,7 +1011,7 @@ export class ConsulAgentDouble {
    * stalled by a fault that no longer applies are served at once.
    */
   fault(pathPrefix: string, kind: FaultKind): void {
-    if (kind !== "none" && kind !== "500" && kind !== "403" && kind !== "garbage" && kind !== "stall" && kind !== "reset" && !/^slow:\d+$/.test(kind)) {
+    if (kind !== "none" && kind !== "500" && kind !== "403" && kind !== "garbage" && kind !== "stall" && kind !== "reset" && !/^slow:\d+$/.test(kind) && !kind.startsWith("body:")) {
       throw new Error(`unknown fault kind ${kind}`);
     }
     this.faults.set(pathPrefix, kind);
@@ -1071,6 +1072,7 @@ export class ConsulAgentDouble {
     if (ctx.res.destroyed) return;
     const kind = this.faultFor(ctx.url.pathname);
     if (kind === null) return this.serve(ctx);
+    if (kind.startsWith("body:")) return this.send(ctx, 200, "application/json", kind.slice("body:".length), { "X-Consul-Index": String(this.raftIndex) });
     switch (kind) {
       case "500":
         return this.text(ctx, 500, "rpc error making call: No cluster leader");
