@@ -1,6 +1,6 @@
 // The Consul control plane against the agent test double, over real HTTP: every watch (roots,
 // leaf, proxy registration by hash, -sidecar-for, health per upstream, discovery chain,
-// intentions with the default-policy header), the blocking-query edge cases (index reset, the
+// intentions and the agent's default action), the blocking-query edge cases (index reset, the
 // zero-index bug), faults (403, 500, garbage, stalls) with the last Snapshot kept, the
 // first-Snapshot gate, and -register. Short waits and backoffs keep each case to seconds.
 import t from "tap";

@@ -23,7 +23,8 @@ export function describeValue(v: unknown): string {
   if (Array.isArray(v)) return "an array";
   if (typeof v === "object") return "an object";
   if (typeof v === "string") return JSON.stringify(v.length > 64 ? `${v.slice(0, 64)}…` : v);
-  return String(v);
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  return typeof v;
 }
 
 export const ENTRY_KINDS = ["service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver"] as const;
