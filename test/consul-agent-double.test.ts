@@ -536,8 +536,8 @@ t.test("intentions/match: precedence order, wildcard destinations, blocking", as
 
   const defaults = call(`${d.url}/v1/connect/intentions/match?by=destination&name=billing&index=${indexOf(changed)}&wait=30s`);
   await d.waitForHeld("/v1/connect/intentions/match");
-  d.setDefaultAllow(false);
-  t.equal((await defaults).headers["x-consul-default-acl-policy"], "deny", "the default policy travels in a header, and a change wakes watchers");
+  d.setAclDefaultPolicy("deny");
+  t.equal((await defaults).headers["x-consul-default-acl-policy"], "deny", "acl.default_policy travels in a header, and a change wakes watchers");
 });
 
 t.test("authorize: §8.3 decisions and error cases", async (t) => {
@@ -554,8 +554,11 @@ t.test("authorize: §8.3 decisions and error cases", async (t) => {
   t.same(body(await authz({ Target: "billing", ClientCertURI: uri("reporting") })), { Authorized: true, Reason: "Matched L4 intention: reporting => billing (allow)" });
   t.same(body(await authz({ Target: "billing", ClientCertURI: uri("mallory") })), { Authorized: false, Reason: "Matched L4 intention: * => billing (deny)" });
   t.same(body(await authz({ Target: "ledger", ClientCertURI: uri("web") })), { Authorized: true, Reason: "ACLs disabled, access is allowed by default" });
-  d.setDefaultAllow(false);
-  t.same(body(await authz({ Target: "ledger", ClientCertURI: uri("web") })), { Authorized: false, Reason: "Default behavior configured by ACLs" });
+  d.setAclDefaultPolicy("deny");
+  t.same(body(await authz({ Target: "ledger", ClientCertURI: uri("web") })), { Authorized: true, Reason: "ACLs disabled, access is allowed by default" }, "acl.default_policy does not apply with ACLs off");
+  d.setDefaultIntentionPolicy("deny");
+  t.same(body(await authz({ Target: "ledger", ClientCertURI: uri("web") })), { Authorized: false, Reason: "Default intention policy" }, "default_intention_policy decides, ACLs or not");
+  d.setDefaultIntentionPolicy("");
 
   const noTarget = await authz({ ClientCertURI: uri("web") });
   t.equal(noTarget.status, 400);

@@ -1,6 +1,6 @@
 // The Consul control plane against the agent test double, over real HTTP: every watch (roots,
 // leaf, proxy registration by hash, -sidecar-for, health per upstream, discovery chain,
-// intentions with the default-policy header), the blocking-query edge cases (index reset, the
+// intentions and the agent's default action), the blocking-query edge cases (index reset, the
 // zero-index bug), faults (403, 500, garbage, stalls) with the last Snapshot kept, the
 // first-Snapshot gate, and -register. Short waits and backoffs keep each case to seconds.
 import t from "tap";
@@ -13,6 +13,8 @@ import { serviceSni, serviceSpiffeId } from "../src/identity/spiffe.js";
 import { silentLogger } from "../src/telemetry/log.js";
 import type { Snapshot } from "../src/config/snapshot.js";
 import type { Teardown } from "./helpers/mesh.js";
+import { until } from "./helpers/l7.js";
+import { CompiledIntentions, scopeOf } from "../src/authz/intentions.js";
 
 const WAIT_MS = 2000;
 const BACKOFF = { baseMs: 50, maxMs: 500 };
@@ -215,9 +217,9 @@ t.test("health/connect: instances appearing, turning critical and leaving each g
   t.same(s.upstreams.map((u) => u.name), ["db"], "the upstream listener stays with no instances");
 });
 
-t.test("roots and leaf: a rotation reaches the Snapshot; intentions follow the match endpoint and the default-policy header", async (t) => {
+t.test("roots and leaf: a rotation reaches the Snapshot; intentions follow the match endpoint and the agent's default action", async (t) => {
   const d = await double(t);
-  const h = harness(t, d, { request: WEB_WITH_DB });
+  const h = harness(t, d, { request: WEB_WITH_DB, defaultActionRefreshMs: 200 });
   await h.start();
   const before = h.latest();
 
@@ -244,14 +246,14 @@ t.test("roots and leaf: a rotation reaches the Snapshot; intentions follow the m
     s.intentions.intentions,
     [
       { source: "api", destination: "web", action: "allow" },
-      { source: "admin", destination: "web", action: "deny" },
+      { source: "admin", destination: "web", action: "deny", permissions: [{ action: "allow", path: { kind: "prefix", value: "/admin" }, headers: [], methods: [] }] },
     ],
-    "an L7 intention (Permissions, no Action) denies at L4, as the agent's authorize does",
+    "an L7 intention keeps its permissions (enforced per request on http; its action, deny, is what a tcp service does)",
   );
-  t.equal(s.intentions.defaultAction, "allow", "X-Consul-Default-ACL-Policy: allow");
+  t.equal(s.intentions.defaultAction, "allow", "ACLs off, no default_intention_policy: allow, as the agent's authorize");
 
   mark = h.snapshots.length;
-  d.setDefaultAllow(false);
+  d.setDefaultIntentionPolicy("deny");
   s = await h.snapshots.next((x) => x.intentions.defaultAction === "deny", "a Snapshot with default deny", mark);
   t.equal(s.intentions.intentions.length, 2, "the intentions are unchanged");
 
@@ -780,4 +782,173 @@ t.test("an HTTP chain from the agent (the reference's splitter to two subsets) b
   t.same(green?.endpoints.map((e) => e.id), ["db-green"], "and green's the green one");
   t.same(blue?.failover, [`green.db.default.${dc}.internal.${td}`], "the resolver's failover targets");
   t.equal(blue?.expectedSpiffeId, serviceSpiffeId({ trustDomain: td, namespace: "default", datacenter: dc, service: "db" }), "a subset presents its service's identity");
+});
+
+// ---- Authorization: the agent's default action, strict intentions answers, scope, L7 ----
+
+/** The agent's authorize endpoint decides the default; these are its answers (AgentConnectAuthorize). */
+const DEFAULT_CASES: ReadonlyArray<{ readonly what: string; readonly opts: ConsulAgentDoubleOptions; readonly want: "allow" | "deny" }> = [
+  { what: "ACLs off, nothing set", opts: {}, want: "allow" },
+  { what: "ACLs off, default_intention_policy deny", opts: { defaultIntentionPolicy: "deny" }, want: "deny" },
+  { what: "ACLs off, acl.default_policy deny (the header says deny; the agent allows)", opts: { aclDefaultPolicy: "deny" }, want: "allow" },
+  { what: "ACLs on, acl.default_policy deny", opts: { token: "t0k", aclDefaultPolicy: "deny" }, want: "deny" },
+  { what: "ACLs on and deny, default_intention_policy allow (it wins)", opts: { token: "t0k", aclDefaultPolicy: "deny", defaultIntentionPolicy: "allow" }, want: "allow" },
+  { what: "ACLs on and allow, default_intention_policy deny (it wins)", opts: { token: "t0k", defaultIntentionPolicy: "deny" }, want: "deny" },
+];
+
+t.test("default action: exactly what the agent's authorize answers for a caller no intention matches", async (t) => {
+  for (const c of DEFAULT_CASES) {
+    await t.test(c.what, async (t) => {
+      const d = await double(t, c.opts);
+      d.setIntentions("web", [{ source: "api", action: "deny" }]);
+      const h = harness(t, d, { request: WEB_WITH_DB, ...(c.opts.token ? { token: c.opts.token } : {}) });
+      await h.start();
+      t.equal(h.latest().intentions.defaultAction, c.want, `default ${c.want}`);
+      const probe = d.requestsTo("/v1/agent/connect/authorize")[0];
+      t.ok(probe, "asked the agent's authorize endpoint");
+      t.match(probe?.body, /"Target":"web"/, "for this service");
+      t.match(probe?.body, /\/ns\/default\/dc\/dc1\/svc\/meshproxy-default-action-probe"/, "as a local caller no intention names");
+      t.equal(d.authorize("meshproxy-default-action-probe", "default", "web").Authorized, c.want === "allow", "which is the double's own answer");
+    });
+  }
+});
+
+t.test("default action: authorize refused → /v1/agent/self; neither → deny, reported once; learned again when the agent answers", async (t) => {
+  const d = await double(t, { defaultIntentionPolicy: "deny" });
+  d.fault("/v1/agent/connect/authorize", "403");
+  const h = harness(t, d, { request: WEB_WITH_DB, defaultActionRefreshMs: 100 });
+  await h.start();
+  t.equal(h.latest().intentions.defaultAction, "deny", "default_intention_policy read from DebugConfig");
+  t.ok(d.requestsTo("/v1/agent/self").length > 0, "from /v1/agent/self");
+  t.equal(h.errors.items.filter((e) => e.resource === "default-action").length, 0, "one way answering is enough: no error");
+
+  const d2 = await double(t, { defaultIntentionPolicy: "allow" });
+  d2.fault("/v1/agent/connect/authorize", "500");
+  d2.fault("/v1/agent/self", "403");
+  const h2 = harness(t, d2, { request: WEB_WITH_DB, defaultActionRefreshMs: 100 });
+  await h2.start();
+  t.equal(h2.latest().intentions.defaultAction, "deny", "cannot be learned: deny (fail closed), and still a Snapshot");
+  const e = await h2.errors.next((x) => x.resource === "default-action", "a default-action error", 0);
+  t.match(e.message, /cannot learn the agent's default intention action \(POST \/v1\/agent\/connect\/authorize: .*HTTP 500.*; GET \/v1\/agent\/self: .*HTTP 403.*\); denying callers no intention matches$/, "naming both ways and what it does instead");
+  await until(() => d2.requestsTo("/v1/agent/connect/authorize").length >= 4, 5000, "a few more attempts");
+  t.equal(h2.errors.items.filter((x) => x.resource === "default-action").length, 1, "reported once, not per attempt");
+  const mark = h2.snapshots.length;
+  d2.clearFaults();
+  const s = await h2.snapshots.next((x) => x.intentions.defaultAction === "allow", "a Snapshot with the learned default", mark);
+  t.equal(s.intentions.defaultAction, "allow", "learned once the agent answers");
+});
+
+t.test("default action: wildcard intentions move the probe to another namespace, or to /v1/agent/self", async (t) => {
+  const d = await double(t, { defaultIntentionPolicy: "deny" });
+  d.setIntentions("web", [{ source: "*", action: "allow" }]);
+  const h = harness(t, d, { request: WEB_WITH_DB });
+  await h.start();
+  t.equal(h.latest().intentions.defaultAction, "deny");
+  t.match(d.requestsTo("/v1/agent/connect/authorize")[0]?.body, /\/ns\/meshproxy-default-action-probe\//, "`*` covers every local caller: the probe comes from a namespace no intention names");
+
+  const d2 = await double(t, { defaultIntentionPolicy: "deny" });
+  d2.setIntentions("web", [{ source: "*", sourceNamespace: "*", action: "allow" }]);
+  const h2 = harness(t, d2, { request: WEB_WITH_DB });
+  await h2.start();
+  t.equal(d2.requestsTo("/v1/agent/connect/authorize").length, 0, "*/* covers every caller in the partition: no probe is asked");
+  t.ok(d2.requestsTo("/v1/agent/self").length > 0, "the config is read instead");
+  t.equal(h2.latest().intentions.defaultAction, "deny");
+});
+
+t.test("scope: intentions keep their source peer, partition and namespace; callers are matched on their whole identity", async (t) => {
+  const d = await double(t, { defaultIntentionPolicy: "deny" });
+  d.setIntentions("web", [
+    { source: "api", sourcePeer: "other", action: "allow" },
+    { source: "api", sourceNamespace: "ns2", action: "allow" },
+    { source: "ops", sourcePartition: "part2", action: "allow" },
+    { source: "db", action: "allow" },
+    { source: "*", sourceNamespace: "*", action: "deny" },
+    { source: "mallory", destinationNamespace: "ns3", action: "allow" },
+  ]);
+  const h = harness(t, d, { request: WEB_WITH_DB });
+  await h.start();
+  const s = h.latest();
+  t.same(
+    s.intentions.intentions,
+    [
+      { source: "api", destination: "web", action: "allow", sourcePeer: "other" },
+      { source: "api", destination: "web", action: "allow", sourceNamespace: "ns2" },
+      { source: "ops", destination: "web", action: "allow", sourcePartition: "part2" },
+      { source: "db", destination: "web", action: "allow" },
+      { source: "*", destination: "web", action: "deny", sourceNamespace: "*" },
+    ],
+    "the scope is kept; an intention for web in another namespace (ns3) does not govern this web",
+  );
+  const authz = new CompiledIntentions(s.intentions, "web", scopeOf(s.identity));
+  const caller = (service: string, namespace = "default", partition = "default") => authz.authorize({ service, namespace, partition }).allowed;
+  t.notOk(caller("api"), "a SourcePeer intention never matches a local caller");
+  t.ok(caller("api", "ns2"), "ns2/api is allowed by its namespace-scoped intention");
+  t.notOk(caller("ops"), "a SourcePartition intention does not match default/ops");
+  t.ok(caller("ops", "default", "part2"), "it matches part2/default/ops");
+  t.ok(caller("db"), "an unscoped intention matches the local namespace");
+  t.notOk(caller("db", "ns2"), "but not ns2/db");
+  t.notOk(caller("mallory"), "the ns3 intention does not let mallory in");
+  t.equal(authz.authorize({ service: "db", namespace: "ns2", partition: "default" }).reason, "Matched L4 intention: * => web (deny)", "*/* applies to every namespace");
+});
+
+/** Answers the agent should never give, each a 200. */
+const MALFORMED_MATCH: ReadonlyArray<{ readonly what: string; readonly body: string; readonly error: RegExp }> = [
+  { what: "an empty body", body: "", error: /\$: want a JSON object/ },
+  { what: "null", body: "null", error: /\$: want a JSON object/ },
+  { what: "no entry for the service", body: "{}", error: /\$\.web: missing/ },
+  { what: "the entry not a list", body: '{"web":{}}', error: /\$\.web: want an array/ },
+  { what: "SourceName a number", body: '{"web":[{"SourceName":5,"DestinationName":"web","Action":"allow"}]}', error: /\$\.web\[0\]\.SourceName: want a string, got 5/ },
+  { what: "SourceName missing", body: '{"web":[{"DestinationName":"web","Action":"allow"}]}', error: /\$\.web\[0\]\.SourceName: want a string/ },
+  { what: "an unknown Action", body: '{"web":[{"SourceName":"api","DestinationName":"web","Action":"maybe"}]}', error: /\$\.web\[0\]\.Action: "maybe" is not allow or deny/ },
+  { what: "a permission without HTTP", body: '{"web":[{"SourceName":"api","DestinationName":"web","Permissions":[{"Action":"allow"}]}]}', error: /Permissions\[0\]\.HTTP: is required/ },
+  { what: "a permission with an unknown Action", body: '{"web":[{"SourceName":"api","DestinationName":"web","Permissions":[{"Action":"yes","HTTP":{}}]}]}', error: /Permissions\[0\]\.Action: want "allow" or "deny"/ },
+  { what: "Permissions not a list", body: '{"web":[{"SourceName":"api","DestinationName":"web","Permissions":{"Action":"allow"}}]}', error: /Permissions: want an array/ },
+  { what: "a permission regex that does not compile", body: '{"web":[{"SourceName":"api","DestinationName":"web","Permissions":[{"Action":"allow","HTTP":{"PathRegex":"("}}]}]}', error: /\$\.web\[0\]\.permissions\[0\]\.path\.regex/ },
+];
+
+t.test("intentions answers are read strictly: a malformed first one makes no Snapshot; a later one keeps the last good", async (t) => {
+  for (const m of MALFORMED_MATCH) {
+    await t.test(m.what, async (t) => {
+      const d = await double(t, { defaultIntentionPolicy: "deny" });
+      d.setIntentions("web", [{ source: "api", action: "allow" }]);
+      d.fault("/v1/connect/intentions/match", `body:${m.body}`);
+      const h = harness(t, d, { request: WEB_WITH_DB });
+      void h.start();
+      const e = await h.errors.next((x) => x.resource === "intentions", "an intentions error", 0);
+      t.match(e.message, m.error, `reported: ${e.message}`);
+      await until(() => d.requestsTo("/v1/connect/intentions/match").length >= 3, 5000, "the answer to be asked for again");
+      t.equal(h.snapshots.length, 0, "no Snapshot: nothing is served, nothing allowed");
+      d.fault("/v1/connect/intentions/match", "none");
+      await h.snapshots.next(() => true, "the first Snapshot once the answer is good");
+      t.same(h.latest().intentions, { defaultAction: "deny", intentions: [{ source: "api", destination: "web", action: "allow" }] });
+      const mark = h.snapshots.length;
+      const emark = h.errors.length;
+      // The held query is answered by its wait running out (unchanged); the next one gets the fault.
+      d.fault("/v1/connect/intentions/match", `body:${m.body}`);
+      await h.errors.next((x) => x.resource === "intentions", "an intentions error for the later answer", emark);
+      const asked = d.requestsTo("/v1/connect/intentions/match").length;
+      await until(() => d.requestsTo("/v1/connect/intentions/match").length >= asked + 2, 5000, "the answer to be asked for again");
+      t.equal(h.snapshots.length, mark, "no new Snapshot: the last good intentions stay in force");
+      t.same(h.latest().intentions.intentions, [{ source: "api", destination: "web", action: "allow" }]);
+    });
+  }
+});
+
+t.test("L7: permissions reach the Snapshot; one requiring a JWT (not verified here) is made deny", async (t) => {
+  const d = await double(t);
+  d.setIntentions("web", [
+    {
+      source: "api",
+      permissions: [
+        { Action: "allow", HTTP: { PathPrefix: "/admin" }, JWT: { Providers: [{ Name: "okta" }] } },
+        { Action: "allow", HTTP: { PathPrefix: "/", Methods: ["GET"], Header: [{ Name: "X-Team", Exact: "a" }] } },
+      ],
+    },
+  ]);
+  const h = harness(t, d, { request: WEB_WITH_DB });
+  await h.start();
+  t.same(h.latest().intentions.intentions[0]?.permissions, [
+    { action: "deny", path: { kind: "prefix", value: "/admin" }, headers: [], methods: [] },
+    { action: "allow", path: { kind: "prefix", value: "/" }, headers: [{ name: "x-team", exact: "a" }], methods: ["GET"] },
+  ]);
 });

@@ -17,7 +17,7 @@ import {
   type CompiledHeaderMatch,
   type CompiledPathMatch,
 } from "../http/match.js";
-import { hasPermissions, precedence, sortByPrecedence } from "./intentions.js";
+import { DEFAULT_SCOPE, callerOf, hasPermissions, precedence, sortByPrecedence, sourceMatches, type Caller, type LocalScope } from "./intentions.js";
 
 export interface L7Decision {
   readonly allowed: boolean;
@@ -114,7 +114,11 @@ export class CompiledL7Intentions {
   private readonly fallback: SourceAuthorizer;
   private readonly cache = new Map<string, SourceAuthorizer>();
 
-  constructor(policy: IntentionPolicy, destination: string) {
+  constructor(
+    policy: IntentionPolicy,
+    destination: string,
+    private readonly local: LocalScope = DEFAULT_SCOPE,
+  ) {
     const defaultAction: IntentionAction = policy.defaultAction;
     const noPermission: L7Decision = { allowed: defaultAction === "allow", reason: `No permission matched; default policy is ${defaultAction}` };
     this.fallback = new FixedAuthorizer(null, defaultAction === "allow", `No intention matched; default policy is ${defaultAction}`);
@@ -146,22 +150,23 @@ export class CompiledL7Intentions {
   }
 
   /** Connection time: the authorizer for a peer, from the most specific intention matching it. */
-  forSource(source: string): SourceAuthorizer {
-    const hit = this.cache.get(source);
+  forSource(source: string | Caller): SourceAuthorizer {
+    const { caller, key } = callerOf(source, this.local);
+    const hit = this.cache.get(key);
     if (hit !== undefined) return hit;
-    const found = this.ordered.find((o) => matches(o.intention.source, source));
+    const found = this.ordered.find((o) => sourceMatches(o.intention, caller, this.local));
     const a = found === undefined ? this.fallback : found.authorizer;
     if (this.cache.size >= MAX_CACHED_SOURCES) {
       // Oldest first out; Map iterates in insertion order.
       const oldest = this.cache.keys().next();
       if (oldest.done !== true) this.cache.delete(oldest.value);
     }
-    this.cache.set(source, a);
+    this.cache.set(key, a);
     return a;
   }
 
   /** Consul's precedence of the intention governing `source` (0 when none does), for logs. */
-  precedenceFor(source: string): number {
+  precedenceFor(source: string | Caller): number {
     const it = this.forSource(source).intention;
     return it === null ? 0 : precedence(it);
   }

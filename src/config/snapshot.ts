@@ -100,6 +100,18 @@ export interface Intention {
   readonly source: string;
   /** Destination service name or `*`. */
   readonly destination: string;
+  /**
+   * The source's namespace, or `*` for every namespace. Absent: this proxy's own namespace
+   * (Consul CE, where every intention's SourceNS is the destination's).
+   */
+  readonly sourceNamespace?: string;
+  /** The source's admin partition (no wildcard, as Consul). Absent: this proxy's partition. */
+  readonly sourcePartition?: string;
+  /**
+   * A cluster peer the source lives in (Consul's SourcePeer). Such an intention never matches
+   * a caller of this mesh: callers are only ever identified by certificates from our own roots.
+   */
+  readonly sourcePeer?: string;
   readonly action: IntentionAction;
   readonly description?: string;
   /**

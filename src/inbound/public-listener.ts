@@ -6,7 +6,7 @@ import { createServer, type Server, type TLSSocket } from "node:tls";
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from "node:net";
 import type { PublicListener as PublicListenerConfig, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
-import { CompiledIntentions } from "../authz/intentions.js";
+import { CompiledIntentions, scopeOf, type Caller } from "../authz/intentions.js";
 import { CompiledL7Intentions, type SourceAuthorizer } from "../authz/l7.js";
 import { InboundHttp, type InboundHttpConfig } from "./http-inbound.js";
 import { identifyPeer } from "../identity/peer.js";
@@ -136,12 +136,13 @@ export class PublicListener {
   static compile(s: Snapshot & { publicListener: PublicListenerConfig }): InboundState {
     const pl = s.publicListener;
     const http = pl.protocol !== "tcp";
+    const local = scopeOf(s.identity);
     return {
       config: pl,
       service: s.identity.service,
       trustDomain: s.trust.trustDomain,
-      intentions: new CompiledIntentions(s.intentions, s.identity.service),
-      l7: http ? new CompiledL7Intentions(s.intentions, s.identity.service) : null,
+      intentions: new CompiledIntentions(s.intentions, s.identity.service, local),
+      l7: http ? new CompiledL7Intentions(s.intentions, s.identity.service, local) : null,
       http: http
         ? {
             localApp: pl.localApp,
@@ -246,10 +247,12 @@ export class PublicListener {
     if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
     if (state.l7 && state.http) {
       this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log, this.obs);
-      this.inboundHttp.accept(s, this.currentAuthorizer(peer.id.service, state.l7), peer.uri);
+      this.inboundHttp.accept(s, this.currentAuthorizer(peer.id, state.l7), peer.uri);
       return;
     }
-    const decision = state.intentions.authorize(peer.id.service);
+    // The whole identity is authorized: a caller in another namespace or partition is not the
+    // service of the same name here.
+    const decision = state.intentions.authorize(peer.id);
     if (!decision.allowed) {
       return this.refuse(s, "denied_by_intention", decision.reason, { source: peer.id.service, destination: state.service });
     }
@@ -261,7 +264,7 @@ export class PublicListener {
    * connection was accepted under: a pooled keep-alive connection lives as long as traffic flows,
    * so a revoked permission would otherwise never stop applying. forSource is a cached lookup.
    */
-  private currentAuthorizer(source: string, accepted: CompiledL7Intentions): SourceAuthorizer {
+  private currentAuthorizer(source: Caller, accepted: CompiledL7Intentions): SourceAuthorizer {
     const current = () => (this.state.l7 ?? accepted).forSource(source);
     return {
       get intention() {

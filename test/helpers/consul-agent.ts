@@ -26,9 +26,10 @@ export type CheckStatus = "passing" | "warning" | "critical";
  * `none` clears; `500` and `403` answer with a short plain-text body; `garbage` is a 200 with
  * malformed JSON; `stall` holds the request unanswered until the fault is cleared (then it is
  * served normally) or the double stops; `slow:<ms>` serves it after a delay; `reset` destroys
- * the socket without an answer.
+ * the socket without an answer; `body:<text>` is a 200 `application/json` with exactly that body
+ * (`body:` alone: an empty one), for well-formed JSON the agent should never send.
  */
-export type FaultKind = "none" | "500" | "403" | "garbage" | "stall" | "reset" | `slow:${number}`;
+export type FaultKind = "none" | "500" | "403" | "garbage" | "stall" | "reset" | `slow:${number}` | `body:${string}`;
 
 export interface ConsulAgentDoubleOptions {
   /** ACL token every request must carry. Unset: ACLs are disabled and any token is accepted. */
@@ -51,6 +52,10 @@ export interface ConsulAgentDoubleOptions {
   readonly nodeName?: string | undefined;
   /** Default 0: any free port. */
   readonly port?: number | undefined;
+  /** `acl.default_policy`; default `allow` (Consul's). Sent in `X-Consul-Default-ACL-Policy` even with ACLs off, as the agent does. */
+  readonly aclDefaultPolicy?: "allow" | "deny" | undefined;
+  /** `default_intention_policy` (Consul 1.x agents); unset by default. When set it decides over the ACLs. */
+  readonly defaultIntentionPolicy?: "allow" | "deny" | undefined;
 }
 
 export interface CARoot {
@@ -246,6 +251,14 @@ export interface IntentionSpec {
   readonly description?: string | undefined;
   /** Default: Consul's CE precedence (9, 8, 6, 5) for the source/destination pair. */
   readonly precedence?: number | undefined;
+  /** `SourceNS`; default `default`. `*` for every namespace. */
+  readonly sourceNamespace?: string | undefined;
+  /** `SourcePartition`; default `default`. */
+  readonly sourcePartition?: string | undefined;
+  /** `SourcePeer`: the source is a service of this cluster peer. */
+  readonly sourcePeer?: string | undefined;
+  /** `DestinationNS`; default `default`. */
+  readonly destinationNamespace?: string | undefined;
 }
 
 export interface Intention {
@@ -256,6 +269,7 @@ export interface Intention {
   readonly DestinationName: string;
   readonly SourcePartition: string;
   readonly DestinationPartition: string;
+  readonly SourcePeer?: string | undefined;
   readonly SourceType: "consul";
   readonly Action?: "allow" | "deny" | undefined;
   readonly Permissions?: readonly JsonObject[] | undefined;
@@ -754,13 +768,15 @@ export class ConsulAgentDouble {
   private readonly instances = new Map<string, StoredInstances>();
   private readonly chains = new Map<string, JsonObject>();
   private intentions: StoredIntention[] = [];
-  private defaultAllow = true;
-  private defaultAllowSet = false;
+  private aclDefaultPolicy: "allow" | "deny";
+  private defaultIntentionPolicy: "allow" | "deny" | "";
   private readonly faults = new Map<string, FaultKind>();
   private readonly routes: Array<{ method: readonly string[]; pattern: RegExp; handler: Route }> = [];
 
   private constructor(opts: ConsulAgentDoubleOptions) {
     this.token = opts.token ?? null;
+    this.aclDefaultPolicy = opts.aclDefaultPolicy ?? "allow";
+    this.defaultIntentionPolicy = opts.defaultIntentionPolicy ?? "";
     this.aclsEnabled = opts.token !== undefined;
     this.datacenter = opts.datacenter ?? DEFAULT_DATACENTER;
     this.trustDomain = (opts.trustDomain ?? DEFAULT_TRUST_DOMAIN).toLowerCase();
@@ -995,7 +1011,7 @@ export class ConsulAgentDouble {
    * stalled by a fault that no longer applies are served at once.
    */
   fault(pathPrefix: string, kind: FaultKind): void {
-    if (kind !== "none" && kind !== "500" && kind !== "403" && kind !== "garbage" && kind !== "stall" && kind !== "reset" && !/^slow:\d+$/.test(kind)) {
+    if (kind !== "none" && kind !== "500" && kind !== "403" && kind !== "garbage" && kind !== "stall" && kind !== "reset" && !/^slow:\d+$/.test(kind) && !kind.startsWith("body:")) {
       throw new Error(`unknown fault kind ${kind}`);
     }
     this.faults.set(pathPrefix, kind);
@@ -1056,6 +1072,7 @@ export class ConsulAgentDouble {
     if (ctx.res.destroyed) return;
     const kind = this.faultFor(ctx.url.pathname);
     if (kind === null) return this.serve(ctx);
+    if (kind.startsWith("body:")) return this.send(ctx, 200, "application/json", kind.slice("body:".length), { "X-Consul-Index": String(this.raftIndex) });
     switch (kind) {
       case "500":
         return this.text(ctx, 500, "rpc error making call: No cluster leader");
@@ -1149,7 +1166,7 @@ export class ConsulAgentDouble {
       "Content-Type": contentType,
       "Content-Length": Buffer.byteLength(body),
       Vary: "Accept-Encoding",
-      "X-Consul-Default-ACL-Policy": this.defaultAllow ? "allow" : "deny",
+      "X-Consul-Default-ACL-Policy": this.aclDefaultPolicy,
       ...headers,
     });
     res.end(body);
@@ -1229,6 +1246,11 @@ export class ConsulAgentDouble {
     return {
       Config: { Datacenter: this.datacenter, NodeName: this.nodeName, NodeID: id, Revision: "double", Server: false, Version: "1.17.0" },
       Member: { Name: this.nodeName, Addr: "127.0.0.1", Port: 8301, Tags: { dc: this.datacenter, role: "node" }, Status: 1 },
+      // The sanitized runtime config, as Consul 1.11+ nests it; only what the default intention action needs.
+      DebugConfig: {
+        DefaultIntentionPolicy: this.defaultIntentionPolicy,
+        ACLResolverSettings: { ACLsEnabled: this.aclsEnabled, ACLDefaultPolicy: this.aclDefaultPolicy, ACLDownPolicy: "extend-cache" },
+      },
     };
   }
 
@@ -1389,6 +1411,17 @@ export class ConsulAgentDouble {
     return this.issueOnce(service, this.leafTtlMs);
   }
 
+  /**
+   * A leaf from the active root for a service in another namespace or partition (callers the
+   * double does not otherwise issue for). Not stored, not watched.
+   */
+  async foreignLeaf(service: string, where: { namespace?: string; partition?: string }): Promise<{ spiffeId: string; certPem: string; keyPem: string }> {
+    const root = this.activeRootState;
+    const spiffeId = serviceSpiffeId({ trustDomain: this.trustDomain, namespace: where.namespace ?? NS, datacenter: this.datacenter, service, ...(where.partition ? { partition: where.partition } : {}) });
+    const issued = await issueLeaf(root.ca, { spiffeId, commonName: service, ttlMs: this.leafTtlMs, notBefore: new Date(Date.now() - 60_000) });
+    return { spiffeId, certPem: issued.certPem + root.intermediates.join(""), keyPem: toSec1(issued.keyPem) };
+  }
+
   /** The leaf currently served for `service`, issuing it if none was yet. */
   async leaf(service: string): Promise<LeafInfo> {
     const l = await this.currentLeaf(service);
@@ -1448,12 +1481,18 @@ export class ConsulAgentDouble {
   }
 
   /**
-   * The default for connections no intention matches (`X-Consul-Default-ACL-Policy` on every
-   * response, and authorize's fallback). Wakes intention watchers so they can see the header.
+   * `acl.default_policy`: `X-Consul-Default-ACL-Policy` on every response, and authorize's
+   * fallback when ACLs are enabled and no `default_intention_policy` is set. (A real agent needs
+   * a restart for it; intention watchers are woken all the same.)
    */
-  setDefaultAllow(allow: boolean): void {
-    this.defaultAllow = allow;
-    this.defaultAllowSet = true;
+  setAclDefaultPolicy(policy: "allow" | "deny"): void {
+    this.aclDefaultPolicy = policy;
+    this.bump(["intentions", "intentions:default-policy"]);
+  }
+
+  /** `default_intention_policy` (empty: unset). When set, authorize's fallback is this, ACLs or not. */
+  setDefaultIntentionPolicy(policy: "allow" | "deny" | ""): void {
+    this.defaultIntentionPolicy = policy;
     this.bump(["intentions", "intentions:default-policy"]);
   }
 
@@ -1462,12 +1501,13 @@ export class ConsulAgentDouble {
     const modify = this.clamp(this.indexOf(`intentions:${i.destination}`));
     return {
       Description: i.spec.description,
-      SourceNS: NS,
+      SourceNS: i.spec.sourceNamespace ?? NS,
       SourceName: i.spec.source,
-      DestinationNS: NS,
+      DestinationNS: i.spec.destinationNamespace ?? NS,
       DestinationName: i.destination,
-      SourcePartition: "default",
+      SourcePartition: i.spec.sourcePartition ?? "default",
       DestinationPartition: "default",
+      ...(i.spec.sourcePeer ? { SourcePeer: i.spec.sourcePeer } : {}),
       SourceType: "consul",
       Action: i.spec.permissions && i.spec.permissions.length > 0 ? undefined : (i.spec.action ?? "allow"),
       Permissions: i.spec.permissions,
@@ -1505,21 +1545,29 @@ export class ConsulAgentDouble {
     if (!isConnectIdentifier(uri)) throw new BadRequest("ClientCertURI not a valid Connect identifier");
     const client = parseServiceSpiffeId(uri);
     if (!client) throw new BadRequest("ClientCertURI not a valid Service identifier");
-    this.json(ctx, this.authorize(client.service, client.namespace, target));
+    this.json(ctx, this.authorize(client.service, client.namespace, target, client.partition));
   }
 
-  /** Agent-side authorize semantics (§1.3): first matching intention wins; L7 ones always deny. */
-  authorize(source: string, sourceNamespace: string, target: string): { Authorized: boolean; Reason: string } {
+  /**
+   * Agent-side authorize semantics (§1.3, AgentConnectAuthorize in Consul 1.x): the first
+   * intention whose source matches (IntentionMatch: no peer, same partition, namespace and name
+   * equal or `*`) wins, L7 ones always deny; else `default_intention_policy` if set, else allow
+   * with ACLs off, else `acl.default_policy`.
+   */
+  authorize(source: string, sourceNamespace: string, target: string, sourcePartition = "default"): { Authorized: boolean; Reason: string } {
     for (const it of this.matching("destination", target)) {
-      if (sourceNamespace !== NS || (it.SourceName !== "*" && it.SourceName !== source)) continue;
+      if (it.SourcePeer || it.SourcePartition !== sourcePartition) continue;
+      if (it.SourceNS !== "*" && it.SourceNS !== sourceNamespace) continue;
+      if (it.SourceName !== "*" && it.SourceName !== source) continue;
       if (it.Permissions && it.Permissions.length > 0) {
         return { Authorized: false, Reason: `Matched L7 intention: ${it.SourceName} => ${it.DestinationName} (Permissions)` };
       }
       const action = it.Action ?? "allow";
       return { Authorized: action === "allow", Reason: `Matched L4 intention: ${it.SourceName} => ${it.DestinationName} (${action})` };
     }
-    if (!this.aclsEnabled && !this.defaultAllowSet) return { Authorized: true, Reason: "ACLs disabled, access is allowed by default" };
-    return { Authorized: this.defaultAllow, Reason: "Default behavior configured by ACLs" };
+    if (this.defaultIntentionPolicy !== "") return { Authorized: this.defaultIntentionPolicy === "allow", Reason: "Default intention policy" };
+    if (!this.aclsEnabled) return { Authorized: true, Reason: "ACLs disabled, access is allowed by default" };
+    return { Authorized: this.aclDefaultPolicy === "allow", Reason: "Default behavior configured by ACLs" };
   }
 
   // -------------------------------------------------------------------------------------------

@@ -13,6 +13,20 @@ export class EntryError extends Error {
   }
 }
 
+/**
+ * A bad value for an error message, bounded: JSON.stringify of an agent's arbitrary JSON could
+ * be megabytes, or throw on nesting deeper than the stack.
+ */
+export function describeValue(v: unknown): string {
+  if (v === undefined) return "nothing";
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "an array";
+  if (typeof v === "object") return "an object";
+  if (typeof v === "string") return JSON.stringify(v.length > 64 ? `${v.slice(0, 64)}…` : v);
+  if (typeof v === "number" || typeof v === "boolean") return String(v);
+  return typeof v;
+}
+
 export const ENTRY_KINDS = ["service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver"] as const;
 export type EntryKind = (typeof ENTRY_KINDS)[number];
 
@@ -143,21 +157,21 @@ class Fields {
   str(k: string): string | undefined {
     const v = pick(this.o, k);
     if (v === undefined || v === null || v === "") return undefined;
-    if (typeof v !== "string") throw new EntryError(this.at(k), `want a string, got ${JSON.stringify(v)}`);
+    if (typeof v !== "string") throw new EntryError(this.at(k), `want a string, got ${describeValue(v)}`);
     return v;
   }
 
   num(k: string): number | undefined {
     const v = pick(this.o, k);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new EntryError(this.at(k), `want a non-negative number, got ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new EntryError(this.at(k), `want a non-negative number, got ${describeValue(v)}`);
     return v;
   }
 
   bool(k: string): boolean {
     const v = pick(this.o, k);
     if (v === undefined || v === null) return false;
-    if (typeof v !== "boolean") throw new EntryError(this.at(k), `want true or false, got ${JSON.stringify(v)}`);
+    if (typeof v !== "boolean") throw new EntryError(this.at(k), `want true or false, got ${describeValue(v)}`);
     return v;
   }
 
@@ -165,7 +179,7 @@ class Fields {
     const v = pick(this.o, k);
     if (v === undefined || v === null || v === "") return undefined;
     const ms = parseDurationMs(v);
-    if (ms === null) throw new EntryError(this.at(k), `want a duration like "5s" or integer nanoseconds, got ${JSON.stringify(v)}`);
+    if (ms === null) throw new EntryError(this.at(k), `want a duration like "5s" or integer nanoseconds, got ${describeValue(v)}`);
     return ms;
   }
 
@@ -321,7 +335,7 @@ export function parsePermissions(v: unknown, where: string): Permission[] {
   return v.map((x, i) => {
     const p = Fields.of(`${where}[${i}]`, x);
     const action = p.str("Action");
-    if (action !== "allow" && action !== "deny") throw new EntryError(`${p.where}.Action`, `want "allow" or "deny", got ${JSON.stringify(action ?? null)}`);
+    if (action !== "allow" && action !== "deny") throw new EntryError(`${p.where}.Action`, `want "allow" or "deny", got ${describeValue(action ?? null)}`);
     // Consul requires the HTTP block (JWT-only permissions are not supported here); an empty one matches every request.
     const http = p.obj("HTTP");
     if (!http) throw new EntryError(`${p.where}.HTTP`, "is required (an empty {} matches every request)");

@@ -82,9 +82,13 @@ export function chainFromAgent(body: unknown, service: string): CompiledChain {
     return parseDurationMs(r["RequestTimeout"]) ?? undefined;
   };
 
+  // Flattening nested splitters multiplies their legs: a node listing itself 50 times, 8 deep,
+  // would be 50^8 legs. The agent never compiles more than a few; past this the answer is bad.
+  let legBudget = 10_000;
   /** The split legs a node leads to, weights in 1/10000ths, nested splitters flattened. */
   const legs = (name: string, weight: number, depth = 0): ChainSplit[] => {
     if (depth > 8) throw new WireError(ep, `$.Chain.Nodes["${name}"]`, "splitters nested deeper than 8");
+    if (--legBudget < 0) throw new WireError(ep, `$.Chain.Nodes["${name}"]`, "splitters lead to more than 10000 legs");
     const n = node(name);
     const type = str(n, "Type");
     if (type === "resolver") return [{ target: str(obj(n["Resolver"], `$.Chain.Nodes["${name}"].Resolver`, ep), "Target"), weight }];

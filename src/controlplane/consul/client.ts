@@ -29,7 +29,6 @@ export interface AgentResponse {
   readonly text: string;
   readonly index: number | null;
   readonly contentHash: string | null;
-  readonly defaultAclPolicy: "allow" | "deny" | null;
 }
 
 /** The agent answered, but not with what we asked for. */
@@ -127,13 +126,11 @@ export class AgentClient {
     };
     const rawIndex = header("x-consul-index");
     const index = rawIndex !== null && /^\d+$/.test(rawIndex) ? Number(rawIndex) : null;
-    const policy = header("x-consul-default-acl-policy");
     const base: Omit<AgentResponse, "body"> = {
       status: res.statusCode,
       text,
       index,
       contentHash: header("x-consul-contenthash"),
-      defaultAclPolicy: policy === "allow" || policy === "deny" ? policy : null,
     };
     if (res.statusCode < 200 || res.statusCode > 299) {
       const hint = res.statusCode === 403 ? " (check the ACL token: -token, -token-file, CONSUL_HTTP_TOKEN)" : "";

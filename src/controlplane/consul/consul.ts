@@ -7,6 +7,11 @@
 // A Snapshot is produced only once every required piece has arrived, so no listener ever
 // accepts a connection it cannot serve for lack of a certificate (Consul's built-in proxy
 // starts upstream listeners before its leaf arrives).
+//
+// Authorization fails closed: the intentions answer is read strictly (a missing or malformed
+// answer is an error, never "no intentions"), L7 permissions are carried into the Snapshot and
+// compiled before it is built, and the default action is the agent's own (default-action.ts);
+// until it has been asked, no Snapshot is produced, and if it cannot be learned it is deny.
 import { hostname } from "node:os";
 import { ControlPlaneError, type Announcement, type ControlPlane, type ControlPlaneHandlers, type ProxyRequest, type UpstreamRequest } from "../controlplane.js";
 import { DEFAULTS, type Cluster, type Endpoint, type Intention, type Protocol, type Snapshot, type PublicListener, type UpstreamListener } from "../../config/snapshot.js";
@@ -26,8 +31,12 @@ import {
   type LeafCert,
   type ProxyRegistration,
   type WireIntention,
+  WireError,
 } from "./wire.js";
 import { ProxyRegistrar } from "./register.js";
+import { DefaultActionError, learnDefaultAction, type LearnedDefault } from "./default-action.js";
+import { CompiledL7Intentions, PermissionCompileError } from "../../authz/l7.js";
+import { DEFAULT_SCOPE, type LocalScope } from "../../authz/intentions.js";
 import { chainFromAgent } from "./chain.js";
 import { compileChain, entryIndex, type ChainTarget, type CompiledChain } from "../chain/compile.js";
 import { buildUpstream, type ServiceInstance } from "../chain/upstream.js";
@@ -46,6 +55,8 @@ export interface ConsulControlPlaneOptions {
   /** Blocking `wait` and error backoff; tests shorten them. */
   readonly waitMs?: number;
   readonly backoff?: { readonly baseMs: number; readonly maxMs: number };
+  /** How often the agent's default intention action is asked again. Default 60 s. */
+  readonly defaultActionRefreshMs?: number;
 }
 
 function isProtocol(p: string): p is Protocol {
@@ -58,8 +69,10 @@ function asProtocol(p: string): Protocol {
 
 interface IntentionsState {
   readonly list: readonly WireIntention[];
-  readonly defaultAction: "allow" | "deny";
 }
+
+/** Where the default action stands: not asked yet, learned, or unknown (and so deny). */
+type DefaultState = { readonly kind: "pending" } | { readonly kind: "learned"; readonly learned: LearnedDefault } | { readonly kind: "unknown" };
 
 type ChainState = CompiledChain | "unavailable";
 
@@ -73,6 +86,12 @@ export class ConsulControlPlane implements ControlPlane {
   private leaf: LeafCert | null = null;
   private registration: ProxyRegistration | null = null;
   private intentions: IntentionsState | null = null;
+  private defaultAction: DefaultState = { kind: "pending" };
+  private learning: Promise<void> | null = null;
+  private learnAgain = false;
+  private defaultFailing = false;
+  private refreshTimer: NodeJS.Timeout | null = null;
+  private readonly stopping = new AbortController();
   private readonly health = new Map<string, HealthEndpoint[]>();
   private readonly chains = new Map<string, ChainState>();
   private version = 0;
@@ -101,7 +120,69 @@ export class ConsulControlPlane implements ControlPlane {
       this.fatal = reject;
     });
     this.reconcile();
+    const every = this.o.defaultActionRefreshMs ?? 60_000;
+    // Agent config and tokens change without any intention changing: ask again now and then.
+    this.refreshTimer = setInterval(() => this.learnDefault(), every);
+    this.refreshTimer.unref();
     await first;
+  }
+
+  /** This proxy's namespace and partition, from its leaf (the registration's, as the agent issued it). */
+  private localScope(): LocalScope {
+    const id = this.leaf ? parseServiceSpiffeId(this.leaf.serviceUri) : null;
+    return id ? { namespace: id.namespace, partition: id.partition } : DEFAULT_SCOPE;
+  }
+
+  /** Asks the agent for its default action; one question at a time, the latest state wins. */
+  private learnDefault(): void {
+    if (this.stopped) return;
+    if (this.learning) {
+      this.learnAgain = true;
+      return;
+    }
+    const service = this.serviceName();
+    const intentions = this.intentions;
+    if (!service || !intentions) return;
+    const leafId = this.leaf ? parseServiceSpiffeId(this.leaf.serviceUri) : null;
+    const local = this.localScope();
+    const ctx = {
+      service,
+      trustDomain: this.roots?.trustDomain ?? "consul",
+      datacenter: leafId?.datacenter ?? DEFAULTS.datacenter,
+      namespace: local.namespace,
+      partition: local.partition,
+      intentions: intentions.list,
+    };
+    this.learning = learnDefaultAction(this.o.client, ctx, this.stopping.signal)
+      .then((learned) => this.onDefault(learned), (e: unknown) => this.onDefault(e instanceof Error ? e : new DefaultActionError(String(e))))
+      .finally(() => {
+        this.learning = null;
+        if (this.learnAgain) {
+          this.learnAgain = false;
+          this.learnDefault();
+        }
+      });
+  }
+
+  private onDefault(r: LearnedDefault | Error): void {
+    if (this.stopped) return;
+    if (r instanceof Error) {
+      // Once per failure episode: a down agent must not flood the log every refresh.
+      if (!this.defaultFailing) {
+        this.defaultFailing = true;
+        const keeps = this.defaultAction.kind === "learned" ? `keeping the last learned default (${this.defaultAction.learned.action})` : "denying callers no intention matches";
+        this.handlers?.error(new ControlPlaneError("default-action", `${r.message}; ${keeps}`));
+      }
+      if (this.defaultAction.kind === "pending") this.defaultAction = { kind: "unknown" };
+    } else {
+      this.defaultFailing = false;
+      const prev = this.defaultAction;
+      if (prev.kind !== "learned" || prev.learned.action !== r.action) {
+        this.log.info("default intention action learned from the agent", { action: r.action, from: r.from });
+      }
+      this.defaultAction = { kind: "learned", learned: r };
+    }
+    this.reconcile();
   }
 
   /** As Consul's CLI does: exactly one connect-proxy whose DestinationServiceID is the app's id. */
@@ -223,9 +304,15 @@ export class ConsulControlPlane implements ControlPlane {
           path: "/v1/connect/intentions/match",
           query: { by: "destination", name: service },
           mode: "index",
-          parse: (b, res) => ({ list: parseIntentionMatch(b, service), defaultAction: res.defaultAclPolicy ?? "allow" }),
+          parse: (b) => ({ list: checkedIntentions(parseIntentionMatch(b, service), service) }),
         },
-        (v) => (this.intentions = v),
+        (v) => {
+          this.intentions = v;
+          for (const it of v.list) {
+            if (it.jwtPermissionsDenied > 0) this.warnOnce(`intention ${it.source} => ${it.destination}: ${it.jwtPermissionsDenied} permission(s) require a JWT, which meshproxy does not verify; they deny`);
+          }
+          this.learnDefault();
+        },
       );
     }
     for (const u of this.upstreamRequests()) {
@@ -256,7 +343,10 @@ export class ConsulControlPlane implements ControlPlane {
       // The registration now names another service: its leaf and intentions must not stand in
       // for the new one's (a Snapshot would pair the old identity with the new listener).
       if (key.startsWith("leaf:")) this.leaf = null;
-      if (key.startsWith("intentions:")) this.intentions = null;
+      if (key.startsWith("intentions:")) {
+        this.intentions = null;
+        this.defaultAction = { kind: "pending" };
+      }
     }
     this.emitIfComplete();
   }
@@ -281,6 +371,7 @@ export class ConsulControlPlane implements ControlPlane {
     const { roots, leaf, intentions } = this;
     const service = this.serviceName();
     if (!roots || !leaf || !intentions || !service) return null;
+    if (this.defaultAction.kind === "pending") return null;
     if (this.agentMode && !this.registration) return null;
     const upstreams = this.upstreamRequests();
     for (const u of upstreams) {
@@ -305,7 +396,9 @@ export class ConsulControlPlane implements ControlPlane {
       listeners.push(built.listener);
       Object.assign(clusters, built.clusters);
     }
-    const intentionList: Intention[] = intentions.list.map((i) => ({ source: i.source, destination: i.destination, action: i.action }));
+    const local = this.localScope();
+    const intentionList = snapshotIntentions(intentions.list, local);
+    const defaultAction = this.defaultAction.kind === "learned" ? this.defaultAction.learned.action : "deny";
     return {
       version: this.version + 1,
       source: this.kind,
@@ -325,7 +418,7 @@ export class ConsulControlPlane implements ControlPlane {
       publicListener: this.publicListener(),
       upstreams: listeners,
       clusters,
-      intentions: { defaultAction: intentions.defaultAction, intentions: intentionList },
+      intentions: { defaultAction, intentions: intentionList },
     };
   }
 
@@ -373,11 +466,49 @@ export class ConsulControlPlane implements ControlPlane {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.refreshTimer) clearInterval(this.refreshTimer);
+    this.stopping.abort();
+    await this.learning;
     this.fatal?.(new ControlPlaneError("consul", "stopped before the first snapshot", true));
     await Promise.all([...this.watches.values()].map((q) => q.stop()));
     this.watches.clear();
     await this.o.client.close();
   }
+}
+
+/**
+ * Compiles the permissions of every intention for the service, so a bad regex is an error of
+ * the intentions answer (last good kept, or no first Snapshot) and not a Snapshot the proxy
+ * would refuse.
+ */
+function checkedIntentions(list: WireIntention[], service: string): WireIntention[] {
+  const policy = { defaultAction: "deny" as const, intentions: list.map((i) => ({ source: i.source, destination: i.destination, action: i.action, permissions: i.permissions })) };
+  try {
+    new CompiledL7Intentions(policy, service);
+  } catch (e) {
+    if (e instanceof PermissionCompileError) throw new WireError("/v1/connect/intentions/match", e.field.replace(/^intentions\[(\d+)\]/, `$.${service}[$1]`), e.reason);
+    throw e;
+  }
+  return list;
+}
+
+/**
+ * The intentions that govern this proxy's service, in the Snapshot's terms. Those for another
+ * destination namespace or partition do not govern it (Consul's destination-side match); the
+ * source scope is kept whole (and left out where it is the local one).
+ */
+function snapshotIntentions(list: readonly WireIntention[], local: LocalScope): Intention[] {
+  return list
+    .filter((i) => i.destinationPartition === local.partition && (i.destinationNamespace === "*" || i.destinationNamespace === local.namespace))
+    .map((i) => ({
+      source: i.source,
+      destination: i.destination,
+      action: i.action,
+      ...(i.sourceNamespace !== local.namespace ? { sourceNamespace: i.sourceNamespace } : {}),
+      ...(i.sourcePartition !== local.partition ? { sourcePartition: i.sourcePartition } : {}),
+      ...(i.sourcePeer !== "" ? { sourcePeer: i.sourcePeer } : {}),
+      ...(i.permissions.length > 0 ? { permissions: i.permissions } : {}),
+    }));
 }
 
 function chainKey(u: UpstreamRequest): string {

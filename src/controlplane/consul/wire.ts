@@ -2,7 +2,8 @@
 // `null` stands for an empty list or map, as the agent writes them. Every failure names the
 // endpoint and field so a bad response can be told from a bad config.
 import { parseDurationMs } from "../../config/duration.js";
-import { parseUpstreamSettings, type UpstreamSettings } from "../chain/entries.js";
+import { EntryError, describeValue, parsePermissions, parseUpstreamSettings, type UpstreamSettings } from "../chain/entries.js";
+import type { Permission } from "../../config/http.js";
 
 export class WireError extends Error {
   constructor(endpoint: string, field: string, why: string) {
@@ -31,7 +32,7 @@ class Reader {
 
   str(k: string): string {
     const v = this.o[k];
-    if (typeof v !== "string") throw new WireError(this.endpoint, `${this.path}.${k}`, `want a string, got ${JSON.stringify(v) ?? "nothing"}`);
+    if (typeof v !== "string") throw new WireError(this.endpoint, `${this.path}.${k}`, `want a string, got ${describeValue(v)}`);
     return v;
   }
 
@@ -44,7 +45,7 @@ class Reader {
 
   num(k: string): number {
     const v = this.o[k];
-    if (typeof v !== "number" || !Number.isFinite(v)) throw new WireError(this.endpoint, `${this.path}.${k}`, `want a number, got ${JSON.stringify(v) ?? "nothing"}`);
+    if (typeof v !== "number" || !Number.isFinite(v)) throw new WireError(this.endpoint, `${this.path}.${k}`, `want a number, got ${describeValue(v)}`);
     return v;
   }
 
@@ -336,26 +337,84 @@ export function parseChain(body: unknown, service: string): DiscoveryChain {
 
 export interface WireIntention {
   readonly source: string;
+  /** `*` for every namespace; `default` when the agent leaves it out (CE). */
+  readonly sourceNamespace: string;
+  readonly sourcePartition: string;
+  /** Non-empty: the source is a service of a cluster peer. */
+  readonly sourcePeer: string;
   readonly destination: string;
+  readonly destinationNamespace: string;
+  readonly destinationPartition: string;
   /** L7 intentions (with Permissions) have no Action; for L4 they deny, as the agent's authorize does. */
   readonly action: "allow" | "deny";
-  readonly l7: boolean;
+  /** Empty for an L4 intention. */
+  readonly permissions: readonly Permission[];
+  /** Permissions that required a JWT, which meshproxy cannot verify: they were made deny. */
+  readonly jwtPermissionsDenied: number;
   readonly precedence: number;
 }
 
+/**
+ * The match answer is a map from each queried name to its intentions in evaluation order. The
+ * queried name must be there (`null` is an empty list, as Go writes a nil slice): an answer
+ * without it is not "no intentions" but a broken answer, and must never turn into an allow.
+ */
 export function parseIntentionMatch(body: unknown, destination: string): WireIntention[] {
   const ep = "/v1/connect/intentions/match";
   const r = Reader.of(ep, body);
-  return r.arr(destination).map((x) => {
-    const l7 = x.arr("Permissions").length > 0;
+  if (r.raw(destination) === undefined) throw new WireError(ep, `$.${destination}`, "missing: the answer does not cover the service asked for");
+  return r.arr(destination).map((x, i) => {
+    const at = `$.${destination}[${i}]`;
+    const name = (k: string): string => {
+      const v = x.str(k);
+      if (v === "") throw new WireError(ep, `${at}.${k}`, "empty");
+      return v;
+    };
+    const { permissions, jwt } = intentionPermissions(x.raw("Permissions"), ep, `${at}.Permissions`);
+    const l7 = permissions.length > 0;
     const action = x.optStr("Action");
-    if (!l7 && action !== "allow" && action !== "deny") throw new WireError(ep, `$.${destination}[].Action`, `"${action}" is not allow or deny`);
+    if (!l7 && action !== "allow" && action !== "deny") throw new WireError(ep, `${at}.Action`, `"${action}" is not allow or deny`);
     return {
-      source: x.str("SourceName"),
-      destination: x.str("DestinationName"),
+      source: name("SourceName"),
+      sourceNamespace: x.optStr("SourceNS") || "default",
+      sourcePartition: x.optStr("SourcePartition") || "default",
+      sourcePeer: x.optStr("SourcePeer"),
+      destination: name("DestinationName"),
+      destinationNamespace: x.optStr("DestinationNS") || "default",
+      destinationPartition: x.optStr("DestinationPartition") || "default",
       action: l7 ? "deny" : action === "allow" ? "allow" : "deny",
-      l7,
+      permissions,
+      jwtPermissionsDenied: jwt,
       precedence: x.optNum("Precedence") ?? 0,
     };
   });
+}
+
+/**
+ * Consul's IntentionPermission list, read by the config-entry parser (the same JSON shape).
+ * A permission may also require a JWT (Consul 1.16+), which meshproxy does not verify: such a
+ * permission is made deny, so what it would allow is refused and what it would deny still is.
+ */
+function intentionPermissions(raw: unknown, ep: string, at: string): { permissions: Permission[]; jwt: number } {
+  let permissions: Permission[];
+  try {
+    permissions = parsePermissions(raw, at);
+  } catch (e) {
+    if (e instanceof EntryError) {
+      // EntryError reads `<field>: <why>`, with the field under `at`.
+      const cut = e.message.indexOf(": ");
+      throw cut > 0 ? new WireError(ep, e.message.slice(0, cut), e.message.slice(cut + 2)) : new WireError(ep, at, e.message);
+    }
+    throw e;
+  }
+  if (!Array.isArray(raw)) return { permissions, jwt: 0 };
+  let jwt = 0;
+  permissions = permissions.map((p, i) => {
+    const v: unknown = raw[i];
+    const requiresJwt = isObj(v) && v["JWT"] !== undefined && v["JWT"] !== null;
+    if (!requiresJwt || p.action === "deny") return p;
+    jwt++;
+    return { ...p, action: "deny" as const };
+  });
+  return { permissions, jwt };
 }
