@@ -3,7 +3,7 @@
 // app over a keep-alive pool. A denied request gets 403 and the connection stays usable.
 import { createServer as createHttpServer, type IncomingMessage, type Server } from "node:http";
 import { createServer as createH2Server, type Http2Server, type ServerHttp2Session } from "node:http2";
-import { connect as netConnect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Dispatcher } from "undici";
 import { undici } from "../http/undici.js";
@@ -275,7 +275,7 @@ export class InboundHttp {
     const prev = req.headers["x-forwarded-client-cert"];
     const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
     for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === "x-forwarded-client-cert") headers.splice(i, 2);
-    headers.push("x-forwarded-client-cert", prev ? `${prev},${xfcc}` : xfcc);
+    headers.push("x-forwarded-client-cert", prev ? `${Array.isArray(prev) ? prev.join(",") : prev},${xfcc}` : xfcc);
     const app = this.config.localApp;
     relayUpgrade({
       client: socket,
