@@ -92,7 +92,7 @@ export class Proxy extends EventEmitter {
     this.metrics = opts.metrics ?? new Metrics();
     this.httpStats = new HttpStats(this.metrics.registry);
     this.obs = { tracing: null, accessLog: new AccessLog(opts.accessLog ?? "off", this.metrics.accessLogDropped) };
-    this.router = new HttpRouter(this.log.child("http"), this.httpStats, this.obs);
+    this.router = new HttpRouter(this.log.child("http"), this.httpStats, this.obs, this.metrics.outboundRejected);
     registerClusterGauges(this.metrics.registry, () => [...this.runtimes.values()].map((rt) => rt.statsSnapshot()));
     registerServerGauges(this.metrics.registry, {
       state: () => (this.stopping ? "draining" : this.ready ? "live" : "initializing"),

@@ -21,7 +21,9 @@ export type ResponseFlag =
   /** Upstream connection terminated mid-response. */
   | "UC"
   /** Downstream (client) went away. */
-  | "DC";
+  | "DC"
+  /** Downstream protocol error: a request target or upgrade refused with 400/403 (request-target.ts). */
+  | "DPE";
 
 export const FLAGS_HEADER = "x-meshproxy-response-flags";
 
@@ -33,6 +35,7 @@ const TEXT: Partial<Record<ResponseFlag, string>> = {
   NR: "no route",
   UAEX: "RBAC: access denied",
   UC: "upstream connection terminated",
+  DPE: "bad request",
 };
 
 export function localReply(res: AnyResponse, status: number, flag: ResponseFlag, detail?: string): void {

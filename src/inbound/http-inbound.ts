@@ -3,7 +3,7 @@
 // app over a keep-alive pool. A denied request gets 403 and the connection stays usable.
 import { createServer as createHttpServer, type IncomingMessage, type Server } from "node:http";
 import { createServer as createH2Server, type Http2Server, type ServerHttp2Session } from "node:http2";
-import { connect as netConnect, type Socket } from "node:net";
+import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Dispatcher } from "undici";
 import { undici } from "../http/undici.js";
@@ -12,12 +12,12 @@ import type { SourceAuthorizer } from "../authz/l7.js";
 import { endToEndCopy } from "../http/headers.js";
 import { ResponseForwarder, type ForwardResult } from "../http/forwarder.js";
 import { errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
-import { normalizePath, originForm } from "../http/match.js";
+import { parseRequestTarget, refusalDetail, type RefusedTarget } from "../http/request-target.js";
+import { classifyUpgrade, rawLocalReply, relayUpgrade, upgradeRequestHeaders } from "../http/upgrade-relay.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
-import { joinSockets } from "../tcp/pipe.js";
 import type { Logger } from "../telemetry/log.js";
-import type { Metrics } from "../telemetry/metrics.js";
+import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
 import { requestFields } from "../telemetry/access-log.js";
@@ -179,12 +179,15 @@ export class InboundHttp {
 
   private async authorizeAndForward(req: Req, res: Res, caller: Caller | undefined, rec: InboundRecord): Promise<void> {
     if (!caller) return this.reply(res, 403, "UAEX", "no verified caller on this connection", rec);
-    const url = originForm(req.url ?? "/");
-    const q = url.indexOf("?");
-    // Authorize the path the app will see, normalized: `/./admin` and `/%61dmin` are `/admin`.
+    // The canonical path is both what is authorized and what the app is sent (request-target.ts).
+    const target = parseRequestTarget(req.url ?? "/");
+    if (!target.ok) {
+      this.refused("invalid_request_target", caller, req, refusalDetail(target), target);
+      return this.reply(res, 400, "DPE", refusalDetail(target), rec);
+    }
     const decision = caller.authorizer.authorize({
       method: req.method ?? "GET",
-      path: normalizePath(q < 0 ? url : url.slice(0, q)),
+      path: target.path,
       header: (n: string) => {
         const v = req.headers[n];
         return Array.isArray(v) ? v.join(", ") : v;
@@ -192,12 +195,16 @@ export class InboundHttp {
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
-      this.log.info("request denied by intention", { source: caller.uri, method: req.method, path: url, reason: decision.reason });
+      this.log.info("request denied by intention", { source: caller.uri, method: req.method, path: target.path, reason: decision.reason });
       return this.reply(res, 403, "UAEX", decision.reason, rec);
     }
-    // The app gets the path that was authorized, as Envoy's normalize_path rewrites :path.
-    const path = normalizePath(q < 0 ? url : url.slice(0, q)) + (q < 0 ? "" : url.slice(q));
-    await this.forward(req, res, caller, path, rec);
+    await this.forward(req, res, caller, target.path + target.query, rec);
+  }
+
+  /** A request refused before authorization: counted, and logged with what was sent. */
+  private refused(reason: InboundRejection, caller: Caller | undefined, req: IncomingMessage | Req, detail: string, target?: RefusedTarget): void {
+    this.metrics.reject(reason);
+    this.log.info("request refused", { reason, source: caller?.uri, method: req.method, target: (req.url ?? "").slice(0, 256), detail: target?.reason ?? detail });
   }
 
   private async forward(req: Req, res: Res, caller: Caller, path: string, rec: InboundRecord): Promise<void> {
@@ -233,35 +240,56 @@ export class InboundHttp {
     this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${timeoutMs} ms` : `local app ${this.poolFor}: ${result.error.message}`, rec);
   }
 
-  /** WebSocket and other upgrades: authorize, then a raw pipe to the app with the head replayed. */
+  /**
+   * Upgrade requests (node:http hands the connection over raw): refused, or authorized like any
+   * request and relayed; the connection becomes a pipe only after the app answers 101.
+   */
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
     const caller = this.callers.get(req.socket);
-    // As for requests: the app is sent the origin-form, normalized path that was authorized.
-    const url = originForm(req.url ?? "/");
-    const q = url.indexOf("?");
-    const path = normalizePath(q < 0 ? url : url.slice(0, q));
-    const decision = caller?.authorizer.authorize({
+    if (!caller) return rawLocalReply(socket, 403, "UAEX", "no verified caller on this connection");
+    const target = parseRequestTarget(req.url ?? "/");
+    if (!target.ok) {
+      this.refused("invalid_request_target", caller, req, refusalDetail(target), target);
+      return rawLocalReply(socket, 400, "DPE", refusalDetail(target));
+    }
+    const kind = classifyUpgrade(req.headers);
+    if (kind.kind === "refused") {
+      this.refused(kind.reason, caller, req, kind.detail);
+      return rawLocalReply(socket, kind.status, "DPE", kind.detail);
+    }
+    const decision = caller.authorizer.authorize({
       method: req.method ?? "GET",
-      path,
+      path: target.path,
       header: (n: string) => {
         const v = req.headers[n];
         return Array.isArray(v) ? v.join(", ") : v;
       },
     });
-    if (!caller || !decision?.allowed) {
-      socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-      return;
+    if (!decision.allowed) {
+      this.metrics.reject("denied_by_intention");
+      this.log.info("request denied by intention", { source: caller.uri, method: req.method, path: target.path, reason: decision.reason });
+      return rawLocalReply(socket, 403, "UAEX", decision.reason);
     }
-    const app = netConnect({ host: this.config.localApp.host, port: this.config.localApp.port, allowHalfOpen: true });
-    app.once("error", () => socket.destroy());
-    app.once("connect", () => {
-      app.removeAllListeners("error");
-      let headText = `${req.method} ${path}${q < 0 ? "" : url.slice(q)} HTTP/1.1\r\n`;
-      for (let i = 0; i < req.rawHeaders.length; i += 2) headText += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-      headText += `x-forwarded-client-cert: By=${this.config.spiffeId};URI=${caller.uri}\r\n\r\n`;
-      app.write(headText);
-      if (head.length > 0) app.write(head);
-      joinSockets(socket, app, this.config.idleTimeoutMs, () => {});
+    const headers = upgradeRequestHeaders(req.rawHeaders, req.headers);
+    // Envoy's forward_client_cert_details as Consul sets it, as for every other request.
+    const prev = req.headers["x-forwarded-client-cert"];
+    const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
+    for (let i = headers.length - 2; i >= 0; i -= 2) if (headers[i]!.toLowerCase() === "x-forwarded-client-cert") headers.splice(i, 2);
+    headers.push("x-forwarded-client-cert", prev ? `${Array.isArray(prev) ? prev.join(",") : prev},${xfcc}` : xfcc);
+    const app = this.config.localApp;
+    relayUpgrade({
+      client: socket,
+      head,
+      method: req.method ?? "GET",
+      path: target.path + target.query,
+      headers,
+      decision: kind.kind === "upgrade" ? { kind: "upgrade", protocol: kind.protocol, upgradeValue: req.headers["upgrade"] ?? kind.protocol } : { kind: "plain" },
+      connect: { host: app.host, port: app.port },
+      responseTimeoutMs: this.config.requestTimeoutMs > 0 ? this.config.requestTimeoutMs : 15_000,
+      idleTimeoutMs: this.config.idleTimeoutMs,
+      done: (r) => {
+        if (r.error !== undefined) this.log.warn("local app upgrade failed", { app: this.poolFor, error: r.error, status: r.status });
+      },
     });
   }
 

@@ -4,9 +4,10 @@
 // clusters, then to a tried host, within the retry budget; the route timeout covers every
 // attempt up to the response headers, the route's idle timeout every silence after them.
 import type { IncomingHttpHeaders } from "node:http";
+import type { Counter } from "prom-client";
 import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
-import { normalizePath, originForm } from "../http/match.js";
+import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/request-target.js";
 import { applyHeaderMutation, endToEndCopy, isEmptyMutation } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
@@ -16,6 +17,7 @@ import { isConnectFailure } from "../cluster/pools.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
 import type { Logger } from "../telemetry/log.js";
+import type { RequestRefusal } from "../telemetry/metrics.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
@@ -63,15 +65,13 @@ export class OutboundHttpState {
   }
 }
 
-function view(req: AnyRequest): RequestView & { readonly rawQuery: string } {
-  const url = originForm(req.url ?? "/");
-  const q = url.indexOf("?");
-  const path = normalizePath(q < 0 ? url : url.slice(0, q));
-  const rawQuery = q < 0 ? "" : url.slice(q + 1);
+/** The request as routes see it: the canonical path (request-target.ts), the same one the destination authorizes. */
+function view(req: AnyRequest, target: RequestTarget): RequestView & { readonly rawQuery: string } {
+  const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
   let query: URLSearchParams | null = null;
   return {
     method: req.method ?? "GET",
-    path,
+    path: target.path,
     rawQuery,
     get query() {
       return (query ??= rawQuery ? new URLSearchParams(rawQuery) : null);
@@ -134,7 +134,15 @@ export class HttpRouter {
     private readonly log: Logger,
     private readonly stats: HttpStats,
     private readonly obs: Observers,
+    /** Counts requests refused before routing (meshproxy_outbound_rejected_total). */
+    private readonly refusals: Counter<"reason">,
   ) {}
+
+  /** A request refused before routing: counted and logged at info (the app sent it). */
+  refused(reason: RequestRefusal, upstream: string, method: string | undefined, target: string | undefined, detail: string): void {
+    this.refusals.labels(reason).inc();
+    this.log.info("request refused", { reason, upstream, method, target: (target ?? "").slice(0, 256), detail });
+  }
 
   handle(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): void {
     const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
@@ -168,7 +176,14 @@ export class HttpRouter {
   }
 
   private async route(req: AnyRequest, res: AnyResponse, state: OutboundHttpState, rec: RequestRecord): Promise<void> {
-    const v = view(req);
+    const target = parseRequestTarget(req.url ?? "/");
+    if (!target.ok) {
+      this.refused("invalid_request_target", state.upstream, req.method, req.url, target.reason);
+      rec.status = 400;
+      rec.flag = "DPE";
+      return localReply(res, 400, "DPE", refusalDetail(target));
+    }
+    const v = view(req, target);
     const route = state.routes.match(v);
     if (!route) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
     const c = state.compiledFor(route);
@@ -195,8 +210,8 @@ export class HttpRouter {
       });
       tracing.inject(rec.span, headers);
     }
-    let path = originForm(req.url ?? "/");
-    if (a.prefixRewrite !== undefined) path = rewritePath(route, v.path) + (v.rawQuery ? `?${v.rawQuery}` : "");
+    // The canonical target goes on: the destination's sidecar then authorizes exactly what was routed.
+    const path = (a.prefixRewrite !== undefined ? rewritePath(route, v.path) : v.path) + target.query;
 
     // A body is buffered when small enough to send again; a larger one streams and is not retried.
     const hasBody = requestHasBody(req);

@@ -1,38 +1,53 @@
-// HTTP upgrades (WebSocket and the like) through the mesh: routed like any request, then the
-// connection becomes a byte pipe over its own mTLS connection (never a pooled one), with the
-// request head replayed to the other sidecar.
+// HTTP upgrades (WebSocket) through the mesh: the request target is checked and routed like
+// any request, then sent over an mTLS connection of its own (never a pooled one); the
+// connection becomes a byte pipe only once the other side answered 101 (upgrade-relay.ts).
 import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
 import type { TlsMaterial } from "../tls/contexts.js";
-import { joinSockets } from "../tcp/pipe.js";
-import { originForm } from "../http/match.js";
+import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
+import { classifyUpgrade, rawLocalReply, relayUpgrade, upgradeRequestHeaders } from "../http/upgrade-relay.js";
 import type { Logger } from "../telemetry/log.js";
-import type { OutboundHttpState } from "./http-router.js";
+import type { HttpRouter, OutboundHttpState } from "./http-router.js";
 
-function refuse(socket: Socket, status: string): void {
-  socket.end(`HTTP/1.1 ${status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
-}
-
-export function upgradeOutbound(req: IncomingMessage, socket: Socket, head: Buffer, state: OutboundHttpState, tls: TlsMaterial, sessions: SessionCache, idleTimeoutMs: number, log: Logger): void {
-  const url = originForm(req.url ?? "/");
-  const q = url.indexOf("?");
+export function upgradeOutbound(
+  req: IncomingMessage,
+  socket: Socket,
+  head: Buffer,
+  state: OutboundHttpState,
+  tls: TlsMaterial,
+  sessions: SessionCache,
+  idleTimeoutMs: number,
+  router: HttpRouter,
+  log: Logger,
+): void {
+  const target = parseRequestTarget(req.url ?? "/");
+  if (!target.ok) {
+    router.refused("invalid_request_target", state.upstream, req.method, req.url, target.reason);
+    return rawLocalReply(socket, 400, "DPE", refusalDetail(target));
+  }
+  const kind = classifyUpgrade(req.headers);
+  if (kind.kind === "refused") {
+    router.refused(kind.reason, state.upstream, req.method, req.url, kind.detail);
+    return rawLocalReply(socket, kind.status, "DPE", kind.detail);
+  }
+  const query = target.query;
   const route = state.routes.match({
     method: req.method ?? "GET",
-    path: q < 0 ? url : url.slice(0, q),
-    query: q < 0 ? null : new URLSearchParams(url.slice(q + 1)),
+    path: target.path,
+    query: query.length > 1 ? new URLSearchParams(query.slice(1)) : null,
     header: (n) => {
       const v = req.headers[n];
       return Array.isArray(v) ? v.join(", ") : v;
     },
   });
-  if (!route) return refuse(socket, "404 Not Found");
+  if (!route) return rawLocalReply(socket, 404, "NR", `no route: ${state.upstream}`);
   // The heaviest leg: an upgraded connection is long-lived, one draw is as good as another.
   const leg = [...route.action.splits].sort((a, b) => b.weight - a.weight)[0];
   const cluster = leg ? state.clusters.get(leg.cluster) : undefined;
   const host = cluster?.pick({});
-  if (!cluster || !host) return refuse(socket, "503 Service Unavailable");
+  if (!cluster || !host) return rawLocalReply(socket, 503, "UH", `no healthy upstream: ${state.upstream}`);
   const c = cluster.config;
   originate(
     { host: host.endpoint.host, port: host.endpoint.port, sni: c.sni, expectedSpiffeId: c.expectedSpiffeId, timeoutMs: c.connectTimeoutMs ?? 5000 },
@@ -41,13 +56,22 @@ export function upgradeOutbound(req: IncomingMessage, socket: Socket, head: Buff
     (err: UpstreamTlsError | null, up: TLSSocket) => {
       if (err) {
         log.warn("upgrade: upstream connect failed", { cluster: c.name, error: err.message });
-        return refuse(socket, "503 Service Unavailable");
+        return rawLocalReply(socket, 503, "UF", `upstream connect error: ${err.message}`);
       }
-      let headText = `${req.method} ${url} HTTP/1.1\r\n`;
-      for (let i = 0; i < req.rawHeaders.length; i += 2) headText += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
-      up.write(headText + "\r\n");
-      if (head.length > 0) up.write(head);
-      joinSockets(socket, up, idleTimeoutMs, () => {});
+      relayUpgrade({
+        client: socket,
+        head,
+        method: req.method ?? "GET",
+        path: target.path + query,
+        headers: upgradeRequestHeaders(req.rawHeaders, req.headers),
+        decision: kind.kind === "upgrade" ? { kind: "upgrade", protocol: kind.protocol, upgradeValue: req.headers["upgrade"] ?? kind.protocol } : { kind: "plain" },
+        connect: { createConnection: () => up },
+        responseTimeoutMs: route.action.timeoutMs > 0 ? route.action.timeoutMs : 15_000,
+        idleTimeoutMs,
+        done: (r) => {
+          if (r.error !== undefined) log.warn("upgrade: upstream failed", { cluster: c.name, error: r.error, status: r.status });
+        },
+      });
     },
   );
 }

@@ -117,7 +117,7 @@ export class UpstreamListener {
     srv.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
       const h = this.state.http;
       if (!h) return void socket.destroy();
-      upgradeOutbound(req, socket, head, h, this.state.tls, this.sessions, this.state.config.idleTimeoutMs, this.log);
+      upgradeOutbound(req, socket, head, h, this.state.tls, this.sessions, this.state.config.idleTimeoutMs, this.router, this.log);
     });
     srv.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, this.metrics.configErrors));
     this.httpServer = srv;

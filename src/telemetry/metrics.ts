@@ -16,7 +16,13 @@ export type InboundRejection =
   | "denied_by_intention"
   | "handshake_timeout"
   | "tls_error"
-  | "local_app_unreachable";
+  | "local_app_unreachable"
+  | RequestRefusal;
+
+/** HTTP requests refused before authorization or routing (request-target.ts, upgrade-relay.ts). */
+export type RequestRefusal = "invalid_request_target" | "upgrade_not_allowed" | "upgrade_with_body";
+
+const REQUEST_REFUSALS: readonly RequestRefusal[] = ["invalid_request_target", "upgrade_not_allowed", "upgrade_with_body"];
 
 export interface ListenerStats {
   cxTotal: CountSlot;
@@ -70,6 +76,7 @@ export class Metrics {
   private readonly clusterSslHandshake: BatchedCounter<string>;
   private readonly clusterSslReused: BatchedCounter<string>;
   readonly inboundRejected: Counter<"reason">;
+  readonly outboundRejected: Counter<"reason">;
   readonly upstreamIdentityRejected: Counter<"envoy_cluster_name">;
   readonly controlPlaneErrors: Counter<"control_plane" | "resource">;
   readonly controlPlaneLastSuccess: Gauge<"control_plane">;
@@ -102,6 +109,7 @@ export class Metrics {
     this.clusterSslHandshake = new BatchedCounter({ name: "envoy_cluster_ssl_handshake", help: "Upstream TLS handshakes completed", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterSslReused = new BatchedCounter({ name: "envoy_cluster_ssl_session_reused", help: "Upstream TLS handshakes that resumed a cached session", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.inboundRejected = new Counter({ name: "meshproxy_inbound_rejected_total", help: "Inbound connections closed before reaching the app, by reason", labelNames: ["reason"], registers: r });
+    this.outboundRejected = new Counter({ name: "meshproxy_outbound_rejected_total", help: "Requests from the local app refused by an upstream listener before routing, by reason", labelNames: ["reason"], registers: r });
     this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
     this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Control-plane fetch or parse failures", labelNames: ["control_plane", "resource"], registers: r });
     this.controlPlaneLastSuccess = new Gauge({ name: "meshproxy_control_plane_last_success_timestamp_seconds", help: "When the last good Snapshot was applied", labelNames: ["control_plane"], registers: r });
@@ -112,9 +120,10 @@ export class Metrics {
     this.tracingExportFailures = new Counter({ name: "meshproxy_tracing_export_failures_total", help: "Span batches the OTLP exporter could not deliver (the spans are dropped)", labelNames: ["reason"], registers: r });
     this.adminRejected = new Counter({ name: "meshproxy_admin_rejected_total", help: "Requests to the admin API or metrics listener refused as coming from a browser page (DNS rebinding, cross-origin, form body)", labelNames: ["listener", "reason"], registers: r });
     this.accessLogDropped = new Counter({ name: "meshproxy_access_log_dropped_total", help: "Access-log lines dropped because the destination could not keep up", registers: r });
-    for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable"] satisfies InboundRejection[]) {
+    for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable", ...REQUEST_REFUSALS] satisfies InboundRejection[]) {
       this.inboundRejected.labels(reason).inc(0);
     }
+    for (const reason of REQUEST_REFUSALS) this.outboundRejected.labels(reason).inc(0);
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
 

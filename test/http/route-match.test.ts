@@ -2,7 +2,6 @@
 import t from "tap";
 import { NO_HEADER_MUTATION, NO_RETRIES, type HeaderMatch, type PathMatch, type QueryParamMatch, type Route } from "../../src/config/http.js";
 import { CompiledRoutes, RouteCompileError, matchedPrefix, rewritePath, rewritePrefix, type RequestView } from "../../src/http/route-match.js";
-import { normalizePath } from "../../src/http/match.js";
 
 interface MatchSpec {
   readonly path?: PathMatch;
@@ -189,21 +188,4 @@ t.test("prefix rewrite (Envoy prefix_rewrite)", async (t) => {
   t.equal(rewritePath(route("x", { path: { kind: "prefix", value: "/api/" } }, "/"), "/api/users"), "/users", "rewritePath uses the route's own prefix");
   t.equal(rewritePath(route("x", {}, "/base/"), "/users"), "/base/users", "…and / for a route without a path match");
   t.equal(rewritePath(route("x", { path: { kind: "prefix", value: "/api/" } }), "/api/users"), "/api/users", "no prefixRewrite, no change");
-});
-
-t.test("normalizePath (Envoy normalize_path, RFC 3986 §6.2.2)", async (t) => {
-  const cases: [string, string, string][] = [
-    ["/admin", "/admin", "a clean path is returned as is"],
-    ["/a/./b", "/a/b", "a . segment goes"],
-    ["/a/b/../c", "/a/c", "a .. segment removes its parent"],
-    ["/../../admin", "/admin", "never above the root"],
-    ["/a/..", "/", "a trailing .. leaves the directory"],
-    ["/a/.", "/a/", "a trailing . leaves the directory"],
-    ["/%61dmin", "/admin", "escaped unreserved characters are decoded"],
-    ["/%2e%2E/admin", "/admin", "…before dot segments are removed"],
-    ["/a%2fb", "/a%2Fb", "an escaped slash stays escaped (upper-cased), not a separator"],
-    ["/a//b", "/a//b", "slashes are not merged"],
-    ["/a/.hidden/..x", "/a/.hidden/..x", "segments that merely start with dots stay"],
-  ];
-  for (const [input, want, why] of cases) t.equal(normalizePath(input), want, `${input}: ${why}`);
 });
