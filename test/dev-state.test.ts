@@ -18,11 +18,15 @@ t.test("a new directory gets the whole layout and the allow default", async (t) 
   t.same(await openStateDir(dir), { created: false }, "opening it again changes nothing");
 });
 
-t.test("a hand-written intentions.json in a new directory is kept", async (t) => {
+t.test("a hand-written intentions.json or a CA put in place before the first start is kept", async (t) => {
   const dir = await tempDir(t);
   await writeFile(join(dir, "intentions.json"), JSON.stringify({ default_action: "deny" }));
-  t.same(await openStateDir(dir), { created: true });
+  await mkdir(join(dir, "ca"), { mode: 0o700 });
+  await writeFile(join(dir, "ca", "marker"), "x");
+  t.same(await openStateDir(dir), { created: true }, "still a new directory: laid out");
   t.equal((await readIntentions(dir)).defaultAction, "deny", "deny stays deny");
+  t.same(await readdir(join(dir, "ca")), ["marker"], "ca/ untouched");
+  t.same((await readEntries(dir)).problems, [], "and config/ is complete");
 });
 
 t.test("in a used directory, a missing intentions.json or config directory is an error, not a default", async (t) => {

@@ -166,9 +166,9 @@ async function exists(path: string): Promise<boolean> {
 
 /**
  * Opens the state directory for the proxy and the CLI: creates it when missing, refuses it when
- * it is not private (UnsafeStateDirError), and lays it out when it is new. New means none of
- * config/, ca/, catalog/ exists yet (a hand-written intentions.json may already be there and is
- * kept). In a directory that is not new nothing is created: a missing intentions.json or config
+ * it is not private (UnsafeStateDirError), and lays it out when it is new. New means neither
+ * config/ nor catalog/ exists yet (a hand-written intentions.json or a CA put in place may already
+ * be there and is kept). In a directory that is not new nothing is created: a missing intentions.json or config
  * directory there was deleted, and the readers report it.
  */
 export async function openStateDir(dir: string): Promise<{ created: boolean }> {
@@ -181,7 +181,8 @@ export async function openStateDir(dir: string): Promise<{ created: boolean }> {
   const p = paths(dir);
   if ((await exists(p.entries)) && (await exists(p.intentions))) return { created: false };
   const created = await withLock(p.intentions, async () => {
-    for (const used of [p.entries, p.caDir, p.catalog]) if (await exists(used)) return false;
+    // ca/ alone does not make it used: a CA may be put in place before the first start.
+    for (const used of [p.entries, p.catalog]) if (await exists(used)) return false;
     // config/ appears whole (every kind directory in it), so nobody sees it half made.
     const tmp = await mkdtemp(join(dir, ".config-"));
     for (const kind of ENTRY_KINDS) await mkdir(join(tmp, kind), { mode: 0o755 });
