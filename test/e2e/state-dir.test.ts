@@ -3,7 +3,8 @@
 // CLI, exit 2, with the path, the problem and the command that fixes it; a CA key others may
 // read likewise. And concurrent CLI edits never lose one.
 import t from "tap";
-import { chmod, chown, readFile, utimes, writeFile } from "node:fs/promises";
+import { chmod, chown, readFile, stat, utimes, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { join } from "node:path";
@@ -114,7 +115,6 @@ t.test("a directory that is fine is used; a fresh one is made private", async (t
   const p = runMeshproxy(t, ["intention", "list", "-data-dir", dir]);
   t.equal(await p.exited, 0, `a fresh directory works ${p.stderrText()}`);
   t.match(p.stdoutText(), /Default: allow/, "with the allow default, as before");
-  const { stat } = await import("node:fs/promises");
   t.equal((await stat(dir)).mode & 0o777, 0o700, "the directory is made 0700");
   t.equal((await stat(join(dir, "intentions.json"))).mode & 0o022, 0, "intentions.json is not group- or world-writable");
 });
@@ -151,7 +151,6 @@ t.test("a lock left by a dead process, or one too old, is broken; the edit lands
   // A pid that surely is not running: a child that has exited.
   const child = spawn(process.execPath, ["-e", ""]);
   await once(child, "exit");
-  const { hostname } = await import("node:os");
   await writeFile(lock, JSON.stringify({ pid: child.pid, host: hostname(), token: "dead" }));
   const p = runMeshproxy(t, ["intention", "create", "-deny", "web", "db", "-data-dir", dir]);
   t.equal(await p.exited, 0, `create succeeds past the dead holder's lock ${p.stderrText()}`);
