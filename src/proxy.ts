@@ -117,17 +117,30 @@ export class Proxy extends EventEmitter {
     return [...this.runtimes.values()].map((rt) => rt.hostsSnapshot());
   }
 
-  /** Resolves when the first Snapshot is applied and every listener is bound. */
+  /**
+   * Resolves when the first Snapshot is applied and every listener is bound. Until then nothing
+   * listens and the proxy is not ready: a control plane whose first configuration is bad keeps
+   * start() waiting (fail closed), and stop() ends the wait.
+   */
   async start(): Promise<ProxyAddresses> {
     let first: Promise<void> | null = null;
-    await this.cp.start({
-      snapshot: (s) => {
-        const p = this.enqueue(s);
-        first ??= p;
-        p.catch(() => {}); // reported in apply; the first failure is rethrown below
-      },
-      error: (e) => this.onControlPlaneError(e),
-    });
+    try {
+      await this.cp.start({
+        snapshot: (s) => {
+          const p = this.enqueue(s);
+          first ??= p;
+          p.catch(() => {}); // reported in apply; the first failure is rethrown below
+        },
+        error: (e) => this.onControlPlaneError(e),
+      });
+    } catch (e) {
+      // Stopped while waiting for a first good configuration: a clean stop, not a failure.
+      if (this.stopping && !first) {
+        await this.stopping;
+        return this.addrs;
+      }
+      throw e;
+    }
     if (!first) throw new ControlPlaneError(this.cp.kind, "control plane started without delivering a Snapshot", true);
     await first;
     if (this.current === null) throw new ControlPlaneError(this.cp.kind, "the first Snapshot was invalid; see the log", true);
@@ -144,7 +157,9 @@ export class Proxy extends EventEmitter {
 
   private onControlPlaneError(e: ControlPlaneError): void {
     this.metrics.controlPlaneErrors.labels(this.cp.kind, e.resource).inc();
-    this.log.error("control plane error; serving on the last good snapshot", { control_plane: this.cp.kind, error: e.message });
+    // Before the first Snapshot there is nothing to serve on: say that nothing is served.
+    const msg = this.current ? "control plane error; serving on the last good snapshot" : "control plane error; not serving (not ready, no listeners) until the configuration is fixed";
+    this.log.error(msg, { control_plane: this.cp.kind, error: e.message });
   }
 
   private enqueue(s: Snapshot): Promise<void> {

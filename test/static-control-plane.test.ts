@@ -344,17 +344,24 @@ async function started(t: Teardown, file: string): Promise<{ cp: StaticControlPl
   return { cp, rec, first: snapshotOf(await rec.nextChange(0)) };
 }
 
-async function startError(t: Teardown, file: string): Promise<ControlPlaneError> {
+/**
+ * A bad first read: start() neither resolves nor rejects (the proxy waits, not ready), the
+ * problem is reported as an error, and no Snapshot is delivered. stop() ends the wait.
+ */
+async function startError(t: Teardown, file: string): Promise<{ error: ControlPlaneError; pending: boolean; snapshots: number; stopped: unknown }> {
   const rec = new Recorder();
-  const cp = new StaticControlPlane({ file, logger: rec.logger });
+  const cp = new StaticControlPlane({ file, logger: rec.logger, pollMs: 50 });
   t.teardown(() => cp.stop());
-  try {
-    await cp.start(rec.handlers);
-  } catch (e) {
-    if (e instanceof ControlPlaneError) return e;
-    throw e;
-  }
-  throw new Error("start() resolved; expected it to reject");
+  let settled = false;
+  const start = cp.start(rec.handlers).finally(() => (settled = true));
+  const error = errorOf(await rec.nextChange(0));
+  // A few polls later it is still waiting: the bad file never became a Snapshot.
+  await new Promise((r) => setTimeout(r, 200));
+  const pending = !settled;
+  const snapshots = rec.changes(0).filter((e) => e.kind === "snapshot").length;
+  await cp.stop();
+  const stopped = await start.then(() => "resolved", (e: unknown) => e);
+  return { error, pending, snapshots, stopped };
 }
 
 t.test("a good file becomes a valid Snapshot with the leaf's identity", async (t) => {
@@ -402,39 +409,68 @@ t.test("a good file becomes a valid Snapshot with the leaf's identity", async (t
   t.equal(rec.changes(0).length, 1, "one snapshot, no errors");
 });
 
-t.test("a bad first read rejects start() with a fatal error naming the field", async (t) => {
-  const expectFatal = async (name: string, file: string, pattern: RegExp) => {
-    const e = await startError(t, file);
-    t.equal(e.fatal, true, `${name}: fatal`);
-    t.equal(e.resource, "static");
-    t.match(e.message, pattern, `${name}: ${e.message}`);
+t.test("a bad first read: start() waits, no Snapshot, an error naming the field; stop() ends the wait", async (t) => {
+  const expectRefused = async (name: string, file: string, pattern: RegExp) => {
+    const r = await startError(t, file);
+    t.equal(r.error.fatal, false, `${name}: not fatal (the proxy waits for a fix)`);
+    t.equal(r.error.resource, "static");
+    t.match(r.error.message, pattern, `${name}: ${r.error.message}`);
+    t.match(r.error.message, /the proxy is not serving \(not ready, no listeners\) until the file is fixed$/, `${name}: says nothing is served`);
+    t.ok(r.pending, `${name}: start() still waiting`);
+    t.equal(r.snapshots, 0, `${name}: no Snapshot delivered`);
+    t.ok(r.stopped instanceof ControlPlaneError, `${name}: stop() ends start() with an error`);
   };
   const p = await pki(t, ["web", "db"]);
   const cfg = (over: Json) => writeConfig(p.dir, { ...base(), ...over }, `c${Math.random().toString(36).slice(2)}.json`);
 
-  await expectFatal("missing config", join(p.dir, "nope.json"), /^static: .*nope\.json: cannot read \(ENOENT/);
-  await expectFatal("bad field", await cfg({ datacenter: "" }), /\.json: datacenter: "": must be a non-empty string/);
-  await expectFatal("service does not match the leaf", await cfg({ identity: { cert_file: "certs/db.pem", key_file: "certs/db.key" } }), /: service: "web", but the leaf certificate .*db\.pem is for service "db"/);
-  await expectFatal("key from another leaf", await cfg({ identity: { cert_file: "certs/web.pem", key_file: "certs/db.key" } }), /: identity\.key_file: .*db\.key: does not match the leaf certificate in .*web\.pem/);
-  await expectFatal("missing cert", await cfg({ identity: { cert_file: "certs/nope.pem", key_file: "certs/web.key" } }), /: identity\.cert_file: .*nope\.pem: cannot read \(ENOENT/);
-  await expectFatal("key not PEM", await cfg({ identity: { cert_file: "certs/web.pem", key_file: "certs/root.pem" } }), /: identity\.key_file: .*root\.pem: not a PEM private key/);
-  await expectFatal("cert not PEM", await cfg({ identity: { cert_file: "certs/web.key", key_file: "certs/web.key" } }), /: identity\.cert_file: .*web\.key: no PEM certificate found/);
-  await expectFatal("CA first in cert_file", await cfg({ identity: { cert_file: "certs/root.pem", key_file: "certs/web.key" } }), /: identity\.cert_file: .*the first certificate is a CA certificate/);
-  await expectFatal("roots not PEM", await cfg({ roots_files: ["certs/web.key"] }), /: roots_files\[0\]: .*web\.key: no PEM certificate found/);
+  await expectRefused("missing config", join(p.dir, "nope.json"), /^static: .*nope\.json: cannot read \(ENOENT/);
+  await expectRefused("bad field", await cfg({ datacenter: "" }), /\.json: datacenter: "": must be a non-empty string/);
+  await expectRefused("service does not match the leaf", await cfg({ identity: { cert_file: "certs/db.pem", key_file: "certs/db.key" } }), /: service: "web", but the leaf certificate .*db\.pem is for service "db"/);
+  await expectRefused("key from another leaf", await cfg({ identity: { cert_file: "certs/web.pem", key_file: "certs/db.key" } }), /: identity\.key_file: .*db\.key: does not match the leaf certificate in .*web\.pem/);
+  await expectRefused("missing cert", await cfg({ identity: { cert_file: "certs/nope.pem", key_file: "certs/web.key" } }), /: identity\.cert_file: .*nope\.pem: cannot read \(ENOENT/);
+  await expectRefused("key not PEM", await cfg({ identity: { cert_file: "certs/web.pem", key_file: "certs/root.pem" } }), /: identity\.key_file: .*root\.pem: not a PEM private key/);
+  await expectRefused("cert not PEM", await cfg({ identity: { cert_file: "certs/web.key", key_file: "certs/web.key" } }), /: identity\.cert_file: .*web\.key: no PEM certificate found/);
+  await expectRefused("CA first in cert_file", await cfg({ identity: { cert_file: "certs/root.pem", key_file: "certs/web.key" } }), /: identity\.cert_file: .*the first certificate is a CA certificate/);
+  await expectRefused("roots not PEM", await cfg({ roots_files: ["certs/web.key"] }), /: roots_files\[0\]: .*web\.key: no PEM certificate found/);
 
   const stranger = await createRootCa(TD, { commonName: "another CA" });
   await writeFile(join(p.dir, "certs", "stranger.pem"), stranger.certPem);
-  await expectFatal("leaf from another CA", await cfg({ roots_files: ["certs/stranger.pem"] }), /: identity\.cert_file: .*web\.pem: the leaf \(issuer CN=meshproxy dev CA\) is not signed by any certificate in roots_files/);
+  await expectRefused("leaf from another CA", await cfg({ roots_files: ["certs/stranger.pem"] }), /: identity\.cert_file: .*web\.pem: the leaf \(issuer CN=meshproxy dev CA\) is not signed by any certificate in roots_files/);
 
   const dc2 = await p.issue("web", { dc: "dc2" });
   await writeFile(join(p.dir, "certs", "web-dc2.pem"), dc2.certPem);
   await writeFile(join(p.dir, "certs", "web-dc2.key"), dc2.keyPem);
-  await expectFatal("leaf for another datacenter", await cfg({ identity: { cert_file: "certs/web-dc2.pem", key_file: "certs/web-dc2.key" } }), /: datacenter: "dc1", but the leaf certificate .* is for datacenter "dc2"/);
+  await expectRefused("leaf for another datacenter", await cfg({ identity: { cert_file: "certs/web-dc2.pem", key_file: "certs/web-dc2.key" } }), /: datacenter: "dc1", but the leaf certificate .* is for datacenter "dc2"/);
 
   const agent = await p.issue("web", { spiffeId: `spiffe://${TD}/agent/client/dc/dc1/id/node1` });
   await writeFile(join(p.dir, "certs", "agent.pem"), agent.certPem);
   await writeFile(join(p.dir, "certs", "agent.key"), agent.keyPem);
-  await expectFatal("not a service identity", await cfg({ identity: { cert_file: "certs/agent.pem", key_file: "certs/agent.key" } }), /: identity\.cert_file: .*is not a SPIFFE service ID/);
+  await expectRefused("not a service identity", await cfg({ identity: { cert_file: "certs/agent.pem", key_file: "certs/agent.key" } }), /: identity\.cert_file: .*is not a SPIFFE service ID/);
+});
+
+t.test("fail closed: an unreadable intentions block at start serves nothing; the fix starts it", async (t) => {
+  const p = await pki(t);
+  // default_action deny with a typo in the list: the block cannot be read, so nothing may be
+  // served (least of all with the allow-all default an absent block would mean).
+  const file = await writeConfig(p.dir, { ...upstreams(db()), intentions: { default_action: "deny", intentions: [{ source: "api", destination: "web", action: "alow" }] } });
+  const rec = new Recorder();
+  const cp = new StaticControlPlane({ file, logger: rec.logger, pollMs: 50 });
+  t.teardown(() => cp.stop());
+  let settled = false;
+  const start = cp.start(rec.handlers).finally(() => (settled = true));
+  const e = errorOf(await rec.nextChange(0));
+  t.match(e.message, /intentions\.intentions\[0\]\.action: "alow": must be "allow" or "deny"/, "the error names the field");
+  t.equal(e.fatal, false, "not fatal: the proxy waits for a fix");
+  t.notOk(settled, "start() is still waiting");
+
+  const m = rec.mark();
+  await writeConfig(p.dir, { ...upstreams(db()), intentions: { default_action: "deny", intentions: [{ source: "api", destination: "web", action: "allow" }] } });
+  const s = snapshotOf(await rec.nextChange(m));
+  await start;
+  t.ok(settled, "the fix resolves start() without a restart");
+  t.equal(s.version, 1, "the first Snapshot is the fixed file's");
+  t.same(s.intentions, { defaultAction: "deny", intentions: [{ source: "api", destination: "web", action: "allow" }] }, "with the deny default in force");
+  await rec.log(m, "loaded static configuration");
 });
 
 t.test("live: an edit becomes a new Snapshot; a touch or a reformat does not", async (t) => {

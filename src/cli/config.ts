@@ -1,8 +1,12 @@
 // `meshproxy config write|read|list|delete`, mirroring `consul config`, against the dev control
-// plane's config entries. Running proxies pick changes up within about a second.
+// plane's config entries. Running proxies pick changes up within about a second. Each entry is
+// its own file, written whole (temp file + rename): nothing is read-modify-written, so
+// concurrent commands need no lock (the last write of one entry wins, as in Consul without -cas).
 import { readFile } from "node:fs/promises";
 import { ENTRY_KINDS, EntryError, type EntryKind } from "../controlplane/chain/entries.js";
-import { deleteEntry, entryFile, readEntries, writeEntry } from "../controlplane/dev/state.js";
+import { deleteEntry, entryFile, openStateDir, readEntries, StateError, writeEntry } from "../controlplane/dev/state.js";
+import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
+import { isValidServiceName } from "../config/validate.js";
 import { UsageError } from "./args.js";
 
 function kindOf(k: string | undefined): EntryKind {
@@ -18,11 +22,38 @@ async function readInput(file: string): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
+/** -name becomes part of a path: only a service name (no `/`, no `..`) is accepted. */
+function nameOf(n: string | undefined): string {
+  if (n === undefined || !isValidServiceName(n)) throw new UsageError(`-name "${n ?? ""}": want a config entry name (letters, digits, - _ .)`);
+  return n;
+}
+
 export async function runConfig(
   action: "write" | "read" | "list" | "delete",
   a: { file?: string; kind?: string; name?: string; dataDir: string },
   out = (s: string) => void process.stdout.write(s),
 ): Promise<number> {
+  if (action === "read" || action === "delete") {
+    kindOf(a.kind);
+    nameOf(a.name);
+  } else if (action === "list" && a.kind !== undefined) kindOf(a.kind);
+  try {
+    await openStateDir(a.dataDir);
+    return await act(action, a, out);
+  } catch (e) {
+    if (e instanceof UnsafeStateDirError) {
+      process.stderr.write(`meshproxy: ${e.message}\n`);
+      return 2;
+    }
+    if (e instanceof StateError) {
+      process.stderr.write(`meshproxy: ${e.message}\n`);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+async function act(action: "write" | "read" | "list" | "delete", a: { file?: string; kind?: string; name?: string; dataDir: string }, out: (s: string) => void): Promise<number> {
   const fail = (msg: string) => {
     process.stderr.write(`meshproxy: ${msg}\n`);
     return 1;
@@ -53,11 +84,12 @@ export async function runConfig(
     }
     case "read": {
       const kind = kindOf(a.kind);
+      const name = nameOf(a.name);
       try {
-        out(await readFile(entryFile(a.dataDir, kind, a.name ?? ""), "utf8"));
+        out(await readFile(entryFile(a.dataDir, kind, name), "utf8"));
         return 0;
       } catch {
-        return fail(`config entry not found for "${kind}" / "${a.name ?? ""}"`);
+        return fail(`config entry not found for "${kind}" / "${name}"`);
       }
     }
     case "list": {
@@ -69,7 +101,7 @@ export async function runConfig(
     }
     case "delete": {
       const kind = kindOf(a.kind);
-      const name = a.name ?? "";
+      const name = nameOf(a.name);
       if (!(await deleteEntry(a.dataDir, kind, name))) return fail(`config entry not found for "${kind}" / "${name}"`);
       out(`Config entry deleted: ${kind}/${name}\n`);
       return 0;

@@ -1,9 +1,12 @@
 // `meshproxy intention create|delete|list|check`, mirroring `consul intention`, against the dev
 // control plane's intentions.json. Running proxies pick changes up within about a second.
-import { readIntentions, writeIntentions, StateError, paths } from "../controlplane/dev/state.js";
+// Edits are read-modify-write under a lock file, so concurrent commands never lose one.
+import { editIntentions, openStateDir, readIntentions, StateError, paths } from "../controlplane/dev/state.js";
+import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
+import { LockError } from "../controlplane/dev/lock.js";
 import { authorize, hasPermissions, precedence, sortByPrecedence } from "../authz/intentions.js";
 import { isValidServiceName } from "../config/validate.js";
-import type { Intention } from "../config/snapshot.js";
+import type { Intention, IntentionPolicy } from "../config/snapshot.js";
 import { UsageError } from "./args.js";
 
 function checkName(what: string, v: string): void {
@@ -21,41 +24,61 @@ export async function runIntention(
     checkName("source", src);
     checkName("destination", dst);
   }
-  let policy;
+  if (action === "create" && o.allow && o.deny) throw new UsageError("intention create: give -allow or -deny, not both");
   try {
-    policy = await readIntentions(o.dataDir);
+    await openStateDir(o.dataDir);
+    return await act(action, src, dst, o, out);
   } catch (e) {
-    if (e instanceof StateError) {
+    if (e instanceof UnsafeStateDirError) {
+      process.stderr.write(`meshproxy: ${e.message}\n`);
+      return 2;
+    }
+    if (e instanceof StateError || e instanceof LockError) {
       process.stderr.write(`meshproxy: ${e.message}\n`);
       return 1;
     }
     throw e;
   }
+}
+
+async function act(
+  action: "create" | "delete" | "list" | "check",
+  src: string,
+  dst: string,
+  o: { dataDir: string; allow: boolean; deny: boolean; replace: boolean; description?: string },
+  out: (s: string) => void,
+): Promise<number> {
   const file = paths(o.dataDir).intentions;
-  const existing = policy.intentions.find((it) => it.source === src && it.destination === dst);
+  const find = (p: IntentionPolicy) => p.intentions.find((it) => it.source === src && it.destination === dst);
   switch (action) {
     case "create": {
-      if (o.allow && o.deny) throw new UsageError("intention create: give -allow or -deny, not both");
-      if (existing && !o.replace) {
+      const it: Intention = { source: src, destination: dst, action: o.deny ? "deny" : "allow", ...(o.description ? { description: o.description } : {}) };
+      const existing = await editIntentions(o.dataDir, (policy) => {
+        const found = find(policy);
+        if (found && !o.replace) return { policy: null, result: found };
+        return { policy: { ...policy, intentions: [...policy.intentions.filter((x) => x !== found), it] }, result: null };
+      });
+      if (existing) {
         process.stderr.write(`meshproxy: an intention ${src} => ${dst} (${existing.action}) already exists; use -replace to change it\n`);
         return 1;
       }
-      const it: Intention = { source: src, destination: dst, action: o.deny ? "deny" : "allow", ...(o.description ? { description: o.description } : {}) };
-      const rest = policy.intentions.filter((x) => x !== existing);
-      await writeIntentions(o.dataDir, { ...policy, intentions: [...rest, it] });
       out(`Created: ${src} => ${dst} (${it.action})\n`);
       return 0;
     }
     case "delete": {
-      if (!existing) {
+      const deleted = await editIntentions(o.dataDir, (policy) => {
+        const found = find(policy);
+        return found ? { policy: { ...policy, intentions: policy.intentions.filter((x) => x !== found) }, result: true } : { policy: null, result: false };
+      });
+      if (!deleted) {
         process.stderr.write(`meshproxy: no intention ${src} => ${dst} in ${file}\n`);
         return 1;
       }
-      await writeIntentions(o.dataDir, { ...policy, intentions: policy.intentions.filter((x) => x !== existing) });
       out(`Intention deleted: ${src} => ${dst}\n`);
       return 0;
     }
     case "list": {
+      const policy = await readIntentions(o.dataDir);
       // An L7 intention has no action of its own: its permissions decide, request by request.
       const rows = sortByPrecedence(policy.intentions).map((it) => [it.source, "=>", it.destination, hasPermissions(it) ? "L7" : it.action, String(precedence(it)), it.description ?? ""]);
       const table = [["Source", "", "Destination", "Action", "Precedence", "Description"], ...rows];
@@ -65,7 +88,7 @@ export async function runIntention(
       return 0;
     }
     case "check": {
-      const d = authorize(policy, src, dst);
+      const d = authorize(await readIntentions(o.dataDir), src, dst);
       out(`${d.allowed ? "Allowed" : "Denied"}: ${d.reason}\n`);
       return d.allowed ? 0 : 2;
     }

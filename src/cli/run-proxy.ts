@@ -2,6 +2,7 @@
 // admin API, and drain cleanly on SIGTERM/SIGINT.
 import { Proxy, ListenerBindError } from "../proxy.js";
 import { ControlPlaneError, type ControlPlane } from "../controlplane/controlplane.js";
+import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
 import { AgentClient } from "../controlplane/consul/client.js";
 import { AdminServer } from "../admin/server.js";
 import { createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
@@ -141,7 +142,8 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     log.error("cannot start", { error: msg });
     process.stderr.write(`meshproxy: ${msg}\n`);
     await proxy?.stop().catch(() => {});
-    return 1;
+    // A state directory others could write is a setup mistake to fix, like a bad flag: 2.
+    return e instanceof UnsafeStateDirError ? 2 : 1;
   } finally {
     admin?.close();
     metrics?.close();

@@ -1,6 +1,10 @@
 // The embedded dev control plane: its own CA and catalog in a state directory, so a mesh works
 // on a fresh machine with no server to install. It watches the directory and turns it, plus
 // the ProxyRequest, into Snapshots.
+//
+// It fails closed: no Snapshot is made until intentions.json and the config entries have been
+// read whole and valid at least once (until then start() waits, and the proxy binds nothing and
+// reports not ready); after that, a file that breaks or disappears keeps the last good one.
 import { watch, type FSWatcher } from "node:fs";
 import { CoalescedRun } from "../coalesce.js";
 import { mkdir } from "node:fs/promises";
@@ -21,10 +25,10 @@ import { ENTRY_KINDS, type ConfigEntry } from "../chain/entries.js";
 import { compileChain, entryIndex, serviceDefaults, serviceProtocol, type EntryLookup } from "../chain/compile.js";
 import { buildUpstream, upstreamSettingsFor, type ServiceInstance } from "../chain/upstream.js";
 import {
-  DEFAULT_POLICY,
   StateError,
   deregisterInstance,
   ensureCa,
+  openStateDir,
   paths,
   processAlive,
   readCatalog,
@@ -58,18 +62,26 @@ export class DevControlPlane implements ControlPlane {
   private handlers: ControlPlaneHandlers | null = null;
   private ca: DevCa | null = null;
   private leaf: IssuedLeaf | null = null;
-  private intentions: IntentionPolicy = DEFAULT_POLICY;
+  /** The last intentions read whole and valid; null until the first such read. */
+  private intentions: IntentionPolicy | null = null;
   private catalog: CatalogEntry[] = [];
-  /** The last set of config entries that compiled; a broken edit never replaces it. */
-  private entries: ConfigEntry[] = [];
+  /** The last set of config entries that compiled; null until the first. A broken edit never replaces it. */
+  private entries: ConfigEntry[] | null = null;
+  /** Settles start(): the first Snapshot delivered, or stop() before one could be. */
+  private first: { resolve: () => void; reject: (e: Error) => void } | null = null;
   private version = 0;
   private lastFingerprint = "";
   private announced: Announcement | null = null;
   private watchers: FSWatcher[] = [];
   private timers = new Set<NodeJS.Timeout>();
   private readonly refresher = new CoalescedRun(async () => {
-    await this.readState();
-    this.emitIfChanged();
+    try {
+      await this.readState();
+      this.emitIfChanged();
+    } catch (e) {
+      // A bug, not a bad file (those are reported above): say it, and keep what is in force.
+      this.reportOnce("state", `cannot read the state directory: ${messageOf(e)}`);
+    }
   }, () => this.stopped);
   private stopped = false;
   // Problems reported and still present after the last read: each is said once while it lasts,
@@ -85,6 +97,9 @@ export class DevControlPlane implements ControlPlane {
   async start(handlers: ControlPlaneHandlers): Promise<void> {
     this.handlers = handlers;
     const { dataDir } = this.opts;
+    // Refuses a directory another user could write (UnsafeStateDirError, fatal) before reading it.
+    const { created } = await openStateDir(dataDir);
+    if (created) this.log.info("laid out a new state directory", { dir: dataDir });
     let ca: DevCa & { created: boolean };
     try {
       ca = await ensureCa(dataDir);
@@ -93,21 +108,24 @@ export class DevControlPlane implements ControlPlane {
     }
     this.ca = ca;
     if (ca.created) this.log.info("created dev CA", { dir: dataDir, trust_domain: ca.config.trustDomain });
-    await mkdir(paths(dataDir).catalog, { recursive: true });
+    await mkdir(paths(dataDir).catalog, { recursive: true, mode: 0o755 });
     await this.renewLeaf();
-    await this.refresh();
+    const delivered = new Promise<void>((resolve, reject) => (this.first = { resolve, reject }));
+    // stop() may settle it before start() awaits it: that is not an unhandled rejection.
+    delivered.catch((e: unknown) => this.log.debug("stopped while waiting for a first valid configuration", { error: e instanceof Error ? e.message : String(e) }));
+    if (this.stopped) this.first?.reject(new ControlPlaneError("dev", "stopped before the first snapshot", true));
+    // Watching starts before the first read, so a fix made while the proxy waits is seen at once.
     this.watchDir(dataDir);
     this.watchDir(paths(dataDir).catalog);
+    this.watchDir(paths(dataDir).entries);
     // fs.watch is not recursive here: each config-entry kind has its own directory to watch, so
     // a `meshproxy config write` applies in milliseconds rather than at the next poll.
-    for (const kind of ENTRY_KINDS) {
-      const dir = join(paths(dataDir).entries, kind);
-      await mkdir(dir, { recursive: true });
-      this.watchDir(dir);
-    }
+    for (const kind of ENTRY_KINDS) this.watchDir(join(paths(dataDir).entries, kind));
     const poll = setInterval(() => void this.refresh(), this.opts.pollMs ?? 1000);
     poll.unref();
     this.timers.add(poll);
+    await this.refresh();
+    await delivered;
   }
 
   private watchDir(dir: string): void {
@@ -163,19 +181,20 @@ export class DevControlPlane implements ControlPlane {
       this.intentions = await readIntentions(dataDir);
     } catch (e) {
       // Keep the last good intentions; say so once per distinct problem, not every poll.
-      this.reportOnce("intentions", (e as Error).message);
+      this.reportOnce("intentions", `${messageOf(e)}; ${this.intentions ? "the previous intentions stay in force" : NOT_SERVING}`);
     }
     const { entries, problems } = await readCatalog(dataDir);
     this.catalog = entries;
     for (const p of problems) this.reportOnce("catalog", p.message);
     const read = await readEntries(dataDir);
-    for (const p of read.problems) this.reportOnce("config-entries", p.message);
+    const keep = this.entries ? "the previous config entries stay in force" : NOT_SERVING;
+    for (const p of read.problems) this.reportOnce("config-entries", `${p.message}; ${keep}`);
     if (read.problems.length === 0) {
       try {
         this.compileAll(entryIndex(read.entries));
         this.entries = read.entries;
       } catch (e) {
-        this.reportOnce("config-entries", `${(e as Error).message}; the previous config entries stay in force`);
+        this.reportOnce("config-entries", `${messageOf(e)}; ${keep}`);
       }
     }
     this.reportedProblems = this.seenProblems; // fixed problems are forgotten
@@ -227,7 +246,7 @@ export class DevControlPlane implements ControlPlane {
     return { listeners, clusters };
   }
 
-  private build(): Snapshot {
+  private build(intentions: IntentionPolicy, entries: readonly ConfigEntry[]): Snapshot {
     const ca = this.ca!;
     const leaf = this.leaf!;
     const req = this.opts.request;
@@ -245,7 +264,7 @@ export class DevControlPlane implements ControlPlane {
       notBefore: leaf.notBefore,
       notAfter: leaf.notAfter,
     };
-    const lookup = entryIndex(this.entries);
+    const lookup = entryIndex(entries);
     const { listeners, clusters } = this.compileAll(lookup);
     const own = serviceDefaults(lookup, req.service);
     const pl = req.publicListener;
@@ -267,19 +286,23 @@ export class DevControlPlane implements ControlPlane {
         : null,
       upstreams: listeners,
       clusters,
-      intentions: this.intentions,
+      intentions,
     };
   }
 
   private emitIfChanged(): void {
     if (this.stopped || !this.handlers) return;
-    const snap = this.build();
+    // Fail closed: nothing is served before intentions and config entries were read once.
+    if (!this.intentions || !this.entries) return;
+    const snap = this.build(this.intentions, this.entries);
     // Everything except the version number: only a real change makes a new Snapshot.
     const fingerprint = JSON.stringify({ ...snap, version: 0 });
     if (fingerprint === this.lastFingerprint) return;
     this.lastFingerprint = fingerprint;
     this.version = snap.version;
     this.handlers.snapshot(snap);
+    this.first?.resolve();
+    this.first = null;
   }
 
   async announce(a: Announcement): Promise<void> {
@@ -305,12 +328,20 @@ export class DevControlPlane implements ControlPlane {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.first?.reject(new ControlPlaneError("dev", "stopped before the state directory held a valid configuration", true));
+    this.first = null;
     for (const w of this.watchers) w.close();
     for (const t of this.timers) clearTimeout(t);
     this.watchers = [];
     this.timers.clear();
     await this.refresher.settled();
   }
+}
+
+const NOT_SERVING = "the proxy is not serving (not ready, no listeners) until it is fixed";
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
 }
 
 export { StateError };

@@ -7,8 +7,10 @@
 //   <dir>/intentions.json    intentions (human-editable; `meshproxy intention ...` edits it)
 //   <dir>/config/<kind>/<name>.json  Consul config entries (`meshproxy config write` puts them there)
 //
-// Every write is temp-file + rename, so a reader never sees half a file.
-import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp } from "node:fs/promises";
+// Every write is temp-file + rename, so a reader never sees half a file. The layout is created
+// whole when the directory is first used, so a file or directory missing later was deleted:
+// that is an error to report, never an empty (allow-everything) configuration.
+import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp, lstat } from "node:fs/promises";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import type { CaMaterial } from "../../identity/ca.js";
@@ -16,9 +18,12 @@ import { createRootCaInWorker } from "../../identity/ca-worker.js";
 import { parseDurationMs, formatDurationMs } from "../../config/duration.js";
 import { isValidServiceName } from "../../config/validate.js";
 import { parseEntry, parsePermissions, EntryError, ENTRY_KINDS, type ConfigEntry, type EntryKind } from "../chain/entries.js";
-import { DEFAULTS, type Intention, type IntentionAction, type IntentionPolicy, type Protocol } from "../../config/snapshot.js";
+import { DEFAULTS, type Intention, type IntentionPolicy, type Protocol } from "../../config/snapshot.js";
 import type { HeaderMatch, Permission } from "../../config/http.js";
 import { CompiledL7Intentions, PermissionCompileError } from "../../authz/l7.js";
+import { jsonErrorWhere } from "../json-error.js";
+import { withLock } from "./lock.js";
+import { checkStateDir } from "./permissions.js";
 
 export interface CaConfig {
   readonly trustDomain: string;
@@ -72,15 +77,39 @@ async function atomicWrite(file: string, data: string, mode = 0o644): Promise<vo
   await rename(tmp, file);
 }
 
-function parseCaConfig(text: string, file: string): CaConfig {
-  let raw: unknown;
+function errnoOf(e: unknown): string | undefined {
+  return e instanceof Error && "code" in e && typeof e.code === "string" ? e.code : undefined;
+}
+
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** JSON.parse, or a StateError naming the file, the line and the column. */
+function parseJson(text: string, file: string, hint = ""): unknown {
   try {
-    raw = JSON.parse(text);
+    return JSON.parse(text);
   } catch (e) {
-    throw new StateError(file, `not valid JSON (${(e as Error).message}); fix it or remove the ca/ directory to make a new CA`);
+    throw new StateError(file, `not valid JSON (${jsonErrorWhere(text, e)})${hint}`);
   }
-  if (typeof raw !== "object" || raw === null) throw new StateError(file, "must be a JSON object");
-  const o = raw as Record<string, unknown>;
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** A typo in a key must not silently fall back to a default (an unread default_action is allow). */
+function checkKeys(file: string, at: string, o: Record<string, unknown>, known: readonly string[]): void {
+  for (const k of Object.keys(o)) {
+    if (!known.includes(k)) throw new StateError(file, `${at}${at ? "." : ""}${k}: unknown key (known keys: ${known.join(", ")})`);
+  }
+}
+
+/** Parses ca/config.json. */
+export function parseCaConfig(text: string, file: string): CaConfig {
+  const raw = parseJson(text, file, "; fix it or remove the ca/ directory to make a new CA");
+  if (!isRecord(raw)) throw new StateError(file, "must be a JSON object");
+  const o = raw;
   const td = o["trust_domain"];
   const dc = o["datacenter"] ?? DEFAULTS.datacenter;
   const ttl = parseDurationMs(o["leaf_cert_ttl"] ?? "72h");
@@ -97,7 +126,6 @@ function parseCaConfig(text: string, file: string): CaConfig {
  */
 export async function ensureCa(dir: string): Promise<DevCa & { created: boolean }> {
   const p = paths(dir);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
   let created = false;
   try {
     await readFile(p.rootCert);
@@ -121,11 +149,57 @@ export async function ensureCa(dir: string): Promise<DevCa & { created: boolean 
   return { certPem, keyPem, config: parseCaConfig(cfgText, p.caConfig), created };
 }
 
+// ---- the directory ----
+
+/** What a fresh state directory allows: as a Consul agent with ACLs disabled. */
+export const INITIAL_POLICY: IntentionPolicy = { defaultAction: "allow", intentions: [] };
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await lstat(path);
+    return true;
+  } catch (e) {
+    if (errnoOf(e) === "ENOENT") return false;
+    throw new StateError(path, `cannot be read (${messageOf(e)})`);
+  }
+}
+
+/**
+ * Opens the state directory for the proxy and the CLI: creates it when missing, refuses it when
+ * it is not private (UnsafeStateDirError), and lays it out when it is new. New means neither
+ * config/ nor catalog/ exists yet (a hand-written intentions.json or a CA put in place may already
+ * be there and is kept). In a directory that is not new nothing is created: a missing intentions.json or config
+ * directory there was deleted, and the readers report it.
+ */
+export async function openStateDir(dir: string): Promise<{ created: boolean }> {
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    throw new StateError(dir, `cannot create the state directory (${messageOf(e)}); choose another -data-dir`);
+  }
+  await checkStateDir(dir, ENTRY_KINDS);
+  const p = paths(dir);
+  if ((await exists(p.entries)) && (await exists(p.intentions))) return { created: false };
+  const created = await withLock(p.intentions, async () => {
+    // ca/ alone does not make it used: a CA may be put in place before the first start.
+    for (const used of [p.entries, p.catalog]) if (await exists(used)) return false;
+    // config/ appears whole (every kind directory in it), so nobody sees it half made.
+    const tmp = await mkdtemp(join(dir, ".config-"));
+    for (const kind of ENTRY_KINDS) await mkdir(join(tmp, kind), { mode: 0o755 });
+    await chmod(tmp, 0o755);
+    await rename(tmp, p.entries);
+    await mkdir(p.catalog, { recursive: true, mode: 0o755 });
+    if (!(await exists(p.intentions))) await writeIntentions(dir, INITIAL_POLICY);
+    return true;
+  });
+  return { created };
+}
+
 // ---- catalog ----
 
 export async function registerInstance(dir: string, entry: CatalogEntry): Promise<void> {
   const p = paths(dir);
-  await mkdir(p.catalog, { recursive: true });
+  await mkdir(p.catalog, { recursive: true, mode: 0o755 });
   await atomicWrite(join(p.catalog, `${entry.id}.json`), JSON.stringify(entry, null, 2) + "\n");
 }
 
@@ -133,17 +207,30 @@ export async function deregisterInstance(dir: string, id: string): Promise<void>
   await rm(join(paths(dir).catalog, `${id}.json`), { force: true });
 }
 
-function isCatalogEntry(v: unknown): v is CatalogEntry {
-  if (typeof v !== "object" || v === null) return false;
-  const o = v as Record<string, unknown>;
-  return (
-    typeof o["id"] === "string" &&
-    typeof o["service"] === "string" &&
-    typeof o["address"] === "string" &&
-    typeof o["port"] === "number" &&
-    typeof o["pid"] === "number" &&
-    typeof o["protocol"] === "string"
-  );
+const PROTOCOLS: readonly Protocol[] = ["tcp", "http", "http2", "grpc"];
+
+/** Parses one catalog/<id>.json; every message names the field that is wrong. */
+export function parseCatalogEntry(text: string, file: string): CatalogEntry {
+  const o = parseJson(text, file);
+  if (!isRecord(o)) throw new StateError(file, "not a catalog entry: must be a JSON object with id, service, address, port, pid, protocol");
+  const { id, service, address, port, pid, protocol, meta } = o;
+  if (typeof id !== "string" || id === "") throw new StateError(file, `id must be a non-empty string, got ${JSON.stringify(id) ?? "nothing"}`);
+  if (typeof service !== "string" || !isValidServiceName(service)) throw new StateError(file, `service must be a service name, got ${JSON.stringify(service) ?? "nothing"}`);
+  if (typeof address !== "string" || address === "") throw new StateError(file, `address must be a non-empty string, got ${JSON.stringify(address) ?? "nothing"}`);
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) throw new StateError(file, `port must be a whole number from 1 to 65535, got ${JSON.stringify(port) ?? "nothing"}`);
+  // A pid of 0 or below would make the liveness check signal a process group.
+  if (typeof pid !== "number" || !Number.isSafeInteger(pid) || pid < 1) throw new StateError(file, `pid must be a positive whole number, got ${JSON.stringify(pid) ?? "nothing"}`);
+  const proto = PROTOCOLS.find((x) => x === protocol);
+  if (proto === undefined) throw new StateError(file, `protocol must be one of ${PROTOCOLS.join(", ")}, got ${JSON.stringify(protocol) ?? "nothing"}`);
+  const m: Record<string, string> = {};
+  if (meta !== undefined) {
+    if (!isRecord(meta)) throw new StateError(file, "meta must be an object of strings");
+    for (const [k, v] of Object.entries(meta)) {
+      if (typeof v !== "string") throw new StateError(file, `meta.${k} must be a string, got ${JSON.stringify(v) ?? "nothing"}`);
+      m[k] = v;
+    }
+  }
+  return { id, service, address, port, pid, protocol: proto, meta: m };
 }
 
 export interface CatalogRead {
@@ -166,12 +253,10 @@ export async function readCatalog(dir: string): Promise<CatalogRead> {
     if (!name.endsWith(".json")) continue;
     const file = join(p.catalog, name);
     try {
-      const v: unknown = JSON.parse(await readFile(file, "utf8"));
-      if (isCatalogEntry(v)) entries.push(v);
-      else problems.push(new StateError(file, "not a catalog entry (needs id, service, address, port, pid, protocol)"));
+      entries.push(parseCatalogEntry(await readFile(file, "utf8"), file));
     } catch (e) {
-      const err = e as NodeJS.ErrnoException;
-      if (err.code !== "ENOENT") problems.push(new StateError(file, err.message));
+      if (e instanceof StateError) problems.push(e);
+      else if (errnoOf(e) !== "ENOENT") problems.push(new StateError(file, messageOf(e)));
     }
   }
   return { entries, problems };
@@ -183,50 +268,46 @@ export function processAlive(pid: number): boolean {
     process.kill(pid, 0);
     return true;
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
+    return errnoOf(e) === "EPERM";
   }
 }
 
 // ---- intentions ----
 
-export const DEFAULT_POLICY: IntentionPolicy = { defaultAction: "allow", intentions: [] };
+const POLICY_KEYS = ["default_action", "intentions"] as const;
+const INTENTION_KEYS = ["source", "destination", "action", "description", "permissions", "Permissions"] as const;
 
 /** Parses intentions.json; every message names the entry and field that is wrong. */
 export function parseIntentions(text: string, file: string): IntentionPolicy {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw new StateError(file, `not valid JSON (${(e as Error).message}); the previous intentions stay in force`);
-  }
-  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new StateError(file, "must be a JSON object");
-  const o = raw as Record<string, unknown>;
-  const def = o["default_action"] ?? "allow";
+  const raw = parseJson(text, file);
+  if (!isRecord(raw)) throw new StateError(file, 'must be a JSON object: {"default_action": "allow" or "deny", "intentions": [...]}');
+  checkKeys(file, "", raw, POLICY_KEYS);
+  // Absent means Consul's default; null or anything else is a mistake, not a default.
+  const def = raw["default_action"] === undefined ? "allow" : raw["default_action"];
   if (def !== "allow" && def !== "deny") throw new StateError(file, `default_action must be "allow" or "deny", got ${JSON.stringify(def)}`);
-  const list = o["intentions"] ?? [];
-  if (!Array.isArray(list)) throw new StateError(file, "intentions must be an array");
+  const list = raw["intentions"] === undefined ? [] : raw["intentions"];
+  if (!Array.isArray(list)) throw new StateError(file, `intentions must be an array, got ${JSON.stringify(list)}`);
   const intentions: Intention[] = list.map((v: unknown, i: number) => {
     const at = `intentions[${i}]`;
-    if (typeof v !== "object" || v === null) throw new StateError(file, `${at} must be an object`);
-    const e = v as Record<string, unknown>;
-    const { source, destination, action, description } = e;
-    for (const [k, val] of [["source", source], ["destination", destination]] as const) {
-      if (typeof val !== "string" || (val !== "*" && !isValidServiceName(val))) {
-        throw new StateError(file, `${at}.${k} must be a service name or "*", got ${JSON.stringify(val)}`);
-      }
-    }
-    const permissions = parseIntentionPermissions(e["permissions"] ?? e["Permissions"], file, `${at}.permissions`);
+    if (!isRecord(v)) throw new StateError(file, `${at} must be an object`);
+    checkKeys(file, at, v, INTENTION_KEYS);
+    const { source, destination, action, description } = v;
+    if (typeof source !== "string" || (source !== "*" && !isValidServiceName(source))) throw new StateError(file, `${at}.source must be a service name or "*", got ${JSON.stringify(source) ?? "nothing"}`);
+    if (typeof destination !== "string" || (destination !== "*" && !isValidServiceName(destination))) throw new StateError(file, `${at}.destination must be a service name or "*", got ${JSON.stringify(destination) ?? "nothing"}`);
+    if (description !== undefined && typeof description !== "string") throw new StateError(file, `${at}.description must be a string`);
+    if (v["permissions"] !== undefined && v["Permissions"] !== undefined) throw new StateError(file, `${at}: give permissions or Permissions, not both`);
+    const permissions = parseIntentionPermissions(v["permissions"] ?? v["Permissions"], file, `${at}.permissions`);
     if (permissions.length > 0) {
       // As Consul: an L7 intention's permissions decide, and a request matching none gets the
       // default action; an action beside them would read as a fallback it is not.
       if (action !== undefined) throw new StateError(file, `${at}: omit action when permissions are given (a request matching no permission gets default_action)`);
       // The stored action is what a connection-level check does with an L7 intention: deny.
-      const it: Intention = { source: source as string, destination: destination as string, action: "deny", permissions };
-      return typeof description === "string" ? { ...it, description } : it;
+      const it: Intention = { source, destination, action: "deny", permissions };
+      return description !== undefined ? { ...it, description } : it;
     }
-    if (action !== "allow" && action !== "deny") throw new StateError(file, `${at}.action must be "allow" or "deny", got ${JSON.stringify(action)}`);
-    const it: Intention = { source: source as string, destination: destination as string, action };
-    return typeof description === "string" ? { ...it, description } : it;
+    if (action !== "allow" && action !== "deny") throw new StateError(file, `${at}.action must be "allow" or "deny", got ${JSON.stringify(action) ?? "nothing"}`);
+    const it: Intention = { source, destination, action };
+    return description !== undefined ? { ...it, description } : it;
   });
   const seen = new Set<string>();
   intentions.forEach((it, i) => {
@@ -234,7 +315,7 @@ export function parseIntentions(text: string, file: string): IntentionPolicy {
     if (seen.has(key)) throw new StateError(file, `intentions[${i}]: a second intention for ${key}; keep one`);
     seen.add(key);
   });
-  const policy: IntentionPolicy = { defaultAction: def as IntentionAction, intentions };
+  const policy: IntentionPolicy = { defaultAction: def, intentions };
   // A bad permission regex is reported here, naming the field, so the previous intentions stay
   // in force; the proxy would otherwise refuse the whole Snapshot.
   try {
@@ -264,20 +345,38 @@ function permissionJson(p: Permission): Record<string, unknown> {
   return { action: p.action, http };
 }
 
+/** Reads intentions.json. A missing file was deleted (openStateDir creates it): an error, never allow-all. */
 export async function readIntentions(dir: string): Promise<IntentionPolicy> {
   const file = paths(dir).intentions;
   let text: string;
   try {
     text = await readFile(file, "utf8");
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === "ENOENT") return DEFAULT_POLICY;
-    throw new StateError(file, (e as Error).message);
+    if (errnoOf(e) === "ENOENT") {
+      throw new StateError(
+        file,
+        `missing (deleted?). It holds the default action and every intention, so nothing is allowed without it: restore it, or create it with {"default_action": "deny", "intentions": []} ("allow" to allow what no intention denies)`,
+      );
+    }
+    throw new StateError(file, `cannot be read (${messageOf(e)})`);
   }
   return parseIntentions(text, file);
 }
 
+/**
+ * A read-modify-write of intentions.json under its lock, so concurrent edits all land. `edit`
+ * returns the new policy (null to write nothing) and a result for the caller.
+ */
+export async function editIntentions<T>(dir: string, edit: (p: IntentionPolicy) => { policy: IntentionPolicy | null; result: T }): Promise<T> {
+  return withLock(paths(dir).intentions, async () => {
+    const { policy, result } = edit(await readIntentions(dir));
+    if (policy) await writeIntentions(dir, policy);
+    return result;
+  });
+}
+
+/** Writes intentions.json whole (temp file + rename). Concurrent editors use editIntentions. */
 export async function writeIntentions(dir: string, policy: IntentionPolicy): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
   const body = {
     default_action: policy.defaultAction,
     intentions: policy.intentions.map((it) => ({
@@ -298,31 +397,57 @@ export interface EntriesRead {
   readonly problems: StateError[];
 }
 
+/** Where an entry lives. The name becomes a path, so only a service name (no `/`, no `..`) is one. */
 export function entryFile(dir: string, kind: EntryKind, name: string): string {
+  if (!isValidServiceName(name)) throw new StateError(join(paths(dir).entries, kind), `"${name}" is not a config entry name (letters, digits, - _ .)`);
   return join(paths(dir).entries, kind, `${name}.json`);
 }
 
+/** Parses one config entry file; `kind` and `name` are what its path says it holds. */
+export function parseEntryFile(text: string, file: string, kind: EntryKind, name: string): ConfigEntry {
+  const raw = parseJson(text, file);
+  let e: ConfigEntry;
+  try {
+    e = parseEntry(raw, file);
+  } catch (err) {
+    // EntryError messages start with the `where` given, here the file, which StateError adds.
+    if (err instanceof EntryError) throw new StateError(file, err.message.startsWith(file) ? err.message.slice(file.length).replace(/^[.:]\s*/, "") : err.message);
+    throw err;
+  }
+  if (e.kind !== kind || e.name !== name) throw new StateError(file, `holds ${e.kind} "${e.name}"; it belongs in ${join("config", e.kind, `${e.name}.json`)} under the state directory`);
+  return e;
+}
+
+/**
+ * Reads every config entry. A missing config/ or config/<kind>/ directory was deleted (openStateDir
+ * creates them all) and is a problem, not "no entries": the previous entries stay in force.
+ */
 export async function readEntries(dir: string): Promise<EntriesRead> {
   const entries: ConfigEntry[] = [];
   const problems: StateError[] = [];
+  const root = paths(dir).entries;
+  if (!(await exists(root).catch(() => true))) {
+    const mk = `mkdir -p ${ENTRY_KINDS.map((k) => join(root, k)).join(" ")}`;
+    return { entries, problems: [new StateError(root, `missing (deleted?); restore it, or create it empty ("${mk}") to have no config entries`)] };
+  }
   for (const kind of ENTRY_KINDS) {
-    const kdir = join(paths(dir).entries, kind);
+    const kdir = join(root, kind);
     let names: string[];
     try {
       names = await readdir(kdir);
-    } catch {
+    } catch (e) {
+      const why = errnoOf(e) === "ENOENT" ? `missing (deleted?); restore it, or create it empty ("mkdir -p ${kdir}") to have no ${kind} entries` : `cannot be read (${messageOf(e)})`;
+      problems.push(new StateError(kdir, why));
       continue;
     }
     for (const name of names.sort()) {
       if (!name.endsWith(".json")) continue;
       const file = join(kdir, name);
       try {
-        const e = parseEntry(JSON.parse(await readFile(file, "utf8")), file);
-        if (e.kind !== kind || `${e.name}.json` !== name) problems.push(new StateError(file, `holds ${e.kind} "${e.name}"; it belongs in ${entryFile(dir, e.kind, e.name)}`));
-        else entries.push(e);
+        entries.push(parseEntryFile(await readFile(file, "utf8"), file, kind, name.slice(0, -".json".length)));
       } catch (e) {
-        const err = e as NodeJS.ErrnoException;
-        if (err.code !== "ENOENT") problems.push(new StateError(file, err.message));
+        if (e instanceof StateError) problems.push(e);
+        else if (errnoOf(e) !== "ENOENT") problems.push(new StateError(file, `cannot be read (${messageOf(e)})`));
       }
     }
   }
@@ -332,8 +457,9 @@ export async function readEntries(dir: string): Promise<EntriesRead> {
 /** Stores an entry exactly as given (Consul's JSON), after checking that it parses. */
 export async function writeEntry(dir: string, raw: unknown, source: string): Promise<ConfigEntry> {
   const e = parseEntry(raw, source);
+  if (!isValidServiceName(e.name)) throw new EntryError(`${source}: Name`, `"${e.name}" is not a valid name (letters, digits, - _ .)`);
   const file = entryFile(dir, e.kind, e.name);
-  await mkdir(join(paths(dir).entries, e.kind), { recursive: true });
+  await mkdir(join(paths(dir).entries, e.kind), { recursive: true, mode: 0o755 });
   await atomicWrite(file, JSON.stringify(raw, null, 2) + "\n");
   return e;
 }

@@ -6,6 +6,7 @@ import { isIP } from "node:net";
 import { dirname, resolve } from "node:path";
 import { DEFAULTS, type Endpoint, type HostPort, type Intention, type IntentionAction, type IntentionPolicy, type Protocol, type PublicListener } from "../../config/snapshot.js";
 import { isValidServiceName } from "../../config/validate.js";
+import { jsonErrorWhere } from "../json-error.js";
 
 export interface StaticUpstream {
   /** Destination service name; also the cluster name. */
@@ -360,18 +361,6 @@ class Parser {
 
 function endpointId(hp: HostPort): string {
   return hp.host.includes(":") ? `[${hp.host}]:${hp.port}` : `${hp.host}:${hp.port}`;
-}
-
-/** V8's JSON errors give a character position; people think in lines and columns. */
-function jsonErrorWhere(text: string, e: unknown): string {
-  const msg = e instanceof Error ? e.message : String(e);
-  const m = /at position (\d+)/.exec(msg);
-  if (!m) return msg;
-  const pos = Number(m[1]);
-  const before = text.slice(0, pos);
-  const line = before.split("\n").length;
-  const col = pos - before.lastIndexOf("\n");
-  return `${msg}; line ${line} column ${col}`;
 }
 
 /** Parses the static config file. Throws StaticConfigError naming the bad field and what a good value is. */

@@ -1,6 +1,8 @@
 // The static control plane: one JSON file (plus the PEM files it names) is the whole truth.
 // Both are watched; a good edit becomes a new Snapshot, a broken one is reported once and
-// ignored, so the proxy keeps serving on the last good configuration.
+// ignored, so the proxy keeps serving on the last good configuration. It fails closed: when the
+// first read is bad, start() reports it and waits (the proxy binds nothing and is not ready)
+// until the files are fixed, then starts without a restart.
 import { CoalescedRun } from "../coalesce.js";
 import { watch, type FSWatcher } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
@@ -52,6 +54,8 @@ export class StaticControlPlane implements ControlPlane {
   /** Problems already reported since the last good load: each is said once, not every poll. */
   private readonly reported = new Set<string>();
   private readonly warned = new Set<string>();
+  /** Settles start(): the first Snapshot delivered, or stop() before one could be. */
+  private first: { resolve: () => void; reject: (e: Error) => void } | null = null;
 
   constructor(private readonly opts: StaticControlPlaneOptions) {
     this.log = opts.logger.child("static-cp");
@@ -60,17 +64,26 @@ export class StaticControlPlane implements ControlPlane {
 
   async start(handlers: ControlPlaneHandlers): Promise<void> {
     this.handlers = handlers;
+    const delivered = new Promise<void>((resolve, reject) => (this.first = { resolve, reject }));
+    // stop() may settle it before start() awaits it: that is not an unhandled rejection.
+    delivered.catch((e: unknown) => this.log.debug("stopped while waiting for a first valid configuration", { error: e instanceof Error ? e.message : String(e) }));
     const first = await this.load();
-    if (!first.ok) throw new ControlPlaneError(this.kind, first.problem, true);
     this.lastInputs = first.inputs;
-    this.warn(first.warnings);
-    this.deliver(first.snapshot);
-    this.log.info("loaded static configuration", { file: this.opts.file, service: first.snapshot.identity.service, serial: first.snapshot.identity.serial });
+    if (first.ok) {
+      this.warn(first.warnings);
+      this.deliver(first.snapshot);
+    } else {
+      // Not fatal: the operator fixes the file and the proxy starts, as it would on a later edit.
+      this.reported.add(first.problem);
+      handlers.error(new ControlPlaneError(this.kind, `${first.problem}; the proxy is not serving (not ready, no listeners) until the file is fixed`));
+    }
     this.syncWatchers();
     // lastStat stays empty, so the first poll re-reads: an edit made between the read above and
     // the watches starting is not lost (and an unchanged set costs one hash comparison).
     this.poll = setInterval(() => void this.checkStat(), this.opts.pollMs ?? 1000);
     this.poll.unref();
+    if (this.stopped) this.first?.reject(new ControlPlaneError(this.kind, "stopped before the first snapshot", true));
+    await delivered;
   }
 
   /** Reads and checks everything. A bad file is a value to report; only a bug throws. */
@@ -101,6 +114,11 @@ export class StaticControlPlane implements ControlPlane {
     this.lastFingerprint = fingerprint;
     this.version = s.version;
     this.handlers?.snapshot(s);
+    if (this.first) {
+      this.log.info("loaded static configuration", { file: this.opts.file, service: s.identity.service, serial: s.identity.serial });
+      this.first.resolve();
+      this.first = null;
+    }
     return true;
   }
 
@@ -140,7 +158,9 @@ export class StaticControlPlane implements ControlPlane {
     const recovered = this.reported.size > 0;
     this.reported.clear();
     this.warn(r.warnings);
+    const firstDelivery = this.first !== null;
     if (this.deliver(r.snapshot)) {
+      if (firstDelivery) return;
       this.log.info("static configuration changed", { file: this.opts.file, version: r.snapshot.version, serial: r.snapshot.identity.serial });
     } else if (recovered) {
       // Back to what is already serving: say so, or the last word in the log is the error.
@@ -226,6 +246,8 @@ export class StaticControlPlane implements ControlPlane {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.first?.reject(new ControlPlaneError(this.kind, "stopped before the configuration file was valid", true));
+    this.first = null;
     for (const w of this.watchers.values()) w.close();
     this.watchers.clear();
     if (this.poll) clearInterval(this.poll);
