@@ -14,7 +14,7 @@
 //   value := bare word (an identifier path) | number | "double-quoted" | `raw`
 // Deliberately left out: go-bexpr's JSON-pointer selectors ("/Service/Meta/x"), inline list
 // selectors, and its ordering operators (<, >), which Consul's subset docs never use.
-import { compileRegex } from "../../http/match.js";
+import { RegexError, compileRegex, type CompiledRegex } from "../../http/regex.js";
 
 export interface FilterTarget {
   readonly service: {
@@ -438,12 +438,14 @@ class Parser {
       case "matches":
       case "not matches": {
         if (field.type !== "string" && field.type !== "entry") return this.unsupported(field, op, opPos, sel);
-        let re: RegExp;
+        let re: CompiledRegex;
         try {
-          // Go's regexp.MatchString: unanchored search.
-          re = compileRegex(v, false);
+          // Go's regexp.MatchString: unanchored search. Go sets no program-size limit, and a
+          // filter runs when endpoints change, not per request.
+          re = compileRegex(v, { match: "search" });
         } catch (err) {
-          return this.fail(`a valid regular expression (${err instanceof Error ? err.message : String(err)})`, val?.pos ?? opPos);
+          if (err instanceof RegexError) return this.fail(`a valid regular expression (${err.reason})`, val?.pos ?? opPos);
+          throw err;
         }
         if (field.type === "string") return (e) => re.test(field.get(e));
         return (e) => {
