@@ -116,13 +116,47 @@ function isObj(v: unknown): v is Obj {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/**
+ * A bad value as an error message shows it: short, and never by walking a nested value (a
+ * 100,000-deep array would overflow the stack in JSON.stringify, a megabyte string would be a
+ * megabyte message).
+ */
+function show(v: unknown): string {
+  if (Array.isArray(v)) return "an array";
+  if (isObj(v)) return "an object";
+  return clip(JSON.stringify(v) ?? String(v));
+}
+
+/**
+ * The deepest real entry (a router's Routes[].Match.HTTP.Header[]) nests six levels. Anything
+ * far deeper is refused up front, so nothing that later walks the entry recursively (storing it
+ * with JSON.stringify, printing it) can overflow the stack on it.
+ */
+export const MAX_ENTRY_DEPTH = 32;
+
+/** Throws EntryError when `v` nests deeper than MAX_ENTRY_DEPTH; iterative, so any depth is safe to check. */
+function checkDepth(v: unknown, where: string): void {
+  const stack: { readonly v: unknown; readonly depth: number }[] = [{ v, depth: 0 }];
+  for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
+    if (typeof top.v !== "object" || top.v === null) continue;
+    if (top.depth >= MAX_ENTRY_DEPTH) throw new EntryError(where, `nested more than ${MAX_ENTRY_DEPTH} levels deep; no config entry is`);
+    for (const child of Object.values(top.v)) stack.push({ v: child, depth: top.depth + 1 });
+  }
+}
+
+/** A string from the input, shortened for a message. */
+function clip(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
 /** Accepts `ServiceSubset`, `service_subset` and `serviceSubset` for the same field. */
 function pick(o: Obj, camel: string): unknown {
-  if (camel in o) return o[camel];
+  // Own properties only: a subset or map key such as "constructor" must not find Object.prototype's.
+  if (Object.hasOwn(o, camel)) return o[camel];
   const snake = camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
-  if (snake in o) return o[snake];
-  const lower = camel[0]!.toLowerCase() + camel.slice(1);
-  return o[lower];
+  if (Object.hasOwn(o, snake)) return o[snake];
+  const lower = camel.charAt(0).toLowerCase() + camel.slice(1);
+  return Object.hasOwn(o, lower) ? o[lower] : undefined;
 }
 
 class Fields {
@@ -136,28 +170,28 @@ class Fields {
     return new Fields(where, v);
   }
 
-  private at(k: string): string {
-    return `${this.where}.${k}`;
+  at(k: string): string {
+    return `${this.where}.${clip(k)}`;
   }
 
   str(k: string): string | undefined {
     const v = pick(this.o, k);
     if (v === undefined || v === null || v === "") return undefined;
-    if (typeof v !== "string") throw new EntryError(this.at(k), `want a string, got ${JSON.stringify(v)}`);
+    if (typeof v !== "string") throw new EntryError(this.at(k), `want a string, got ${show(v)}`);
     return v;
   }
 
   num(k: string): number | undefined {
     const v = pick(this.o, k);
     if (v === undefined || v === null) return undefined;
-    if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new EntryError(this.at(k), `want a non-negative number, got ${JSON.stringify(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new EntryError(this.at(k), `want a non-negative number, got ${show(v)}`);
     return v;
   }
 
   bool(k: string): boolean {
     const v = pick(this.o, k);
     if (v === undefined || v === null) return false;
-    if (typeof v !== "boolean") throw new EntryError(this.at(k), `want true or false, got ${JSON.stringify(v)}`);
+    if (typeof v !== "boolean") throw new EntryError(this.at(k), `want true or false, got ${show(v)}`);
     return v;
   }
 
@@ -165,7 +199,7 @@ class Fields {
     const v = pick(this.o, k);
     if (v === undefined || v === null || v === "") return undefined;
     const ms = parseDurationMs(v);
-    if (ms === null) throw new EntryError(this.at(k), `want a duration like "5s" or integer nanoseconds, got ${JSON.stringify(v)}`);
+    if (ms === null) throw new EntryError(this.at(k), `want a duration like "5s" or integer nanoseconds, got ${show(v)}`);
     return ms;
   }
 
@@ -207,7 +241,7 @@ class Fields {
     if (!isObj(v)) throw new EntryError(this.at(k), "want a map of strings");
     const out: Record<string, string> = {};
     for (const [key, val] of Object.entries(v)) {
-      if (typeof val !== "string") throw new EntryError(`${this.at(k)}.${key}`, "want a string");
+      if (typeof val !== "string") throw new EntryError(`${this.at(k)}.${clip(key)}`, `want a string, got ${show(val)}`);
       out[key] = val;
     }
     return out;
@@ -227,7 +261,7 @@ function protocol(f: Fields, k: string): Protocol | undefined {
   const p = f.str(k);
   if (p === undefined) return undefined;
   const found = PROTOCOLS.find((x) => x === p.toLowerCase());
-  if (!found) throw new EntryError(`${f.where}.${k}`, `"${p}" is not one of ${PROTOCOLS.join(", ")}`);
+  if (!found) throw new EntryError(`${f.where}.${k}`, `${show(p)} is not one of ${PROTOCOLS.join(", ")}`);
   return found;
 }
 
@@ -318,10 +352,11 @@ export function headerMatches(list: Fields[]): HeaderMatch[] {
 export function parsePermissions(v: unknown, where: string): Permission[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) throw new EntryError(where, "want an array");
+  checkDepth(v, where);
   return v.map((x, i) => {
     const p = Fields.of(`${where}[${i}]`, x);
     const action = p.str("Action");
-    if (action !== "allow" && action !== "deny") throw new EntryError(`${p.where}.Action`, `want "allow" or "deny", got ${JSON.stringify(action ?? null)}`);
+    if (action !== "allow" && action !== "deny") throw new EntryError(`${p.where}.Action`, `want "allow" or "deny", got ${show(action ?? null)}`);
     // Consul requires the HTTP block (JWT-only permissions are not supported here); an empty one matches every request.
     const http = p.obj("HTTP");
     if (!http) throw new EntryError(`${p.where}.HTTP`, "is required (an empty {} matches every request)");
@@ -343,7 +378,7 @@ function router(f: Fields, name: string): ServiceRouter {
     const d = r.obj("Destination") ?? Fields.of(`${r.where}.Destination`, {});
     const retryOn = d.strList("RetryOn").map((x) => {
       const found = RETRY_ON.find((c) => c === x);
-      if (!found) throw new EntryError(`${d.where}.RetryOn`, `"${x}" is not one of ${RETRY_ON.join(", ")}`);
+      if (!found) throw new EntryError(`${d.where}.RetryOn`, `${show(x)} is not one of ${RETRY_ON.join(", ")}`);
       return found;
     });
     const reqH = headerMutation(d.obj("RequestHeaders"));
@@ -415,13 +450,14 @@ function resolver(f: Fields, name: string): ServiceResolver {
   const subsets: Record<string, { filter: string; onlyPassing: boolean }> = {};
   const sf = f.obj("Subsets");
   for (const k of sf?.keys() ?? []) {
-    const s = sf!.obj(k)!;
+    // A subset written as null is an error, not a crash.
+    const s = Fields.of(sf!.at(k), sf!.raw(k));
     subsets[k] = { filter: s.str("Filter") ?? "", onlyPassing: s.bool("OnlyPassing") };
   }
   const failover: Record<string, FailoverTarget[]> = {};
   const ff = f.obj("Failover");
   for (const k of ff?.keys() ?? []) {
-    const x = ff!.obj(k)!;
+    const x = Fields.of(ff!.at(k), ff!.raw(k));
     const one = (t: Fields): FailoverTarget => ({ ...opt("service", t.str("Service")), ...opt("serviceSubset", t.str("ServiceSubset")), ...opt("datacenter", t.str("Datacenter")) });
     const targets = x.list("Targets").map(one);
     failover[k] = targets.length > 0 ? targets : [one(x)];
@@ -432,7 +468,7 @@ function resolver(f: Fields, name: string): ServiceResolver {
   if (lb) {
     const p = lb.str("Policy") ?? "round_robin";
     const policy = LB.find((x) => x === p);
-    if (!policy) throw new EntryError(`${lb.where}.Policy`, `"${p}" is not one of ${LB.join(", ")}`);
+    if (!policy) throw new EntryError(`${lb.where}.Policy`, `${show(p)} is not one of ${LB.join(", ")}`);
     const rh = lb.obj("RingHashConfig");
     const lr = lb.obj("LeastRequestConfig");
     const hashPolicies: HashPolicy[] = lb.list("HashPolicies").map((h) => {
@@ -466,6 +502,7 @@ function resolver(f: Fields, name: string): ServiceResolver {
 /** Parses one config entry; `where` names the file for messages. */
 export function parseEntry(v: unknown, where: string): ConfigEntry {
   const f = Fields.of(where, v);
+  checkDepth(v, where);
   const kind = f.str("Kind");
   const name = f.str("Name");
   if (!kind) throw new EntryError(where, `Kind is required (one of ${ENTRY_KINDS.join(", ")})`);
@@ -500,6 +537,6 @@ export function parseEntry(v: unknown, where: string): ConfigEntry {
     case "service-resolver":
       return resolver(f, name);
     default:
-      throw new EntryError(`${where}.Kind`, `"${kind}" is not supported (one of ${ENTRY_KINDS.join(", ")})`);
+      throw new EntryError(`${where}.Kind`, `${show(kind)} is not supported (one of ${ENTRY_KINDS.join(", ")})`);
   }
 }
