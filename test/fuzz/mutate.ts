@@ -105,6 +105,37 @@ export function mutated(valid: Json): fc.Arbitrary<Json> {
   });
 }
 
+class Raw {
+  constructor(readonly text: string) {}
+}
+
+/** JSON.stringify without recursion, so a `deepNest` value can be written out as a file's text. */
+export function jsonText(v: Json): string {
+  const out: string[] = [];
+  const stack: (Json | Raw)[] = [v];
+  for (let x = stack.pop(); x !== undefined; x = stack.pop()) {
+    if (x instanceof Raw) out.push(x.text);
+    else if (Array.isArray(x)) {
+      out.push("[");
+      stack.push(new Raw("]"));
+      for (let i = x.length - 1; i >= 0; i--) {
+        stack.push(x[i] ?? null);
+        if (i > 0) stack.push(new Raw(","));
+      }
+    } else if (x !== null && typeof x === "object") {
+      out.push("{");
+      stack.push(new Raw("}"));
+      const entries = Object.entries(x);
+      for (let i = entries.length - 1; i >= 0; i--) {
+        const [k, val] = entries[i] ?? ["", null];
+        stack.push(val, new Raw(`${JSON.stringify(k)}:`));
+        if (i > 0) stack.push(new Raw(","));
+      }
+    } else out.push(JSON.stringify(x));
+  }
+  return out.join("");
+}
+
 /** The fastest of five timings of `run(input)`, in ms: the least disturbed by GC and other work. */
 function fastestMs(run: () => void): number {
   const times: number[] = [];
