@@ -3,6 +3,7 @@
 // edge case; keeping one implementation is how they stay in agreement.
 // Everything is compiled once per Snapshot; the per-request functions allocate nothing.
 import type { HeaderMatch, PathMatch } from "../config/http.js";
+import { ENVOY_MAX_PROGRAM_SIZE, RegexError, compileRegex, type CompiledRegex } from "./regex.js";
 
 /** A bad matcher; `field` is relative to the matcher's owner, e.g. `match.headers[0].regex`. */
 export class MatchCompileError extends Error {
@@ -21,70 +22,16 @@ export interface HeaderSource {
   header(name: string): string | undefined;
 }
 
-// RE2 (what Envoy's safe_regex and Go's regexp run) has no lookaround and no backreferences;
-// JS has both. Rejecting them keeps "accepted here" equal to "accepted by Envoy", and keeps out
-// the constructs that make JS regexes backtrack exponentially.
-const LOOKAROUND = ["(?=", "(?!", "(?<=", "(?<!"];
-
 /**
- * Compiles an RE2-syntax pattern to a JS RegExp. `anchored` gives a full match (Envoy's
- * safe_regex); otherwise it is a search (Go's regexp.MatchString, as go-bexpr uses).
- * A leading RE2 flag group `(?i)`, `(?s)`, `(?m)` becomes a JS flag, `(?P<name>` becomes
- * `(?<name>`; scoped flag groups such as `(?i:...)` are rejected. Throws an Error saying what is wrong.
+ * A route or RBAC regex as Envoy's safe_regex runs it: a full match, at most Envoy's default
+ * program size. Throws MatchCompileError naming the field.
  */
-export function compileRegex(source: string, anchored: boolean): RegExp {
-  let body = source;
-  let flags = "";
-  const lead = /^\(\?([imsU]+)\)/.exec(body);
-  if (lead !== null) {
-    const given = lead[1] ?? "";
-    if (given.includes("U")) throw new Error("the ungreedy flag (?U) is not supported");
-    flags = [...new Set(given)].join("");
-    body = body.slice(lead[0].length);
-  }
-  let out = "";
-  let inClass = false;
-  for (let i = 0; i < body.length; i++) {
-    const c = body[i];
-    if (c === "\\") {
-      const n = body[i + 1] ?? "";
-      if (!inClass && ((n >= "1" && n <= "9") || n === "k")) throw new Error(`backreferences (\\${n}) are not supported (RE2 syntax)`);
-      out += c + n;
-      i++;
-      continue;
-    }
-    if (inClass) {
-      if (c === "]") inClass = false;
-      out += c;
-      continue;
-    }
-    if (c === "[") inClass = true;
-    if (c === "(" && body[i + 1] === "?") {
-      if (LOOKAROUND.some((l) => body.startsWith(l, i))) throw new Error("lookaround assertions are not supported (RE2 syntax)");
-      if (body.startsWith("(?P<", i)) {
-        out += "(?<";
-        i += 3;
-        continue;
-      }
-    }
-    out += c;
-  }
-  // No `u` flag: RE2 accepts escaped punctuation such as `\-` outside a class, which `u` rejects.
+export function compileRegexField(source: string, field: string): CompiledRegex {
   try {
-    // Under (?m) `^`/`$` would be line anchors, so the full match uses input-boundary assertions.
-    if (!anchored) return new RegExp(out, flags);
-    return new RegExp(flags.includes("m") ? `(?<![\\s\\S])(?:${out})(?![\\s\\S])` : `^(?:${out})$`, flags);
+    return compileRegex(source, { match: "full", maxProgramSize: ENVOY_MAX_PROGRAM_SIZE });
   } catch (e) {
-    throw new Error(e instanceof Error ? e.message : String(e));
-  }
-}
-
-/** Wraps compileRegex's failure in a MatchCompileError naming the field. */
-export function compileRegexField(source: string, field: string): RegExp {
-  try {
-    return compileRegex(source, true);
-  } catch (e) {
-    throw new MatchCompileError(field, `invalid regular expression ${JSON.stringify(source)}: ${e instanceof Error ? e.message : String(e)}`);
+    if (e instanceof RegexError) throw new MatchCompileError(field, e.message);
+    throw e;
   }
 }
 
@@ -92,7 +39,7 @@ export function compileRegexField(source: string, field: string): RegExp {
 export interface CompiledPathMatch {
   readonly kind: "any" | "exact" | "prefix" | "regex";
   readonly value: string;
-  readonly re: RegExp | null;
+  readonly re: CompiledRegex | null;
 }
 
 const ANY_PATH: CompiledPathMatch = { kind: "any", value: "", re: null };
@@ -128,7 +75,7 @@ export interface CompiledHeaderMatch {
   readonly name: string;
   readonly kind: "present" | "exact" | "prefix" | "suffix" | "regex";
   readonly value: string;
-  readonly re: RegExp | null;
+  readonly re: CompiledRegex | null;
   readonly invert: boolean;
 }
 

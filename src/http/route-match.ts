@@ -14,6 +14,7 @@ import {
   type CompiledHeaderMatch,
   type CompiledPathMatch,
 } from "./match.js";
+import type { CompiledRegex } from "./regex.js";
 import { HeaderMutationError, compileHeaderMutation } from "./headers.js";
 
 /** What matching reads from a request; the HTTP layer adapts its request object to this. */
@@ -48,7 +49,7 @@ interface CompiledQueryMatch {
   readonly name: string;
   readonly kind: "present" | "exact" | "regex";
   readonly value: string;
-  readonly re: RegExp | null;
+  readonly re: CompiledRegex | null;
 }
 
 interface CompiledRoute {

@@ -1,6 +1,6 @@
 // Subset filters (go-bexpr over a health ServiceEntry): operators, precedence, errors.
 import t from "tap";
-import { FilterError, compileFilter, type FilterTarget } from "../../src/controlplane/chain/bexpr.js";
+import { FilterError, MAX_FILTER_NESTING, compileFilter, type FilterTarget } from "../../src/controlplane/chain/bexpr.js";
 
 const V2: FilterTarget = {
   service: { meta: { version: "v2", "my-key": "a b", blank: "" }, tags: ["canary", "primary"], id: "api-2", name: "api", address: "10.0.0.2", port: 8080 },
@@ -131,4 +131,28 @@ t.test("errors carry the position and what was expected", async (t) => {
     t.match(e.expected, expected, `${JSON.stringify(expr)}: expected ${String(expected)}`);
     t.match(e.message, `at position ${position}: expected`, "the message says both");
   }
+});
+
+// Found by test/fuzz/bexpr.test.ts: each of these threw RangeError (call stack) before.
+t.test("deep nesting is refused with a position; long chains compile and run", async (t) => {
+  const clause = "Service.Meta.version == v2";
+  const parens = error(`${"(".repeat(MAX_FILTER_NESTING + 1)}${clause}${")".repeat(MAX_FILTER_NESTING + 1)}`);
+  t.equal(parens.position, MAX_FILTER_NESTING, "the parenthesis one past the limit");
+  t.match(parens.expected, /at most 256 levels/, "says what the limit is");
+  const nots = error(`${"not ".repeat(10_000)}${clause}`);
+  t.equal(nots.position, 4 * MAX_FILTER_NESTING, "the not one past the limit");
+  t.same(keeps(`${"(".repeat(MAX_FILTER_NESTING)}${clause}${")".repeat(MAX_FILTER_NESTING)}`), ["api-2"], "nesting up to the limit works");
+  t.same(keeps(`${"not ".repeat(MAX_FILTER_NESTING)}${clause}`), ["api-2"], "an even number of nots up to the limit");
+
+  const or = Array.from({ length: 100_000 }, (_, i) => (i === 99_999 ? clause : "Service.Meta.version == nope")).join(" or ");
+  t.same(keeps(or), ["api-2"], "100,000 clauses joined by or: evaluated without recursion");
+  const and = Array.from({ length: 100_000 }, () => clause).join(" and ");
+  t.same(keeps(and), ["api-2"], "100,000 clauses joined by and");
+  t.same(keeps("Service.Meta.version == v1 or Service.Meta.version == v2 and Service.Port == 9090"), ["api-1"], "and still binds tighter than or");
+});
+
+t.test("an error quotes a bounded part of the input", async (t) => {
+  const e = error(`${"a".repeat(1_000_000)} == x`);
+  t.ok(e.message.length < 300, `${e.message.length} characters`);
+  t.match(e.found, /^"a{40}\.\.\."$/, "the first 40 characters of the offending word");
 });

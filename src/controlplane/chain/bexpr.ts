@@ -14,7 +14,7 @@
 //   value := bare word (an identifier path) | number | "double-quoted" | `raw`
 // Deliberately left out: go-bexpr's JSON-pointer selectors ("/Service/Meta/x"), inline list
 // selectors, and its ordering operators (<, >), which Consul's subset docs never use.
-import { compileRegex } from "../../http/match.js";
+import { RegexError, compileRegex, type CompiledRegex } from "../../http/regex.js";
 
 export interface FilterTarget {
   readonly service: {
@@ -110,6 +110,17 @@ const IDENT_START = /[a-zA-Z]/;
 const IDENT_CHAR = /[a-zA-Z0-9_/]/;
 const DIGIT = /[0-9]/;
 const SPACE = /[ \t\r\n]/;
+const HEX = /^[0-9a-fA-F]*$/;
+/** `"`, `\` and newline end a run of plain characters in a quoted string. */
+const QUOTED_STOP: ReadonlySet<number> = new Set([0x22, 0x5c, 0x0a]);
+/**
+ * Parentheses and `not` nest the parser's recursion (and `not` the filter's); past this depth an
+ * expression is refused rather than allowed to overflow the stack. Filters people write nest two
+ * or three deep; go-bexpr has no explicit limit, only Go's growable stack.
+ */
+export const MAX_FILTER_NESTING = 256;
+/** How much of the offending word an error quotes. */
+const MAX_FOUND = 40;
 const SIMPLE_ESCAPES: ReadonlyMap<string, string> = new Map([
   ["a", "\x07"],
   ["b", "\b"],
@@ -124,6 +135,7 @@ const SIMPLE_ESCAPES: ReadonlyMap<string, string> = new Map([
 
 class Parser {
   private pos = 0;
+  private depth = 0;
 
   constructor(private readonly src: string) {}
 
@@ -140,8 +152,9 @@ class Parser {
 
   private describe(at: number): string {
     if (at >= this.src.length) return "end of input";
-    const word = /^[a-zA-Z0-9_/]+/.exec(this.src.slice(at));
-    return JSON.stringify(word !== null ? word[0] : this.src.slice(at, at + 1));
+    const word = /^[a-zA-Z0-9_/]+/.exec(this.src.slice(at, at + MAX_FOUND + 1));
+    const found = word !== null ? word[0] : this.src.slice(at, at + 1);
+    return JSON.stringify(found.length > MAX_FOUND ? `${found.slice(0, MAX_FOUND)}...` : found);
   }
 
   private skipSpace(): void {
@@ -166,42 +179,56 @@ class Parser {
     return false;
   }
 
+  // A chain of `or` (or `and`) is one flat list, not nested closures: a filter of 100,000 clauses
+  // must not need 100,000 stack frames to evaluate.
   private or(): Predicate {
-    let left = this.and();
-    while (this.peekKeyword("or")) {
-      const l = left;
-      const r = this.and();
-      left = (e) => l(e) || r(e);
-    }
-    return left;
+    const first = this.and();
+    if (!this.peekKeyword("or")) return first;
+    const all = [first];
+    do all.push(this.and());
+    while (this.peekKeyword("or"));
+    return (e) => {
+      for (const p of all) if (p(e)) return true;
+      return false;
+    };
   }
 
   private and(): Predicate {
-    let left = this.not();
-    while (this.peekKeyword("and")) {
-      const l = left;
-      const r = this.not();
-      left = (e) => l(e) && r(e);
-    }
-    return left;
+    const first = this.not();
+    if (!this.peekKeyword("and")) return first;
+    const all = [first];
+    do all.push(this.not());
+    while (this.peekKeyword("and"));
+    return (e) => {
+      for (const p of all) if (!p(e)) return false;
+      return true;
+    };
   }
 
   private not(): Predicate {
     this.skipSpace();
+    const start = this.pos;
     if (this.keyword("not")) {
-      const inner = this.not();
+      const inner = this.nested(start, () => this.not());
       return (e) => !inner(e);
     }
     if (this.src[this.pos] === "(") {
       const open = this.pos;
       this.pos++;
-      const inner = this.or();
+      const inner = this.nested(open, () => this.or());
       this.skipSpace();
       if (this.src[this.pos] !== ")") this.fail(`"and", "or" or ")" (to close "(" at position ${open})`);
       this.pos++;
       return inner;
     }
     return this.match();
+  }
+
+  private nested(at: number, parse: () => Predicate): Predicate {
+    if (++this.depth > MAX_FILTER_NESTING) this.fail(`at most ${MAX_FILTER_NESTING} levels of parentheses and "not"`, at);
+    const p = parse();
+    this.depth--;
+    return p;
   }
 
   private match(): Predicate {
@@ -277,10 +304,10 @@ class Parser {
       if (this.src[this.pos] === ".") {
         this.pos++;
         // go-bexpr also takes `.<digits>` (a list index), which is what makes `v1.2` a bare word.
-        const digits = /^[0-9]+/.exec(this.src.slice(this.pos));
-        if (digits !== null) {
-          this.pos += digits[0].length;
-          parts.push(digits[0]);
+        const start = this.pos;
+        while (DIGIT.test(this.src[this.pos] ?? "")) this.pos++;
+        if (this.pos > start) {
+          parts.push(this.src.slice(start, this.pos));
         } else {
           parts.push(this.ident());
         }
@@ -330,8 +357,10 @@ class Parser {
       }
       if (c === "\n") this.fail(`a closing '"' before the end of the line (string opened at position ${open})`);
       if (c !== "\\") {
-        out += c;
-        this.pos++;
+        // The run up to the next quote, escape or newline in one slice, not a character at a time.
+        const start = this.pos;
+        while (this.pos < this.src.length && !QUOTED_STOP.has(this.src.charCodeAt(this.pos))) this.pos++;
+        out += this.src.slice(start, this.pos);
         continue;
       }
       const esc = this.src[this.pos + 1];
@@ -344,7 +373,7 @@ class Parser {
       const hexLen = esc === "x" ? 2 : esc === "u" ? 4 : esc === "U" ? 8 : 0;
       if (hexLen > 0) {
         const hex = this.src.slice(this.pos + 2, this.pos + 2 + hexLen);
-        if (!new RegExp(`^[0-9a-fA-F]{${hexLen}}$`).test(hex)) this.fail(`${hexLen} hex digits after \\${esc ?? ""}`, this.pos + 2);
+        if (hex.length !== hexLen || !HEX.test(hex)) this.fail(`${hexLen} hex digits after \\${esc ?? ""}`, this.pos + 2);
         const cp = parseInt(hex, 16);
         if (cp > 0x10ffff) this.fail("a Unicode code point", this.pos + 2);
         out += String.fromCodePoint(cp);
@@ -438,12 +467,14 @@ class Parser {
       case "matches":
       case "not matches": {
         if (field.type !== "string" && field.type !== "entry") return this.unsupported(field, op, opPos, sel);
-        let re: RegExp;
+        let re: CompiledRegex;
         try {
-          // Go's regexp.MatchString: unanchored search.
-          re = compileRegex(v, false);
+          // Go's regexp.MatchString: unanchored search. Go sets no program-size limit, and a
+          // filter runs when endpoints change, not per request.
+          re = compileRegex(v, { match: "search" });
         } catch (err) {
-          return this.fail(`a valid regular expression (${err instanceof Error ? err.message : String(err)})`, val?.pos ?? opPos);
+          if (err instanceof RegexError) return this.fail(`a valid regular expression (${err.reason})`, val?.pos ?? opPos);
+          throw err;
         }
         if (field.type === "string") return (e) => re.test(field.get(e));
         return (e) => {

@@ -130,13 +130,36 @@ function isObj(v: unknown): v is Obj {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/**
+ * The deepest real entry (a router's Routes[].Match.HTTP.Header[]) nests six levels. Anything
+ * far deeper is refused up front, so nothing that later walks the entry recursively (storing it
+ * with JSON.stringify, printing it) can overflow the stack on it.
+ */
+export const MAX_ENTRY_DEPTH = 32;
+
+/** Throws EntryError when `v` nests deeper than MAX_ENTRY_DEPTH; iterative, so any depth is safe to check. */
+function checkDepth(v: unknown, where: string): void {
+  const stack: { readonly v: unknown; readonly depth: number }[] = [{ v, depth: 0 }];
+  for (let top = stack.pop(); top !== undefined; top = stack.pop()) {
+    if (typeof top.v !== "object" || top.v === null) continue;
+    if (top.depth >= MAX_ENTRY_DEPTH) throw new EntryError(where, `nested more than ${MAX_ENTRY_DEPTH} levels deep; no config entry is`);
+    for (const child of Object.values(top.v)) stack.push({ v: child, depth: top.depth + 1 });
+  }
+}
+
+/** A string from the input, shortened for a message. */
+function clip(s: string): string {
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
 /** Accepts `ServiceSubset`, `service_subset` and `serviceSubset` for the same field. */
 function pick(o: Obj, camel: string): unknown {
-  if (camel in o) return o[camel];
+  // Own properties only: a subset or map key such as "constructor" must not find Object.prototype's.
+  if (Object.hasOwn(o, camel)) return o[camel];
   const snake = camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
-  if (snake in o) return o[snake];
-  const lower = camel[0]!.toLowerCase() + camel.slice(1);
-  return o[lower];
+  if (Object.hasOwn(o, snake)) return o[snake];
+  const lower = camel.charAt(0).toLowerCase() + camel.slice(1);
+  return Object.hasOwn(o, lower) ? o[lower] : undefined;
 }
 
 class Fields {
@@ -150,8 +173,8 @@ class Fields {
     return new Fields(where, v);
   }
 
-  private at(k: string): string {
-    return `${this.where}.${k}`;
+  at(k: string): string {
+    return `${this.where}.${clip(k)}`;
   }
 
   str(k: string): string | undefined {
@@ -221,7 +244,7 @@ class Fields {
     if (!isObj(v)) throw new EntryError(this.at(k), "want a map of strings");
     const out: Record<string, string> = {};
     for (const [key, val] of Object.entries(v)) {
-      if (typeof val !== "string") throw new EntryError(`${this.at(k)}.${key}`, "want a string");
+      if (typeof val !== "string") throw new EntryError(`${this.at(k)}.${clip(key)}`, `want a string, got ${describeValue(val)}`);
       out[key] = val;
     }
     return out;
@@ -241,7 +264,7 @@ function protocol(f: Fields, k: string): Protocol | undefined {
   const p = f.str(k);
   if (p === undefined) return undefined;
   const found = PROTOCOLS.find((x) => x === p.toLowerCase());
-  if (!found) throw new EntryError(`${f.where}.${k}`, `"${p}" is not one of ${PROTOCOLS.join(", ")}`);
+  if (!found) throw new EntryError(`${f.where}.${k}`, `${describeValue(p)} is not one of ${PROTOCOLS.join(", ")}`);
   return found;
 }
 
@@ -332,6 +355,7 @@ export function headerMatches(list: Fields[]): HeaderMatch[] {
 export function parsePermissions(v: unknown, where: string): Permission[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) throw new EntryError(where, "want an array");
+  checkDepth(v, where);
   return v.map((x, i) => {
     const p = Fields.of(`${where}[${i}]`, x);
     const action = p.str("Action");
@@ -357,7 +381,7 @@ function router(f: Fields, name: string): ServiceRouter {
     const d = r.obj("Destination") ?? Fields.of(`${r.where}.Destination`, {});
     const retryOn = d.strList("RetryOn").map((x) => {
       const found = RETRY_ON.find((c) => c === x);
-      if (!found) throw new EntryError(`${d.where}.RetryOn`, `"${x}" is not one of ${RETRY_ON.join(", ")}`);
+      if (!found) throw new EntryError(`${d.where}.RetryOn`, `${describeValue(x)} is not one of ${RETRY_ON.join(", ")}`);
       return found;
     });
     const reqH = headerMutation(d.obj("RequestHeaders"));
@@ -447,7 +471,7 @@ function resolver(f: Fields, name: string): ServiceResolver {
   if (lb) {
     const p = lb.str("Policy") ?? "round_robin";
     const policy = LB.find((x) => x === p);
-    if (!policy) throw new EntryError(`${lb.where}.Policy`, `"${p}" is not one of ${LB.join(", ")}`);
+    if (!policy) throw new EntryError(`${lb.where}.Policy`, `${describeValue(p)} is not one of ${LB.join(", ")}`);
     const rh = lb.obj("RingHashConfig");
     const lr = lb.obj("LeastRequestConfig");
     const hashPolicies: HashPolicy[] = lb.list("HashPolicies").map((h) => {
@@ -481,6 +505,7 @@ function resolver(f: Fields, name: string): ServiceResolver {
 /** Parses one config entry; `where` names the file for messages. */
 export function parseEntry(v: unknown, where: string): ConfigEntry {
   const f = Fields.of(where, v);
+  checkDepth(v, where);
   const kind = f.str("Kind");
   const name = f.str("Name");
   if (!kind) throw new EntryError(where, `Kind is required (one of ${ENTRY_KINDS.join(", ")})`);
@@ -515,6 +540,6 @@ export function parseEntry(v: unknown, where: string): ConfigEntry {
     case "service-resolver":
       return resolver(f, name);
     default:
-      throw new EntryError(`${where}.Kind`, `"${kind}" is not supported (one of ${ENTRY_KINDS.join(", ")})`);
+      throw new EntryError(`${where}.Kind`, `${describeValue(kind)} is not supported (one of ${ENTRY_KINDS.join(", ")})`);
   }
 }

@@ -80,12 +80,16 @@ function isAction(v: unknown): v is IntentionAction {
 function show(v: unknown): string {
   if (Array.isArray(v)) return "an array";
   if (isObject(v)) return "an object";
-  const s = JSON.stringify(v) ?? String(v);
+  return clip(JSON.stringify(v) ?? String(v));
+}
+
+/** A string from the file, shortened for a message. */
+function clip(s: string): string {
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
 function child(path: string, key: string): string {
-  return path ? `${path}.${key}` : key;
+  return path ? `${path}.${clip(key)}` : clip(key);
 }
 
 /** The closest known key within two edits, to turn "unknown key" into "did you mean". */
@@ -93,6 +97,8 @@ function suggest(key: string, known: readonly string[]): string | null {
   let best: string | null = null;
   let bestD = 3;
   for (const k of known) {
+    // The distance is at least the difference in length; skipping keeps a huge key cheap.
+    if (Math.abs(key.length - k.length) >= bestD) continue;
     const d = editDistance(key.toLowerCase(), k);
     if (d < bestD) {
       bestD = d;
@@ -177,7 +183,7 @@ class Parser {
 
   host(path: string, raw: unknown, host: string): string {
     if (isIP(host) !== 0 || HOST_NAME.test(host)) return host;
-    this.bad(path, raw, `"${host}" is not an IP address or host name`);
+    this.bad(path, raw, `${show(host)} is not an IP address or host name`);
   }
 
   port(path: string, raw: unknown, v: unknown, allowZero: boolean): number {
@@ -318,7 +324,7 @@ class Parser {
     if (!isObject(metaRaw)) this.bad(`${p}.meta`, metaRaw, 'must be an object of strings, e.g. {"version": "v2"}');
     const meta: Record<string, string> = {};
     for (const [k, mv] of Object.entries(metaRaw)) {
-      if (typeof mv !== "string") this.bad(`${p}.meta.${k}`, mv, "meta values must be strings");
+      if (typeof mv !== "string") this.bad(child(`${p}.meta`, k), mv, "meta values must be strings");
       meta[k] = mv;
     }
     return { host, port, healthy, id: endpointId({ host, port }), meta };
