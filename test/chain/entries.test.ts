@@ -37,7 +37,7 @@ t.test("deep nesting is refused up front (was a RangeError from JSON.stringify)"
 t.test("a huge bad value is quoted in part", async (t) => {
   const e = entryError({ Kind: "service-defaults", Name: "api", Protocol: "h".repeat(1_000_000) });
   t.ok(e.message.length < 300, `a ${e.message.length}-character message`);
-  t.match(e.message, /^entry\.json\.Protocol: "h+\.\.\. is not one of tcp/);
+  t.match(e.message, /^entry\.json\.Protocol: "h+…" is not one of tcp/);
   t.ok(entryError({ Kind: "service-resolver", Name: "api", Subsets: { ["k".repeat(1_000_000)]: 1 } }).message.length < 300, "and a huge key");
 });
 

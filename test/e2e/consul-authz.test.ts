@@ -115,7 +115,7 @@ t.test("a malformed intentions answer at start: not ready, nothing listening; re
   const pub = await freePort();
   const web = runMeshproxy(t, ["-http-addr", d.url, "-service", "web", "-listen", `127.0.0.1:${pub}`, "-service-addr", `127.0.0.1:${app.port}`, "-log-json", "-admin-addr", "127.0.0.1:0"]);
   const admin = String((await web.waitForLog((l) => l["@message"] === "admin API listening"))["address"]);
-  const err = await web.waitForLog((l) => l["@message"] === "control plane error; serving on the last good snapshot" && /^intentions: /.test(String(l["error"])));
+  const err = await web.waitForLog((l) => l["@message"] === "control plane error; not serving (not ready, no listeners) until the configuration is fixed" && /^intentions: /.test(String(l["error"])));
   t.match(err["error"], /\$\.web: missing/, "the answer without the service is an error, naming the field");
   t.equal(await readyStatus(admin), 503, "/ready: 503");
   t.equal(await connectError(`127.0.0.1:${pub}`), "ECONNREFUSED", "the public listener is not bound: every caller is refused");

@@ -453,14 +453,14 @@ function resolver(f: Fields, name: string): ServiceResolver {
   const subsets: Record<string, { filter: string; onlyPassing: boolean }> = {};
   const sf = f.obj("Subsets");
   for (const k of sf?.keys() ?? []) {
-    // Own keys of the map, so raw(k) finds them; a null or non-object value is an error, not a crash.
-    const s = Fields.of(`${sf!.where}.${k}`, sf!.raw(k));
+    // A subset written as null is an error, not a crash; at() keeps a huge key short.
+    const s = Fields.of(sf!.at(k), sf!.raw(k));
     subsets[k] = { filter: s.str("Filter") ?? "", onlyPassing: s.bool("OnlyPassing") };
   }
   const failover: Record<string, FailoverTarget[]> = {};
   const ff = f.obj("Failover");
   for (const k of ff?.keys() ?? []) {
-    const x = Fields.of(`${ff!.where}.${k}`, ff!.raw(k));
+    const x = Fields.of(ff!.at(k), ff!.raw(k));
     const one = (t: Fields): FailoverTarget => ({ ...opt("service", t.str("Service")), ...opt("serviceSubset", t.str("ServiceSubset")), ...opt("datacenter", t.str("Datacenter")) });
     const targets = x.list("Targets").map(one);
     failover[k] = targets.length > 0 ? targets : [one(x)];
