@@ -82,6 +82,8 @@ export class Proxy extends EventEmitter {
   private addrs: { public: string | null; upstreams: Record<string, string> } = { public: null, upstreams: {} };
   private ready = false;
   private stopping: Promise<void> | null = null;
+  /** start()'s wait for the first applied Snapshot; stop() ends it. */
+  private firstApplied: { resolve(): void; reject(e: unknown): void } | null = null;
   private readonly limits: ListenerLimits;
 
   constructor(private readonly opts: ProxyOptions) {
@@ -123,27 +125,44 @@ export class Proxy extends EventEmitter {
    * start() waiting (fail closed), and stop() ends the wait.
    */
   async start(): Promise<ProxyAddresses> {
-    let first: Promise<void> | null = null;
+    // Settles when a Snapshot is first applied, or rejects when a first apply fails for a reason
+    // a new Snapshot cannot fix (a port in use). An invalid first Snapshot is counted and logged
+    // by apply(); start() goes on waiting for a valid one, not ready and listening on nothing.
+    const firstApplied = new Promise<void>((resolve, reject) => {
+      this.firstApplied = { resolve, reject };
+    });
+    let delivered = false;
     try {
       await this.cp.start({
         snapshot: (s) => {
-          const p = this.enqueue(s);
-          first ??= p;
-          p.catch(() => {}); // reported in apply; the first failure is rethrown below
+          delivered = true;
+          this.enqueue(s).then(
+            () => {
+              if (this.current !== null) this.firstApplied?.resolve();
+            },
+            (e: unknown) => {
+              if (!(e instanceof SnapshotError)) this.firstApplied?.reject(e);
+            },
+          );
         },
         error: (e) => this.onControlPlaneError(e),
       });
     } catch (e) {
       // Stopped while waiting for a first good configuration: a clean stop, not a failure.
-      if (this.stopping && !first) {
+      if (this.stopping && !delivered) {
         await this.stopping;
         return this.addrs;
       }
       throw e;
     }
-    if (!first) throw new ControlPlaneError(this.cp.kind, "control plane started without delivering a Snapshot", true);
-    await first;
-    if (this.current === null) throw new ControlPlaneError(this.cp.kind, "the first Snapshot was invalid; see the log", true);
+    if (!delivered) throw new ControlPlaneError(this.cp.kind, "control plane started without delivering a Snapshot", true);
+    await firstApplied;
+    this.firstApplied = null;
+    if (this.current === null) {
+      // stop() ended the wait.
+      await this.stopping;
+      return this.addrs;
+    }
     if (this.publicListener && this.current.publicListener) {
       const [host, port] = splitAddr(this.addrs.public!);
       const address = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
@@ -177,7 +196,7 @@ export class Proxy extends EventEmitter {
     } catch (e) {
       if (!(e instanceof SnapshotError)) throw e;
       this.metrics.snapshotsRejected.labels(s.source, e.field).inc();
-      this.log.error("snapshot rejected; keeping the last good one", { version: s.version, error: e.message });
+      this.rejected(s, e.message);
       if (this.current === null) throw e;
       return;
     }
@@ -189,7 +208,7 @@ export class Proxy extends EventEmitter {
       if (!(e instanceof RouteCompileError || e instanceof PermissionCompileError || e instanceof MatchCompileError)) throw e;
       const field = e instanceof RouteCompileError ? `routes[${e.routeIndex}].${e.field}` : e instanceof PermissionCompileError ? e.field : "intentions";
       this.metrics.snapshotsRejected.labels(s.source, field).inc();
-      this.log.error("snapshot rejected; keeping the last good one", { version: s.version, error: e.message });
+      this.rejected(s, e.message);
       if (this.current === null) throw new SnapshotError(field, e.message);
       return;
     }
@@ -220,6 +239,11 @@ export class Proxy extends EventEmitter {
     this.metrics.controlPlaneLastSuccess.labels(s.source).setToCurrentTime();
     this.log.debug("snapshot applied", { version: s.version, source: s.source });
     this.emit("snapshot", s);
+  }
+
+  private rejected(s: Snapshot, error: string): void {
+    const msg = this.current ? "snapshot rejected; keeping the last good one" : "snapshot rejected; not serving (not ready, no listeners) until a valid one arrives";
+    this.log.error(msg, { version: s.version, error });
   }
 
   /** Leaf and root expiry series, replaced whole when the certificates change (rotation drops old serials). */
@@ -342,6 +366,7 @@ export class Proxy extends EventEmitter {
 
   private async doStop(): Promise<void> {
     this.emit("draining");
+    this.firstApplied?.resolve();
     try {
       await this.cp.withdraw();
     } catch (e) {

@@ -224,3 +224,28 @@ t.test("SIGTERM while waiting for a good configuration exits 0", { timeout: 30_0
   t.equal(await p.stop(), 0, "exit 0");
   t.notOk(p.logs.some((l) => l["@message"] === "cannot start"), "not reported as a failure to start");
 });
+
+t.test("dev: a first Snapshot the proxy rejects (a route regex RE2 refuses) keeps it waiting, not exiting; the fix starts it", { timeout: 60_000 }, async (t) => {
+  const dir = await stateDir(t);
+  const entries = join(dir, "config");
+  await mkdir(join(entries, "service-defaults"), { recursive: true });
+  await mkdir(join(entries, "service-router"), { recursive: true });
+  await writeFile(join(entries, "service-defaults", "api.json"), JSON.stringify({ Kind: "service-defaults", Name: "api", Protocol: "http" }));
+  const router = join(entries, "service-router", "api.json");
+  // Lookahead: valid JSON, a valid entry, and a pattern only the proxy's route compiler refuses.
+  await save(router, JSON.stringify({ Kind: "service-router", Name: "api", Routes: [{ Match: { HTTP: { PathRegex: "/a(?=b)" } } }] }));
+  const up = await freePort();
+  const web = runMeshproxy(t, ["-service", "web", "-upstream", `api:${up}`, "-data-dir", dir, "-log-json", "-admin-addr", "127.0.0.1:0"]);
+  const admin = await adminOf(web);
+  const rejected = await web.waitForLog((l) => l["@message"] === "snapshot rejected; not serving (not ready, no listeners) until a valid one arrives");
+  t.match(String(rejected["error"]), /lookahead/, "the log says what is wrong with the pattern");
+  t.equal(await ready(admin), 503, "/ready is 503");
+  t.ok(((await metric(admin, "meshproxy_snapshots_rejected_total")) ?? 0) >= 1, "meshproxy_snapshots_rejected_total counts it");
+  t.equal(await dial(up), "refused", "the upstream listener is not bound");
+  t.equal(web.child.exitCode, null, "the proxy is still running, waiting for a valid configuration");
+
+  await save(router, JSON.stringify({ Kind: "service-router", Name: "api", Routes: [{ Match: { HTTP: { PathRegex: "/a.*" } } }] }));
+  await web.waitForLog((l) => l["@message"] === "proxy ready");
+  t.equal(await ready(admin), 200, "ready once the entry is fixed, without a restart");
+  t.equal(await web.stop(), 0, "exits 0 on SIGTERM");
+});
