@@ -141,7 +141,12 @@ export class Proxy extends EventEmitter {
               if (this.current !== null) this.firstApplied?.resolve();
             },
             (e: unknown) => {
-              if (!(e instanceof SnapshotError)) this.firstApplied?.reject(e);
+              // An invalid Snapshot was counted and logged by apply(); anything else is a failure
+              // to start (first) or a bug that must not pass unseen (later).
+              if (e instanceof SnapshotError) return;
+              if (this.firstApplied) return this.firstApplied.reject(e);
+              this.metrics.snapshotsRejected.labels(s.source, "apply").inc();
+              this.log.error("applying a snapshot failed; the listeners keep what they had", { version: s.version, error: e instanceof Error ? e.message : String(e) });
             },
           );
         },
@@ -184,7 +189,8 @@ export class Proxy extends EventEmitter {
   private enqueue(s: Snapshot): Promise<void> {
     // Serialised: each apply sees the state the previous one left.
     const next = this.applying.then(() => this.apply(s));
-    this.applying = next.catch(() => {});
+    // The caller of enqueue() handles the failure; the chain only needs to go on after it.
+    this.applying = next.then(noop, noop);
     return next;
   }
 
@@ -391,6 +397,8 @@ export class Proxy extends EventEmitter {
     this.emit("stopped");
   }
 }
+
+function noop(): void {}
 
 function speaksHttp(s: Snapshot): boolean {
   return (s.publicListener !== null && s.publicListener.protocol !== "tcp") || s.upstreams.some((u) => u.protocol !== "tcp");

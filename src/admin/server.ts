@@ -11,7 +11,7 @@ import type { Snapshot } from "../config/snapshot.js";
 import type { ClusterStatus } from "../cluster/runtime.js";
 import { MetricsExposition } from "../telemetry/merge.js";
 import { serveExposition } from "../telemetry/metrics-server.js";
-import { parseLevel, silentLogger, type LevelControl, type Logger } from "../telemetry/log.js";
+import { logRejection, parseLevel, silentLogger, type LevelControl, type Logger } from "../telemetry/log.js";
 import { clustersJson, clustersText } from "./clusters.js";
 import { certsJson } from "./certs.js";
 import { BROWSER_REFUSALS, HostAllowList, checkHost, checkMutation, type Refused } from "../http/browser-guard.js";
@@ -105,11 +105,13 @@ export class AdminServer {
     this.posts = {
       "/drain": (_q, res) => {
         send(res, 202, "draining\n");
-        void target.stop();
+        target.stop().catch(logRejection(this.log, "drain requested through the admin API"));
       },
       "/logging": (q, res) => this.logging(q, res),
     };
-    this.server = createServer((req, res) => void this.handle(req, res));
+    this.server = createServer((req, res) => {
+      this.handle(req, res).catch(logRejection(this.log, "admin request"));
+    });
     this.refusedLog = new RateLimitedWarning(this.log, "admin request refused as coming from a web page");
     for (const reason of BROWSER_REFUSALS) target.metrics.adminRejected.labels("admin", reason).inc(0);
   }

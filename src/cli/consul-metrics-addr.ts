@@ -19,7 +19,7 @@ async function proxyIdOf(client: AgentClient, proxyId: string | undefined, sidec
   const body = res.body;
   if (typeof body !== "object" || body === null) return null;
   const ids = Object.entries(body)
-    .filter(([, svc]) => field(svc, "Kind") === "connect-proxy" && String(field(field(svc, "Proxy"), "DestinationServiceID") ?? "").toLowerCase() === sidecarFor.toLowerCase())
+    .filter(([, svc]) => field(svc, "Kind") === "connect-proxy" && destinationOf(svc) === sidecarFor.toLowerCase())
     .map(([id]) => id);
   return ids.length === 1 ? ids[0]! : null;
 }
@@ -40,7 +40,13 @@ export async function consulPrometheusBindAddr(client: AgentClient, proxyId: str
   try {
     return parseHostPort(where, v, "0.0.0.0", true);
   } catch (e) {
-    if (e instanceof UsageError) throw new Error(e.message);
+    if (e instanceof UsageError) throw new Error(e.message, { cause: e });
     throw e;
   }
+}
+
+/** A registration's Proxy.DestinationServiceID, lower-cased; "" when it is absent or not a string. */
+function destinationOf(svc: unknown): string {
+  const id = field(field(svc, "Proxy"), "DestinationServiceID");
+  return typeof id === "string" ? id.toLowerCase() : "";
 }

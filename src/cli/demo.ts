@@ -78,6 +78,10 @@ export async function runDemo(o: { dataDir?: string; count?: number; interval: n
   let stopping = false;
   let timer: NodeJS.Timeout | null = null;
   const finished = new Promise<void>((resolveDone) => {
+    const failed = (e: unknown) => {
+      out(`demo: ${e instanceof Error ? e.message : String(e)}\n`);
+      resolveDone();
+    };
     const tick = async () => {
       if (stopping) return resolveDone();
       sent++;
@@ -92,9 +96,11 @@ export async function runDemo(o: { dataDir?: string; count?: number; interval: n
         out(`[${sent}] web → api failed: ${(e as Error).message} (denied by an intention? see: meshproxy intention list)\n`);
       }
       if (o.count !== undefined && sent >= o.count) return resolveDone();
-      timer = setTimeout(() => void tick(), o.interval);
+      timer = setTimeout(() => {
+        tick().catch(failed);
+      }, o.interval);
     };
-    void tick();
+    tick().catch(failed);
     const stop = () => {
       stopping = true;
       if (timer) clearTimeout(timer);

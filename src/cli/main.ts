@@ -9,8 +9,8 @@ const code = await runCli(process.argv.slice(2), {
   intention: async (action, args, opts) => (await import("./intention.js")).runIntention(action, args, opts),
   demo: async (opts) => (await import("./demo.js")).runDemo(opts),
   config: async (action, args) => (await import("./config.js")).runConfig(action, args),
-}).catch((e: Error) => {
-  process.stderr.write(`meshproxy: ${e.stack ?? e.message}\n`);
+}).catch((e: unknown) => {
+  process.stderr.write(`meshproxy: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   return 1;
 });
 process.exitCode = code;

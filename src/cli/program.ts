@@ -360,7 +360,9 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
 /** Runs the CLI; returns the exit code. Usage errors print one line and return 2. */
 export async function runCli(argv: readonly string[], h: Handlers, write = (s: string) => void process.stderr.write(s)): Promise<number> {
   let result: Promise<number> = Promise.resolve(0);
-  const program = buildProgram(h, (p) => (result = p));
+  const program = buildProgram(h, (p) => {
+    result = p;
+  });
   program.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
   for (const c of program.commands) c.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
   for (const c of program.commands.flatMap((c) => c.commands)) c.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });

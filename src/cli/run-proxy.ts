@@ -5,7 +5,7 @@ import { ControlPlaneError, type ControlPlane } from "../controlplane/controlpla
 import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
 import { AgentClient } from "../controlplane/consul/client.js";
 import { AdminServer } from "../admin/server.js";
-import { createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
+import { logRejection, createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
 import { MetricsExposition } from "../telemetry/merge.js";
 import { MetricsServer } from "../telemetry/metrics-server.js";
 import type { HostPort } from "../config/snapshot.js";
@@ -68,7 +68,7 @@ async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger & LevelCo
       log.warn("default admin address in use (another sidecar?); using a free port, set -admin-addr to choose", { wanted: where, address: `${a.address}:${a.port}` });
       return admin;
     }
-    throw new Error(`-admin-addr ${where}: ${err.code === "EADDRINUSE" ? "address already in use (another sidecar's admin API?); choose another with -admin-addr" : err.message}`);
+    throw new Error(`-admin-addr ${where}: ${err.code === "EADDRINUSE" ? "address already in use (another sidecar's admin API?); choose another with -admin-addr" : err.message}`, { cause: e });
   }
 }
 
@@ -82,7 +82,7 @@ async function startMetrics(exposition: MetricsExposition, at: HostPort, source:
   } catch (e) {
     const inUse = e instanceof Error && "code" in e && e.code === "EADDRINUSE";
     const why = inUse ? "address already in use; choose another" : e instanceof Error ? e.message : String(e);
-    throw new Error(`${source} ${at.host}:${at.port}: ${why}`);
+    throw new Error(`${source} ${at.host}:${at.port}: ${why}`, { cause: e });
   }
 }
 
@@ -115,7 +115,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
       process.exit(1);
     }
     log.info("shutting down", { signal: sig });
-    void proxy?.stop();
+    proxy?.stop().catch(logRejection(log, "shutdown"));
   };
   process.on("SIGINT", onSignal);
   process.on("SIGTERM", onSignal);
@@ -141,7 +141,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     const msg = e instanceof ListenerBindError ? `${flagFor(e, cmd)}: ${e.message}` : (e as Error).message;
     log.error("cannot start", { error: msg });
     process.stderr.write(`meshproxy: ${msg}\n`);
-    await proxy?.stop().catch(() => {});
+    await proxy?.stop().catch(logRejection(log, "stopping after a failed start", "debug"));
     // A state directory others could write is a setup mistake to fix, like a bad flag: 2.
     return e instanceof UnsafeStateDirError ? 2 : 1;
   } finally {

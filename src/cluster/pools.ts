@@ -80,7 +80,7 @@ export class PoolSet {
     for (const [key, p] of this.pools) {
       if (keep.has(key)) continue;
       this.pools.delete(key);
-      void p.close().catch(() => {});
+      p.close().catch(alreadyClosing);
     }
   }
 
@@ -91,6 +91,9 @@ export class PoolSet {
   async closeAll(): Promise<void> {
     const all = [...this.pools.values()];
     this.pools.clear();
-    await Promise.all(all.map((p) => p.destroy().catch(() => {})));
+    await Promise.all(all.map((p) => p.destroy().catch(alreadyClosing)));
   }
 }
+
+/** undici rejects close() and destroy() only for a pool that is already closing or destroyed: the end wanted. */
+function alreadyClosing(_e: unknown): void {}

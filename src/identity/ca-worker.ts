@@ -41,10 +41,11 @@ export async function issueLeafInWorker(ca: CaMaterial, req: LeafRequest): Promi
 
 if (!isMainThread && parentPort) {
   const port = parentPort;
-  const job: Job = workerData;
+  // Set by runInWorker below, in this file: its shape is this module's own.
+  const job = workerData as Job;
   const work = job.op === "root" ? createRootCa(job.trustDomain) : issueLeaf(job.ca, job.req);
   work.then(
     (value) => port.postMessage({ ok: true, value } satisfies Reply),
-    (e: Error) => port.postMessage({ ok: false, message: e.message } satisfies Reply),
+    (e: unknown) => port.postMessage({ ok: false, message: e instanceof Error ? e.message : String(e) } satisfies Reply),
   );
 }

@@ -16,7 +16,7 @@ import { parseRequestTarget, refusalDetail, type RefusedTarget } from "../http/r
 import { classifyUpgrade, rawLocalReply, relayUpgrade, upgradeRequestHeaders } from "../http/upgrade-relay.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
-import type { Logger } from "../telemetry/log.js";
+import { logRejection, type Logger } from "../telemetry/log.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
@@ -112,7 +112,7 @@ export class InboundHttp {
     if (key !== this.poolFor) {
       const old = this.pool;
       this.pool = this.makePool(config);
-      void old.close().catch(() => {});
+      old.close().catch(logRejection(this.log, "closing the previous local-app pool", "debug"));
     }
   }
 
@@ -158,7 +158,13 @@ export class InboundHttp {
         ...(caller ? { "meshproxy.source_identity": caller.uri } : {}),
       });
     }
-    this.authorizeAndForward(req, res, caller, rec).finally(() => this.finish(req, caller, rec));
+    this.authorizeAndForward(req, res, caller, rec)
+      .catch((e: unknown) => {
+        const message = e instanceof Error ? e.message : String(e);
+        this.log.error("inbound request failed unexpectedly", { error: message });
+        this.reply(res, 500, "UF", message, rec);
+      })
+      .finally(() => this.finish(req, caller, rec));
   }
 
   private finish(req: Req, caller: Caller | undefined, rec: InboundRecord): void {
@@ -308,6 +314,6 @@ export class InboundHttp {
   }
 
   async close(): Promise<void> {
-    await this.pool.close().catch(() => {});
+    await this.pool.close().catch(logRejection(this.log, "closing the local-app pool", "debug"));
   }
 }

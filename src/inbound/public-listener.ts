@@ -13,7 +13,7 @@ import { identifyPeer } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
-import type { Logger } from "../telemetry/log.js";
+import { logRejection, type Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { HandshakeGate, capConnections, type ListenerLimits } from "../tcp/admission.js";
@@ -323,6 +323,6 @@ export class PublicListener {
     for (const p of this.pipes) p.destroy();
     for (const s of this.pending) s.destroy();
     this.inboundHttp?.destroyAll();
-    void this.inboundHttp?.close();
+    this.inboundHttp?.close().catch(logRejection(this.log, "closing the inbound HTTP pools", "debug"));
   }
 }

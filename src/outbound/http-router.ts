@@ -147,11 +147,12 @@ export class HttpRouter {
   handle(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): void {
     const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
     this.route(req, res, state, rec)
-      .catch((e: Error) => {
-        this.log.error("request failed unexpectedly", { upstream: state.upstream, error: e.message });
+      .catch((e: unknown) => {
+        const message = e instanceof Error ? e.message : String(e);
+        this.log.error("request failed unexpectedly", { upstream: state.upstream, error: message });
         rec.status = 500;
         rec.flag = "UF";
-        localReply(res, 500, "UF", e.message);
+        localReply(res, 500, "UF", message);
       })
       .finally(() => this.finish(req, state, rec));
   }
@@ -432,7 +433,11 @@ export class HttpRouter {
     rec.status = status;
     rec.flag = flag;
     // Overflow is counted and happens on every request under overload: not a warning line each.
-    if (status >= 500) (flag === "UO" ? this.log.debug : this.log.warn).call(this.log, "local reply", { upstream, status, flag, detail, ms: Math.round(performance.now() - rec.start) });
+    if (status >= 500) {
+      const fields = { upstream, status, flag, detail, ms: Math.round(performance.now() - rec.start) };
+      if (flag === "UO") this.log.debug("local reply", fields);
+      else this.log.warn("local reply", fields);
+    }
     localReply(res, status, flag, detail);
   }
 }

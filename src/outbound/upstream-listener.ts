@@ -139,7 +139,8 @@ export class UpstreamListener {
   /** The app may speak HTTP/1.1 or HTTP/2 (h2c); the first bytes tell, as Envoy's codec AUTO does. */
   private sniff(down: Socket): void {
     down.once("readable", () => {
-      const first: Buffer | null = down.read();
+      // Not in object mode and no encoding set: read() gives a Buffer, or null when nothing is buffered.
+      const first = down.read() as Buffer | null;
       if (first === null) return;
       down.unshift(first);
       const h2 = first.length >= 3 && first[0] === 0x50 && first[1] === 0x52 && first[2] === 0x49; // "PRI" of the HTTP/2 preface

@@ -30,7 +30,7 @@ export class B3Propagator implements TextMapPropagator {
   inject(context: Context, carrier: unknown, setter: TextMapSetter): void {
     const sc = trace.getSpanContext(context);
     if (!sc || !isSpanContextValid(sc)) return;
-    const sampled = (sc.traceFlags & TraceFlags.SAMPLED) === TraceFlags.SAMPLED ? "1" : "0";
+    const sampled = (sc.traceFlags & TraceFlags.SAMPLED) !== 0 ? "1" : "0";
     if (this.format === "single") {
       setter.set(carrier, "b3", `${sc.traceId}-${sc.spanId}-${sampled}`);
     } else {
@@ -42,7 +42,7 @@ export class B3Propagator implements TextMapPropagator {
 
   extract(context: Context, carrier: unknown, getter: TextMapGetter): Context {
     const single = first(getter.get(carrier, "b3"));
-    let traceId: string | null = null;
+    let traceId: string | null;
     let spanId: string | undefined;
     let sampled: boolean | undefined;
     if (single) {

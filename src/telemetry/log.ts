@@ -110,3 +110,12 @@ export function createLogger(opts: LogOptions = {}): Logger & LevelControl {
 }
 
 export const silentLogger: Logger = createLogger({ level: "error", write: () => {} });
+
+/**
+ * The rejection handler for work started where no caller can take its failure (a timer, a
+ * signal, an event): the failure is logged with what was being done, never left as an
+ * unhandled rejection (which would end the process) and never dropped unseen.
+ */
+export function logRejection(log: Logger, what: string, level: "debug" | "warn" | "error" = "error"): (e: unknown) => void {
+  return (e) => log[level](`${what} failed`, { error: e instanceof Error ? e.message : String(e) });
+}

@@ -67,7 +67,10 @@ export class Tracing {
   private readonly b3single = new B3Propagator("single");
   private readonly b3multi = new B3Propagator("multi");
 
+  private readonly exportFailures: TracingOptions["exportFailures"];
+
   constructor(opts: TracingOptions) {
+    this.exportFailures = opts.exportFailures;
     this.provider = new NodeTracerProvider({
       resource: resourceFromAttributes({ "service.name": opts.serviceName, "service.namespace": "meshproxy" }),
       sampler: new ParentBasedSampler({ root: new TraceIdRatioBasedSampler(opts.sampleRate) }),
@@ -110,6 +113,7 @@ export class Tracing {
   }
 
   async shutdown(): Promise<void> {
-    await this.provider.shutdown().catch(() => {});
+    // Spans still queued at shutdown are lost; counted as the export failures they are.
+    await this.provider.shutdown().catch(() => this.exportFailures.labels("shutdown").inc());
   }
 }

@@ -116,7 +116,7 @@ class Compiler {
     const def = sub ? r?.subsets[sub] : undefined;
     if (sub && !def) throw new EntryError(`service-resolver "${service}"`, `subset "${sub}" is not defined in Subsets`);
     const id = targetId(service, sub, this.namespace, datacenter);
-    if (this.targets[id] && (!withFailover || this.targets[id]!.failover.length > 0)) return id;
+    if (this.targets[id] && (!withFailover || this.targets[id].failover.length > 0)) return id;
     const failoverDefs = withFailover ? (r?.failover[sub] ?? r?.failover["*"] ?? []) : [];
     const target: ChainTarget = {
       id,

@@ -14,9 +14,9 @@
 // until it has been asked, no Snapshot is produced, and if it cannot be learned it is deny.
 import { hostname } from "node:os";
 import { ControlPlaneError, type Announcement, type ControlPlane, type ControlPlaneHandlers, type ProxyRequest, type UpstreamRequest } from "../controlplane.js";
-import { DEFAULTS, type Cluster, type Endpoint, type Intention, type Protocol, type Snapshot, type PublicListener, type UpstreamListener } from "../../config/snapshot.js";
-import { parseServiceSpiffeId, serviceSni, serviceSpiffeId } from "../../identity/spiffe.js";
-import type { Logger } from "../../telemetry/log.js";
+import { DEFAULTS, type Cluster, type Intention, type Protocol, type Snapshot, type PublicListener, type UpstreamListener } from "../../config/snapshot.js";
+import { parseServiceSpiffeId } from "../../identity/spiffe.js";
+import { logRejection, type Logger } from "../../telemetry/log.js";
 import type { AgentClient } from "./client.js";
 import { BlockingQuery, type BlockingOptions } from "./blocking.js";
 import {
@@ -336,7 +336,7 @@ export class ConsulControlPlane implements ControlPlane {
     }
     for (const [key, q] of this.watches) {
       if (wanted.has(key)) continue;
-      void q.stop();
+      q.stop().catch(logRejection(this.log, `stopping the watch ${key}`, "debug"));
       this.watches.delete(key);
       if (key.startsWith("health:")) this.health.delete(key.slice(7));
       if (key.startsWith("chain:")) this.chains.delete(key.slice(6));

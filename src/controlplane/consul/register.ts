@@ -3,7 +3,7 @@
 // shutdown.
 import type { HostPort } from "../../config/snapshot.js";
 import type { UpstreamRequest } from "../controlplane.js";
-import type { Logger } from "../../telemetry/log.js";
+import { logRejection, type Logger } from "../../telemetry/log.js";
 import type { AgentClient } from "./client.js";
 
 export interface RegistrarOptions {
@@ -63,7 +63,9 @@ export class ProxyRegistrar {
   async register(): Promise<void> {
     await this.o.client.call("PUT", "/v1/agent/service/register", { body: this.body() });
     this.o.logger.info("registered proxy in the Consul agent", { id: this.id, address: `${this.o.address}:${this.o.port}` });
-    this.heartbeat = setInterval(() => void this.beat(), Math.max(1000, this.ttlMs / 3));
+    this.heartbeat = setInterval(() => {
+      this.beat().catch(logRejection(this.o.logger, "re-registering after a failed heartbeat", "warn"));
+    }, Math.max(1000, this.ttlMs / 3));
     this.heartbeat.unref();
   }
 
@@ -73,7 +75,7 @@ export class ProxyRegistrar {
     } catch (e) {
       // The agent may have restarted and lost the registration: put it back.
       this.o.logger.warn("heartbeat failed; re-registering", { id: this.id, error: (e as Error).message });
-      await this.o.client.call("PUT", "/v1/agent/service/register", { body: this.body() }).catch(() => {});
+      await this.o.client.call("PUT", "/v1/agent/service/register", { body: this.body() });
     }
   }
 

@@ -121,7 +121,7 @@ export class DevControlPlane implements ControlPlane {
     // fs.watch is not recursive here: each config-entry kind has its own directory to watch, so
     // a `meshproxy config write` applies in milliseconds rather than at the next poll.
     for (const kind of ENTRY_KINDS) this.watchDir(join(paths(dataDir).entries, kind));
-    const poll = setInterval(() => void this.refresh(), this.opts.pollMs ?? 1000);
+    const poll = setInterval(() => this.scheduleRefresh(), this.opts.pollMs ?? 1000);
     poll.unref();
     this.timers.add(poll);
     await this.refresh();
@@ -138,8 +138,9 @@ export class DevControlPlane implements ControlPlane {
     }
   }
 
+  /** A read that fails past the readers' own error handling is a bug: reported, never unhandled. */
   private scheduleRefresh(): void {
-    void this.refresher.run();
+    this.refresher.run().catch((e: unknown) => this.report(new ControlPlaneError("state", `re-reading ${this.opts.dataDir} failed: ${e instanceof Error ? e.message : String(e)}`)));
   }
 
   private async renewLeaf(): Promise<void> {
@@ -157,8 +158,8 @@ export class DevControlPlane implements ControlPlane {
       if (this.stopped) return;
       this.renewLeaf()
         .then(() => this.refresh())
-        .catch((e: Error) => {
-          this.report(new ControlPlaneError("leaf", `renewal failed: ${e.message}; retrying in 5s`));
+        .catch((e: unknown) => {
+          this.report(new ControlPlaneError("leaf", `renewal failed: ${e instanceof Error ? e.message : String(e)}; retrying in 5s`));
           this.scheduleRenewal(5000);
         });
     }, Math.min(delayMs, 2 ** 31 - 1));

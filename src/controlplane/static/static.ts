@@ -11,7 +11,7 @@ import { createHash, type Hash } from "node:crypto";
 import { dirname } from "node:path";
 import { ControlPlaneError, type Announcement, type ControlPlane, type ControlPlaneHandlers } from "../controlplane.js";
 import type { Snapshot } from "../../config/snapshot.js";
-import type { Logger } from "../../telemetry/log.js";
+import { logRejection, type Logger } from "../../telemetry/log.js";
 import { parseStaticConfig, StaticConfigError, type StaticConfig } from "./config.js";
 import { buildMaterial } from "./material.js";
 import { buildStaticSnapshot } from "./build.js";
@@ -80,7 +80,9 @@ export class StaticControlPlane implements ControlPlane {
     this.syncWatchers();
     // lastStat stays empty, so the first poll re-reads: an edit made between the read above and
     // the watches starting is not lost (and an unchanged set costs one hash comparison).
-    this.poll = setInterval(() => void this.checkStat(), this.opts.pollMs ?? 1000);
+    this.poll = setInterval(() => {
+      this.checkStat().catch(logRejection(this.log, `checking ${this.opts.file} for changes`));
+    }, this.opts.pollMs ?? 1000);
     this.poll.unref();
     if (this.stopped) this.first?.reject(new ControlPlaneError(this.kind, "stopped before the first snapshot", true));
     await delivered;
@@ -178,7 +180,7 @@ export class StaticControlPlane implements ControlPlane {
     if (this.stopped || this.settle) return;
     this.settle = setTimeout(() => {
       this.settle = null;
-      this.refresh().catch((e: Error) => this.log.error("re-reading the static configuration failed", { file: this.opts.file, error: e.message }));
+      this.refresh().catch(logRejection(this.log, `re-reading the static configuration ${this.opts.file}`));
     }, SETTLE_MS);
     this.settle.unref();
   }
@@ -236,12 +238,14 @@ export class StaticControlPlane implements ControlPlane {
     return parts.join("\n");
   }
 
-  async announce(a: Announcement): Promise<void> {
+  announce(a: Announcement): Promise<void> {
     this.log.debug("no catalog to register in; peers reach this proxy through their own static endpoints", { address: `${a.address}:${a.port}` });
+    return Promise.resolve();
   }
 
-  async withdraw(): Promise<void> {
+  withdraw(): Promise<void> {
     this.log.debug("no catalog to deregister from");
+    return Promise.resolve();
   }
 
   async stop(): Promise<void> {
