@@ -474,10 +474,10 @@ t.test("discovery-chain: the default chain, a set chain, blocking", async (t) =>
   const start = str(at(c, "StartNode"));
   t.equal(start, "resolver:billing.default.default.east-1");
   const nodes = at(c, "Nodes");
-  const startNode = Object.getOwnPropertyDescriptor(nodes, start)?.value;
+  const startNode: unknown = Object.getOwnPropertyDescriptor(nodes, start)?.value;
   t.equal(at(startNode, "Type"), "resolver");
   const targetId = str(at(startNode, "Resolver.Target"));
-  const target = Object.getOwnPropertyDescriptor(at(c, "Targets"), targetId)?.value;
+  const target: unknown = Object.getOwnPropertyDescriptor(at(c, "Targets"), targetId)?.value;
   t.equal(at(target, "SNI"), `billing.default.east-1.internal.${DEFAULT_TRUST_DOMAIN}`);
   t.equal(at(target, "ConnectTimeout"), "5s");
   t.same(at(target, "MeshGateway"), {});
@@ -641,7 +641,7 @@ t.test("faults: 500, 403, garbage, slow, reset, stall — per path prefix, setta
   const g = await call(roots);
   t.equal(g.status, 200);
   t.equal(g.headers["content-type"], "application/json");
-  t.throws(() => JSON.parse(g.text), "malformed JSON");
+  t.throws((): unknown => JSON.parse(g.text), "malformed JSON");
 
   d.fault("/v1/agent/connect/ca/roots", "slow:150");
   const started = Date.now();

@@ -14,6 +14,7 @@ import { silentLogger } from "../src/telemetry/log.js";
 import type { Snapshot } from "../src/config/snapshot.js";
 import type { Teardown } from "./helpers/mesh.js";
 import { until } from "./helpers/l7.js";
+import { ignoreRejection } from "./helpers/ignore.js";
 import { CompiledIntentions, scopeOf } from "../src/authz/intentions.js";
 
 const WAIT_MS = 2000;
@@ -96,7 +97,7 @@ function harness(t: Teardown, d: ConsulAgentDouble, o: HarnessOptions = {}): Har
   let started: Promise<void> | null = null;
   t.teardown(async () => {
     await cp.stop();
-    await started?.catch(() => {});
+    await started?.catch(ignoreRejection("stop() rejects a start() that never saw a first Snapshot; the test has checked what it needed"));
   });
   return {
     cp,
@@ -106,7 +107,7 @@ function harness(t: Teardown, d: ConsulAgentDouble, o: HarnessOptions = {}): Har
       if (!started) {
         started = cp.start({ snapshot: (s) => snapshots.push(s), error: (e) => errors.push(e) });
         // Tests that never see a first Snapshot stop the control plane, which rejects start().
-        started.catch(() => {});
+        started.catch(ignoreRejection("a test that never sees a first Snapshot stops the control plane, rejecting start()"));
       }
       return started;
     },
@@ -390,7 +391,7 @@ t.test("agent mode (-proxy-id): the registration, watched by hash, says what the
 
   mark = h.snapshots.length;
   d.setProxyDefaults({ handshake_timeout_ms: 1500 });
-  s = await h.snapshots.next((x) => x.publicListener?.handshakeTimeoutMs === 1500, "a Snapshot with proxy-defaults merged in", mark);
+  await h.snapshots.next((x) => x.publicListener?.handshakeTimeoutMs === 1500, "a Snapshot with proxy-defaults merged in", mark);
   t.pass("proxy-defaults Config merged by the agent changes the hash and reaches the Snapshot");
 });
 
@@ -420,12 +421,12 @@ t.test("agent mode: a -proxy-id that is not a connect-proxy is reported, and no 
   const d = await double(t);
   d.registerService({ ID: "web-1", Name: "web", Port: 8080 });
   const h = harness(t, d, { request: { service: "", upstreams: [] }, proxyId: "web-1" });
-  void h.start();
+  h.start().catch(ignoreRejection("no Snapshot is ever made: teardown's stop() rejects start()"));
   const e = await h.errors.next((x) => x.resource === "service", "an error about the service");
   t.match(e.message, /service "web-1" is of kind "typical", not connect-proxy/);
   t.equal(h.snapshots.length, 0);
   const unknown = harness(t, d, { request: { service: "", upstreams: [] }, proxyId: "nope" });
-  void unknown.start();
+  unknown.start().catch(ignoreRejection("no Snapshot is ever made: teardown's stop() rejects start()"));
   const e404 = await unknown.errors.next((x) => x.resource === "service", "an error about an unknown id");
   t.match(e404.message, /HTTP 404: unknown service ID: nope/, "an unknown id is the agent's 404, reported");
 });
@@ -486,11 +487,11 @@ t.test("index reset (snapshot restore): the watches start over without an index 
 
   let smark = h.snapshots.length;
   d.setInstances("db", [{ id: "db-2", address: "10.0.0.6", port: 21000 }]);
-  let s = await h.snapshots.next((x) => endpointsOf(x, "db")[0]?.id === "db-2", "a Snapshot after the reset", smark);
+  await h.snapshots.next((x) => endpointsOf(x, "db")[0]?.id === "db-2", "a Snapshot after the reset", smark);
   t.pass("a change after the reset is seen");
   smark = h.snapshots.length;
   const serial = await d.rotateLeaf("web");
-  s = await h.snapshots.next((x) => x.identity.serial === serial, "the rotated leaf after the reset", smark);
+  const s = await h.snapshots.next((x) => x.identity.serial === serial, "the rotated leaf after the reset", smark);
   t.equal(s.identity.serial, serial, "the leaf watch recovered too");
 });
 
@@ -913,7 +914,7 @@ t.test("intentions answers are read strictly: a malformed first one makes no Sna
       d.setIntentions("web", [{ source: "api", action: "allow" }]);
       d.fault("/v1/connect/intentions/match", `body:${m.body}`);
       const h = harness(t, d, { request: WEB_WITH_DB });
-      void h.start();
+      h.start().catch(ignoreRejection("the first Snapshot is awaited below: a start() that fails shows as its timeout"));
       const e = await h.errors.next((x) => x.resource === "intentions", "an intentions error", 0);
       t.match(e.message, m.error, `reported: ${e.message}`);
       await until(() => d.requestsTo("/v1/connect/intentions/match").length >= 3, 5000, "the answer to be asked for again");

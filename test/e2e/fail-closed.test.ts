@@ -13,8 +13,8 @@ import { echoes, freePort, metric, nextLog, pollUntil } from "../helpers/peers.j
 const NOT_SERVING = "control plane error; not serving (not ready, no listeners) until the configuration is fixed";
 const SERVING_LAST_GOOD = "control plane error; serving on the last good snapshot";
 
-/** What a TCP client gets from `port`: refused (nothing listens) or the bytes it read. */
-async function dial(port: number): Promise<"refused" | string> {
+/** What a TCP client gets from `port`: "refused" (nothing listens) or the bytes it read. */
+async function dial(port: number): Promise<string> {
   return new Promise((resolve) => {
     const s = connect({ host: "127.0.0.1", port });
     let got = "";

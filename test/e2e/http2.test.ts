@@ -1,7 +1,7 @@
 // HTTP/2 through the mesh for an http2 service: an h2c client to the upstream listener, h2 over
 // mTLS between the sidecars (negotiated by ALPN), h2c to the app.
 import t from "tap";
-import { connect as h2connect, createServer as createH2Server } from "node:http2";
+import { connect as h2connect, createServer as createH2Server, type IncomingHttpHeaders } from "node:http2";
 import { connect as tlsConnect } from "node:tls";
 import { once } from "node:events";
 import type { AddressInfo } from "node:net";
@@ -74,7 +74,7 @@ t.test("a grpc service carries trailers (grpc-status) end to end", async (t) => 
     let trailers: Record<string, unknown> = {};
     let status: unknown;
     st.on("response", (h) => (status = h[":status"]));
-    st.on("trailers", (tr) => (trailers = { ...tr }));
+    st.on("trailers", (tr: IncomingHttpHeaders) => (trailers = { ...tr }));
     st.setEncoding("utf8").on("data", (c: string) => (body += c));
     st.on("end", () => resolve({ body, trailers, status }));
     st.on("error", reject);

@@ -69,7 +69,7 @@ t.test("many concurrent streams from the app to slow readers arrive intact", asy
 t.test("new upstream connections resume a cached TLS session", async (t) => {
   const dir = await tempDir(t);
   const echo = await echoServer(t);
-  const db = await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`]);
+  await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`]);
   const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "db:0", "-metrics-addr", "127.0.0.1:0"]);
   const metricsAddr = String((await web.waitForLog((l) => l["@message"] === "metrics listening"))["address"]);
   for (let i = 0; i < 20; i++) t.equal((await roundTrip(web.upstreams["db"]!, `ping ${i}`)).toString(), `ping ${i}`, `connection ${i + 1} echoes`, { diagnostic: false });

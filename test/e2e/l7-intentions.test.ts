@@ -51,12 +51,34 @@ const ops = await startSidecar(t, dir, ["-service", "ops", "-upstream", "api:0",
 const file = join(dir, "intentions.json");
 await writeFile(`${file}.tmp`, JSON.stringify(POLICY, null, 2));
 await rename(`${file}.tmp`, file);
+interface AppliedIntention {
+  source: string;
+  destination: string;
+  action: string;
+  permissions?: unknown[];
+}
+function isAppliedIntention(v: unknown): v is AppliedIntention {
+  return (
+    typeof v === "object" &&
+    v !== null &&
+    "source" in v &&
+    typeof v.source === "string" &&
+    "destination" in v &&
+    typeof v.destination === "string" &&
+    "action" in v &&
+    typeof v.action === "string" &&
+    (!("permissions" in v) || v.permissions === undefined || Array.isArray(v.permissions))
+  );
+}
 /** The intentions in a sidecar's applied Snapshot. */
-async function applied(adminAddr: string): Promise<Array<{ source: string; destination: string; action: string; permissions?: unknown[] }>> {
+async function applied(adminAddr: string): Promise<AppliedIntention[]> {
   const d = await configDump(adminAddr);
   if (typeof d !== "object" || d === null || !("intentions" in d)) return [];
   const p = d.intentions;
-  return typeof p === "object" && p !== null && "intentions" in p && Array.isArray(p.intentions) ? p.intentions : [];
+  if (typeof p !== "object" || p === null || !("intentions" in p) || !Array.isArray(p.intentions)) return [];
+  const list: unknown[] = p.intentions;
+  if (!list.every(isAppliedIntention)) throw new Error(`${adminAddr}: malformed intentions in the config dump: ${JSON.stringify(list)}`);
+  return list;
 }
 for (const s of [api, db]) await until(async () => (await applied(s.adminAddr)).length === POLICY.intentions.length, 10_000, "the sidecars to apply the L7 intentions");
 const ca = await readDevCa(dir);
@@ -74,7 +96,7 @@ function oneConnection(t: { teardown(fn: () => unknown): void }, origin: string,
             n++;
             const s = tlsConnect({ host, port, cert: tls.certPem, key: tls.keyPem, rejectUnauthorized: false, ALPNProtocols: ["http/1.1"] });
             s.once("secureConnect", () => cb(null, s));
-            s.once("error", (e) => cb(e, null));
+            s.once("error", (e: Error) => cb(e, null));
           },
         }
       : {}),

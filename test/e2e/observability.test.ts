@@ -40,10 +40,17 @@ async function appMetrics(t: Teardown): Promise<AppMetrics> {
   const m = { url: "", mode: "ok" as AppMetrics["mode"], stop: async () => {} };
   const server: Server = createServer((req, res) => {
     if (m.mode === "garbage") return void res.end("<html><body>Whitelabel Error Page</body></html>\n");
-    void registry.metrics().then((text) => {
-      res.writeHead(200, { "content-type": registry.contentType });
-      res.end(text);
-    });
+    registry.metrics().then(
+      (text) => {
+        res.writeHead(200, { "content-type": registry.contentType });
+        res.end(text);
+      },
+      (e: unknown) => {
+        // The scrape sees a 500 (and the test its assertion fail), not an unhandled rejection.
+        res.writeHead(500, { "content-type": "text/plain" });
+        res.end(`app metrics failed: ${e instanceof Error ? e.message : String(e)}\n`);
+      },
+    );
   });
   server.listen(0, "127.0.0.1");
   await once(server, "listening");

@@ -139,7 +139,7 @@ t.test("leaf and root rotation under load: zero failed connections, long-lived o
   d.pruneInactiveRoots();
   await until(async () => (await trustedRoots(db.adminAddr)) === 1 && (await trustedRoots(web.adminAddr)) === 1, 10_000, "both sidecars to drop the old root");
   await moreTraffic(load, 80);
-  const stale = await mtls(db.publicAddr!, webLeafBefore.certPem, webLeafBefore.keyPem, [oldRoot], "stale\n").catch((e: Error) => e);
+  const stale = await mtls(db.publicAddr!, webLeafBefore.certPem, webLeafBefore.keyPem, [oldRoot], "stale\n").catch((e: unknown) => (e instanceof Error ? e : new Error(String(e))));
   t.ok(stale instanceof Error || stale.received === "", "once the old root is pruned, a leaf from it is refused");
   const refusal = await db.waitForLog((l) => l["@message"] === "inbound connection refused" && String(l["detail"]).startsWith("client certificate not trusted"), 5000);
   t.match(refusal["detail"], /^client certificate not trusted: /, "db says why");

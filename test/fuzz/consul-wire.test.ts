@@ -164,7 +164,8 @@ function mutated(v: unknown, path: Path, replacement: unknown): unknown {
   if (path.length === 0) return replacement;
   const [head, ...rest] = path;
   if (Array.isArray(v) && typeof head === "number") {
-    const copy: unknown[] = [...v];
+    const items: readonly unknown[] = v;
+    const copy: unknown[] = [...items];
     if (rest.length === 0 && replacement === undefined) copy.splice(head, 1);
     else copy[head] = mutated(v[head], rest, replacement);
     return copy;

@@ -98,7 +98,7 @@ export function tlsExchange(addr: string, payload: string, leaf?: Pick<IssuedLea
       // An echo of the whole payload is all we wait for; then close from our side.
       if (Buffer.concat(chunks).length >= Buffer.byteLength(payload)) s.end();
     });
-    s.on("error", (e) => (error ??= e.message));
+    s.on("error", (e: Error) => (error ??= e.message));
     s.on("close", () => {
       clearTimeout(timer);
       resolve({ handshake, data: Buffer.concat(chunks), error });

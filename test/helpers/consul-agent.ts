@@ -1388,7 +1388,11 @@ export class ConsulAgentDouble {
     if (this.stopped || delay > MAX_TIMER_MS) return null;
     const t = setTimeout(() => {
       if (this.stopped || this.leafs.get(service)?.issued !== issued) return;
-      void this.rotateLeaf(service, { ttlMs });
+      this.rotateLeaf(service, { ttlMs }).catch((e: unknown) => {
+        // No caller sees a timer's failure: the current leaf stays served (as an agent's would),
+        // and the failure is said on stderr rather than ending the process as an unhandled rejection.
+        console.error(`consul agent double: renewing the leaf of ${service} failed: ${e instanceof Error ? e.message : String(e)}`);
+      });
     }, Math.max(0, delay));
     // A 72 h leaf must not keep a test process alive.
     t.unref();

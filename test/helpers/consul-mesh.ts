@@ -1,14 +1,14 @@
 // Helpers for end-to-end tests on the Consul agent double: real meshproxy processes pointed at
 // it with -http-addr, apps that say who they are, direct mTLS clients with leafs the double
 // issues, and the admin API's /ready.
-import { connect as netConnect, type Socket } from "node:net";
+import { connect as netConnect } from "node:net";
 import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from "node:tls";
-import { once } from "node:events";
 import { request } from "undici";
 import { ConsulAgentDouble, type ConsulAgentDoubleOptions } from "./consul-agent.js";
 import { hostPort, roundTrip, startSidecar, tcpApp, tempDir, type Sidecar, type Teardown } from "./mesh.js";
 export { freePort } from "./peers.js";
 import { until } from "./l7.js";
+import { ignoreRejection } from "./ignore.js";
 import { colonHexSerial } from "../../src/identity/ca.js";
 
 export async function startDouble(t: Teardown, opts: ConsulAgentDoubleOptions = {}): Promise<ConsulAgentDouble> {
@@ -88,7 +88,7 @@ export async function mtls(addr: string, certPem: string, keyPem: string, rootsP
       s.end(send);
     });
     s.on("data", (d: Buffer) => chunks.push(d));
-    s.once("error", (e) => {
+    s.once("error", (e: Error) => {
       clearTimeout(timer);
       reject(e);
     });
@@ -132,7 +132,7 @@ export function connectionLoad(t: Teardown, addr: string, perSecond: number): Lo
     while (next <= now) {
       const p = one();
       inflight.add(p);
-      void p.finally(() => inflight.delete(p));
+      p.finally(() => inflight.delete(p)).catch(ignoreRejection("one() catches and records its own errors: it never rejects"));
       next += interval;
     }
     timer = setTimeout(tick, Math.max(0, next - performance.now()));

@@ -7,6 +7,7 @@ import { once } from "node:events";
 import type { AddressInfo } from "node:net";
 import { Pool, request } from "undici";
 import { runMeshproxy, type Teardown } from "./mesh.js";
+import { ignoreRejection } from "./ignore.js";
 
 /** `meshproxy config write` with the entry as a file, as a user would. */
 export async function configWrite(t: Teardown, dataDir: string, entry: Record<string, unknown>): Promise<void> {
@@ -93,7 +94,7 @@ export function load(url: string, rps: number): { stop(): Promise<LoadResult>; s
     while (next <= now) {
       const p = one();
       inflight.add(p);
-      void p.finally(() => inflight.delete(p));
+      p.finally(() => inflight.delete(p)).catch(ignoreRejection("one() catches and records its own errors: it never rejects"));
       next += interval;
     }
     setTimeout(tick, Math.max(0, next - performance.now()));

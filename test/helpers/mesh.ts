@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { once } from "node:events";
+import { ignoreRejection } from "./ignore.js";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const BIN = join(ROOT, "dist", "cli", "main.js");
@@ -50,8 +51,8 @@ export function runMeshproxy(t: Teardown, args: string[], env: NodeJS.ProcessEnv
   let stdout = "";
   let partial = "";
   const waiters: Array<{ pred: (l: LogLine) => boolean; resolve: (l: LogLine) => void }> = [];
-  child.stdout!.setEncoding("utf8").on("data", (d: string) => (stdout += d));
-  child.stderr!.setEncoding("utf8").on("data", (d: string) => {
+  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d: string) => {
     partial += d;
     let nl: number;
     while ((nl = partial.indexOf("\n")) >= 0) {
@@ -105,12 +106,15 @@ export function runMeshproxy(t: Teardown, args: string[], env: NodeJS.ProcessEnv
           },
         };
         waiters.push(w);
-        void exited.then((code) => {
-          if (waiters.includes(w)) {
-            clearTimeout(timer);
-            reject(new Error(`meshproxy exited (${code}) before the awaited log line; stderr:\n${stderr}\nlogs:\n${logs.map((l) => JSON.stringify(l)).join("\n")}`));
-          }
-        });
+        exited.then(
+          (code) => {
+            if (waiters.includes(w)) {
+              clearTimeout(timer);
+              reject(new Error(`meshproxy exited (${code}) before the awaited log line; stderr:\n${stderr}\nlogs:\n${logs.map((l) => JSON.stringify(l)).join("\n")}`));
+            }
+          },
+          ignoreRejection("`exited` only ever resolves (on the child's close event)"),
+        );
       });
     },
     async stop() {

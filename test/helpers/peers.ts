@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { once } from "node:events";
 import { roundTrip, type LogLine, type MeshProcess, type Teardown } from "./mesh.js";
+import { ignoreRejection } from "./ignore.js";
 
 export interface CommandResult {
   readonly code: number | null;
@@ -50,7 +51,7 @@ export function runCommand(
   t.teardown(async () => {
     if (child.exitCode === null && child.signalCode === null) {
       child.kill("SIGKILL");
-      await done.catch(() => {});
+      await done.catch(ignoreRejection("killed at teardown: the test did not wait for its outcome, which no longer matters"));
     }
   });
   return done;

@@ -42,7 +42,7 @@ t.test("a read that would wait in the TLS socket's queue is copied before the bu
   const reads = DirectReads.intoTls(client);
   const buffer = reads.onread.buffer;
   if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
-  const deliver = reads.onread.callback;
+  const deliver = (n: number, buf: Uint8Array) => reads.onread.callback(n, buf);
   // Corked, the TLS socket queues writes (as it does while an earlier write is in flight).
   client.cork();
   Buffer.from(buffer.buffer, buffer.byteOffset, 5).write("first");
