@@ -353,14 +353,22 @@ async function startError(t: Teardown, file: string): Promise<{ error: ControlPl
   const cp = new StaticControlPlane({ file, logger: rec.logger, pollMs: 50 });
   t.teardown(() => cp.stop());
   let settled = false;
-  const start = cp.start(rec.handlers).finally(() => (settled = true));
+  // The outcome is taken at once: stop() rejects start(), and a rejection nobody has handled yet
+  // when stop() settles it would be reported as unhandled.
+  const outcome: Promise<unknown> = cp
+    .start(rec.handlers)
+    .then(
+      () => "resolved",
+      (e: unknown) => e,
+    )
+    .finally(() => (settled = true));
   const error = errorOf(await rec.nextChange(0));
   // A few polls later it is still waiting: the bad file never became a Snapshot.
   await new Promise((r) => setTimeout(r, 200));
   const pending = !settled;
   const snapshots = rec.changes(0).filter((e) => e.kind === "snapshot").length;
   await cp.stop();
-  const stopped = await start.then(() => "resolved", (e: unknown) => e);
+  const stopped = await outcome;
   return { error, pending, snapshots, stopped };
 }
 

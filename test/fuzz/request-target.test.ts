@@ -141,7 +141,7 @@ t.test("no input throws; the canonical form is a fixed point", async (t) => {
 t.test("time is linear in the target's length", async (t) => {
   const best = (s: string) => {
     let min = Infinity;
-    for (let i = 0; i < 5; i++) {
+    for (let i = 0; i < 9; i++) {
       const t0 = performance.now();
       parseRequestTarget(s);
       min = Math.min(min, performance.now() - t0);
@@ -152,7 +152,8 @@ t.test("time is linear in the target's length", async (t) => {
     const small = `/${unit.repeat(20_000)}`;
     const large = `/${unit.repeat(160_000)}`;
     const ratio = best(large) / Math.max(best(small), 0.05);
-    // 8× the input: linear is ~8, quadratic ~64.
-    t.ok(ratio < 24, `${JSON.stringify(unit)} × 160k vs × 20k: ${ratio.toFixed(1)}× the time`);
+    // 8× the input: linear is ~8, quadratic ~64 (the old normalizer: 43). The best of nine runs
+    // and a wide margin keep a loaded machine's pauses from failing a linear parser.
+    t.ok(ratio < 40, `${JSON.stringify(unit)} × 160k vs × 20k: ${ratio.toFixed(1)}× the time`);
   }
 });
