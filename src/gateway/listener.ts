@@ -5,7 +5,9 @@
 // tcp_proxy, shared/reference/data-plane-anchors.md §6).
 import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_HELLO_BYTES, peekClientHello, type PeekResult } from "../tls/client-hello.js";
+import { capConnections, DEFAULT_MAX_TLS_HANDSHAKES, listenerLimits } from "../tcp/admission.js";
 import { listenOn } from "../tcp/listen.js";
+import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import { logRejection, type Logger } from "../telemetry/log.js";
 import type { GatewayRoutes } from "./routes.js";
@@ -21,6 +23,13 @@ export interface GatewayListenerOptions {
   readonly connectTimeoutMs?: number;
   /** A forwarded connection with no bytes either way for this long is closed (Envoy tcp_proxy: 1 h). */
   readonly idleTimeoutMs?: number;
+  /** Connections held at once, peeking or forwarded (default: from the file-descriptor limit, as other listeners). */
+  readonly maxConnections?: number;
+  /**
+   * Connections still sending their ClientHello. Each may buffer up to maxHelloBytes for up to
+   * helloTimeoutMs, so this bounds what a slow-hello flood can hold (1024 × 32 KiB = 32 MiB).
+   */
+  readonly maxPendingHellos?: number;
   readonly stats: GatewayStats;
   readonly log: Logger;
 }
@@ -29,19 +38,27 @@ export class GatewayListener {
   private readonly pipes = new Set<Pipe>();
   private readonly pending = new Set<Socket>();
   private closing = false;
+  private readonly overload: RateLimitedWarning;
 
   private constructor(
     private readonly server: Server,
     private routes: GatewayRoutes,
     private readonly opts: GatewayListenerOptions,
     readonly address: AddressInfo,
-  ) {}
+  ) {
+    this.overload = new RateLimitedWarning(opts.log, "gateway at its limit of connections still sending a ClientHello: refusing connections");
+  }
 
   static async start(routes: GatewayRoutes, opts: GatewayListenerOptions): Promise<GatewayListener> {
     // Half-open: a client's FIN is passed on as a FIN, and the reply still flows back.
     const server = createServer({ allowHalfOpen: true });
     const address = await listenOn(server, opts.host, opts.port);
     const listener = new GatewayListener(server, routes, opts, address);
+    const overflow = new RateLimitedWarning(opts.log, "gateway at its connection limit: refusing connections");
+    capConnections(server, opts.maxConnections ?? listenerLimits().maxConnections, (peer) => {
+      opts.stats.rejected.labels("overflow").inc();
+      overflow.note({ peer });
+    });
     server.on("connection", (s: Socket) => listener.accept(s));
     return listener;
   }
@@ -69,6 +86,12 @@ export class GatewayListener {
 
   private accept(down: Socket): void {
     if (this.closing) {
+      down.destroy();
+      return;
+    }
+    if (this.pending.size >= (this.opts.maxPendingHellos ?? DEFAULT_MAX_TLS_HANDSHAKES)) {
+      this.opts.stats.rejected.labels("overload").inc();
+      this.overload.note({ peer: `${down.remoteAddress}:${down.remotePort}`, pending: this.pending.size });
       down.destroy();
       return;
     }

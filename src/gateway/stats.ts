@@ -10,7 +10,11 @@ export type GatewayRejection =
   /** The cluster for the SNI has no healthy endpoint. */
   | "no_healthy_endpoint"
   /** The chosen endpoint could not be reached in time. */
-  | "upstream_connect_failed";
+  | "upstream_connect_failed"
+  /** Closed at accept: the gateway held its maximum of connections. */
+  | "overflow"
+  /** Closed at accept: too many connections were still sending their ClientHello. */
+  | "overload";
 
 export class GatewayStats {
   readonly rejected: Counter<"reason">;

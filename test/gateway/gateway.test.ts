@@ -191,3 +191,53 @@ t.test("a route table that cannot be right is refused when compiled", async (t) 
     t.throws(() => GatewayRoutes.compile({ ...base, ...over }), { name: GatewayConfigError.name, message }, String(message));
   }
 });
+
+/** Resolves once `check` holds, checking after each turn of the event loop's timers (up to 5 s). */
+async function until(what: string, check: () => Promise<boolean>): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (await check()) return;
+    await new Promise<void>((resolve) => setTimeout(resolve, 10));
+  }
+  throw new Error(`still waiting for ${what} after 5 s`);
+}
+
+t.test("limits: connections still sending a hello, and connections in all", async (t) => {
+  const { ca, client } = await setup();
+  const web = await backend(t, ca, "web", "dc1");
+  const sni = `web.default.dc1.internal.${TD}`;
+  const cfg = { trustDomain: TD, datacenter: "dc1", services: new Map([[sni, [endpoint(web.port)]]]), remoteGateways: new Map() };
+  const start = async (limits: { maxPendingHellos?: number; maxConnections?: number }) => {
+    const stats = new GatewayStats(new Registry());
+    const gw = await GatewayListener.start(GatewayRoutes.compile(cfg), { host: "127.0.0.1", port: 0, stats, log: silentLogger, ...limits });
+    t.teardown(() => gw.close());
+    return { port: gw.address.port, stats };
+  };
+  const raw = (port: number) => {
+    const s = netConnect({ host: "127.0.0.1", port });
+    s.on("error", () => undefined);
+    t.teardown(() => s.destroy());
+    return s;
+  };
+
+  const one = await start({ maxPendingHellos: 1 });
+  // One connection that never finishes its hello holds the only pending slot.
+  const silent = raw(one.port);
+  silent.write(Buffer.from([0x16, 3, 1]));
+  await once(silent, "connect");
+  await once(raw(one.port), "close");
+  t.equal(await rejected(one.stats, "overload"), 1, "a second hello-in-progress is refused at accept");
+  // Once the first is gone the slot is free again: a real client gets through.
+  silent.destroy();
+  await until("the silent connection to be counted as truncated", async () => (await rejected(one.stats, "truncated")) === 1);
+  t.equal((await mtls(one.port, sni, client, ca, spiffe("web", "dc1"), "after the slot freed")).echo, "after the slot freed");
+
+  const two = await start({ maxConnections: 2 });
+  // Two connections open (one forwarded and held, one pending) fill the listener.
+  const held = tlsConnect({ host: "127.0.0.1", port: two.port, servername: sni, ca: ca.certPem, cert: client.certPem, key: client.keyPem, checkServerIdentity: () => undefined });
+  held.on("error", () => undefined);
+  t.teardown(() => held.destroy());
+  await once(held, "secureConnect");
+  await once(raw(two.port), "connect");
+  await once(raw(two.port), "close");
+  t.equal(await rejected(two.stats, "overflow"), 1, "a third connection is dropped at accept");
+});
