@@ -34,6 +34,11 @@ export type HelloRefusalReason =
   | "invalid_sni"
   /** The connection closed or failed before the ClientHello was complete. */
   | "truncated"
+  /**
+   * The connection closed before sending a byte: a TCP health check or a port scan more often
+   * than an attack (Envoy's tls_inspector counts it apart too, as connection_closed).
+   */
+  | "connection_closed"
   /** The ClientHello is (or says it will be) larger than the peek may buffer. */
   | "too_large"
   /** The ClientHello did not arrive within the deadline. */
@@ -347,8 +352,14 @@ export function peekClientHello(socket: Readable, opts: PeekOptions = {}): Promi
       else if (r.status === "refused") refuse(r.reason, r.message);
       else finish({ ok: true, sni: r.sni, alpn: r.alpn, bytes: bytes() });
     };
-    const onEnd = () => refuse("truncated", `the connection closed after ${used} bytes, before the ClientHello was complete`);
-    const onError = (e: Error) => refuse("truncated", `the connection failed after ${used} bytes, before the ClientHello was complete: ${e.message}`);
+    const onEnd = () => {
+      if (used === 0) refuse("connection_closed", "the connection closed before sending anything");
+      else refuse("truncated", `the connection closed after ${used} bytes, before the ClientHello was complete`);
+    };
+    const onError = (e: Error) => {
+      if (used === 0) refuse("connection_closed", `the connection failed before sending anything: ${e.message}`);
+      else refuse("truncated", `the connection failed after ${used} bytes, before the ClientHello was complete: ${e.message}`);
+    };
     const timer = setTimeout(() => refuse("timeout", `no complete ClientHello within ${timeoutMs} ms (${used} bytes received)`), timeoutMs);
     socket.on("data", onData);
     socket.once("end", onEnd);

@@ -156,6 +156,15 @@ t.test("connections the gateway must not forward are closed and counted", async 
   await once(plain, "close");
   t.equal(await rejected(stats, "not_tls"), 1, "plain HTTP");
 
+  // A TCP health check: connect, close, nothing sent. Counted apart from broken hellos.
+  const probe = netConnect({ host: "127.0.0.1", port });
+  probe.on("error", () => undefined);
+  await once(probe, "connect");
+  probe.end();
+  await once(probe, "close");
+  t.equal(await rejected(stats, "connection_closed"), 1, "a connect-and-close probe");
+  t.equal(await rejected(stats, "truncated"), 0, "which is not a truncated hello");
+
   const slow = netConnect({ host: "127.0.0.1", port });
   slow.on("error", () => undefined);
   slow.write(Buffer.from([0x16, 3, 1, 0, 200, 1, 0, 0, 196]));

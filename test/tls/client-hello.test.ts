@@ -233,6 +233,11 @@ t.test("peek refusals: closed early, timed out, too large, not TLS", async (t) =
   closed.end(half);
   refusedWith(t, await early, "truncated", /closed after 40 bytes/);
 
+  const nothing = new PassThrough();
+  const empty = peekClientHello(nothing);
+  nothing.end();
+  refusedWith(t, await empty, "connection_closed", /before sending anything/);
+
   const { result } = await peekOverTcp(t, half, false);
   refusedWith(t, result, "truncated", /after 40 bytes/);
 
