@@ -148,6 +148,7 @@ export class GatewayListener {
         return;
       }
       this.opts.stats.forwarded.labels(cluster.name).inc();
+      if (this.opts.log.enabled("debug")) this.opts.log.debug("gateway connection forwarded", { sni: hello.sni, alpn: hello.alpn.join(","), cluster: cluster.name, endpoint: `${endpoint.host}:${endpoint.port}` });
       up.write(hello.bytes);
       const pipe = joinSockets(down, up, this.opts.idleTimeoutMs ?? 3_600_000, (r) => {
         this.pipes.delete(pipe);
