@@ -1,0 +1,28 @@
+// A mesh gateway's counters. Every connection the gateway does not forward is counted under the
+// reason it was closed; the ones it forwards are counted per cluster, under Envoy's label name.
+import { Counter, type Registry } from "prom-client";
+import type { HelloRefusalReason } from "../tls/client-hello.js";
+
+export type GatewayRejection =
+  | HelloRefusalReason
+  /** The SNI is not one this gateway routes (not a mesh name, another trust domain, no such service). */
+  | "unknown_sni"
+  /** The cluster for the SNI has no healthy endpoint. */
+  | "no_healthy_endpoint"
+  /** The chosen endpoint could not be reached in time. */
+  | "upstream_connect_failed"
+  /** Closed at accept: the gateway held its maximum of connections. */
+  | "overflow"
+  /** Closed at accept: too many connections were still sending their ClientHello. */
+  | "overload";
+
+export class GatewayStats {
+  readonly rejected: Counter<"reason">;
+  readonly forwarded: Counter<"envoy_cluster_name">;
+
+  /** Register once per registry (one gateway process, one set of series). */
+  constructor(registry: Registry) {
+    this.rejected = new Counter({ name: "meshproxy_gateway_rejected_total", help: "Gateway connections closed without being forwarded, by reason", labelNames: ["reason"], registers: [registry] });
+    this.forwarded = new Counter({ name: "meshproxy_gateway_forwarded_total", help: "Gateway connections forwarded to a cluster (TLS passed through, never terminated)", labelNames: ["envoy_cluster_name"], registers: [registry] });
+  }
+}
