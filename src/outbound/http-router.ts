@@ -16,6 +16,7 @@ import { Cancel, errorCode, requestHasBody, requestHeaders, writeHead, type AnyR
 import { isConnectFailure } from "../cluster/pools.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
+import { clusterWithHosts } from "./concrete.js";
 import type { Logger } from "../telemetry/log.js";
 import type { RequestRefusal } from "../telemetry/metrics.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
@@ -270,7 +271,7 @@ export class HttpRouter {
     };
     try {
       for (let attempt = 1; ; attempt++) {
-        const cluster = this.clusterWithHosts(primary, tried, state);
+        const cluster = clusterWithHosts(primary, state.clusters, tried, true);
         const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
         if (!cluster || !host) {
           if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), rec);
@@ -290,7 +291,7 @@ export class HttpRouter {
         // or deliver (head and body go straight into the client's response).
         const deliver = (status: number, upstreamHeaders: IncomingHttpHeaders): boolean => {
           const retriable = canRetry && c.retry.retriable({ kind: "response", status });
-          if (retriable && retriesTaken < c.retry.numRetries && this.clusterWithHosts(primary, tried, state)) {
+          if (retriable && retriesTaken < c.retry.numRetries && clusterWithHosts(primary, state.clusters, tried, true)) {
             if (cluster.breaker.tryAcquireRetry()) {
               retryTaken = cluster;
               return false;
@@ -339,21 +340,6 @@ export class HttpRouter {
     }
   }
 
-  /**
-   * The primary cluster while it has untried hosts, then its failover clusters in order. Once
-   * every host was tried, a retry goes to one of them again (the balancer drops the exclusion):
-   * Consul sets no retry host predicate, and Envoy's previous_hosts gives up after a few picks
-   * too, so NumRetries on a one-instance service still retries.
-   */
-  private clusterWithHosts(primary: ClusterRuntime, tried: ReadonlySet<string>, state: OutboundHttpState): ClusterRuntime | null {
-    const failover = (primary.config.failover ?? []).map((n) => state.clusters.get(n));
-    for (const exclude of [tried, undefined]) {
-      if (primary.hasAvailable(exclude)) return primary;
-      for (const f of failover) if (f?.hasAvailable(exclude)) return f;
-    }
-    return null;
-  }
-
   private describeFailure(o: AttemptOutcome, host: ClusterHost): string {
     if (o.kind === "response") return `${host.key} answered ${o.status}`;
     return `${host.key}: ${o.kind}`;
@@ -372,7 +358,7 @@ export class HttpRouter {
     res: AnyResponse,
     deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
   ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
-    host.activeRequests++;
+    cluster.begin(host);
     const sent = cluster.learnsLatency ? performance.now() : 0;
     return new Promise((resolve) => {
       const handler = new ResponseForwarder(
@@ -383,7 +369,7 @@ export class HttpRouter {
           return deliver(status, h);
         },
         (r) => {
-          host.activeRequests--;
+          cluster.end(host);
           clientGone.off("abort", onGone);
           if ("status" in r) return resolve({ outcome: { kind: "response", status: r.status }, delivered: r.delivered });
           if (clientGone.cancelled) return resolve({ outcome: { kind: "reset" }, delivered: false });
