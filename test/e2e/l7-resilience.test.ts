@@ -214,6 +214,30 @@ t.test("limits: MaxPendingRequests refuses requests queued beyond it", async (t)
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1024, 10_000, "the limits to go back");
 });
 
+// A Snapshot that changes the cluster while requests are in flight: the hosts the requests hold
+// must be the ones /clusters reads, or their counts stay inflated for good (least_request and
+// peak_ewma then steer away from a host that is idle).
+t.test("requests in flight across a Snapshot update: rq_active returns to 0 once they finish", async (t) => {
+  const rqActive = async (): Promise<number> => {
+    const res = await fetch(`http://${web.adminAddr}/clusters`);
+    const line = (await res.text()).split("\n").find((l) => l.startsWith("api.default.") && /::127\.0\.0\.1:\d+::rq_active::/.test(l));
+    return Number(line?.split("::").pop() ?? NaN);
+  };
+  const inFlight = Promise.all(Array.from({ length: 4 }, () => get(API, "/inflight?delay=700")));
+  await until(async () => (await rqActive()) === 4, 5_000, "four requests in flight");
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConcurrentRequests: 500 } }] } });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxRequests === 500, 10_000, "the update to apply");
+  t.equal(await rqActive(), 4, "the four are still counted after the update");
+  const rs = await inFlight;
+  t.same(rs.map((r) => r.status), [200, 200, 200, 200], "all four are answered");
+  await until(async () => (await rqActive()) === 0, 2_000, "rq_active to return to 0").then(
+    () => t.pass("rq_active is back at 0"),
+    (e: unknown) => t.fail(String(e)),
+  );
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxRequests === 1024, 10_000, "the limits to go back");
+});
+
 t.test("retry budget: many failing requests at once overflow the default budget", async (t) => {
   // Consul's entries cannot set a retry budget; the default applies (20% of active requests,
   // at least 10 concurrent retries, linkerd's floor). 40 concurrent requests failing after
