@@ -234,22 +234,6 @@ export class HttpRouter {
       this.stats.overflow(primary.name);
       return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
     }
-    // With every pooled connection busy (one request each), this request waits for one: it is
-    // pending, and the pending queue has its own limit, as Envoy's max_pending_requests.
-    let pending = false;
-    const limits = primary.config.limits;
-    if (limits && primary.breaker.state.activeRequests > limits.maxConnections) {
-      if (!primary.breaker.tryAcquirePending()) {
-        primary.breaker.releaseRequest();
-        this.stats.overflow(primary.name);
-        return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max pending requests reached`, rec);
-      }
-      pending = true;
-    }
-    const releasePending = () => {
-      if (pending) primary.breaker.releasePending();
-      pending = false;
-    };
     const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
     const hashPolicies = primary.config.lb?.hashPolicies;
     const hash =
@@ -286,6 +270,15 @@ export class HttpRouter {
         const remaining = deadline - Date.now();
         if (remaining <= 0) return this.timeout(res, cluster, state.upstream, rec);
         const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
+        // Every connection of the host's pool busy (one request each): this attempt waits for one.
+        // It is pending until the pool assigns it a connection, and the cluster's requests
+        // waiting, whichever host they wait on, are held to MaxPendingRequests (Envoy's
+        // max_pending_requests).
+        const waits = host.activeRequests >= cluster.limits.maxConnections;
+        if (waits && !cluster.breaker.tryAcquirePending()) {
+          this.stats.overflow(cluster.name);
+          return this.reply(res, 503, "UO", state.upstream, `cluster "${cluster.name}": max pending requests (${cluster.limits.maxPendingRequests}) reached`, rec);
+        }
         let retryTaken: ClusterRuntime | null = null;
         // Decided when the upstream's headers arrive: retry (the body is drained, not delivered)
         // or deliver (head and body go straight into the client's response).
@@ -304,9 +297,8 @@ export class HttpRouter {
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
           return true;
         };
-        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
+        const outcome = await this.attempt(cluster, host, waits, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
         releaseRetrySlot();
-        releasePending();
         if (this.log.enabled("debug")) {
           this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
         }
@@ -335,7 +327,6 @@ export class HttpRouter {
       }
     } finally {
       releaseRetrySlot();
-      releasePending();
       primary.breaker.releaseRequest();
     }
   }
@@ -345,10 +336,15 @@ export class HttpRouter {
     return `${host.key}: ${o.kind}`;
   }
 
-  /** One try against one host; resolves once the answer is delivered, drained for a retry, or failed. */
+  /**
+   * One try against one host; resolves once the answer is delivered, drained for a retry, or
+   * failed. With `waits`, the caller took a pending slot of the cluster: it is given back as soon
+   * as the pool assigns the request a connection, or when the attempt ends without one.
+   */
   private attempt(
     cluster: ClusterRuntime,
     host: ClusterHost,
+    waits: boolean,
     method: string,
     path: string,
     headers: Record<string, string | string[] | undefined>,
@@ -360,6 +356,12 @@ export class HttpRouter {
   ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
     cluster.begin(host);
     const sent = cluster.learnsLatency ? performance.now() : 0;
+    let pending = waits;
+    const assigned = (): void => {
+      if (!pending) return;
+      pending = false;
+      cluster.breaker.releasePending();
+    };
     return new Promise((resolve) => {
       const handler = new ResponseForwarder(
         res,
@@ -369,6 +371,7 @@ export class HttpRouter {
           return deliver(status, h);
         },
         (r) => {
+          assigned();
           cluster.end(host);
           clientGone.off("abort", onGone);
           if ("status" in r) return resolve({ outcome: { kind: "response", status: r.status }, delivered: r.delivered });
@@ -379,6 +382,7 @@ export class HttpRouter {
           if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
           resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : "reset" }, delivered: false });
         },
+        assigned,
       );
       const onGone = () => handler.abort(new Error("the client closed the connection"));
       clientGone.once("abort", onGone);

@@ -209,9 +209,46 @@ t.test("limits: MaxPendingRequests refuses requests queued beyond it", async (t)
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1, 10_000, "the limits to apply");
   const rs = await Promise.all(Array.from({ length: 4 }, () => get(API, "/pending?delay=300")));
   // Envoy: one request on the connection, one pending, two refused.
-  t.equal(rs.filter((r) => r.status === 503 && r.flags === "UO").length, 2, "two of four concurrent requests overflow the pending queue");
+  t.equal(rs.filter((r) => r.status === 503 && r.flags === "UO").length, 2, `two of four concurrent requests overflow the pending queue (${rs.map((r) => `${r.status} ${r.flags}`).join(", ")})`);
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1024, 10_000, "the limits to go back");
+});
+
+// Envoy's max_pending_requests: the cluster's requests waiting for a connection, whichever host
+// they wait on, and a request stops being pending once a connection takes it.
+t.test("limits: MaxPendingRequests counts requests waiting for a connection, until one is assigned", async (t) => {
+  await configWrite(t, dir, {
+    Kind: "service-defaults",
+    Name: "web",
+    Protocol: "http",
+    UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }, { Name: "lb", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] },
+  });
+  await until(async () => {
+    const d = await configDump(web.adminAddr);
+    return clusterOf(d, "api")?.limits?.maxConnections === 1 && clusterOf(d, "lb")?.limits?.maxConnections === 1;
+  }, 10_000, "the limits to apply");
+  // One request per lb instance at once (round robin): each has its instance's one connection,
+  // so none waits, whatever the cluster-wide count of requests.
+  const spread = await Promise.all(Array.from({ length: 3 }, () => get(LB, "/spread?delay=300")));
+  t.same(spread.map((r) => r.status), [200, 200, 200], "three concurrent requests on three instances with a free connection each: none pending, none refused");
+
+  // api has one instance and one connection. A holds it, B waits (pending) until A is done and
+  // then runs; C arrives while B runs and may wait in the slot B gave back.
+  const a = get(API, "/pa?delay=400");
+  await new Promise((r) => setTimeout(r, 50));
+  const b = get(API, "/pb?delay=400");
+  await new Promise((r) => setTimeout(r, 500));
+  const c = get(API, "/pc?delay=50");
+  const [ra, rb, rc] = await Promise.all([a, b, c]);
+  t.same([ra.status, rb.status], [200, 200], "A runs, B waits for the connection and runs");
+  t.equal(rc.status, 200, "C, sent while B runs, waits in the pending slot B released when it got the connection");
+  t.equal(rc.flags, "", "and is not flagged UO");
+
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
+  await until(async () => {
+    const d = await configDump(web.adminAddr);
+    return clusterOf(d, "api")?.limits?.maxConnections === 1024 && clusterOf(d, "lb")?.limits?.maxConnections === 1024;
+  }, 10_000, "the limits to go back");
 });
 
 // A Snapshot that changes the cluster while requests are in flight: the hosts the requests hold
