@@ -9,7 +9,7 @@ import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
 import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/request-target.js";
 import { applyHeaderMutation, endToEndCopy, isEmptyMutation } from "../http/headers.js";
-import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
+import { CompiledRetry, isRefusedStream, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
 import { ResponseForwarder } from "../http/forwarder.js";
 import { Cancel, errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
@@ -380,7 +380,7 @@ export class HttpRouter {
           if (r.delivered) return resolve({ outcome: { kind: "reset" }, delivered: true });
           cluster.reportResult(host, { localOriginFailure: true });
           if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
-          resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : "reset" }, delivered: false });
+          resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
         },
         assigned,
       );

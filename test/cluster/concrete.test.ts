@@ -6,8 +6,7 @@ import t from "tap";
 import { once } from "node:events";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { createServer, type AddressInfo, type Socket } from "node:net";
-import { createRootCa, issueLeaf, serviceSpiffeId } from "../../src/index.js";
-import { buildTlsMaterial, type TlsMaterial } from "../../src/tls/contexts.js";
+import { meshTls, spiffe, TRUST_DOMAIN } from "../helpers/mesh-tls.js";
 import { SessionCache } from "../../src/tls/origin.js";
 import { PoolSet } from "../../src/cluster/pools.js";
 import { ClusterRuntime } from "../../src/cluster/runtime.js";
@@ -16,16 +15,9 @@ import type { Cluster, Endpoint } from "../../src/config/snapshot.js";
 import { openStream, type OpenStream, type StreamFailure } from "../../src/outbound/concrete.js";
 import type { Teardown } from "../helpers/mesh.js";
 
-const TD = "11111111-2222-3333-4444-555555555555.consul";
-const spiffe = (service: string) => serviceSpiffeId({ trustDomain: TD, namespace: "default", datacenter: "dc1", service });
-
-const ca = await createRootCa(TD);
-const webLeaf = await issueLeaf(ca, { spiffeId: spiffe("web"), commonName: "web", ttlMs: 3_600_000 });
-const dbLeaf = await issueLeaf(ca, { spiffeId: spiffe("db"), commonName: "db", ttlMs: 3_600_000 });
-const tls: TlsMaterial = buildTlsMaterial(
-  { service: "web", namespace: "default", datacenter: "dc1", trustDomain: TD, spiffeId: spiffe("web"), certChainPem: webLeaf.certPem, privateKeyPem: webLeaf.keyPem, serial: webLeaf.serial, notBefore: webLeaf.notBefore, notAfter: webLeaf.notAfter },
-  { trustDomain: TD, rootsPem: [ca.certPem] },
-);
+const TD = TRUST_DOMAIN;
+const { tls, leaf } = await meshTls();
+const dbLeaf = await leaf("db");
 
 /** A db instance: TLS with db's leaf; counts the TCP connections it accepted and keeps them open. */
 async function dbInstance(t: Teardown): Promise<{ port: number; accepted: () => number }> {
