@@ -57,7 +57,15 @@ export interface ClusterStatus {
   readonly outlierDetection: boolean;
   /** No host usable (all unhealthy or ejected below the panic threshold): Envoy's lb_healthy_panic. */
   readonly panic: boolean;
-  readonly limits: { readonly maxConnections: number; readonly maxPendingRequests: number; readonly maxRequests: number; readonly maxRetries: number };
+  readonly limits: {
+    readonly maxConnections: number;
+    readonly maxPendingRequests: number;
+    readonly maxRequests: number;
+    /** Envoy's max_retries; applies only without a retry budget (Envoy: a budget overrides it). */
+    readonly maxRetries: number;
+    /** The retry budget that limits concurrent retries instead, or null when none is set. */
+    readonly retryBudget: { readonly budgetPercent: number; readonly minRetryConcurrency: number } | null;
+  };
   readonly activeRequests: number;
   readonly hosts: readonly HostStatus[];
 }
@@ -201,7 +209,13 @@ export class ClusterRuntime {
       sni: this.cluster.sni,
       outlierDetection: this.outlier !== null,
       panic: this.panic,
-      limits: { maxConnections: l.maxConnections, maxPendingRequests: l.maxPendingRequests, maxRequests: l.maxRequests, maxRetries: l.maxRetries },
+      limits: {
+        maxConnections: l.maxConnections,
+        maxPendingRequests: l.maxPendingRequests,
+        maxRequests: l.maxRequests,
+        maxRetries: l.maxRetries,
+        retryBudget: l.retryBudgetPercent > 0 ? { budgetPercent: l.retryBudgetPercent, minRetryConcurrency: l.minRetryConcurrency } : null,
+      },
       activeRequests: this.breaker.state.activeRequests,
       hosts: this.hosts.map((h) => ({
         id: h.endpoint.id,

@@ -14,6 +14,7 @@ import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "../../src/config/http
 import type { Cluster, Endpoint } from "../../src/config/snapshot.js";
 import { openStream, type OpenStream, type StreamFailure } from "../../src/outbound/concrete.js";
 import type { Teardown } from "../helpers/mesh.js";
+import { clustersJson, clustersText } from "../../src/admin/clusters.js";
 
 const TD = TRUST_DOMAIN;
 const { tls, leaf } = await meshTls();
@@ -178,4 +179,22 @@ t.test("failover: a cluster with nothing available hands the stream to its failo
   t.pass("whose host accepted it");
   const none = await open(new Map([["db-primary", primary]]), "db-primary");
   t.equal("flag" in none ? none.flag : "open", "UH", "without a failover cluster: no healthy upstream");
+});
+
+// Consul sets neither max_retries nor a retry budget; meshproxy's default is a budget (README:
+// 20 %, at least 10 at once), and in Envoy a budget overrides max_retries. /clusters shows the
+// limit that applies, not only a max_retries of 3 that nothing enforces.
+t.test("retries are limited by the retry budget, and /clusters says so", async (t) => {
+  const rt = new ClusterRuntime(cluster("db", [endpoint(await refusingPort())]), tls, pools, false);
+  t.teardown(() => rt.close());
+  let granted = 0;
+  while (granted < 100 && rt.breaker.tryAcquireRetry()) granted++;
+  t.equal(granted, DEFAULT_LIMITS.minRetryConcurrency, `an idle cluster allows the budget's floor of ${DEFAULT_LIMITS.minRetryConcurrency} concurrent retries, not max_retries ${DEFAULT_LIMITS.maxRetries}`);
+  t.match(
+    clustersJson([rt.hostsSnapshot()]),
+    { cluster_statuses: [{ circuit_breakers: { thresholds: [{ max_retries: 3, retry_budget: { budget_percent: { value: 20 }, min_retry_concurrency: 10 } }] } }] },
+    "JSON: the budget next to max_retries, in Envoy's shape",
+  );
+  t.match(clustersText([rt.hostsSnapshot()]), /^db::default_priority::retry_budget::budget_percent::20$/m, "text: the budget percent");
+  t.match(clustersText([rt.hostsSnapshot()]), /^db::default_priority::retry_budget::min_retry_concurrency::10$/m, "text: its floor");
 });
