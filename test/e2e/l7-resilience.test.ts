@@ -255,15 +255,19 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
 // must be the ones /clusters reads, or their counts stay inflated for good (least_request and
 // peak_ewma then steer away from a host that is idle).
 t.test("requests in flight across a Snapshot update: rq_active returns to 0 once they finish", async (t) => {
+  // lb: no LocalRequestTimeoutMs on its side, so the requests can outlast a slow config write.
   const rqActive = async (): Promise<number> => {
     const res = await fetch(`http://${web.adminAddr}/clusters`);
-    const line = (await res.text()).split("\n").find((l) => l.startsWith("api.default.") && /::127\.0\.0\.1:\d+::rq_active::/.test(l));
-    return Number(line?.split("::").pop() ?? NaN);
+    let sum = 0;
+    for (const line of (await res.text()).split("\n")) {
+      if (line.startsWith("lb.default.") && /::127\.0\.0\.1:\d+::rq_active::/.test(line)) sum += Number(line.split("::").pop());
+    }
+    return sum;
   };
-  const inFlight = Promise.all(Array.from({ length: 4 }, () => get(API, "/inflight?delay=700")));
+  const inFlight = Promise.all(Array.from({ length: 4 }, () => get(LB, "/inflight?delay=5000")));
   await until(async () => (await rqActive()) === 4, 5_000, "four requests in flight");
-  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConcurrentRequests: 500 } }] } });
-  await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxRequests === 500, 10_000, "the update to apply");
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "lb", Limits: { MaxConcurrentRequests: 500 } }] } });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.limits?.maxRequests === 500, 10_000, "the update to apply");
   t.equal(await rqActive(), 4, "the four are still counted after the update");
   const rs = await inFlight;
   t.same(rs.map((r) => r.status), [200, 200, 200, 200], "all four are answered");
@@ -272,7 +276,7 @@ t.test("requests in flight across a Snapshot update: rq_active returns to 0 once
     (e: unknown) => t.fail(String(e)),
   );
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
-  await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxRequests === 1024, 10_000, "the limits to go back");
+  await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.limits?.maxRequests === 1024, 10_000, "the limits to go back");
 });
 
 t.test("retry budget: many failing requests at once overflow the default budget", async (t) => {
