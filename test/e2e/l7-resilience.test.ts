@@ -356,6 +356,25 @@ t.test("load-balancing policies from the service-resolver", async (t) => {
   await setLb({ Policy: "round_robin" });
 });
 
+// A Snapshot is checked whole before any part is applied: a load balancer the cluster could
+// not build (least_request with ChoiceCount 0, which the config entry accepts) is refused with
+// the field named, and every cluster keeps the last good configuration, instead of some
+// clusters being updated before building that one failed.
+t.test("a Snapshot with a load balancer that cannot be built is rejected whole", async (t) => {
+  const rejected = async () => metric(web.adminAddr, "meshproxy_snapshots_rejected_total");
+  const before = await rejected();
+  const policyBefore = clusterOf(await configDump(web.adminAddr), "lb")?.lb?.policy;
+  await configWrite(t, dir, { Kind: "service-resolver", Name: "lb", LoadBalancer: { Policy: "least_request", LeastRequestConfig: { ChoiceCount: 0 } } });
+  const line = await web.waitForLog((l) => l["@message"] === "snapshot rejected; keeping the last good one" && String(l["error"]).includes("choiceCount"));
+  t.match(String(line["error"]), /must be an integer >= 1/, `logged with the reason: ${String(line["error"])}`);
+  t.ok((await rejected()) > before, "meshproxy_snapshots_rejected_total counts it");
+  t.equal(clusterOf(await configDump(web.adminAddr), "lb")?.lb?.policy, policyBefore, "lb keeps its last good policy");
+  const rs = await Promise.all(Array.from({ length: 3 }, () => get(LB, "/after-reject")));
+  t.same(rs.map((r) => r.status), [200, 200, 200], "and serves");
+  await configWrite(t, dir, { Kind: "service-resolver", Name: "lb" });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.lb?.policy === "round_robin", 10_000, "lb back to round robin");
+});
+
 t.test("no instance at all: 503 UH", async (t) => {
   const r = await get(web.upstreams["ghost"]!, "/");
   t.equal(r.status, 503, "an upstream with no instances answers 503");
