@@ -1,5 +1,6 @@
-// Outbound HTTP: a request from the local app is matched to a route, a split leg is drawn, the
-// cluster picks a host, and the request goes over a pooled mTLS connection; the answer streams
+// Outbound HTTP, the logical stage: a request from the local app is matched to a route, a split
+// leg is drawn, the cluster picks a host (concrete.ts), and the request goes over a pooled mTLS
+// connection (endpoint.ts); the answer streams
 // straight back into the app's response. Retries go to a host not tried yet, then to failover
 // clusters, then to a tried host, within the retry budget; the route timeout covers every
 // attempt up to the response headers, the route's idle timeout every silence after them.
@@ -9,14 +10,13 @@ import type { Route, RouteTable } from "../config/http.js";
 import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
 import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/request-target.js";
 import { applyHeaderMutation, endToEndCopy, isEmptyMutation } from "../http/headers.js";
-import { CompiledRetry, isRefusedStream, type AttemptOutcome } from "../http/retry.js";
+import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
-import { ResponseForwarder } from "../http/forwarder.js";
-import { Cancel, errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
-import { isConnectFailure } from "../cluster/pools.js";
+import { Cancel, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
 import { clusterWithHosts } from "./concrete.js";
+import { dispatchAttempt } from "./endpoint.js";
 import type { Logger } from "../telemetry/log.js";
 import type { RequestRefusal } from "../telemetry/metrics.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
@@ -297,7 +297,7 @@ export class HttpRouter {
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
           return true;
         };
-        const outcome = await this.attempt(cluster, host, waits, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
+        const outcome = await dispatchAttempt(cluster, host, waits, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
         releaseRetrySlot();
         if (this.log.enabled("debug")) {
           this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
@@ -334,62 +334,6 @@ export class HttpRouter {
   private describeFailure(o: AttemptOutcome, host: ClusterHost): string {
     if (o.kind === "response") return `${host.key} answered ${o.status}`;
     return `${host.key}: ${o.kind}`;
-  }
-
-  /**
-   * One try against one host; resolves once the answer is delivered, drained for a retry, or
-   * failed. With `waits`, the caller took a pending slot of the cluster: it is given back as soon
-   * as the pool assigns the request a connection, or when the attempt ends without one.
-   */
-  private attempt(
-    cluster: ClusterRuntime,
-    host: ClusterHost,
-    waits: boolean,
-    method: string,
-    path: string,
-    headers: Record<string, string | string[] | undefined>,
-    body: Buffer | AnyRequest | null,
-    timeouts: { readonly headersMs: number; readonly idleMs: number },
-    clientGone: Cancel,
-    res: AnyResponse,
-    deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
-  ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
-    cluster.begin(host);
-    const sent = cluster.learnsLatency ? performance.now() : 0;
-    let pending = waits;
-    const assigned = (): void => {
-      if (!pending) return;
-      pending = false;
-      cluster.breaker.releasePending();
-    };
-    return new Promise((resolve) => {
-      const handler = new ResponseForwarder(
-        res,
-        (status, h) => {
-          cluster.reportResult(host, { status });
-          if (sent > 0) cluster.observeLatency(host, performance.now() - sent);
-          return deliver(status, h);
-        },
-        (r) => {
-          assigned();
-          cluster.end(host);
-          clientGone.off("abort", onGone);
-          if ("status" in r) return resolve({ outcome: { kind: "response", status: r.status }, delivered: r.delivered });
-          if (clientGone.cancelled) return resolve({ outcome: { kind: "reset" }, delivered: false });
-          // A failure after the head was sent cannot be retried: the client has part of an answer.
-          if (r.delivered) return resolve({ outcome: { kind: "reset" }, delivered: true });
-          cluster.reportResult(host, { localOriginFailure: true });
-          if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
-          resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
-        },
-        assigned,
-      );
-      const onGone = () => handler.abort(new Error("the client closed the connection"));
-      clientGone.once("abort", onGone);
-      // undici's own timers: the header timer is the per-try timeout, the body timer the route's
-      // idle timeout (the longest silence between two chunks of the answer). No timer objects here.
-      cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeouts.headersMs)), bodyTimeout: Math.max(0, Math.ceil(timeouts.idleMs)) }, handler);
-    });
   }
 
   private writeResponseHead(
