@@ -337,7 +337,7 @@ export class Proxy extends EventEmitter {
         existing.update(u, cluster, tls, http);
         continue;
       }
-      const l = new UpstreamListener(u, cluster, tls, http, this.sessions, this.metrics, this.router, this.log, this.obs, this.limits);
+      const l = new UpstreamListener(u, cluster, tls, http, this.runtimes, this.sessions, this.metrics, this.router, this.log, this.obs, this.limits);
       try {
         const a = await l.listen();
         existing?.close();

@@ -22,6 +22,10 @@ export function clustersText(clusters: readonly ClusterStatus[]): string {
       `${p}default_priority::max_pending_requests::${c.limits.maxPendingRequests}`,
       `${p}default_priority::max_requests::${c.limits.maxRequests}`,
       `${p}default_priority::max_retries::${c.limits.maxRetries}`,
+      // With a retry budget, Envoy ignores max_retries: the budget is what limits retries.
+      ...(c.limits.retryBudget
+        ? [`${p}default_priority::retry_budget::budget_percent::${c.limits.retryBudget.budgetPercent}`, `${p}default_priority::retry_budget::min_retry_concurrency::${c.limits.retryBudget.minRetryConcurrency}`]
+        : []),
       `${p}outlier_detection::${c.outlierDetection ? "enabled" : "disabled"}`,
       `${p}lb_healthy_panic::${c.panic}`,
       `${p}rq_active::${c.activeRequests}`,
@@ -54,7 +58,17 @@ export function clustersJson(clusters: readonly ClusterStatus[]): unknown {
         lb_healthy_panic: c.panic,
         rq_active: c.activeRequests,
         circuit_breakers: {
-          thresholds: [{ priority: "DEFAULT", max_connections: c.limits.maxConnections, max_pending_requests: c.limits.maxPendingRequests, max_requests: c.limits.maxRequests, max_retries: c.limits.maxRetries }],
+          thresholds: [
+            {
+              priority: "DEFAULT",
+              max_connections: c.limits.maxConnections,
+              max_pending_requests: c.limits.maxPendingRequests,
+              max_requests: c.limits.maxRequests,
+              max_retries: c.limits.maxRetries,
+              // Envoy's CircuitBreakers.Thresholds.RetryBudget shape.
+              ...(c.limits.retryBudget ? { retry_budget: { budget_percent: { value: c.limits.retryBudget.budgetPercent }, min_retry_concurrency: c.limits.retryBudget.minRetryConcurrency } } : {}),
+            },
+          ],
         },
         host_statuses: c.hosts.map((h) => ({
           address: { socket_address: { address: h.host, port_value: h.port } },

@@ -3,7 +3,7 @@
 // breaker, and where each host's pooled connections live. A new Snapshot updates it in place,
 // so ejections, counters and pools survive a weight change.
 import type { Cluster } from "../config/snapshot.js";
-import { DEFAULT_LB, DEFAULT_LIMITS } from "../config/http.js";
+import { DEFAULT_LB, DEFAULT_LIMITS, type Limits } from "../config/http.js";
 import { PeakEwmaBalancer, createBalancer, hostKey, type Balancer, type HostState, type PickContext } from "./balancer.js";
 import { OutlierDetector, availableHosts } from "./outlier.js";
 import { CircuitBreaker } from "./limits.js";
@@ -12,11 +12,27 @@ import type { TlsMaterial } from "../tls/contexts.js";
 import type { Pool } from "undici";
 import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
 
+/**
+ * One host of the cluster. The object lives as long as its key stays in the cluster: a Snapshot
+ * that keeps the host updates it in place, so requests and connections still in flight, which
+ * hold this object, count down the same activeRequests the balancer reads.
+ */
 export interface ClusterHost extends HostState {
-  readonly pool: PoolTarget;
-  /** The host's connection pool, looked up on first use. */
-  dispatcher?: Pool;
+  endpoint: HostState["endpoint"];
+  pool: PoolTarget;
+  /** PoolSet key of `pool` under the current TLS material. */
+  poolKey: string;
+  /** The host's connection pool, looked up on first use; dropped when poolKey changes. */
+  dispatcher?: Pool | undefined;
 }
+
+/**
+ * Envoy's mapping of connection outcomes in non-split outlier detection: tcp_proxy reports a
+ * refused or failed connect as LocalOriginConnectFailed (counted as a 503) and an established one
+ * as LocalOriginConnectSuccessFinal (counted as a 200, which ends a run of failures).
+ */
+const CONNECT_FAILED = { localOriginFailure: true } as const;
+const CONNECT_SUCCEEDED = { status: 200 } as const;
 
 /** One host as the admin API's /clusters shows it. */
 export interface HostStatus {
@@ -41,7 +57,15 @@ export interface ClusterStatus {
   readonly outlierDetection: boolean;
   /** No host usable (all unhealthy or ejected below the panic threshold): Envoy's lb_healthy_panic. */
   readonly panic: boolean;
-  readonly limits: { readonly maxConnections: number; readonly maxPendingRequests: number; readonly maxRequests: number; readonly maxRetries: number };
+  readonly limits: {
+    readonly maxConnections: number;
+    readonly maxPendingRequests: number;
+    readonly maxRequests: number;
+    /** Envoy's max_retries; applies only without a retry budget (Envoy: a budget overrides it). */
+    readonly maxRetries: number;
+    /** The retry budget that limits concurrent retries instead, or null when none is set. */
+    readonly retryBudget: { readonly budgetPercent: number; readonly minRetryConcurrency: number } | null;
+  };
   readonly activeRequests: number;
   readonly hosts: readonly HostStatus[];
 }
@@ -81,6 +105,10 @@ export class ClusterRuntime {
     return this.cluster;
   }
 
+  get limits(): Limits {
+    return this.cluster.limits ?? DEFAULT_LIMITS;
+  }
+
   get ejectedCount(): number {
     return this.outlier?.stats.ejectionsActive ?? 0;
   }
@@ -112,7 +140,15 @@ export class ClusterRuntime {
         http2: this.http2,
         maxConnections: limits.maxConnections,
       };
-      return { endpoint: e, key, activeRequests: prev?.activeRequests ?? 0, pool };
+      const poolKey = PoolSet.key(pool, tls);
+      if (prev === undefined) return { endpoint: e, key, activeRequests: 0, pool, poolKey };
+      prev.endpoint = e;
+      prev.pool = pool;
+      if (prev.poolKey !== poolKey) {
+        prev.poolKey = poolKey;
+        prev.dispatcher = undefined;
+      }
+      return prev;
     });
     const od = cluster.outlierDetection;
     if (od) {
@@ -173,7 +209,13 @@ export class ClusterRuntime {
       sni: this.cluster.sni,
       outlierDetection: this.outlier !== null,
       panic: this.panic,
-      limits: { maxConnections: l.maxConnections, maxPendingRequests: l.maxPendingRequests, maxRequests: l.maxRequests, maxRetries: l.maxRetries },
+      limits: {
+        maxConnections: l.maxConnections,
+        maxPendingRequests: l.maxPendingRequests,
+        maxRequests: l.maxRequests,
+        maxRetries: l.maxRetries,
+        retryBudget: l.retryBudgetPercent > 0 ? { budgetPercent: l.retryBudgetPercent, minRetryConcurrency: l.minRetryConcurrency } : null,
+      },
       activeRequests: this.breaker.state.activeRequests,
       hosts: this.hosts.map((h) => ({
         id: h.endpoint.id,
@@ -190,7 +232,7 @@ export class ClusterRuntime {
 
   /** Keys of the pools this cluster uses, for PoolSet.retain. */
   poolKeys(): string[] {
-    return this.hosts.map((h) => PoolSet.key(h.pool, this.tls));
+    return this.hosts.map((h) => h.poolKey);
   }
 
   /** A host for one attempt, or null when none is available (all unhealthy, ejected or tried). */
@@ -205,9 +247,23 @@ export class ClusterRuntime {
     return this.available.some((h) => !exclude.has(h.key));
   }
 
-  /** Cached per host: hosts are rebuilt on every Snapshot, so the cache never outlives its TLS material. */
+  /** Cached per host until a Snapshot changes what its pool is keyed by (TLS material, limits). */
   poolFor(h: ClusterHost): Pool {
     return (h.dispatcher ??= this.pools.get(h.pool, this.tls));
+  }
+
+  /** A request or connection to `h` starts; pair with end(h). */
+  begin(h: ClusterHost): void {
+    h.activeRequests++;
+  }
+
+  end(h: ClusterHost): void {
+    if (h.activeRequests > 0) h.activeRequests--;
+  }
+
+  /** One connect attempt's outcome, for outlier detection (TCP and upgrades; pooled HTTP reports per request). */
+  reportConnect(h: ClusterHost, ok: boolean): void {
+    this.outlier?.reportResult(h.key, ok ? CONNECT_SUCCEEDED : CONNECT_FAILED);
   }
 
   /** Whether response times are wanted (peak_ewma); the router measures only then. */

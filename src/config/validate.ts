@@ -2,6 +2,7 @@
 // with the field and the reason, and the proxy keeps serving on the last good one.
 import { X509Certificate, createPrivateKey, type KeyObject } from "node:crypto";
 import type { Snapshot, HostPort, Cluster } from "./snapshot.js";
+import type { LoadBalancer } from "./http.js";
 
 export class SnapshotError extends Error {
   constructor(
@@ -37,6 +38,27 @@ function checkCluster(key: string, c: Cluster): void {
   if (!c.expectedSpiffeId.startsWith("spiffe://")) throw new SnapshotError(`${f}.expectedSpiffeId`, "must be a spiffe:// URI");
   if (c.sni.length === 0) throw new SnapshotError(`${f}.sni`, "must not be empty");
   c.endpoints.forEach((e, i) => checkHostPort(`${f}.endpoints[${i}]`, e, false));
+  if (c.lb) checkLb(`${f}.lb`, c.lb, c.endpoints.length);
+}
+
+/** Maglev's table size (cluster/balancer.ts, Envoy's default): more hosts than slots cannot be placed. */
+const MAGLEV_TABLE_SIZE = 65537;
+
+/**
+ * What building the cluster's balancer would refuse, refused here: a Snapshot is checked whole
+ * before any part of it is applied, so a bad load balancer never leaves clusters half updated.
+ */
+function checkLb(f: string, lb: LoadBalancer, hosts: number): void {
+  if (lb.policy === "least_request" && (!Number.isInteger(lb.choiceCount) || lb.choiceCount < 1)) {
+    throw new SnapshotError(`${f}.choiceCount`, `${String(lb.choiceCount)} must be an integer >= 1 (Envoy's default is 2)`);
+  }
+  if (lb.policy === "ring_hash") {
+    const { min, max } = lb.ringSize;
+    if (!Number.isInteger(min) || !Number.isInteger(max) || min < 1 || max < min) {
+      throw new SnapshotError(`${f}.ringSize`, `{min: ${String(min)}, max: ${String(max)}} must be integers with 1 <= min <= max`);
+    }
+  }
+  if (lb.policy === "maglev" && hosts > MAGLEV_TABLE_SIZE) throw new SnapshotError(`${f}.policy`, `maglev places at most ${MAGLEV_TABLE_SIZE} hosts, the cluster has ${hosts}`);
 }
 
 /** Throws SnapshotError naming the first bad field. */

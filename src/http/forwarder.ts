@@ -33,6 +33,8 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
     /** Called once, at the final (non-1xx) head; true delivers the answer to `res`. */
     private readonly decide: (status: number, headers: IncomingHttpHeaders) => boolean,
     private readonly finished: (r: ForwardResult) => void,
+    /** Called when undici starts the request on a connection (it was waiting for one until then). */
+    private readonly started?: () => void,
   ) {}
 
   /** Cancels the upstream request (the client went away). */
@@ -50,6 +52,7 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
+    this.started?.();
     if (this.pendingAbort) controller.abort(this.pendingAbort);
   }
 

@@ -8,6 +8,11 @@ export type AttemptOutcome =
   | { readonly kind: "connect-failure" }
   /** The connection broke or the per-try timeout fired before response headers. */
   | { readonly kind: "reset" }
+  /**
+   * The upstream reset the HTTP/2 stream with REFUSED_STREAM: it did not process the request
+   * (RFC 9113 §8.7), so a retry is always safe.
+   */
+  | { readonly kind: "refused-stream" }
   | { readonly kind: "per-try-timeout" };
 
 /** Compiled once per route: a Set instead of scanning lists per attempt. */
@@ -33,6 +38,10 @@ export class CompiledRetry {
         return on.has("connect-failure") || on.has("5xx") || on.has("gateway-error") || on.has("reset");
       case "reset":
         return on.has("reset") || on.has("5xx");
+      case "refused-stream":
+        // Envoy: refused-stream asks for exactly this; a refused stream is also a reset, which
+        // reset and 5xx cover.
+        return on.has("refused-stream") || on.has("reset") || on.has("5xx");
       case "per-try-timeout":
         return on.has("5xx") || on.has("gateway-error") || on.has("reset");
       case "response": {
@@ -52,3 +61,17 @@ export class CompiledRetry {
     return Math.floor(rand() * Math.min(cap, (2 ** n - 1) * base));
   }
 }
+
+/**
+ * Whether an upstream error is a REFUSED_STREAM reset: node:http2's stream error
+ * (ERR_HTTP2_STREAM_ERROR, "…NGHTTP2_REFUSED_STREAM"), or undici's own report of one
+ * (UND_ERR_INFO, `HTTP/2: "stream error" received - code 7`).
+ */
+export function isRefusedStream(e: unknown): boolean {
+  if (!(e instanceof Error) || !("code" in e)) return false;
+  if (e.code === "ERR_HTTP2_STREAM_ERROR") return e.message.endsWith("NGHTTP2_REFUSED_STREAM");
+  return e.code === "UND_ERR_INFO" && e.message === UNDICI_REFUSED_STREAM;
+}
+
+/** NGHTTP2_REFUSED_STREAM is error code 7 (RFC 9113 §7). */
+const UNDICI_REFUSED_STREAM = 'HTTP/2: "stream error" received - code 7';

@@ -49,8 +49,9 @@ interface Caller {
 type Req = AnyRequest;
 type Res = AnyResponse;
 
+/** What the local-app pool is built from: a Snapshot that changes none of it keeps the pool and its idle connections. */
 function poolKey(c: InboundHttpConfig): string {
-  return `${c.localApp.host}:${c.localApp.port}/${c.appHttp2 ? "h2c" : "h1"}`;
+  return `${c.localApp.host}:${c.localApp.port}/${c.appHttp2 ? "h2c" : "h1"}/${c.localConnectTimeoutMs}`;
 }
 
 export class InboundHttp {
@@ -63,6 +64,8 @@ export class InboundHttp {
   private config: InboundHttpConfig;
   private pool: Dispatcher;
   private poolFor = "";
+  /** `host:port` of the local app, for logs. */
+  private app = "";
   private readonly sockets = new Set<Socket>();
 
   constructor(
@@ -94,6 +97,7 @@ export class InboundHttp {
   private makePool(config: InboundHttpConfig): Dispatcher {
     const app = config.localApp;
     this.poolFor = poolKey(config);
+    this.app = app.host.includes(":") ? `[${app.host}]:${app.port}` : `${app.host}:${app.port}`;
     const origin = `http://${app.host.includes(":") ? `[${app.host}]` : app.host}:${app.port}`;
     const { H2CClient, Pool } = undici();
     if (config.appHttp2) return new H2CClient(origin, { headersTimeout: 0, bodyTimeout: 0, connectTimeout: config.localConnectTimeoutMs });
@@ -108,8 +112,7 @@ export class InboundHttp {
 
   update(config: InboundHttpConfig): void {
     this.config = config;
-    const key = `${config.localApp.host}:${config.localApp.port}`;
-    if (key !== this.poolFor) {
+    if (poolKey(config) !== this.poolFor) {
       const old = this.pool;
       this.pool = this.makePool(config);
       old.close().catch(logRejection(this.log, "closing the previous local-app pool", "debug"));
@@ -177,7 +180,7 @@ export class InboundHttp {
       status: rec.status,
       response_flags: rec.flag,
       upstream_cluster: "local_app",
-      upstream_host: this.poolFor,
+      upstream_host: this.app,
       ...(caller ? { source_identity: caller.uri } : {}),
       ...(rec.span ? { trace_id: rec.span.span.spanContext().traceId } : {}),
     });
@@ -242,8 +245,8 @@ export class InboundHttp {
     });
     if (!("error" in result) || result.delivered || res.destroyed) return;
     const timedOut = errorCode(result.error) === "UND_ERR_HEADERS_TIMEOUT";
-    this.log.warn("local app request failed", { app: this.poolFor, error: result.error.message, timed_out: timedOut });
-    this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${timeoutMs} ms` : `local app ${this.poolFor}: ${result.error.message}`, rec);
+    this.log.warn("local app request failed", { app: this.app, error: result.error.message, timed_out: timedOut });
+    this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${timeoutMs} ms` : `local app ${this.app}: ${result.error.message}`, rec);
   }
 
   /**
@@ -294,7 +297,7 @@ export class InboundHttp {
       responseTimeoutMs: this.config.requestTimeoutMs > 0 ? this.config.requestTimeoutMs : 15_000,
       idleTimeoutMs: this.config.idleTimeoutMs,
       done: (r) => {
-        if (r.error !== undefined) this.log.warn("local app upgrade failed", { app: this.poolFor, error: r.error, status: r.status });
+        if (r.error !== undefined) this.log.warn("local app upgrade failed", { app: this.app, error: r.error, status: r.status });
       },
     });
   }

@@ -1,5 +1,6 @@
-// Outbound HTTP: a request from the local app is matched to a route, a split leg is drawn, the
-// cluster picks a host, and the request goes over a pooled mTLS connection; the answer streams
+// Outbound HTTP, the logical stage: a request from the local app is matched to a route, a split
+// leg is drawn, the cluster picks a host (concrete.ts), and the request goes over a pooled mTLS
+// connection (endpoint.ts); the answer streams
 // straight back into the app's response. Retries go to a host not tried yet, then to failover
 // clusters, then to a tried host, within the retry budget; the route timeout covers every
 // attempt up to the response headers, the route's idle timeout every silence after them.
@@ -11,11 +12,11 @@ import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/r
 import { applyHeaderMutation, endToEndCopy, isEmptyMutation } from "../http/headers.js";
 import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
-import { ResponseForwarder } from "../http/forwarder.js";
-import { Cancel, errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
-import { isConnectFailure } from "../cluster/pools.js";
+import { Cancel, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
+import { clusterWithHosts } from "./concrete.js";
+import { dispatchAttempt } from "./endpoint.js";
 import type { Logger } from "../telemetry/log.js";
 import type { RequestRefusal } from "../telemetry/metrics.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
@@ -233,22 +234,6 @@ export class HttpRouter {
       this.stats.overflow(primary.name);
       return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
     }
-    // With every pooled connection busy (one request each), this request waits for one: it is
-    // pending, and the pending queue has its own limit, as Envoy's max_pending_requests.
-    let pending = false;
-    const limits = primary.config.limits;
-    if (limits && primary.breaker.state.activeRequests > limits.maxConnections) {
-      if (!primary.breaker.tryAcquirePending()) {
-        primary.breaker.releaseRequest();
-        this.stats.overflow(primary.name);
-        return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max pending requests reached`, rec);
-      }
-      pending = true;
-    }
-    const releasePending = () => {
-      if (pending) primary.breaker.releasePending();
-      pending = false;
-    };
     const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
     const hashPolicies = primary.config.lb?.hashPolicies;
     const hash =
@@ -270,7 +255,7 @@ export class HttpRouter {
     };
     try {
       for (let attempt = 1; ; attempt++) {
-        const cluster = this.clusterWithHosts(primary, tried, state);
+        const cluster = clusterWithHosts(primary, state.clusters, tried, true);
         const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
         if (!cluster || !host) {
           if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), rec);
@@ -285,12 +270,21 @@ export class HttpRouter {
         const remaining = deadline - Date.now();
         if (remaining <= 0) return this.timeout(res, cluster, state.upstream, rec);
         const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
+        // Every connection of the host's pool busy (one request each): this attempt waits for one.
+        // It is pending until the pool assigns it a connection, and the cluster's requests
+        // waiting, whichever host they wait on, are held to MaxPendingRequests (Envoy's
+        // max_pending_requests).
+        const waits = host.activeRequests >= cluster.limits.maxConnections;
+        if (waits && !cluster.breaker.tryAcquirePending()) {
+          this.stats.overflow(cluster.name);
+          return this.reply(res, 503, "UO", state.upstream, `cluster "${cluster.name}": max pending requests (${cluster.limits.maxPendingRequests}) reached`, rec);
+        }
         let retryTaken: ClusterRuntime | null = null;
         // Decided when the upstream's headers arrive: retry (the body is drained, not delivered)
         // or deliver (head and body go straight into the client's response).
         const deliver = (status: number, upstreamHeaders: IncomingHttpHeaders): boolean => {
           const retriable = canRetry && c.retry.retriable({ kind: "response", status });
-          if (retriable && retriesTaken < c.retry.numRetries && this.clusterWithHosts(primary, tried, state)) {
+          if (retriable && retriesTaken < c.retry.numRetries && clusterWithHosts(primary, state.clusters, tried, true)) {
             if (cluster.breaker.tryAcquireRetry()) {
               retryTaken = cluster;
               return false;
@@ -303,9 +297,8 @@ export class HttpRouter {
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
           return true;
         };
-        const outcome = await this.attempt(cluster, host, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
+        const outcome = await dispatchAttempt(cluster, host, waits, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
         releaseRetrySlot();
-        releasePending();
         if (this.log.enabled("debug")) {
           this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
         }
@@ -334,72 +327,13 @@ export class HttpRouter {
       }
     } finally {
       releaseRetrySlot();
-      releasePending();
       primary.breaker.releaseRequest();
     }
-  }
-
-  /**
-   * The primary cluster while it has untried hosts, then its failover clusters in order. Once
-   * every host was tried, a retry goes to one of them again (the balancer drops the exclusion):
-   * Consul sets no retry host predicate, and Envoy's previous_hosts gives up after a few picks
-   * too, so NumRetries on a one-instance service still retries.
-   */
-  private clusterWithHosts(primary: ClusterRuntime, tried: ReadonlySet<string>, state: OutboundHttpState): ClusterRuntime | null {
-    const failover = (primary.config.failover ?? []).map((n) => state.clusters.get(n));
-    for (const exclude of [tried, undefined]) {
-      if (primary.hasAvailable(exclude)) return primary;
-      for (const f of failover) if (f?.hasAvailable(exclude)) return f;
-    }
-    return null;
   }
 
   private describeFailure(o: AttemptOutcome, host: ClusterHost): string {
     if (o.kind === "response") return `${host.key} answered ${o.status}`;
     return `${host.key}: ${o.kind}`;
-  }
-
-  /** One try against one host; resolves once the answer is delivered, drained for a retry, or failed. */
-  private attempt(
-    cluster: ClusterRuntime,
-    host: ClusterHost,
-    method: string,
-    path: string,
-    headers: Record<string, string | string[] | undefined>,
-    body: Buffer | AnyRequest | null,
-    timeouts: { readonly headersMs: number; readonly idleMs: number },
-    clientGone: Cancel,
-    res: AnyResponse,
-    deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
-  ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
-    host.activeRequests++;
-    const sent = cluster.learnsLatency ? performance.now() : 0;
-    return new Promise((resolve) => {
-      const handler = new ResponseForwarder(
-        res,
-        (status, h) => {
-          cluster.reportResult(host, { status });
-          if (sent > 0) cluster.observeLatency(host, performance.now() - sent);
-          return deliver(status, h);
-        },
-        (r) => {
-          host.activeRequests--;
-          clientGone.off("abort", onGone);
-          if ("status" in r) return resolve({ outcome: { kind: "response", status: r.status }, delivered: r.delivered });
-          if (clientGone.cancelled) return resolve({ outcome: { kind: "reset" }, delivered: false });
-          // A failure after the head was sent cannot be retried: the client has part of an answer.
-          if (r.delivered) return resolve({ outcome: { kind: "reset" }, delivered: true });
-          cluster.reportResult(host, { localOriginFailure: true });
-          if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
-          resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : "reset" }, delivered: false });
-        },
-      );
-      const onGone = () => handler.abort(new Error("the client closed the connection"));
-      clientGone.once("abort", onGone);
-      // undici's own timers: the header timer is the per-try timeout, the body timer the route's
-      // idle timeout (the longest silence between two chunks of the answer). No timer objects here.
-      cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeouts.headersMs)), bodyTimeout: Math.max(0, Math.ceil(timeouts.idleMs)) }, handler);
-    });
   }
 
   private writeResponseHead(

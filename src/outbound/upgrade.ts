@@ -1,10 +1,12 @@
 // HTTP upgrades (WebSocket) through the mesh: the request target is checked and routed like
-// any request, then sent over an mTLS connection of its own (never a pooled one); the
+// any request, then sent over an mTLS connection of its own (never a pooled one, opened by the
+// concrete stage like an L4 connection); the
 // connection becomes a byte pipe only once the other side answered 101 (upgrade-relay.ts).
 import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
-import type { TLSSocket } from "node:tls";
-import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
+import type { SessionCache } from "../tls/origin.js";
+import { DEFAULTS } from "../config/snapshot.js";
+import { openStream } from "./concrete.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import { classifyUpgrade, rawLocalReply, relayUpgrade, upgradeRequestHeaders } from "../http/upgrade-relay.js";
@@ -45,19 +47,27 @@ export function upgradeOutbound(
   if (!route) return rawLocalReply(socket, 404, "NR", `no route: ${state.upstream}`);
   // The heaviest leg: an upgraded connection is long-lived, one draw is as good as another.
   const leg = [...route.action.splits].sort((a, b) => b.weight - a.weight)[0];
-  const cluster = leg ? state.clusters.get(leg.cluster) : undefined;
-  const host = cluster?.pick({});
-  if (!cluster || !host) return rawLocalReply(socket, 503, "UH", `no healthy upstream: ${state.upstream}`);
-  const c = cluster.config;
-  originate(
-    { host: host.endpoint.host, port: host.endpoint.port, sni: c.sni, expectedSpiffeId: c.expectedSpiffeId, timeoutMs: c.connectTimeoutMs ?? 5000 },
-    tls,
-    sessions,
-    (err: UpstreamTlsError | null, up: TLSSocket) => {
-      if (err) {
-        log.warn("upgrade: upstream connect failed", { cluster: c.name, error: err.message });
-        return rawLocalReply(socket, 503, "UF", `upstream connect error: ${err.message}`);
+  const primary = leg ? state.clusters.get(leg.cluster) : undefined;
+  if (!primary) return rawLocalReply(socket, 503, "UH", `no healthy upstream: ${state.upstream}`);
+  // Through the concrete stage, as a TCP connection: the cluster's balancer, failover, outlier
+  // detection fed with connect results, MaxConnections, and a connect failure tried elsewhere.
+  openStream(
+    {
+      primary,
+      clusters: state.clusters,
+      tls,
+      sessions,
+      connectTimeoutMs: primary.config.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs,
+      wanted: () => !socket.destroyed,
+      attemptFailed: (cluster, host, err) => log.warn("upgrade: upstream connect failed", { cluster: cluster.name, host: host.key, error: err.message }),
+    },
+    (result) => {
+      if ("flag" in result) {
+        if (result.flag !== "UO") log.warn("upgrade: no upstream connection", { upstream: state.upstream, error: result.detail });
+        return rawLocalReply(socket, 503, result.flag, result.flag === "UH" ? `no healthy upstream: ${state.upstream}` : result.detail);
       }
+      const up = result.socket;
+      const c = result.cluster.config;
       relayUpgrade({
         client: socket,
         head,

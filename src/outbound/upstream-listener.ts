@@ -1,14 +1,14 @@
-// An upstream listener: plain TCP from the local app on loopback, mTLS to a healthy instance of
-// the destination. A connect failure tries the next instance before giving up.
+// An upstream listener: plain TCP from the local app on loopback, mTLS to an instance of the
+// destination chosen by the concrete stage (concrete.ts) like every HTTP request: the cluster's
+// balancer, failover, outlier detection and breakers. A connect failure tries another instance.
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import { createServer as createH2Server, type Http2Server } from "node:http2";
-import type { TLSSocket } from "node:tls";
 import type { Cluster, UpstreamListener as UpstreamListenerConfig } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
-import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
-import { EndpointPicker, NoHealthyEndpointError } from "../cluster/endpoints.js";
-import type { Endpoint } from "../config/snapshot.js";
+import type { SessionCache, UpstreamTlsError } from "../tls/origin.js";
+import type { ClusterRuntime } from "../cluster/runtime.js";
+import { openStream, type OpenStream, type StreamFailure } from "./concrete.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { ClusterStats, ListenerStats, Metrics } from "../telemetry/metrics.js";
@@ -20,9 +20,6 @@ import { localReply } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { capConnections, type ListenerLimits } from "../tcp/admission.js";
-
-/** How many distinct instances one connection may try. */
-const MAX_ATTEMPTS = 3;
 
 interface OutboundState {
   readonly config: UpstreamListenerConfig;
@@ -37,7 +34,6 @@ export class UpstreamListener {
   private readonly server: Server;
   private readonly log: Logger;
   private state: OutboundState;
-  private readonly picker = new EndpointPicker();
   private stats: ListenerStats | null = null;
   private readonly pipes = new Set<Pipe>();
   private readonly pending = new Set<Socket>();
@@ -52,6 +48,8 @@ export class UpstreamListener {
     cluster: Cluster,
     tls: TlsMaterial,
     http: OutboundHttpState | null,
+    /** Every cluster's runtime, kept current by the proxy: the primary and its failover clusters. */
+    private readonly clusters: ReadonlyMap<string, ClusterRuntime>,
     private readonly sessions: SessionCache,
     private readonly metrics: Metrics,
     private readonly router: HttpRouter,
@@ -61,7 +59,6 @@ export class UpstreamListener {
   ) {
     this.log = logger.child(`upstream.${config.name}`);
     this.state = { config, cluster, tls, clusterStats: metrics.cluster(cluster.name), http };
-    this.picker.update(cluster);
     // pauseOnConnect: nothing is read from the app until the mTLS side is up, so early bytes
     // wait in the kernel instead of in our memory.
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.onConnection(s));
@@ -99,7 +96,6 @@ export class UpstreamListener {
   update(config: UpstreamListenerConfig, cluster: Cluster, tls: TlsMaterial, http: OutboundHttpState | null): void {
     const clusterStats = cluster.name === this.state.cluster.name ? this.state.clusterStats : this.metrics.cluster(cluster.name);
     this.state = { config, cluster, tls, clusterStats, http };
-    this.picker.update(cluster);
   }
 
   /** One node:http server parses every HTTP connection of this listener; routing reads the current state per request. */
@@ -169,71 +165,87 @@ export class UpstreamListener {
       this.sniff(down);
       return;
     }
-    let candidates: readonly Endpoint[];
-    try {
-      candidates = this.picker.pick(MAX_ATTEMPTS);
-    } catch (e) {
-      if (!(e instanceof NoHealthyEndpointError)) throw e;
-      state.clusterStats.cxNoHealthyUpstream.inc();
-      this.log.warn("connection refused", { error: e.message });
-      this.logConnection(Date.now(), "UH", 0, 0, state.cluster.name, undefined, e.message);
-      down.destroy();
+    const primary = this.clusters.get(state.cluster.name);
+    if (primary === undefined) {
+      // The proxy builds every cluster's runtime before it updates listeners: a bug, refused closed.
+      this.refuse(down, state, { flag: "UH", detail: `cluster "${state.cluster.name}" has no runtime` });
       return;
     }
     this.pending.add(down);
     down.once("close", () => this.pending.delete(down));
-    this.attempt(down, state, candidates, 0, []);
-  }
-
-  private attempt(down: Socket, state: OutboundState, candidates: readonly Endpoint[], i: number, errors: string[]): void {
-    const ep = candidates[i]!;
-    const { cluster, config, tls, clusterStats } = state;
-    const dialled = performance.now();
     const reads = DirectReads.intoPlain(down);
-    originate(
-      { host: ep.host, port: ep.port, sni: cluster.sni, expectedSpiffeId: cluster.expectedSpiffeId, timeoutMs: config.connectTimeoutMs, onread: reads.onread },
-      tls,
-      this.sessions,
-      (err: UpstreamTlsError | null, up: TLSSocket) => {
-        if (!this.pending.has(down)) {
-          up.destroy(); // the app hung up while we were connecting
-          return;
-        }
-        if (err) {
-          if (err.kind === "timeout") clusterStats.cxConnectTimeout.inc();
-          else clusterStats.cxConnectFail.inc();
-          if (err.kind === "identity") this.metrics.upstreamIdentityRejected.labels(cluster.name).inc();
-          errors.push(err.message);
-          if (i + 1 < candidates.length) return this.attempt(down, state, candidates, i + 1, errors);
-          this.log.warn("connection failed", { error: `upstream "${cluster.name}": ${errors.length} instance(s) failed: ${errors.join("; ")}` });
-          this.logConnection(Date.now(), "UF", 0, 0, cluster.name, `${ep.host}:${ep.port}`, errors.join("; "));
-          this.pending.delete(down);
-          down.destroy();
-          return;
-        }
+    openStream(
+      {
+        primary,
+        clusters: this.clusters,
+        tls: state.tls,
+        sessions: this.sessions,
+        connectTimeoutMs: state.config.connectTimeoutMs,
+        onread: reads.onread,
+        wanted: () => this.pending.has(down),
+        attemptFailed: (cluster, _host, err) => this.attemptFailed(state, cluster, err),
+      },
+      (result) => {
         this.pending.delete(down);
-        clusterStats.cxTotal.inc();
-        clusterStats.cxActive.inc();
-        clusterStats.cxConnectMs.observe(performance.now() - dialled);
-        clusterStats.sslHandshake.inc();
-        if (up.isSessionReused()) clusterStats.sslSessionReused.inc();
-        const started = Date.now();
-        const opened = performance.now();
-        const pipe = joinSockets(down, up, config.idleTimeoutMs, (r) => {
-          this.logConnection(started, "-", r.downstreamBytesIn, r.upstreamBytesIn, cluster.name, `${ep.host}:${ep.port}`, r.error?.message);
-          this.pipes.delete(pipe);
-          clusterStats.cxActive.dec();
-          clusterStats.cxLengthMs.observe(performance.now() - opened);
-          clusterStats.txBytes.inc(r.downstreamBytesIn);
-          clusterStats.rxBytes.inc(r.upstreamBytesIn);
-          if (this.log.enabled("debug")) {
-            this.log.debug("connection closed", { endpoint: `${ep.host}:${ep.port}`, bytes_out: r.downstreamBytesIn, bytes_in: r.upstreamBytesIn, error: r.error?.message });
-          }
-        }, reads);
-        this.pipes.add(pipe);
-        down.resume();
+        if ("flag" in result) return this.refuse(down, state, result);
+        this.pipe(down, state, result, reads);
       },
     );
+  }
+
+  private statsOf(state: OutboundState, cluster: ClusterRuntime): ClusterStats {
+    return cluster.name === state.cluster.name ? state.clusterStats : this.metrics.cluster(cluster.name);
+  }
+
+  private attemptFailed(state: OutboundState, cluster: ClusterRuntime, err: UpstreamTlsError): void {
+    const stats = this.statsOf(state, cluster);
+    if (err.kind === "timeout") stats.cxConnectTimeout.inc();
+    else stats.cxConnectFail.inc();
+    if (err.kind === "identity") this.metrics.upstreamIdentityRejected.labels(cluster.name).inc();
+  }
+
+  /** No upstream for this connection: counted, logged, and the app's connection closed. */
+  private refuse(down: Socket, state: OutboundState, f: StreamFailure): void {
+    let cluster = state.cluster.name;
+    if (f.flag === "UH") {
+      state.clusterStats.cxNoHealthyUpstream.inc();
+      this.log.warn("connection refused", { error: f.detail });
+    } else if (f.flag === "UO") {
+      cluster = f.cluster.name;
+      this.statsOf(state, f.cluster).cxOverflow.inc();
+      // Counted, and logged at debug: under overload this happens on every connection.
+      this.log.debug("connection refused", { error: f.detail });
+    } else {
+      this.log.warn("connection failed", { error: f.detail });
+    }
+    this.logConnection(Date.now(), f.flag, 0, 0, cluster, undefined, f.detail);
+    down.destroy();
+  }
+
+  private pipe(down: Socket, state: OutboundState, stream: OpenStream, reads: DirectReads): void {
+    const { cluster, host, socket: up } = stream;
+    const stats = this.statsOf(state, cluster);
+    stats.cxTotal.inc();
+    stats.cxActive.inc();
+    stats.cxConnectMs.observe(stream.connectMs);
+    stats.sslHandshake.inc();
+    if (up.isSessionReused()) stats.sslSessionReused.inc();
+    const started = Date.now();
+    const opened = performance.now();
+    const endpoint = host.key;
+    const pipe = joinSockets(down, up, state.config.idleTimeoutMs, (r) => {
+      this.logConnection(started, "-", r.downstreamBytesIn, r.upstreamBytesIn, cluster.name, endpoint, r.error?.message);
+      this.pipes.delete(pipe);
+      stats.cxActive.dec();
+      stats.cxLengthMs.observe(performance.now() - opened);
+      stats.txBytes.inc(r.downstreamBytesIn);
+      stats.rxBytes.inc(r.upstreamBytesIn);
+      if (this.log.enabled("debug")) {
+        this.log.debug("connection closed", { endpoint, bytes_out: r.downstreamBytesIn, bytes_in: r.upstreamBytesIn, error: r.error?.message });
+      }
+    }, reads);
+    this.pipes.add(pipe);
+    down.resume();
   }
 
   private logConnection(started: number, flags: string, received: number, sent: number, cluster: string, host: string | undefined, error?: string): void {

@@ -44,6 +44,8 @@ export interface ClusterStats {
   cxConnectFail: CountSlot;
   cxConnectTimeout: CountSlot;
   cxNoHealthyUpstream: CountSlot;
+  /** Connections refused by the cluster's MaxConnections breaker (Envoy's upstream_cx_overflow, flag UO). */
+  cxOverflow: CountSlot;
   rxBytes: CountSlot;
   txBytes: CountSlot;
   /** Time to a usable upstream connection (TCP + TLS), ms. */
@@ -68,6 +70,7 @@ export class Metrics {
   private readonly clusterConnectFail: BatchedCounter<string>;
   private readonly clusterConnectTimeout: BatchedCounter<string>;
   private readonly clusterNoHealthy: BatchedCounter<string>;
+  private readonly clusterCxOverflow: BatchedCounter<string>;
   private readonly clusterRx: BatchedCounter<string>;
   private readonly clusterTx: BatchedCounter<string>;
   private readonly listenerLength: Histogram<string>;
@@ -101,6 +104,7 @@ export class Metrics {
     this.clusterConnectFail = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterConnectTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect timeouts", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterNoHealthy = new BatchedCounter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterCxOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_cx_overflow", help: "Connections refused by the cluster's MaxConnections circuit breaker", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterRx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.clusterTx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: ["envoy_cluster_name"], registry: this.registry });
     this.listenerLength = new Histogram({ name: "envoy_listener_downstream_cx_length_ms", help: "Downstream connection lifetime, ms", labelNames: ["envoy_listener_address"], buckets: ENVOY_BUCKETS_MS, registers: r });
@@ -147,6 +151,7 @@ export class Metrics {
       cxConnectFail: this.clusterConnectFail.labels(name),
       cxConnectTimeout: this.clusterConnectTimeout.labels(name),
       cxNoHealthyUpstream: this.clusterNoHealthy.labels(name),
+      cxOverflow: this.clusterCxOverflow.labels(name),
       rxBytes: this.clusterRx.labels(name),
       txBytes: this.clusterTx.labels(name),
       cxConnectMs: this.clusterConnectMs.labels(name),

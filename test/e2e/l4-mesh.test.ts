@@ -2,9 +2,14 @@
 // half-close works.
 import t from "tap";
 import { randomBytes, createHash } from "node:crypto";
-import { connect } from "node:net";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { get as httpGet } from "node:http";
+import { once } from "node:events";
+import { rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { echoServer, hostPort, roundTrip, startSidecar, tcpApp, tempDir } from "../helpers/mesh.js";
+import { configDump, configWrite, metric, until } from "../helpers/l7.js";
+import { clusterOf } from "../helpers/l7-apps.js";
 
 t.test("bytes cross a two-sidecar mesh over mTLS", async (t) => {
   const dir = await tempDir(t);
@@ -95,4 +100,89 @@ t.test("new upstream connections resume a cached TLS session", async (t) => {
   t.equal(value("envoy_cluster_upstream_cx_tx_bytes_total"), sent, `${sent} bytes counted towards the upstream`);
   t.equal(value("envoy_cluster_upstream_cx_rx_bytes_total"), sent, "and as many back from it");
   t.ok(value("envoy_cluster_ssl_session_reused") >= 19, `all but the first resumed a session (${value("envoy_cluster_ssl_session_reused")})`);
+});
+
+// An instance the catalog lists as healthy but whose address refuses connections. TCP upstreams
+// go through the cluster's concrete stage like HTTP: each refused connect is tried again on
+// another instance (the app sees no failure) and counts as a consecutive local-origin failure
+// for outlier detection, which ejects the instance after MaxFailures of them; once ejected it
+// costs nothing, and once it accepts again it gets connections back after its ejection time.
+t.test("a TCP upstream ejects an instance that refuses connections and takes it back after it recovers", async (t) => {
+  const dir = await tempDir(t);
+  const echo = await echoServer(t);
+  await configWrite(t, dir, {
+    Kind: "service-defaults",
+    Name: "web",
+    UpstreamConfig: { Overrides: [{ Name: "db", PassiveHealthCheck: { Interval: "200ms", MaxFailures: 5, MaxEjectionPercent: 100, BaseEjectionTime: "4s" } }] },
+  });
+  const db = await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`]);
+  // A port nobody listens on, registered by a live pid so the catalog keeps it healthy.
+  const probe = createServer();
+  probe.listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const deadPort = (probe.address() as AddressInfo).port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const file = join(dir, "catalog", "db-dead.json");
+  await writeFile(file, JSON.stringify({ id: "db-dead", service: "db", address: "127.0.0.1", port: deadPort, protocol: "tcp", pid: process.pid, meta: {} }));
+  t.teardown(() => rm(file, { force: true }));
+
+  const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "db:0"]);
+  await until(async () => {
+    const c = clusterOf(await configDump(web.adminAddr), "db");
+    return c?.endpoints.length === 2 && "outlierDetection" in c;
+  }, 10_000, "web to see both db instances and db's outlier detection");
+  const up = web.upstreams["db"]!;
+  const failures = () => metric(web.adminAddr, "envoy_cluster_upstream_cx_connect_fail");
+  const ejected = () => metric(web.adminAddr, "envoy_cluster_outlier_detection_ejections_active");
+  const echoes = async (n: number, tag: string): Promise<number> => {
+    let ok = 0;
+    for (let i = 0; i < n; i++) {
+      const msg = `${tag} ${i}`;
+      const back = await roundTrip(up, msg, 10_000).catch(() => Buffer.alloc(0));
+      if (back.toString() === msg) ok++;
+    }
+    return ok;
+  };
+
+  t.equal(await echoes(20, "before"), 20, "all 20 connections echo: a refused connect is tried again on the live instance");
+  const failed = await failures();
+  t.ok(failed >= 5 && failed <= 6, `the dead instance cost ${failed} refused connects, none of them the app's (MaxFailures 5)`);
+  t.equal(await ejected(), 1, "and is ejected (envoy_cluster_outlier_detection_ejections_active 1)");
+
+  t.equal(await echoes(10, "ejected"), 10, "while ejected, every connection echoes…");
+  t.equal(await failures(), failed, "…and none is tried on the ejected instance");
+  t.equal(await ejected(), 1, "which stayed ejected throughout");
+
+  // The instance recovers: its port now leads to db's real public listener.
+  const relayed = new Set<Socket>();
+  let relayedTotal = 0;
+  // A byte relay: the mTLS handshake and the half-closes pass through it untouched.
+  const relay = createServer({ allowHalfOpen: true }, (s) => {
+    relayedTotal++;
+    const u = connect({ ...hostPort(db.publicAddr!), allowHalfOpen: true });
+    relayed.add(s).add(u);
+    s.pipe(u);
+    u.pipe(s);
+    const fail = () => {
+      s.destroy();
+      u.destroy();
+    };
+    s.on("error", fail).once("close", () => relayed.delete(s));
+    u.on("error", fail).once("close", () => relayed.delete(u));
+  });
+  relay.listen(deadPort, "127.0.0.1");
+  await once(relay, "listening");
+  t.teardown(
+    () =>
+      new Promise<void>((r) => {
+        for (const s of relayed) s.destroy();
+        relay.close(() => r());
+      }),
+  );
+  await until(async () => (await ejected()) === 0, 10_000, "the ejection to end (BaseEjectionTime 4s)");
+  t.equal(await echoes(10, "after"), 10, "after the ejection ends every connection echoes");
+  t.ok(relayedTotal >= 3, `and the recovered instance carries its share again (${relayedTotal} of 10)`);
+  t.equal(await failures(), failed, "with no refused connect");
+  t.equal(await web.stop(), 0, "web exits 0");
+  t.equal(await db.stop(), 0, "db exits 0");
 });

@@ -209,9 +209,74 @@ t.test("limits: MaxPendingRequests refuses requests queued beyond it", async (t)
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1, 10_000, "the limits to apply");
   const rs = await Promise.all(Array.from({ length: 4 }, () => get(API, "/pending?delay=300")));
   // Envoy: one request on the connection, one pending, two refused.
-  t.equal(rs.filter((r) => r.status === 503 && r.flags === "UO").length, 2, "two of four concurrent requests overflow the pending queue");
+  t.equal(rs.filter((r) => r.status === 503 && r.flags === "UO").length, 2, `two of four concurrent requests overflow the pending queue (${rs.map((r) => `${r.status} ${r.flags}`).join(", ")})`);
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1024, 10_000, "the limits to go back");
+});
+
+// Envoy's max_pending_requests: the cluster's requests waiting for a connection, whichever host
+// they wait on, and a request stops being pending once a connection takes it.
+t.test("limits: MaxPendingRequests counts requests waiting for a connection, until one is assigned", async (t) => {
+  await configWrite(t, dir, {
+    Kind: "service-defaults",
+    Name: "web",
+    Protocol: "http",
+    UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }, { Name: "lb", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] },
+  });
+  await until(async () => {
+    const d = await configDump(web.adminAddr);
+    return clusterOf(d, "api")?.limits?.maxConnections === 1 && clusterOf(d, "lb")?.limits?.maxConnections === 1;
+  }, 10_000, "the limits to apply");
+  // One request per lb instance at once (round robin): each has its instance's one connection,
+  // so none waits, whatever the cluster-wide count of requests.
+  const spread = await Promise.all(Array.from({ length: 3 }, () => get(LB, "/spread?delay=300")));
+  t.same(spread.map((r) => r.status), [200, 200, 200], "three concurrent requests on three instances with a free connection each: none pending, none refused");
+
+  // api has one instance and one connection. A holds it, B waits (pending) until A is done and
+  // then runs; C arrives while B runs and may wait in the slot B gave back.
+  const a = get(API, "/pa?delay=400");
+  await new Promise((r) => setTimeout(r, 50));
+  const b = get(API, "/pb?delay=400");
+  await new Promise((r) => setTimeout(r, 500));
+  const c = get(API, "/pc?delay=50");
+  const [ra, rb, rc] = await Promise.all([a, b, c]);
+  t.same([ra.status, rb.status], [200, 200], "A runs, B waits for the connection and runs");
+  t.equal(rc.status, 200, "C, sent while B runs, waits in the pending slot B released when it got the connection");
+  t.equal(rc.flags, "", "and is not flagged UO");
+
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
+  await until(async () => {
+    const d = await configDump(web.adminAddr);
+    return clusterOf(d, "api")?.limits?.maxConnections === 1024 && clusterOf(d, "lb")?.limits?.maxConnections === 1024;
+  }, 10_000, "the limits to go back");
+});
+
+// A Snapshot that changes the cluster while requests are in flight: the hosts the requests hold
+// must be the ones /clusters reads, or their counts stay inflated for good (least_request and
+// peak_ewma then steer away from a host that is idle).
+t.test("requests in flight across a Snapshot update: rq_active returns to 0 once they finish", async (t) => {
+  // lb: no LocalRequestTimeoutMs on its side, so the requests can outlast a slow config write.
+  const rqActive = async (): Promise<number> => {
+    const res = await fetch(`http://${web.adminAddr}/clusters`);
+    let sum = 0;
+    for (const line of (await res.text()).split("\n")) {
+      if (line.startsWith("lb.default.") && /::127\.0\.0\.1:\d+::rq_active::/.test(line)) sum += Number(line.split("::").pop());
+    }
+    return sum;
+  };
+  const inFlight = Promise.all(Array.from({ length: 4 }, () => get(LB, "/inflight?delay=5000")));
+  await until(async () => (await rqActive()) === 4, 5_000, "four requests in flight");
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "lb", Limits: { MaxConcurrentRequests: 500 } }] } });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.limits?.maxRequests === 500, 10_000, "the update to apply");
+  t.equal(await rqActive(), 4, "the four are still counted after the update");
+  const rs = await inFlight;
+  t.same(rs.map((r) => r.status), [200, 200, 200, 200], "all four are answered");
+  await until(async () => (await rqActive()) === 0, 2_000, "rq_active to return to 0").then(
+    () => t.pass("rq_active is back at 0"),
+    (e: unknown) => t.fail(String(e)),
+  );
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.limits?.maxRequests === 1024, 10_000, "the limits to go back");
 });
 
 t.test("retry budget: many failing requests at once overflow the default budget", async (t) => {
@@ -289,6 +354,25 @@ t.test("load-balancing policies from the service-resolver", async (t) => {
     });
   }
   await setLb({ Policy: "round_robin" });
+});
+
+// A Snapshot is checked whole before any part is applied: a load balancer the cluster could
+// not build (least_request with ChoiceCount 0, which the config entry accepts) is refused with
+// the field named, and every cluster keeps the last good configuration, instead of some
+// clusters being updated before building that one failed.
+t.test("a Snapshot with a load balancer that cannot be built is rejected whole", async (t) => {
+  const rejected = async () => metric(web.adminAddr, "meshproxy_snapshots_rejected_total");
+  const before = await rejected();
+  const policyBefore = clusterOf(await configDump(web.adminAddr), "lb")?.lb?.policy;
+  await configWrite(t, dir, { Kind: "service-resolver", Name: "lb", LoadBalancer: { Policy: "least_request", LeastRequestConfig: { ChoiceCount: 0 } } });
+  const line = await web.waitForLog((l) => l["@message"] === "snapshot rejected; keeping the last good one" && String(l["error"]).includes("choiceCount"));
+  t.match(String(line["error"]), /must be an integer >= 1/, `logged with the reason: ${String(line["error"])}`);
+  t.ok((await rejected()) > before, "meshproxy_snapshots_rejected_total counts it");
+  t.equal(clusterOf(await configDump(web.adminAddr), "lb")?.lb?.policy, policyBefore, "lb keeps its last good policy");
+  const rs = await Promise.all(Array.from({ length: 3 }, () => get(LB, "/after-reject")));
+  t.same(rs.map((r) => r.status), [200, 200, 200], "and serves");
+  await configWrite(t, dir, { Kind: "service-resolver", Name: "lb" });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.lb?.policy === "round_robin", 10_000, "lb back to round robin");
 });
 
 t.test("no instance at all: 503 UH", async (t) => {

@@ -1,0 +1,67 @@
+// The endpoint stage of outbound HTTP: one attempt of a request on one host's pooled mTLS
+// connection (cluster/pools.ts). It keeps the host's books (active count, outlier results,
+// latency for peak_ewma, the pending slot) and says how the attempt ended; whether to retry is
+// the logical stage's business (http-router.ts), which host to use the concrete stage's
+// (concrete.ts).
+import type { IncomingHttpHeaders } from "node:http";
+import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
+import { isConnectFailure } from "../cluster/pools.js";
+import { isRefusedStream, type AttemptOutcome } from "../http/retry.js";
+import { ResponseForwarder } from "../http/forwarder.js";
+import { errorCode, type AnyRequest, type AnyResponse, type Cancel } from "../http/compat.js";
+
+/**
+ * One try against one host; resolves once the answer is delivered, drained for a retry, or
+ * failed. With `waits`, the caller took a pending slot of the cluster: it is given back as soon
+ * as the pool assigns the request a connection, or when the attempt ends without one.
+ */
+export function dispatchAttempt(
+  cluster: ClusterRuntime,
+  host: ClusterHost,
+  waits: boolean,
+  method: string,
+  path: string,
+  headers: Record<string, string | string[] | undefined>,
+  body: Buffer | AnyRequest | null,
+  timeouts: { readonly headersMs: number; readonly idleMs: number },
+  clientGone: Cancel,
+  res: AnyResponse,
+  deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
+): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
+  cluster.begin(host);
+  const sent = cluster.learnsLatency ? performance.now() : 0;
+  let pending = waits;
+  const assigned = (): void => {
+    if (!pending) return;
+    pending = false;
+    cluster.breaker.releasePending();
+  };
+  return new Promise((resolve) => {
+    const handler = new ResponseForwarder(
+      res,
+      (status, h) => {
+        cluster.reportResult(host, { status });
+        if (sent > 0) cluster.observeLatency(host, performance.now() - sent);
+        return deliver(status, h);
+      },
+      (r) => {
+        assigned();
+        cluster.end(host);
+        clientGone.off("abort", onGone);
+        if ("status" in r) return resolve({ outcome: { kind: "response", status: r.status }, delivered: r.delivered });
+        if (clientGone.cancelled) return resolve({ outcome: { kind: "reset" }, delivered: false });
+        // A failure after the head was sent cannot be retried: the client has part of an answer.
+        if (r.delivered) return resolve({ outcome: { kind: "reset" }, delivered: true });
+        cluster.reportResult(host, { localOriginFailure: true });
+        if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
+        resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
+      },
+      assigned,
+    );
+    const onGone = () => handler.abort(new Error("the client closed the connection"));
+    clientGone.once("abort", onGone);
+    // undici's own timers: the header timer is the per-try timeout, the body timer the route's
+    // idle timeout (the longest silence between two chunks of the answer). No timer objects here.
+    cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeouts.headersMs)), bodyTimeout: Math.max(0, Math.ceil(timeouts.idleMs)) }, handler);
+  });
+}
