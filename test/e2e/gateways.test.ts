@@ -56,12 +56,12 @@ function cross(addr: string, sni: string | undefined, leaf: IssuedLeaf, ca: DevC
   });
 }
 
-async function twoDatacenters(t: Test) {
+async function twoDatacenters(t: Test, gw2Flags: string[] = []) {
   const dir = await tempDir(t);
   const app = await echoServer(t);
   // db's sidecar makes the CA and registers in dc2's catalog (catalog/dc2/).
   const db = await startSidecar(t, dir, ["-service", "db", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${app.port}`]);
-  const gw2 = await startGateway(t, dir, "dc2");
+  const gw2 = await startGateway(t, dir, "dc2", gw2Flags);
   const gw1 = await startGateway(t, dir, "dc1");
   const ca = await readDevCa(dir);
   const web = await leafFor(ca, "web");
@@ -70,7 +70,7 @@ async function twoDatacenters(t: Test) {
 }
 
 t.test("web (dc1) → gateway dc1 → gateway dc2 → db's sidecar (dc2): identities end to end, dc2's intentions apply", { timeout: 90_000 }, async (t) => {
-  const { dir, app, gw1, gw2, ca, web, sni } = await twoDatacenters(t);
+  const { dir, app, gw1, gw2, ca, web, sni } = await twoDatacenters(t, ["-access-log", "stdout"]);
   const marker = `across-two-datacenters-${"x".repeat(5000)}`;
   const ok = await cross(gw1.listen, sni, web, ca, marker);
   t.equal(ok.error, null, "no error on the way");
@@ -81,6 +81,9 @@ t.test("web (dc1) → gateway dc1 → gateway dc2 → db's sidecar (dc2): identi
   t.equal(await metric(gw2.adminAddr, "meshproxy_gateway_forwarded_total", { envoy_cluster_name: sni }), 1, "gateway dc2 forwarded to db's local cluster");
   t.ok((await metric(gw2.adminAddr, "envoy_cluster_upstream_cx_tx_bytes_total", { envoy_cluster_name: sni }))! > marker.length, "bytes counted per route");
   t.ok(gw2.logs.some((l) => l["@message"] === "gateway connection forwarded" && l["sni"] === sni), "forwarded connection logged with its SNI");
+  const accessLine = async () => gw2.stdoutText().split("\n").find((l) => l.includes(`"listener":"gateway:${sni}"`));
+  t.not(await pollUntil(async () => (await accessLine()) !== undefined, 5_000), null, "an access log line for the forwarded connection");
+  t.match(JSON.parse((await accessLine())!), { upstream_cluster: sni, protocol: "tcp" }, "naming its route");
   for (const g of [gw1, gw2]) t.notOk(g.logs.some((l) => /leaf|certificate/i.test(l["@message"])), "a gateway issues and loads no certificate");
 
   // A deny in the (shared) intentions is enforced by db's sidecar in dc2, not by the gateways.
@@ -129,6 +132,23 @@ t.test("registered as a mesh-gateway in its own datacenter's catalog; /ready; dr
   t.equal((await fetch(`http://${gw1.adminAddr}/ready`)).status, 200, "/ready is 200");
   t.equal(await gw2.stop(), 0, "SIGTERM: exit 0");
   t.notOk((await entries("dc2")).some((e) => e["kind"] === "mesh-gateway"), "deregistered on the way out");
+});
+
+t.test("SIGTERM lets a connection already crossing finish, then exits", { timeout: 90_000 }, async (t) => {
+  const { gw1, ca, web, sni } = await twoDatacenters(t);
+  const { host, port } = hostPort(gw1.listen);
+  const s: TLSSocket = tlsConnect({ host, port, servername: sni, cert: web.certPem, key: web.keyPem, ca: ca.certPem, checkServerIdentity: () => undefined });
+  await once(s, "secureConnect");
+  s.write("first ");
+  await once(s, "data");
+  const exited = gw1.stop();
+  await gw1.waitForLog((l) => l["@message"] === "draining");
+  const chunks: Buffer[] = [];
+  s.on("data", (d: Buffer) => chunks.push(d));
+  s.end("second");
+  await once(s, "close");
+  t.equal(Buffer.concat(chunks).toString(), "second", "the open connection still crossed after SIGTERM");
+  t.equal(await exited, 0, "then the gateway exits 0");
 });
 
 t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags", async (t) => {
