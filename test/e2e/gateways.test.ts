@@ -91,9 +91,11 @@ t.test("web (dc1) → gateway dc1 → gateway dc2 → db's sidecar (dc2): identi
   t.equal(await cli.exited, 0, "intention create -deny web db");
   const deniedWithin = await pollUntil(async () => (await cross(gw1.listen, sni, web, ca, marker)).received !== marker, 10_000);
   t.not(deniedWithin, null, "after the deny, web's connection across the gateways no longer reaches db");
+  // Attempts made while the sidecar was still reading the change may have reached the app.
+  const before = app.connections();
   const denied = await cross(gw1.listen, sni, web, ca, marker);
   t.equal(denied.received, "", "nothing of the app's comes back");
-  t.equal(app.connections(), 1, "the db app saw no denied connection");
+  t.equal(app.connections(), before, "the db app saw no denied connection");
 });
 
 t.test("unknown SNI, no SNI, another trust domain: closed and counted at the gateway", { timeout: 90_000 }, async (t) => {
