@@ -44,6 +44,10 @@ export interface ProxyCommand {
   readonly accessLog: AccessLogTarget;
   /** -max-connections and -max-tls-handshakes as given; the rest default from the fd limit. */
   readonly limits: Partial<ListenerLimits>;
+  /** -datacenter: with the dev control plane, this proxy's own datacenter (default: the CA config's, dc1). */
+  readonly datacenter: string | undefined;
+  /** -gateway mesh: run a mesh gateway on -listen instead of a sidecar. */
+  readonly gateway: { readonly kind: "mesh"; readonly listen: HostPort } | null;
 }
 
 interface RawProxyOptions {
@@ -78,6 +82,7 @@ interface RawProxyOptions {
   clientCert?: string;
   clientKey?: string;
   tlsServerName?: string;
+  gateway?: string;
 }
 
 function collect(v: string, prev: string[]): string[] {
@@ -106,12 +111,14 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
       }
     : null;
   if (o.configFile !== undefined) checkConfigFileAlone(o);
+  if (o.datacenter !== undefined && !isValidServiceName(o.datacenter)) throw new UsageError(`-datacenter "${o.datacenter}": not a datacenter name (letters, digits, - _), e.g. dc2`);
+  const gateway = o.gateway === undefined ? null : checkGateway(o, consul !== null);
   if (o.register && !(o.service && o.listen)) throw new UsageError("-register needs -service and -listen (it registers the public listener)");
-  if (o.configFile === undefined && !o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
+  if (gateway === null && o.configFile === undefined && !o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
   if (!consul && o.sidecarFor) throw new UsageError("-sidecar-for reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR");
-  if (!consul && !o.service && o.configFile === undefined) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
+  if (gateway === null && !consul && !o.service && o.configFile === undefined) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
   if (o.service && !isValidServiceName(o.service)) throw new UsageError(`-service "${o.service}": not a valid service name (letters, digits, - _ .)`);
-  if (o.listen && !o.serviceAddr) throw new UsageError("-listen requires -service-addr (the local app's host:port that inbound connections are forwarded to)");
+  if (gateway === null && o.listen && !o.serviceAddr) throw new UsageError("-listen requires -service-addr (the local app's host:port that inbound connections are forwarded to)");
   if (o.serviceAddr && !o.listen) throw new UsageError("-service-addr needs -listen (the public mTLS listener's host:port)");
   if (o.register && !consul) throw new UsageError("-register registers the proxy in a Consul agent: give -http-addr or CONSUL_HTTP_ADDR (the dev control plane registers on its own)");
   const upstreams = o.upstream.map((u) => parseUpstream(u, consul !== null));
@@ -126,9 +133,9 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   if (o.tracingEndpoint) checkHttpUrl("-tracing-endpoint", o.tracingEndpoint, "http://127.0.0.1:4318/v1/traces");
   return {
     request: {
-      service: o.service ?? "",
+      service: o.service ?? (gateway ? "mesh-gateway" : ""),
       ...(o.proxyId ? { proxyId: o.proxyId } : {}),
-      ...(o.listen && o.serviceAddr
+      ...(gateway === null && o.listen && o.serviceAddr
         ? { publicListener: { bind: parseHostPort("-listen", o.listen, "0.0.0.0", true), localApp: parseHostPort("-service-addr", o.serviceAddr, "127.0.0.1") } }
         : {}),
       // Consul keys upstreams by name: a repeated name overwrites the earlier one.
@@ -152,7 +159,29 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
       ...(o.maxConnections !== undefined ? { maxConnections: positiveInt("-max-connections", o.maxConnections) } : {}),
       ...(o.maxTlsHandshakes !== undefined ? { maxTlsHandshakes: positiveInt("-max-tls-handshakes", o.maxTlsHandshakes) } : {}),
     },
+    datacenter: o.datacenter,
+    gateway,
   };
+}
+
+/**
+ * `-gateway mesh` (Consul's `consul connect envoy -gateway=mesh`): a listener that routes by SNI
+ * and never terminates TLS, so the flags that describe a sidecar's app and upstreams have no
+ * meaning for it; naming one is a mistake to report, not to ignore.
+ */
+function checkGateway(o: RawProxyOptions, consul: boolean): { kind: "mesh"; listen: HostPort } {
+  if (o.gateway !== "mesh") throw new UsageError(`-gateway "${o.gateway}": the only gateway kind is mesh (terminating and ingress gateways are not supported)`);
+  if (!o.listen) throw new UsageError("-gateway mesh needs -listen (the gateway's address, which other datacenters' gateways dial)");
+  if (consul) throw new UsageError("-gateway mesh runs with the dev control plane only for now: unset -http-addr (CONSUL_HTTP_ADDR)");
+  const clash = [
+    o.serviceAddr !== undefined ? "-service-addr" : null,
+    o.upstream.length > 0 ? "-upstream" : null,
+    o.configFile !== undefined ? "-config-file" : null,
+    o.sidecarFor !== undefined ? "-sidecar-for (or CONNECT_SIDECAR_FOR)" : null,
+    o.proxyId !== undefined ? "-proxy-id (or CONNECT_PROXY_ID)" : null,
+  ].filter((f) => f !== null);
+  if (clash.length > 0) throw new UsageError(`-gateway mesh cannot be combined with ${clash.join(", ")}: a mesh gateway has no local app and no upstreams, it forwards by SNI`);
+  return { kind: "mesh", listen: parseHostPort("-listen", o.listen, "0.0.0.0", true) };
 }
 
 function positiveInt(flag: string, raw: string): number {
@@ -251,7 +280,8 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--token-file <path>", "file holding the ACL token (wins over -token)").env("CONSUL_HTTP_TOKEN_FILE"))
     .addOption(new Option("--register [bool]", "register the proxy in the Consul agent").argParser(parseBool("-register")).preset(true).default(false))
     .addOption(new Option("--register-id <suffix>", "suffix of the registered proxy's id (<service>-proxy-<suffix>)"))
-    .addOption(new Option("--datacenter <dc>", "datacenter sent on every Consul API request"))
+    .addOption(new Option("--datacenter <dc>", "this proxy's datacenter (dev control plane: whose catalog; Consul: sent on every API request)"))
+    .addOption(new Option("--gateway <kind>", "run a mesh gateway on -listen (kind: mesh): routes connections by SNI, never terminates TLS"))
     .addOption(new Option("--ca-file <path>", "CA bundle for HTTPS to the agent").env("CONSUL_CACERT"))
     .addOption(new Option("--ca-path <dir>", "directory of CA certificates for HTTPS to the agent").env("CONSUL_CAPATH"))
     .addOption(new Option("--client-cert <path>", "client certificate for HTTPS to the agent").env("CONSUL_CLIENT_CERT"))

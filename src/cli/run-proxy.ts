@@ -44,7 +44,7 @@ async function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClie
     });
   }
   const { DevControlPlane } = await import("../controlplane/dev/dev.js");
-  return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log });
+  return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log, ...(cmd.datacenter ? { datacenter: cmd.datacenter } : {}) });
 }
 
 function flagFor(e: ListenerBindError, cmd: ProxyCommand): string {

@@ -12,6 +12,7 @@ import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import { logRejection, type Logger } from "../telemetry/log.js";
 import type { GatewayRoutes } from "./routes.js";
 import type { GatewayRejection, GatewayStats } from "./stats.js";
+import type { AccessLog } from "../telemetry/access-log.js";
 
 export interface GatewayListenerOptions {
   readonly host: string;
@@ -32,6 +33,8 @@ export interface GatewayListenerOptions {
   readonly maxPendingHellos?: number;
   readonly stats: GatewayStats;
   readonly log: Logger;
+  /** One L4 line per forwarded connection when it closes (the SNI is its listener name). */
+  readonly accessLog?: AccessLog;
 }
 
 export class GatewayListener {
@@ -68,10 +71,27 @@ export class GatewayListener {
     this.routes = routes;
   }
 
+  /**
+   * Stops accepting and lets forwarded connections finish for up to `timeoutMs` (Envoy's drain),
+   * then closes whatever is left. Connections still sending a ClientHello are closed at once.
+   */
+  async drain(timeoutMs: number): Promise<void> {
+    this.closing = true;
+    this.server.close();
+    for (const s of this.pending) s.destroy();
+    const deadline = Date.now() + timeoutMs;
+    while (this.pipes.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
+    await this.close();
+  }
+
+  get openConnections(): number {
+    return this.pipes.size;
+  }
+
   /** Stops accepting and closes every connection, forwarded or still being peeked. */
   async close(): Promise<void> {
     this.closing = true;
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = this.server.listening ? new Promise<void>((resolve) => this.server.close(() => resolve())) : Promise.resolve();
     for (const s of this.pending) s.destroy();
     for (const p of this.pipes) p.destroy();
     await closed;
@@ -148,10 +168,27 @@ export class GatewayListener {
         return;
       }
       this.opts.stats.forwarded.labels(cluster.name).inc();
+      const started = Date.now();
       if (this.opts.log.enabled("debug")) this.opts.log.debug("gateway connection forwarded", { sni: hello.sni, alpn: hello.alpn.join(","), cluster: cluster.name, endpoint: `${endpoint.host}:${endpoint.port}` });
       up.write(hello.bytes);
       const pipe = joinSockets(down, up, this.opts.idleTimeoutMs ?? 3_600_000, (r) => {
         this.pipes.delete(pipe);
+        // TLS records both ways, counted as Envoy counts a cluster's bytes (never decrypted).
+        this.opts.stats.bytesSent.labels(cluster.name).inc(r.downstreamBytesIn);
+        this.opts.stats.bytesReceived.labels(cluster.name).inc(r.upstreamBytesIn);
+        this.opts.accessLog?.log({
+          start_time: new Date(started).toISOString(),
+          duration_ms: Date.now() - started,
+          protocol: "tcp",
+          direction: "inbound",
+          listener: `gateway:${hello.sni}`,
+          upstream_cluster: cluster.name,
+          upstream_host: `${endpoint.host}:${endpoint.port}`,
+          bytes_received: r.downstreamBytesIn,
+          bytes_sent: r.upstreamBytesIn,
+          response_flags: r.error ? "UC" : "-",
+          ...(r.error ? { error: r.error.message } : {}),
+        });
         if (r.error) this.opts.log.debug("gateway connection closed by error", { cluster: cluster.name, sni: hello.sni, error: r.error.message });
       });
       this.pipes.add(pipe);

@@ -19,10 +19,15 @@ export type GatewayRejection =
 export class GatewayStats {
   readonly rejected: Counter<"reason">;
   readonly forwarded: Counter<"envoy_cluster_name">;
+  /** Envoy's cluster byte counters: what the gateway passed to the cluster, and back. */
+  readonly bytesSent: Counter<"envoy_cluster_name">;
+  readonly bytesReceived: Counter<"envoy_cluster_name">;
 
   /** Register once per registry (one gateway process, one set of series). */
   constructor(registry: Registry) {
     this.rejected = new Counter({ name: "meshproxy_gateway_rejected_total", help: "Gateway connections closed without being forwarded, by reason", labelNames: ["reason"], registers: [registry] });
     this.forwarded = new Counter({ name: "meshproxy_gateway_forwarded_total", help: "Gateway connections forwarded to a cluster (TLS passed through, never terminated)", labelNames: ["envoy_cluster_name"], registers: [registry] });
+    this.bytesSent = new Counter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes the gateway sent to a cluster (TLS records, passed through)", labelNames: ["envoy_cluster_name"], registers: [registry] });
+    this.bytesReceived = new Counter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes the gateway received from a cluster (TLS records, passed through)", labelNames: ["envoy_cluster_name"], registers: [registry] });
   }
 }

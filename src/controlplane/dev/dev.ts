@@ -26,6 +26,7 @@ import { compileChain, entryIndex, serviceDefaults, serviceProtocol, type EntryL
 import { buildUpstream, upstreamSettingsFor, type ServiceInstance } from "../chain/upstream.js";
 import {
   StateError,
+  catalogDir,
   deregisterInstance,
   ensureCa,
   openStateDir,
@@ -44,6 +45,8 @@ export interface DevControlPlaneOptions {
   readonly dataDir: string;
   readonly request: ProxyRequest;
   readonly logger: Logger;
+  /** This proxy's datacenter (-datacenter); default: the CA config's (dc1). */
+  readonly datacenter?: string;
   /** Fallback poll for filesystems where fs.watch misses events. */
   readonly pollMs?: number;
 }
@@ -61,6 +64,9 @@ export class DevControlPlane implements ControlPlane {
   private readonly instanceId: string;
   private handlers: ControlPlaneHandlers | null = null;
   private ca: DevCa | null = null;
+  /** This proxy's datacenter and its catalog directory, once the CA config is read. */
+  private datacenter = "";
+  private catalogPath = "";
   private leaf: IssuedLeaf | null = null;
   /** The last intentions read whole and valid; null until the first such read. */
   private intentions: IntentionPolicy | null = null;
@@ -107,8 +113,14 @@ export class DevControlPlane implements ControlPlane {
       throw new ControlPlaneError("ca", `cannot load or create the dev CA in ${dataDir}: ${(e as Error).message}`, true);
     }
     this.ca = ca;
+    this.datacenter = this.opts.datacenter ?? ca.config.datacenter;
+    try {
+      this.catalogPath = catalogDir(dataDir, this.datacenter, ca.config.datacenter);
+    } catch (e) {
+      throw new ControlPlaneError("datacenter", `-datacenter: ${messageOf(e)}`, true);
+    }
     if (ca.created) this.log.info("created dev CA", { dir: dataDir, trust_domain: ca.config.trustDomain });
-    await mkdir(paths(dataDir).catalog, { recursive: true, mode: 0o755 });
+    await mkdir(this.catalogPath, { recursive: true, mode: 0o755 });
     await this.renewLeaf();
     const delivered = new Promise<void>((resolve, reject) => (this.first = { resolve, reject }));
     // stop() may settle it before start() awaits it: that is not an unhandled rejection.
@@ -116,7 +128,7 @@ export class DevControlPlane implements ControlPlane {
     if (this.stopped) this.first?.reject(new ControlPlaneError("dev", "stopped before the first snapshot", true));
     // Watching starts before the first read, so a fix made while the proxy waits is seen at once.
     this.watchDir(dataDir);
-    this.watchDir(paths(dataDir).catalog);
+    this.watchDir(this.catalogPath);
     this.watchDir(paths(dataDir).entries);
     // fs.watch is not recursive here: each config-entry kind has its own directory to watch, so
     // a `meshproxy config write` applies in milliseconds rather than at the next poll.
@@ -146,7 +158,7 @@ export class DevControlPlane implements ControlPlane {
   private async renewLeaf(): Promise<void> {
     const ca = this.ca!;
     const { service } = this.opts.request;
-    const spiffeId = serviceSpiffeId({ trustDomain: ca.config.trustDomain, namespace: DEFAULTS.namespace, datacenter: ca.config.datacenter, service });
+    const spiffeId = serviceSpiffeId({ trustDomain: ca.config.trustDomain, namespace: DEFAULTS.namespace, datacenter: this.datacenter, service });
     this.leaf = await issueLeafInWorker(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
     this.log.info("issued leaf certificate", { service, serial: this.leaf.serial, not_after: this.leaf.notAfter.toISOString() });
     this.scheduleRenewal(renewalDelayMs(this.leaf.notBefore, this.leaf.notAfter));
@@ -184,7 +196,7 @@ export class DevControlPlane implements ControlPlane {
       // Keep the last good intentions; say so once per distinct problem, not every poll.
       this.reportOnce("intentions", `${messageOf(e)}; ${this.intentions ? "the previous intentions stay in force" : NOT_SERVING}`);
     }
-    const { entries, problems } = await readCatalog(dataDir);
+    const { entries, problems } = await readCatalog(dataDir, this.catalogPath);
     this.catalog = entries;
     for (const p of problems) this.reportOnce("catalog", p.message);
     const read = await readEntries(dataDir);
@@ -210,7 +222,8 @@ export class DevControlPlane implements ControlPlane {
 
   private instancesOf(service: string, datacenter: string): ServiceInstance[] {
     return this.catalog
-      .filter((e) => e.service === service)
+      // A mesh gateway is not an instance of a service, whatever it is named.
+      .filter((e) => e.service === service && e.kind === undefined)
       .map((e) => ({
         id: e.id,
         service: e.service,
@@ -226,7 +239,8 @@ export class DevControlPlane implements ControlPlane {
   /** Compiles every upstream's chain; throws on entries that do not fit together. */
   private compileAll(lookup: EntryLookup): { listeners: UpstreamListener[]; clusters: Record<string, Cluster> } {
     const ca = this.ca!;
-    const { trustDomain, datacenter } = ca.config;
+    const { trustDomain } = ca.config;
+    const datacenter = this.datacenter;
     const req = this.opts.request;
     const own = serviceDefaults(lookup, req.service);
     const listeners: UpstreamListener[] = [];
@@ -251,7 +265,8 @@ export class DevControlPlane implements ControlPlane {
     const ca = this.ca!;
     const leaf = this.leaf!;
     const req = this.opts.request;
-    const { trustDomain, datacenter } = ca.config;
+    const { trustDomain } = ca.config;
+    const datacenter = this.datacenter;
     const namespace = DEFAULTS.namespace;
     const identity: Identity = {
       service: req.service,
@@ -316,14 +331,14 @@ export class DevControlPlane implements ControlPlane {
       protocol: a.protocol,
       pid: process.pid,
       meta: { ...this.opts.request.meta },
-    });
+    }, this.catalogPath);
     this.log.info("registered service instance", { id: this.instanceId, address: `${a.address}:${a.port}` });
   }
 
   async withdraw(): Promise<void> {
     if (!this.announced) return;
     this.announced = null;
-    await deregisterInstance(this.opts.dataDir, this.instanceId);
+    await deregisterInstance(this.opts.dataDir, this.instanceId, this.catalogPath);
     this.log.info("deregistered service instance", { id: this.instanceId });
   }
 

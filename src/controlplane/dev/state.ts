@@ -3,7 +3,10 @@
 //   <dir>/ca/config.json     trust domain, datacenter, leaf TTL (human-editable)
 //   <dir>/ca/root.pem        the dev root CA certificate
 //   <dir>/ca/root.key        its private key (0600)
-//   <dir>/catalog/<id>.json  one file per registered service instance
+//   <dir>/catalog/<id>.json  one file per registered service instance of the home datacenter
+//                            (ca/config.json's datacenter, dc1 unless edited)
+//   <dir>/catalog/<dc>/<id>.json  the same for another datacenter: one CA and trust domain,
+//                            a catalog per datacenter (-datacenter picks a proxy's own)
 //   <dir>/intentions.json    intentions (human-editable; `meshproxy intention ...` edits it)
 //   <dir>/config/<kind>/<name>.json  Consul config entries (`meshproxy config write` puts them there)
 //
@@ -43,6 +46,8 @@ export interface CatalogEntry {
   readonly protocol: Protocol;
   readonly pid: number;
   readonly meta: Readonly<Record<string, string>>;
+  /** Consul's service Kind; absent for a sidecar's service instance. */
+  readonly kind?: "mesh-gateway";
 }
 
 /** A problem with a file in the state directory: which file and what to do about it. */
@@ -197,14 +202,33 @@ export async function openStateDir(dir: string): Promise<{ created: boolean }> {
 
 // ---- catalog ----
 
-export async function registerInstance(dir: string, entry: CatalogEntry): Promise<void> {
-  const p = paths(dir);
-  await mkdir(p.catalog, { recursive: true, mode: 0o755 });
-  await atomicWrite(join(p.catalog, `${entry.id}.json`), JSON.stringify(entry, null, 2) + "\n");
+/**
+ * The catalog directory of `datacenter`: the home datacenter's is catalog/ itself (so a state
+ * directory made before there were several datacenters keeps working), another's catalog/<dc>/.
+ */
+export function catalogDir(dir: string, datacenter: string, home: string): string {
+  if (!isValidServiceName(datacenter)) throw new StateError(dir, `datacenter ${JSON.stringify(datacenter)} is not a simple name like dc2`);
+  return datacenter === home ? paths(dir).catalog : join(paths(dir).catalog, datacenter);
 }
 
-export async function deregisterInstance(dir: string, id: string): Promise<void> {
-  await rm(join(paths(dir).catalog, `${id}.json`), { force: true });
+/** Every datacenter with a catalog: the home one, and each catalog/<dc>/ directory. */
+export async function listDatacenters(dir: string, home: string): Promise<string[]> {
+  const out = new Set([home]);
+  try {
+    for (const d of await readdir(paths(dir).catalog, { withFileTypes: true })) if (d.isDirectory() && isValidServiceName(d.name)) out.add(d.name);
+  } catch (e) {
+    if (errnoOf(e) !== "ENOENT") throw new StateError(paths(dir).catalog, `cannot be read (${messageOf(e)})`);
+  }
+  return [...out].sort();
+}
+
+export async function registerInstance(dir: string, entry: CatalogEntry, catalog = paths(dir).catalog): Promise<void> {
+  await mkdir(catalog, { recursive: true, mode: 0o755 });
+  await atomicWrite(join(catalog, `${entry.id}.json`), JSON.stringify(entry, null, 2) + "\n");
+}
+
+export async function deregisterInstance(dir: string, id: string, catalog = paths(dir).catalog): Promise<void> {
+  await rm(join(catalog, `${id}.json`), { force: true });
 }
 
 const PROTOCOLS: readonly Protocol[] = ["tcp", "http", "http2", "grpc"];
@@ -213,7 +237,7 @@ const PROTOCOLS: readonly Protocol[] = ["tcp", "http", "http2", "grpc"];
 export function parseCatalogEntry(text: string, file: string): CatalogEntry {
   const o = parseJson(text, file);
   if (!isRecord(o)) throw new StateError(file, "not a catalog entry: must be a JSON object with id, service, address, port, pid, protocol");
-  const { id, service, address, port, pid, protocol, meta } = o;
+  const { id, service, address, port, pid, protocol, meta, kind } = o;
   if (typeof id !== "string" || id === "") throw new StateError(file, `id must be a non-empty string, got ${JSON.stringify(id) ?? "nothing"}`);
   if (typeof service !== "string" || !isValidServiceName(service)) throw new StateError(file, `service must be a service name, got ${JSON.stringify(service) ?? "nothing"}`);
   if (typeof address !== "string" || address === "") throw new StateError(file, `address must be a non-empty string, got ${JSON.stringify(address) ?? "nothing"}`);
@@ -230,7 +254,8 @@ export function parseCatalogEntry(text: string, file: string): CatalogEntry {
       m[k] = v;
     }
   }
-  return { id, service, address, port, pid, protocol: proto, meta: m };
+  if (kind !== undefined && kind !== "mesh-gateway") throw new StateError(file, `kind must be "mesh-gateway" or absent (a service instance), got ${JSON.stringify(kind)}`);
+  return { id, service, address, port, pid, protocol: proto, meta: m, ...(kind ? { kind } : {}) };
 }
 
 export interface CatalogRead {
@@ -239,11 +264,10 @@ export interface CatalogRead {
   readonly problems: StateError[];
 }
 
-export async function readCatalog(dir: string): Promise<CatalogRead> {
-  const p = paths(dir);
+export async function readCatalog(dir: string, catalog = paths(dir).catalog): Promise<CatalogRead> {
   let names: string[];
   try {
-    names = await readdir(p.catalog);
+    names = await readdir(catalog);
   } catch {
     return { entries: [], problems: [] };
   }
@@ -251,7 +275,7 @@ export async function readCatalog(dir: string): Promise<CatalogRead> {
   const problems: StateError[] = [];
   for (const name of names.sort()) {
     if (!name.endsWith(".json")) continue;
-    const file = join(p.catalog, name);
+    const file = join(catalog, name);
     try {
       entries.push(parseCatalogEntry(await readFile(file, "utf8"), file));
     } catch (e) {

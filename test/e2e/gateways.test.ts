@@ -1,0 +1,219 @@
+// Two datacenters on loopback with the dev control plane: one state directory (one CA, one trust
+// domain), a catalog per datacenter, and a real `meshproxy -gateway mesh` process in each. A TLS
+// client holding web's dc1 leaf dials gateway dc1 with db's dc2 SNI; the bytes cross gateway dc2
+// to db's sidecar in dc2, which verifies web and applies dc2's intentions. The gateways hold no
+// key, and a packet capture shows the SNI in clear and never the payload.
+import t, { type Test } from "tap";
+import { spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
+import { connect as netConnect } from "node:net";
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type MeshProcess } from "../helpers/mesh.js";
+import { leafFor, readDevCa, spiffeFor, type DevCa } from "../helpers/certs.js";
+import { metric, pollUntil } from "../helpers/peers.js";
+import type { IssuedLeaf } from "../../src/index.js";
+
+interface Gateway extends MeshProcess {
+  readonly listen: string;
+  readonly adminAddr: string;
+}
+
+async function startGateway(t: Test, dir: string, dc: string, extra: string[] = []): Promise<Gateway> {
+  const p = runMeshproxy(t, ["-gateway", "mesh", "-datacenter", dc, "-listen", "127.0.0.1:0", "-data-dir", dir, "-log-json", "-admin-addr", "127.0.0.1:0", "-log-level", "debug", ...extra]);
+  const ready = await p.waitForLog((l) => l["@message"] === "gateway ready");
+  const admin = await p.waitForLog((l) => l["@message"] === "admin API listening");
+  return Object.assign(p, { listen: String(ready["listen"]), adminAddr: String(admin["address"]) });
+}
+
+interface Crossing {
+  /** The far side's URI SAN, or null when the handshake did not complete. */
+  readonly peer: string | null;
+  readonly received: string;
+  readonly error: string | null;
+}
+
+/** TLS to `addr` naming `sni`, presenting `leaf`, trusting only the dev CA; sends, half-closes, collects. */
+function cross(addr: string, sni: string | undefined, leaf: IssuedLeaf, ca: DevCa, payload: string): Promise<Crossing> {
+  const { host, port } = hostPort(addr);
+  return new Promise((resolve) => {
+    const s: TLSSocket = tlsConnect({ host, port, ...(sni ? { servername: sni } : {}), cert: leaf.certPem, key: leaf.keyPem, ca: ca.certPem, rejectUnauthorized: true, checkServerIdentity: () => undefined });
+    let peer: string | null = null;
+    let error: string | null = null;
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => s.destroy(new Error("timed out")), 10_000);
+    s.once("secureConnect", () => {
+      peer = s.getPeerCertificate().subjectaltname ?? "";
+      s.end(payload);
+    });
+    s.on("data", (d: Buffer) => chunks.push(d));
+    s.on("error", (e: Error) => (error = e.message));
+    s.once("close", () => {
+      clearTimeout(timer);
+      resolve({ peer, received: Buffer.concat(chunks).toString("utf8"), error });
+    });
+  });
+}
+
+async function twoDatacenters(t: Test, gw2Flags: string[] = []) {
+  const dir = await tempDir(t);
+  const app = await echoServer(t);
+  // db's sidecar makes the CA and registers in dc2's catalog (catalog/dc2/).
+  const db = await startSidecar(t, dir, ["-service", "db", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${app.port}`]);
+  const gw2 = await startGateway(t, dir, "dc2", gw2Flags);
+  const gw1 = await startGateway(t, dir, "dc1");
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const sni = `db.default.dc2.internal.${ca.trustDomain}`;
+  return { dir, app, db, gw1, gw2, ca, web, sni };
+}
+
+t.test("web (dc1) → gateway dc1 → gateway dc2 → db's sidecar (dc2): identities end to end, dc2's intentions apply", { timeout: 90_000 }, async (t) => {
+  const { dir, app, gw1, gw2, ca, web, sni } = await twoDatacenters(t, ["-access-log", "stdout"]);
+  const marker = `across-two-datacenters-${"x".repeat(5000)}`;
+  const ok = await cross(gw1.listen, sni, web, ca, marker);
+  t.equal(ok.error, null, "no error on the way");
+  t.equal(ok.peer, `URI:${spiffeFor(ca.trustDomain, "db", "dc2")}`, "the far end is db in dc2, verified against the dev CA through two gateways");
+  t.equal(ok.received, marker, "data intact both ways");
+  t.equal(app.connections(), 1, "the db app saw the connection");
+  t.equal(await metric(gw1.adminAddr, "meshproxy_gateway_forwarded_total", { envoy_cluster_name: `dc2.internal.${ca.trustDomain}` }), 1, "gateway dc1 forwarded to dc2's gateways");
+  t.equal(await metric(gw2.adminAddr, "meshproxy_gateway_forwarded_total", { envoy_cluster_name: sni }), 1, "gateway dc2 forwarded to db's local cluster");
+  t.ok((await metric(gw2.adminAddr, "envoy_cluster_upstream_cx_tx_bytes_total", { envoy_cluster_name: sni }))! > marker.length, "bytes counted per route");
+  t.ok(gw2.logs.some((l) => l["@message"] === "gateway connection forwarded" && l["sni"] === sni), "forwarded connection logged with its SNI");
+  const accessLine = async () => gw2.stdoutText().split("\n").find((l) => l.includes(`"listener":"gateway:${sni}"`));
+  t.not(await pollUntil(async () => (await accessLine()) !== undefined, 5_000), null, "an access log line for the forwarded connection");
+  t.match(JSON.parse((await accessLine())!), { upstream_cluster: sni, protocol: "tcp" }, "naming its route");
+  for (const g of [gw1, gw2]) t.notOk(g.logs.some((l) => /leaf|certificate/i.test(l["@message"])), "a gateway issues and loads no certificate");
+
+  // A deny in the (shared) intentions is enforced by db's sidecar in dc2, not by the gateways.
+  const cli = runMeshproxy(t, ["intention", "create", "-deny", "web", "db", "-data-dir", dir]);
+  t.equal(await cli.exited, 0, "intention create -deny web db");
+  const deniedWithin = await pollUntil(async () => (await cross(gw1.listen, sni, web, ca, marker)).received !== marker, 10_000);
+  t.not(deniedWithin, null, "after the deny, web's connection across the gateways no longer reaches db");
+  // Attempts made while the sidecar was still reading the change may have reached the app.
+  const before = app.connections();
+  const denied = await cross(gw1.listen, sni, web, ca, marker);
+  t.equal(denied.received, "", "nothing of the app's comes back");
+  t.equal(app.connections(), before, "the db app saw no denied connection");
+});
+
+t.test("unknown SNI, no SNI, another trust domain: closed and counted at the gateway", { timeout: 90_000 }, async (t) => {
+  const { gw1, gw2, ca, web } = await twoDatacenters(t);
+  // All dialled at gateway dc1; the last is a dc2 name, so dc1 passes it on and dc2 refuses it.
+  const cases: Array<[string, string]> = [
+    [`nosuch.default.dc1.internal.${ca.trustDomain}`, "no such service in dc1"],
+    [`db.default.dc9.internal.${ca.trustDomain}`, "a datacenter with no gateway"],
+    ["db.default.dc2.internal.other.consul", "another trust domain"],
+    ["example.com", "not a mesh name"],
+    [`nosuch.default.dc2.internal.${ca.trustDomain}`, "no such service in dc2 (refused by dc2's gateway)"],
+  ];
+  for (const [sni, why] of cases) {
+    const r = await cross(gw1.listen, sni, web, ca, "secret");
+    t.equal(r.peer, null, `${why}: no handshake completes`);
+    t.equal(r.received, "", `${why}: nothing comes back`);
+  }
+  t.equal(await metric(gw1.adminAddr, "meshproxy_gateway_rejected_total", { reason: "unknown_sni" }), 4, "gateway dc1 counted its four unknown names");
+  t.equal(await metric(gw2.adminAddr, "meshproxy_gateway_rejected_total", { reason: "unknown_sni" }), 1, "gateway dc2 counted the unknown dc2 service");
+  const none = await cross(gw1.listen, undefined, web, ca, "secret");
+  t.equal(none.peer, null, "no SNI: refused");
+  t.equal(await metric(gw1.adminAddr, "meshproxy_gateway_rejected_total", { reason: "no_sni" }), 1, "counted as no_sni");
+});
+
+t.test("registered as a mesh-gateway in its own datacenter's catalog; /ready; drains and deregisters on SIGTERM", { timeout: 90_000 }, async (t) => {
+  const { dir, gw1, gw2 } = await twoDatacenters(t);
+  const entries = async (sub: string) => {
+    const d = join(dir, "catalog", sub);
+    const out: Array<Record<string, unknown>> = [];
+    for (const f of await readdir(d)) if (f.endsWith(".json")) out.push(JSON.parse(await readFile(join(d, f), "utf8")) as Record<string, unknown>);
+    return out;
+  };
+  t.ok((await entries("dc2")).some((e) => e["kind"] === "mesh-gateway" && e["port"] === hostPort(gw2.listen).port), "gateway dc2 in catalog/dc2/");
+  t.ok((await entries("")).some((e) => e["kind"] === "mesh-gateway" && e["port"] === hostPort(gw1.listen).port), "gateway dc1 in the home catalog");
+  t.ok((await entries("dc2")).some((e) => e["service"] === "db" && e["kind"] === undefined), "db's sidecar in catalog/dc2/");
+  t.equal((await fetch(`http://${gw1.adminAddr}/ready`)).status, 200, "/ready is 200");
+  t.equal(await gw2.stop(), 0, "SIGTERM: exit 0");
+  t.notOk((await entries("dc2")).some((e) => e["kind"] === "mesh-gateway"), "deregistered on the way out");
+});
+
+t.test("SIGTERM lets a connection already crossing finish, then exits", { timeout: 90_000 }, async (t) => {
+  const { gw1, ca, web, sni } = await twoDatacenters(t);
+  const { host, port } = hostPort(gw1.listen);
+  const s: TLSSocket = tlsConnect({ host, port, servername: sni, cert: web.certPem, key: web.keyPem, ca: ca.certPem, checkServerIdentity: () => undefined });
+  await once(s, "secureConnect");
+  s.write("first ");
+  await once(s, "data");
+  const exited = gw1.stop();
+  await gw1.waitForLog((l) => l["@message"] === "draining");
+  const chunks: Buffer[] = [];
+  s.on("data", (d: Buffer) => chunks.push(d));
+  s.end("second");
+  await once(s, "close");
+  t.equal(Buffer.concat(chunks).toString(), "second", "the open connection still crossed after SIGTERM");
+  t.equal(await exited, 0, "then the gateway exits 0");
+});
+
+t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags", async (t) => {
+  const run = async (args: string[]) => {
+    const p = runMeshproxy(t, args);
+    return { code: await p.exited, err: p.stderrText() };
+  };
+  const bad = await run(["-gateway", "ingress", "-listen", "127.0.0.1:0"]);
+  t.equal(bad.code, 2);
+  t.match(bad.err, /the only gateway kind is mesh/);
+  const noListen = await run(["-gateway", "mesh"]);
+  t.equal(noListen.code, 2);
+  t.match(noListen.err, /needs -listen/);
+  const sidecarFlags = await run(["-gateway", "mesh", "-listen", "127.0.0.1:0", "-upstream", "db:9191"]);
+  t.equal(sidecarFlags.code, 2);
+  t.match(sidecarFlags.err, /cannot be combined with -upstream/);
+  const badDc = await run(["-service", "web", "-datacenter", "dc 2"]);
+  t.equal(badDc.code, 2);
+  t.match(badDc.err, /-datacenter "dc 2"/);
+});
+
+const haveTshark = spawnSync("sh", ["-c", "command -v tshark"]).status === 0;
+
+t.test("a capture of the gateway's traffic shows the SNI in clear and never the payload", { timeout: 90_000, skip: haveTshark ? false : "tshark is not installed (.ci/run installs it)" }, async (t) => {
+  const { gw1, ca, web, sni } = await twoDatacenters(t);
+  const capDir = await tempDir(t);
+  const pcap = join(capDir, "gateway.pcap");
+  const port = hostPort(gw1.listen).port;
+  const cap = spawn("tshark", ["-i", "lo", "-f", `tcp port ${port}`, "-w", pcap], { stdio: ["ignore", "ignore", "pipe"] });
+  t.teardown(() => {
+    if (cap.exitCode === null) cap.kill("SIGKILL");
+  });
+  let capErr = "";
+  cap.stderr.setEncoding("utf8");
+  await new Promise<void>((resolve, reject) => {
+    cap.stderr.on("data", (d: string) => {
+      capErr += d;
+      // "Capturing on" comes before the capture really starts; this line comes after.
+      if (/Capture started/.test(capErr)) resolve();
+    });
+    cap.once("exit", () => reject(new Error(`tshark exited before capturing: ${capErr}`)));
+  });
+  const marker = "PLAINTEXT-MARKER-5f3a9c";
+  const r = await cross(gw1.listen, sni, web, ca, marker.repeat(20));
+  t.equal(r.received, marker.repeat(20), "the payload crossed");
+  // Captured packets reach the file in batches: a last plain connection (refused by the gateway
+  // as not TLS) is the sentinel, and once it is in the file everything sent before it is too.
+  const sentinel = "SENTINEL-NOT-TLS-7d1e";
+  const s = netConnect({ host: "127.0.0.1", port });
+  s.on("error", () => undefined);
+  s.end(`${sentinel}\r\n`);
+  await once(s, "close");
+  t.not(await pollUntil(async () => (await readFile(pcap).catch(() => Buffer.alloc(0))).includes(sentinel), 15_000), null, "the capture caught up");
+  cap.kill("SIGINT");
+  await once(cap, "exit");
+  const raw = await readFile(pcap);
+  t.ok(raw.length > 0, "something was captured");
+  t.ok(raw.includes(Buffer.from(sni)), "the SNI is in the capture, in clear");
+  t.notOk(raw.includes(Buffer.from(marker)), "the plaintext marker is not");
+  // Not on 443, so tshark is told the port carries TLS.
+  const fields = spawn("tshark", ["-r", pcap, "-d", `tcp.port==${port},tls`, "-Y", "tls.handshake.extensions_server_name", "-T", "fields", "-e", "tls.handshake.extensions_server_name"], { stdio: ["ignore", "pipe", "ignore"] });
+  let names = "";
+  fields.stdout.setEncoding("utf8").on("data", (d: string) => (names += d));
+  await once(fields, "exit");
+  t.match(names, sni, "tshark decodes the ClientHello's server_name");
+});
