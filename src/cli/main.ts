@@ -5,7 +5,7 @@ import { runCli } from "./program.js";
 // Each subcommand loads its own modules: a sidecar does not carry the demo's or the CLI tools'.
 
 const code = await runCli(process.argv.slice(2), {
-  proxy: async (cmd) => (cmd.gateway ? (await import("../gateway/run-gateway.js")).runGateway(cmd) : (await import("./run-proxy.js")).runProxy(cmd)),
+  proxy: async (cmd) => (cmd.gateway ? (await import("./run-gateway.js")).runGateway(cmd) : (await import("./run-proxy.js")).runProxy(cmd)),
   intention: async (action, args, opts) => (await import("./intention.js")).runIntention(action, args, opts),
   demo: async (opts) => (await import("./demo.js")).runDemo(opts),
   config: async (action, args) => (await import("./config.js")).runConfig(action, args),

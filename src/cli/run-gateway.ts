@@ -29,10 +29,10 @@ import {
 import { DEFAULTS, type Endpoint, type HostPort } from "../config/snapshot.js";
 import { formatMeshSni, parseMeshSni } from "../identity/sni.js";
 import { listenerLimits } from "../tcp/admission.js";
-import { GatewayListener } from "./listener.js";
-import { GatewayConfigError, GatewayRoutes } from "./routes.js";
-import { GatewayStats } from "./stats.js";
-import type { ProxyCommand } from "../cli/program.js";
+import { GatewayListener } from "../gateway/listener.js";
+import { GatewayConfigError, GatewayRoutes } from "../gateway/routes.js";
+import { GatewayStats } from "../gateway/stats.js";
+import type { ProxyCommand } from "./program.js";
 
 /** What the gateway knows of the state directory, read once at start. */
 interface GatewayView {
