@@ -19,7 +19,7 @@ import { createServer } from "node:net";
 import { Procs } from "./lib/procs.mjs";
 import { cpuTimes, memory, resetPeak } from "./lib/procstat.mjs";
 import { clientConfig, serverConfig, startHaproxy, writeHaproxyCerts, haproxyInfo, haproxyCommand } from "./lib/haproxy.mjs";
-import { startSidecar, configWrite, configDump } from "./lib/meshproxy.mjs";
+import { startSidecar, configWrite, configDump, supportsFlag } from "./lib/meshproxy.mjs";
 import { summarize, figures, targets, renderTable, renderTargets } from "./lib/report.mjs";
 import { fmt } from "./lib/stats.mjs";
 
@@ -393,7 +393,11 @@ async function startRound(round, ca) {
     await writeFile(join(dataDir, "ca", "root.key"), ca.keyPem, { mode: 0o600 });
     await writeFile(join(dataDir, "ca", "config.json"), JSON.stringify({ trust_domain: ca.trustDomain, datacenter: "dc1", leaf_cert_ttl: "72h" }, null, 2) + "\n");
     const nodeArgs = [...(args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", join(outDir, "prof")] : []), ...(args["sidecar-node-args"] ?? "").split(/\s+/).filter(Boolean)];
-    const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}-r${round}`, dataDir, nodeArgs, args: sargs });
+    // The same connection cap HAProxy gets (maxconn below): meshproxy's default (half the fd limit
+    // less a reserve, 9,872 here) refuses part of the 9,900 idle connections. Builds from before
+    // -max-connections existed (--meshproxy-rev) are run without it.
+    const limitArgs = (await supportsFlag(mpRoot, "--max-connections")) ? ["-max-connections", String(Math.min(9990, Math.max(2000, cfg.idleConns + 50)))] : [];
+    const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}-r${round}`, dataDir, nodeArgs, args: [...limitArgs, ...sargs] });
     // L4 pair. Server side first: the client's dev control plane finds it in the catalog.
     const server = await sidecar("mesh-server", ["-service", "app", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
     const client = await sidecar("mesh-client", ["-service", "client", "-upstream", "app:0"]);

@@ -20,6 +20,14 @@ export function startSidecar(procs, { root, name, dataDir, args, nodeArgs = [], 
     });
 }
 
+/** Whether the meshproxy build in `root` knows a flag (its --help lists it). */
+export async function supportsFlag(root, flag) {
+  const { execFile } = await import("node:child_process");
+  return new Promise((resolve) => {
+    execFile(process.execPath, [join(root, "dist", "cli", "main.js"), "--help"], (_err, stdout, stderr) => resolve(`${stdout}${stderr}`.includes(flag)));
+  });
+}
+
 /** `meshproxy config write <file> -data-dir <dir>`, as an operator would. Resolves with its duration (ms). */
 export async function configWrite(procs, { root, dataDir, file, entry }) {
   const { writeFile } = await import("node:fs/promises");
