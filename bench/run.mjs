@@ -398,6 +398,13 @@ async function startRound(round, ca) {
     // -max-connections existed (--meshproxy-rev) are run without it.
     const limitArgs = (await supportsFlag(mpRoot, "--max-connections")) ? ["-max-connections", String(Math.min(9990, Math.max(2000, cfg.idleConns + 50)))] : [];
     const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}-r${round}`, dataDir, nodeArgs, args: [...limitArgs, ...sargs] });
+    // The clients' upstream clusters get the same cap: Envoy's default MaxConnections (1024 per
+    // cluster, TCP included) would refuse the idle test's connections past the 1,024th with UO.
+    // An operator holding that many long-lived connections raises it the same way.
+    const upstreamLimits = { Limits: { MaxConnections: Math.min(9990, Math.max(2000, cfg.idleConns + 50)) } };
+    for (const name of ["client", "clientl7"]) {
+      await configWrite(procs, { root: mpRoot, dataDir, file: join(roundDir, `entry-service-defaults-${name}.json`), entry: { Kind: "service-defaults", Name: name, Protocol: "tcp", UpstreamConfig: { Defaults: upstreamLimits } } });
+    }
     // L4 pair. Server side first: the client's dev control plane finds it in the catalog.
     const server = await sidecar("mesh-server", ["-service", "app", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
     const client = await sidecar("mesh-client", ["-service", "client", "-upstream", "app:0"]);
