@@ -22,6 +22,18 @@ export interface ConsulSettings {
   readonly tls: AgentTlsOptions;
 }
 
+export interface GatewaySettings {
+  readonly kind: "mesh";
+  /** Where it binds: -listen, else -address (as Consul's -address both binds and advertises). */
+  readonly listen: HostPort;
+  /** -address: the LAN address registered (default: the bound one). */
+  readonly address: HostPort | undefined;
+  /** -wan-address: what other datacenters' gateways dial (default: the LAN address). */
+  readonly wanAddress: HostPort | undefined;
+  /** Register as a mesh-gateway: always in the dev catalog; with a Consul agent, with -register. */
+  readonly register: boolean;
+}
+
 export interface ProxyCommand {
   readonly request: ProxyRequest;
   readonly dataDir: string;
@@ -47,7 +59,7 @@ export interface ProxyCommand {
   /** -datacenter: with the dev control plane, this proxy's own datacenter (default: the CA config's, dc1). */
   readonly datacenter: string | undefined;
   /** -gateway mesh: run a mesh gateway on -listen instead of a sidecar. */
-  readonly gateway: { readonly kind: "mesh"; readonly listen: HostPort } | null;
+  readonly gateway: GatewaySettings | null;
 }
 
 interface RawProxyOptions {
@@ -83,6 +95,8 @@ interface RawProxyOptions {
   clientKey?: string;
   tlsServerName?: string;
   gateway?: string;
+  address?: string;
+  wanAddress?: string;
 }
 
 function collect(v: string, prev: string[]): string[] {
@@ -113,7 +127,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   if (o.configFile !== undefined) checkConfigFileAlone(o);
   if (o.datacenter !== undefined && !isValidServiceName(o.datacenter)) throw new UsageError(`-datacenter "${o.datacenter}": not a datacenter name (letters, digits, - _), e.g. dc2`);
   const gateway = o.gateway === undefined ? null : checkGateway(o, consul !== null);
-  if (o.register && !(o.service && o.listen)) throw new UsageError("-register needs -service and -listen (it registers the public listener)");
+  if (o.register && gateway === null && !(o.service && o.listen)) throw new UsageError("-register needs -service and -listen (it registers the public listener)");
   if (gateway === null && o.configFile === undefined && !o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
   if (!consul && o.sidecarFor) throw new UsageError("-sidecar-for reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR");
   if (gateway === null && !consul && !o.service && o.configFile === undefined) throw new UsageError("-proxy-id without -service reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR, or use -service");
@@ -169,10 +183,9 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
  * and never terminates TLS, so the flags that describe a sidecar's app and upstreams have no
  * meaning for it; naming one is a mistake to report, not to ignore.
  */
-function checkGateway(o: RawProxyOptions, consul: boolean): { kind: "mesh"; listen: HostPort } {
+function checkGateway(o: RawProxyOptions, consul: boolean): GatewaySettings {
   if (o.gateway !== "mesh") throw new UsageError(`-gateway "${o.gateway}": the only gateway kind is mesh (terminating and ingress gateways are not supported)`);
-  if (!o.listen) throw new UsageError("-gateway mesh needs -listen (the gateway's address, which other datacenters' gateways dial)");
-  if (consul) throw new UsageError("-gateway mesh runs with the dev control plane only for now: unset -http-addr (CONSUL_HTTP_ADDR)");
+  if (!o.listen && !o.address) throw new UsageError("-gateway mesh needs -listen or -address (the gateway's address, which other datacenters' gateways dial)");
   const clash = [
     o.serviceAddr !== undefined ? "-service-addr" : null,
     o.upstream.length > 0 ? "-upstream" : null,
@@ -181,7 +194,11 @@ function checkGateway(o: RawProxyOptions, consul: boolean): { kind: "mesh"; list
     o.proxyId !== undefined ? "-proxy-id (or CONNECT_PROXY_ID)" : null,
   ].filter((f) => f !== null);
   if (clash.length > 0) throw new UsageError(`-gateway mesh cannot be combined with ${clash.join(", ")}: a mesh gateway has no local app and no upstreams, it forwards by SNI`);
-  return { kind: "mesh", listen: parseHostPort("-listen", o.listen, "0.0.0.0", true) };
+  const address = o.address !== undefined ? parseHostPort("-address", o.address, "0.0.0.0", true) : undefined;
+  const wanAddress = o.wanAddress !== undefined ? parseHostPort("-wan-address", o.wanAddress, "0.0.0.0", true) : undefined;
+  if (!consul && o.register) throw new UsageError("-register registers the gateway in a Consul agent: give -http-addr or CONSUL_HTTP_ADDR (with the dev control plane the gateway always registers in its catalog)");
+  const listen = o.listen !== undefined ? parseHostPort("-listen", o.listen, "0.0.0.0", true) : address!;
+  return { kind: "mesh", listen, address, wanAddress, register: consul ? o.register : true };
 }
 
 function positiveInt(flag: string, raw: string): number {
@@ -282,6 +299,8 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--register-id <suffix>", "suffix of the registered proxy's id (<service>-proxy-<suffix>)"))
     .addOption(new Option("--datacenter <dc>", "this proxy's datacenter (dev control plane: whose catalog; Consul: sent on every API request)"))
     .addOption(new Option("--gateway <kind>", "run a mesh gateway on -listen (kind: mesh): routes connections by SNI, never terminates TLS"))
+    .addOption(new Option("--address <host:port>", "mesh gateway: LAN address to register (and bind, without -listen)"))
+    .addOption(new Option("--wan-address <host:port>", "mesh gateway: WAN address other datacenters' gateways dial (default: the LAN address)"))
     .addOption(new Option("--ca-file <path>", "CA bundle for HTTPS to the agent").env("CONSUL_CACERT"))
     .addOption(new Option("--ca-path <dir>", "directory of CA certificates for HTTPS to the agent").env("CONSUL_CAPATH"))
     .addOption(new Option("--client-cert <path>", "client certificate for HTTPS to the agent").env("CONSUL_CLIENT_CERT"))

@@ -13,6 +13,7 @@ import type { Metrics } from "../telemetry/metrics.js";
 import { consulPrometheusBindAddr } from "./consul-metrics-addr.js";
 import { fileDescriptorLimit, listenerLimits, RESERVED_FDS } from "../tcp/admission.js";
 import type { ProxyCommand } from "./program.js";
+import { handleShutdownSignals } from "./signals.js";
 
 function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   const c = cmd.consul;
@@ -107,18 +108,9 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
   let admin: AdminServer | null = null;
   let metrics: MetricsServer | null = null;
   let exposition: MetricsExposition | null = null;
-  let signals = 0;
-  const onSignal = (sig: NodeJS.Signals) => {
-    signals++;
-    if (signals > 1) {
-      log.warn("second signal; exiting without draining", { signal: sig });
-      process.exit(1);
-    }
-    log.info("shutting down", { signal: sig });
+  const signals = handleShutdownSignals(log, () => {
     proxy?.stop().catch(logRejection(log, "shutdown"));
-  };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  });
   try {
     const client = agentClientFor(cmd);
     const fds = fileDescriptorLimit();
@@ -131,9 +123,9 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     exposition = new MetricsExposition(proxy.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log);
     admin = await startAdmin(proxy, cmd, log, exposition);
     if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log, proxy.metrics.adminRejected);
-    if (signals === 0) await proxy.start();
-    if (signals === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log, proxy.metrics.adminRejected);
-    if (signals > 0) await proxy.stop();
+    if (signals.received === 0) await proxy.start();
+    if (signals.received === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log, proxy.metrics.adminRejected);
+    if (signals.received > 0) await proxy.stop();
     await stopped;
     log.info("stopped");
     return 0;
@@ -148,7 +140,6 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     admin?.close();
     metrics?.close();
     await exposition?.close();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    signals.dispose();
   }
 }

@@ -1,15 +1,21 @@
 // A mesh gateway listener: reads the SNI from each connection's ClientHello, looks it up in the
-// route table, dials the cluster's next endpoint over plain TCP, replays the bytes it peeked and
-// joins the two sockets. TLS is never terminated here: the gateway holds no key, and the two
+// route table, opens a passthrough pipe through the concrete stage (the cluster's balancer,
+// outlier detection, MaxConnections, a refused connect retried on another host), replays the
+// bytes it peeked and joins the two sockets. TLS is never terminated here: the gateway holds no key, and the two
 // mesh endpoints authenticate each other end to end (Envoy's tls_inspector + sni_cluster +
 // tcp_proxy, shared/reference/data-plane-anchors.md §6).
-import { connect as netConnect, createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_HELLO_BYTES, peekClientHello, type PeekResult } from "../tls/client-hello.js";
 import { capConnections, DEFAULT_MAX_TLS_HANDSHAKES, listenerLimits } from "../tcp/admission.js";
 import { listenOn } from "../tcp/listen.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { joinSockets, type Pipe } from "../tcp/pipe.js";
 import { logRejection, type Logger } from "../telemetry/log.js";
+import { openPipe, type OpenPipe, type StreamFailure } from "../outbound/concrete.js";
+import type { ClusterRuntime, ClusterStatus } from "../cluster/runtime.js";
+import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
+import type { UpstreamTlsError } from "../tls/origin.js";
+import { GatewayClusters } from "./clusters.js";
 import type { GatewayRoutes } from "./routes.js";
 import type { GatewayRejection, GatewayStats } from "./stats.js";
 import type { AccessLog } from "../telemetry/access-log.js";
@@ -20,7 +26,7 @@ export interface GatewayListenerOptions {
   /** Absolute deadline for the ClientHello (Envoy's listener_filters_timeout, 15 s). */
   readonly helloTimeoutMs?: number;
   readonly maxHelloBytes?: number;
-  /** Dialling an endpoint (Consul's connect_timeout_ms default, 5 s). */
+  /** Dialling an endpoint, per attempt, unless the route's cluster sets its own (Consul's connect_timeout_ms default, 5 s). */
   readonly connectTimeoutMs?: number;
   /** A forwarded connection with no bytes either way for this long is closed (Envoy tcp_proxy: 1 h). */
   readonly idleTimeoutMs?: number;
@@ -42,6 +48,7 @@ export class GatewayListener {
   private readonly pending = new Set<Socket>();
   private closing = false;
   private readonly overload: RateLimitedWarning;
+  private readonly clusters = new GatewayClusters();
 
   private constructor(
     private readonly server: Server,
@@ -50,6 +57,7 @@ export class GatewayListener {
     readonly address: AddressInfo,
   ) {
     this.overload = new RateLimitedWarning(opts.log, "gateway at its limit of connections still sending a ClientHello: refusing connections");
+    this.clusters.apply(routes.clusters);
   }
 
   static async start(routes: GatewayRoutes, opts: GatewayListenerOptions): Promise<GatewayListener> {
@@ -68,7 +76,19 @@ export class GatewayListener {
 
   /** New connections route with `routes`; forwarded ones keep the endpoint they were given. */
   apply(routes: GatewayRoutes): void {
+    // Runtimes first: a route never names a cluster without one.
+    this.clusters.apply(routes.clusters);
     this.routes = routes;
+  }
+
+  /** Every cluster with its hosts, for the admin API's /clusters. */
+  clusterStatuses(): ClusterStatus[] {
+    return this.clusters.statuses();
+  }
+
+  /** For the scrape-time cluster gauges (membership, ejections). */
+  clusterStats(): ClusterSnapshotStats[] {
+    return this.clusters.stats();
   }
 
   /**
@@ -94,6 +114,7 @@ export class GatewayListener {
     const closed = this.server.listening ? new Promise<void>((resolve) => this.server.close(() => resolve())) : Promise.resolve();
     for (const s of this.pending) s.destroy();
     for (const p of this.pipes) p.destroy();
+    this.clusters.close();
     await closed;
   }
 
@@ -116,6 +137,7 @@ export class GatewayListener {
       return;
     }
     this.pending.add(down);
+    down.once("close", () => this.pending.delete(down));
     // Until the pipe owns it, a reset or a timeout here just ends this one connection.
     const early = (): void => undefined;
     down.on("error", early);
@@ -135,64 +157,72 @@ export class GatewayListener {
     if (down.destroyed) return this.reject(down, "truncated", "the connection closed while the ClientHello was being routed", hello.sni);
     const lookup = this.routes.route(hello.sni);
     if (!lookup.ok) return this.reject(down, "unknown_sni", lookup.message, hello.sni);
-    const cluster = lookup.cluster;
-    const endpoint = cluster.next();
-    if (!endpoint) return this.reject(down, "no_healthy_endpoint", `cluster ${cluster.name} has no healthy endpoint`, hello.sni);
-    const up = netConnect({ host: endpoint.host, port: endpoint.port, allowHalfOpen: true, noDelay: true });
-    const connectTimeoutMs = this.opts.connectTimeoutMs ?? 5_000;
-    const failed = (why: string): void => {
-      clearTimeout(timer);
-      up.destroy();
-      down.off("close", abandoned);
-      this.reject(down, "upstream_connect_failed", `${cluster.name} endpoint ${endpoint.host}:${endpoint.port}: ${why}`, hello.sni);
-    };
-    const timer = setTimeout(() => failed(`no connection within ${connectTimeoutMs} ms`), connectTimeoutMs);
-    const onUpError = (e: Error): void => failed(e.message);
-    // The client gave up while we dialled: nothing to forward.
-    const abandoned = (): void => {
-      clearTimeout(timer);
-      up.destroy();
-      this.pending.delete(down);
-    };
-    up.once("error", onUpError);
-    down.once("close", abandoned);
-    up.once("connect", () => {
-      clearTimeout(timer);
-      up.off("error", onUpError);
-      down.off("close", abandoned);
-      down.off("error", early);
-      this.pending.delete(down);
-      if (down.destroyed || this.closing) {
-        up.destroy();
-        down.destroy();
-        return;
-      }
-      this.opts.stats.forwarded.labels(cluster.name).inc();
-      const started = Date.now();
-      if (this.opts.log.enabled("debug")) this.opts.log.debug("gateway connection forwarded", { sni: hello.sni, alpn: hello.alpn.join(","), cluster: cluster.name, endpoint: `${endpoint.host}:${endpoint.port}` });
-      up.write(hello.bytes);
-      const pipe = joinSockets(down, up, this.opts.idleTimeoutMs ?? 3_600_000, (r) => {
-        this.pipes.delete(pipe);
-        // TLS records both ways, counted as Envoy counts a cluster's bytes (never decrypted).
-        this.opts.stats.bytesSent.labels(cluster.name).inc(r.downstreamBytesIn);
-        this.opts.stats.bytesReceived.labels(cluster.name).inc(r.upstreamBytesIn);
-        this.opts.accessLog?.log({
-          start_time: new Date(started).toISOString(),
-          duration_ms: Date.now() - started,
-          protocol: "tcp",
-          direction: "inbound",
-          listener: `gateway:${hello.sni}`,
-          upstream_cluster: cluster.name,
-          upstream_host: `${endpoint.host}:${endpoint.port}`,
-          bytes_received: r.downstreamBytesIn,
-          bytes_sent: r.upstreamBytesIn,
-          response_flags: r.error ? "UC" : "-",
-          ...(r.error ? { error: r.error.message } : {}),
-        });
-        if (r.error) this.opts.log.debug("gateway connection closed by error", { cluster: cluster.name, sni: hello.sni, error: r.error.message });
+    const primary = this.clusters.get(lookup.cluster);
+    // apply() builds every route's runtime before the route: a bug, refused closed.
+    if (!primary) return this.reject(down, "no_healthy_endpoint", `cluster ${lookup.cluster} has no runtime`, hello.sni);
+    openPipe(
+      {
+        primary,
+        clusters: this.clusters.all,
+        connectTimeoutMs: primary.config.connectTimeoutMs ?? this.opts.connectTimeoutMs ?? 5_000,
+        wanted: () => !down.destroyed && !this.closing,
+        attemptFailed: (cluster, host, err) => this.attemptFailed(cluster, host.key, err, hello.sni),
+      },
+      (result) => {
+        if ("flag" in result) return this.refused(down, primary, result, hello.sni);
+        down.off("error", early);
+        this.pending.delete(down);
+        this.pipe(down, hello, result);
+      },
+    );
+  }
+
+  private attemptFailed(cluster: ClusterRuntime, host: string, err: UpstreamTlsError, sni: string): void {
+    if (err.kind === "timeout") this.opts.stats.connectTimedOut.labels(cluster.name).inc();
+    else this.opts.stats.connectFailed.labels(cluster.name).inc();
+    this.opts.log.debug("gateway connect attempt failed", { cluster: cluster.name, endpoint: host, sni, error: err.message });
+  }
+
+  private refused(down: Socket, primary: ClusterRuntime, f: StreamFailure, sni: string): void {
+    if (f.flag === "UH") {
+      this.opts.stats.noneHealthy.labels(primary.name).inc();
+      return this.reject(down, "no_healthy_endpoint", f.detail, sni);
+    }
+    if (f.flag === "UO") {
+      this.opts.stats.overflow.labels(f.cluster.name).inc();
+      return this.reject(down, "upstream_overflow", f.detail, sni);
+    }
+    return this.reject(down, "upstream_connect_failed", f.detail, sni);
+  }
+
+  private pipe(down: Socket, hello: Extract<PeekResult, { ok: true }>, stream: OpenPipe): void {
+    const { cluster, host, socket: up } = stream;
+    const endpoint = host.key;
+    this.opts.stats.forwarded.labels(cluster.name).inc();
+    const started = Date.now();
+    if (this.opts.log.enabled("debug")) this.opts.log.debug("gateway connection forwarded", { sni: hello.sni, alpn: hello.alpn.join(","), cluster: cluster.name, endpoint, attempts: stream.attempts });
+    up.write(hello.bytes);
+    const pipe = joinSockets(down, up, this.opts.idleTimeoutMs ?? 3_600_000, (r) => {
+      this.pipes.delete(pipe);
+      // TLS records both ways, counted as Envoy counts a cluster's bytes (never decrypted).
+      this.opts.stats.bytesSent.labels(cluster.name).inc(r.downstreamBytesIn);
+      this.opts.stats.bytesReceived.labels(cluster.name).inc(r.upstreamBytesIn);
+      this.opts.accessLog?.log({
+        start_time: new Date(started).toISOString(),
+        duration_ms: Date.now() - started,
+        protocol: "tcp",
+        direction: "inbound",
+        listener: `gateway:${hello.sni}`,
+        upstream_cluster: cluster.name,
+        upstream_host: endpoint,
+        bytes_received: r.downstreamBytesIn,
+        bytes_sent: r.upstreamBytesIn,
+        response_flags: r.error ? "UC" : "-",
+        ...(r.error ? { error: r.error.message } : {}),
       });
-      this.pipes.add(pipe);
-      down.resume();
+      if (r.error) this.opts.log.debug("gateway connection closed by error", { cluster: cluster.name, sni: hello.sni, error: r.error.message });
     });
+    this.pipes.add(pipe);
+    down.resume();
   }
 }

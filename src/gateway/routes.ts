@@ -1,21 +1,17 @@
-// A mesh gateway's route table, compiled once per Snapshot: the SNI a client sent → the cluster
-// that carries it. Consul's gateway layout (shared/reference/consul-connect.md §5): a local
-// service is keyed by its full SNI (Envoy's sni_cluster: the SNI is the cluster name); a name in
-// another datacenter goes to that datacenter's gateways (the `*.<dc>.internal.<td>` chains,
-// cluster `<dc>.internal.<td>`). Everything else is refused: a gateway forwards only names it
-// was told about.
-import type { Endpoint } from "../config/snapshot.js";
-import { formatMeshSni, parseMeshSni } from "../identity/sni.js";
+// A mesh gateway's route table, compiled once per table the route source gives: the SNI a client
+// sent → the cluster that carries it. Consul's gateway layout (shared/reference/consul-connect.md
+// §5): a local service, or a subset of it, is keyed by its full SNI (Envoy's sni_cluster: the SNI
+// is the cluster name); a name in another datacenter goes to that datacenter's gateways (the
+// `*.<dc>.internal.<td>` chains, cluster `<dc>.internal.<td>`). Everything else is refused: a
+// gateway forwards only names it was told about. Each route's cluster is an ordinary Cluster, so
+// the concrete stage balances, ejects and limits it as it does a sidecar's.
+import { DEFAULT_LB, DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "../config/http.js";
+import type { Cluster } from "../config/snapshot.js";
+import type { GatewayRoutesConfig, GatewayService } from "../config/gateway.js";
 
-export interface GatewayRoutesConfig {
-  readonly trustDomain: string;
-  /** The gateway's own datacenter. */
-  readonly datacenter: string;
-  /** Local services (and subsets) by the SNI their clients send. */
-  readonly services: ReadonlyMap<string, readonly Endpoint[]>;
-  /** Other datacenters' mesh gateways (their WAN addresses), by datacenter. */
-  readonly remoteGateways: ReadonlyMap<string, readonly Endpoint[]>;
-}
+export type { GatewayRoutesConfig, GatewayService };
+import { formatMeshSni, parseMeshSni } from "../identity/sni.js";
+import { serviceSpiffeId } from "../identity/spiffe.js";
 
 export class GatewayConfigError extends Error {
   constructor(message: string) {
@@ -24,79 +20,90 @@ export class GatewayConfigError extends Error {
   }
 }
 
-/** One cluster behind the gateway: its healthy endpoints in turn. */
-export class GatewayCluster {
-  private cursor = 0;
-  private readonly healthy: readonly Endpoint[];
+/** A route found: the name of its cluster. The same object for every connection to that route. */
+export type RouteLookup = { readonly ok: true; readonly cluster: string } | { readonly ok: false; readonly message: string };
 
-  constructor(
-    readonly name: string,
-    endpoints: readonly Endpoint[],
-  ) {
-    this.healthy = endpoints.filter((e) => e.healthy);
-  }
-
-  /** The next healthy endpoint (round robin), or null when there is none. */
-  next(): Endpoint | null {
-    const h = this.healthy;
-    if (h.length === 0) return null;
-    const e = h[this.cursor % h.length]!;
-    this.cursor = (this.cursor + 1) % h.length;
-    return e;
-  }
+/**
+ * Consul's mesh gateway clusters (agent/xds/clusters.go, makeGatewayCluster): round robin, outlier
+ * detection with Envoy's defaults (an empty OutlierDetection), Envoy's default circuit breakers.
+ */
+function gatewayCluster(name: string, service: string, datacenter: string, spiffeId: string, s: GatewayService): Cluster {
+  return {
+    name,
+    service,
+    namespace: "default",
+    datacenter,
+    sni: name,
+    // What the client will check end to end; the gateway itself never sees a certificate.
+    expectedSpiffeId: spiffeId,
+    endpoints: s.endpoints,
+    lb: DEFAULT_LB,
+    outlierDetection: DEFAULT_OUTLIER_DETECTION,
+    limits: DEFAULT_LIMITS,
+    ...(s.connectTimeoutMs !== undefined ? { connectTimeoutMs: s.connectTimeoutMs } : {}),
+  };
 }
-
-export type RouteLookup = { readonly ok: true; readonly cluster: GatewayCluster } | { readonly ok: false; readonly message: string };
 
 export class GatewayRoutes {
   private constructor(
     readonly trustDomain: string,
     readonly datacenter: string,
-    private readonly local: ReadonlyMap<string, GatewayCluster>,
-    private readonly remote: ReadonlyMap<string, GatewayCluster>,
+    private readonly local: ReadonlyMap<string, RouteLookup>,
+    private readonly remote: ReadonlyMap<string, RouteLookup>,
+    /** Every route's cluster, once each. */
+    readonly clusters: readonly Cluster[],
   ) {}
 
   /**
-   * Checks every name once: a local service key must be a canonical service SNI of this
+   * Checks every name once: a local key must be a canonical service or subset SNI of this
    * datacenter and trust domain (so the exact lookup per connection needs no parsing), and a
    * remote datacenter must not be this one.
    */
   static compile(cfg: GatewayRoutesConfig): GatewayRoutes {
     const td = cfg.trustDomain.toLowerCase();
     const dc = cfg.datacenter.toLowerCase();
-    const local = new Map<string, GatewayCluster>();
-    for (const [sni, endpoints] of cfg.services) {
+    const local = new Map<string, RouteLookup>();
+    const clusters: Cluster[] = [];
+    for (const [sni, service] of cfg.services) {
       const parsed = parseMeshSni(sni, td);
       if (parsed.kind === "refused") throw new GatewayConfigError(`gateway service ${JSON.stringify(sni)}: ${parsed.message}`);
       if (parsed.kind !== "service") throw new GatewayConfigError(`gateway service ${JSON.stringify(sni)} names a ${parsed.kind}, not a service`);
       if (parsed.datacenter !== dc) throw new GatewayConfigError(`gateway service ${JSON.stringify(sni)} is in datacenter ${parsed.datacenter}, not this gateway's ${dc}: list it under remote gateways`);
       const key = formatMeshSni(parsed);
       if (local.has(key)) throw new GatewayConfigError(`gateway service ${JSON.stringify(sni)} is listed twice`);
-      local.set(key, new GatewayCluster(key, endpoints));
+      local.set(key, { ok: true, cluster: key });
+      const spiffeId = serviceSpiffeId({ trustDomain: td, namespace: parsed.namespace, datacenter: dc, service: parsed.service });
+      clusters.push(gatewayCluster(key, parsed.service, dc, spiffeId, service));
     }
-    const remote = new Map<string, GatewayCluster>();
+    const remote = new Map<string, RouteLookup>();
     for (const [name, endpoints] of cfg.remoteGateways) {
       const remoteDc = name.toLowerCase();
       if (remoteDc === dc) throw new GatewayConfigError(`remote gateways for ${name}: that is this gateway's own datacenter`);
       const cluster = formatMeshSni({ kind: "datacenter", partition: "default", datacenter: remoteDc, trustDomain: td });
       const check = parseMeshSni(cluster, td);
       if (check.kind !== "datacenter") throw new GatewayConfigError(`remote gateways for ${JSON.stringify(name)}: not a datacenter name (${check.kind === "refused" ? check.message : check.kind})`);
-      remote.set(remoteDc, new GatewayCluster(cluster, endpoints));
+      if (remote.has(remoteDc)) throw new GatewayConfigError(`remote gateways for ${JSON.stringify(name)} are listed twice`);
+      remote.set(remoteDc, { ok: true, cluster });
+      // Consul's mesh gateway identity (spiffe://<td>/gateway/mesh/dc/<dc>), for /clusters only.
+      clusters.push(gatewayCluster(cluster, "mesh-gateway", remoteDc, `spiffe://${td}/gateway/mesh/dc/${remoteDc}`, { endpoints }));
     }
-    return new GatewayRoutes(td, dc, local, remote);
+    return new GatewayRoutes(td, dc, local, remote, clusters);
   }
 
   /** Where a connection that sent `sni` (lowercase, as the ClientHello parser gives it) goes. */
   route(sni: string): RouteLookup {
     const exact = this.local.get(sni);
-    if (exact) return { ok: true, cluster: exact };
+    if (exact) return exact;
     const parsed = parseMeshSni(sni, this.trustDomain);
     if (parsed.kind === "refused") return { ok: false, message: parsed.message };
     if (parsed.kind !== "service") return { ok: false, message: `SNI ${sni} names a ${parsed.kind}; this gateway routes services only` };
-    if (parsed.datacenter === this.datacenter) return { ok: false, message: `SNI ${sni}: no such service in this datacenter (${this.datacenter})` };
+    if (parsed.datacenter === this.datacenter) {
+      const what = parsed.subset === null ? "service" : `subset ${parsed.subset} of service ${parsed.service}`;
+      return { ok: false, message: `SNI ${sni}: no such ${what} in this datacenter (${this.datacenter})` };
+    }
     if (parsed.partition !== "default") return { ok: false, message: `SNI ${sni}: partition ${parsed.partition} is not routed across datacenters` };
     const remote = this.remote.get(parsed.datacenter);
     if (!remote) return { ok: false, message: `SNI ${sni}: no mesh gateway known for datacenter ${parsed.datacenter}` };
-    return { ok: true, cluster: remote };
+    return remote;
   }
 }

@@ -8,7 +8,7 @@ import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket 
 import { Registry } from "prom-client";
 import { createRootCa, issueLeaf, serviceSpiffeId, type CaMaterial, type IssuedLeaf } from "../../src/index.js";
 import { GatewayListener } from "../../src/gateway/listener.js";
-import { GatewayConfigError, GatewayRoutes, type GatewayRoutesConfig } from "../../src/gateway/routes.js";
+import { GatewayConfigError, GatewayRoutes, type GatewayRoutesConfig, type GatewayService } from "../../src/gateway/routes.js";
 import { GatewayStats } from "../../src/gateway/stats.js";
 import { silentLogger } from "../../src/telemetry/log.js";
 import type { Endpoint } from "../../src/config/snapshot.js";
@@ -95,7 +95,7 @@ t.test("mTLS end to end through a gateway that never sees a key: local service b
   const { ca, client } = await setup();
   const web = await backend(t, ca, "web", "dc1");
   const sni = `web.default.dc1.internal.${TD}`;
-  const { gw, stats } = await gateway(t, { trustDomain: TD, datacenter: "dc1", services: new Map([[sni, [endpoint(web.port)]]]), remoteGateways: new Map() });
+  const { gw, stats } = await gateway(t, { trustDomain: TD, datacenter: "dc1", services: new Map([[sni, { endpoints: [endpoint(web.port)] }]]), remoteGateways: new Map() });
   const r = await mtls(gw.address.port, sni, client, ca, spiffe("web", "dc1"));
   t.equal(r.echo, "ping through the gateway", "bytes flow both ways, half-close passed on");
   t.equal(r.alpn, "h2", "ALPN negotiated end to end");
@@ -111,7 +111,7 @@ t.test("a name in another datacenter goes to that datacenter's gateway, and on t
   const { ca, client } = await setup();
   const web = await backend(t, ca, "web", "dc2");
   const sni = `web.default.dc2.internal.${TD}`;
-  const dc2 = await gateway(t, { trustDomain: TD, datacenter: "dc2", services: new Map([[sni, [endpoint(web.port)]]]), remoteGateways: new Map() });
+  const dc2 = await gateway(t, { trustDomain: TD, datacenter: "dc2", services: new Map([[sni, { endpoints: [endpoint(web.port)] }]]), remoteGateways: new Map() });
   const dc1 = await gateway(t, { trustDomain: TD, datacenter: "dc1", services: new Map(), remoteGateways: new Map([["dc2", [endpoint(dc2.gw.address.port)]]]) });
   const r = await mtls(dc1.gw.address.port, sni, client, ca, spiffe("web", "dc2"), "across datacenters");
   t.equal(r.echo, "across datacenters");
@@ -132,9 +132,9 @@ t.test("connections the gateway must not forward are closed and counted", async 
   const deadPort = (dead.address() as AddressInfo).port;
   await new Promise<void>((resolve) => dead.close(() => resolve()));
   const services = new Map([
-    [`web.default.dc1.internal.${TD}`, [endpoint(web.port)]],
-    [`down.default.dc1.internal.${TD}`, [endpoint(deadPort)]],
-    [`sick.default.dc1.internal.${TD}`, [endpoint(web.port, false)]],
+    [`web.default.dc1.internal.${TD}`, { endpoints: [endpoint(web.port)] }],
+    [`down.default.dc1.internal.${TD}`, { endpoints: [endpoint(deadPort)] }],
+    [`sick.default.dc1.internal.${TD}`, { endpoints: [endpoint(web.port, false)] }],
   ]);
   const { gw, stats } = await gateway(t, { trustDomain: TD, datacenter: "dc1", services, remoteGateways: new Map() }, { helloTimeoutMs: 300 });
   const port = gw.address.port;
@@ -182,17 +182,17 @@ t.test("apply: new connections route by the new table", async (t) => {
   const { gw, stats } = await gateway(t, { trustDomain: TD, datacenter: "dc1", services: new Map(), remoteGateways: new Map() });
   t.not(await refusedTls(gw.address.port, sni), "handshake completed");
   t.equal(await rejected(stats, "unknown_sni"), 1);
-  gw.apply(GatewayRoutes.compile({ trustDomain: TD, datacenter: "dc1", services: new Map([[sni, [endpoint(a.port)]]]), remoteGateways: new Map() }));
+  gw.apply(GatewayRoutes.compile({ trustDomain: TD, datacenter: "dc1", services: new Map([[sni, { endpoints: [endpoint(a.port)] }]]), remoteGateways: new Map() }));
   t.equal((await mtls(gw.address.port, sni, client, ca, spiffe("web", "dc1"), "after apply")).echo, "after apply");
 });
 
 t.test("a route table that cannot be right is refused when compiled", async (t) => {
-  const base = { trustDomain: TD, datacenter: "dc1", services: new Map<string, readonly Endpoint[]>(), remoteGateways: new Map<string, readonly Endpoint[]>() };
+  const base = { trustDomain: TD, datacenter: "dc1", services: new Map<string, GatewayService>(), remoteGateways: new Map<string, readonly Endpoint[]>() };
   const cases: Array<[Partial<GatewayRoutesConfig>, RegExp]> = [
-    [{ services: new Map([["web.example.com", []]]) }, /not under this mesh's trust domain/],
-    [{ services: new Map([[`web.default.dc2.internal.${TD}`, []]]) }, /datacenter dc2, not this gateway's dc1/],
-    [{ services: new Map([[`dc1.internal.${TD}`, []]]) }, /names a datacenter, not a service/],
-    [{ services: new Map([[`web.default.dc1.internal.${TD}`, []], [`WEB.default.dc1.internal.${TD}`, []]]) }, /listed twice/],
+    [{ services: new Map([["web.example.com", { endpoints: [] }]]) }, /not under this mesh's trust domain/],
+    [{ services: new Map([[`web.default.dc2.internal.${TD}`, { endpoints: [] }]]) }, /datacenter dc2, not this gateway's dc1/],
+    [{ services: new Map([[`dc1.internal.${TD}`, { endpoints: [] }]]) }, /names a datacenter, not a service/],
+    [{ services: new Map([[`web.default.dc1.internal.${TD}`, { endpoints: [] }], [`WEB.default.dc1.internal.${TD}`, { endpoints: [] }]]) }, /listed twice/],
     [{ remoteGateways: new Map([["dc1", []]]) }, /own datacenter/],
     [{ remoteGateways: new Map([["dc 2", []]]) }, /not a datacenter name/],
   ];
@@ -214,7 +214,7 @@ t.test("limits: connections still sending a hello, and connections in all", asyn
   const { ca, client } = await setup();
   const web = await backend(t, ca, "web", "dc1");
   const sni = `web.default.dc1.internal.${TD}`;
-  const cfg = { trustDomain: TD, datacenter: "dc1", services: new Map([[sni, [endpoint(web.port)]]]), remoteGateways: new Map() };
+  const cfg = { trustDomain: TD, datacenter: "dc1", services: new Map([[sni, { endpoints: [endpoint(web.port)] }]]), remoteGateways: new Map() };
   const start = async (limits: { maxPendingHellos?: number; maxConnections?: number }) => {
     const stats = new GatewayStats(new Registry());
     const gw = await GatewayListener.start(GatewayRoutes.compile(cfg), { host: "127.0.0.1", port: 0, stats, log: silentLogger, ...limits });

@@ -54,7 +54,8 @@ function filterTarget(i: ServiceInstance): FilterTarget {
   };
 }
 
-function endpointsOf(t: ChainTarget, instances: readonly ServiceInstance[]): Endpoint[] {
+/** The instances a subset selects (all, for no filter), with health as Envoy weighs it. Throws FilterError on a bad filter. */
+export function endpointsOf(t: Pick<ChainTarget, "filter" | "onlyPassing">, instances: readonly ServiceInstance[]): Endpoint[] {
   const match = t.filter ? compileFilter(t.filter) : () => true;
   return instances
     .filter((i) => match(filterTarget(i)))
