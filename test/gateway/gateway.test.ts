@@ -250,3 +250,35 @@ t.test("limits: connections still sending a hello, and connections in all", asyn
   await once(raw(two.port), "close");
   t.equal(await rejected(two.stats, "overflow"), 1, "a third connection is dropped at accept");
 });
+
+t.test("an instance that refuses connections costs clients nothing: retried on another host, ejected after 5 consecutive failures", async (t) => {
+  const { ca, client } = await setup();
+  // Ten hosts: Envoy's default max_ejection_percent (10 %) allows one ejection at ten hosts.
+  const good = await Promise.all(Array.from({ length: 9 }, () => backend(t, ca, "web", "dc1")));
+  const probe = createNetServer();
+  probe.listen(0, "127.0.0.1");
+  await once(probe, "listening");
+  const refusing = (probe.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const sni = `web.default.dc1.internal.${TD}`;
+  const endpoints = [endpoint(refusing), ...good.map((b) => endpoint(b.port))];
+  const { gw, stats } = await gateway(t, { trustDomain: TD, datacenter: "dc1", services: new Map([[sni, { endpoints }]]), remoteGateways: new Map() });
+  const failures = async () => (await stats.connectFailed.get()).values.find((v) => v.labels.envoy_cluster_name === sni)?.value ?? 0;
+  const ejected = () => gw.clusterStatuses().find((c) => c.name === sni)?.hosts.find((h) => h.port === refusing)?.ejected ?? false;
+  let connections = 0;
+  while (!ejected() && connections < 100) {
+    const r = await mtls(gw.address.port, sni, client, ca, spiffe("web", "dc1"), `client ${connections}`);
+    t.equal(r.echo, `client ${connections}`, `client ${connections} got through`);
+    connections++;
+  }
+  t.ok(ejected(), `the refusing host is ejected (after ${connections} client connections)`);
+  t.equal(await failures(), 5, "after exactly 5 consecutive connect failures (Envoy's consecutive_5xx default)");
+  t.equal(await rejected(stats, "upstream_connect_failed"), 0, "no client was refused");
+  const before = await failures();
+  for (let i = 0; i < 12; i++) t.equal((await mtls(gw.address.port, sni, client, ca, spiffe("web", "dc1"), "after")).echo, "after");
+  t.equal(await failures(), before, "an ejected host is not dialled");
+  const status = gw.clusterStatuses().find((c) => c.name === sni)!;
+  t.match(status, { outlierDetection: true, limits: { maxConnections: 1024 } }, "Envoy's default breaker and outlier detection");
+  t.equal(status.hosts.filter((h) => h.ejected).length, 1, "/clusters shows one ejected host");
+  t.equal(good.reduce((n, b) => n + b.seen.length, 0), connections + 12, "every client reached a live instance");
+});
