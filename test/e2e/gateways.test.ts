@@ -7,7 +7,7 @@ import t, { type Test } from "tap";
 import { spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { connect as netConnect } from "node:net";
-import { readdir, readFile } from "node:fs/promises";
+import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type MeshProcess } from "../helpers/mesh.js";
@@ -170,6 +170,61 @@ t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags", async
   const badDc = await run(["-service", "web", "-datacenter", "dc 2"]);
   t.equal(badDc.code, 2);
   t.match(badDc.err, /-datacenter "dc 2"/);
+});
+
+t.test("subset SNIs route to the resolver's subsets; a resolver change reaches the running gateway; /clusters", { timeout: 90_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const v1app = await echoServer(t);
+  const v2app = await echoServer(t);
+  // Sequential: the first sidecar makes the CA.
+  await startSidecar(t, dir, ["-service", "db", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${v1app.port}`, "-meta", "version=v1"]);
+  await startSidecar(t, dir, ["-service", "db", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${v2app.port}`, "-meta", "version=v2"]);
+  const writeResolver = async (v1Filter: string) => {
+    const file = join(dir, "resolver.json");
+    await writeFile(file, JSON.stringify({ Kind: "service-resolver", Name: "db", Subsets: { v1: { Filter: v1Filter }, v2: { Filter: 'Service.Meta.version == "v2"' } } }));
+    t.equal(await runMeshproxy(t, ["config", "write", file, "-data-dir", dir]).exited, 0, "config write");
+  };
+  await writeResolver('Service.Meta.version == "v1"');
+  const gw = await startGateway(t, dir, "dc2");
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const v1 = `v1.db.default.dc2.internal.${ca.trustDomain}`;
+  const v2 = `v2.db.default.dc2.internal.${ca.trustDomain}`;
+  for (let i = 0; i < 3; i++) t.equal((await cross(gw.listen, v1, web, ca, "to v1")).received, "to v1");
+  t.same([v1app.connections(), v2app.connections()], [3, 0], "v1's SNI reached only v1's instance");
+  t.equal((await cross(gw.listen, v2, web, ca, "to v2")).received, "to v2");
+  t.same([v1app.connections(), v2app.connections()], [3, 1], "v2's SNI reached only v2's instance");
+  t.equal((await cross(gw.listen, `v9.db.default.dc2.internal.${ca.trustDomain}`, web, ca, "x")).peer, null, "an unknown subset is refused");
+
+  const text = await (await fetch(`http://${gw.adminAddr}/clusters`)).text();
+  t.match(text, `${v1}::outlier_detection::enabled`, "/clusters lists the subset's cluster");
+  t.equal(text.split("\n").filter((l) => l.startsWith(`${v1}::`) && l.endsWith("::health_flags::healthy")).length, 1, "with its one instance");
+  const json = (await (await fetch(`http://${gw.adminAddr}/clusters?format=json`)).json()) as { cluster_statuses: Array<{ name: string }> };
+  t.ok(json.cluster_statuses.some((c) => c.name === `db.default.dc2.internal.${ca.trustDomain}`), "?format=json too");
+
+  // The resolver now points v1 at the v2 instances: the running gateway follows.
+  await writeResolver('Service.Meta.version == "v2"');
+  const moved = await pollUntil(async () => {
+    const before = v2app.connections();
+    await cross(gw.listen, v1, web, ca, "moved");
+    return v2app.connections() > before;
+  }, 10_000);
+  t.not(moved, null, "v1's SNI follows the new filter without a restart");
+  t.equal(await gw.stop(), 0);
+});
+
+t.test("a second SIGTERM while draining exits 1 at once", { timeout: 90_000 }, async (t) => {
+  const { gw1, ca, web, sni } = await twoDatacenters(t);
+  const { host, port } = hostPort(gw1.listen);
+  const s: TLSSocket = tlsConnect({ host, port, servername: sni, cert: web.certPem, key: web.keyPem, ca: ca.certPem, checkServerIdentity: () => undefined });
+  s.on("error", () => undefined);
+  t.teardown(() => s.destroy());
+  await once(s, "secureConnect");
+  gw1.child.kill("SIGTERM");
+  await gw1.waitForLog((l) => l["@message"] === "draining");
+  gw1.child.kill("SIGTERM");
+  t.equal(await gw1.exited, 1, "exit 1 without waiting for the open connection");
+  t.ok(gw1.logs.some((l) => l["@message"] === "second signal; exiting without draining"), "and says why");
 });
 
 const haveTshark = spawnSync("sh", ["-c", "command -v tshark"]).status === 0;
