@@ -77,7 +77,16 @@ async function listenHttp(server: Server, at: HostPort, explicit: boolean, flag:
 }
 
 /** The route source the flags select; only the selected one is loaded. */
-async function routeSourceFor(cmd: ProxyCommand): Promise<GatewayRouteSource> {
+async function routeSourceFor(cmd: ProxyCommand, closers: Array<() => Promise<void>>): Promise<GatewayRouteSource> {
+  const c = cmd.consul;
+  if (c) {
+    const { AgentClient } = await import("../controlplane/consul/client.js");
+    const { ConsulGatewaySource } = await import("../controlplane/consul/gateway-source.js");
+    const datacenter = c.datacenter ?? cmd.datacenter;
+    const client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(datacenter ? { datacenter } : {}), tls: c.tls });
+    closers.push(() => client.close());
+    return new ConsulGatewaySource({ client, service: cmd.request.service, meta: cmd.request.meta ?? {}, datacenter });
+  }
   const { DevGatewaySource } = await import("../controlplane/dev/gateway-source.js");
   return new DevGatewaySource({ dataDir: cmd.dataDir, datacenter: cmd.datacenter, service: cmd.request.service, meta: cmd.request.meta ?? {} });
 }
@@ -98,25 +107,35 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
   const servers: Server[] = [];
   let gateway: GatewayListener | null = null;
   let source: GatewayRouteSource | null = null;
+  const closers: Array<() => Promise<void>> = [];
   let stopping = false;
   registerClusterGauges(registry, () => gateway?.clusterStats() ?? []);
   const signals = handleShutdownSignals(log);
   try {
-    source = await routeSourceFor(cmd);
-    const first = await source.start(
+    source = await routeSourceFor(cmd, closers);
+    const started = source.start(
       // Throws on a table that cannot be right; the source reports it and keeps the previous one.
       (cfg) => gateway?.apply(GatewayRoutes.compile(cfg)),
-      (message) => log.warn("gateway configuration problem", { error: message }),
+      (message) => {
+        stats.controlPlaneErrors.labels(cmd.consul ? "consul" : "dev", "gateway-routes").inc();
+        log.warn("gateway configuration problem", { control_plane: cmd.consul ? "consul" : "dev", error: message });
+      },
     );
+    // A signal while the first table is still awaited (an agent that never answers) stops the wait.
+    const first = await Promise.race([started, signals.requested.then(() => null)]);
+    if (first === null) {
+      log.info("stopped before the gateway was ready");
+      return 0;
+    }
     const routes = GatewayRoutes.compile(first);
     const limits = listenerLimits(cmd.limits);
     gateway = await GatewayListener.start(routes, { host: gw.listen.host, port: gw.listen.port, stats, log: log.child("gateway"), accessLog, maxConnections: limits.maxConnections, maxPendingHellos: limits.maxTlsHandshakes });
     const addr = gateway.address;
     const lan = reachable(gw.address ?? { host: addr.address, port: addr.port }, addr);
-    const wan = gw.wanAddress ? reachable(gw.wanAddress, addr) : lan;
+    const wan = gw.wanAddress ? reachable(gw.wanAddress, addr) : undefined;
     if (gw.register) {
-      await source.register({ lan, wan });
-      log.info("registered mesh gateway", { service: cmd.request.service, lan: `${lan.address}:${lan.port}`, wan: `${wan.address}:${wan.port}` });
+      await source.register({ lan, ...(wan ? { wan } : {}) });
+      log.info("registered mesh gateway", { service: cmd.request.service, lan: `${lan.address}:${lan.port}`, ...(wan ? { wan: `${wan.address}:${wan.port}` } : {}) });
     }
     const handler = adminHandler(registry, () => !stopping, () => gateway, log);
     if (cmd.admin) {
@@ -152,6 +171,7 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
     await source?.deregister().catch(logRejection(log, "deregistering the gateway"));
     await gateway?.close();
     for (const s of servers) s.close();
+    for (const close of closers) await close().catch(logRejection(log, "closing the agent client"));
     accessLog.close();
     signals.dispose();
   }

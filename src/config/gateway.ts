@@ -18,10 +18,10 @@ export interface GatewayRoutesConfig {
   readonly remoteGateways: ReadonlyMap<string, readonly Endpoint[]>;
 }
 
-/** Where the gateway registers itself: its bound listener, and the address other datacenters dial. */
+/** Where the gateway registers itself: its LAN address, and the WAN address other datacenters dial when it differs. */
 export interface GatewayRegistration {
   readonly lan: { readonly address: string; readonly port: number };
-  readonly wan: { readonly address: string; readonly port: number };
+  readonly wan?: { readonly address: string; readonly port: number };
 }
 
 /**

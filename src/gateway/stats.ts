@@ -31,6 +31,8 @@ export class GatewayStats {
   readonly noneHealthy: Counter<"envoy_cluster_name">;
   /** Connections refused by the cluster's MaxConnections breaker. */
   readonly overflow: Counter<"envoy_cluster_name">;
+  /** Problems reading or applying the route table (the sidecar's metric of the same name). */
+  readonly controlPlaneErrors: Counter<"control_plane" | "resource">;
 
   /** Register once per registry (one gateway process, one set of series). */
   constructor(registry: Registry) {
@@ -41,6 +43,7 @@ export class GatewayStats {
     this.connectFailed = new Counter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect attempts refused or reset", labelNames: ["envoy_cluster_name"], registers: [registry] });
     this.connectTimedOut = new Counter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect attempts timed out", labelNames: ["envoy_cluster_name"], registers: [registry] });
     this.noneHealthy = new Counter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registers: [registry] });
+    this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Route source read or apply failures (the previous routes stay in force)", labelNames: ["control_plane", "resource"], registers: [registry] });
     this.overflow = new Counter({ name: "envoy_cluster_upstream_cx_overflow", help: "Connections refused by the cluster's MaxConnections circuit breaker", labelNames: ["envoy_cluster_name"], registers: [registry] });
   }
 }

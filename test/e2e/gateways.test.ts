@@ -14,6 +14,8 @@ import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type MeshPro
 import { leafFor, readDevCa, spiffeFor, type DevCa } from "../helpers/certs.js";
 import { metric, pollUntil } from "../helpers/peers.js";
 import type { IssuedLeaf } from "../../src/index.js";
+import { startDouble, consulSidecar } from "../helpers/consul-mesh.js";
+import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
 
 interface Gateway extends MeshProcess {
   readonly listen: string;
@@ -34,8 +36,8 @@ interface Crossing {
   readonly error: string | null;
 }
 
-/** TLS to `addr` naming `sni`, presenting `leaf`, trusting only the dev CA; sends, half-closes, collects. */
-function cross(addr: string, sni: string | undefined, leaf: IssuedLeaf, ca: DevCa, payload: string): Promise<Crossing> {
+/** TLS to `addr` naming `sni`, presenting `leaf`, trusting only the mesh's CA; sends, half-closes, collects. */
+function cross(addr: string, sni: string | undefined, leaf: Pick<IssuedLeaf, "certPem" | "keyPem">, ca: Pick<DevCa, "certPem">, payload: string): Promise<Crossing> {
   const { host, port } = hostPort(addr);
   return new Promise((resolve) => {
     const s: TLSSocket = tlsConnect({ host, port, ...(sni ? { servername: sni } : {}), cert: leaf.certPem, key: leaf.keyPem, ca: ca.certPem, rejectUnauthorized: true, checkServerIdentity: () => undefined });
@@ -225,6 +227,73 @@ t.test("a second SIGTERM while draining exits 1 at once", { timeout: 90_000 }, a
   gw1.child.kill("SIGTERM");
   t.equal(await gw1.exited, 1, "exit 1 without waiting for the open connection");
   t.ok(gw1.logs.some((l) => l["@message"] === "second signal; exiting without draining"), "and says why");
+});
+
+t.test("Consul: -gateway mesh -http-addr -register: a mesh-gateway registration with LAN and WAN addresses, routes from the agent, the last table kept while it is down, deregistered on SIGTERM", { timeout: 90_000 }, async (t) => {
+  const d = await startDouble(t);
+  const echo = await echoServer(t);
+  // The app is in the catalog as well as its sidecar (Consul's mesh gateway lists the catalog's
+  // services, then each one's connect instances).
+  d.registerService({ Name: "db", Port: echo.port, Address: "127.0.0.1" });
+  await consulSidecar(t, d, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`, "-register", "-meta", "version=v1"]);
+  // dc2's gateway: registered on a LAN address no one here can reach, and a WAN address that is a
+  // plain TCP server recording what arrives.
+  const arrived: Buffer[] = [];
+  const open = new Set<Socket>();
+  const remote = createNetServer((s) => {
+    open.add(s);
+    s.on("data", (b: Buffer) => arrived.push(b));
+    s.on("error", () => undefined);
+    s.once("close", () => open.delete(s));
+  });
+  remote.listen(0, "127.0.0.1");
+  await once(remote, "listening");
+  t.teardown(() => {
+    for (const s of open) s.destroy();
+    remote.close();
+  });
+  d.setRemoteGateways("dc2", [{ id: "gw-dc2", address: "192.0.2.1", port: 8443, wan: { Address: "127.0.0.1", Port: (remote.address() as AddressInfo).port } }]);
+
+  const p = runMeshproxy(t, ["-gateway", "mesh", "-http-addr", d.url, "-register", "-listen", "127.0.0.1:0", "-wan-address", "192.0.2.10:8443", "-log-json", "-admin-addr", "127.0.0.1:0", "-log-level", "debug"]);
+  const ready = await p.waitForLog((l) => l["@message"] === "gateway ready");
+  const admin = String((await p.waitForLog((l) => l["@message"] === "admin API listening"))["address"]);
+  const listen = String(ready["listen"]);
+  const port = hostPort(listen).port;
+
+  const reg = d.service("mesh-gateway");
+  t.equal(reg?.Kind, "mesh-gateway", "registered with Kind mesh-gateway, ID and name mesh-gateway");
+  t.same([reg?.Address, reg?.Port], ["127.0.0.1", port], "at its LAN address");
+  t.same(reg?.TaggedAddresses, { lan: { Address: "127.0.0.1", Port: port }, wan: { Address: "192.0.2.10", Port: 8443 } }, "LAN and WAN in TaggedAddresses, as Consul's -register");
+  const body = JSON.parse(d.requests.find((r) => r.method === "PUT" && r.path === "/v1/agent/service/register" && r.body.includes("mesh-gateway"))!.body) as Record<string, unknown>;
+  t.match(body["Check"], { TCP: `127.0.0.1:${port}`, Interval: "10s", DeregisterCriticalServiceAfter: "6h" }, "with Consul's TCP check");
+
+  const root = { certPem: d.activeRoot.certPem };
+  const web = await d.leaf("web");
+  const sni = `db.default.dc1.internal.${d.trustDomain}`;
+  const ok = await cross(listen, sni, web, root, "through a Consul-fed gateway");
+  t.equal(ok.received, "through a Consul-fed gateway", "a local service from /v1/health/connect: its sidecar's public listener");
+  t.match(ok.peer, /\/svc\/db$/, "mTLS end to end with db's sidecar");
+  t.ok(d.requests.some((r) => r.path === "/v1/health/connect/db" && r.query["index"] !== undefined), "watched with blocking queries");
+
+  const far = await cross(listen, `db.default.dc2.internal.${d.trustDomain}`, web, root, "x");
+  t.equal(far.peer, null, "(the recording server speaks no TLS)");
+  t.ok(Buffer.concat(arrived).includes(Buffer.from(`db.default.dc2.internal.${d.trustDomain}`)), "a dc2 name went to dc2's gateway at its WAN address, ClientHello intact");
+
+  const v1 = `v1.db.default.dc1.internal.${d.trustDomain}`;
+  t.equal((await cross(listen, v1, web, root, "x")).peer, null, "no subset before a resolver defines it");
+  d.setConfigEntry({ Kind: "service-resolver", Name: "db", Subsets: { v1: { Filter: "Service.Meta.version == v1" } } });
+  t.not(await pollUntil(async () => (await cross(listen, v1, web, root, "v1")).received === "v1", 10_000), null, "a service-resolver subset from the agent routes once written");
+
+  // The agent goes away: the gateway says so, counts it, and keeps routing on its last table.
+  const mark = p.logs.length;
+  await d.pause();
+  await p.waitForLog((l) => p.logs.indexOf(l) >= mark && l["@message"] === "gateway configuration problem" && /previous routes stay in force/.test(String(l["error"])), 15_000);
+  t.ok((await metric(admin, "meshproxy_control_plane_errors_total", { control_plane: "consul", resource: "gateway-routes" }))! > 0, "counted");
+  t.equal((await cross(listen, v1, web, root, "agent down")).received, "agent down", "routes stay while the agent is down");
+  await d.resume();
+
+  t.equal(await p.stop(), 0, "SIGTERM: exit 0");
+  t.equal(d.service("mesh-gateway"), undefined, "deregistered from the agent");
 });
 
 const haveTshark = spawnSync("sh", ["-c", "command -v tshark"]).status === 0;

@@ -146,6 +146,26 @@ export interface AgentServiceRegistration {
   readonly Connect?: JsonObject | undefined;
   readonly Check?: CheckRegistration | undefined;
   readonly Checks?: readonly CheckRegistration[] | undefined;
+  /** `lan`/`wan` addresses, as a mesh gateway registers them. */
+  readonly TaggedAddresses?: Readonly<Record<string, TaggedAddress>> | undefined;
+}
+
+export interface TaggedAddress {
+  readonly Address: string;
+  readonly Port: number;
+}
+
+/** A mesh gateway in another datacenter, for {@link ConsulAgentDouble.setRemoteGateways}. */
+export interface RemoteGatewaySpec {
+  readonly id: string;
+  /** Default `mesh-gateway`. */
+  readonly name?: string | undefined;
+  /** `Service.Address` and `Service.Port` (its LAN address). */
+  readonly address: string;
+  readonly port: number;
+  /** `Service.TaggedAddresses.wan`, what other datacenters dial. */
+  readonly wan?: TaggedAddress | undefined;
+  readonly status?: CheckStatus | undefined;
 }
 
 export interface AgentServiceProxy {
@@ -175,6 +195,7 @@ export interface AgentService {
   readonly Datacenter: string;
   readonly Proxy?: AgentServiceProxy | undefined;
   readonly Connect?: JsonObject | undefined;
+  readonly TaggedAddresses?: Readonly<Record<string, TaggedAddress>> | undefined;
 }
 
 export interface HealthCheck {
@@ -213,6 +234,7 @@ export interface ServiceEntry {
     readonly EnableTagOverride: boolean;
     readonly Proxy?: AgentServiceProxy | { readonly DestinationServiceName: string; readonly DestinationServiceID?: string | undefined } | undefined;
     readonly Connect: JsonObject;
+    readonly TaggedAddresses?: Readonly<Record<string, TaggedAddress>> | undefined;
     readonly CreateIndex: number;
     readonly ModifyIndex: number;
   };
@@ -483,9 +505,23 @@ export function parseRegistration(o: JsonObject): AgentServiceRegistration {
     Meta: optStringMap(o, "Meta"),
     Proxy: proxy?.DestinationServiceName ? { ...proxy, DestinationServiceName: proxy.DestinationServiceName } : undefined,
     Connect: optObject(o, "Connect"),
+    TaggedAddresses: parseTaggedAddresses(optObject(o, "TaggedAddresses")),
     Check: check ? parseCheck(check) : undefined,
     Checks: objects(o, "Checks")?.map(parseCheck),
   };
+}
+
+function parseTaggedAddresses(o: JsonObject | undefined): Record<string, TaggedAddress> | undefined {
+  if (!o) return undefined;
+  const out: Record<string, TaggedAddress> = {};
+  for (const [k, v] of Object.entries(o)) {
+    if (!isObject(v)) throw new BadRequest(`TaggedAddresses.${k}: want {Address, Port}`);
+    const address = optString(v, "Address");
+    const port = optNumber(v, "Port");
+    if (address === undefined || port === undefined) throw new BadRequest(`TaggedAddresses.${k}: want {Address, Port}`);
+    out[k] = { Address: address, Port: port };
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -767,6 +803,8 @@ export class ConsulAgentDouble {
   private proxyDefaults: JsonObject = {};
   private readonly instances = new Map<string, StoredInstances>();
   private readonly chains = new Map<string, JsonObject>();
+  private readonly remoteGateways = new Map<string, readonly RemoteGatewaySpec[]>();
+  private readonly configEntries = new Map<string, JsonObject>();
   private intentions: StoredIntention[] = [];
   private aclDefaultPolicy: "allow" | "deny";
   private defaultIntentionPolicy: "allow" | "deny" | "";
@@ -1239,6 +1277,10 @@ export class ConsulAgentDouble {
     add("GET", /^\/v1\/health\/connect\/([^/]+)$/, (ctx, [service]) => this.healthRoute(ctx, service!));
     add(["GET", "POST"], /^\/v1\/discovery-chain\/([^/]+)$/, (ctx, [service]) => this.chainRoute(ctx, service!));
     add("GET", /^\/v1\/connect\/intentions\/match$/, (ctx) => this.matchRoute(ctx));
+    add("GET", /^\/v1\/catalog\/datacenters$/, (ctx) => this.json(ctx, this.datacenters()));
+    add("GET", /^\/v1\/catalog\/services$/, (ctx) => this.catalogServicesRoute(ctx));
+    add("GET", /^\/v1\/health\/service\/([^/]+)$/, (ctx, [service]) => this.healthServiceRoute(ctx, service!));
+    add("GET", /^\/v1\/config\/([^/]+)$/, (ctx, [kind]) => this.configListRoute(ctx, kind!));
   }
 
   private self(): JsonObject {
@@ -1624,7 +1666,7 @@ export class ConsulAgentDouble {
     });
     const index = this.raftIndex + 1;
     this.services.set(id, { reg: { ...reg, ID: id }, createIndex: previous?.createIndex ?? index, modifyIndex: index, checkIds, sidecarId });
-    const keys = [`service:${id}`, "services", `health:${destinationOf(reg)}`];
+    const keys = [`service:${id}`, "services", `health:${destinationOf(reg)}`, "catalog"];
     // A re-registration may move the proxy to another destination: both lists change.
     if (previous) keys.push(`health:${destinationOf(previous.reg)}`);
     this.bump(keys);
@@ -1651,7 +1693,7 @@ export class ConsulAgentDouble {
       this.checks.delete(c);
     }
     if (s.sidecarId) this.removeService(s.sidecarId, notify);
-    if (notify) this.bump([`service:${id}`, "services", `health:${destinationOf(s.reg)}`]);
+    if (notify) this.bump([`service:${id}`, "services", `health:${destinationOf(s.reg)}`, "catalog"]);
     return true;
   }
 
@@ -1702,6 +1744,7 @@ export class ConsulAgentDouble {
       Datacenter: this.datacenter,
       Proxy: proxy,
       Connect: r.Connect,
+      ...(r.TaggedAddresses ? { TaggedAddresses: r.TaggedAddresses } : {}),
     };
     // Opaque and stable: the same effective definition always hashes the same (§2.0).
     return { ...base, ContentHash: sha256Hex(JSON.stringify(base)).slice(0, 16) };
@@ -1787,7 +1830,7 @@ export class ConsulAgentDouble {
   /** Replaces the mesh instances of `service` served by `/v1/health/connect/:service` (services registered through the API are listed too). */
   setInstances(service: string, instances: readonly InstanceSpec[]): void {
     this.instances.set(service, { instances, index: this.raftIndex + 1 });
-    this.bump([`health:${service}`]);
+    this.bump([`health:${service}`, "catalog"]);
   }
 
   private instanceEntry(service: string, inst: InstanceSpec, storedIndex: number): ServiceEntry {
@@ -1856,6 +1899,7 @@ export class ConsulAgentDouble {
         EnableTagOverride: false,
         Proxy: svc.Proxy,
         Connect: svc.Connect ?? {},
+        ...(svc.TaggedAddresses ? { TaggedAddresses: svc.TaggedAddresses } : {}),
         CreateIndex: Math.min(this.clamp(s.createIndex), index),
         ModifyIndex: index,
       },
@@ -1896,6 +1940,118 @@ export class ConsulAgentDouble {
           (!filter || filter(e)),
       );
     });
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // The catalog a mesh gateway reads: datacenters, service names, other datacenters' gateways,
+  // config entries.
+
+  /** Replaces the mesh gateways registered in datacenter `dc` (another datacenter: listed by /v1/catalog/datacenters). */
+  setRemoteGateways(dc: string, gateways: readonly RemoteGatewaySpec[]): void {
+    if (dc === this.datacenter) throw new Error("setRemoteGateways is for other datacenters; register this one's through the API");
+    this.remoteGateways.set(dc, gateways);
+    this.bump(["catalog", "datacenters"]);
+  }
+
+  /** Stores a config entry as Consul's JSON (`Kind`, `Name`, …), served by `GET /v1/config/:kind`. */
+  setConfigEntry(entry: JsonObject): void {
+    const kind = entry["Kind"];
+    const name = entry["Name"];
+    if (typeof kind !== "string" || typeof name !== "string") throw new Error("a config entry needs Kind and Name");
+    this.configEntries.set(`${kind}/${name}`, entry);
+    this.bump([`config:${kind}`]);
+  }
+
+  deleteConfigEntry(kind: string, name: string): void {
+    this.configEntries.delete(`${kind}/${name}`);
+    this.bump([`config:${kind}`]);
+  }
+
+  private datacenters(): string[] {
+    return [...new Set([this.datacenter, ...this.remoteGateways.keys()])].sort();
+  }
+
+  /** The catalog's service nodes in `dc`, as `ServiceNode`-like objects for filters. */
+  private serviceNodes(dc: string): Array<{ ServiceName: string; ServiceKind: string; ServiceTags: readonly string[]; entry: ServiceEntry }> {
+    if (dc !== this.datacenter) {
+      return (this.remoteGateways.get(dc) ?? []).map((g) => {
+        const entry = this.remoteGatewayEntry(dc, g);
+        return { ServiceName: entry.Service.Service, ServiceKind: "mesh-gateway", ServiceTags: [], entry };
+      });
+    }
+    const out: Array<{ ServiceName: string; ServiceKind: string; ServiceTags: readonly string[]; entry: ServiceEntry }> = [];
+    for (const [service, stored] of this.instances) {
+      for (const i of stored.instances) {
+        if ((i.datacenter ?? this.datacenter) !== dc) continue;
+        const entry = this.instanceEntry(service, i, stored.index);
+        out.push({ ServiceName: entry.Service.Service, ServiceKind: entry.Service.Kind ?? "", ServiceTags: entry.Service.Tags, entry });
+        // A sidecar's app is in the catalog too, under its own name.
+        if (entry.Service.Kind === "connect-proxy") out.push({ ServiceName: service, ServiceKind: "", ServiceTags: [], entry });
+      }
+    }
+    for (const st of this.services.values()) {
+      const entry = this.registeredEntry(st);
+      out.push({ ServiceName: entry.Service.Service, ServiceKind: entry.Service.Kind ?? "", ServiceTags: entry.Service.Tags, entry });
+    }
+    return out;
+  }
+
+  private remoteGatewayEntry(dc: string, g: RemoteGatewaySpec): ServiceEntry {
+    const node = `node-${g.id}`;
+    const index = this.clamp(this.indexOf("catalog"));
+    const name = g.name ?? "mesh-gateway";
+    return {
+      Node: { ID: nodeUuid(node), Node: node, Address: g.address, Datacenter: dc, TaggedAddresses: { lan: g.address, wan: g.address }, Meta: {}, CreateIndex: index, ModifyIndex: index },
+      Service: {
+        Kind: "mesh-gateway",
+        ID: g.id,
+        Service: name,
+        Tags: [],
+        Address: g.address,
+        Meta: {},
+        Port: g.port,
+        Weights: { Passing: 1, Warning: 1 },
+        EnableTagOverride: false,
+        Connect: {},
+        TaggedAddresses: { lan: { Address: g.address, Port: g.port }, ...(g.wan ? { wan: g.wan } : {}) },
+        CreateIndex: index,
+        ModifyIndex: index,
+      },
+      Checks: [
+        check(node, "serfHealth", "Serf Health Status", "passing", "", "", [], "serf"),
+        check(node, `service:${g.id}`, "mesh-gateway listening", g.status ?? "passing", g.id, name, [], "tcp"),
+      ],
+    };
+  }
+
+  private async catalogServicesRoute(ctx: Ctx): Promise<void> {
+    const raw = ctx.url.searchParams.get("filter");
+    const filter = raw ? compileFilter(raw) : null;
+    if (raw && !filter) throw new BadRequest(`Failed to create boolean expression evaluator: unsupported filter ${raw}`);
+    const dc = ctx.url.searchParams.get("dc") || this.datacenter;
+    await this.indexed(ctx, ["catalog"], () => {
+      const out: Record<string, string[]> = {};
+      for (const n of this.serviceNodes(dc)) {
+        if (filter && !filter(n)) continue;
+        out[n.ServiceName] = [...new Set([...(out[n.ServiceName] ?? []), ...n.ServiceTags])];
+      }
+      return out;
+    });
+  }
+
+  private async healthServiceRoute(ctx: Ctx, service: string): Promise<void> {
+    const dc = ctx.url.searchParams.get("dc") || this.datacenter;
+    const passing = ["", "1", "t", "true"].includes((ctx.url.searchParams.get("passing") ?? "0").toLowerCase());
+    await this.indexed(ctx, ["catalog"], () =>
+      this.serviceNodes(dc)
+        .filter((n) => n.ServiceName === service && n.entry.Service.Service === service)
+        .map((n) => n.entry)
+        .filter((e) => !passing || e.Checks.every((c) => c.Status === "passing")),
+    );
+  }
+
+  private async configListRoute(ctx: Ctx, kind: string): Promise<void> {
+    await this.indexed(ctx, [`config:${kind}`], () => [...this.configEntries.values()].filter((e) => e["Kind"] === kind));
   }
 
   // -------------------------------------------------------------------------------------------

@@ -152,7 +152,8 @@ export class DevGatewaySource implements GatewayRouteSource {
     const view = this.view;
     if (!view) throw new Error("register before start");
     const id = `${this.opts.service}-${view.datacenter}-${process.pid}`;
-    await registerInstance(this.opts.dataDir, { id, service: this.opts.service, address: at.wan.address, port: at.wan.port, protocol: "tcp", pid: process.pid, meta: { ...this.opts.meta }, kind: "mesh-gateway" }, view.catalog);
+    const dialled = at.wan ?? at.lan;
+    await registerInstance(this.opts.dataDir, { id, service: this.opts.service, address: dialled.address, port: dialled.port, protocol: "tcp", pid: process.pid, meta: { ...this.opts.meta }, kind: "mesh-gateway" }, view.catalog);
     this.registered = id;
   }
 
