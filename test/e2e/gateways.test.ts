@@ -155,7 +155,7 @@ t.test("SIGTERM lets a connection already crossing finish, then exits", { timeou
   t.equal(await exited, 0, "then the gateway exits 0");
 });
 
-t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags", async (t) => {
+t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags, -register without an agent, a bad -wan-address", async (t) => {
   const run = async (args: string[]) => {
     const p = runMeshproxy(t, args);
     return { code: await p.exited, err: p.stderrText() };
@@ -169,6 +169,12 @@ t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags", async
   const sidecarFlags = await run(["-gateway", "mesh", "-listen", "127.0.0.1:0", "-upstream", "db:9191"]);
   t.equal(sidecarFlags.code, 2);
   t.match(sidecarFlags.err, /cannot be combined with -upstream/);
+  const register = await run(["-gateway", "mesh", "-listen", "127.0.0.1:0", "-register"]);
+  t.equal(register.code, 2);
+  t.match(register.err, /-register registers the gateway in a Consul agent/);
+  const badWan = await run(["-gateway", "mesh", "-listen", "127.0.0.1:0", "-wan-address", "nowhere"]);
+  t.equal(badWan.code, 2);
+  t.match(badWan.err, /-wan-address "nowhere": want host:port/);
   const badDc = await run(["-service", "web", "-datacenter", "dc 2"]);
   t.equal(badDc.code, 2);
   t.match(badDc.err, /-datacenter "dc 2"/);
