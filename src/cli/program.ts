@@ -127,6 +127,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   if (o.configFile !== undefined) checkConfigFileAlone(o);
   if (o.datacenter !== undefined && !isValidServiceName(o.datacenter)) throw new UsageError(`-datacenter "${o.datacenter}": not a datacenter name (letters, digits, - _), e.g. dc2`);
   const gateway = o.gateway === undefined ? null : checkGateway(o, consul !== null);
+  if (gateway === null && (o.address !== undefined || o.wanAddress !== undefined)) throw new UsageError(`${o.address !== undefined ? "-address" : "-wan-address"} is a mesh gateway's registered address: use it with -gateway mesh (a sidecar's is -listen)`);
   if (o.register && gateway === null && !(o.service && o.listen)) throw new UsageError("-register needs -service and -listen (it registers the public listener)");
   if (gateway === null && o.configFile === undefined && !o.service && !o.proxyId && !o.sidecarFor) throw new UsageError("-service or -proxy-id must be specified so that the proxy knows what service it represents");
   if (!consul && o.sidecarFor) throw new UsageError("-sidecar-for reads the proxy registration from a Consul agent: give -http-addr or CONSUL_HTTP_ADDR");

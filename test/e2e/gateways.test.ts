@@ -175,6 +175,9 @@ t.test("usage: -gateway takes mesh, needs -listen, refuses sidecar flags, -regis
   const badWan = await run(["-gateway", "mesh", "-listen", "127.0.0.1:0", "-wan-address", "nowhere"]);
   t.equal(badWan.code, 2);
   t.match(badWan.err, /-wan-address "nowhere": want host:port/);
+  const sidecarAddress = await run(["-service", "web", "-wan-address", "127.0.0.1:1"]);
+  t.equal(sidecarAddress.code, 2);
+  t.match(sidecarAddress.err, /-wan-address is a mesh gateway's registered address/);
   const badDc = await run(["-service", "web", "-datacenter", "dc 2"]);
   t.equal(badDc.code, 2);
   t.match(badDc.err, /-datacenter "dc 2"/);
