@@ -1,8 +1,9 @@
 // `meshproxy -gateway mesh -listen host:port`: a mesh gateway. Its route table comes from a route
-// source (the dev state directory's catalogs and config entries; a Consul agent is next): this
-// datacenter's live service instances and subsets by the SNI their clients send, and every other
-// datacenter's live gateways. It registers itself as a mesh-gateway, answers /ready, /clusters
-// and metrics on the admin address, and drains on SIGTERM. It never loads a leaf or the CA key:
+// source (the dev state directory's catalogs and config entries, or a Consul agent with
+// -http-addr): this datacenter's live service instances and subsets by the SNI their clients
+// send, and every other datacenter's live gateways. It registers itself as a mesh-gateway
+// (always in the dev catalog; with -register in Consul), answers /ready, /clusters and metrics on
+// the admin address, and drains on SIGTERM. It never loads a leaf or the CA key:
 // passthrough needs neither, so nothing here can decrypt what crosses it.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -21,7 +22,7 @@ import { GatewayStats } from "../gateway/stats.js";
 import { handleShutdownSignals } from "./signals.js";
 import type { ProxyCommand } from "./program.js";
 
-function adminHandler(registry: Registry, ready: () => boolean, clusters: () => GatewayListener | null, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
+function adminHandler(registry: Registry, ready: () => boolean, gateway: () => GatewayListener | null, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
@@ -34,7 +35,7 @@ function adminHandler(registry: Registry, ready: () => boolean, clusters: () => 
       return;
     }
     if (path === "/clusters") {
-      const statuses = clusters()?.clusterStatuses() ?? [];
+      const statuses = gateway()?.clusterStatuses() ?? [];
       const json = new URLSearchParams((req.url ?? "").split("?")[1] ?? "").get("format") === "json";
       if (json) res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(clustersJson(statuses), null, 2));
       else res.writeHead(200, { "content-type": "text/plain" }).end(clustersText(statuses));
@@ -113,9 +114,15 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
   const signals = handleShutdownSignals(log);
   try {
     source = await routeSourceFor(cmd, closers);
+    // The newest table that compiled; one that arrives before the listener exists is its first.
+    const table: { latest: GatewayRoutes | null } = { latest: null };
     const started = source.start(
-      // Throws on a table that cannot be right; the source reports it and keeps the previous one.
-      (cfg) => gateway?.apply(GatewayRoutes.compile(cfg)),
+      (cfg) => {
+        // Throws on a table that cannot be right; the source reports it and keeps the previous one.
+        const routes = GatewayRoutes.compile(cfg);
+        table.latest = routes;
+        gateway?.apply(routes);
+      },
       (message) => {
         stats.controlPlaneErrors.labels(cmd.consul ? "consul" : "dev", "gateway-routes").inc();
         log.warn("gateway configuration problem", { control_plane: cmd.consul ? "consul" : "dev", error: message });
@@ -127,7 +134,7 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
       log.info("stopped before the gateway was ready");
       return 0;
     }
-    const routes = GatewayRoutes.compile(first);
+    const routes = table.latest ?? GatewayRoutes.compile(first);
     const limits = listenerLimits(cmd.limits);
     gateway = await GatewayListener.start(routes, { host: gw.listen.host, port: gw.listen.port, stats, log: log.child("gateway"), accessLog, maxConnections: limits.maxConnections, maxPendingHellos: limits.maxTlsHandshakes });
     const addr = gateway.address;

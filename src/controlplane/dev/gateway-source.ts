@@ -76,6 +76,8 @@ export class DevGatewaySource implements GatewayRouteSource {
     const view = await readView(this.opts.dataDir, this.opts.datacenter);
     this.view = view;
     let accepted: GatewayRoutesConfig | null = null;
+    // A poll that finds nothing new hands on nothing (the gateway's runtimes stay untouched).
+    let acceptedKey = "";
     // Each problem is said once while it lasts, as the dev control plane does.
     let reported = new Set<string>();
     let seen = new Set<string>();
@@ -87,9 +89,13 @@ export class DevGatewaySource implements GatewayRouteSource {
       seen = new Set();
       try {
         const cfg = await this.read(view, problem);
-        // The gateway may refuse a table (one that does not compile): the previous one stays.
-        onTable(cfg);
-        accepted = cfg;
+        const key = JSON.stringify([[...cfg.services], [...cfg.remoteGateways]]);
+        if (key !== acceptedKey) {
+          // The gateway may refuse a table (one that does not compile): the previous one stays.
+          onTable(cfg);
+          accepted = cfg;
+          acceptedKey = key;
+        }
       } catch (e) {
         problem(`${messageOf(e)}; ${accepted ? "the previous routes stay in force" : "the gateway is not serving until it is fixed"}`);
       }
