@@ -136,11 +136,12 @@ export class Proxy extends EventEmitter {
             },
             (e: unknown) => {
               // An invalid Snapshot was counted and logged by apply(); anything else is a failure
-              // to start (first) or a bug that must not pass unseen (later).
+              // to start (first) or a bug that must not pass unseen (later): a compiled Snapshot
+              // commits whole, so nothing a Snapshot holds should get here.
               if (e instanceof SnapshotError) return;
               if (this.firstApplied) return this.firstApplied.reject(e);
               this.metrics.snapshotsRejected.labels(s.source, "apply").inc();
-              this.log.error("applying a snapshot failed; the listeners keep what they had", { version: s.version, error: e instanceof Error ? e.message : String(e) });
+              this.log.error("applying a snapshot failed unexpectedly (a bug: please report it); it may be partly applied", { version: s.version, error: e instanceof Error ? e.message : String(e) });
             },
           );
         },

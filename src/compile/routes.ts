@@ -25,8 +25,8 @@ export interface CompiledRoute {
 /** A RouteTable ready for requests. */
 export interface CompiledRouteTable {
   readonly matcher: CompiledRoutes;
-  /** By the Route object the matcher returns. */
-  readonly routes: ReadonlyMap<Route, CompiledRoute>;
+  /** In table order: the matcher's index of a route is its index here. */
+  readonly routes: readonly CompiledRoute[];
 }
 
 const RETRY_ON: ReadonlySet<RetryOn> = new Set(["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "retriable-status-codes"]);
@@ -85,7 +85,6 @@ export function compileRouteTable(field: string, table: RouteTable, clusterExist
     if (e instanceof RouteCompileError) throw new SnapshotError(`${field}[${e.routeIndex}].${e.field}`, e.reason);
     throw e;
   }
-  const routes = new Map<Route, CompiledRoute>();
-  table.routes.forEach((route, i) => routes.set(route, compileAction(`${field}[${i}]`, route, clusterExists)));
+  const routes = table.routes.map((route, i) => compileAction(`${field}[${i}]`, route, clusterExists));
   return { matcher, routes };
 }

@@ -30,21 +30,22 @@ export const RETRY_BUFFER_LIMIT = 64 * 1024;
 
 /** What one Snapshot says about an HTTP upstream: its compiled routes and the live clusters they name. */
 export class OutboundHttpState {
-  readonly routes: CompiledRoutes;
-  private readonly compiled: ReadonlyMap<Route, CompiledRoute>;
+  private readonly matcher: CompiledRoutes;
+  private readonly routes: readonly CompiledRoute[];
 
   constructor(
     readonly upstream: string,
     table: CompiledRouteTable,
     readonly clusters: ReadonlyMap<string, ClusterRuntime>,
   ) {
-    this.routes = table.matcher;
-    this.compiled = table.routes;
+    this.matcher = table.matcher;
+    this.routes = table.routes;
   }
 
-  /** `route` is one the matcher returned: compiled with it, so always found. */
-  compiledFor(route: Route): CompiledRoute {
-    return this.compiled.get(route)!;
+  /** The first route that matches, with everything compiled for it; null when none does. */
+  match(req: RequestView): CompiledRoute | null {
+    const i = this.matcher.matchIndex(req);
+    return i < 0 ? null : (this.routes[i] ?? null);
   }
 }
 
@@ -168,9 +169,9 @@ export class HttpRouter {
       return localReply(res, 400, "DPE", refusalDetail(target));
     }
     const v = view(req, target);
-    const route = state.routes.match(v);
-    if (!route) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
-    const c = state.compiledFor(route);
+    const c = state.match(v);
+    if (!c) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
+    const route = c.route;
     const a = route.action;
     const legIndex = pickLeg(c, Math.random());
     const leg = a.splits[legIndex]!;

@@ -34,7 +34,7 @@ export function upgradeOutbound(
     return rawLocalReply(socket, kind.status, "DPE", kind.detail);
   }
   const query = target.query;
-  const route = state.routes.match({
+  const compiled = state.match({
     method: req.method ?? "GET",
     path: target.path,
     query: query.length > 1 ? new URLSearchParams(query.slice(1)) : null,
@@ -43,9 +43,8 @@ export function upgradeOutbound(
       return Array.isArray(v) ? v.join(", ") : v;
     },
   });
-  if (!route) return rawLocalReply(socket, 404, "NR", `no route: ${state.upstream}`);
+  if (!compiled) return rawLocalReply(socket, 404, "NR", `no route: ${state.upstream}`);
   // The heaviest leg: an upgraded connection is long-lived, one draw is as good as another.
-  const compiled = state.compiledFor(route);
   const primary = state.clusters.get(compiled.upgradeLeg.cluster);
   if (!primary) return rawLocalReply(socket, 503, "UH", `no healthy upstream: ${state.upstream}`);
   // Through the concrete stage, as a TCP connection: the cluster's balancer, failover, outlier

@@ -62,10 +62,10 @@ t.test("an upgrade takes the heaviest leg (the first of equals) and waits 15 s f
     }),
   );
   const table = c.upstreams[0]!.routes!;
-  t.equal(table.routes.get(r1)?.upgradeLeg.cluster, "b");
-  t.equal(table.routes.get(r1)?.upgradeResponseTimeoutMs, DEFAULTS.upgradeResponseTimeoutMs);
-  t.equal(table.routes.get(r2)?.upgradeLeg.cluster, "a");
-  t.equal(table.routes.get(r2)?.upgradeResponseTimeoutMs, 3000);
+  t.equal(table.routes[0]?.upgradeLeg.cluster, "b");
+  t.equal(table.routes[0]?.upgradeResponseTimeoutMs, DEFAULTS.upgradeResponseTimeoutMs);
+  t.equal(table.routes[1]?.upgradeLeg.cluster, "a");
+  t.equal(table.routes[1]?.upgradeResponseTimeoutMs, 3000);
 });
 
 t.test("an HTTP public listener without a request timeout gets Envoy's 15 s", async (t) => {

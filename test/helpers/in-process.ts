@@ -109,7 +109,7 @@ export async function startInProcess(t: Teardown, first: Snapshot): Promise<InPr
       const onLog = (l: Record<string, unknown>) => {
         if (l["version"] === s.version && String(l["@message"]).startsWith("snapshot rejected")) done("rejected");
         // The old code's catch-all for a commit that threw halfway.
-        if (l["version"] === s.version && l["@message"] === "applying a snapshot failed; the listeners keep what they had") done("rejected");
+        if (l["version"] === s.version && String(l["@message"]).startsWith("applying a snapshot failed")) done("rejected");
       };
       const done = (r: "applied" | "rejected") => {
         proxy.off("snapshot", onApplied);
