@@ -2,6 +2,8 @@
 // upstream is bad is refused with the field named, counted and logged, and every cluster runtime
 // and listener keeps exactly what the previous Snapshot gave it (nothing half applied).
 import t from "tap";
+import { connect } from "node:net";
+import { once } from "node:events";
 import type { Snapshot } from "../../src/config/snapshot.js";
 import { NO_HEADER_MUTATION, NO_RETRIES, type Route } from "../../src/config/http.js";
 import { cluster, startInProcess, tcpUpstream, webIdentity } from "../helpers/in-process.js";
@@ -104,4 +106,19 @@ t.test("the last upstream has a route regex RE2 refuses: refused whole with the 
   t.same(p.proxy.clusters(), clustersBefore, "clusters untouched (z and b are still there, a has its old host)");
   const field = "upstreams[c].routes[1].match.path.regex";
   t.equal(await rejectedWith(p, field), 1, `counted with field="${field}"`);
+});
+
+// On main such a Snapshot was applied, and the first connection to the upstream threw
+// "Cannot read properties of undefined (reading 'pick')" out of the accept handler: a crash.
+t.test("an unknown load-balancing policy is refused, and connections go on through the last good balancer", async (t) => {
+  const p = await startInProcess(t, v1);
+  const fastest = { policy: "fastest" as "random", choiceCount: 2, ringSize: { min: 1, max: 2 }, hashPolicies: [] };
+  const v2 = snapshot(2, { upstreams: v1.upstreams, clusters: { ...v1.clusters, a: cluster("a", [20001], { lb: fastest }) } });
+  t.equal(await p.deliver(v2), "rejected", "refused");
+  t.equal(await rejectedWith(p, "clusters[a].lb.policy"), 1, 'counted with field="clusters[a].lb.policy"');
+  const [host, port] = p.proxy.addresses.upstreams["a"]!.split(":");
+  const s = connect(Number(port), host);
+  s.on("error", () => s.destroy());
+  await once(s, "close");
+  t.ok(p.logs.some((l) => l["@message"] === "connection failed" && String(l["error"]).includes("20001")), "the connection was tried on a's endpoint (nothing listens there) and refused cleanly");
 });
