@@ -216,6 +216,8 @@ export class Proxy extends EventEmitter {
       this.obs.tracing = new Tracing({ ...this.opts.tracing, serviceName: s.identity.service, exportFailures: this.metrics.tracingExportFailures });
       this.log.info("tracing requests", { endpoint: this.opts.tracing.endpoint, sample_rate: this.opts.tracing.sampleRate });
     }
+    // stop() may have begun while undici or the tracing SDK loaded: it closed every listener.
+    if (this.stopping) return;
     const binds = this.commit(compiled);
     const errors = await this.bindNew(binds);
     if (first && errors.length > 0) {
