@@ -1,18 +1,16 @@
 // Proxy lifecycle: take Snapshots from a control plane, apply each atomically (new connections
 // see the new one, open ones finish where they started), announce the instance, drain on stop.
 import { EventEmitter } from "node:events";
-import type { Snapshot, PublicListener as PublicListenerConfig } from "./config/snapshot.js";
-import { DEFAULTS } from "./config/snapshot.js";
-import { validateSnapshot, SnapshotError } from "./config/validate.js";
+import type { Snapshot } from "./config/snapshot.js";
+import { DEFAULTS } from "./config/defaults.js";
+import { compileSnapshot, SnapshotError, type CompiledSnapshot } from "./compile/snapshot.js";
+import { alpnFor } from "./compile/inbound.js";
 import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
-import { buildTlsMaterial, materialKey, type TlsMaterial } from "./tls/contexts.js";
+import type { TlsMaterial } from "./tls/contexts.js";
 import { SessionCache } from "./tls/origin.js";
-import { PublicListener, alpnFor, type InboundState } from "./inbound/public-listener.js";
+import { PublicListener } from "./inbound/public-listener.js";
 import { UpstreamListener } from "./outbound/upstream-listener.js";
 import { HttpRouter, OutboundHttpState } from "./outbound/http-router.js";
-import { CompiledRoutes, RouteCompileError } from "./http/route-match.js";
-import { PermissionCompileError } from "./authz/l7.js";
-import { MatchCompileError } from "./http/match.js";
 import { PoolSet } from "./cluster/pools.js";
 import { ClusterRuntime, type ClusterStatus } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
@@ -56,10 +54,6 @@ export class ListenerBindError extends Error {
     super(`${listener} listener ${address}: ${why}`);
     this.name = "ListenerBindError";
   }
-}
-
-function hasPublic(s: Snapshot): s is Snapshot & { publicListener: PublicListenerConfig } {
-  return s.publicListener !== null;
 }
 
 export class Proxy extends EventEmitter {
@@ -142,11 +136,12 @@ export class Proxy extends EventEmitter {
             },
             (e: unknown) => {
               // An invalid Snapshot was counted and logged by apply(); anything else is a failure
-              // to start (first) or a bug that must not pass unseen (later).
+              // to start (first) or a bug that must not pass unseen (later): a compiled Snapshot
+              // commits whole, so nothing a Snapshot holds should get here.
               if (e instanceof SnapshotError) return;
               if (this.firstApplied) return this.firstApplied.reject(e);
               this.metrics.snapshotsRejected.labels(s.source, "apply").inc();
-              this.log.error("applying a snapshot failed; the listeners keep what they had", { version: s.version, error: e instanceof Error ? e.message : String(e) });
+              this.log.error("applying a snapshot failed unexpectedly (a bug: please report it); it may be partly applied", { version: s.version, error: e instanceof Error ? e.message : String(e) });
             },
           );
         },
@@ -194,32 +189,26 @@ export class Proxy extends EventEmitter {
     return next;
   }
 
-  /** Validates and applies one Snapshot. An invalid one is counted, logged and ignored. */
+  /**
+   * Compiles one Snapshot, then commits it. A Snapshot that does not compile is counted, logged
+   * with the field, and ignored whole: nothing of it is applied. The commit works from compiled
+   * values only, so nothing a Snapshot holds can make it fail halfway; a listener that cannot
+   * bind is the one exception (the address is taken), logged and tried again with the next.
+   */
   async apply(s: Snapshot): Promise<void> {
     if (this.stopping) return;
+    let compiled: CompiledSnapshot;
     try {
-      validateSnapshot(s);
+      compiled = compileSnapshot(s, this.tls);
     } catch (e) {
       if (!(e instanceof SnapshotError)) throw e;
       this.metrics.snapshotsRejected.labels(s.source, e.field).inc();
-      this.rejected(s, e.message);
+      this.rejected(s, e);
       if (this.current === null) throw e;
       return;
     }
-    let inbound: InboundState | null;
-    try {
-      inbound = hasPublic(s) ? PublicListener.compile(s) : null;
-      for (const u of s.upstreams) if (u.routes && u.protocol !== "tcp") new CompiledRoutes(u.routes);
-    } catch (e) {
-      if (!(e instanceof RouteCompileError || e instanceof PermissionCompileError || e instanceof MatchCompileError)) throw e;
-      const field = e instanceof RouteCompileError ? `routes[${e.routeIndex}].${e.field}` : e instanceof PermissionCompileError ? e.field : "intentions";
-      this.metrics.snapshotsRejected.labels(s.source, field).inc();
-      this.rejected(s, e.message);
-      if (this.current === null) throw new SnapshotError(field, e.message);
-      return;
-    }
     // HTTP listeners need undici (pools to peers and the app); a TCP-only sidecar never loads it.
-    if (speaksHttp(s)) await loadUndici();
+    if (compiled.speaksHttp) await loadUndici();
     const first = this.current === null;
     if (first && this.opts.tracing && !this.obs.tracing) {
       // The OpenTelemetry SDK is loaded only when tracing is on.
@@ -227,29 +216,27 @@ export class Proxy extends EventEmitter {
       this.obs.tracing = new Tracing({ ...this.opts.tracing, serviceName: s.identity.service, exportFailures: this.metrics.tracingExportFailures });
       this.log.info("tracing requests", { endpoint: this.opts.tracing.endpoint, sample_rate: this.opts.tracing.sampleRate });
     }
-    const tls = this.tls && this.tls.key === materialKey(s.identity, s.trust) ? this.tls : buildTlsMaterial(s.identity, s.trust);
-    this.sessions.reset(tls.key);
-    this.applyClusters(s, tls);
-    const errors: ListenerBindError[] = [];
-    await this.applyPublic(s, tls, inbound, errors);
-    await this.applyUpstreams(s, tls, errors);
+    // stop() may have begun while undici or the tracing SDK loaded: it closed every listener.
+    if (this.stopping) return;
+    const binds = this.commit(compiled);
+    const errors = await this.bindNew(binds);
     if (first && errors.length > 0) {
       this.closeAll();
       throw errors[0]!;
     }
     for (const e of errors) this.log.error("listener not started; will retry with the next snapshot", { error: e.message });
-    if (tls !== this.tls) this.recordCertExpiry(s);
+    if (compiled.tls !== this.tls) this.recordCertExpiry(s);
     this.current = s;
-    this.tls = tls;
+    this.tls = compiled.tls;
     this.metrics.snapshotsApplied.labels(s.source).inc();
     this.metrics.controlPlaneLastSuccess.labels(s.source).setToCurrentTime();
     this.log.debug("snapshot applied", { version: s.version, source: s.source });
     this.emit("snapshot", s);
   }
 
-  private rejected(s: Snapshot, error: string): void {
+  private rejected(s: Snapshot, e: SnapshotError): void {
     const msg = this.current ? "snapshot rejected; keeping the last good one" : "snapshot rejected; not serving (not ready, no listeners) until a valid one arrives";
-    this.log.error(msg, { version: s.version, error });
+    this.log.error(msg, { version: s.version, field: e.field, error: e.message });
   }
 
   /** Leaf and root expiry series, replaced whole when the certificates change (rotation drops old serials). */
@@ -266,33 +253,52 @@ export class Proxy extends EventEmitter {
     }
   }
 
-  /** Cluster runtimes follow the Snapshot's clusters; pools of endpoints that left are closed. */
-  private applyClusters(s: Snapshot, tls: TlsMaterial): void {
+  /**
+   * The synchronous part of applying: cluster runtimes and every listener that stays take the new
+   * compiled state in one step, so new connections and requests see all of the new Snapshot or
+   * none of it. Returns the listeners still to bind (new addresses, a changed ALPN).
+   */
+  private commit(c: CompiledSnapshot): Array<() => Promise<ListenerBindError | null>> {
+    this.sessions.reset(c.tls.key);
+    this.commitClusters(c);
+    const binds: Array<() => Promise<ListenerBindError | null>> = [];
+    this.commitPublic(c, binds);
+    this.commitUpstreams(c, binds);
+    return binds;
+  }
+
+  /** One after the other, as the Snapshot lists them (ports chosen by the OS are then in that order too). */
+  private async bindNew(binds: ReadonlyArray<() => Promise<ListenerBindError | null>>): Promise<ListenerBindError[]> {
+    const errors: ListenerBindError[] = [];
+    for (const bind of binds) {
+      const e = await bind();
+      if (e !== null) errors.push(e);
+    }
+    return errors;
+  }
+
+  /** Cluster runtimes follow the Snapshot's clusters (keyed by name, hosts by endpoint); pools of endpoints that left are closed. */
+  private commitClusters(c: CompiledSnapshot): void {
     for (const [name, rt] of this.runtimes) {
-      if (s.clusters[name]) continue;
+      if (c.clusters.has(name)) continue;
       rt.close();
       this.runtimes.delete(name);
     }
-    const h2 = http2Clusters(s);
-    for (const c of Object.values(s.clusters)) {
-      const rt = this.runtimes.get(c.name);
-      const wantH2 = h2.has(c.name);
-      if (rt && rt.http2 === wantH2) rt.update(c, tls);
+    for (const cluster of c.clusters.values()) {
+      const rt = this.runtimes.get(cluster.name);
+      if (rt && rt.http2 === cluster.http2) rt.update(cluster, c.tls);
       else {
         rt?.close();
-        this.runtimes.set(c.name, new ClusterRuntime(c, tls, this.pools, wantH2));
+        this.runtimes.set(cluster.name, new ClusterRuntime(cluster, c.tls, this.pools));
       }
     }
     this.pools.retain(new Set([...this.runtimes.values()].flatMap((rt) => rt.poolKeys())));
   }
 
-  private httpStateFor(u: Snapshot["upstreams"][number]): OutboundHttpState | null {
-    return u.routes && u.protocol !== "tcp" ? new OutboundHttpState(u.name, u.routes, this.runtimes) : null;
-  }
-
-  private async applyPublic(s: Snapshot, tls: TlsMaterial, inbound: InboundState | null, errors: ListenerBindError[]): Promise<void> {
+  private commitPublic(c: CompiledSnapshot, binds: Array<() => Promise<ListenerBindError | null>>): void {
+    const inbound = c.inbound;
     const existing = this.publicListener;
-    if (!hasPublic(s)) {
+    if (inbound === null) {
       if (existing) {
         existing.close();
         this.publicListener = null;
@@ -300,28 +306,33 @@ export class Proxy extends EventEmitter {
       }
       return;
     }
-    if (existing && sameBind(existing.bind, s.publicListener.bind)) {
-      if (existing.alpn === alpnFor(s.publicListener.protocol)) {
-        existing.update(s, tls, inbound ?? undefined);
+    let replaced = existing;
+    if (existing && sameBind(existing.bind, inbound.config.bind)) {
+      if (existing.alpn === alpnFor(inbound.config.protocol)) {
+        existing.update(inbound, c.tls);
         return;
       }
       // Same address, different ALPN: the old server must release the port first.
       existing.close();
       this.publicListener = null;
+      replaced = null;
     }
-    const l = new PublicListener(s, tls, this.metrics, this.log, this.obs, this.limits);
-    try {
-      const a = await l.listen();
-      existing?.close();
-      this.publicListener = l;
-      this.addrs.public = `${a.address}:${a.port}`;
-    } catch (e) {
-      errors.push(new ListenerBindError("public", fmt(s.publicListener.bind), e as NodeJS.ErrnoException));
-    }
+    binds.push(async () => {
+      const l = new PublicListener(inbound, c.tls, this.metrics, this.log, this.obs, this.limits);
+      try {
+        const a = await l.listen();
+        replaced?.close();
+        this.publicListener = l;
+        this.addrs.public = `${a.address}:${a.port}`;
+        return null;
+      } catch (e) {
+        return new ListenerBindError("public", fmt(inbound.config.bind), e as NodeJS.ErrnoException);
+      }
+    });
   }
 
-  private async applyUpstreams(s: Snapshot, tls: TlsMaterial, errors: ListenerBindError[]): Promise<void> {
-    const wanted = new Set(s.upstreams.map((u) => u.name));
+  private commitUpstreams(c: CompiledSnapshot, binds: Array<() => Promise<ListenerBindError | null>>): void {
+    const wanted = new Set(c.upstreams.map((u) => u.name));
     for (const [name, l] of this.upstreams) {
       if (wanted.has(name)) continue;
       l.close();
@@ -329,23 +340,25 @@ export class Proxy extends EventEmitter {
       delete this.addrs.upstreams[name];
       this.log.info("upstream listener removed", { upstream: name });
     }
-    for (const u of s.upstreams) {
-      const cluster = s.clusters[u.cluster]!;
+    for (const u of c.upstreams) {
+      const http = u.routes === null ? null : new OutboundHttpState(u.name, u.routes, this.runtimes);
       const existing = this.upstreams.get(u.name);
-      const http = this.httpStateFor(u);
-      if (existing && sameBind(existing.bind, u.bind)) {
-        existing.update(u, cluster, tls, http);
+      if (existing && sameBind(existing.bind, u.config.bind)) {
+        existing.update(u, c.tls, http);
         continue;
       }
-      const l = new UpstreamListener(u, cluster, tls, http, this.runtimes, this.sessions, this.metrics, this.router, this.log, this.obs, this.limits);
-      try {
-        const a = await l.listen();
-        existing?.close();
-        this.upstreams.set(u.name, l);
-        this.addrs.upstreams[u.name] = `${a.address}:${a.port}`;
-      } catch (e) {
-        errors.push(new ListenerBindError(`upstream "${u.name}"`, fmt(u.bind), e as NodeJS.ErrnoException));
-      }
+      binds.push(async () => {
+        const l = new UpstreamListener(u, c.tls, http, this.runtimes, this.sessions, this.metrics, this.router, this.log, this.obs, this.limits);
+        try {
+          const a = await l.listen();
+          existing?.close();
+          this.upstreams.set(u.name, l);
+          this.addrs.upstreams[u.name] = `${a.address}:${a.port}`;
+          return null;
+        } catch (e) {
+          return new ListenerBindError(`upstream "${u.name}"`, fmt(u.config.bind), e as NodeJS.ErrnoException);
+        }
+      });
     }
   }
 
@@ -399,24 +412,6 @@ export class Proxy extends EventEmitter {
 }
 
 function noop(): void {}
-
-function speaksHttp(s: Snapshot): boolean {
-  return (s.publicListener !== null && s.publicListener.protocol !== "tcp") || s.upstreams.some((u) => u.protocol !== "tcp");
-}
-
-/** Clusters reached from http2/grpc upstreams: their pooled connections offer h2. */
-function http2Clusters(s: Snapshot): Set<string> {
-  const out = new Set<string>();
-  for (const u of s.upstreams) {
-    if (u.protocol !== "http2" && u.protocol !== "grpc") continue;
-    const names = [u.cluster, ...(u.routes?.routes ?? []).flatMap((r) => r.action.splits.map((x) => x.cluster))];
-    for (const n of names) {
-      out.add(n);
-      for (const f of s.clusters[n]?.failover ?? []) out.add(f);
-    }
-  }
-  return out;
-}
 
 function sameBind(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
   return a.host === b.host && a.port === b.port;

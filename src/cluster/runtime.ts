@@ -2,8 +2,9 @@
 // counts, the balancer built over them, outlier detection with its sweep timer, the circuit
 // breaker, and where each host's pooled connections live. A new Snapshot updates it in place,
 // so ejections, counters and pools survive a weight change.
-import type { Cluster } from "../config/snapshot.js";
-import { DEFAULT_LB, DEFAULT_LIMITS, type Limits } from "../config/http.js";
+import type { Limits } from "../config/http.js";
+import { DEFAULT_LB } from "../config/defaults.js";
+import type { CompiledCluster } from "../compile/cluster.js";
 import { PeakEwmaBalancer, createBalancer, hostKey, type Balancer, type HostState, type PickContext } from "./balancer.js";
 import { OutlierDetector, availableHosts } from "./outlier.js";
 import { CircuitBreaker } from "./limits.js";
@@ -71,7 +72,7 @@ export interface ClusterStatus {
 }
 
 export class ClusterRuntime {
-  private cluster: Cluster;
+  private cluster: CompiledCluster;
   private hosts: ClusterHost[] = [];
   private available: readonly ClusterHost[] = [];
   private balancer: Balancer;
@@ -84,15 +85,19 @@ export class ClusterRuntime {
   private tls: TlsMaterial;
   panic = false;
 
+  /** Whether the pools offer h2: fixed for the runtime's life (the proxy replaces a runtime whose protocol changes). */
+  readonly http2: boolean;
+
   constructor(
-    cluster: Cluster,
+    cluster: CompiledCluster,
     tls: TlsMaterial,
     private readonly pools: PoolSet,
-    readonly http2: boolean,
   ) {
     this.cluster = cluster;
     this.tls = tls;
-    this.breaker = new CircuitBreaker(cluster.limits ?? DEFAULT_LIMITS);
+    this.http2 = cluster.http2;
+    this.breaker = new CircuitBreaker(cluster.limits);
+    // A placeholder until update() builds the cluster's own over its hosts.
     this.balancer = createBalancer(DEFAULT_LB, []);
     this.update(cluster, tls);
   }
@@ -101,12 +106,12 @@ export class ClusterRuntime {
     return this.cluster.name;
   }
 
-  get config(): Cluster {
+  get config(): CompiledCluster {
     return this.cluster;
   }
 
   get limits(): Limits {
-    return this.cluster.limits ?? DEFAULT_LIMITS;
+    return this.cluster.limits;
   }
 
   get ejectedCount(): number {
@@ -121,11 +126,14 @@ export class ClusterRuntime {
     return this.outlier;
   }
 
-  /** Applies a new Snapshot's view of this cluster; keeps per-host counters of hosts that stay. */
-  update(cluster: Cluster, tls: TlsMaterial): void {
+  /**
+   * Applies a new Snapshot's view of this cluster; keeps per-host counters of hosts that stay.
+   * The cluster was compiled (every value checked), so nothing here can fail.
+   */
+  update(cluster: CompiledCluster, tls: TlsMaterial): void {
     this.cluster = cluster;
     this.tls = tls;
-    const limits = cluster.limits ?? DEFAULT_LIMITS;
+    const limits = cluster.limits;
     this.breaker.update(limits);
     const old = new Map(this.hosts.map((h) => [h.key, h]));
     this.hosts = cluster.endpoints.map((e) => {
@@ -136,7 +144,7 @@ export class ClusterRuntime {
         port: e.port,
         sni: cluster.sni,
         expectedSpiffeId: cluster.expectedSpiffeId,
-        connectTimeoutMs: cluster.connectTimeoutMs ?? 5000,
+        connectTimeoutMs: cluster.connectTimeoutMs,
         http2: this.http2,
         maxConnections: limits.maxConnections,
       };
@@ -169,7 +177,7 @@ export class ClusterRuntime {
       this.stopSweep();
       this.outlier = null;
     }
-    const lb = cluster.lb ?? DEFAULT_LB;
+    const lb = cluster.lb;
     // Peak-EWMA learns from responses: its estimates survive a Snapshot that keeps the hosts.
     if (lb.policy === "peak_ewma" && this.balancer instanceof PeakEwmaBalancer) this.balancer.retain(this.hosts.map((h) => h.key));
     else this.balancer = createBalancer(lb, this.hosts);
@@ -179,7 +187,8 @@ export class ClusterRuntime {
 
   private recompute(): void {
     const od = this.cluster.outlierDetection;
-    const r = availableHosts(this.hosts, this.outlier, (h) => h.endpoint.healthy, od?.panicThresholdPercent ?? 0);
+    // Without outlier detection there is no panic threshold (Consul sets 0 for upstream clusters).
+    const r = availableHosts(this.hosts, this.outlier, (h) => h.endpoint.healthy, od === null ? 0 : od.panicThresholdPercent);
     this.available = r.hosts;
     this.panic = r.panic;
   }
@@ -187,7 +196,7 @@ export class ClusterRuntime {
   /** What the scrape-time gauges report. */
   statsSnapshot(): ClusterSnapshotStats {
     const b = this.breaker.state;
-    const limits = this.cluster.limits ?? DEFAULT_LIMITS;
+    const limits = this.cluster.limits;
     return {
       name: this.cluster.name,
       membershipTotal: this.hosts.length,
@@ -202,7 +211,7 @@ export class ClusterRuntime {
 
   /** Per-host state for the admin API; computed on request, nothing kept. */
   hostsSnapshot(): ClusterStatus {
-    const l = this.cluster.limits ?? DEFAULT_LIMITS;
+    const l = this.cluster.limits;
     return {
       name: this.cluster.name,
       service: this.cluster.service,

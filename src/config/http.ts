@@ -1,7 +1,8 @@
 // L7 parts of the Snapshot: routes, splits, retries, timeouts, load balancing, outlier detection
 // and circuit-breaker limits. Semantics follow Consul's config entries (service-router,
 // service-splitter, service-resolver, service-defaults) and Envoy's behaviour; defaults are
-// Envoy's (shared/reference/data-plane-anchors.md §1–§4).
+// Envoy's (shared/reference/data-plane-anchors.md §1–§4), in defaults.ts.
+export { DEFAULT_LB, DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "./defaults.js";
 
 export type PathMatch =
   | { readonly kind: "exact"; readonly value: string }
@@ -111,7 +112,6 @@ export interface LoadBalancer {
   readonly hashPolicies: readonly HashPolicy[];
 }
 
-export const DEFAULT_LB: LoadBalancer = { policy: "round_robin", choiceCount: 2, ringSize: { min: 1024, max: 8_388_608 }, hashPolicies: [] };
 
 /** Envoy outlier detection, as Consul's PassiveHealthCheck configures it. */
 export interface OutlierDetection {
@@ -131,17 +131,6 @@ export interface OutlierDetection {
   readonly panicThresholdPercent: number;
 }
 
-export const DEFAULT_OUTLIER_DETECTION: OutlierDetection = {
-  intervalMs: 10_000,
-  consecutive5xx: 5,
-  enforcingConsecutive5xx: 100,
-  consecutiveGatewayFailure: 5,
-  enforcingConsecutiveGatewayFailure: 0,
-  baseEjectionTimeMs: 30_000,
-  maxEjectionTimeMs: 300_000,
-  maxEjectionPercent: 10,
-  panicThresholdPercent: 0,
-};
 
 /** Envoy circuit breakers (per cluster, default priority). */
 export interface Limits {
@@ -155,16 +144,6 @@ export interface Limits {
   readonly minRetryConcurrency: number;
 }
 
-export const DEFAULT_LIMITS: Limits = {
-  maxConnections: 1024,
-  maxPendingRequests: 1024,
-  maxRequests: 1024,
-  maxRetries: 3,
-  retryBudgetPercent: 20,
-  // Envoy's floor is 3; bursts of a handful of requests to a host that has just started failing
-  // exceed it before outlier detection reacts. 10 is linkerd2-proxy's floor (per second there).
-  minRetryConcurrency: 10,
-};
 
 /** An HTTP permission of an L7 intention (Consul's IntentionPermission). */
 export interface Permission {

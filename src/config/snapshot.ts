@@ -140,16 +140,5 @@ export interface Snapshot {
   readonly intentions: IntentionPolicy;
 }
 
-/** Defaults people already know: Consul's built-in proxy and Envoy's tcp_proxy. */
-export const DEFAULTS = {
-  namespace: "default",
-  datacenter: "dc1",
-  handshakeTimeoutMs: 10_000,
-  localConnectTimeoutMs: 1_000,
-  upstreamConnectTimeoutMs: 5_000,
-  /** Envoy tcp_proxy idle_timeout. */
-  idleTimeoutMs: 3_600_000,
-  drainTimeoutMs: 15_000,
-  adminAddr: { host: "127.0.0.1", port: 19000 },
-  leafTtlMs: 72 * 3600 * 1000,
-} as const;
+// The one table of defaults lives in defaults.ts; re-exported for the control planes and the CLI.
+export { DEFAULTS } from "./defaults.js";

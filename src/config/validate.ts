@@ -1,8 +1,7 @@
 // Snapshot validation. A control plane's output is untrusted input: a bad one is rejected
 // with the field and the reason, and the proxy keeps serving on the last good one.
 import { X509Certificate, createPrivateKey, type KeyObject } from "node:crypto";
-import type { Snapshot, HostPort, Cluster } from "./snapshot.js";
-import type { LoadBalancer } from "./http.js";
+import type { Snapshot, HostPort, Cluster, Protocol } from "./snapshot.js";
 
 export class SnapshotError extends Error {
   constructor(
@@ -27,38 +26,48 @@ function checkHostPort(field: string, hp: HostPort, allowZero: boolean): void {
   }
 }
 
+/** Node's timers hold at most 2^31 - 1 ms (24.8 days); a longer one fires after 1 ms instead. */
+export const MAX_TIMER_MS = 2_147_483_647;
+
 function checkPositive(field: string, v: number): void {
-  if (!Number.isFinite(v) || v <= 0) throw new SnapshotError(field, `${String(v)} must be a positive number of milliseconds`);
+  checkTimerMs(field, v);
+}
+
+/** A duration that arms a timer: positive, and within what node's timers can hold. */
+export function checkTimerMs(field: string, v: number): void {
+  if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) throw new SnapshotError(field, `${String(v)} must be a positive number of milliseconds`);
+  if (v > MAX_TIMER_MS) throw new SnapshotError(field, `${v} ms is longer than a timer can wait (${MAX_TIMER_MS} ms, 24.8 days)`);
+}
+
+/** A duration where 0 means "none" (a route without a timeout). */
+export function checkOptionalTimerMs(field: string, v: number): void {
+  if (v === 0) return;
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new SnapshotError(field, `${String(v)} must be 0 (none) or a positive number of milliseconds`);
+  checkTimerMs(field, v);
+}
+
+/** A count: an integer, at least `min` (Envoy's uint32 thresholds and counts). */
+export function checkInteger(field: string, v: number, min: number): void {
+  if (!Number.isSafeInteger(v) || v < min) throw new SnapshotError(field, `${String(v)} must be an integer >= ${min}`);
+}
+
+export function checkPercent(field: string, v: number): void {
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > 100) throw new SnapshotError(field, `${String(v)} must be a percentage (0..100)`);
+}
+
+const PROTOCOLS: ReadonlySet<string> = new Set<Protocol>(["tcp", "http", "http2", "grpc"]);
+
+function checkProtocol(field: string, p: Protocol): void {
+  if (!PROTOCOLS.has(p)) throw new SnapshotError(field, `"${String(p)}" is not a protocol (${[...PROTOCOLS].join(", ")})`);
 }
 
 function checkCluster(key: string, c: Cluster): void {
-  const f = `clusters.${key}`;
+  const f = `clusters[${key}]`;
   if (c.name !== key) throw new SnapshotError(`${f}.name`, `"${c.name}" does not match its key`);
   if (!isValidServiceName(c.service)) throw new SnapshotError(`${f}.service`, `"${c.service}" is not a valid service name`);
   if (!c.expectedSpiffeId.startsWith("spiffe://")) throw new SnapshotError(`${f}.expectedSpiffeId`, "must be a spiffe:// URI");
   if (c.sni.length === 0) throw new SnapshotError(`${f}.sni`, "must not be empty");
   c.endpoints.forEach((e, i) => checkHostPort(`${f}.endpoints[${i}]`, e, false));
-  if (c.lb) checkLb(`${f}.lb`, c.lb, c.endpoints.length);
-}
-
-/** Maglev's table size (cluster/balancer.ts, Envoy's default): more hosts than slots cannot be placed. */
-const MAGLEV_TABLE_SIZE = 65537;
-
-/**
- * What building the cluster's balancer would refuse, refused here: a Snapshot is checked whole
- * before any part of it is applied, so a bad load balancer never leaves clusters half updated.
- */
-function checkLb(f: string, lb: LoadBalancer, hosts: number): void {
-  if (lb.policy === "least_request" && (!Number.isInteger(lb.choiceCount) || lb.choiceCount < 1)) {
-    throw new SnapshotError(`${f}.choiceCount`, `${String(lb.choiceCount)} must be an integer >= 1 (Envoy's default is 2)`);
-  }
-  if (lb.policy === "ring_hash") {
-    const { min, max } = lb.ringSize;
-    if (!Number.isInteger(min) || !Number.isInteger(max) || min < 1 || max < min) {
-      throw new SnapshotError(`${f}.ringSize`, `{min: ${String(min)}, max: ${String(max)}} must be integers with 1 <= min <= max`);
-    }
-  }
-  if (lb.policy === "maglev" && hosts > MAGLEV_TABLE_SIZE) throw new SnapshotError(`${f}.policy`, `maglev places at most ${MAGLEV_TABLE_SIZE} hosts, the cluster has ${hosts}`);
 }
 
 /** Throws SnapshotError naming the first bad field. */
@@ -85,6 +94,7 @@ export function validateSnapshot(s: Snapshot): void {
   });
   const pl = s.publicListener;
   if (pl) {
+    checkProtocol("publicListener.protocol", pl.protocol);
     checkHostPort("publicListener.bind", pl.bind, true);
     checkHostPort("publicListener.localApp", pl.localApp, false);
     checkPositive("publicListener.handshakeTimeoutMs", pl.handshakeTimeoutMs);
@@ -92,8 +102,14 @@ export function validateSnapshot(s: Snapshot): void {
     checkPositive("publicListener.idleTimeoutMs", pl.idleTimeoutMs);
   }
   const binds = new Set<string>();
+  const names = new Set<string>();
   s.upstreams.forEach((u, i) => {
-    const f = `upstreams[${i}]`;
+    // Upstreams are named by their destination (listeners, logs and metrics are keyed by it).
+    if (typeof u.name !== "string" || u.name.length === 0) throw new SnapshotError(`upstreams[${i}].name`, "must be a non-empty name");
+    const f = `upstreams[${u.name}]`;
+    if (names.has(u.name)) throw new SnapshotError(`${f}.name`, `"${u.name}" names two upstreams`);
+    names.add(u.name);
+    checkProtocol(`${f}.protocol`, u.protocol);
     checkHostPort(`${f}.bind`, u.bind, true);
     const key = `${u.bind.host}:${u.bind.port}`;
     if (u.bind.port !== 0 && binds.has(key)) throw new SnapshotError(`${f}.bind`, `${key} is used by two upstreams`);

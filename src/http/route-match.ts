@@ -132,15 +132,23 @@ export class CompiledRoutes {
 
   /** First match wins; null when no route matches (a table without a catch-all). */
   match(req: RequestView): Route | null {
-    for (const r of this.routes) {
+    const i = this.matchIndex(req);
+    return i < 0 ? null : this.routes[i]!.route;
+  }
+
+  /** The index in the table of the first route that matches, -1 when none does. */
+  matchIndex(req: RequestView): number {
+    const routes = this.routes;
+    for (let i = 0; i < routes.length; i++) {
+      const r = routes[i]!;
       // Cheapest tests first; all must pass, so the order changes nothing but cost.
       if (!methodMatches(r.methods, req.method)) continue;
       if (!pathMatches(r.path, req.path)) continue;
       if (!headersMatch(r.headers, req)) continue;
       if (r.query.length > 0 && !queryMatches(r.query, req.query)) continue;
-      return r.route;
+      return i;
     }
-    return null;
+    return -1;
   }
 }
 

@@ -4,11 +4,12 @@
 // listener's limits are closed at accept, before any TLS work.
 import { createServer, type Server, type TLSSocket } from "node:tls";
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from "node:net";
-import type { PublicListener as PublicListenerConfig, Snapshot } from "../config/snapshot.js";
+import type { PublicListener as PublicListenerConfig } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
-import { CompiledIntentions, scopeOf, type Caller } from "../authz/intentions.js";
-import { CompiledL7Intentions, type SourceAuthorizer } from "../authz/l7.js";
-import { InboundHttp, type InboundHttpConfig } from "./http-inbound.js";
+import type { Caller } from "../authz/intentions.js";
+import type { CompiledL7Intentions, SourceAuthorizer } from "../authz/l7.js";
+import { alpnFor, type InboundState } from "../compile/inbound.js";
+import { InboundHttp } from "./http-inbound.js";
 import { identifyPeer } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
@@ -17,17 +18,6 @@ import { logRejection, type Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { HandshakeGate, capConnections, type ListenerLimits } from "../tcp/admission.js";
-
-/** What one Snapshot says about inbound traffic, compiled once when it is applied. */
-export interface InboundState {
-  readonly config: PublicListenerConfig;
-  readonly service: string;
-  readonly trustDomain: string;
-  readonly intentions: CompiledIntentions;
-  /** HTTP services: intentions are checked per request instead of per connection. */
-  readonly l7: CompiledL7Intentions | null;
-  readonly http: InboundHttpConfig | null;
-}
 
 const UNTRUSTED = new Set([
   "UNABLE_TO_GET_ISSUER_CERT",
@@ -42,10 +32,6 @@ function rejectionFor(code: string): InboundRejection {
   if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "expired_certificate";
   if (UNTRUSTED.has(code)) return "untrusted_certificate";
   return "bad_certificate";
-}
-
-export function alpnFor(p: PublicListenerConfig["protocol"]): "h2" | "none" {
-  return p === "http2" || p === "grpc" ? "h2" : "none";
 }
 
 export class PublicListener {
@@ -68,7 +54,7 @@ export class PublicListener {
   private address = "";
 
   constructor(
-    snapshot: Snapshot & { publicListener: PublicListenerConfig },
+    state: InboundState,
     tls: TlsMaterial,
     private readonly metrics: Metrics,
     logger: Logger,
@@ -76,9 +62,9 @@ export class PublicListener {
     private readonly limits: ListenerLimits,
   ) {
     this.log = logger.child("inbound");
-    this.state = PublicListener.compile(snapshot);
+    this.state = state;
     this.tlsKey = tls.key;
-    this.alpn = alpnFor(snapshot.publicListener.protocol);
+    this.alpn = alpnFor(state.config.protocol);
     this.server = createServer({
       ...tls.options,
       // HTTP/2 services offer h2 (and http/1.1); others negotiate no ALPN at all, as Consul's
@@ -88,7 +74,7 @@ export class PublicListener {
       // and a counter; nothing is forwarded before that check passes.
       requestCert: true,
       rejectUnauthorized: false,
-      handshakeTimeout: snapshot.publicListener.handshakeTimeoutMs,
+      handshakeTimeout: state.config.handshakeTimeoutMs,
     });
     this.acceptor = createNetServer({
       // Not before the handshake: a client that connects and hangs up at once must free its
@@ -132,30 +118,6 @@ export class PublicListener {
     this.server.emit("connection", raw);
   }
 
-  /** Throws on intentions that cannot be compiled (a bad permission regex): the Snapshot is rejected. */
-  static compile(s: Snapshot & { publicListener: PublicListenerConfig }): InboundState {
-    const pl = s.publicListener;
-    const http = pl.protocol !== "tcp";
-    const local = scopeOf(s.identity);
-    return {
-      config: pl,
-      service: s.identity.service,
-      trustDomain: s.trust.trustDomain,
-      intentions: new CompiledIntentions(s.intentions, s.identity.service, local),
-      l7: http ? new CompiledL7Intentions(s.intentions, s.identity.service, local) : null,
-      http: http
-        ? {
-            localApp: pl.localApp,
-            requestTimeoutMs: pl.requestTimeoutMs ?? 15_000,
-            localConnectTimeoutMs: pl.localConnectTimeoutMs,
-            idleTimeoutMs: pl.idleTimeoutMs,
-            spiffeId: s.identity.spiffeId,
-            appHttp2: pl.protocol === "http2" || pl.protocol === "grpc",
-          }
-        : null,
-    };
-  }
-
   async listen(): Promise<AddressInfo> {
     const { host, port } = this.state.config.bind;
     const addr = await listenOn(this.acceptor, host, port);
@@ -171,13 +133,13 @@ export class PublicListener {
   }
 
   /** New connections see the new Snapshot; connections already open are left alone. */
-  update(snapshot: Snapshot & { publicListener: PublicListenerConfig }, tls: TlsMaterial, compiled?: InboundState): void {
-    this.state = compiled ?? PublicListener.compile(snapshot);
+  update(state: InboundState, tls: TlsMaterial): void {
+    this.state = state;
     if (this.state.http) this.inboundHttp?.update(this.state.http);
     if (tls.key !== this.tlsKey) {
       this.server.setSecureContext({ ...tls.options });
       this.tlsKey = tls.key;
-      this.log.info("public listener certificates rotated", { address: this.address, serial: snapshot.identity.serial });
+      this.log.info("public listener certificates rotated", { address: this.address, serial: state.serial });
     }
   }
 

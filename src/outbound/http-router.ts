@@ -6,11 +6,12 @@
 // attempt up to the response headers, the route's idle timeout every silence after them.
 import type { IncomingHttpHeaders } from "node:http";
 import type { Counter } from "prom-client";
-import type { Route, RouteTable } from "../config/http.js";
-import { CompiledRoutes, rewritePath, type RequestView } from "../http/route-match.js";
+import type { Route } from "../config/http.js";
+import { rewritePath, type CompiledRoutes, type RequestView } from "../http/route-match.js";
+import type { CompiledRoute, CompiledRouteTable } from "../compile/routes.js";
 import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/request-target.js";
-import { applyHeaderMutation, endToEndCopy, isEmptyMutation } from "../http/headers.js";
-import { CompiledRetry, type AttemptOutcome } from "../http/retry.js";
+import { applyHeaderMutation, endToEndCopy } from "../http/headers.js";
+import type { AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
 import { Cancel, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
@@ -27,42 +28,24 @@ import { requestFields } from "../telemetry/access-log.js";
 /** Bodies up to this size are buffered so that a retry can send them again. */
 export const RETRY_BUFFER_LIMIT = 64 * 1024;
 
-interface CompiledRoute {
-  readonly route: Route;
-  readonly retry: CompiledRetry;
-  /** Cumulative weights of the split legs, for one random draw per request. */
-  readonly cumulative: Int32Array;
-  readonly hasReqMutations: boolean;
-  readonly hasResMutations: boolean;
-}
-
-/** What one Snapshot says about an HTTP upstream, compiled once when it is applied. */
+/** What one Snapshot says about an HTTP upstream: its compiled routes and the live clusters they name. */
 export class OutboundHttpState {
-  readonly routes: CompiledRoutes;
-  private readonly compiled = new Map<Route, CompiledRoute>();
+  private readonly matcher: CompiledRoutes;
+  private readonly routes: readonly CompiledRoute[];
 
   constructor(
     readonly upstream: string,
-    table: RouteTable,
+    table: CompiledRouteTable,
     readonly clusters: ReadonlyMap<string, ClusterRuntime>,
   ) {
-    this.routes = new CompiledRoutes(table);
-    for (const route of table.routes) {
-      const cumulative = new Int32Array(route.action.splits.length);
-      let sum = 0;
-      route.action.splits.forEach((s, i) => (cumulative[i] = sum += s.weight));
-      this.compiled.set(route, {
-        route,
-        retry: new CompiledRetry(route.action.retry),
-        cumulative,
-        hasReqMutations: !isEmptyMutation(route.action.requestHeaders) || route.action.splits.some((s) => !isEmptyMutation(s.requestHeaders)),
-        hasResMutations: !isEmptyMutation(route.action.responseHeaders) || route.action.splits.some((s) => !isEmptyMutation(s.responseHeaders)),
-      });
-    }
+    this.matcher = table.matcher;
+    this.routes = table.routes;
   }
 
-  compiledFor(route: Route): CompiledRoute {
-    return this.compiled.get(route)!;
+  /** The first route that matches, with everything compiled for it; null when none does. */
+  match(req: RequestView): CompiledRoute | null {
+    const i = this.matcher.matchIndex(req);
+    return i < 0 ? null : (this.routes[i] ?? null);
   }
 }
 
@@ -186,9 +169,9 @@ export class HttpRouter {
       return localReply(res, 400, "DPE", refusalDetail(target));
     }
     const v = view(req, target);
-    const route = state.routes.match(v);
-    if (!route) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
-    const c = state.compiledFor(route);
+    const c = state.match(v);
+    if (!c) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
+    const route = c.route;
     const a = route.action;
     const legIndex = pickLeg(c, Math.random());
     const leg = a.splits[legIndex]!;
@@ -235,9 +218,9 @@ export class HttpRouter {
       return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
     }
     const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
-    const hashPolicies = primary.config.lb?.hashPolicies;
+    const hashPolicies = primary.config.lb.hashPolicies;
     const hash =
-      hashPolicies && hashPolicies.length > 0
+      hashPolicies.length > 0
         ? requestHash(hashPolicies, { header: (n) => v.header(n), cookie: (n) => cookie(req, n), query: (n) => v.query?.get(n) ?? undefined, sourceIp: req.socket.remoteAddress ?? "" })
         : undefined;
     const tried = new Set<string>();

@@ -5,7 +5,6 @@
 import type { IncomingMessage } from "node:http";
 import type { Socket } from "node:net";
 import type { SessionCache } from "../tls/origin.js";
-import { DEFAULTS } from "../config/snapshot.js";
 import { openStream } from "./concrete.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
@@ -35,7 +34,7 @@ export function upgradeOutbound(
     return rawLocalReply(socket, kind.status, "DPE", kind.detail);
   }
   const query = target.query;
-  const route = state.routes.match({
+  const compiled = state.match({
     method: req.method ?? "GET",
     path: target.path,
     query: query.length > 1 ? new URLSearchParams(query.slice(1)) : null,
@@ -44,10 +43,9 @@ export function upgradeOutbound(
       return Array.isArray(v) ? v.join(", ") : v;
     },
   });
-  if (!route) return rawLocalReply(socket, 404, "NR", `no route: ${state.upstream}`);
+  if (!compiled) return rawLocalReply(socket, 404, "NR", `no route: ${state.upstream}`);
   // The heaviest leg: an upgraded connection is long-lived, one draw is as good as another.
-  const leg = [...route.action.splits].sort((a, b) => b.weight - a.weight)[0];
-  const primary = leg ? state.clusters.get(leg.cluster) : undefined;
+  const primary = state.clusters.get(compiled.upgradeLeg.cluster);
   if (!primary) return rawLocalReply(socket, 503, "UH", `no healthy upstream: ${state.upstream}`);
   // Through the concrete stage, as a TCP connection: the cluster's balancer, failover, outlier
   // detection fed with connect results, MaxConnections, and a connect failure tried elsewhere.
@@ -57,7 +55,7 @@ export function upgradeOutbound(
       clusters: state.clusters,
       tls,
       sessions,
-      connectTimeoutMs: primary.config.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs,
+      connectTimeoutMs: primary.config.connectTimeoutMs,
       wanted: () => !socket.destroyed,
       attemptFailed: (cluster, host, err) => log.warn("upgrade: upstream connect failed", { cluster: cluster.name, host: host.key, error: err.message }),
     },
@@ -76,7 +74,7 @@ export function upgradeOutbound(
         headers: upgradeRequestHeaders(req.rawHeaders, req.headers),
         decision: kind.kind === "upgrade" ? { kind: "upgrade", protocol: kind.protocol, upgradeValue: req.headers["upgrade"] ?? kind.protocol } : { kind: "plain" },
         connect: { createConnection: () => up },
-        responseTimeoutMs: route.action.timeoutMs > 0 ? route.action.timeoutMs : 15_000,
+        responseTimeoutMs: compiled.upgradeResponseTimeoutMs,
         idleTimeoutMs,
         done: (r) => {
           if (r.error !== undefined) log.warn("upgrade: upstream failed", { cluster: c.name, error: r.error, status: r.status });

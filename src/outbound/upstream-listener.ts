@@ -4,7 +4,9 @@
 import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type Server as HttpServer } from "node:http";
 import { createServer as createH2Server, type Http2Server } from "node:http2";
-import type { Cluster, UpstreamListener as UpstreamListenerConfig } from "../config/snapshot.js";
+import type { UpstreamListener as UpstreamListenerConfig } from "../config/snapshot.js";
+import type { CompiledCluster } from "../compile/cluster.js";
+import type { CompiledUpstream } from "../compile/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import type { SessionCache, UpstreamTlsError } from "../tls/origin.js";
 import type { ClusterRuntime } from "../cluster/runtime.js";
@@ -23,7 +25,7 @@ import { capConnections, type ListenerLimits } from "../tcp/admission.js";
 
 interface OutboundState {
   readonly config: UpstreamListenerConfig;
-  readonly cluster: Cluster;
+  readonly cluster: CompiledCluster;
   readonly tls: TlsMaterial;
   readonly clusterStats: ClusterStats;
   /** HTTP upstreams: compiled routes and the clusters they use. Null for tcp. */
@@ -44,8 +46,7 @@ export class UpstreamListener {
   private readonly overflowLog: RateLimitedWarning;
 
   constructor(
-    config: UpstreamListenerConfig,
-    cluster: Cluster,
+    upstream: CompiledUpstream,
     tls: TlsMaterial,
     http: OutboundHttpState | null,
     /** Every cluster's runtime, kept current by the proxy: the primary and its failover clusters. */
@@ -57,8 +58,8 @@ export class UpstreamListener {
     private readonly obs: Observers,
     private readonly limits: ListenerLimits,
   ) {
-    this.log = logger.child(`upstream.${config.name}`);
-    this.state = { config, cluster, tls, clusterStats: metrics.cluster(cluster.name), http };
+    this.log = logger.child(`upstream.${upstream.name}`);
+    this.state = { config: upstream.config, cluster: upstream.cluster, tls, clusterStats: metrics.cluster(upstream.cluster.name), http };
     // pauseOnConnect: nothing is read from the app until the mTLS side is up, so early bytes
     // wait in the kernel instead of in our memory.
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.onConnection(s));
@@ -93,9 +94,11 @@ export class UpstreamListener {
     return addr;
   }
 
-  update(config: UpstreamListenerConfig, cluster: Cluster, tls: TlsMaterial, http: OutboundHttpState | null): void {
+  /** New connections and requests see the new Snapshot; open ones finish on the state they started with. */
+  update(upstream: CompiledUpstream, tls: TlsMaterial, http: OutboundHttpState | null): void {
+    const cluster = upstream.cluster;
     const clusterStats = cluster.name === this.state.cluster.name ? this.state.clusterStats : this.metrics.cluster(cluster.name);
-    this.state = { config, cluster, tls, clusterStats, http };
+    this.state = { config: upstream.config, cluster, tls, clusterStats, http };
   }
 
   /** One node:http server parses every HTTP connection of this listener; routing reads the current state per request. */

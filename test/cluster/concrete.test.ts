@@ -10,6 +10,7 @@ import { meshTls, spiffe, TRUST_DOMAIN } from "../helpers/mesh-tls.js";
 import { SessionCache } from "../../src/tls/origin.js";
 import { PoolSet } from "../../src/cluster/pools.js";
 import { ClusterRuntime } from "../../src/cluster/runtime.js";
+import { compileCluster, type CompiledCluster } from "../../src/compile/cluster.js";
 import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "../../src/config/http.js";
 import type { Cluster, Endpoint } from "../../src/config/snapshot.js";
 import { openStream, type OpenStream, type StreamFailure } from "../../src/outbound/concrete.js";
@@ -68,6 +69,11 @@ function cluster(name: string, endpoints: Endpoint[], over: Partial<Cluster> = {
   };
 }
 
+/** The cluster as a Snapshot's compilation hands it to the runtime (TCP: no h2). */
+function compiled(name: string, endpoints: Endpoint[], over: Partial<Cluster> = {}): CompiledCluster {
+  return compileCluster(cluster(name, endpoints, over), false);
+}
+
 function open(runtimes: ReadonlyMap<string, ClusterRuntime>, primary: string): Promise<OpenStream | StreamFailure> {
   return new Promise((resolve) =>
     openStream(
@@ -105,13 +111,13 @@ t.teardown(() => pools.closeAll());
 t.test("a host's active count survives a Snapshot: streams open across an update end at 0", async (t) => {
   const a = await dbInstance(t);
   const b = await dbInstance(t);
-  const rt = new ClusterRuntime(cluster("db", [endpoint(a.port), endpoint(b.port)]), tls, pools, false);
+  const rt = new ClusterRuntime(compiled("db", [endpoint(a.port), endpoint(b.port)]), tls, pools);
   t.teardown(() => rt.close());
   const runtimes = new Map([["db", rt]]);
   const streams = [stream(t, await open(runtimes, "db")), stream(t, await open(runtimes, "db")), stream(t, await open(runtimes, "db"))];
   t.equal(rt.hostsSnapshot().hosts.reduce((n, h) => n + h.activeRequests, 0), 3, "three streams in flight");
   // A Snapshot that changes something about every host (its metadata) while they are in flight.
-  rt.update(cluster("db", [endpoint(a.port, { version: "2" }), endpoint(b.port, { version: "2" })]), tls);
+  rt.update(compiled("db", [endpoint(a.port, { version: "2" }), endpoint(b.port, { version: "2" })]), tls);
   t.equal(rt.hostsSnapshot().hosts.reduce((n, h) => n + h.activeRequests, 0), 3, "still three after the update");
   for (const s of streams) await closed(s);
   t.same(
@@ -125,7 +131,7 @@ t.test("a host's active count survives a Snapshot: streams open across an update
 
 t.test("MaxConnections: the next stream is refused (UO) while the cluster is at its limit", async (t) => {
   const a = await dbInstance(t);
-  const rt = new ClusterRuntime(cluster("db", [endpoint(a.port)], { limits: { ...DEFAULT_LIMITS, maxConnections: 2 } }), tls, pools, false);
+  const rt = new ClusterRuntime(compiled("db", [endpoint(a.port)], { limits: { ...DEFAULT_LIMITS, maxConnections: 2 } }), tls, pools);
   t.teardown(() => rt.close());
   const runtimes = new Map([["db", rt]]);
   const first = stream(t, await open(runtimes, "db"));
@@ -145,7 +151,7 @@ t.test("MaxConnections: the next stream is refused (UO) while the cluster is at 
 t.test("connect failures: tried on another host, counted by outlier detection, the host ejected, then skipped", async (t) => {
   const live = await dbInstance(t);
   const dead = await refusingPort();
-  const rt = new ClusterRuntime(cluster("db", [endpoint(dead), endpoint(live.port)]), tls, pools, false);
+  const rt = new ClusterRuntime(compiled("db", [endpoint(dead), endpoint(live.port)]), tls, pools);
   t.teardown(() => rt.close());
   const runtimes = new Map([["db", rt]]);
   for (let i = 0; i < 12; i++) {
@@ -163,8 +169,8 @@ t.test("connect failures: tried on another host, counted by outlier detection, t
 
 t.test("failover: a cluster with nothing available hands the stream to its failover cluster", async (t) => {
   const live = await dbInstance(t);
-  const primary = new ClusterRuntime(cluster("db-primary", [{ ...endpoint(await refusingPort()), healthy: false }], { failover: ["db-backup"] }), tls, pools, false);
-  const backup = new ClusterRuntime(cluster("db-backup", [endpoint(live.port)]), tls, pools, false);
+  const primary = new ClusterRuntime(compiled("db-primary", [{ ...endpoint(await refusingPort()), healthy: false }], { failover: ["db-backup"] }), tls, pools);
+  const backup = new ClusterRuntime(compiled("db-backup", [endpoint(live.port)]), tls, pools);
   t.teardown(() => {
     primary.close();
     backup.close();
@@ -185,7 +191,7 @@ t.test("failover: a cluster with nothing available hands the stream to its failo
 // 20 %, at least 10 at once), and in Envoy a budget overrides max_retries. /clusters shows the
 // limit that applies, not only a max_retries of 3 that nothing enforces.
 t.test("retries are limited by the retry budget, and /clusters says so", async (t) => {
-  const rt = new ClusterRuntime(cluster("db", [endpoint(await refusingPort())]), tls, pools, false);
+  const rt = new ClusterRuntime(compiled("db", [endpoint(await refusingPort())]), tls, pools);
   t.teardown(() => rt.close());
   let granted = 0;
   while (granted < 100 && rt.breaker.tryAcquireRetry()) granted++;

@@ -11,6 +11,8 @@ import { request } from "undici";
 import { loadUndici } from "../../src/http/undici.js";
 import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
 import { ClusterRuntime } from "../../src/cluster/runtime.js";
+import { compileCluster } from "../../src/compile/cluster.js";
+import { compileRouteTable } from "../../src/compile/routes.js";
 import { PoolSet } from "../../src/cluster/pools.js";
 import { SessionCache } from "../../src/tls/origin.js";
 import { Metrics } from "../../src/telemetry/metrics.js";
@@ -47,7 +49,7 @@ const metrics = new Metrics();
 const pools = new PoolSet(new SessionCache());
 t.teardown(() => pools.closeAll());
 const runtime = new ClusterRuntime(
-  {
+  compileCluster({
     name: "api",
     service: "api",
     namespace: "default",
@@ -57,10 +59,9 @@ const runtime = new ClusterRuntime(
     endpoints: [{ host: "127.0.0.1", port: upstreamPort, healthy: true, id: "api-1", meta: {} }],
     limits: DEFAULT_LIMITS,
     outlierDetection: DEFAULT_OUTLIER_DETECTION,
-  },
+  }, true),
   tls,
   pools,
-  true,
 );
 t.teardown(() => runtime.close());
 const clusters = new Map([["api", runtime]]);
@@ -70,7 +71,7 @@ const router = new HttpRouter(createLogger({ level: "error" }), new HttpStats(me
 async function listener(retryOn: RetryOn[]): Promise<string> {
   const state = new OutboundHttpState(
     "api",
-    {
+    compileRouteTable("upstreams[api].routes", {
       routes: [
         {
           match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
@@ -84,7 +85,7 @@ async function listener(retryOn: RetryOn[]): Promise<string> {
           },
         },
       ],
-    },
+    }, (name) => clusters.has(name)),
     clusters,
   );
   const server = createHttpServer((req, res) => router.handle(req, res, state));
