@@ -6,7 +6,7 @@ import { ClusterRuntime, type ClusterStatus } from "../cluster/runtime.js";
 import { PoolSet } from "../cluster/pools.js";
 import { SessionCache } from "../tls/origin.js";
 import type { TlsMaterial } from "../tls/contexts.js";
-import type { Cluster } from "../config/snapshot.js";
+import type { CompiledCluster } from "../compile/cluster.js";
 import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
 
 /**
@@ -29,13 +29,13 @@ export class GatewayClusters {
   }
 
   /** Follows a new table's clusters: kept ones updated in place, gone ones closed. */
-  apply(clusters: readonly Cluster[]): void {
+  apply(clusters: readonly CompiledCluster[]): void {
     const keep = new Set<string>();
     for (const c of clusters) {
       keep.add(c.name);
       const rt = this.runtimes.get(c.name);
       if (rt) rt.update(c, PASSTHROUGH);
-      else this.runtimes.set(c.name, new ClusterRuntime(c, PASSTHROUGH, this.pools, false));
+      else this.runtimes.set(c.name, new ClusterRuntime(c, PASSTHROUGH, this.pools));
     }
     for (const [name, rt] of this.runtimes) {
       if (keep.has(name)) continue;

@@ -7,6 +7,8 @@
 // the concrete stage balances, ejects and limits it as it does a sidecar's.
 import { DEFAULT_LB, DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "../config/http.js";
 import type { Cluster } from "../config/snapshot.js";
+import { SnapshotError } from "../config/validate.js";
+import { compileCluster, type CompiledCluster } from "../compile/cluster.js";
 import type { GatewayRoutesConfig, GatewayService } from "../config/gateway.js";
 
 export type { GatewayRoutesConfig, GatewayService };
@@ -51,7 +53,7 @@ export class GatewayRoutes {
     private readonly local: ReadonlyMap<string, RouteLookup>,
     private readonly remote: ReadonlyMap<string, RouteLookup>,
     /** Every route's cluster, once each. */
-    readonly clusters: readonly Cluster[],
+    readonly clusters: readonly CompiledCluster[],
   ) {}
 
   /**
@@ -87,7 +89,17 @@ export class GatewayRoutes {
       // Consul's mesh gateway identity (spiffe://<td>/gateway/mesh/dc/<dc>), for /clusters only.
       clusters.push(gatewayCluster(cluster, "mesh-gateway", remoteDc, `spiffe://${td}/gateway/mesh/dc/${remoteDc}`, { endpoints }));
     }
-    return new GatewayRoutes(td, dc, local, remote, clusters);
+    // Compiled here, with the names: a table whose cluster settings cannot be right is refused
+    // whole, before any runtime is touched, as a sidecar's Snapshot is.
+    const compiled = clusters.map((c) => {
+      try {
+        return compileCluster(c, false, `gateway cluster ${c.name}`);
+      } catch (e) {
+        if (e instanceof SnapshotError) throw new GatewayConfigError(`${e.field}: ${e.reason}`);
+        throw e;
+      }
+    });
+    return new GatewayRoutes(td, dc, local, remote, compiled);
   }
 
   /** Where a connection that sent `sni` (lowercase, as the ClientHello parser gives it) goes. */

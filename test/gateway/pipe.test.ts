@@ -5,6 +5,7 @@ import { once } from "node:events";
 import { createServer, type AddressInfo, type Socket } from "node:net";
 import { ClusterRuntime } from "../../src/cluster/runtime.js";
 import { PoolSet } from "../../src/cluster/pools.js";
+import { compileCluster } from "../../src/compile/cluster.js";
 import { SessionCache } from "../../src/tls/origin.js";
 import { createSecureContext } from "node:tls";
 import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "../../src/config/http.js";
@@ -47,7 +48,7 @@ const endpoint = (port: number): Endpoint => ({ host: "127.0.0.1", port, healthy
 
 function runtime(t: Teardown, endpoints: Endpoint[], over: Partial<Cluster> = {}): ReadonlyMap<string, ClusterRuntime> {
   const c: Cluster = { name: "web", service: "web", namespace: "default", datacenter: "dc1", sni: "web.default.dc1.internal.td", expectedSpiffeId: "", endpoints, limits: DEFAULT_LIMITS, outlierDetection: { ...DEFAULT_OUTLIER_DETECTION, maxEjectionPercent: 100 }, ...over };
-  const rt = new ClusterRuntime(c, NO_TLS, new PoolSet(new SessionCache()), false);
+  const rt = new ClusterRuntime(compileCluster(c, false), NO_TLS, new PoolSet(new SessionCache()));
   t.teardown(() => rt.close());
   return new Map([["web", rt]]);
 }
