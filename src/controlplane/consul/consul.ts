@@ -390,6 +390,9 @@ export class ConsulControlPlane implements ControlPlane {
         upstream: u,
         chain: withDatacenter(this.chainOf(u, datacenter), u.datacenter ?? datacenter),
         instances: (svc) => (this.health.get(healthKey(svc, dcParam)) ?? []).map((h) => instanceOf(h, svc, datacenter)),
+        // Mesh gateways are not read from the agent yet: a target that needs one has no endpoint.
+        gateways: () => [],
+        localDatacenter: datacenter,
         settings: u.settings,
         trustDomain,
       });
