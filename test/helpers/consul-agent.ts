@@ -212,6 +212,7 @@ export interface ServiceEntry {
     readonly Weights: { readonly Passing: number; readonly Warning: number };
     readonly EnableTagOverride: boolean;
     readonly Proxy?: AgentServiceProxy | { readonly DestinationServiceName: string; readonly DestinationServiceID?: string | undefined } | undefined;
+    readonly TaggedAddresses?: Readonly<Record<string, { readonly Address: string; readonly Port: number }>> | undefined;
     readonly Connect: JsonObject;
     readonly CreateIndex: number;
     readonly ModifyIndex: number;
@@ -239,6 +240,19 @@ export interface InstanceSpec {
   /** A Connect-native instance (Kind "", `Connect.Native`), not a sidecar. */
   readonly native?: boolean | undefined;
   readonly weights?: { readonly passing: number; readonly warning: number } | undefined;
+}
+
+/** One mesh gateway instance for {@link ConsulAgentDouble.setMeshGateways} (Kind mesh-gateway). */
+export interface MeshGatewaySpec {
+  readonly id: string;
+  /** `Service.Address` and `Service.Port`: the LAN address, which its own datacenter dials. */
+  readonly address: string;
+  readonly port: number;
+  /** `Service.TaggedAddresses.wan`, which other datacenters dial; default the LAN address. */
+  readonly wan?: { readonly address: string; readonly port: number } | undefined;
+  /** Default the double's datacenter; served for `?dc=<that>`. */
+  readonly datacenter?: string | undefined;
+  readonly status?: CheckStatus | undefined;
 }
 
 export interface IntentionSpec {
@@ -766,6 +780,7 @@ export class ConsulAgentDouble {
   private readonly checks = new Map<string, CheckState>();
   private proxyDefaults: JsonObject = {};
   private readonly instances = new Map<string, StoredInstances>();
+  private readonly meshGateways = new Map<string, { readonly gateways: readonly MeshGatewaySpec[]; readonly index: number }>();
   private readonly chains = new Map<string, JsonObject>();
   private intentions: StoredIntention[] = [];
   private aclDefaultPolicy: "allow" | "deny";
@@ -1237,6 +1252,8 @@ export class ConsulAgentDouble {
     add("GET", /^\/v1\/agent\/service\/([^/]+)$/, (ctx, [id]) => this.getService(ctx, id!));
     add("PUT", /^\/v1\/agent\/check\/(pass|warn|fail)\/([^/]+)$/, (ctx, [verb, id]) => this.checkRoute(ctx, verb!, id!));
     add("GET", /^\/v1\/health\/connect\/([^/]+)$/, (ctx, [service]) => this.healthRoute(ctx, service!));
+    add("GET", /^\/v1\/health\/service\/([^/]+)$/, (ctx, [name]) => this.healthServiceRoute(ctx, name!));
+    add("GET", /^\/v1\/catalog\/services$/, (ctx) => this.catalogServicesRoute(ctx));
     add(["GET", "POST"], /^\/v1\/discovery-chain\/([^/]+)$/, (ctx, [service]) => this.chainRoute(ctx, service!));
     add("GET", /^\/v1\/connect\/intentions\/match$/, (ctx) => this.matchRoute(ctx));
   }
@@ -1787,7 +1804,71 @@ export class ConsulAgentDouble {
   /** Replaces the mesh instances of `service` served by `/v1/health/connect/:service` (services registered through the API are listed too). */
   setInstances(service: string, instances: readonly InstanceSpec[]): void {
     this.instances.set(service, { instances, index: this.raftIndex + 1 });
-    this.bump([`health:${service}`]);
+    this.bump([`health:${service}`, "catalog-services"]);
+  }
+
+  /**
+   * Replaces the mesh gateways registered under `name` (Kind mesh-gateway): served by
+   * `/v1/health/service/:name` and listed by `/v1/catalog/services` (which filters on ServiceKind).
+   */
+  setMeshGateways(name: string, gateways: readonly MeshGatewaySpec[]): void {
+    this.meshGateways.set(name, { gateways, index: this.raftIndex + 1 });
+    this.bump([`gateway:${name}`, "catalog-services"]);
+  }
+
+  private meshGatewayEntry(name: string, g: MeshGatewaySpec, storedIndex: number): ServiceEntry {
+    const node = `node-${g.id}`;
+    const index = this.clamp(storedIndex);
+    const status = g.status ?? "passing";
+    const wan = g.wan ?? { address: g.address, port: g.port };
+    return {
+      Node: { ID: nodeUuid(node), Node: node, Address: g.address, Datacenter: g.datacenter ?? this.datacenter, TaggedAddresses: { lan: g.address, wan: wan.address }, Meta: {}, CreateIndex: index, ModifyIndex: index },
+      Service: {
+        Kind: "mesh-gateway",
+        ID: g.id,
+        Service: name,
+        Tags: [],
+        Address: g.address,
+        Meta: {},
+        Port: g.port,
+        Weights: { Passing: 1, Warning: 1 },
+        EnableTagOverride: false,
+        TaggedAddresses: { lan: { Address: g.address, Port: g.port }, wan: { Address: wan.address, Port: wan.port } },
+        Connect: {},
+        CreateIndex: index,
+        ModifyIndex: index,
+      },
+      Checks: [check(node, "serfHealth", "Serf Health Status", "passing", "", "", [], "serf"), check(node, `service:${g.id}`, "Mesh Gateway Listening", status, g.id, name, [], "tcp")],
+    };
+  }
+
+  /** `/v1/health/service/:name`: only mesh gateways are stored under plain names in the double. */
+  private async healthServiceRoute(ctx: Ctx, name: string): Promise<void> {
+    const passing = ctx.url.searchParams.has("passing");
+    const dc = ctx.url.searchParams.get("dc") || this.datacenter;
+    await this.indexed(ctx, [`gateway:${name}`], () => {
+      const stored = this.meshGateways.get(name);
+      return (stored?.gateways ?? [])
+        .map((g) => this.meshGatewayEntry(name, g, stored?.index ?? this.baseline))
+        .filter((e) => e.Node.Datacenter === dc && (!passing || e.Checks.every((c) => c.Status === "passing")));
+    });
+  }
+
+  /** `/v1/catalog/services`: service name → tags, filtered (bexpr) per ServiceNode, as Consul does. */
+  private async catalogServicesRoute(ctx: Ctx): Promise<void> {
+    const raw = ctx.url.searchParams.get("filter");
+    const filter = raw ? compileFilter(raw) : null;
+    if (raw && !filter) throw new BadRequest(`Failed to create boolean expression evaluator: unsupported filter ${raw}`);
+    const dc = ctx.url.searchParams.get("dc") || this.datacenter;
+    await this.indexed(ctx, ["catalog-services"], () => {
+      const nodes = [
+        ...[...this.meshGateways].flatMap(([name, { gateways }]) => gateways.map((g) => ({ ServiceName: name, ServiceKind: "mesh-gateway", Datacenter: g.datacenter ?? this.datacenter }))),
+        ...[...this.instances].flatMap(([service, { instances }]) => instances.map((i) => ({ ServiceName: i.native ? service : `${service}-sidecar-proxy`, ServiceKind: i.native ? "" : "connect-proxy", Datacenter: i.datacenter ?? this.datacenter }))),
+      ];
+      const out: Record<string, string[]> = {};
+      for (const n of nodes) if (n.Datacenter === dc && (!filter || filter(n))) out[n.ServiceName] = [];
+      return out;
+    });
   }
 
   private instanceEntry(service: string, inst: InstanceSpec, storedIndex: number): ServiceEntry {
