@@ -5,7 +5,9 @@
 // hold no key), web expects db's dc2 identity, and db's sidecar applies the intentions.
 import t, { type Test } from "tap";
 import { spawnSync } from "node:child_process";
-import { echoServer, hostPort, roundTrip, runMeshproxy, startSidecar, tempDir, type Sidecar } from "../helpers/mesh.js";
+import { writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { echoServer, hostPort, roundTrip, runMeshproxy, startSidecar, tcpApp, tempDir, type Sidecar } from "../helpers/mesh.js";
 import { startCapture, startGateway } from "../helpers/mesh-gateway.js";
 import { readDevCa } from "../helpers/certs.js";
 import { metric, pollUntil } from "../helpers/peers.js";
@@ -82,6 +84,26 @@ t.test("no mesh gateway for the mode: refused at web's sidecar with a message sa
   await startGateway(t, dir, "dc2");
   const through = await pollUntil(async () => (await roundTrip(local.upstream, "late").catch(() => Buffer.alloc(0))).toString() === "late", 10_000);
   t.not(through, null, "once gateways register, mode local carries traffic");
+});
+
+t.test("attacker: a rogue 'gateway' in dc1 that delivers to db in dc1 instead is refused by web's sidecar, which expects db's dc2 identity", { timeout: 120_000 }, async (t) => {
+  const dir = await tempDir(t);
+  let dc1Bytes = 0;
+  const dc1App = await tcpApp(t, (sock) => sock.on("data", (d: Buffer) => (dc1Bytes += d.length)));
+  // A real db in dc1, and a catalog entry in dc1 claiming to be a mesh gateway at db-dc1's public
+  // listener: whoever can write a catalog can only misdirect, never impersonate.
+  const dbDc1 = await startSidecar(t, dir, ["-service", "db", "-datacenter", "dc1", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${dc1App.port}`]);
+  const { port } = hostPort(dbDc1.publicAddr!);
+  await writeFile(join(dir, "catalog", "rogue-gateway.json"), JSON.stringify({ id: "rogue-gateway", service: "mesh-gateway", address: "127.0.0.1", port, protocol: "tcp", pid: process.pid, meta: {}, kind: "mesh-gateway" }));
+  const ca = await readDevCa(dir);
+  const sni = `db.default.dc2.internal.${ca.trustDomain}`;
+  const db2App = await echoServer(t);
+  await startSidecar(t, dir, ["-service", "db", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${db2App.port}`]);
+  const local = await web(t, dir, "local");
+  t.equal((await roundTrip(local.upstream, "for dc2 only").catch(() => Buffer.alloc(0))).length, 0, "nothing comes back");
+  t.equal(dc1Bytes, 0, "db's dc1 app never got a byte meant for dc2 (web's sidecar sends nothing before the identity check)");
+  const rejected = await pollUntil(async () => ((await metric(local.adminAddr, "meshproxy_upstream_identity_rejected_total", { envoy_cluster_name: sni })) ?? 0) >= 1, 5_000);
+  t.not(rejected, null, "counted as an identity rejection on db's dc2 cluster");
 });
 
 const haveTshark = spawnSync("sh", ["-c", "command -v tshark"]).status === 0;
