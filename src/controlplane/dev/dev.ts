@@ -254,15 +254,15 @@ export class DevControlPlane implements ControlPlane {
 
   private instanceOf(e: CatalogEntry, datacenter: string): ServiceInstance {
     return {
-        id: e.id,
-        service: e.service,
-        address: e.address,
-        port: e.port,
-        status: processAlive(e.pid) ? "passing" : "critical",
-        meta: e.meta,
-        tags: [],
-        node: { name: hostname(), datacenter, meta: {} },
-      };
+      id: e.id,
+      service: e.service,
+      address: e.address,
+      port: e.port,
+      status: processAlive(e.pid) ? "passing" : "critical",
+      meta: e.meta,
+      tags: [],
+      node: { name: hostname(), datacenter, meta: {} },
+    };
   }
 
   /** Compiles every upstream's chain; throws on entries that do not fit together. */
