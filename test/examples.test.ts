@@ -19,6 +19,15 @@ t.test("the demo (the README's first command) sends requests across a local mesh
   t.match(stdout, /done: 3 requests, 3 answered, 0 failed/);
 });
 
+t.test("the two-datacenters example carries TCP and HTTP across mesh gateways in modes local and remote, then stops everything", async (t) => {
+  const { stdout } = await run(process.execPath, [join(ROOT, "examples", "two-datacenters", "run.mjs")], { timeout: 90_000 });
+  t.match(stdout, /mode local: web → gateway dc1 → gateway dc2/);
+  t.match(stdout, /mode remote: web → gateway dc2/);
+  t.equal((stdout.match(/ ok$/gm) ?? []).length, 4, "TCP and HTTP in both modes");
+  t.match(stdout, /meshproxy_gateway_forwarded_total\{envoy_cluster_name="dc2\.internal\.[^"]+"\} 2/, "gateway dc1 passed the two local-mode connections to dc2");
+  t.match(stdout, /4 of 4 crossed\nstopped everything/);
+});
+
 t.test("the canary example's config entries parse and compile into a 95/5 split with failover", async (t) => {
   const { readdir, readFile } = await import("node:fs/promises");
   const { parseEntry } = await import("../src/controlplane/chain/entries.js");

@@ -44,8 +44,15 @@ export function parseHostPort(flag: string, raw: string, defaultHost: string, al
 }
 
 /**
+ * A destination in another datacenter, written as Consul's DNS names it: `db.service.dc2`
+ * (`<name>.service.<dc>`; `<name>.query.<dc>` for a prepared query).
+ */
+const IN_DATACENTER = /^(.+)\.(service|query)\.([^.]+)$/;
+
+/**
  * `-upstream name:port` or `name:host:port`, as Consul's built-in proxy takes it. The name may
- * carry `.service`; `.query` (prepared queries) needs a Consul agent.
+ * carry `.service`, or `.service.<dc>` for a destination in another datacenter; `.query`
+ * (prepared queries) needs a Consul agent.
  */
 export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest {
   const parts = raw.split(":");
@@ -53,6 +60,13 @@ export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest
     throw new UsageError(`-upstream "${raw}": want name:port or name:host:port, e.g. db:8181`);
   }
   let name = parts[0]!;
+  let datacenter: string | undefined;
+  const inDc = IN_DATACENTER.exec(name);
+  if (inDc) {
+    datacenter = inDc[3]!;
+    if (!isValidServiceName(datacenter)) throw new UsageError(`-upstream "${raw}": "${datacenter}" is not a datacenter name (letters, digits, - _), e.g. db.service.dc2:8181`);
+    name = `${inDc[1]!}.${inDc[2]!}`;
+  }
   if (name.endsWith(".service")) name = name.slice(0, -".service".length);
   else if (name.endsWith(".query")) {
     if (!allowQuery) throw new UsageError(`-upstream "${raw}": prepared queries (.query) need a Consul agent (-http-addr)`);
@@ -62,7 +76,7 @@ export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest
   }
   if (!isValidServiceName(name)) throw new UsageError(`-upstream "${raw}": "${name}" is not a valid service name`);
   const bind = parts.length === 2 ? { host: "127.0.0.1", port: parsePort("-upstream", raw, parts[1]!, true) } : parseHostPort("-upstream", `${parts[1]}:${parts[2]}`, "127.0.0.1", true);
-  return { name, bind };
+  return { name, bind, ...(datacenter !== undefined ? { datacenter } : {}) };
 }
 
 /** Go-style booleans: `-flag`, `-flag=true`, `-flag=false`. Commander passes the preset as a boolean. */

@@ -10,6 +10,7 @@ import { defaultDataDir } from "../controlplane/dev/state.js";
 import { DEFAULTS, type HostPort } from "../config/snapshot.js";
 import type { ProxyRequest } from "../controlplane/controlplane.js";
 import type { AgentTlsOptions } from "../controlplane/consul/client.js";
+import { MESH_GATEWAY_MODES, type MeshGatewayMode } from "../controlplane/chain/entries.js";
 import { parseAccessLogTarget, type AccessLogTarget } from "../telemetry/access-log.js";
 import type { ListenerLimits } from "../tcp/admission.js";
 
@@ -97,6 +98,7 @@ interface RawProxyOptions {
   gateway?: string;
   address?: string;
   wanAddress?: string;
+  meshGatewayMode?: string;
 }
 
 function collect(v: string, prev: string[]): string[] {
@@ -137,6 +139,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   if (o.serviceAddr && !o.listen) throw new UsageError("-service-addr needs -listen (the public mTLS listener's host:port)");
   if (o.register && !consul) throw new UsageError("-register registers the proxy in a Consul agent: give -http-addr or CONSUL_HTTP_ADDR (the dev control plane registers on its own)");
   const upstreams = o.upstream.map((u) => parseUpstream(u, consul !== null));
+  const meshGatewayMode = o.meshGatewayMode === undefined ? undefined : parseMeshGatewayMode(o.meshGatewayMode);
   const byName = new Map(upstreams.map((u) => [u.name, u]));
   const drainTimeoutMs = parseDurationMs(o.drainTimeout);
   if (drainTimeoutMs === null) throw new UsageError(`-drain-timeout "${o.drainTimeout}": want a duration like 15s`);
@@ -156,6 +159,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
       // Consul keys upstreams by name: a repeated name overwrites the earlier one.
       upstreams: [...byName.values()].sort((a, b) => a.name.localeCompare(b.name)),
       ...(o.meta.length > 0 ? { meta: parseMeta(o.meta) } : {}),
+      ...(meshGatewayMode ? { meshGatewayMode } : {}),
     },
     dataDir: o.dataDir,
     consul,
@@ -190,6 +194,7 @@ function checkGateway(o: RawProxyOptions, consul: boolean): GatewaySettings {
   const clash = [
     o.serviceAddr !== undefined ? "-service-addr" : null,
     o.upstream.length > 0 ? "-upstream" : null,
+    o.meshGatewayMode !== undefined ? "-mesh-gateway-mode" : null,
     o.configFile !== undefined ? "-config-file" : null,
     o.sidecarFor !== undefined ? "-sidecar-for (or CONNECT_SIDECAR_FOR)" : null,
     o.proxyId !== undefined ? "-proxy-id (or CONNECT_PROXY_ID)" : null,
@@ -200,6 +205,12 @@ function checkGateway(o: RawProxyOptions, consul: boolean): GatewaySettings {
   if (!consul && o.register) throw new UsageError("-register registers the gateway in a Consul agent: give -http-addr or CONSUL_HTTP_ADDR (with the dev control plane the gateway always registers in its catalog)");
   const listen = o.listen !== undefined ? parseHostPort("-listen", o.listen, "0.0.0.0", true) : address!;
   return { kind: "mesh", listen, address, wanAddress, register: consul ? o.register : true };
+}
+
+function parseMeshGatewayMode(raw: string): MeshGatewayMode {
+  const m = MESH_GATEWAY_MODES.find((x) => x === raw);
+  if (!m) throw new UsageError(`-mesh-gateway-mode "${raw}": want local (through this datacenter's mesh gateways), remote (the destination datacenter's) or none (dial the instances directly)`);
+  return m;
 }
 
 function positiveInt(flag: string, raw: string): number {
@@ -235,6 +246,7 @@ function checkConfigFileAlone(o: RawProxyOptions): void {
   const clash = [
     o.service !== undefined ? "-service" : null,
     o.upstream.length > 0 ? "-upstream" : null,
+    o.meshGatewayMode !== undefined ? "-mesh-gateway-mode" : null,
     o.listen !== undefined ? "-listen" : null,
     o.serviceAddr !== undefined ? "-service-addr" : null,
     o.proxyId !== undefined ? "-proxy-id (or CONNECT_PROXY_ID)" : null,
@@ -299,6 +311,7 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--register [bool]", "register the proxy in the Consul agent").argParser(parseBool("-register")).preset(true).default(false))
     .addOption(new Option("--register-id <suffix>", "suffix of the registered proxy's id (<service>-proxy-<suffix>)"))
     .addOption(new Option("--datacenter <dc>", "this proxy's datacenter (dev control plane: whose catalog; Consul: sent on every API request)"))
+    .addOption(new Option("--mesh-gateway-mode <mode>", "how upstreams in another datacenter are reached: local (this datacenter's mesh gateways), remote (theirs) or none (directly); an upstream's own setting wins"))
     .addOption(new Option("--gateway <kind>", "run a mesh gateway on -listen (kind: mesh): routes connections by SNI, never terminates TLS"))
     .addOption(new Option("--address <host:port>", "mesh gateway: LAN address to register (and bind, without -listen)"))
     .addOption(new Option("--wan-address <host:port>", "mesh gateway: WAN address other datacenters' gateways dial (default: the LAN address)"))

@@ -292,6 +292,11 @@ export class ClusterRuntime {
   /** Why nothing could be picked, for the 503 body and the log. */
   describeUnavailable(): string {
     const total = this.hosts.length;
+    const gw = this.cluster.meshGateway;
+    if (gw) {
+      if (total === 0) return `cluster "${this.name}": no mesh gateway in ${gw.datacenter} for mode ${gw.mode}`;
+      return `cluster "${this.name}": no healthy mesh gateway in ${gw.datacenter} (mode ${gw.mode}; ${total} registered: each counts as healthy while it is up and ${this.cluster.service} has a healthy instance in ${this.cluster.datacenter})`;
+    }
     if (total === 0) return `cluster "${this.name}": no instances registered`;
     const unhealthy = this.hosts.filter((h) => !h.endpoint.healthy).length;
     const ejected = this.ejectedCount;

@@ -25,6 +25,8 @@ export interface CompiledCluster {
   readonly failover: readonly string[];
   /** Reached from an http2/grpc upstream: its pooled connections offer h2. */
   readonly http2: boolean;
+  /** Set when the endpoints are mesh gateways (a target in another datacenter): for messages. */
+  readonly meshGateway: { readonly mode: "local" | "remote"; readonly datacenter: string } | null;
 }
 
 const POLICIES: ReadonlySet<LbPolicy> = new Set(["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"]);
@@ -112,5 +114,6 @@ export function compileCluster(c: Cluster, http2: boolean, field = `clusters[${c
     connectTimeoutMs,
     failover: c.failover ?? [],
     http2,
+    meshGateway: c.meshGateway ?? null,
   };
 }

@@ -91,6 +91,12 @@ export interface Cluster {
    * failover; Envoy's lower priorities).
    */
   readonly failover?: readonly string[];
+  /**
+   * Set when the endpoints are mesh gateways rather than the service's instances: a target in
+   * another datacenter reached in Consul's mesh gateway mode `local` (this datacenter's gateways)
+   * or `remote` (the target datacenter's). The SNI and expected SPIFFE ID stay the target's.
+   */
+  readonly meshGateway?: { readonly mode: "local" | "remote"; readonly datacenter: string };
 }
 
 export type IntentionAction = "allow" | "deny";

@@ -3,13 +3,16 @@
 // It never touches a socket; the proxy never calls back into it except to announce where its
 // public listener ended up (so the instance can be registered) and to withdraw it.
 import type { HostPort, Protocol, Snapshot } from "../config/snapshot.js";
-import type { UpstreamSettings } from "./chain/entries.js";
+import type { MeshGatewayMode, UpstreamSettings } from "./chain/entries.js";
 
 export interface UpstreamRequest {
   /** Destination service name. */
   readonly name: string;
   readonly bind: HostPort;
+  /** The destination's datacenter; absent: the proxy's own. */
   readonly datacenter?: string;
+  /** This upstream's MeshGateway.Mode; wins over every other level. */
+  readonly meshGatewayMode?: MeshGatewayMode;
   readonly connectTimeoutMs?: number;
   /** Limits, outlier detection and connect timeout for this destination (Consul's upstream Config). */
   readonly settings?: UpstreamSettings;
@@ -28,6 +31,8 @@ export interface ProxyRequest {
   readonly upstreams: readonly UpstreamRequest[];
   /** Service metadata registered with the instance (subset filters select on it). */
   readonly meta?: Readonly<Record<string, string>>;
+  /** The proxy instance's MeshGateway.Mode (-mesh-gateway-mode); an upstream's own wins over it. */
+  readonly meshGatewayMode?: MeshGatewayMode;
 }
 
 /** Where the proxy's public listener really is (port 0 resolved), for registration. */

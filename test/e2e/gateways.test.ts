@@ -4,30 +4,18 @@
 // to db's sidecar in dc2, which verifies web and applies dc2's intentions. The gateways hold no
 // key, and a packet capture shows the SNI in clear and never the payload.
 import t, { type Test } from "tap";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { once } from "node:events";
-import { connect as netConnect } from "node:net";
 import { readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
-import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type MeshProcess } from "../helpers/mesh.js";
+import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir } from "../helpers/mesh.js";
+import { startCapture, startGateway } from "../helpers/mesh-gateway.js";
 import { leafFor, readDevCa, spiffeFor, type DevCa } from "../helpers/certs.js";
 import { metric, pollUntil } from "../helpers/peers.js";
 import type { IssuedLeaf } from "../../src/index.js";
 import { startDouble, consulSidecar } from "../helpers/consul-mesh.js";
 import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
-
-interface Gateway extends MeshProcess {
-  readonly listen: string;
-  readonly adminAddr: string;
-}
-
-async function startGateway(t: Test, dir: string, dc: string, extra: string[] = []): Promise<Gateway> {
-  const p = runMeshproxy(t, ["-gateway", "mesh", "-datacenter", dc, "-listen", "127.0.0.1:0", "-data-dir", dir, "-log-json", "-admin-addr", "127.0.0.1:0", "-log-level", "debug", ...extra]);
-  const ready = await p.waitForLog((l) => l["@message"] === "gateway ready");
-  const admin = await p.waitForLog((l) => l["@message"] === "admin API listening");
-  return Object.assign(p, { listen: String(ready["listen"]), adminAddr: String(admin["address"]) });
-}
 
 interface Crossing {
   /** The far side's URI SAN, or null when the handshake did not complete. */
@@ -309,44 +297,14 @@ const haveTshark = spawnSync("sh", ["-c", "command -v tshark"]).status === 0;
 
 t.test("a capture of the gateway's traffic shows the SNI in clear and never the payload", { timeout: 90_000, skip: haveTshark ? false : "tshark is not installed (.ci/run installs it)" }, async (t) => {
   const { gw1, ca, web, sni } = await twoDatacenters(t);
-  const capDir = await tempDir(t);
-  const pcap = join(capDir, "gateway.pcap");
-  const port = hostPort(gw1.listen).port;
-  const cap = spawn("tshark", ["-i", "lo", "-f", `tcp port ${port}`, "-w", pcap], { stdio: ["ignore", "ignore", "pipe"] });
-  t.teardown(() => {
-    if (cap.exitCode === null) cap.kill("SIGKILL");
-  });
-  let capErr = "";
-  cap.stderr.setEncoding("utf8");
-  await new Promise<void>((resolve, reject) => {
-    cap.stderr.on("data", (d: string) => {
-      capErr += d;
-      // "Capturing on" comes before the capture really starts; this line comes after.
-      if (/Capture started/.test(capErr)) resolve();
-    });
-    cap.once("exit", () => reject(new Error(`tshark exited before capturing: ${capErr}`)));
-  });
+  const capture = await startCapture(t, hostPort(gw1.listen).port);
   const marker = "PLAINTEXT-MARKER-5f3a9c";
   const r = await cross(gw1.listen, sni, web, ca, marker.repeat(20));
   t.equal(r.received, marker.repeat(20), "the payload crossed");
-  // Captured packets reach the file in batches: a last plain connection (refused by the gateway
-  // as not TLS) is the sentinel, and once it is in the file everything sent before it is too.
-  const sentinel = "SENTINEL-NOT-TLS-7d1e";
-  const s = netConnect({ host: "127.0.0.1", port });
-  s.on("error", () => undefined);
-  s.end(`${sentinel}\r\n`);
-  await once(s, "close");
-  t.not(await pollUntil(async () => (await readFile(pcap).catch(() => Buffer.alloc(0))).includes(sentinel), 15_000), null, "the capture caught up");
-  cap.kill("SIGINT");
-  await once(cap, "exit");
-  const raw = await readFile(pcap);
+  const raw = await capture.finish();
   t.ok(raw.length > 0, "something was captured");
   t.ok(raw.includes(Buffer.from(sni)), "the SNI is in the capture, in clear");
   t.notOk(raw.includes(Buffer.from(marker)), "the plaintext marker is not");
-  // Not on 443, so tshark is told the port carries TLS.
-  const fields = spawn("tshark", ["-r", pcap, "-d", `tcp.port==${port},tls`, "-Y", "tls.handshake.extensions_server_name", "-T", "fields", "-e", "tls.handshake.extensions_server_name"], { stdio: ["ignore", "pipe", "ignore"] });
-  let names = "";
-  fields.stdout.setEncoding("utf8").on("data", (d: string) => (names += d));
-  await once(fields, "exit");
+  const names = await capture.serverNames();
   t.match(names, sni, "tshark decodes the ClientHello's server_name");
 });

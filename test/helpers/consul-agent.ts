@@ -263,6 +263,19 @@ export interface InstanceSpec {
   readonly weights?: { readonly passing: number; readonly warning: number } | undefined;
 }
 
+/** One mesh gateway instance for {@link ConsulAgentDouble.setMeshGateways} (Kind mesh-gateway). */
+export interface MeshGatewaySpec {
+  readonly id: string;
+  /** `Service.Address` and `Service.Port`: the LAN address, which its own datacenter dials. */
+  readonly address: string;
+  readonly port: number;
+  /** `Service.TaggedAddresses.wan`, which other datacenters dial; default the LAN address. */
+  readonly wan?: { readonly address: string; readonly port: number } | undefined;
+  /** Default the double's datacenter; served for `?dc=<that>`. */
+  readonly datacenter?: string | undefined;
+  readonly status?: CheckStatus | undefined;
+}
+
 export interface IntentionSpec {
   /** Source service name or `*`. */
   readonly source: string;
@@ -802,6 +815,7 @@ export class ConsulAgentDouble {
   private readonly checks = new Map<string, CheckState>();
   private proxyDefaults: JsonObject = {};
   private readonly instances = new Map<string, StoredInstances>();
+  private readonly meshGateways = new Map<string, { readonly gateways: readonly MeshGatewaySpec[]; readonly index: number }>();
   private readonly chains = new Map<string, JsonObject>();
   private readonly remoteGateways = new Map<string, readonly RemoteGatewaySpec[]>();
   private readonly configEntries = new Map<string, JsonObject>();
@@ -1833,6 +1847,41 @@ export class ConsulAgentDouble {
     this.bump([`health:${service}`, "catalog"]);
   }
 
+  /**
+   * Replaces the mesh gateways registered under `name` (Kind mesh-gateway): served by
+   * `/v1/health/service/:name` and listed by `/v1/catalog/services` (which filters on ServiceKind).
+   */
+  setMeshGateways(name: string, gateways: readonly MeshGatewaySpec[]): void {
+    this.meshGateways.set(name, { gateways, index: this.raftIndex + 1 });
+    this.bump([`gateway:${name}`, "catalog", "datacenters"]);
+  }
+
+  private meshGatewayEntry(name: string, g: MeshGatewaySpec, storedIndex: number): ServiceEntry {
+    const node = `node-${g.id}`;
+    const index = this.clamp(storedIndex);
+    const status = g.status ?? "passing";
+    const wan = g.wan ?? { address: g.address, port: g.port };
+    return {
+      Node: { ID: nodeUuid(node), Node: node, Address: g.address, Datacenter: g.datacenter ?? this.datacenter, TaggedAddresses: { lan: g.address, wan: wan.address }, Meta: {}, CreateIndex: index, ModifyIndex: index },
+      Service: {
+        Kind: "mesh-gateway",
+        ID: g.id,
+        Service: name,
+        Tags: [],
+        Address: g.address,
+        Meta: {},
+        Port: g.port,
+        Weights: { Passing: 1, Warning: 1 },
+        EnableTagOverride: false,
+        TaggedAddresses: { lan: { Address: g.address, Port: g.port }, wan: { Address: wan.address, Port: wan.port } },
+        Connect: {},
+        CreateIndex: index,
+        ModifyIndex: index,
+      },
+      Checks: [check(node, "serfHealth", "Serf Health Status", "passing", "", "", [], "serf"), check(node, `service:${g.id}`, "Mesh Gateway Listening", status, g.id, name, [], "tcp")],
+    };
+  }
+
   private instanceEntry(service: string, inst: InstanceSpec, storedIndex: number): ServiceEntry {
     const node = inst.node ?? `node-${inst.id}`;
     const nodeAddress = inst.nodeAddress ?? "127.0.0.1";
@@ -1968,18 +2017,29 @@ export class ConsulAgentDouble {
   }
 
   private datacenters(): string[] {
-    return [...new Set([this.datacenter, ...this.remoteGateways.keys()])].sort();
+    const gatewayDcs = [...this.meshGateways.values()].flatMap((m) => m.gateways.map((g) => g.datacenter ?? this.datacenter));
+    return [...new Set([this.datacenter, ...this.remoteGateways.keys(), ...gatewayDcs])].sort();
   }
 
   /** The catalog's service nodes in `dc`, as `ServiceNode`-like objects for filters. */
   private serviceNodes(dc: string): Array<{ ServiceName: string; ServiceKind: string; ServiceTags: readonly string[]; entry: ServiceEntry }> {
+    // Gateways stored with setMeshGateways, in whichever datacenter each names.
+    const gateways = [...this.meshGateways].flatMap(([name, stored]) =>
+      stored.gateways.filter((g) => (g.datacenter ?? this.datacenter) === dc).map((g) => {
+        const entry = this.meshGatewayEntry(name, g, stored.index);
+        return { ServiceName: name, ServiceKind: "mesh-gateway", ServiceTags: [] as readonly string[], entry };
+      }),
+    );
     if (dc !== this.datacenter) {
-      return (this.remoteGateways.get(dc) ?? []).map((g) => {
-        const entry = this.remoteGatewayEntry(dc, g);
-        return { ServiceName: entry.Service.Service, ServiceKind: "mesh-gateway", ServiceTags: [], entry };
-      });
+      return [
+        ...gateways,
+        ...(this.remoteGateways.get(dc) ?? []).map((g) => {
+          const entry = this.remoteGatewayEntry(dc, g);
+          return { ServiceName: entry.Service.Service, ServiceKind: "mesh-gateway", ServiceTags: [] as readonly string[], entry };
+        }),
+      ];
     }
-    const out: Array<{ ServiceName: string; ServiceKind: string; ServiceTags: readonly string[]; entry: ServiceEntry }> = [];
+    const out: Array<{ ServiceName: string; ServiceKind: string; ServiceTags: readonly string[]; entry: ServiceEntry }> = [...gateways];
     for (const [service, stored] of this.instances) {
       for (const i of stored.instances) {
         if ((i.datacenter ?? this.datacenter) !== dc) continue;

@@ -4,7 +4,7 @@
 // CompiledChain, so both feed one Snapshot builder.
 import type { Protocol } from "../../config/snapshot.js";
 import type { HeaderMutation, RouteMatch } from "../../config/http.js";
-import { EntryError, type ConfigEntry, type EntryKind, type RouteDestination, type ServiceResolver, type ServiceRouter, type ServiceSplitter, type ServiceDefaults, type ProxyDefaults } from "./entries.js";
+import { EntryError, type ConfigEntry, type EntryKind, type MeshGatewayMode, type RouteDestination, type ServiceResolver, type ServiceRouter, type ServiceSplitter, type ServiceDefaults, type ProxyDefaults } from "./entries.js";
 
 export interface ChainTarget {
   /** `[<subset>.]<service>.<namespace>.<datacenter>`, Consul's target id (without partition). */
@@ -22,6 +22,8 @@ export interface ChainTarget {
   /** Target ids to use, in order, when this target has no healthy instance. */
   readonly failover: readonly string[];
   readonly loadBalancer?: ServiceResolver["loadBalancer"];
+  /** How the target is reached when it is in another datacenter than the proxy (Consul's MeshGateway.Mode). */
+  readonly meshGatewayMode: MeshGatewayMode;
 }
 
 export interface ChainSplit {
@@ -66,7 +68,7 @@ export function serviceDefaults(lookup: EntryLookup, service: string): ServiceDe
   return e?.kind === "service-defaults" ? e : undefined;
 }
 
-function proxyDefaults(lookup: EntryLookup): ProxyDefaults | undefined {
+export function proxyDefaults(lookup: EntryLookup): ProxyDefaults | undefined {
   const e = lookup.get("proxy-defaults", "global");
   return e?.kind === "proxy-defaults" ? e : undefined;
 }
@@ -92,7 +94,17 @@ class Compiler {
     private readonly lookup: EntryLookup,
     private readonly namespace: string,
     private readonly datacenter: string,
+    private readonly meshGatewayOverride: MeshGatewayMode | undefined,
   ) {}
+
+  /**
+   * As Consul's chain compiler: the proxy's override (upstream, then proxy instance, its service's
+   * defaults, proxy-defaults; see meshGatewayOverride) wins, then the target service's own
+   * service-defaults, then proxy-defaults, then `none`.
+   */
+  private meshGatewayMode(service: string): MeshGatewayMode {
+    return this.meshGatewayOverride ?? serviceDefaults(this.lookup, service)?.meshGatewayMode ?? proxyDefaults(this.lookup)?.meshGatewayMode ?? "none";
+  }
 
   private resolverOf(service: string): ServiceResolver | undefined {
     const e = this.lookup.get("service-resolver", service);
@@ -110,7 +122,12 @@ class Compiler {
     const r = this.resolverOf(service);
     if (r?.redirect) {
       const red = r.redirect;
-      return this.resolve(red.service ?? service, red.serviceSubset ?? (red.service ? "" : subset), red.datacenter ?? datacenter, withFailover, hops + 1);
+      const next = { service: red.service ?? service, subset: red.serviceSubset ?? (red.service ? "" : subset), datacenter: red.datacenter ?? datacenter };
+      // As Consul: a redirect that lands on the target it started from (db redirected to db in
+      // dc2, now resolving db in dc2) has arrived; only a different target resolves again.
+      if (next.service !== service || next.subset !== subset || next.datacenter !== datacenter) {
+        return this.resolve(next.service, next.subset, next.datacenter, withFailover, hops + 1);
+      }
     }
     const sub = subset || r?.defaultSubset || "";
     const def = sub ? r?.subsets[sub] : undefined;
@@ -129,6 +146,7 @@ class Compiler {
       ...(r?.connectTimeoutMs !== undefined ? { connectTimeoutMs: r.connectTimeoutMs } : {}),
       failover: [],
       ...(r?.loadBalancer ? { loadBalancer: r.loadBalancer } : {}),
+      meshGatewayMode: this.meshGatewayMode(service),
     };
     this.targets[id] = target;
     const failover = failoverDefs.map((f) => this.resolve(f.service ?? service, f.serviceSubset ?? "", f.datacenter ?? datacenter, false, hops + 1)).filter((t) => t !== id);
@@ -173,15 +191,24 @@ function mergeSplits(legs: ChainSplit[]): ChainSplit[] {
   return [...by.values()];
 }
 
+/**
+ * The mode a proxy asks its chains to use (Consul's OverrideMeshGateway): the first one set of
+ * the upstream's own, the proxy instance's (-mesh-gateway-mode), the proxy's service-defaults
+ * MeshGateway, proxy-defaults MeshGateway. Undefined leaves it to each target's service.
+ */
+export function meshGatewayOverride(lookup: EntryLookup, source: string, upstream: MeshGatewayMode | undefined, instance: MeshGatewayMode | undefined): MeshGatewayMode | undefined {
+  return upstream ?? instance ?? serviceDefaults(lookup, source)?.meshGatewayMode ?? proxyDefaults(lookup)?.meshGatewayMode;
+}
+
 const CATCH_ALL: RouteMatch = { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] };
 
 /**
  * Compiles the chain for `service` as seen from a proxy in `datacenter`. Throws EntryError
  * naming the entry and field when the entries do not fit together.
  */
-export function compileChain(lookup: EntryLookup, service: string, opts: { namespace: string; datacenter: string }): CompiledChain {
+export function compileChain(lookup: EntryLookup, service: string, opts: { namespace: string; datacenter: string; meshGatewayOverride?: MeshGatewayMode }): CompiledChain {
   const protocol = serviceProtocol(lookup, service);
-  const c = new Compiler(lookup, opts.namespace, opts.datacenter);
+  const c = new Compiler(lookup, opts.namespace, opts.datacenter, opts.meshGatewayOverride);
   const re = lookup.get("service-router", service);
   const router: ServiceRouter | undefined = re?.kind === "service-router" ? re : undefined;
   const splitter = lookup.get("service-splitter", service);

@@ -3,6 +3,7 @@
 // durations as Go strings or integer nanoseconds. Parsing narrows to typed entries and names
 // the field when something is wrong.
 import { parseDurationMs } from "../../config/duration.js";
+import { isValidServiceName } from "../../config/validate.js";
 import type { Protocol } from "../../config/snapshot.js";
 import type { HashPolicy, HeaderMatch, HeaderMutation, LbPolicy, PathMatch, Permission, QueryParamMatch, RetryOn } from "../../config/http.js";
 
@@ -30,8 +31,17 @@ export function describeValue(v: unknown): string {
 export const ENTRY_KINDS = ["service-defaults", "proxy-defaults", "service-router", "service-splitter", "service-resolver"] as const;
 export type EntryKind = (typeof ENTRY_KINDS)[number];
 
+/**
+ * Consul's MeshGateway.Mode: how a target in another datacenter is reached. `none` dials its
+ * instances directly, `local` this datacenter's mesh gateways, `remote` the target datacenter's.
+ */
+export type MeshGatewayMode = "none" | "local" | "remote";
+export const MESH_GATEWAY_MODES: readonly MeshGatewayMode[] = ["none", "local", "remote"];
+
 export interface UpstreamSettings {
   readonly connectTimeoutMs?: number;
+  /** UpstreamConfig's MeshGateway.Mode for this destination. */
+  readonly meshGatewayMode?: MeshGatewayMode;
   readonly limits?: { readonly maxConnections?: number; readonly maxPendingRequests?: number; readonly maxConcurrentRequests?: number };
   readonly passiveHealthCheck?: {
     readonly intervalMs?: number;
@@ -50,12 +60,15 @@ export interface ServiceDefaults {
   readonly localRequestTimeoutMs?: number;
   readonly upstreamDefaults?: UpstreamSettings;
   readonly upstreamOverrides: ReadonlyArray<UpstreamSettings & { readonly name: string }>;
+  /** MeshGateway.Mode: the default for this service's upstreams, and for reaching this service. */
+  readonly meshGatewayMode?: MeshGatewayMode;
 }
 
 export interface ProxyDefaults {
   readonly kind: "proxy-defaults";
   readonly name: "global";
   readonly protocol?: Protocol;
+  readonly meshGatewayMode?: MeshGatewayMode;
 }
 
 export interface RouteDestination {
@@ -268,12 +281,26 @@ function protocol(f: Fields, k: string): Protocol | undefined {
   return found;
 }
 
+/**
+ * `MeshGateway: {"Mode": "local"}`. An empty or absent Mode is Consul's default (unset: the next
+ * level decides), not `none`.
+ */
+function meshGatewayMode(f: Fields): MeshGatewayMode | undefined {
+  const mg = f.obj("MeshGateway");
+  const m = mg?.str("Mode");
+  if (m === undefined) return undefined;
+  const found = MESH_GATEWAY_MODES.find((x) => x === m.toLowerCase());
+  if (!found) throw new EntryError(`${mg!.where}.Mode`, `${describeValue(m)} is not one of ${MESH_GATEWAY_MODES.join(", ")} (or empty for the default)`);
+  return found;
+}
+
 function upstreamSettings(f: Fields): UpstreamSettings {
   const limits = f.obj("Limits");
   const phc = f.obj("PassiveHealthCheck");
   const connectTimeoutMs = f.num("ConnectTimeoutMs");
   return {
     ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}),
+    ...opt("meshGatewayMode", meshGatewayMode(f)),
     ...(limits
       ? {
           limits: {
@@ -447,6 +474,12 @@ function splitter(f: Fields, name: string): ServiceSplitter {
   return { kind: "service-splitter", name, splits };
 }
 
+/** A datacenter ends up in SNIs, SPIFFE IDs and catalog paths: a simple name or an error. */
+function datacenterName(f: Fields, k: string, v: string | undefined): string | undefined {
+  if (v !== undefined && !isValidServiceName(v)) throw new EntryError(f.at(k), `${describeValue(v)} is not a datacenter name (letters, digits, - _), e.g. "dc2"`);
+  return v;
+}
+
 const LB: readonly LbPolicy[] = ["round_robin", "least_request", "random", "ring_hash", "maglev", "peak_ewma"];
 
 function resolver(f: Fields, name: string): ServiceResolver {
@@ -461,9 +494,13 @@ function resolver(f: Fields, name: string): ServiceResolver {
   const ff = f.obj("Failover");
   for (const k of ff?.keys() ?? []) {
     const x = Fields.of(ff!.at(k), ff!.raw(k));
-    const one = (t: Fields): FailoverTarget => ({ ...opt("service", t.str("Service")), ...opt("serviceSubset", t.str("ServiceSubset")), ...opt("datacenter", t.str("Datacenter")) });
+    const one = (t: Fields): FailoverTarget => ({ ...opt("service", t.str("Service")), ...opt("serviceSubset", t.str("ServiceSubset")), ...opt("datacenter", datacenterName(t, "Datacenter", t.str("Datacenter"))) });
     const targets = x.list("Targets").map(one);
-    failover[k] = targets.length > 0 ? targets : [one(x)];
+    // Consul's Failover: Targets, or Service/ServiceSubset in each of Datacenters, or one of them here.
+    const dcs = x.strList("Datacenters").map((d, i) => datacenterName(x, `Datacenters[${i}]`, d)!);
+    if (targets.length > 0 && dcs.length > 0) throw new EntryError(x.where, "set Targets or Datacenters, not both");
+    const here = one(x);
+    failover[k] = targets.length > 0 ? targets : dcs.length > 0 ? dcs.map((datacenter) => ({ ...here, datacenter })) : [here];
   }
   const red = f.obj("Redirect");
   const lb = f.obj("LoadBalancer");
@@ -494,7 +531,7 @@ function resolver(f: Fields, name: string): ServiceResolver {
     name,
     ...opt("defaultSubset", f.str("DefaultSubset")),
     subsets,
-    ...(red ? { redirect: { ...opt("service", red.str("Service")), ...opt("serviceSubset", red.str("ServiceSubset")), ...opt("datacenter", red.str("Datacenter")) } } : {}),
+    ...(red ? { redirect: { ...opt("service", red.str("Service")), ...opt("serviceSubset", red.str("ServiceSubset")), ...opt("datacenter", datacenterName(red, "Datacenter", red.str("Datacenter"))) } } : {}),
     failover,
     ...opt("connectTimeoutMs", f.duration("ConnectTimeout")),
     ...opt("requestTimeoutMs", f.duration("RequestTimeout")),
@@ -526,12 +563,13 @@ export function parseEntry(v: unknown, where: string): ConfigEntry {
           if (!n) throw new EntryError(o.where, "Name is required in an override");
           return { name: n, ...upstreamSettings(o) };
         }),
+        ...opt("meshGatewayMode", meshGatewayMode(f)),
       };
     }
     case "proxy-defaults": {
       if (name !== "global") throw new EntryError(`${where}.Name`, `proxy-defaults must be named "global"`);
       const cfg = f.obj("Config");
-      return { kind, name: "global", ...opt("protocol", cfg ? protocol(cfg, "protocol") : undefined) };
+      return { kind, name: "global", ...opt("protocol", cfg ? protocol(cfg, "protocol") : undefined), ...opt("meshGatewayMode", meshGatewayMode(f)) };
     }
     case "service-router":
       return router(f, name);

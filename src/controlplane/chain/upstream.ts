@@ -36,6 +36,8 @@ export interface ServiceInstance {
 export interface UpstreamBuild {
   readonly listener: UpstreamListener;
   readonly clusters: Record<string, Cluster>;
+  /** Why a cluster cannot carry traffic as built (no mesh gateway for its mode), for the operator's log. */
+  readonly problems: readonly string[];
 }
 
 export interface UpstreamBuildInput {
@@ -45,6 +47,10 @@ export interface UpstreamBuildInput {
   /** The source service's UpstreamConfig for this destination (defaults merged with the override). */
   readonly settings: UpstreamSettings | undefined;
   readonly trustDomain: string;
+  /** The proxy's own datacenter: targets elsewhere go through mesh gateways unless their mode is none. */
+  readonly localDatacenter: string;
+  /** A datacenter's mesh gateways (services of Kind mesh-gateway), as the catalog reports them. */
+  readonly gateways: (datacenter: string) => readonly ServiceInstance[];
 }
 
 function filterTarget(i: ServiceInstance): FilterTarget {
@@ -67,6 +73,34 @@ export function endpointsOf(t: Pick<ChainTarget, "filter" | "onlyPassing">, inst
       healthy: i.status === "passing" || (i.status === "warning" && !t.onlyPassing),
       meta: i.meta,
     }));
+}
+
+interface TargetEndpoints {
+  readonly endpoints: Endpoint[];
+  readonly meshGateway?: { readonly mode: "local" | "remote"; readonly datacenter: string };
+}
+
+/**
+ * A target's endpoints: its instances, or, for a target in another datacenter with mode local or
+ * remote, the mesh gateways that lead there. As Consul (agent/xds/endpoints.go), a gateway counts
+ * as healthy only while the target has a healthy instance behind it, so failover to the next
+ * target still happens when the far side has none; a gateway that is itself down is unhealthy too.
+ * No gateway means no endpoint, never a silent fallback to dialling the instances directly.
+ */
+function targetEndpoints(t: ChainTarget, input: UpstreamBuildInput): TargetEndpoints {
+  const instances = endpointsOf(t, input.instances(t.service, t.datacenter));
+  if (t.datacenter === input.localDatacenter || t.meshGatewayMode === "none") return { endpoints: instances };
+  const mode = t.meshGatewayMode;
+  const datacenter = mode === "local" ? input.localDatacenter : t.datacenter;
+  const reachable = instances.some((e) => e.healthy);
+  const endpoints = input.gateways(datacenter).map((g) => ({
+    id: g.id,
+    host: g.address,
+    port: g.port,
+    healthy: reachable && g.status !== "critical",
+    meta: g.meta,
+  }));
+  return { endpoints, meshGateway: { mode, datacenter } };
 }
 
 function outlierFrom(s: UpstreamSettings | undefined): OutlierDetection {
@@ -132,11 +166,14 @@ function clusterName(t: ChainTarget, trustDomain: string): string {
 export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
   const { upstream: u, chain, trustDomain, settings } = input;
   const clusters: Record<string, Cluster> = {};
+  const problems: string[] = [];
   const names: Record<string, string> = {};
   for (const t of Object.values(chain.targets)) names[t.id] = clusterName(t, trustDomain);
   for (const t of Object.values(chain.targets)) {
     const name = names[t.id]!;
     const connectTimeoutMs = settings?.connectTimeoutMs ?? t.connectTimeoutMs ?? u.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs;
+    const { endpoints, meshGateway } = targetEndpoints(t, input);
+    if (meshGateway && endpoints.length === 0) problems.push(`upstream "${u.name}": no mesh gateway in ${meshGateway.datacenter} for mode ${meshGateway.mode} (target ${t.id}); connections to it are refused until one is registered`);
     clusters[name] = {
       name,
       service: t.service,
@@ -145,7 +182,8 @@ export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
       sni: t.sni ?? serviceSni(t.service, t.namespace, t.datacenter, trustDomain, t.subset || undefined),
       // A subset is a slice of one service: every instance presents the service's identity.
       expectedSpiffeId: serviceSpiffeId({ trustDomain, namespace: t.namespace, datacenter: t.datacenter, service: t.service }),
-      endpoints: endpointsOf(t, input.instances(t.service, t.datacenter)),
+      endpoints,
+      ...(meshGateway ? { meshGateway } : {}),
       lb: lbFrom(t),
       outlierDetection: outlierFrom(settings),
       limits: limitsFrom(settings),
@@ -183,7 +221,7 @@ export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
     idleTimeoutMs: DEFAULTS.idleTimeoutMs,
     ...(routes.length > 0 ? { routes: { routes } } : {}),
   };
-  return { listener, clusters };
+  return { listener, clusters, problems };
 }
 
 /** The source service's settings for one destination: Defaults, then the matching Override. */

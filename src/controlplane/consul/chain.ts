@@ -4,7 +4,7 @@
 // so they are read by the config-entry parser.
 import type { Protocol } from "../../config/snapshot.js";
 import { parseDurationMs } from "../../config/duration.js";
-import { parseEntry, type RouterRoute, type ServiceResolver } from "../chain/entries.js";
+import { MESH_GATEWAY_MODES, parseEntry, type MeshGatewayMode, type RouterRoute, type ServiceResolver } from "../chain/entries.js";
 import type { ChainRoute, ChainSplit, ChainTarget, CompiledChain } from "../chain/compile.js";
 import { WireError } from "./wire.js";
 
@@ -26,6 +26,13 @@ function str(o: Obj, k: string): string {
 
 function asProtocol(p: string): Protocol {
   return p === "http" || p === "http2" || p === "grpc" ? p : "tcp";
+}
+
+/** The target's MeshGateway.Mode as the agent compiled it; empty (Consul's default) is none. */
+function meshGatewayMode(t: Obj): MeshGatewayMode {
+  const mg = isObj(t["MeshGateway"]) ? t["MeshGateway"] : {};
+  const m = str(mg, "Mode").toLowerCase();
+  return MESH_GATEWAY_MODES.find((x) => x === m) ?? "none";
 }
 
 const CATCH_ALL = { path: { kind: "prefix" as const, value: "/" }, headers: [], queryParams: [], methods: [] };
@@ -54,6 +61,7 @@ export function chainFromAgent(body: unknown, service: string): CompiledChain {
       ...(connectTimeoutMs !== null ? { connectTimeoutMs } : {}),
       ...(str(t, "SNI") ? { sni: str(t, "SNI") } : {}),
       failover: [],
+      meshGatewayMode: meshGatewayMode(t),
     };
   }
 

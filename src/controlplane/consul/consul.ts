@@ -20,13 +20,17 @@ import { logRejection, type Logger } from "../../telemetry/log.js";
 import type { AgentClient } from "./client.js";
 import { BlockingQuery, type BlockingOptions } from "./blocking.js";
 import {
+  MESH_GATEWAY_FILTER,
   parseAgentServices,
+  parseGatewayHealth,
   parseHealth,
   parseIntentionMatch,
   parseLeaf,
   parseProxyRegistration,
   parseRoots,
+  parseServiceNames,
   type CaRoots,
+  type GatewayEndpoint,
   type HealthEndpoint,
   type LeafCert,
   type ProxyRegistration,
@@ -40,6 +44,8 @@ import { DEFAULT_SCOPE, type LocalScope } from "../../authz/intentions.js";
 import { chainFromAgent } from "./chain.js";
 import { compileChain, entryIndex, type ChainTarget, type CompiledChain } from "../chain/compile.js";
 import { buildUpstream, type ServiceInstance } from "../chain/upstream.js";
+import type { MeshGatewayMode } from "../chain/entries.js";
+import { dcParam, gatewayDatacenters, gatewayInstances, targetInstances, withMeshGatewayMode } from "./mesh-gateways.js";
 
 export interface ConsulControlPlaneOptions {
   readonly client: AgentClient;
@@ -94,6 +100,10 @@ export class ConsulControlPlane implements ControlPlane {
   private readonly stopping = new AbortController();
   private readonly health = new Map<string, HealthEndpoint[]>();
   private readonly chains = new Map<string, ChainState>();
+  /** Mesh gateway service names per `dc` query value ("" = the agent's datacenter). */
+  private readonly gatewayNames = new Map<string, string[]>();
+  /** Mesh gateway instances per `<dc>|<name>`. */
+  private readonly gateways = new Map<string, GatewayEndpoint[]>();
   private version = 0;
   private lastFingerprint = "";
   private firstDelivered: (() => void) | null = null;
@@ -224,6 +234,7 @@ export class ConsulControlPlane implements ControlPlane {
           ...(u.datacenter ? { datacenter: u.datacenter } : {}),
           ...(u.connectTimeoutMs ? { connectTimeoutMs: u.connectTimeoutMs } : {}),
           ...(u.settings ? { settings: u.settings } : {}),
+          ...(u.meshGatewayMode ? { meshGatewayMode: u.meshGatewayMode } : {}),
         });
       }
     }
@@ -246,9 +257,37 @@ export class ConsulControlPlane implements ControlPlane {
     return compileChain(entryIndex([]), u.name, { namespace: DEFAULTS.namespace, datacenter: u.datacenter ?? datacenter });
   }
 
-  /** Every service the upstream's chain can send traffic to (subsets share their service). */
-  private servicesOf(u: UpstreamRequest): string[] {
-    return [...new Set(Object.values(this.chainOf(u, "").targets).map((t) => t.service))];
+  /** This proxy's datacenter, once its leaf says; null before. */
+  private localDatacenter(): string | null {
+    const id = this.leaf ? parseServiceSpiffeId(this.leaf.serviceUri) : null;
+    return id ? id.datacenter : null;
+  }
+
+  /** The mode the proxy imposes on an upstream's chain: the upstream's own, else the proxy instance's. */
+  private meshGatewayOverride(u: UpstreamRequest): MeshGatewayMode | undefined {
+    return u.meshGatewayMode ?? (this.agentMode ? this.registration?.meshGatewayMode : this.o.request.meshGatewayMode);
+  }
+
+  /** The chain as this proxy uses it: targets placed in a datacenter, the proxy's mode override applied. */
+  private effectiveChain(u: UpstreamRequest, local: string): CompiledChain {
+    return withMeshGatewayMode(withDatacenter(this.chainOf(u, local), u.datacenter ?? local), this.meshGatewayOverride(u));
+  }
+
+  /**
+   * Every (service, dc) the upstream's chain can send traffic to (subsets share their service):
+   * a target in another datacenter is read there, not in the upstream's.
+   */
+  private instancesWanted(u: UpstreamRequest): Array<{ service: string; dc: string }> {
+    const local = this.localDatacenter();
+    const fallback = u.datacenter ?? "";
+    if (local === null) return targetInstances(this.chainOf(u, ""), "", fallback).map((x) => ({ ...x, dc: x.dc === "" || x.dc === u.datacenter ? fallback : x.dc }));
+    return targetInstances(this.effectiveChain(u, local), local, fallback);
+  }
+
+  /** The `dc` values whose mesh gateways the upstream needs (none before the leaf says where we are). */
+  private gatewaysWanted(u: UpstreamRequest): string[] {
+    const local = this.localDatacenter();
+    return local === null ? [] : gatewayDatacenters(this.effectiveChain(u, local), local);
   }
 
   private watch<T>(key: string, opts: Omit<BlockingOptions<T>, "client" | "onError" | "waitMs" | "backoff" | "onValue">, onValue: (v: T) => void): void {
@@ -323,8 +362,7 @@ export class ConsulControlPlane implements ControlPlane {
         { path: `/v1/discovery-chain/${encodeURIComponent(u.name)}`, query: u.datacenter ? { "compile-dc": u.datacenter } : {}, mode: "index", parse: (b) => chainFromAgent(b, u.name) },
         (v) => this.chains.set(ck, v),
       );
-      const dc = u.datacenter ?? "";
-      for (const svc of this.servicesOf(u)) {
+      for (const { service: svc, dc } of this.instancesWanted(u)) {
         const hk = healthKey(svc, dc);
         wanted.add(`health:${hk}`);
         this.watch<HealthEndpoint[]>(
@@ -333,12 +371,31 @@ export class ConsulControlPlane implements ControlPlane {
           (v) => this.health.set(hk, v),
         );
       }
+      for (const dc of this.gatewaysWanted(u)) {
+        wanted.add(`gateways:${dc}`);
+        this.watch<string[]>(
+          `gateways:${dc}`,
+          { path: "/v1/catalog/services", query: { filter: MESH_GATEWAY_FILTER, ...(dc ? { dc } : {}) }, mode: "index", parse: parseServiceNames },
+          (v) => this.gatewayNames.set(dc, v),
+        );
+        for (const name of this.gatewayNames.get(dc) ?? []) {
+          const gk = healthKey(name, dc);
+          wanted.add(`gateway:${gk}`);
+          this.watch<GatewayEndpoint[]>(
+            `gateway:${gk}`,
+            { path: `/v1/health/service/${encodeURIComponent(name)}`, query: dc ? { dc } : {}, mode: "index", parse: (b) => parseGatewayHealth(b, name) },
+            (v) => this.gateways.set(gk, v),
+          );
+        }
+      }
     }
     for (const [key, q] of this.watches) {
       if (wanted.has(key)) continue;
       q.stop().catch(logRejection(this.log, `stopping the watch ${key}`, "debug"));
       this.watches.delete(key);
       if (key.startsWith("health:")) this.health.delete(key.slice(7));
+      if (key.startsWith("gateways:")) this.gatewayNames.delete(key.slice(9));
+      if (key.startsWith("gateway:")) this.gateways.delete(key.slice(8));
       if (key.startsWith("chain:")) this.chains.delete(key.slice(6));
       // The registration now names another service: its leaf and intentions must not stand in
       // for the new one's (a Snapshot would pair the old identity with the new listener).
@@ -376,7 +433,11 @@ export class ConsulControlPlane implements ControlPlane {
     const upstreams = this.upstreamRequests();
     for (const u of upstreams) {
       if (!this.chains.has(chainKey(u))) return null;
-      for (const svc of this.servicesOf(u)) if (!this.health.has(healthKey(svc, u.datacenter ?? ""))) return null;
+      for (const { service: svc, dc } of this.instancesWanted(u)) if (!this.health.has(healthKey(svc, dc))) return null;
+      for (const dc of this.gatewaysWanted(u)) {
+        const names = this.gatewayNames.get(dc);
+        if (!names || names.some((n) => !this.gateways.has(healthKey(n, dc)))) return null;
+      }
     }
     const leafId = parseServiceSpiffeId(leaf.serviceUri);
     const trustDomain = roots.trustDomain;
@@ -385,16 +446,21 @@ export class ConsulControlPlane implements ControlPlane {
     const clusters: Record<string, Cluster> = {};
     const listeners: UpstreamListener[] = [];
     for (const u of upstreams) {
-      const dcParam = u.datacenter ?? "";
       const built = buildUpstream({
         upstream: u,
-        chain: withDatacenter(this.chainOf(u, datacenter), u.datacenter ?? datacenter),
-        instances: (svc) => (this.health.get(healthKey(svc, dcParam)) ?? []).map((h) => instanceOf(h, svc, datacenter)),
+        chain: this.effectiveChain(u, datacenter),
+        instances: (svc, d) => (this.health.get(healthKey(svc, dcParam(d, datacenter))) ?? []).map((h) => instanceOf(h, svc, d)),
+        gateways: (d) => {
+          const dc = dcParam(d, datacenter);
+          return (this.gatewayNames.get(dc) ?? []).flatMap((name) => gatewayInstances(this.gateways.get(healthKey(name, dc)) ?? [], name, d, dc !== ""));
+        },
+        localDatacenter: datacenter,
         settings: u.settings,
         trustDomain,
       });
       listeners.push(built.listener);
       Object.assign(clusters, built.clusters);
+      for (const p of built.problems) this.warnOnce(p);
     }
     const local = this.localScope();
     const intentionList = snapshotIntentions(intentions.list, local);

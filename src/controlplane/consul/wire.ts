@@ -2,7 +2,7 @@
 // `null` stands for an empty list or map, as the agent writes them. Every failure names the
 // endpoint and field so a bad response can be told from a bad config.
 import { parseDurationMs } from "../../config/duration.js";
-import { EntryError, describeValue, parsePermissions, parseUpstreamSettings, type UpstreamSettings } from "../chain/entries.js";
+import { EntryError, MESH_GATEWAY_MODES, describeValue, parsePermissions, parseUpstreamSettings, type MeshGatewayMode, type UpstreamSettings } from "../chain/entries.js";
 import type { Permission } from "../../config/http.js";
 
 export class WireError extends Error {
@@ -161,6 +161,8 @@ export interface UpstreamDef {
   readonly localBindSocketPath: string;
   readonly connectTimeoutMs: number | undefined;
   readonly settings: UpstreamSettings | undefined;
+  /** `Upstreams[].MeshGateway.Mode`; undefined when empty (Consul's default: the next level decides). */
+  readonly meshGatewayMode: MeshGatewayMode | undefined;
 }
 
 export interface ProxyRegistration {
@@ -176,6 +178,17 @@ export interface ProxyRegistration {
   readonly localConnectTimeoutMs: number | undefined;
   readonly handshakeTimeoutMs: number | undefined;
   readonly upstreams: readonly UpstreamDef[];
+  /** `Proxy.MeshGateway.Mode`, with the agent's service-defaults and proxy-defaults merged in. */
+  readonly meshGatewayMode: MeshGatewayMode | undefined;
+}
+
+/** `MeshGateway: {Mode}`; empty is Consul's default (undefined here), anything else unknown is an error. */
+function meshGatewayMode(r: Reader): MeshGatewayMode | undefined {
+  const m = r.obj("MeshGateway").optStr("Mode");
+  if (m === "") return undefined;
+  const found = MESH_GATEWAY_MODES.find((x) => x === m);
+  if (!found) throw new WireError("/v1/agent/service", "MeshGateway.Mode", `${describeValue(m)} is not one of ${MESH_GATEWAY_MODES.join(", ")}`);
+  return found;
 }
 
 /** A millisecond setting from a free-form Config map: a number, or a numeric string. */
@@ -200,6 +213,7 @@ export function parseProxyRegistration(body: unknown, endpoint = "/v1/agent/serv
       localBindSocketPath: u.optStr("LocalBindSocketPath"),
       connectTimeoutMs: msSetting(ucfg.raw("connect_timeout_ms")),
       settings: parseUpstreamSettings(u.raw("Config"), `${endpoint} Upstreams[${u.optStr("DestinationName")}].Config`),
+      meshGatewayMode: meshGatewayMode(u),
     };
   });
   const protocol = cfg.raw("protocol");
@@ -216,6 +230,7 @@ export function parseProxyRegistration(body: unknown, endpoint = "/v1/agent/serv
     localConnectTimeoutMs: msSetting(cfg.raw("local_connect_timeout_ms")),
     handshakeTimeoutMs: msSetting(cfg.raw("handshake_timeout_ms")),
     upstreams,
+    meshGatewayMode: meshGatewayMode(p),
   };
 }
 
@@ -275,6 +290,58 @@ export function parseHealth(body: unknown, service: string): HealthEndpoint[] {
       healthy: checks.every((c) => c.optStr("Status") !== "critical"),
       meta: svc.strMap("Meta"),
     };
+  });
+}
+
+// ---- mesh gateways: /v1/catalog/services?filter=ServiceKind == "mesh-gateway", /v1/health/service/:name ----
+
+/** The filter that lists a datacenter's mesh gateway services (Consul's ServiceKind). */
+export const MESH_GATEWAY_FILTER = 'ServiceKind == "mesh-gateway"';
+
+/** `/v1/catalog/services`: the service names (keys); their tags are not needed. */
+export function parseServiceNames(body: unknown): string[] {
+  if (body === null) return [];
+  return Reader.of("/v1/catalog/services", body).keys().sort();
+}
+
+export interface GatewayEndpoint {
+  readonly id: string;
+  readonly node: string;
+  readonly datacenter: string;
+  /** The LAN address (Service.Address, else the node's), which the gateway's own datacenter dials. */
+  readonly lan: { readonly address: string; readonly port: number };
+  /** The WAN address (Service.TaggedAddresses.wan), which other datacenters dial; the LAN one when absent. */
+  readonly wan: { readonly address: string; readonly port: number };
+  readonly status: "passing" | "warning" | "critical";
+  readonly meta: Record<string, string>;
+}
+
+/** `/v1/health/service/<gateway>`: the entries of Kind mesh-gateway; anything else under that name is left out. */
+export function parseGatewayHealth(body: unknown, name: string): GatewayEndpoint[] {
+  const ep = `/v1/health/service/${name}`;
+  if (body === null) return [];
+  if (!Array.isArray(body)) throw new WireError(ep, "$", "want an array of service entries");
+  return body.flatMap((entry, i) => {
+    const r = Reader.of(ep, entry, `$[${i}]`);
+    const node = r.obj("Node");
+    const svc = r.obj("Service");
+    if (svc.optStr("Kind") !== "mesh-gateway") return [];
+    const statuses = r.arr("Checks").map((c) => c.optStr("Status"));
+    const lan = { address: svc.optStr("Address") || node.str("Address"), port: svc.num("Port") };
+    const tagged = svc.obj("TaggedAddresses").obj("wan");
+    const wanAddress = tagged.optStr("Address");
+    const wanPort = tagged.optNum("Port");
+    return [
+      {
+        id: svc.str("ID"),
+        node: node.optStr("Node"),
+        datacenter: node.optStr("Datacenter"),
+        lan,
+        wan: wanAddress && wanPort ? { address: wanAddress, port: wanPort } : lan,
+        status: statuses.includes("critical") ? "critical" : statuses.includes("warning") ? "warning" : "passing",
+        meta: svc.strMap("Meta"),
+      },
+    ];
   });
 }
 

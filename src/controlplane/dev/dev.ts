@@ -22,13 +22,14 @@ import type { IssuedLeaf } from "../../identity/ca.js";
 import { issueLeafInWorker } from "../../identity/ca-worker.js";
 import { serviceSpiffeId } from "../../identity/spiffe.js";
 import { ENTRY_KINDS, type ConfigEntry } from "../chain/entries.js";
-import { compileChain, entryIndex, serviceDefaults, serviceProtocol, type EntryLookup } from "../chain/compile.js";
+import { compileChain, entryIndex, meshGatewayOverride, serviceDefaults, serviceProtocol, type EntryLookup } from "../chain/compile.js";
 import { buildUpstream, upstreamSettingsFor, type ServiceInstance } from "../chain/upstream.js";
 import {
   StateError,
   catalogDir,
   deregisterInstance,
   ensureCa,
+  listDatacenters,
   openStateDir,
   paths,
   processAlive,
@@ -70,7 +71,10 @@ export class DevControlPlane implements ControlPlane {
   private leaf: IssuedLeaf | null = null;
   /** The last intentions read whole and valid; null until the first such read. */
   private intentions: IntentionPolicy | null = null;
-  private catalog: CatalogEntry[] = [];
+  /** Every datacenter's catalog in the state directory, by datacenter. */
+  private catalogs = new Map<string, CatalogEntry[]>();
+  /** Upstreams that cannot carry traffic as configured (no mesh gateway): each said once while it lasts. */
+  private upstreamProblems = new Set<string>();
   /** The last set of config entries that compiled; null until the first. A broken edit never replaces it. */
   private entries: ConfigEntry[] | null = null;
   /** Settles start(): the first Snapshot delivered, or stop() before one could be. */
@@ -196,9 +200,24 @@ export class DevControlPlane implements ControlPlane {
       // Keep the last good intentions; say so once per distinct problem, not every poll.
       this.reportOnce("intentions", `${messageOf(e)}; ${this.intentions ? "the previous intentions stay in force" : NOT_SERVING}`);
     }
-    const { entries, problems } = await readCatalog(dataDir, this.catalogPath);
-    this.catalog = entries;
-    for (const p of problems) this.reportOnce("catalog", p.message);
+    // Every datacenter's catalog: upstreams in another datacenter need its instances (mode none,
+    // and the health behind a gateway) and its mesh gateways (mode remote).
+    const home = this.ca!.config.datacenter;
+    const catalogs = new Map<string, CatalogEntry[]>();
+    let datacenters: string[];
+    try {
+      datacenters = await listDatacenters(dataDir, home);
+    } catch (e) {
+      this.reportOnce("catalog", messageOf(e));
+      datacenters = [this.datacenter];
+    }
+    if (!datacenters.includes(this.datacenter)) datacenters.push(this.datacenter);
+    for (const dc of datacenters) {
+      const { entries, problems } = await readCatalog(dataDir, catalogDir(dataDir, dc, home));
+      catalogs.set(dc, entries);
+      for (const p of problems) this.reportOnce("catalog", p.message);
+    }
+    this.catalogs = catalogs;
     const read = await readEntries(dataDir);
     const keep = this.entries ? "the previous config entries stay in force" : NOT_SERVING;
     for (const p of read.problems) this.reportOnce("config-entries", `${p.message}; ${keep}`);
@@ -220,24 +239,34 @@ export class DevControlPlane implements ControlPlane {
     this.report(new ControlPlaneError(resource, message));
   }
 
+  /** The instances of `service` registered in `datacenter`'s catalog (not this proxy's own catalog: a target may be elsewhere). */
   private instancesOf(service: string, datacenter: string): ServiceInstance[] {
-    return this.catalog
+    return (this.catalogs.get(datacenter) ?? [])
       // A mesh gateway is not an instance of a service, whatever it is named.
       .filter((e) => e.service === service && e.kind === undefined)
-      .map((e) => ({
-        id: e.id,
-        service: e.service,
-        address: e.address,
-        port: e.port,
-        status: processAlive(e.pid) ? "passing" : "critical",
-        meta: e.meta,
-        tags: [],
-        node: { name: hostname(), datacenter, meta: {} },
-      }));
+      .map((e) => this.instanceOf(e, datacenter));
+  }
+
+  /** The mesh gateways registered in `datacenter`'s catalog. */
+  private gatewaysOf(datacenter: string): ServiceInstance[] {
+    return (this.catalogs.get(datacenter) ?? []).filter((e) => e.kind === "mesh-gateway").map((e) => this.instanceOf(e, datacenter));
+  }
+
+  private instanceOf(e: CatalogEntry, datacenter: string): ServiceInstance {
+    return {
+      id: e.id,
+      service: e.service,
+      address: e.address,
+      port: e.port,
+      status: processAlive(e.pid) ? "passing" : "critical",
+      meta: e.meta,
+      tags: [],
+      node: { name: hostname(), datacenter, meta: {} },
+    };
   }
 
   /** Compiles every upstream's chain; throws on entries that do not fit together. */
-  private compileAll(lookup: EntryLookup): { listeners: UpstreamListener[]; clusters: Record<string, Cluster> } {
+  private compileAll(lookup: EntryLookup): { listeners: UpstreamListener[]; clusters: Record<string, Cluster>; problems: string[] } {
     const ca = this.ca!;
     const { trustDomain } = ca.config;
     const datacenter = this.datacenter;
@@ -245,20 +274,26 @@ export class DevControlPlane implements ControlPlane {
     const own = serviceDefaults(lookup, req.service);
     const listeners: UpstreamListener[] = [];
     const clusters: Record<string, Cluster> = {};
+    const problems: string[] = [];
     for (const u of req.upstreams) {
       const dc = u.datacenter ?? datacenter;
-      const chain = compileChain(lookup, u.name, { namespace: DEFAULTS.namespace, datacenter: dc });
+      const settings = upstreamSettingsFor(own?.upstreamDefaults, own?.upstreamOverrides ?? [], u.name);
+      const override = meshGatewayOverride(lookup, req.service, u.meshGatewayMode ?? settings?.meshGatewayMode, req.meshGatewayMode);
+      const chain = compileChain(lookup, u.name, { namespace: DEFAULTS.namespace, datacenter: dc, ...(override ? { meshGatewayOverride: override } : {}) });
       const built = buildUpstream({
         upstream: u,
         chain,
         instances: (svc, d) => this.instancesOf(svc, d),
-        settings: upstreamSettingsFor(own?.upstreamDefaults, own?.upstreamOverrides ?? [], u.name),
+        gateways: (d) => this.gatewaysOf(d),
+        localDatacenter: datacenter,
+        settings,
         trustDomain,
       });
       listeners.push(built.listener);
       Object.assign(clusters, built.clusters);
+      problems.push(...built.problems);
     }
-    return { listeners, clusters };
+    return { listeners, clusters, problems };
   }
 
   private build(intentions: IntentionPolicy, entries: readonly ConfigEntry[]): Snapshot {
@@ -281,7 +316,8 @@ export class DevControlPlane implements ControlPlane {
       notAfter: leaf.notAfter,
     };
     const lookup = entryIndex(entries);
-    const { listeners, clusters } = this.compileAll(lookup);
+    const { listeners, clusters, problems } = this.compileAll(lookup);
+    this.warnUpstreamProblems(problems);
     const own = serviceDefaults(lookup, req.service);
     const pl = req.publicListener;
     return {
@@ -304,6 +340,12 @@ export class DevControlPlane implements ControlPlane {
       clusters,
       intentions,
     };
+  }
+
+  /** Not a control-plane error (the state is valid), but the operator must hear it: once while it lasts. */
+  private warnUpstreamProblems(problems: readonly string[]): void {
+    for (const p of problems) if (!this.upstreamProblems.has(p)) this.log.warn("upstream cannot carry traffic", { error: p });
+    this.upstreamProblems = new Set(problems);
   }
 
   private emitIfChanged(): void {
