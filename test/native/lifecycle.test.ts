@@ -70,3 +70,21 @@ t.test("a served Service is in the catalog; after close() it is not, and the pro
   t.match(out.during[0], /^api-native-\d+-1\.json$/, "under an id naming the native instance");
   t.same(out.after, [], "close() removed it");
 });
+
+t.test("a Service starts in an app run with node --input-type=module -e (the dev CA's worker does not inherit the flag)", async (t) => {
+  const dir = await tempDir(t);
+  const env = { ...process.env, CONSUL_HTTP_ADDR: "" };
+  delete env["NODE_OPTIONS"];
+  const script = `const { Service, createLogger } = await import(${JSON.stringify(DIST)});
+    const svc = await Service.create({ name: "api", dataDir: ${JSON.stringify(dir)}, logger: createLogger({ level: "error" }) });
+    console.log(svc.spiffeId);
+    await svc.close();`;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script], { stdio: ["ignore", "pipe", "pipe"], env });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
+  child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+  const [code] = (await once(child, "exit")) as [number | null];
+  t.equal(code, 0, `exits 0 ${stderr}`);
+  t.match(stdout, /^spiffe:\/\/.+\/svc\/api\n$/, "the Service got its leaf");
+});
