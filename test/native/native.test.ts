@@ -9,6 +9,7 @@ import { configWrite } from "../helpers/l7.js";
 import { fetchUntil, serve, service } from "./helpers.js";
 import { MeshNameError, NoHealthyUpstreamError } from "../../src/index.js";
 import { sample } from "../helpers/peers.js";
+import { foreignLeaf, leafFor, readDevCa, tlsExchange } from "../helpers/certs.js";
 
 async function intentions(dir: string, defaultAction: "allow" | "deny", list: unknown[]): Promise<void> {
   const file = join(dir, "intentions.json");
@@ -115,4 +116,26 @@ t.test("names that are not mesh services are refused with what to write", async 
   const none = await bad("https://nobody.service.consul/");
   t.type(none, NoHealthyUpstreamError, "a service with no instance fails with no healthy upstream");
   t.match(String(none), /no instances registered/, "and says so");
+});
+
+t.test("callers without a mesh identity are refused before the app, each with its reason counted", async (t) => {
+  const dir = await tempDir(t);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const served = await serve(t, api);
+  const ca = await readDevCa(dir);
+  const addr = `127.0.0.1:${served.port}`;
+  const request = "GET / HTTP/1.1\r\nhost: api\r\n\r\n";
+  const none = await tlsExchange(addr, request);
+  const foreign = await tlsExchange(addr, request, await foreignLeaf(ca.trustDomain, "web"));
+  const otherDomain = await tlsExchange(addr, request, await leafFor(ca, "web", { trustDomain: "00000000-0000-0000-0000-000000000000.consul" }));
+  const good = await tlsExchange(addr, request, await leafFor(ca, "web"));
+  for (const [what, x] of [["no certificate", none], ["a certificate from another CA", foreign], ["another trust domain", otherDomain]] as const) {
+    t.equal(x.data.length, 0, `${what}: no answer at all`);
+  }
+  t.match(good.data.toString(), /^HTTP\/1\.1 200/, "a mesh leaf of the trust domain gets an answer");
+  t.same(served.seen.map((s) => s.peer), ["web"], "the app saw only the good caller");
+  const text = await api.metrics.registry.metrics();
+  for (const reason of ["no_client_cert", "untrusted_certificate", "wrong_trust_domain"]) {
+    t.equal(sample(text, "meshproxy_inbound_rejected_total", { reason }), 1, `counted as ${reason}`);
+  }
 });
