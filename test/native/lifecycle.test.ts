@@ -15,7 +15,7 @@ async function runScript(t: Teardown, script: string, timeoutMs = 20_000): Promi
   const file = join(await tempDir(t), "app.mjs");
   await writeFile(file, script);
   const started = performance.now();
-  const env = { ...process.env, CONSUL_HTTP_ADDR: "" };
+  const env: NodeJS.ProcessEnv = { ...process.env, CONSUL_HTTP_ADDR: "" };
   delete env["NODE_OPTIONS"];
   const child = spawn(process.execPath, [file], { stdio: ["ignore", "pipe", "pipe"], env });
   let stdout = "";
@@ -73,7 +73,7 @@ t.test("a served Service is in the catalog; after close() it is not, and the pro
 
 t.test("a Service starts in an app run with node --input-type=module -e (the dev CA's worker does not inherit the flag)", async (t) => {
   const dir = await tempDir(t);
-  const env = { ...process.env, CONSUL_HTTP_ADDR: "" };
+  const env: NodeJS.ProcessEnv = { ...process.env, CONSUL_HTTP_ADDR: "" };
   delete env["NODE_OPTIONS"];
   const script = `const { Service, createLogger } = await import(${JSON.stringify(DIST)});
     const svc = await Service.create({ name: "api", dataDir: ${JSON.stringify(dir)}, logger: createLogger({ level: "error" }) });
