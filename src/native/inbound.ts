@@ -4,9 +4,9 @@
 // sidecar's public listener: chain verified against the mesh roots, the SPIFFE ID read and its
 // trust domain pinned (identity/peer.ts), intentions compiled per Snapshot (authz/), L7
 // permissions per request against the canonical request target (http/request-target.ts).
-import { IncomingMessage, ServerResponse } from "node:http";
+import { IncomingMessage, ServerResponse, type IncomingHttpHeaders } from "node:http";
+import type { ServerHttp2Stream } from "node:http2";
 import { TLSSocket, type Server as TlsServer, type TlsOptions } from "node:tls";
-import type { Socket } from "node:net";
 import type { Protocol, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { CompiledIntentions, hasPermissions, scopeOf } from "../authz/intentions.js";
@@ -65,9 +65,38 @@ export function serverOptions(tls: TlsMaterial): TlsOptions {
   };
 }
 
+/**
+ * Where a connection's verified caller is kept: a symbol property of its TLS socket, because
+ * node:http2 hands requests and streams a proxy of the socket (a WeakMap keyed by the socket
+ * would not find it there), and the proxy passes property reads through.
+ */
+const PEER = Symbol("meshproxy.peer");
+
+class VerifiedPeer implements Peer {
+  constructor(
+    readonly spiffeId: string,
+    readonly trustDomain: string,
+    readonly partition: string,
+    readonly namespace: string,
+    readonly datacenter: string,
+    readonly service: string,
+  ) {}
+}
+
+/** The caller verified on this socket (or a node:http2 proxy of it), or null. */
+export function verifiedPeer(socket: object | null | undefined): Peer | null {
+  if (socket === null || socket === undefined) return null;
+  try {
+    const p: unknown = Reflect.get(socket, PEER);
+    return p instanceof VerifiedPeer ? p : null;
+  } catch {
+    // node:http2's socket proxy throws once its session has let go of the socket: no caller left.
+    return null;
+  }
+}
+
 export class InboundGate {
   private readonly servers = new Set<TlsServer>();
-  private readonly peers = new WeakMap<Socket, Peer>();
 
   constructor(
     private policy: InboundPolicy,
@@ -89,10 +118,6 @@ export class InboundGate {
     return serverOptions(this.tls);
   }
 
-  peerOf(s: Socket): Peer | null {
-    return this.peers.get(s) ?? null;
-  }
-
   /**
    * Guards a TLS server: every secure connection is verified and authorized before any listener
    * of the server sees it, every HTTP request authorized before the app's handler runs, and the
@@ -110,8 +135,12 @@ export class InboundGate {
         const s = args[0];
         if (!(s instanceof TLSSocket) || !this.admit(s)) return false;
       } else if (event === "request") {
+        // HTTP/1.1. HTTP/2 requests were authorized as streams (below) before node made them requests.
         const [req, res] = args;
         if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(req, res)) return true;
+      } else if (event === "stream") {
+        const [stream, headers] = args;
+        if (isServerStream(stream) && isHeaders(headers) && !this.authorizeStream(stream, headers)) return true;
       }
       return emit(event, ...args);
     };
@@ -139,7 +168,8 @@ export class InboundGate {
     // An L7 intention on an http service decides per request; anything else decides here.
     const perRequest = policy.l7 !== null && decision.intention !== null && hasPermissions(decision.intention);
     if (!decision.allowed && !perRequest) return this.refuse(s, "denied_by_intention", decision.reason, { source: id.uri, destination: policy.service });
-    this.peers.set(s, { ...id.id, spiffeId: id.uri });
+    const { trustDomain, partition, namespace, datacenter, service } = id.id;
+    Object.defineProperty(s, PEER, { value: new VerifiedPeer(id.uri, trustDomain, partition, namespace, datacenter, service) });
     return true;
   }
 
@@ -149,31 +179,60 @@ export class InboundGate {
    * so a revoked permission stops applying to keep-alive connections too.
    */
   private authorizeRequest(req: IncomingMessage, res: Reply): boolean {
-    const peer = this.peers.get(req.socket);
-    if (!peer) return reply(res, 403, "no verified caller on this connection");
+    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
+    if (typeof verdict !== "string") return reply(res, verdict.status, verdict.body);
+    req.url = verdict;
+    return true;
+  }
+
+  /** An HTTP/2 stream (node's compat requests are made from these, so both APIs are covered). */
+  private authorizeStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean {
+    const method = headers[":method"];
+    const path = headers[":path"];
+    const verdict = this.check(verifiedPeer(stream.session?.socket), typeof method === "string" ? method : "GET", typeof path === "string" ? path : "/", headers);
+    if (typeof verdict === "string") {
+      headers[":path"] = verdict;
+      return true;
+    }
+    stream.respond({ ":status": verdict.status, "content-type": "text/plain; charset=utf-8" });
+    stream.end(`${verdict.body}\n`);
+    return false;
+  }
+
+  /** The canonical target to hand the app, or the refusal to answer. */
+  private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders): string | { status: number; body: string } {
+    if (!peer) return { status: 403, body: "no verified caller on this connection" };
     const l7 = this.policy.l7;
-    if (l7 === null) return true;
-    const target = parseRequestTarget(req.url ?? "/");
+    if (l7 === null) return url;
+    const target = parseRequestTarget(url);
     if (!target.ok) {
       this.metrics.reject("invalid_request_target");
-      return reply(res, 400, refusalDetail(target));
+      return { status: 400, body: refusalDetail(target) };
     }
     const decision = l7.forSource(peer).authorize({
-      method: req.method ?? "GET",
+      method,
       path: target.path,
       header: (n: string) => {
-        const v = req.headers[n];
+        const v = headers[n];
         return Array.isArray(v) ? v.join(", ") : v;
       },
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
-      this.log.info("request denied by intention", { source: peer.spiffeId, method: req.method, path: target.path, reason: decision.reason });
-      return reply(res, 403, decision.reason);
+      this.log.info("request denied by intention", { source: peer.spiffeId, method, path: target.path, reason: decision.reason });
+      return { status: 403, body: decision.reason };
     }
-    req.url = target.path + target.query;
-    return true;
+    return target.path + target.query;
   }
+}
+
+/** node:http2 does not export its stream classes: a server stream is what can respond. */
+function isServerStream(x: unknown): x is ServerHttp2Stream {
+  return typeof x === "object" && x !== null && "respond" in x && typeof x.respond === "function" && "session" in x;
+}
+
+function isHeaders(h: unknown): h is IncomingHttpHeaders {
+  return typeof h === "object" && h !== null;
 }
 
 /** What a refusal needs of a response (node's ServerResponse, whatever its request type). */

@@ -27,7 +27,8 @@ import { RouteCompileError } from "../http/route-match.js";
 import { loadUndici } from "../http/undici.js";
 import { Metrics } from "../telemetry/metrics.js";
 import { createLogger, logRejection, type Logger } from "../telemetry/log.js";
-import { InboundGate, compileInbound, type InboundPolicy, type Peer } from "./inbound.js";
+import { InboundGate, compileInbound, verifiedPeer, type InboundPolicy, type Peer } from "./inbound.js";
+import { Http2ServerRequest } from "node:http2";
 import type { MeshDispatcher, ResolvedUpstream, UpstreamResolver } from "./dispatcher.js";
 import { serviceOfName } from "./names.js";
 import { DialError } from "./errors.js";
@@ -240,8 +241,8 @@ export class Service {
   }
 
   /** The verified caller of a request or connection accepted by an attached server; null otherwise. */
-  peerOf(x: IncomingMessage | Socket): Peer | null {
-    return this.inbound.peerOf(x instanceof IncomingMessage ? x.socket : x);
+  peerOf(x: IncomingMessage | Http2ServerRequest | Socket): Peer | null {
+    return verifiedPeer(x instanceof IncomingMessage || x instanceof Http2ServerRequest ? x.socket : x);
   }
 
   private register(server: TlsServer): void {

@@ -2,6 +2,9 @@
 // identity on the request, intentions at the handshake and per request, dial(), and names.
 import t from "tap";
 import { rename, writeFile } from "node:fs/promises";
+import { once } from "node:events";
+import { connect, createSecureServer } from "node:http2";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { fetch } from "undici";
 import { tempDir } from "../helpers/mesh.js";
@@ -138,4 +141,37 @@ t.test("callers without a mesh identity are refused before the app, each with it
   for (const reason of ["no_client_cert", "untrusted_certificate", "wrong_trust_domain"]) {
     t.equal(sample(text, "meshproxy_inbound_rejected_total", { reason }), 1, `counted as ${reason}`);
   }
+});
+
+t.test("an HTTP/2 server of the service gets the same checks: identity per connection, L7 per stream", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http2" });
+  await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const seen: string[] = [];
+  const server = api.attach(
+    createSecureServer(api.serverTLSOptions(), (req, res) => {
+      seen.push(`${req.url} from ${api.peerOf(req)?.service ?? "?"}`);
+      res.end("ok");
+    }),
+  );
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise((r) => server.close(r)));
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const session = connect(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { ca: ca.certPem, cert: web.certPem, key: web.keyPem, checkServerIdentity: () => undefined });
+  t.teardown(() => session.close());
+  const get = (path: string) =>
+    new Promise<number>((resolve, reject) => {
+      const s = session.request({ ":path": path });
+      s.on("response", (h) => resolve(Number(h[":status"])));
+      s.on("error", reject);
+      s.resume();
+    });
+  t.equal(await get("/public/a"), 200, "an allowed path is served");
+  t.equal(await get("/private"), 403, "a path no permission allows is refused on its stream");
+  t.equal(await get("/public/../private"), 403, "checked on the canonical path");
+  t.equal(await get("/public/./b"), 200, "the session is still usable");
+  t.same(seen, ["/public/a from web", "/public/b from web"], "the app saw only allowed requests, canonical, with the caller");
 });
