@@ -4,7 +4,8 @@
 // sidecar's public listener: chain verified against the mesh roots, the SPIFFE ID read and its
 // trust domain pinned (identity/peer.ts), intentions compiled per Snapshot (authz/), L7
 // permissions per request against the canonical request target (http/request-target.ts).
-import { IncomingMessage, ServerResponse, type IncomingHttpHeaders } from "node:http";
+import { IncomingMessage, ServerResponse, STATUS_CODES, type IncomingHttpHeaders } from "node:http";
+import { Duplex } from "node:stream";
 import type { ServerHttp2Stream } from "node:http2";
 import { TLSSocket, type Server as TlsServer, type TlsOptions } from "node:tls";
 import type { Protocol, Snapshot } from "../config/snapshot.js";
@@ -134,10 +135,15 @@ export class InboundGate {
       if (event === "secureConnection") {
         const s = args[0];
         if (!(s instanceof TLSSocket) || !this.admit(s)) return false;
-      } else if (event === "request") {
-        // HTTP/1.1. HTTP/2 requests were authorized as streams (below) before node made them requests.
+      } else if (event === "request" || event === "checkContinue" || event === "checkExpectation") {
+        // HTTP/1.1 (a request with `Expect` comes as one of the check events when the app listens
+        // for them). HTTP/2 requests were authorized as streams (below) before node made them requests.
         const [req, res] = args;
         if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(req, res)) return true;
+      } else if (event === "upgrade" || event === "connect") {
+        // The connection is handed to the app raw: authorized like a request, refused on the wire.
+        const [req, socket] = args;
+        if (req instanceof IncomingMessage && socket instanceof Duplex && !this.authorizeRaw(req, socket)) return true;
       } else if (event === "stream") {
         const [stream, headers] = args;
         if (isServerStream(stream) && isHeaders(headers) && !this.authorizeStream(stream, headers)) return true;
@@ -183,6 +189,17 @@ export class InboundGate {
     if (typeof verdict !== "string") return reply(res, verdict.status, verdict.body);
     req.url = verdict;
     return true;
+  }
+
+  private authorizeRaw(req: IncomingMessage, socket: Duplex): boolean {
+    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
+    if (typeof verdict === "string") {
+      req.url = verdict;
+      return true;
+    }
+    const body = `${verdict.body}\n`;
+    socket.end(`HTTP/1.1 ${verdict.status} ${STATUS_CODES[verdict.status] ?? ""}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    return false;
   }
 
   /** An HTTP/2 stream (node's compat requests are made from these, so both APIs are covered). */

@@ -5,6 +5,8 @@ import { rename, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { connect, createSecureServer } from "node:http2";
 import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
 import { join } from "node:path";
 import { fetch } from "undici";
 import { tempDir } from "../helpers/mesh.js";
@@ -174,4 +176,35 @@ t.test("an HTTP/2 server of the service gets the same checks: identity per conne
   t.equal(await get("/public/../private"), 403, "checked on the canonical path");
   t.equal(await get("/public/./b"), 200, "the session is still usable");
   t.same(seen, ["/public/a from web", "/public/b from web"], "the app saw only allowed requests, canonical, with the caller");
+});
+
+t.test("upgrade, CONNECT and Expect: 100-continue requests cannot step around L7 intentions", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http" });
+  await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const seen: string[] = [];
+  const served = await serve(t, api);
+  served.server.on("upgrade", (req: IncomingMessage, socket: Duplex) => {
+    seen.push(`upgrade ${req.url}`);
+    socket.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+  });
+  served.server.on("connect", (req: IncomingMessage, socket: Duplex) => {
+    seen.push(`connect ${req.url}`);
+    socket.end("HTTP/1.1 200 Connection Established\r\n\r\n");
+  });
+  served.server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+    seen.push(`continue ${req.url}`);
+    res.writeContinue();
+    res.end("continued");
+  });
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const addr = `127.0.0.1:${served.port}`;
+  const status = async (head: string) => (await tlsExchange(addr, head, web)).data.toString().split("\r\n")[0];
+  t.equal(await status("GET /private HTTP/1.1\r\nhost: api\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"), "HTTP/1.1 403 Forbidden", "a denied upgrade is answered 403");
+  t.equal(await status("CONNECT db:5432 HTTP/1.1\r\nhost: db:5432\r\n\r\n"), "HTTP/1.1 400 Bad Request", "CONNECT's authority-form target is refused");
+  t.equal(await status("POST /private HTTP/1.1\r\nhost: api\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"), "HTTP/1.1 403 Forbidden", "a denied request with Expect is answered 403");
+  t.equal(await status("GET /public/ws HTTP/1.1\r\nhost: api\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"), "HTTP/1.1 101 Switching Protocols", "an allowed upgrade reaches the app");
+  t.same(seen, ["upgrade /public/ws"], "the app's upgrade, connect and checkContinue listeners saw only the allowed one");
 });
