@@ -1,6 +1,8 @@
 // Helpers for the native library's tests: Services on a temp dev state directory, closed at
 // teardown, and HTTPS servers of a Service on 127.0.0.1:0.
 import { once } from "node:events";
+import { rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import type { AddressInfo } from "node:net";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Server as HttpsServer } from "node:https";
@@ -60,4 +62,11 @@ export async function fetchUntil(svc: Service, url: string, status = 200, timeou
     if (Date.now() > deadline) throw new Error(`${url} never answered ${status} within ${timeoutMs} ms; last: ${last}`);
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/** Replaces the dev state directory's intentions.json whole (written aside, then renamed). */
+export async function intentions(dir: string, defaultAction: "allow" | "deny", list: unknown[]): Promise<void> {
+  const file = join(dir, "intentions.json");
+  await writeFile(`${file}.tmp`, JSON.stringify({ default_action: defaultAction, intentions: list }), { mode: 0o644 });
+  await rename(`${file}.tmp`, file);
 }
