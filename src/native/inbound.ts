@@ -115,8 +115,14 @@ export class InboundGate {
     if (this.servers.size > 0) this.log.info("native servers' certificates rotated", { servers: this.servers.size });
   }
 
+  /**
+   * Options to construct a server with: everything but the leaf. A server made with them and
+   * never attached has no certificate, so no handshake completes and nobody reaches the app
+   * unverified; attach() installs the leaf together with the checks.
+   */
   get options(): TlsOptions {
-    return serverOptions(this.tls);
+    const { cert: _cert, key: _key, ...rest } = serverOptions(this.tls);
+    return rest;
   }
 
   /**

@@ -211,9 +211,10 @@ export class Service {
   }
 
   /**
-   * TLS options for a server of this service: the leaf, the mesh roots, a client certificate
-   * requested. They authenticate nothing by themselves: pass the server to attach() (or use
-   * createServer()), which verifies and authorizes every caller before the app sees it.
+   * Options to construct a TLS server of this service with (node:https, node:http2, node:tls,
+   * a framework's `https` option): TLS 1.2+, the mesh roots, a client certificate requested. They
+   * hold no certificate: pass the server to attach(), which installs the leaf together with the
+   * checks of every caller, so a server that was never attached completes no handshake.
    */
   serverTLSOptions(): TlsOptions {
     return this.inbound.options;

@@ -3,6 +3,9 @@
 // dial(), and names.
 import t from "tap";
 import { createServer as createTlsServer } from "node:tls";
+import { createServer as createHttpsServer } from "node:https";
+import { once } from "node:events";
+import type { AddressInfo } from "node:net";
 import { fetch } from "undici";
 import { tempDir } from "../helpers/mesh.js";
 import { sample } from "../helpers/peers.js";
@@ -113,3 +116,23 @@ t.test("callers without a mesh identity are refused before the app, each with it
   }
 });
 
+
+t.test("a server made with serverTLSOptions() but never attached serves nobody (fail closed)", async (t) => {
+  const dir = await tempDir(t);
+  const api = await service(t, { name: "api", dataDir: dir });
+  let reached = 0;
+  const server = createHttpsServer(api.serverTLSOptions(), (_req, res) => {
+    reached++;
+    res.end("unguarded");
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise((r) => server.close(r)));
+  const ca = await readDevCa(dir);
+  const x = await tlsExchange(`127.0.0.1:${(server.address() as AddressInfo).port}`, "GET / HTTP/1.1\r\nhost: api\r\n\r\n", await leafFor(ca, "web"));
+  t.equal(x.handshake, false, "no handshake completes");
+  t.equal(reached, 0, "the handler was never reached");
+  api.attach(server);
+  const y = await tlsExchange(`127.0.0.1:${(server.address() as AddressInfo).port}`, "GET / HTTP/1.1\r\nhost: api\r\n\r\n", await leafFor(ca, "web"));
+  t.match(y.data.toString(), /^HTTP\/1\.1 200/, "once attached, a mesh caller is served");
+});
