@@ -31,7 +31,7 @@ import { InboundGate, compileInbound, verifiedPeer, type InboundPolicy, type Pee
 import { Http2ServerRequest } from "node:http2";
 import type { MeshDispatcher, ResolvedUpstream, UpstreamResolver } from "./dispatcher.js";
 import { serviceOfName } from "./names.js";
-import { DialError } from "./errors.js";
+import { DialError, MeshNameError } from "./errors.js";
 
 export type { Peer } from "./inbound.js";
 
@@ -57,6 +57,11 @@ export interface ServiceOptions {
   readonly logger?: Logger;
   /** How long the first request to a service may wait for the control plane to resolve it. Default 5 s. */
   readonly resolveTimeoutMs?: number;
+  /**
+   * How many distinct services the app may call (each is watched until close). Default 256: a URL
+   * built from untrusted input must not make the control plane watch without bound.
+   */
+  readonly maxUpstreams?: number;
   /** Environment read for CONSUL_HTTP_ADDR & co. and MESHPROXY_DATA_DIR; default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
@@ -98,6 +103,9 @@ export class Service {
   private registered: TlsServer | null = null;
   private closing: Promise<void> | null = null;
   private readonly resolveTimeoutMs: number;
+  private readonly maxUpstreams: number;
+  /** Every service the app asked for, resolved or not (what the control plane watches). */
+  private readonly asked = new Set<string>();
 
   private constructor(
     opts: ServiceOptions,
@@ -108,6 +116,7 @@ export class Service {
     this.log = log;
     this.metrics = new Metrics({ processMetrics: false });
     this.resolveTimeoutMs = opts.resolveTimeoutMs ?? 5_000;
+    this.maxUpstreams = opts.maxUpstreams ?? 256;
   }
 
   /**
@@ -315,6 +324,10 @@ export class Service {
     if (!add) {
       return Promise.reject(new Error(`upstream "${service}": the ${this.cp.kind} control plane serves only the upstreams its configuration lists; add "${service}" there`));
     }
+    if (!this.asked.has(service) && this.asked.size >= this.maxUpstreams) {
+      return Promise.reject(new MeshNameError(`upstream "${service}": this Service already calls ${this.asked.size} services, its maxUpstreams; raise the option if the app really calls more`));
+    }
+    this.asked.add(service);
     let settle!: (u: ResolvedUpstream) => void;
     let timer: NodeJS.Timeout | undefined;
     const promise = new Promise<ResolvedUpstream>((resolve, reject) => {

@@ -94,6 +94,19 @@ t.test("names that are not mesh services are refused with what to write", async 
   t.match(String(none), /no instances registered/, "and says so");
 });
 
+t.test("the services an app may call are capped (names built from untrusted input)", async (t) => {
+  const dir = await tempDir(t);
+  const web = await service(t, { name: "web", dataDir: dir, maxUpstreams: 2 });
+  const call = (svc: string) => fetch(`https://${svc}.service.consul/`, { dispatcher: web.dispatcher() }).then(() => null, (e: unknown) => (e instanceof Error ? e.cause : e));
+  t.type(await call("a"), NoHealthyUpstreamError, "a first service is resolved (no instance yet)");
+  t.type(await call("b"), NoHealthyUpstreamError, "a second one too");
+  const third = await call("c");
+  t.type(third, MeshNameError, "a third is refused");
+  t.match(String(third), /maxUpstreams/, "naming the option");
+  t.type(await call("a"), NoHealthyUpstreamError, "a service already asked for still resolves");
+  t.same(web.snapshot.upstreams.map((u) => u.name).sort(), ["a", "b"], "the control plane watches only the two");
+});
+
 t.test("callers without a mesh identity are refused before the app, each with its reason counted", async (t) => {
   const dir = await tempDir(t);
   const api = await service(t, { name: "api", dataDir: dir });
