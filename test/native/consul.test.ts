@@ -4,7 +4,7 @@
 // health endpoints, intentions from the agent.
 import t from "tap";
 import { startDouble } from "../helpers/consul-mesh.js";
-import { fetchUntil, serve, service } from "./helpers.js";
+import { fetchUntil, serve, service } from "../helpers/native.js";
 import { until } from "../helpers/l7.js";
 import { fetch } from "undici";
 

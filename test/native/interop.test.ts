@@ -4,7 +4,7 @@ import t from "tap";
 import { request } from "undici";
 import { startSidecar, tempDir } from "../helpers/mesh.js";
 import { httpApp, until } from "../helpers/l7.js";
-import { fetchUntil, serve, service } from "./helpers.js";
+import { fetchUntil, serve, service } from "../helpers/native.js";
 
 t.test("native client → sidecar-fronted server", async (t) => {
   const dir = await tempDir(t);

@@ -10,7 +10,7 @@ import { fetch } from "undici";
 import { tempDir } from "../helpers/mesh.js";
 import { configWrite } from "../helpers/l7.js";
 import { leafFor, readDevCa, tlsExchange } from "../helpers/certs.js";
-import { fetchUntil, intentions, serve, service } from "./helpers.js";
+import { fetchUntil, intentions, serve, service } from "../helpers/native.js";
 
 
 t.test("L7 intentions are checked per request on an http service, against the canonical path", async (t) => {

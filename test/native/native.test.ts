@@ -11,7 +11,7 @@ import { tempDir } from "../helpers/mesh.js";
 import { sample } from "../helpers/peers.js";
 import { foreignLeaf, leafFor, readDevCa, tlsExchange } from "../helpers/certs.js";
 import { MeshNameError, NoHealthyUpstreamError } from "../../src/index.js";
-import { fetchUntil, intentions, serve, service } from "./helpers.js";
+import { fetchUntil, intentions, serve, service } from "../helpers/native.js";
 
 
 t.test("a native client calls a native server by name; the app sees who called", async (t) => {

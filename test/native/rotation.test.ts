@@ -19,7 +19,7 @@ import {
   type Snapshot,
   type UpstreamRequest,
 } from "../../src/index.js";
-import { service } from "./helpers.js";
+import { service } from "../helpers/native.js";
 import type { Teardown } from "../helpers/mesh.js";
 
 const TD = "11111111-2222-3333-4444-555555555555.consul";

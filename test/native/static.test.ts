@@ -8,7 +8,7 @@ import { fetch } from "undici";
 import { createRootCa } from "../../src/index.js";
 import { tempDir } from "../helpers/mesh.js";
 import { leafFor, writeLeaf, type DevCa } from "../helpers/certs.js";
-import { serve, service } from "./helpers.js";
+import { serve, service } from "../helpers/native.js";
 
 const TD = "11111111-2222-3333-4444-555555555555.consul";
 

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Server as HttpsServer } from "node:https";
 import { fetch, type Response } from "undici";
 import { Service, createLogger, type ServiceOptions } from "../../src/index.js";
-import type { Teardown } from "../helpers/mesh.js";
+import type { Teardown } from "./mesh.js";
 
 export const quiet = createLogger({ level: "error", write: () => {} });
 
