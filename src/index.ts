@@ -1,4 +1,12 @@
-// The public package API.
+// The public package API. Importing it has no side effects: no flags parsed, no process
+// handlers, no timers; each module loads what it needs when it is used.
+//
+// The library: a Connect-native service in a Node app (README "Use it as a library").
+export { Service, type ServiceOptions, type DialOptions, type Peer } from "./native/service.js";
+export { DialError, MeshNameError, NoHealthyUpstreamError } from "./native/errors.js";
+export type { AgentClientOptions, AgentTlsOptions } from "./controlplane/consul/client.js";
+
+// The proxy and its parts, for embedding a sidecar or writing a control plane.
 export { Proxy, ListenerBindError, type ProxyOptions, type ProxyAddresses } from "./proxy.js";
 export {
   ControlPlaneError,

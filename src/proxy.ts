@@ -4,6 +4,7 @@ import { EventEmitter } from "node:events";
 import type { Snapshot } from "./config/snapshot.js";
 import { DEFAULTS } from "./config/defaults.js";
 import { compileSnapshot, SnapshotError, type CompiledSnapshot } from "./compile/snapshot.js";
+import { syncClusterRuntimes } from "./cluster/sync.js";
 import { alpnFor } from "./compile/inbound.js";
 import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
 import type { TlsMaterial } from "./tls/contexts.js";
@@ -12,7 +13,7 @@ import { PublicListener } from "./inbound/public-listener.js";
 import { UpstreamListener } from "./outbound/upstream-listener.js";
 import { HttpRouter, OutboundHttpState } from "./outbound/http-router.js";
 import { PoolSet } from "./cluster/pools.js";
-import { ClusterRuntime, type ClusterStatus } from "./cluster/runtime.js";
+import type { ClusterRuntime, ClusterStatus } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
 import { HttpStats } from "./telemetry/http-stats.js";
 import { loadUndici } from "./http/undici.js";
@@ -260,7 +261,7 @@ export class Proxy extends EventEmitter {
    */
   private commit(c: CompiledSnapshot): Array<() => Promise<ListenerBindError | null>> {
     this.sessions.reset(c.tls.key);
-    this.commitClusters(c);
+    syncClusterRuntimes(this.runtimes, this.pools, c.clusters, c.tls);
     const binds: Array<() => Promise<ListenerBindError | null>> = [];
     this.commitPublic(c, binds);
     this.commitUpstreams(c, binds);
@@ -275,24 +276,6 @@ export class Proxy extends EventEmitter {
       if (e !== null) errors.push(e);
     }
     return errors;
-  }
-
-  /** Cluster runtimes follow the Snapshot's clusters (keyed by name, hosts by endpoint); pools of endpoints that left are closed. */
-  private commitClusters(c: CompiledSnapshot): void {
-    for (const [name, rt] of this.runtimes) {
-      if (c.clusters.has(name)) continue;
-      rt.close();
-      this.runtimes.delete(name);
-    }
-    for (const cluster of c.clusters.values()) {
-      const rt = this.runtimes.get(cluster.name);
-      if (rt && rt.http2 === cluster.http2) rt.update(cluster, c.tls);
-      else {
-        rt?.close();
-        this.runtimes.set(cluster.name, new ClusterRuntime(cluster, c.tls, this.pools));
-      }
-    }
-    this.pools.retain(new Set([...this.runtimes.values()].flatMap((rt) => rt.poolKeys())));
   }
 
   private commitPublic(c: CompiledSnapshot, binds: Array<() => Promise<ListenerBindError | null>>): void {

@@ -4,6 +4,7 @@ import { Proxy, ListenerBindError } from "../proxy.js";
 import { ControlPlaneError, type ControlPlane } from "../controlplane/controlplane.js";
 import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
 import { AgentClient } from "../controlplane/consul/client.js";
+import { createControlPlane, devChoice, type ControlPlaneChoice } from "../controlplane/select.js";
 import { AdminServer } from "../admin/server.js";
 import { logRejection, createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
 import { MetricsExposition } from "../telemetry/merge.js";
@@ -25,27 +26,21 @@ function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   }
 }
 
-/** Only the selected control plane is loaded (the dev CA's certificate library is not small). */
-async function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): Promise<ControlPlane> {
-  if (cmd.configFile !== undefined) {
-    const { StaticControlPlane } = await import("../controlplane/static/static.js");
-    return new StaticControlPlane({ file: cmd.configFile, logger: log });
-  }
+/** The CLI's choice, made by flags: -config-file, then -http-addr (or CONSUL_HTTP_ADDR), then the dev state directory. */
+function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): Promise<ControlPlane> {
+  if (cmd.configFile !== undefined) return createControlPlane({ kind: "static", file: cmd.configFile }, cmd.request, log);
   if (cmd.consul && client) {
     const c = cmd.consul;
-    const { ConsulControlPlane } = await import("../controlplane/consul/consul.js");
-    return new ConsulControlPlane({
-      client,
-      logger: log,
-      request: cmd.request,
-      // As Consul's CLI: -proxy-id (or CONNECT_PROXY_ID) selects agent mode even next to -service.
+    const choice: ControlPlaneChoice = {
+      kind: "consul",
+      agent: { httpAddr: c.httpAddr },
       ...(cmd.request.proxyId ? { proxyId: cmd.request.proxyId } : {}),
       ...(cmd.sidecarFor ? { sidecarFor: cmd.sidecarFor } : {}),
       ...(c.register ? { register: c.registerId ? { idSuffix: c.registerId } : {} } : {}),
-    });
+    };
+    return createControlPlane(choice, cmd.request, log, client);
   }
-  const { DevControlPlane } = await import("../controlplane/dev/dev.js");
-  return new DevControlPlane({ dataDir: cmd.dataDir, request: cmd.request, logger: log, ...(cmd.datacenter ? { datacenter: cmd.datacenter } : {}) });
+  return createControlPlane(devChoice(cmd.dataDir, cmd.datacenter), cmd.request, log);
 }
 
 function flagFor(e: ListenerBindError, cmd: ProxyCommand): string {

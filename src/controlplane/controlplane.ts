@@ -73,4 +73,11 @@ export interface ControlPlane {
   withdraw(): Promise<void>;
   /** Stops every watch and timer. */
   stop(): Promise<void>;
+  /**
+   * Connect-native apps name the services they call as they call them, not up front: this adds
+   * an upstream after start(), and the next Snapshots carry its listener and clusters (watched
+   * like the request's own upstreams). Idempotent per name. Absent: only the request's upstreams
+   * are ever served (the static file is the whole configuration).
+   */
+  addUpstream?(u: UpstreamRequest): void;
 }

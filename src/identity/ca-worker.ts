@@ -10,7 +10,10 @@ type Reply = { readonly ok: true; readonly value: CaMaterial | IssuedLeaf } | { 
 
 function run(job: Job): Promise<CaMaterial | IssuedLeaf> {
   return new Promise((resolve, reject) => {
-    const w = new Worker(new URL(import.meta.url), { workerData: job });
+    // A worker inherits the process's node flags; `--input-type` (a `node -e` app, say) applies
+    // only to string input and makes a worker started from a file fail at once.
+    const execArgv = process.execArgv.filter((a) => !a.startsWith("--input-type"));
+    const w = new Worker(new URL(import.meta.url), { workerData: job, execArgv });
     w.once("message", (r: Reply) => (r.ok ? resolve(r.value) : reject(new Error(r.message))));
     w.once("error", reject);
     w.once("exit", (code) => {

@@ -77,7 +77,8 @@ function cookie(req: AnyRequest, name: string): string | undefined {
   return undefined;
 }
 
-function pickLeg(c: CompiledRoute, rand: number): number {
+/** The split leg `rand` (in [0, 1)) draws: one draw per request, by the legs' weights. */
+export function pickLeg(c: CompiledRoute, rand: number): number {
   const cum = c.cumulative;
   const total = cum[cum.length - 1] ?? 0;
   const x = rand * total;

@@ -58,6 +58,11 @@ export interface ConsulControlPlaneOptions {
   readonly sidecarFor?: string;
   /** -register: self-register the proxy (flags mode with a public listener). */
   readonly register?: { readonly idSuffix?: string };
+  /**
+   * A Connect-native app, not a proxy: announce() registers the service itself with
+   * `Connect.Native` (as Consul's native apps do) instead of a connect-proxy.
+   */
+  readonly native?: boolean;
   /** Blocking `wait` and error backoff; tests shorten them. */
   readonly waitMs?: number;
   readonly backoff?: { readonly baseMs: number; readonly maxMs: number };
@@ -111,6 +116,8 @@ export class ConsulControlPlane implements ControlPlane {
   private registrar: ProxyRegistrar | null = null;
   private stopped = false;
   private readonly warned = new Set<string>();
+  /** Upstreams added after start (a Connect-native app's), after the request's own. */
+  private readonly added: UpstreamRequest[] = [];
 
   constructor(private readonly o: ConsulControlPlaneOptions) {
     this.log = o.logger.child("consul");
@@ -219,7 +226,7 @@ export class ConsulControlPlane implements ControlPlane {
   }
 
   private upstreamRequests(): UpstreamRequest[] {
-    if (!this.agentMode) return [...this.o.request.upstreams];
+    if (!this.agentMode) return [...this.o.request.upstreams, ...this.added];
     if (!this.registration) return [];
     const out: UpstreamRequest[] = [];
     for (const u of this.registration.upstreams) {
@@ -506,6 +513,12 @@ export class ConsulControlPlane implements ControlPlane {
     return pl ? { ...base, bind: pl.bind, localApp: pl.localApp, protocol: pl.protocol ?? "tcp" } : null;
   }
 
+  addUpstream(u: UpstreamRequest): void {
+    if (this.o.request.upstreams.some((x) => x.name === u.name) || this.added.some((x) => x.name === u.name)) return;
+    this.added.push(u);
+    this.reconcile();
+  }
+
   async announce(a: Announcement): Promise<void> {
     if (!this.o.register || this.agentMode) return;
     const pl = this.o.request.publicListener;
@@ -521,6 +534,7 @@ export class ConsulControlPlane implements ControlPlane {
       upstreams: this.o.request.upstreams,
       node: hostname(),
       ...(this.o.request.meta ? { meta: this.o.request.meta } : {}),
+      ...(this.o.native ? { native: true } : {}),
     });
     await this.registrar.register();
   }

@@ -18,6 +18,8 @@ export interface RegistrarOptions {
   readonly node: string;
   /** Service metadata (-meta); subset filters select on it. */
   readonly meta?: Readonly<Record<string, string>>;
+  /** A Connect-native service (`Connect.Native`), registered under its own name, not a proxy. */
+  readonly native?: boolean;
   /** Consul's: TTL 30 s, heartbeat every TTL/3. */
   readonly ttlMs?: number;
 }
@@ -28,7 +30,7 @@ export class ProxyRegistrar {
   private heartbeat: NodeJS.Timeout | null = null;
 
   constructor(private readonly o: RegistrarOptions) {
-    this.id = `${o.service}-proxy${o.idSuffix ? `-${o.idSuffix}` : ""}`;
+    this.id = `${o.service}${o.native ? "" : "-proxy"}${o.idSuffix ? `-${o.idSuffix}` : ""}`;
     this.checkId = `${this.id}-ttl`;
   }
 
@@ -37,6 +39,11 @@ export class ProxyRegistrar {
   }
 
   body(): unknown {
+    const check = { CheckID: this.checkId, Name: this.o.native ? "native service heartbeat" : "proxy heartbeat", TTL: `${Math.round(this.ttlMs / 1000)}s`, Status: "passing" };
+    if (this.o.native) {
+      // Consul's native apps: the service itself, found by /v1/health/connect/<name> like a sidecar.
+      return { ID: this.id, Name: this.o.service, Address: this.o.address, Port: this.o.port, ...(this.o.meta ? { Meta: this.o.meta } : {}), Connect: { Native: true }, Check: check };
+    }
     return {
       Kind: "connect-proxy",
       ID: this.id,
@@ -56,7 +63,7 @@ export class ProxyRegistrar {
           ...(u.datacenter ? { Datacenter: u.datacenter } : {}),
         })),
       },
-      Check: { CheckID: this.checkId, Name: "proxy heartbeat", TTL: `${Math.round(this.ttlMs / 1000)}s`, Status: "passing" },
+      Check: check,
     };
   }
 

@@ -16,6 +16,7 @@ import {
   type ControlPlane,
   type ControlPlaneHandlers,
   type ProxyRequest,
+  type UpstreamRequest,
 } from "../controlplane.js";
 import { DEFAULTS, type Cluster, type Identity, type IntentionPolicy, type Snapshot, type UpstreamListener } from "../../config/snapshot.js";
 import type { IssuedLeaf } from "../../identity/ca.js";
@@ -82,6 +83,8 @@ export class DevControlPlane implements ControlPlane {
   private version = 0;
   private lastFingerprint = "";
   private announced: Announcement | null = null;
+  /** Upstreams added after start (a Connect-native app's), after the request's own. */
+  private readonly added: UpstreamRequest[] = [];
   private watchers: FSWatcher[] = [];
   private timers = new Set<NodeJS.Timeout>();
   private readonly refresher = new CoalescedRun(async () => {
@@ -275,7 +278,7 @@ export class DevControlPlane implements ControlPlane {
     const listeners: UpstreamListener[] = [];
     const clusters: Record<string, Cluster> = {};
     const problems: string[] = [];
-    for (const u of req.upstreams) {
+    for (const u of [...req.upstreams, ...this.added]) {
       const dc = u.datacenter ?? datacenter;
       const settings = upstreamSettingsFor(own?.upstreamDefaults, own?.upstreamOverrides ?? [], u.name);
       const override = meshGatewayOverride(lookup, req.service, u.meshGatewayMode ?? settings?.meshGatewayMode, req.meshGatewayMode);
@@ -361,6 +364,12 @@ export class DevControlPlane implements ControlPlane {
     this.handlers.snapshot(snap);
     this.first?.resolve();
     this.first = null;
+  }
+
+  addUpstream(u: UpstreamRequest): void {
+    if (this.opts.request.upstreams.some((x) => x.name === u.name) || this.added.some((x) => x.name === u.name)) return;
+    this.added.push(u);
+    this.scheduleRefresh();
   }
 
   async announce(a: Announcement): Promise<void> {

@@ -1,0 +1,271 @@
+// The server side of a Connect-native service: the app's own TLS server (node:https, node:tls,
+// a framework's) terminates mTLS with the service's leaf, and this gate decides, before the app
+// sees anything, who the caller is and whether intentions let it in. The same pieces as the
+// sidecar's public listener: chain verified against the mesh roots, the SPIFFE ID read and its
+// trust domain pinned (identity/peer.ts), intentions compiled per Snapshot (authz/), L7
+// permissions per request against the canonical request target (http/request-target.ts).
+import { IncomingMessage, ServerResponse, STATUS_CODES, type IncomingHttpHeaders } from "node:http";
+import { Duplex } from "node:stream";
+import type { ServerHttp2Stream } from "node:http2";
+import { TLSSocket, type Server as TlsServer, type TlsOptions } from "node:tls";
+import type { Protocol, Snapshot } from "../config/snapshot.js";
+import type { TlsMaterial } from "../tls/contexts.js";
+import { CompiledIntentions, hasPermissions, scopeOf } from "../authz/intentions.js";
+import { CompiledL7Intentions } from "../authz/l7.js";
+import { identifyPeer } from "../identity/peer.js";
+import type { ServiceId } from "../identity/spiffe.js";
+import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
+import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
+import type { Logger } from "../telemetry/log.js";
+
+/** The verified caller of a connection or request. */
+export interface Peer extends ServiceId {
+  /** `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>`, as the caller's certificate has it. */
+  readonly spiffeId: string;
+}
+
+/** What one Snapshot says about inbound traffic, compiled once when it is applied. */
+export interface InboundPolicy {
+  readonly service: string;
+  readonly trustDomain: string;
+  /** The service's protocol: http, http2 and grpc services get L7 intentions per request. */
+  readonly protocol: Protocol;
+  readonly intentions: CompiledIntentions;
+  readonly l7: CompiledL7Intentions | null;
+}
+
+/** Throws PermissionCompileError / MatchCompileError for intentions that do not compile. */
+export function compileInbound(s: Snapshot): InboundPolicy {
+  const local = scopeOf(s.identity);
+  const protocol = s.publicListener?.protocol ?? "tcp";
+  return {
+    service: s.identity.service,
+    trustDomain: s.trust.trustDomain,
+    protocol,
+    intentions: new CompiledIntentions(s.intentions, s.identity.service, local),
+    l7: protocol === "tcp" ? null : new CompiledL7Intentions(s.intentions, s.identity.service, local),
+  };
+}
+
+const UNTRUSTED = new Set(["UNABLE_TO_GET_ISSUER_CERT", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "SELF_SIGNED_CERT_IN_CHAIN", "DEPTH_ZERO_SELF_SIGNED_CERT", "UNABLE_TO_VERIFY_LEAF_SIGNATURE", "CERT_SIGNATURE_FAILURE"]);
+
+function rejectionFor(code: string): InboundRejection {
+  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "expired_certificate";
+  if (UNTRUSTED.has(code)) return "untrusted_certificate";
+  return "bad_certificate";
+}
+
+/** TLS server options: the leaf, the mesh roots, a client certificate required (verified by the gate). */
+export function serverOptions(tls: TlsMaterial): TlsOptions {
+  return {
+    ...tls.options,
+    // The chain is checked by the gate after the handshake, so each refusal has a precise,
+    // counted reason, as on the sidecar's public listener; nothing reaches the app before it.
+    requestCert: true,
+    rejectUnauthorized: false,
+  };
+}
+
+/**
+ * Where a connection's verified caller is kept: a symbol property of its TLS socket, because
+ * node:http2 hands requests and streams a proxy of the socket (a WeakMap keyed by the socket
+ * would not find it there), and the proxy passes property reads through.
+ */
+const PEER = Symbol("meshproxy.peer");
+
+class VerifiedPeer implements Peer {
+  constructor(
+    readonly spiffeId: string,
+    readonly trustDomain: string,
+    readonly partition: string,
+    readonly namespace: string,
+    readonly datacenter: string,
+    readonly service: string,
+  ) {}
+}
+
+/** The caller verified on this socket (or a node:http2 proxy of it), or null. */
+export function verifiedPeer(socket: object | null | undefined): Peer | null {
+  if (socket === null || socket === undefined) return null;
+  try {
+    const p: unknown = Reflect.get(socket, PEER);
+    return p instanceof VerifiedPeer ? p : null;
+  } catch {
+    // node:http2's socket proxy throws once its session has let go of the socket: no caller left.
+    return null;
+  }
+}
+
+export class InboundGate {
+  private readonly servers = new Set<TlsServer>();
+
+  constructor(
+    private policy: InboundPolicy,
+    private tls: TlsMaterial,
+    private readonly metrics: Metrics,
+    private readonly log: Logger,
+  ) {}
+
+  /** A new Snapshot: new connections and requests see its intentions; a new leaf or root set rotates every server. */
+  update(policy: InboundPolicy, tls: TlsMaterial): void {
+    this.policy = policy;
+    if (tls.key === this.tls.key) return;
+    this.tls = tls;
+    for (const server of this.servers) server.setSecureContext(serverOptions(tls));
+    if (this.servers.size > 0) this.log.info("native servers' certificates rotated", { servers: this.servers.size });
+  }
+
+  /**
+   * Options to construct a server with: everything but the leaf. A server made with them and
+   * never attached has no certificate, so no handshake completes and nobody reaches the app
+   * unverified; attach() installs the leaf together with the checks.
+   */
+  get options(): TlsOptions {
+    const { cert: _cert, key: _key, ...rest } = serverOptions(this.tls);
+    return rest;
+  }
+
+  /**
+   * Guards a TLS server: every secure connection is verified and authorized before any listener
+   * of the server sees it, every HTTP request authorized before the app's handler runs, and the
+   * server's certificates follow rotation. The guard sits in the server's emit, so listeners
+   * added later (by a framework, after this call) are guarded too.
+   */
+  attach(server: TlsServer): void {
+    if (this.servers.has(server)) return;
+    this.servers.add(server);
+    server.setSecureContext(serverOptions(this.tls));
+    server.once("close", () => this.servers.delete(server));
+    const emit = server.emit.bind(server);
+    server.emit = (event: string | symbol, ...args: unknown[]): boolean => {
+      if (event === "secureConnection") {
+        const s = args[0];
+        if (!(s instanceof TLSSocket) || !this.admit(s)) return false;
+      } else if (event === "request" || event === "checkContinue" || event === "checkExpectation") {
+        // HTTP/1.1 (a request with `Expect` comes as one of the check events when the app listens
+        // for them). HTTP/2 requests were authorized as streams (below) before node made them requests.
+        const [req, res] = args;
+        if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(req, res)) return true;
+      } else if (event === "upgrade" || event === "connect") {
+        // The connection is handed to the app raw: authorized like a request, refused on the wire.
+        const [req, socket] = args;
+        if (req instanceof IncomingMessage && socket instanceof Duplex && !this.authorizeRaw(req, socket)) return true;
+      } else if (event === "stream") {
+        const [stream, headers] = args;
+        if (isServerStream(stream) && isHeaders(headers) && !this.authorizeStream(stream, headers)) return true;
+      }
+      return emit(event, ...args);
+    };
+  }
+
+  private refuse(s: TLSSocket, reason: InboundRejection, detail: string, fields: Record<string, string> = {}): false {
+    this.metrics.reject(reason);
+    this.log.warn("inbound connection refused", { peer: `${s.remoteAddress}:${s.remotePort}`, reason, detail, ...fields });
+    s.destroy();
+    return false;
+  }
+
+  /** Connection time: the chain, the SPIFFE ID, then L4 intentions. */
+  private admit(s: TLSSocket): boolean {
+    const policy = this.policy;
+    const cert = s.getPeerX509Certificate();
+    if (!cert) return this.refuse(s, "no_client_cert", "client presented no certificate");
+    if (!s.authorized) {
+      const code = String(s.authorizationError);
+      return this.refuse(s, rejectionFor(code), `client certificate not trusted: ${code}`);
+    }
+    const id = identifyPeer(cert.subjectAltName, policy.trustDomain);
+    if (!id.ok) return this.refuse(s, id.reason, id.detail);
+    const decision = policy.intentions.authorize(id.id);
+    // An L7 intention on an http service decides per request; anything else decides here.
+    const perRequest = policy.l7 !== null && decision.intention !== null && hasPermissions(decision.intention);
+    if (!decision.allowed && !perRequest) return this.refuse(s, "denied_by_intention", decision.reason, { source: id.uri, destination: policy.service });
+    const { trustDomain, partition, namespace, datacenter, service } = id.id;
+    Object.defineProperty(s, PEER, { value: new VerifiedPeer(id.uri, trustDomain, partition, namespace, datacenter, service) });
+    return true;
+  }
+
+  /**
+   * Request time (http services): the canonical target is what is authorized and what the app
+   * is handed (req.url rewritten), as the sidecar does; the intentions are those in force now,
+   * so a revoked permission stops applying to keep-alive connections too.
+   */
+  private authorizeRequest(req: IncomingMessage, res: Reply): boolean {
+    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
+    if (typeof verdict !== "string") return reply(res, verdict.status, verdict.body);
+    req.url = verdict;
+    return true;
+  }
+
+  private authorizeRaw(req: IncomingMessage, socket: Duplex): boolean {
+    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
+    if (typeof verdict === "string") {
+      req.url = verdict;
+      return true;
+    }
+    const body = `${verdict.body}\n`;
+    socket.end(`HTTP/1.1 ${verdict.status} ${STATUS_CODES[verdict.status] ?? ""}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`);
+    return false;
+  }
+
+  /** An HTTP/2 stream (node's compat requests are made from these, so both APIs are covered). */
+  private authorizeStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean {
+    const method = headers[":method"];
+    const path = headers[":path"];
+    const verdict = this.check(verifiedPeer(stream.session?.socket), typeof method === "string" ? method : "GET", typeof path === "string" ? path : "/", headers);
+    if (typeof verdict === "string") {
+      headers[":path"] = verdict;
+      return true;
+    }
+    stream.respond({ ":status": verdict.status, "content-type": "text/plain; charset=utf-8" });
+    stream.end(`${verdict.body}\n`);
+    return false;
+  }
+
+  /** The canonical target to hand the app, or the refusal to answer. */
+  private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders): string | { status: number; body: string } {
+    if (!peer) return { status: 403, body: "no verified caller on this connection" };
+    const l7 = this.policy.l7;
+    if (l7 === null) return url;
+    const target = parseRequestTarget(url);
+    if (!target.ok) {
+      this.metrics.reject("invalid_request_target");
+      return { status: 400, body: refusalDetail(target) };
+    }
+    const decision = l7.forSource(peer).authorize({
+      method,
+      path: target.path,
+      header: (n: string) => {
+        const v = headers[n];
+        return Array.isArray(v) ? v.join(", ") : v;
+      },
+    });
+    if (!decision.allowed) {
+      this.metrics.reject("denied_by_intention");
+      this.log.info("request denied by intention", { source: peer.spiffeId, method, path: target.path, reason: decision.reason });
+      return { status: 403, body: decision.reason };
+    }
+    return target.path + target.query;
+  }
+}
+
+/** node:http2 does not export its stream classes: a server stream is what can respond. */
+function isServerStream(x: unknown): x is ServerHttp2Stream {
+  return typeof x === "object" && x !== null && "respond" in x && typeof x.respond === "function" && "session" in x;
+}
+
+function isHeaders(h: unknown): h is IncomingHttpHeaders {
+  return typeof h === "object" && h !== null;
+}
+
+/** What a refusal needs of a response (node's ServerResponse, whatever its request type). */
+interface Reply {
+  writeHead(status: number, headers: Record<string, string | number>): unknown;
+  end(body: string): unknown;
+}
+
+function reply(res: Reply, status: number, body: string): false {
+  res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(body) + 1 });
+  res.end(`${body}\n`);
+  return false;
+}

@@ -1,0 +1,374 @@
+// A Connect-native service: the mesh inside a Node app, without a sidecar (Consul's Go
+// `connect.Service`). It takes Snapshots from the same control planes the proxy does, chosen the
+// same way, and serves them through the same modules: TLS material (tls/), peer verification
+// (identity/), intentions (authz/), cluster runtimes with their balancers, outlier detection and
+// pools (cluster/), host choice and mTLS streams (outbound/concrete.ts).
+import type { Server as TlsServer, TLSSocket, TlsOptions } from "node:tls";
+import { createServer as createHttpsServer, type Server as HttpsServer } from "node:https";
+import { IncomingMessage, type ServerResponse } from "node:http";
+import type { Socket } from "node:net";
+import type { Dispatcher } from "undici";
+import type { Snapshot } from "../config/snapshot.js";
+import { DEFAULTS } from "../config/snapshot.js";
+import { compileSnapshot, SnapshotError, type CompiledSnapshot } from "../compile/snapshot.js";
+import { ControlPlaneError, type ControlPlane, type ProxyRequest } from "../controlplane/controlplane.js";
+import { consulAgentFromEnv, createControlPlane, devChoice, type ControlPlaneChoice } from "../controlplane/select.js";
+import type { AgentClientOptions } from "../controlplane/consul/client.js";
+import type { TlsMaterial } from "../tls/contexts.js";
+import { SessionCache } from "../tls/origin.js";
+import { PoolSet } from "../cluster/pools.js";
+import type { ClusterRuntime } from "../cluster/runtime.js";
+import { syncClusterRuntimes } from "../cluster/sync.js";
+import { openStream, type StreamFailure, type OpenStream } from "../outbound/concrete.js";
+import { OutboundHttpState } from "../outbound/http-router.js";
+import { PermissionCompileError } from "../authz/l7.js";
+import { MatchCompileError } from "../http/match.js";
+import { RouteCompileError } from "../http/route-match.js";
+import { loadUndici } from "../http/undici.js";
+import { Metrics } from "../telemetry/metrics.js";
+import { createLogger, logRejection, type Logger } from "../telemetry/log.js";
+import { InboundGate, compileInbound, verifiedPeer, type InboundPolicy, type Peer } from "./inbound.js";
+import { Http2ServerRequest } from "node:http2";
+import type { MeshDispatcher, ResolvedUpstream, UpstreamResolver } from "./dispatcher.js";
+import { serviceOfName } from "./names.js";
+import { DialError, MeshNameError } from "./errors.js";
+
+export type { Peer } from "./inbound.js";
+
+export interface ServiceOptions {
+  /** The service this app is: its leaf certificate, intentions and catalog entry are for this name. */
+  readonly name: string;
+  /** Dev control plane: the state directory (default `$MESHPROXY_DATA_DIR`, else `./.meshproxy`). */
+  readonly dataDir?: string;
+  /** Dev control plane: this instance's datacenter (default the CA config's, dc1). */
+  readonly datacenter?: string;
+  /** A Consul agent (as `-http-addr` and friends); selects the Consul control plane. */
+  readonly consul?: AgentClientOptions;
+  /** A static config file; selects the static control plane (its identity must be `name`). */
+  readonly configFile?: string;
+  /**
+   * Your own control plane (README "Writing your own control plane"); wins over every other
+   * choice. Implement `addUpstream` to let the app call services by name.
+   */
+  readonly controlPlane?: ControlPlane;
+  /** Service metadata registered with the instance (subset filters select on it). */
+  readonly meta?: Readonly<Record<string, string>>;
+  /** Where logs go; default warnings and errors on stderr. */
+  readonly logger?: Logger;
+  /** How long the first request to a service may wait for the control plane to resolve it. Default 5 s. */
+  readonly resolveTimeoutMs?: number;
+  /**
+   * How many distinct services the app may call (each is watched until close). Default 256: a URL
+   * built from untrusted input must not make the control plane watch without bound.
+   */
+  readonly maxUpstreams?: number;
+  /** Environment read for CONSUL_HTTP_ADDR & co. and MESHPROXY_DATA_DIR; default process.env. */
+  readonly env?: NodeJS.ProcessEnv;
+}
+
+export interface DialOptions {
+  /** ALPN protocols to offer, e.g. `["h2"]`; none by default. */
+  readonly alpn?: readonly string[];
+}
+
+
+/** The placeholder listener of a native request: the app's own server is the public listener. */
+const NATIVE_LISTENER = { bind: { host: "127.0.0.1", port: 0 }, localApp: { host: "127.0.0.1", port: 0 } } as const;
+
+let instances = 0;
+
+/** Options first, then the Consul environment variables, then the dev state directory. */
+function choose(o: ServiceOptions, idSuffix: string): ControlPlaneChoice {
+  if (o.configFile !== undefined) return { kind: "static", file: o.configFile };
+  const env = o.env ?? process.env;
+  const agent = o.consul ?? (o.dataDir === undefined ? consulAgentFromEnv(env) : null);
+  if (agent) return { kind: "consul", agent, register: { idSuffix }, native: true };
+  return devChoice(o.dataDir ?? (env["MESHPROXY_DATA_DIR"] || undefined), o.datacenter);
+}
+
+export class Service {
+  readonly name: string;
+  readonly metrics: Metrics;
+  private readonly log: Logger;
+  private current: Snapshot | null = null;
+  private tls: TlsMaterial | null = null;
+  private gate: InboundGate | null = null;
+  private readonly sessions = new SessionCache();
+  private readonly pools = new PoolSet(this.sessions);
+  private readonly runtimes = new Map<string, ClusterRuntime>();
+  private upstreams = new Map<string, ResolvedUpstream>();
+  private readonly resolving = new Map<string, { promise: Promise<ResolvedUpstream>; settle: (u: ResolvedUpstream) => void }>();
+  private meshDispatcher: MeshDispatcher | null = null;
+  /** The server whose address is registered in the catalog. */
+  private registered: TlsServer | null = null;
+  private closing: Promise<void> | null = null;
+  private readonly resolveTimeoutMs: number;
+  private readonly maxUpstreams: number;
+  /** Every service the app asked for, resolved or not (what the control plane watches). */
+  private readonly asked = new Set<string>();
+
+  private constructor(
+    opts: ServiceOptions,
+    private readonly cp: ControlPlane,
+    log: Logger,
+  ) {
+    this.name = opts.name;
+    this.log = log;
+    this.metrics = new Metrics({ processMetrics: false });
+    this.resolveTimeoutMs = opts.resolveTimeoutMs ?? 5_000;
+    this.maxUpstreams = opts.maxUpstreams ?? 256;
+  }
+
+  /**
+   * Starts the service: resolves once the control plane delivered a first valid Snapshot (leaf,
+   * roots, intentions). A control plane that cannot deliver one fails here with why.
+   */
+  static async create(opts: ServiceOptions): Promise<Service> {
+    serviceOfName(opts.name);
+    const log = opts.logger ?? createLogger({ level: "warn" });
+    const idSuffix = `native-${process.pid}-${++instances}`;
+    const request: ProxyRequest = {
+      service: opts.name,
+      proxyId: `${opts.name}-${idSuffix}`,
+      publicListener: NATIVE_LISTENER,
+      upstreams: [],
+      ...(opts.meta ? { meta: opts.meta } : {}),
+    };
+    const cp = opts.controlPlane ?? (await createControlPlane(choose(opts, idSuffix), request, log));
+    const svc = new Service(opts, cp, log.child("native"));
+    await loadUndici();
+    const { MeshDispatcher } = await import("./dispatcher.js");
+    svc.meshDispatcher = new MeshDispatcher(svc.resolver());
+    await svc.start();
+    return svc;
+  }
+
+  private async start(): Promise<void> {
+    let firstError: Error | null = null;
+    try {
+      await this.cp.start({
+        snapshot: (s) => {
+          try {
+            this.apply(s);
+          } catch (e) {
+            firstError ??= e instanceof Error ? e : new Error(String(e));
+          }
+        },
+        error: (e) => {
+          this.metrics.controlPlaneErrors.labels(this.cp.kind, e.resource).inc();
+          this.log.error(this.current ? "control plane error; serving on the last good snapshot" : "control plane error; not serving until the configuration is fixed", { control_plane: this.cp.kind, error: e.message });
+        },
+      });
+    } catch (e) {
+      await this.cp.stop().catch(logRejection(this.log, "stopping the control plane after a failed start", "debug"));
+      throw e;
+    }
+    if (!this.current) {
+      await this.cp.stop();
+      throw firstError ?? new ControlPlaneError(this.cp.kind, "started without delivering a Snapshot", true);
+    }
+  }
+
+  /** Validates and applies one Snapshot; an invalid one is counted, logged and ignored (the last good one stays). */
+  private apply(s: Snapshot): void {
+    if (this.closing) return;
+    let inbound: InboundPolicy;
+    let compiled: CompiledSnapshot;
+    try {
+      if (s.identity.service !== this.name) throw new SnapshotError("identity.service", `the control plane serves "${s.identity.service}", not "${this.name}"; give the native Service the name the configuration has`);
+      // The placeholder listener is not compiled: the app's own server is the public listener.
+      compiled = compileSnapshot({ ...s, publicListener: null }, this.tls);
+      inbound = compileInbound(s);
+    } catch (e) {
+      const field = e instanceof SnapshotError ? e.field : e instanceof RouteCompileError ? `routes[${e.routeIndex}].${e.field}` : e instanceof PermissionCompileError ? e.field : e instanceof MatchCompileError ? "intentions" : null;
+      if (field === null) throw e;
+      this.metrics.snapshotsRejected.labels(s.source, field).inc();
+      this.log.error(this.current ? "snapshot rejected; keeping the last good one" : "snapshot rejected; not serving until a valid one arrives", { version: s.version, error: e instanceof Error ? e.message : String(e) });
+      if (this.current === null) throw e;
+      return;
+    }
+    const tls = compiled.tls;
+    this.sessions.reset(tls.key);
+    syncClusterRuntimes(this.runtimes, this.pools, compiled.clusters, tls);
+    const http = new Map<string, OutboundHttpState>();
+    for (const u of compiled.upstreams) if (u.routes !== null) http.set(u.name, new OutboundHttpState(u.name, u.routes, this.runtimes));
+    if (this.gate) this.gate.update(inbound, tls);
+    else this.gate = new InboundGate(inbound, tls, this.metrics, this.log);
+    this.upstreams = new Map(s.upstreams.map((u) => [u.name, { listener: u, http: http.get(u.name) ?? null }]));
+    this.current = s;
+    this.tls = tls;
+    this.metrics.snapshotsApplied.labels(s.source).inc();
+    for (const [name, r] of this.resolving) {
+      const u = this.upstreams.get(name);
+      if (u) r.settle(u);
+    }
+  }
+
+  /** This service's SPIFFE ID. */
+  get spiffeId(): string {
+    return this.snapshot.identity.spiffeId;
+  }
+
+  /** The Snapshot in force (leaf, roots, intentions, the upstreams resolved so far). */
+  get snapshot(): Snapshot {
+    if (!this.current) throw new Error("internal error: a Service is only handed out after its first Snapshot");
+    return this.current;
+  }
+
+  private get inbound(): InboundGate {
+    if (!this.gate) throw new Error("internal error: a Service is only handed out after its first Snapshot");
+    return this.gate;
+  }
+
+  /**
+   * Options to construct a TLS server of this service with (node:https, node:http2, node:tls,
+   * a framework's `https` option): TLS 1.2+, the mesh roots, a client certificate requested. They
+   * hold no certificate: pass the server to attach(), which installs the leaf together with the
+   * checks of every caller, so a server that was never attached completes no handshake.
+   */
+  serverTLSOptions(): TlsOptions {
+    return this.inbound.options;
+  }
+
+  /**
+   * Guards a TLS server (node:https, node:tls, or a framework's) as this service's public
+   * listener: each caller's certificate and SPIFFE ID verified and its intentions checked before
+   * any of the server's listeners sees the connection (L7 permissions per request for http
+   * services), certificates rotated in place, and the server registered in the catalog once it
+   * listens (deregistered when it closes or the Service does).
+   */
+  attach<S extends TlsServer>(server: S): S {
+    this.inbound.attach(server);
+    const register = () => this.register(server);
+    if (server.listening) register();
+    else server.once("listening", register);
+    return server;
+  }
+
+  /** An HTTPS server for `handler` (a node request listener, an Express app), attached. */
+  createServer(handler?: (req: IncomingMessage, res: ServerResponse) => void): HttpsServer {
+    const server = handler ? createHttpsServer(this.serverTLSOptions(), handler) : createHttpsServer(this.serverTLSOptions());
+    return this.attach(server);
+  }
+
+  /** The verified caller of a request or connection accepted by an attached server; null otherwise. */
+  peerOf(x: IncomingMessage | Http2ServerRequest | Socket): Peer | null {
+    return verifiedPeer(x instanceof IncomingMessage || x instanceof Http2ServerRequest ? x.socket : x);
+  }
+
+  private register(server: TlsServer): void {
+    if (this.closing) return;
+    if (this.registered && this.registered !== server) {
+      this.log.warn("a second server of this service listens; only the first one is registered in the catalog", {});
+      return;
+    }
+    const a = server.address();
+    if (a === null || typeof a === "string") return;
+    this.registered = server;
+    server.once("close", () => {
+      if (this.registered !== server) return;
+      this.registered = null;
+      this.cp.withdraw().catch(logRejection(this.log, "deregistering the service instance", "warn"));
+    });
+    const address = a.address === "0.0.0.0" || a.address === "::" ? "127.0.0.1" : a.address;
+    const protocol = this.snapshot.publicListener?.protocol ?? "tcp";
+    this.cp.announce({ address, port: a.port, protocol }).catch(logRejection(this.log, "registering the service instance"));
+  }
+
+  /** An undici Dispatcher for `https://<service>.service.consul/...` (fetch's `dispatcher` option). */
+  dispatcher(): Dispatcher {
+    if (!this.meshDispatcher) throw new Error("internal error: a Service is only handed out after start");
+    return this.meshDispatcher;
+  }
+
+  /** A verified mTLS connection to a healthy instance of `service` (a name or `<name>.service.consul`). */
+  async dial(service: string, opts: DialOptions = {}): Promise<TLSSocket> {
+    const name = serviceOfName(service);
+    const u = this.upstreams.get(name) ?? (await this.resolve(name));
+    const primary = this.runtimes.get(u.listener.cluster);
+    if (!primary) throw new DialError("UH", `upstream "${name}": cluster "${u.listener.cluster}" is not configured`);
+    const stream = await new Promise<OpenStream | StreamFailure>((resolve) =>
+      openStream(
+        {
+          primary,
+          clusters: this.runtimes,
+          tls: this.tls!,
+          sessions: this.sessions,
+          connectTimeoutMs: u.listener.connectTimeoutMs,
+          ...(opts.alpn ? { alpn: opts.alpn } : {}),
+          wanted: () => this.closing === null,
+          attemptFailed: (_c, host, err) => this.log.debug("connect attempt failed", { upstream: name, host: host.key, error: err.message }),
+        },
+        resolve,
+      ),
+    );
+    if ("flag" in stream) throw new DialError(stream.flag, stream.detail);
+    return stream.socket;
+  }
+
+  private resolver(): UpstreamResolver {
+    return {
+      known: (service) => this.upstreams.get(service) ?? null,
+      resolve: (service) => this.resolve(service),
+      clusters: this.runtimes,
+    };
+  }
+
+  /** Asks the control plane for an upstream the app names for the first time, and waits for it. */
+  private resolve(service: string): Promise<ResolvedUpstream> {
+    const known = this.upstreams.get(service);
+    if (known) return Promise.resolve(known);
+    const pending = this.resolving.get(service);
+    if (pending) return pending.promise;
+    if (this.closing) return Promise.reject(new Error(`upstream "${service}": the Service is closed`));
+    const add = this.cp.addUpstream?.bind(this.cp);
+    if (!add) {
+      return Promise.reject(new Error(`upstream "${service}": the ${this.cp.kind} control plane serves only the upstreams its configuration lists; add "${service}" there`));
+    }
+    if (!this.asked.has(service) && this.asked.size >= this.maxUpstreams) {
+      return Promise.reject(new MeshNameError(`upstream "${service}": this Service already calls ${this.asked.size} services, its maxUpstreams; raise the option if the app really calls more`));
+    }
+    this.asked.add(service);
+    let settle!: (u: ResolvedUpstream) => void;
+    let timer: NodeJS.Timeout | undefined;
+    const promise = new Promise<ResolvedUpstream>((resolve, reject) => {
+      settle = (u) => {
+        clearTimeout(timer);
+        this.resolving.delete(service);
+        resolve(u);
+      };
+      timer = setTimeout(() => {
+        this.resolving.delete(service);
+        reject(new Error(`upstream "${service}": the ${this.cp.kind} control plane did not resolve it within ${this.resolveTimeoutMs} ms (is the configuration valid? see the control plane errors logged)`));
+      }, this.resolveTimeoutMs);
+      timer.unref();
+    });
+    this.resolving.set(service, { promise, settle });
+    add({ name: service, bind: { host: "127.0.0.1", port: 0 }, connectTimeoutMs: DEFAULTS.upstreamConnectTimeoutMs });
+    return promise;
+  }
+
+  /**
+   * Deregisters the instance, stops the control plane's watches and timers, closes every pooled
+   * connection, and stops guarding attached servers' new connections (servers stay the app's
+   * to close). Leaves no handle behind: a process with nothing else to do exits.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
+    await this.meshDispatcher?.close();
+    try {
+      await this.cp.withdraw();
+    } catch (e) {
+      this.log.warn("could not deregister", { error: e instanceof Error ? e.message : String(e) });
+    }
+    this.registered = null;
+    for (const rt of this.runtimes.values()) rt.close();
+    this.runtimes.clear();
+    await this.pools.closeAll();
+    await this.cp.stop();
+  }
+}

@@ -1,0 +1,98 @@
+// L7 intentions on native servers (dev control plane): per request on HTTP/1.1, per stream on
+// HTTP/2, and for the requests node hands to other events (upgrade, CONNECT, Expect).
+import t from "tap";
+import { once } from "node:events";
+import { connect, createSecureServer } from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Duplex } from "node:stream";
+import { fetch } from "undici";
+import { tempDir } from "../helpers/mesh.js";
+import { configWrite } from "../helpers/l7.js";
+import { leafFor, readDevCa, tlsExchange } from "../helpers/certs.js";
+import { fetchUntil, intentions, serve, service } from "../helpers/native.js";
+
+
+t.test("L7 intentions are checked per request on an http service, against the canonical path", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http" });
+  await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const web = await service(t, { name: "web", dataDir: dir });
+  const served = await serve(t, api);
+  t.equal(api.snapshot.publicListener?.protocol, "http", "api's protocol comes from its service-defaults");
+  const ok = await fetchUntil(web, "https://api.service.consul/public/a");
+  t.equal(await ok.text(), "api /public/a from web", "an allowed path reaches the app");
+  const denied = await fetch("https://api.service.consul/private", { dispatcher: web.dispatcher() });
+  t.equal(denied.status, 403, "a path no permission allows is answered 403");
+  t.match(await denied.text(), /default policy is deny/, "with the reason");
+  const sneaky = await fetch("https://api.service.consul/public/../private", { dispatcher: web.dispatcher() });
+  t.equal(sneaky.status, 403, "dot segments are resolved before the check");
+  t.notOk(served.seen.some((s) => s.url.includes("private")), "the app never saw a private request");
+  const again = await fetch("https://api.service.consul/public/b", { dispatcher: web.dispatcher() });
+  t.equal(again.status, 200, "the connection stays usable after a 403");
+});
+
+t.test("an HTTP/2 server of the service gets the same checks: identity per connection, L7 per stream", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http2" });
+  await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const seen: string[] = [];
+  const server = api.attach(
+    createSecureServer(api.serverTLSOptions(), (req, res) => {
+      seen.push(`${req.url} from ${api.peerOf(req)?.service ?? "?"}`);
+      res.end("ok");
+    }),
+  );
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise((r) => server.close(r)));
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const session = connect(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { ca: ca.certPem, cert: web.certPem, key: web.keyPem, checkServerIdentity: () => undefined });
+  t.teardown(() => session.close());
+  const get = (path: string) =>
+    new Promise<number>((resolve, reject) => {
+      const s = session.request({ ":path": path });
+      s.on("response", (h) => resolve(Number(h[":status"])));
+      s.on("error", reject);
+      s.resume();
+    });
+  t.equal(await get("/public/a"), 200, "an allowed path is served");
+  t.equal(await get("/private"), 403, "a path no permission allows is refused on its stream");
+  t.equal(await get("/public/../private"), 403, "checked on the canonical path");
+  t.equal(await get("/public/./b"), 200, "the session is still usable");
+  t.same(seen, ["/public/a from web", "/public/b from web"], "the app saw only allowed requests, canonical, with the caller");
+});
+
+t.test("upgrade, CONNECT and Expect: 100-continue requests cannot step around L7 intentions", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http" });
+  await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const seen: string[] = [];
+  const served = await serve(t, api);
+  served.server.on("upgrade", (req: IncomingMessage, socket: Duplex) => {
+    seen.push(`upgrade ${req.url}`);
+    socket.end("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n");
+  });
+  served.server.on("connect", (req: IncomingMessage, socket: Duplex) => {
+    seen.push(`connect ${req.url}`);
+    socket.end("HTTP/1.1 200 Connection Established\r\n\r\n");
+  });
+  served.server.on("checkContinue", (req: IncomingMessage, res: ServerResponse) => {
+    seen.push(`continue ${req.url}`);
+    res.writeContinue();
+    res.end("continued");
+  });
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const addr = `127.0.0.1:${served.port}`;
+  const status = async (head: string) => (await tlsExchange(addr, head, web)).data.toString().split("\r\n")[0];
+  t.equal(await status("GET /private HTTP/1.1\r\nhost: api\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"), "HTTP/1.1 403 Forbidden", "a denied upgrade is answered 403");
+  t.equal(await status("CONNECT db:5432 HTTP/1.1\r\nhost: db:5432\r\n\r\n"), "HTTP/1.1 400 Bad Request", "CONNECT's authority-form target is refused");
+  t.equal(await status("POST /private HTTP/1.1\r\nhost: api\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n"), "HTTP/1.1 403 Forbidden", "a denied request with Expect is answered 403");
+  t.equal(await status("GET /public/ws HTTP/1.1\r\nhost: api\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"), "HTTP/1.1 101 Switching Protocols", "an allowed upgrade reaches the app");
+  t.same(seen, ["upgrade /public/ws"], "the app's upgrade, connect and checkContinue listeners saw only the allowed one");
+});

@@ -1,0 +1,200 @@
+// Certificate and root rotation under a live native server and a pooled native client, driven by
+// a control plane of the test's own (the ControlPlane interface, with addUpstream), so the test
+// decides exactly when the leaf and the roots change.
+import t from "tap";
+import { once } from "node:events";
+import { connect as tlsConnect, type TLSSocket } from "node:tls";
+import type { AddressInfo } from "node:net";
+import { fetch } from "undici";
+import {
+  createRootCa,
+  issueLeaf,
+  serviceSni,
+  serviceSpiffeId,
+  type Announcement,
+  type CaMaterial,
+  type ControlPlane,
+  type ControlPlaneHandlers,
+  type IssuedLeaf,
+  type Snapshot,
+  type UpstreamRequest,
+} from "../../src/index.js";
+import { service } from "../helpers/native.js";
+import type { Teardown } from "../helpers/mesh.js";
+
+const TD = "11111111-2222-3333-4444-555555555555.consul";
+
+const idOf = (svc: string) => serviceSpiffeId({ trustDomain: TD, namespace: "default", datacenter: "dc1", service: svc });
+
+/** A control plane whose state the test sets: this service's leaf, the roots, where api listens. */
+class TestControlPlane implements ControlPlane {
+  readonly kind = "test";
+  private handlers: ControlPlaneHandlers | null = null;
+  private version = 0;
+  private readonly upstreams: UpstreamRequest[] = [];
+  announced: Announcement | null = null;
+  withdrawn = 0;
+
+  constructor(
+    private readonly service: string,
+    private leaf: IssuedLeaf,
+    private roots: string[],
+    private apiPort = 0,
+  ) {}
+
+  start(handlers: ControlPlaneHandlers): Promise<void> {
+    this.handlers = handlers;
+    this.emit();
+    return Promise.resolve();
+  }
+
+  addUpstream(u: UpstreamRequest): void {
+    this.upstreams.push(u);
+    this.emit();
+  }
+
+  set(change: { leaf?: IssuedLeaf; roots?: string[]; apiPort?: number }): void {
+    if (change.leaf) this.leaf = change.leaf;
+    if (change.roots) this.roots = change.roots;
+    if (change.apiPort !== undefined) this.apiPort = change.apiPort;
+    this.emit();
+  }
+
+  private emit(): void {
+    const sni = serviceSni("api", "default", "dc1", TD);
+    const s: Snapshot = {
+      version: ++this.version,
+      source: this.kind,
+      identity: {
+        service: this.service,
+        namespace: "default",
+        datacenter: "dc1",
+        trustDomain: TD,
+        spiffeId: idOf(this.service),
+        certChainPem: this.leaf.certPem,
+        privateKeyPem: this.leaf.keyPem,
+        serial: this.leaf.serial,
+        notBefore: this.leaf.notBefore,
+        notAfter: this.leaf.notAfter,
+      },
+      trust: { trustDomain: TD, rootsPem: this.roots },
+      publicListener: { bind: { host: "127.0.0.1", port: 0 }, localApp: { host: "127.0.0.1", port: 0 }, protocol: "http", handshakeTimeoutMs: 10_000, localConnectTimeoutMs: 1000, idleTimeoutMs: 3_600_000 },
+      upstreams: this.upstreams.map((u) => ({ name: u.name, bind: u.bind, cluster: sni, protocol: "tcp", connectTimeoutMs: 5000, idleTimeoutMs: 3_600_000 })),
+      clusters:
+        this.upstreams.length === 0
+          ? {}
+          : {
+              [sni]: {
+                name: sni,
+                service: "api",
+                namespace: "default",
+                datacenter: "dc1",
+                sni,
+                expectedSpiffeId: idOf("api"),
+                endpoints: [{ host: "127.0.0.1", port: this.apiPort, healthy: true, id: "api-1", meta: {} }],
+              },
+            },
+      intentions: { defaultAction: "allow", intentions: [] },
+    };
+    this.handlers?.snapshot(s);
+  }
+
+  announce(a: Announcement): Promise<void> {
+    this.announced = a;
+    return Promise.resolve();
+  }
+
+  withdraw(): Promise<void> {
+    this.withdrawn++;
+    return Promise.resolve();
+  }
+
+  stop(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+async function leaf(ca: CaMaterial, svc: string): Promise<IssuedLeaf> {
+  return issueLeaf(ca, { spiffeId: idOf(svc), commonName: svc, ttlMs: 3_600_000 });
+}
+
+/** The serial of the certificate a fresh connection to `port` is served, verified against `roots` with `client`'s leaf. */
+async function servedSerial(port: number, roots: string[], client: IssuedLeaf): Promise<string> {
+  const s: TLSSocket = tlsConnect({ host: "127.0.0.1", port, ca: roots, cert: client.certPem, key: client.keyPem, servername: "api", checkServerIdentity: () => undefined });
+  await once(s, "secureConnect");
+  const serial = s.getPeerCertificate().serialNumber.toLowerCase();
+  s.destroy();
+  return serial;
+}
+
+const plain = (serial: string) => serial.replace(/:/g, "").replace(/^0+/, "");
+
+async function setup(t: Teardown) {
+  const ca1 = await createRootCa(TD);
+  const apiCp = new TestControlPlane("api", await leaf(ca1, "api"), [ca1.certPem]);
+  const webLeaf = await leaf(ca1, "web");
+  const webCp = new TestControlPlane("web", webLeaf, [ca1.certPem]);
+  const api = await service(t, { name: "api", controlPlane: apiCp });
+  const web = await service(t, { name: "web", controlPlane: webCp });
+  const connections: string[] = [];
+  let release: (() => void) | null = null;
+  let arrived: () => void = () => {};
+  const slowArrived = new Promise<void>((r) => (arrived = r));
+  const server = api.createServer((req, res) => {
+    const answer = () => res.end(`${req.url} on ${req.socket.remotePort}`);
+    if (req.url !== "/slow") return answer();
+    release = answer;
+    arrived();
+  });
+  server.on("secureConnection", (s: TLSSocket) => connections.push(String(s.remotePort)));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise<void>((r) => (server.close(() => r()), server.closeAllConnections())));
+  const port = (server.address() as AddressInfo).port;
+  webCp.set({ apiPort: port });
+  const get = async (path: string) => {
+    const r = await fetch(`https://api.service.consul${path}`, { dispatcher: web.dispatcher() });
+    return r.text();
+  };
+  return { ca1, api, apiCp, web, webCp, webLeaf, server, port, connections, get, slowArrived, releaseSlow: () => release?.() };
+}
+
+t.test("a new leaf is served to new connections; pooled connections carry on", async (t) => {
+  const m = await setup(t);
+  const first = await m.get("/one");
+  t.equal(m.apiCp.announced?.port, m.port, "api registered the port its server listens on");
+  t.equal(m.connections.length, 1, "one connection so far");
+  const next = await leaf(m.ca1, "api");
+  m.apiCp.set({ leaf: next });
+  t.equal(m.api.snapshot.identity.serial, next.serial, "api applied the new leaf");
+  const second = await m.get("/two");
+  t.equal(second.split(" on ")[1], first.split(" on ")[1], "web's pooled connection is still the one it had");
+  t.equal(m.connections.length, 1, "and no new connection was needed");
+  t.equal(plain(await servedSerial(m.port, [m.ca1.certPem], m.webLeaf)), plain(next.serial), "a new connection is served the new leaf");
+});
+
+t.test("new roots: a request in flight finishes, the next one verifies the server against the new root", async (t) => {
+  const m = await setup(t);
+  await m.get("/warm");
+  const slow = m.get("/slow");
+  await m.slowArrived;
+  const ca2 = await createRootCa(TD, { commonName: "rotated root" });
+  const both = [m.ca1.certPem, ca2.certPem];
+  // The roots grow first everywhere (both trusted), then api moves to a leaf of the new root.
+  m.webCp.set({ roots: both });
+  m.apiCp.set({ roots: both, leaf: await leaf(ca2, "api") });
+  m.releaseSlow();
+  t.match(await slow, /^\/slow on \d+$/, "the request in flight across the rotation was answered");
+  const after = await m.get("/after");
+  t.match(after, /^\/after on \d+$/, "a request after the rotation succeeds against the new root");
+  m.webCp.set({ roots: [ca2.certPem] });
+  t.match(await m.get("/only-new"), /^\/only-new on \d+$/, "and once only the new root is trusted");
+  await t.rejects(servedSerial(m.port, [m.ca1.certPem], m.webLeaf), "a client trusting only the old root cannot verify api any more");
+});
+
+t.test("close() withdraws the registration", async (t) => {
+  const m = await setup(t);
+  await m.get("/x");
+  await m.api.close();
+  t.equal(m.apiCp.withdrawn >= 1, true, "api deregistered on close");
+});
