@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // meshproxy load benchmark (issue 6). `npm run bench` (full), `npm run bench -- --quick`
-// (about a minute), `node bench/run.mjs --smoke` (a few seconds; used by the test suite).
+// (about a minute and a half), `node bench/run.mjs --smoke` (a few seconds; used by the test
+// suite).
 //
 // It starts every process itself on loopback — the app, the meshproxy pair, the HAProxy pair,
-// the load clients — records their PIDs, stops them by PID (also on error and Ctrl-C), runs the
-// workloads path by path interleaved (direct, meshproxy, HAProxy, direct, …; the order rotates
+// both kinds of mesh gateways, the load clients — records their PIDs, stops them by PID (also on
+// error and Ctrl-C), runs the workloads path by path interleaved (direct, meshproxy, HAProxy, direct, …; the order rotates
 // every workload and round), and reports medians over the rounds as a markdown table plus
 // bench/out/results.json. A full run also rewrites bench/RESULTS.md.
 import { parseArgs } from "node:util";
@@ -31,7 +32,7 @@ const HELP = `usage: node bench/run.mjs [--quick | --smoke] [options]   (npm run
 
 modes:
   (default)         full run: ${"3"} rounds, 1 GiB bulk, 9,900 idle connections; rewrites bench/RESULTS.md
-  --quick           one short round (about a minute): 3 s runs, 256 MiB bulk, 1,000 idle connections
+  --quick           one short round (about 1.5 min): 3 s runs, 256 MiB bulk, 1,000 idle connections
   --smoke           a few seconds: startup + a 200 req/s latency run, direct and meshproxy only
                     (HAProxy too with --with-haproxy); for the test suite
 
