@@ -5,9 +5,9 @@
 //
 // It starts every process itself on loopback — the app, the meshproxy pair, the HAProxy pair,
 // both kinds of mesh gateways, the load clients — records their PIDs, stops them by PID (also on
-// error and Ctrl-C), runs the workloads path by path interleaved (direct, meshproxy, HAProxy, direct, …; the order rotates
-// every workload and round), and reports medians over the rounds as a markdown table plus
-// bench/out/results.json. A full run also rewrites bench/RESULTS.md.
+// error and Ctrl-C), runs the workloads path by path interleaved (direct, meshproxy, HAProxy,
+// direct, …; the order rotates every workload and round), and reports medians over the rounds as
+// a markdown table plus bench/out/results.json. A full run also rewrites bench/RESULTS.md.
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
 import { mkdtemp, mkdir, rm, writeFile, readdir, cp, symlink, copyFile } from "node:fs/promises";
