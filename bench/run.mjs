@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 // meshproxy load benchmark (issue 6). `npm run bench` (full), `npm run bench -- --quick`
-// (about a minute), `node bench/run.mjs --smoke` (a few seconds; used by the test suite).
+// (about a minute and a half), `node bench/run.mjs --smoke` (a few seconds; used by the test
+// suite).
 //
 // It starts every process itself on loopback — the app, the meshproxy pair, the HAProxy pair,
-// the load clients — records their PIDs, stops them by PID (also on error and Ctrl-C), runs the
-// workloads path by path interleaved (direct, meshproxy, HAProxy, direct, …; the order rotates
-// every workload and round), and reports medians over the rounds as a markdown table plus
-// bench/out/results.json. A full run also rewrites bench/RESULTS.md.
+// both kinds of mesh gateways, the load clients — records their PIDs, stops them by PID (also on
+// error and Ctrl-C), runs the workloads path by path interleaved (direct, meshproxy, HAProxy,
+// direct, …; the order rotates every workload and round), and reports medians over the rounds as
+// a markdown table plus bench/out/results.json. A full run also rewrites bench/RESULTS.md.
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
 import { mkdtemp, mkdir, rm, writeFile, readdir, cp, symlink, copyFile } from "node:fs/promises";
@@ -18,9 +19,9 @@ import { get } from "node:http";
 import { createServer } from "node:net";
 import { Procs } from "./lib/procs.mjs";
 import { cpuTimes, memory, resetPeak } from "./lib/procstat.mjs";
-import { clientConfig, serverConfig, startHaproxy, writeHaproxyCerts, haproxyInfo, haproxyCommand } from "./lib/haproxy.mjs";
-import { startSidecar, configWrite, configDump, supportsFlag } from "./lib/meshproxy.mjs";
-import { summarize, figures, targets, renderTable, renderTargets } from "./lib/report.mjs";
+import { clientConfig, serverConfig, gatewayConfig, startHaproxy, writeHaproxyCerts, haproxyInfo, haproxyCommand, haproxyBackendSessions } from "./lib/haproxy.mjs";
+import { startSidecar, startGateway, gatewayForwarded, configWrite, configDump, supportsFlag } from "./lib/meshproxy.mjs";
+import { summarize, figures, targets, renderTable, renderGatewayTable, renderTargets } from "./lib/report.mjs";
 import { fmt } from "./lib/stats.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -31,7 +32,7 @@ const HELP = `usage: node bench/run.mjs [--quick | --smoke] [options]   (npm run
 
 modes:
   (default)         full run: ${"3"} rounds, 1 GiB bulk, 9,900 idle connections; rewrites bench/RESULTS.md
-  --quick           one short round (about a minute): 3 s runs, 256 MiB bulk, 1,000 idle connections
+  --quick           one short round (about 1.5 min): 3 s runs, 256 MiB bulk, 1,000 idle connections
   --smoke           a few seconds: startup + a 200 req/s latency run, direct and meshproxy only
                     (HAProxy too with --with-haproxy); for the test suite
 
@@ -41,7 +42,8 @@ options:
   --no-haproxy      skip the HAProxy pair (ratios against HAProxy are then not computed)
   --idle-conns N    idle mTLS connections to hold (full: 9,900 — see RESULTS.md for why not 10,000)
   --bulk-mib N      bulk transfer size in MiB
-  --workloads LIST  comma list of keepalive,l7-keepalive,newconn,bulk,latency,idle,weight-shift
+  --workloads LIST  comma list of keepalive,l7-keepalive,newconn,bulk,latency,gateway,idle,weight-shift
+                    (gateway: the pairs through two mesh gateways, meshproxy's and HAProxy's)
   --cpu-prof        run the meshproxy sidecars with node --cpu-prof; profiles and a self-time
                     summary go to <out>/prof/
   --no-results-md   do not rewrite bench/RESULTS.md after a full run
@@ -68,6 +70,7 @@ const PROFILES = {
     shiftTotalS: 5,
     shiftAtS: 2,
     rates: [1000, 5000],
+    gatewayRate: 1000,
     bulkBytes: 1024 * MiB,
     idleConns: 9900,
     idleWave: 250,
@@ -77,7 +80,7 @@ const PROFILES = {
     wrkConns: 50,
     newConnConns: 16,
     latencyConns: 16,
-    workloads: ["keepalive", "l7-keepalive", "newconn", "bulk", "latency", "idle", "weight-shift"],
+    workloads: ["keepalive", "l7-keepalive", "newconn", "bulk", "latency", "gateway", "idle", "weight-shift"],
     paths: ["direct", "mesh", "haproxy"],
   },
   quick: {
@@ -90,6 +93,7 @@ const PROFILES = {
     shiftTotalS: 4,
     shiftAtS: 1.5,
     rates: [1000, 5000],
+    gatewayRate: 1000,
     bulkBytes: 256 * MiB,
     idleConns: 1000,
     idleWave: 250,
@@ -97,7 +101,7 @@ const PROFILES = {
     wrkConns: 50,
     newConnConns: 16,
     latencyConns: 16,
-    workloads: ["keepalive", "l7-keepalive", "newconn", "bulk", "latency", "idle", "weight-shift"],
+    workloads: ["keepalive", "l7-keepalive", "newconn", "bulk", "latency", "gateway", "idle", "weight-shift"],
     paths: ["direct", "mesh", "haproxy"],
   },
   smoke: {
@@ -110,6 +114,7 @@ const PROFILES = {
     shiftTotalS: 3,
     shiftAtS: 1,
     rates: [200],
+    gatewayRate: 200,
     bulkBytes: 16 * MiB,
     idleConns: 50,
     idleWave: 50,
@@ -179,7 +184,7 @@ function positiveInt(flag, v) {
 }
 
 const needHaproxy = cfg.paths.includes("haproxy");
-const needWrk = cfg.workloads.some((w) => ["keepalive", "l7-keepalive", "newconn"].includes(w)) || cfg.warmupS > 0;
+const needWrk = cfg.workloads.some((w) => ["keepalive", "l7-keepalive", "newconn", "gateway"].includes(w)) || cfg.warmupS > 0;
 
 // ─── process bookkeeping and cleanup ────────────────────────────────────────────────────────
 const procs = new Procs({ pidFile: join(outDir, "running.pids") });
@@ -340,6 +345,31 @@ function per10k(cpu, n) {
 // ─── one round: start everything fresh ──────────────────────────────────────────────────────
 const wantL7 = () => cfg.workloads.includes("l7-keepalive");
 const wantShift = () => cfg.workloads.includes("weight-shift");
+const wantGateway = () => cfg.workloads.includes("gateway");
+
+/**
+ * Resolves once a GET through target answers 200 (bounded): a path through gateways carries
+ * traffic only after the gateways have their routes and the client sidecar has found them.
+ */
+async function untilAnswers(target, what, timeoutMs = 15_000) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
+  const end = performance.now() + timeoutMs;
+  let last = "no answer";
+  for (;;) {
+    const status = await new Promise((resolve) => {
+      const req = get({ host, port, path: "/", agent: false, headers: { connection: "close" }, timeout: 2000 }, (res) => {
+        res.resume();
+        res.on("end", () => resolve(res.statusCode));
+      });
+      req.on("timeout", () => req.destroy(new Error("no answer in 2 s")));
+      req.on("error", (e) => resolve(e.message));
+    });
+    if (status === 200) return;
+    last = String(status);
+    if (performance.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} to answer 200 (last: ${last})`);
+    await sleep(100);
+  }
+}
 
 async function startApp(name, round, label = "app") {
   const h = procs.spawn(`${name}-r${round}`, process.execPath, [join(LIB, "app-server.mjs"), "0", label], { role: "app" });
@@ -373,7 +403,7 @@ function splitWeights(dump, upstream) {
 }
 
 async function startRound(round, ca) {
-  const env = { round, paths: {}, app: null, apps: [], startup: {}, mesh: null };
+  const env = { round, paths: {}, app: null, apps: [], startup: {}, gatewayStartup: {}, mesh: null };
   env.app = await startApp("app", round);
   env.apps.push(env.app);
   const appAddr = `127.0.0.1:${env.app.port}`;
@@ -442,26 +472,61 @@ async function startRound(round, ca) {
         };
       }
     }
+
+    // Through two mesh gateways (mode local): a client sidecar in dc1 whose upstream is app in
+    // dc2 → gateway dc1 → gateway dc2 → app's sidecar in dc2 → the same app. A new pair in the
+    // same state directory (one CA; dc2's catalog is catalog/dc2/). Only the gateways are the
+    // path's measured processes: its CPU and RSS figures are the gateways' own.
+    if (wantGateway()) {
+      if (!(await supportsFlag(mpRoot, "--mesh-gateway-mode")) || !(await supportsFlag(mpRoot, "--gateway <kind>"))) {
+        throw new Error("this meshproxy build has no mesh gateways (-gateway mesh, -mesh-gateway-mode): leave out the gateway workload (--workloads without gateway)");
+      }
+      const gwServer = await sidecar("mesh-gw-server-dc2", ["-service", "app", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
+      const gateway = (dc) => startGateway(procs, { root: mpRoot, name: `mesh-gateway-${dc}-r${round}`, dataDir, datacenter: dc, nodeArgs });
+      const gw2 = await gateway("dc2");
+      const gw1 = await gateway("dc1");
+      const gwClient = await sidecar("mesh-gw-client-dc1", ["-service", "clientgw", "-datacenter", "dc1", "-upstream", "app.service.dc2:0", "-mesh-gateway-mode", "local"]);
+      const target = gwClient.upstreams.app;
+      if (!target) throw new Error("the meshproxy client sidecar in dc1 reported no upstream listener for app.service.dc2");
+      await untilAnswers(target, "meshproxy's path through the gateways (client dc1 → gateway dc1 → gateway dc2 → app's sidecar in dc2)");
+      env.paths["mesh-gw"] = {
+        key: "mesh-gw",
+        target,
+        proxies: [{ side: "gateway-dc1", handle: gw1.handle, forwarded: () => gatewayForwarded(gw1.adminAddr) }, { side: "gateway-dc2", handle: gw2.handle, forwarded: () => gatewayForwarded(gw2.adminAddr) }],
+        sidecars: [{ side: "client", handle: gwClient.handle }, { side: "server", handle: gwServer.handle }],
+      };
+      env.gatewayStartup["mesh-gw"] = { readyMs: [gw1.readyMs, gw2.readyMs] };
+    }
   }
 
   if (cfg.paths.includes("haproxy")) {
     const dir = join(tmp, "haproxy");
-    const [sL4, sL7, cL4, cL7, sV1, sV2, cSplit] = await freePorts(7);
+    const [sL4, sL7, cL4, cL7, sV1, sV2, cSplit, cGw, gw1Port, gw2Port] = await freePorts(10);
     const split = wantShift();
+    const gw = wantGateway();
     const maxconn = Math.min(9990, Math.max(2000, cfg.idleConns + 50));
     const sock = (side) => join(roundDir, `haproxy-${side}.sock`);
     const server = await startHaproxy(
       procs,
       `haproxy-server-r${round}`,
       join(roundDir, "haproxy-server.cfg"),
-      serverConfig({ l4Port: sL4, l7Port: sL7, appPort: env.app.port, dir, maxconn, statsSocket: sock("server"), split: split ? { v1: { port: sV1, appPort: env.v1.port }, v2: { port: sV2, appPort: env.v2.port } } : null }),
+      serverConfig({ l4Port: sL4, l7Port: sL7, appPort: env.app.port, dir, maxconn, statsSocket: sock("server"), split: split ? { v1: { port: sV1, appPort: env.v1.port }, v2: { port: sV2, appPort: env.v2.port } } : null, dc2Cert: gw }),
       sL4,
     );
+    // Two SNI-routing passthrough gateways between the same pair: dc1's sends everything for dc2
+    // to dc2's gateway; dc2's sends app's dc2 SNI to the server side's public listener.
+    const gateways = [];
+    if (gw) {
+      const dc2Suffix = `.dc2.internal.${ca.trustDomain}`;
+      const start = (dc, port, routes) => startHaproxy(procs, `haproxy-gateway-${dc}-r${round}`, join(roundDir, `haproxy-gateway-${dc}.cfg`), gatewayConfig({ port, routes, maxconn, statsSocket: sock(`gateway-${dc}`) }), port);
+      gateways.push(await start("dc2", gw2Port, [{ name: "app_dc2", sniExact: ca.sniDc2, target: `127.0.0.1:${sL4}` }]));
+      gateways.unshift(await start("dc1", gw1Port, [{ name: "gateways_dc2", sniEnd: dc2Suffix, target: `127.0.0.1:${gw2Port}` }]));
+    }
     const client = await startHaproxy(
       procs,
       `haproxy-client-r${round}`,
       join(roundDir, "haproxy-client.cfg"),
-      clientConfig({ l4Port: cL4, l7Port: cL7, serverL4Port: sL4, serverL7Port: sL7, sni: ca.sni, dir, maxconn, statsSocket: sock("client"), split: split ? { port: cSplit, serverV1Port: sV1, serverV2Port: sV2 } : null }),
+      clientConfig({ l4Port: cL4, l7Port: cL7, serverL4Port: sL4, serverL7Port: sL7, sni: ca.sni, dir, maxconn, statsSocket: sock("client"), split: split ? { port: cSplit, serverV1Port: sV1, serverV2Port: sV2 } : null, gateway: gw ? { port: cGw, gatewayPort: gw1Port, sni: ca.sniDc2 } : null }),
       cL4,
     );
     const proxies = [
@@ -471,6 +536,16 @@ async function startRound(round, ca) {
     env.paths.haproxy = { key: "haproxy", target: `127.0.0.1:${cL4}`, proxies };
     env.paths["haproxy-l7"] = { key: "haproxy", target: `127.0.0.1:${cL7}`, proxies };
     if (split) env.paths["haproxy-split"] = { key: "haproxy", target: `127.0.0.1:${cSplit}`, proxies, statsSocket: sock("client") };
+    if (gw) {
+      await untilAnswers(`127.0.0.1:${cGw}`, "HAProxy's path through the gateways");
+      env.paths["haproxy-gw"] = {
+        key: "haproxy-gw",
+        target: `127.0.0.1:${cGw}`,
+        proxies: ["dc1", "dc2"].map((dc, i) => ({ side: `gateway-${dc}`, handle: gateways[i].handle, forwarded: () => haproxyBackendSessions(sock(`gateway-${dc}`)) })),
+        sidecars: proxies,
+      };
+      env.gatewayStartup["haproxy-gw"] = { readyMs: gateways.map((g) => g.readyMs) };
+    }
     env.startup.haproxy = { clientMs: client.readyMs, serverMs: server.readyMs };
   }
   return env;
@@ -478,7 +553,7 @@ async function startRound(round, ca) {
 
 async function stopRound(env) {
   const handles = [];
-  for (const p of Object.values(env.paths)) for (const x of p.proxies) if (!handles.includes(x.handle)) handles.push(x.handle);
+  for (const p of Object.values(env.paths)) for (const x of [...p.proxies, ...(p.sidecars ?? [])]) if (!handles.includes(x.handle)) handles.push(x.handle);
   await Promise.all(handles.map((h) => procs.stop(h, { graceMs: args["cpu-prof"] ? 15_000 : 3000 })));
   await Promise.all(env.apps.map((a) => procs.stop(a.handle)));
 }
@@ -555,6 +630,26 @@ const WORKLOADS = {
       p99AfterMs: after,
       achievedRate: r.achievedRate,
     };
+  },
+  /**
+   * The gateway workload wraps a latency or keep-alive run. On a path through gateways the
+   * measured processes are the two gateways only, so its CPU and peak RSS are theirs; the
+   * sidecar-only path (the same pair kind, no gateway) runs the same load, and the difference of
+   * the two is what the gateway hops add.
+   */
+  gateway: (inner) => async (path, env) => {
+    if (!path.sidecars) return inner(path, env);
+    // Each gateway's own count of connections it forwarded, before and after: a figure is only
+    // the gateways' if the traffic really crossed both.
+    const before = await Promise.all(path.proxies.map((p) => p.forwarded()));
+    const m = await inner(path, env);
+    const after = await Promise.all(path.proxies.map((p) => p.forwarded()));
+    const forwarded = path.proxies.map((p, i) => (after[i] !== null && before[i] !== null ? after[i] - before[i] : null));
+    path.proxies.forEach((p, i) => {
+      if (!(forwarded[i] > 0)) throw new Error(`${p.handle.name} (pid ${p.handle.pid}) forwarded no connection during the run (count ${forwarded[i] ?? "unreadable"}): the load did not cross the gateways`);
+    });
+    const { proxyCpuS, proxyCpuPer10k, proxySystemCpuPer10k, clientCpuPer10k, serverCpuPer10k, peakRssMaxMb, peakClientMb, peakServerMb, ...rest } = m;
+    return { ...rest, gatewayCpuS: proxyCpuS, gatewayCpuPer10k: proxyCpuPer10k, gatewayPeakRssMaxMb: peakRssMaxMb, gatewayConnsDc1: forwarded[0], gatewayConnsDc2: forwarded[1] };
   },
   async idle(path, env) {
     const n = cfg.idleConns;
@@ -670,15 +765,18 @@ async function main() {
   const trustDomain = `${crypto.randomUUID()}.consul`;
   const root = await createRootCa(trustDomain);
   const sni = `app.default.dc1.internal.${trustDomain}`;
-  const ca = { ...root, trustDomain, sni };
+  // The gateway workload's app is the same app registered in dc2: its SNI names dc2.
+  const sniDc2 = `app.default.dc2.internal.${trustDomain}`;
+  const ca = { ...root, trustDomain, sni, sniDc2 };
   if (cfg.paths.includes("haproxy")) {
     const dir = join(tmp, "haproxy");
     await mkdir(dir, { recursive: true });
-    const spiffe = (svc) => `spiffe://${trustDomain}/ns/default/dc/dc1/svc/${svc}`;
+    const spiffe = (svc, dc = "dc1") => `spiffe://${trustDomain}/ns/default/dc/${dc}/svc/${svc}`;
     // CN = the SNI name: HAProxy checks the server certificate's name against the SNI it sends.
     const server = await issueLeaf(root, { spiffeId: spiffe("app"), commonName: sni, ttlMs: 24 * 3600_000 });
+    const serverDc2 = wantGateway() ? await issueLeaf(root, { spiffeId: spiffe("app", "dc2"), commonName: sniDc2, ttlMs: 24 * 3600_000 }) : null;
     const client = await issueLeaf(root, { spiffeId: spiffe("client"), commonName: "client", ttlMs: 24 * 3600_000 });
-    await writeHaproxyCerts(dir, { rootPem: root.certPem, server, client });
+    await writeHaproxyCerts(dir, { rootPem: root.certPem, server, serverDc2, client });
   }
 
   const runs = [];
@@ -704,8 +802,13 @@ async function main() {
       });
       log(`  startup ${key}: client ${s.clientMs.toFixed(0)} ms, server ${s.serverMs.toFixed(0)} ms; idle RSS client ${rss.client.toFixed(1)} MB, server ${rss.server.toFixed(1)} MB`);
     }
+    for (const [key, s] of Object.entries(env.gatewayStartup)) {
+      const rss = env.paths[key].proxies.map((x) => (memory(x.handle.pid)?.rssKb ?? 0) / 1024);
+      push(round, "gateway-startup", key, { readyMaxMs: Math.max(...s.readyMs), idleRssMaxMb: Math.max(...rss) });
+      log(`  startup ${key}: gateways ready in ${s.readyMs.map((ms) => ms.toFixed(0)).join(" and ")} ms; idle RSS ${rss.map((x) => x.toFixed(1)).join(" and ")} MB`);
+    }
     if (cfg.warmupS > 0) {
-      for (const p of [...cfg.paths, "mesh-l7", "haproxy-l7", "mesh-split", "haproxy-split"]) {
+      for (const p of [...cfg.paths, "mesh-l7", "haproxy-l7", "mesh-split", "haproxy-split", "mesh-gw", "haproxy-gw"]) {
         if (env.paths[p]) await wrk({ url: url(env.paths[p].target), seconds: cfg.warmupS, conns: p.endsWith("split") ? cfg.latencyConns : cfg.wrkConns });
       }
     }
@@ -713,7 +816,15 @@ async function main() {
     let wi = 0;
     for (const w of cfg.workloads) {
       if (w === "idle" && round <= cfg.rounds - cfg.idleRounds) continue;
-      const variants = w === "latency" ? cfg.rates.map((rate) => [`latency-${rate}`, WORKLOADS.latency(rate)]) : [[w, WORKLOADS[w]]];
+      const variants =
+        w === "latency"
+          ? cfg.rates.map((rate) => [`latency-${rate}`, WORKLOADS.latency(rate)])
+          : w === "gateway"
+            ? [
+                [`gateway-latency-${cfg.gatewayRate}`, WORKLOADS.gateway(WORKLOADS.latency(cfg.gatewayRate))],
+                ["gateway-keepalive", WORKLOADS.gateway(WORKLOADS.keepalive)],
+              ]
+            : [[w, WORKLOADS[w]]];
       for (const [name, fn] of variants) {
         if (!fn) throw new Error(`unknown workload "${w}"`);
         let paths =
@@ -723,7 +834,9 @@ async function main() {
               ? ["mesh-split", "haproxy-split"].filter((p) => env.paths[p])
               : w === "idle"
                 ? cfg.paths.filter((p) => p !== "direct")
-                : cfg.paths;
+                : w === "gateway"
+                  ? ["mesh", "mesh-gw", "haproxy", "haproxy-gw"].filter((p) => env.paths[p])
+                  : cfg.paths;
         paths = rotate(paths, round - 1 + wi++);
         for (const p of paths) {
           const path = env.paths[p];
@@ -731,7 +844,7 @@ async function main() {
           const m = await fn(path, env);
           const pathKey = env.paths[p].key;
           push(round, name, pathKey, m);
-          if (m.peakRssMaxMb !== undefined && !["l7-keepalive", "weight-shift"].includes(w)) peakByPath[pathKey] = Math.max(peakByPath[pathKey] ?? 0, m.peakRssMaxMb);
+          if (m.peakRssMaxMb !== undefined && !["l7-keepalive", "weight-shift", "gateway"].includes(w)) peakByPath[pathKey] = Math.max(peakByPath[pathKey] ?? 0, m.peakRssMaxMb);
           log(`  ${name.padEnd(13)} ${p.padEnd(10)} ${describe(name, m)}  (${((performance.now() - t) / 1000).toFixed(1)} s)`);
         }
       }
@@ -744,6 +857,7 @@ async function main() {
   const rows = figures(summary, runs, cfg);
   const tgs = targets(summary, runs, rows);
   const table = renderTable(rows);
+  const gatewayTable = renderGatewayTable(rows);
   const targetTable = renderTargets(tgs);
   const meta = {
     date: started.toISOString(),
@@ -774,6 +888,8 @@ async function main() {
       haproxy: "load client → HAProxy (mode tcp) → mTLS (client cert, verify required, session reuse) → HAProxy (mode tcp, ssl verify required) → app; nbthread 1 per side",
       "haproxy-l7": "as haproxy, both sides mode http with keep-alive to the next hop (the HAProxy column of the L7 rows)",
       "mesh-l7": "as mesh, with the upstream service's protocol set to http (service-defaults), so both sidecars route HTTP and keep connections to the next hop alive (the meshproxy column of the L7 rows)",
+      "mesh-gw": "load client → meshproxy client sidecar in dc1 (upstream app.service.dc2, mesh gateway mode local) → meshproxy gateway dc1 → meshproxy gateway dc2 → meshproxy server sidecar in dc2 (public listener) → app; mTLS end to end, the gateways route by SNI and never decrypt; measured processes: the two gateways",
+      "haproxy-gw": "load client → HAProxy client side (SNI app.default.dc2.internal.<td>) → HAProxy gateway dc1 (mode tcp, SNI ends .dc2.internal.<td>) → HAProxy gateway dc2 (mode tcp, SNI app.default.dc2.internal.<td>) → HAProxy server side → app; the gateways pass TLS through; measured processes: the two gateways",
       "weight-shift": "an L7 upstream with two versions (v1, v2 apps, each behind its own server-side proxy); all traffic moves from v1 to v2 under 1,000 req/s",
     },
     processes: procs.records,
@@ -784,9 +900,9 @@ async function main() {
     profiles,
   };
   await writeFile(join(outDir, "results.json"), JSON.stringify(results, null, 2) + "\n");
-  const md = renderMarkdown(meta, table, targetTable, cfg, profiles);
+  const md = renderMarkdown(meta, table, gatewayTable, targetTable, cfg, profiles);
   await writeFile(join(outDir, "results.md"), md);
-  process.stdout.write(`\n${table}\n\n${targetTable}\n\n`);
+  process.stdout.write(`\n${table}\n\n${gatewayTable ? `${gatewayTable}\n\n` : ""}${targetTable}\n\n`);
   log(`bench: wrote ${join(outDir, "results.json")} and results.md (${meta.durationS.toFixed(0)} s)`);
   if (writeResultsMd) {
     await writeFile(join(ROOT, "bench", "RESULTS.md"), md);
@@ -805,6 +921,10 @@ function fdLimit() {
 }
 
 function describe(name, m) {
+  if (name.startsWith("gateway-")) {
+    const inner = name === "gateway-keepalive" ? "keepalive" : "latency";
+    return m.gatewayCpuPer10k !== undefined ? `${describe(inner, { ...m, proxyCpuPer10k: m.gatewayCpuPer10k })} (CPU: the gateways only)` : describe(inner, m);
+  }
   if (name === "keepalive" || name === "l7-keepalive" || name === "newconn") return `${fmt(m.rps)} req/s  p99 ${fmt(m.p99Ms)} ms  proxy CPU ${fmt(m.proxyCpuPer10k)} s/10k${m.errors ? `  errors ${m.errors}` : ""}`;
   if (name === "bulk") return `${fmt(m.mbPerS)} MB/s`;
   if (name.startsWith("latency")) return `p50 ${fmt(m.p50Ms)}  p99 ${fmt(m.p99Ms)}  p99.9 ${fmt(m.p999Ms)} ms  (${fmt(m.achievedRate)} req/s${m.errors ? `, errors ${m.errors}` : ""})`;
@@ -813,7 +933,7 @@ function describe(name, m) {
   return "";
 }
 
-function renderMarkdown(meta, table, targetTable, cfg, profiles) {
+function renderMarkdown(meta, table, gatewayTable, targetTable, cfg, profiles) {
   const v = meta.versions;
   const lines = [];
   lines.push(`# meshproxy benchmark results`);
@@ -832,6 +952,12 @@ function renderMarkdown(meta, table, targetTable, cfg, profiles) {
   lines.push("");
   lines.push(table);
   lines.push("");
+  if (gatewayTable) {
+    lines.push("### Gateway hop (two mesh gateways between the pair; meshproxy's against HAProxy's)");
+    lines.push("");
+    lines.push(gatewayTable);
+    lines.push("");
+  }
   lines.push("## Targets (issue 6; ratios against HAProxy in the same run)");
   lines.push("");
   lines.push(targetTable);
@@ -846,6 +972,7 @@ function renderMarkdown(meta, table, targetTable, cfg, profiles) {
       "- **Proxy CPU** is utime+stime from /proc/<pid>/stat of both proxy processes over the workload, divided by the requests completed; the “in the kernel” row is stime alone (system calls and the TCP stack they run). **Peak RSS** is VmHWM (reset before each workload via /proc/<pid>/clear_refs).",
       "- **Fixed-rate latency** comes from an open-loop Node client (bench/lib/latency-client.mjs): a 1 ms pacer releases requests at the fixed rate; latency runs from release to the last response byte, including any wait for a free connection. Added latency per hop = (path − direct) / 2 (two proxies per path), paired per round. The client shares the cores with the proxies, so its scheduling jitter is part of every path's tail (the same for all paths).",
       `- **Idle connections**: (RSS with N connections held − RSS before) / N per proxy process, N = ${cfg.idleConns.toLocaleString("en-US")}.${cfg.idleConns < 10_000 ? ` ${mode === "full" ? "Not 10,000: e" : "E"}ach proxy holds 2 sockets per proxied connection and the file-descriptor limit here is ${meta.fdLimit} per process (not raised), so 10,000 connections through a pair need more descriptors than any proxy (HAProxy or meshproxy) may open here; the per-connection figure hardly depends on N at this scale.` : ""} Measured in ${cfg.idleRounds >= cfg.rounds ? "every round" : `the last ${cfg.idleRounds} round(s) only`}; connections are opened in waves of ${cfg.idleWave} and counted at the app, so every one is established end to end.`,
+      `- **Gateway hop** (the \`gateway\` workload): each pair again, through two mesh gateways as Consul's mesh gateway mode \`local\` routes it: client sidecar in dc1 → gateway dc1 → gateway dc2 → server sidecar in dc2 → the same app. meshproxy: a second sidecar pair in the same state directory (the client with \`-upstream app.service.dc2 -mesh-gateway-mode local\`, the server with \`-datacenter dc2\`) and two \`meshproxy -gateway mesh\` processes. HAProxy: two more \`haproxy\` processes (\`nbthread 1\`, \`mode tcp\`, \`tcp-request inspect-delay\`, accept on a ClientHello, \`use_backend\` on \`req.ssl_sni\`: dc1's sends every SNI ending \`.dc2.internal.<td>\` to dc2's, dc2's sends app's dc2 SNI to the server side) between the same HAProxy pair, whose client side sends app's dc2 SNI on this path. Neither gateway terminates TLS; mTLS runs from sidecar to sidecar. In each round the same ${(cfg.gatewayRate ?? 1000).toLocaleString("en-US")} req/s open-loop run and the same keep-alive wrk run go over the four paths (each pair with and without its gateways), interleaved with the order rotating. Added latency per gateway hop = (gateway path − the same pair without gateways) / 2, paired per round. Gateway CPU and RSS are read from the two gateway processes only (CPU per 10k requests: utime+stime of both over the run ÷ requests completed; RSS after start: 1 s after all processes are up; peak: VmHWM over the gateway workload's runs, larger gateway), so the sidecars' cost is not in them.`,
       "- **Startup to ready**: meshproxy: spawn → the `proxy ready` log line (dev control plane, CA already present, leaf issued at start). HAProxy: spawn → its listener accepting. Idle RSS is read 1 s after all processes are up, before any traffic.",
     ].join("\n"),
   );

@@ -38,8 +38,23 @@ defaults
  * Client side: plain listeners for the local app → mTLS to the server side.
  * L4 (mode tcp) and L7 (mode http, keep-alive to the next hop) frontends in one process.
  */
-export function clientConfig({ l4Port, l7Port, serverL4Port, serverL7Port, sni, dir, maxconn, statsSocket, split }) {
+export function clientConfig({ l4Port, l7Port, serverL4Port, serverL7Port, sni, dir, maxconn, statsSocket, split, gateway }) {
   const tls = `ssl crt ${join(dir, "client.pem")} ca-file ${join(dir, "root.pem")} verify required sni str(${sni})`;
+  // The gateway path: the same upstream, now in dc2, reached through this datacenter's gateway
+  // (Consul's mesh gateway mode local). The connection carries the dc2 target's SNI, as
+  // meshproxy's sidecar sends it, and HAProxy checks the server certificate against that name.
+  const gatewaySection = gateway
+    ? `
+frontend upstream_gw
+  mode tcp
+  bind 127.0.0.1:${gateway.port}
+  default_backend mesh_gw
+
+backend mesh_gw
+  mode tcp
+  server gw_dc1 127.0.0.1:${gateway.gatewayPort} ssl crt ${join(dir, "client.pem")} ca-file ${join(dir, "root.pem")} verify required sni str(${gateway.sni})
+`
+    : "";
   const splitSection = split
     ? `
 # Weight shift under load: two versions behind one upstream, moved with "set weight" at runtime.
@@ -55,7 +70,7 @@ backend split
   server v2 127.0.0.1:${split.serverV2Port} ${tls} alpn http/1.1 weight 0
 `
     : "";
-  return `${globalSection(maxconn, statsSocket)}${splitSection}
+  return `${globalSection(maxconn, statsSocket)}${splitSection}${gatewaySection}
 frontend upstream_l4
   mode tcp
   bind 127.0.0.1:${l4Port}
@@ -79,8 +94,11 @@ backend mesh_l7
 }
 
 /** Server side: the public mTLS listeners → the local app. */
-export function serverConfig({ l4Port, l7Port, appPort, dir, maxconn, statsSocket, split }) {
+export function serverConfig({ l4Port, l7Port, appPort, dir, maxconn, statsSocket, split, dc2Cert = false }) {
   const tls = `ssl crt ${join(dir, "server.pem")} ca-file ${join(dir, "root.pem")} verify required`;
+  // With the gateway path, the public L4 listener also holds the app's dc2 certificate (CN = its
+  // dc2 SNI); HAProxy picks the certificate whose name matches the ClientHello's SNI.
+  const l4Tls = dc2Cert ? `ssl crt ${join(dir, "server.pem")} crt ${join(dir, "server-dc2.pem")} ca-file ${join(dir, "root.pem")} verify required` : tls;
   const splitSection = split
     ? ["v1", "v2"]
         .map(
@@ -101,7 +119,7 @@ backend app_${v}
   return `${globalSection(maxconn, statsSocket)}${splitSection}
 frontend public_l4
   mode tcp
-  bind 127.0.0.1:${l4Port} ${tls}
+  bind 127.0.0.1:${l4Port} ${l4Tls}
   default_backend app_l4
 
 backend app_l4
@@ -120,10 +138,39 @@ backend app_l7
 `;
 }
 
+/**
+ * An SNI-routing passthrough gateway, the HAProxy counterpart of a mesh gateway: it waits for the
+ * ClientHello, reads its SNI and pipes the still-encrypted stream to the route's target. It holds
+ * no certificate. A connection that is not TLS, or whose SNI no route names, gets no backend and
+ * is closed (a mesh gateway refuses an unknown SNI the same way).
+ * routes: [{ name, sniEnd | sniExact, target: "host:port" }], first match wins.
+ */
+export function gatewayConfig({ port, routes, maxconn, statsSocket }) {
+  const uses = routes.map((r) => `  use_backend ${r.name} if { req.ssl_sni ${r.sniEnd ? `-m end ${r.sniEnd}` : `-m str ${r.sniExact}`} }`).join("\n");
+  const backends = routes
+    .map(
+      (r) => `
+backend ${r.name}
+  mode tcp
+  server ${r.name} ${r.target}
+`,
+    )
+    .join("");
+  return `${globalSection(maxconn, statsSocket)}
+frontend gateway
+  mode tcp
+  bind 127.0.0.1:${port}
+  tcp-request inspect-delay 5s
+  tcp-request content accept if { req_ssl_hello_type 1 }
+${uses}
+${backends}`;
+}
+
 /** Writes the certificates HAProxy needs (cert + key in one PEM) from the dev CA. */
-export async function writeHaproxyCerts(dir, { rootPem, server, client }) {
+export async function writeHaproxyCerts(dir, { rootPem, server, serverDc2, client }) {
   await writeFile(join(dir, "root.pem"), rootPem);
   await writeFile(join(dir, "server.pem"), server.certPem + server.keyPem, { mode: 0o600 });
+  if (serverDc2) await writeFile(join(dir, "server-dc2.pem"), serverDc2.certPem + serverDc2.keyPem, { mode: 0o600 });
   await writeFile(join(dir, "client.pem"), client.certPem + client.keyPem, { mode: 0o600 });
 }
 
@@ -157,6 +204,20 @@ export function haproxyCommand(socketPath, command) {
     s.on("end", () => resolve(b));
     s.end(`${command}\n`);
   });
+}
+
+/** Connections HAProxy's backends have taken so far (`show stat`: the BACKEND rows' stot), or null. */
+export async function haproxyBackendSessions(socketPath) {
+  let csv;
+  try {
+    csv = await haproxyCommand(socketPath, "show stat");
+  } catch {
+    return null;
+  }
+  const [head, ...rows] = csv.split("\n").filter(Boolean);
+  const stot = head?.replace(/^# /, "").split(",").indexOf("stot") ?? -1;
+  if (stot < 0) return null;
+  return rows.map((r) => r.split(",")).filter((f) => f[1] === "BACKEND").reduce((n, f) => n + Number(f[stot]), 0);
 }
 
 /** `show info` on a stats socket, as { field: value } (numbers where numeric). */

@@ -20,6 +20,25 @@ export function startSidecar(procs, { root, name, dataDir, args, nodeArgs = [], 
     });
 }
 
+/**
+ * A mesh gateway: `meshproxy -gateway mesh -datacenter <dc> -listen 127.0.0.1:0`, ready at its
+ * "gateway ready" log line (which names the listen address). The data dir must already hold the CA.
+ */
+export function startGateway(procs, { root, name, dataDir, datacenter, nodeArgs = [], env = {} }) {
+  const bin = join(root, "dist", "cli", "main.js");
+  const h = procs.spawn(name, process.execPath, [...nodeArgs, bin, "-gateway", "mesh", "-datacenter", datacenter, "-listen", "127.0.0.1:0", "-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0"], {
+    role: "proxy",
+    env: { ...process.env, CONSUL_HTTP_ADDR: "", ...env },
+  });
+  return h
+    .waitForLine((e) => e.stream === "stderr" && e.line.includes('"gateway ready"'), 20_000)
+    .then(async (e) => {
+      const ready = JSON.parse(e.line);
+      const admin = JSON.parse((await h.waitForLine((l) => l.stream === "stderr" && l.line.includes('"admin API listening"'), 5000)).line);
+      return { handle: h, readyMs: e.at - h.spawnedAt, listen: String(ready.listen), adminAddr: String(admin.address) };
+    });
+}
+
 /** Whether the meshproxy build in `root` knows a flag (its --help lists it). */
 export async function supportsFlag(root, flag) {
   const { execFile } = await import("node:child_process");
@@ -36,6 +55,24 @@ export async function configWrite(procs, { root, dataDir, file, entry }) {
   const { code } = await h.exited;
   if (code !== 0) throw new Error(`meshproxy config write ${file} failed (exit ${code}): ${h.stderr()}`);
   return performance.now() - h.spawnedAt;
+}
+
+/** Connections a mesh gateway has forwarded so far (meshproxy_gateway_forwarded_total, every route), or null. */
+export async function gatewayForwarded(adminAddr) {
+  const { get } = await import("node:http");
+  const [host, port] = adminAddr.split(":");
+  return new Promise((resolve) => {
+    get({ host, port: Number(port), path: "/stats/prometheus", agent: false }, (res) => {
+      let b = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => (b += d));
+      res.on("end", () => {
+        let n = 0;
+        for (const line of b.split("\n")) if (line.startsWith("meshproxy_gateway_forwarded_total{")) n += Number(line.slice(line.lastIndexOf(" ") + 1));
+        resolve(n);
+      });
+    }).on("error", () => resolve(null));
+  });
 }
 
 /** The sidecar's config dump (admin API). */

@@ -38,6 +38,24 @@ export function addedPerHop(runs, workload, metric) {
   return out;
 }
 
+/**
+ * Per-round (path through two gateways − the same kind of pair without them) / 2, median over
+ * rounds: what one gateway hop adds. Both paths ran in the same round, interleaved.
+ */
+export function addedPerGatewayHop(runs, workload, metric) {
+  const byRound = new Map();
+  for (const r of runs.filter((r) => r.workload === workload)) {
+    if (!byRound.has(r.round)) byRound.set(r.round, {});
+    byRound.get(r.round)[r.path] = r.metrics[metric];
+  }
+  const out = {};
+  for (const p of ["mesh", "haproxy"]) {
+    const xs = [...byRound.values()].filter((v) => typeof v[p] === "number" && typeof v[`${p}-gw`] === "number").map((v) => (v[`${p}-gw`] - v[p]) / 2);
+    out[p] = median(xs);
+  }
+  return out;
+}
+
 function row(label, unit, values, better, extra = {}) {
   const v = { direct: values.direct ?? null, mesh: values.mesh ?? null, haproxy: values.haproxy ?? null };
   return {
@@ -106,6 +124,38 @@ export function figures(summary, runs, cfg) {
     rows.push(row(`RSS per idle mTLS connection, server-side proxy (${fmt(n)} held)`, "KB", pick(summary, "idle", "perConnServerKb", ["mesh", "haproxy"]), "lower", { key: "idle.perconn" }));
     rows.push(row(`peak RSS per proxy holding ${fmt(n)} idle connections, larger side`, "MB", pick(summary, "idle", "rssWithConnsMaxMb", ["mesh", "haproxy"]), "lower"));
   }
+  // The gateway hop: its own block (rendered as a separate table), meshproxy's gateways against
+  // HAProxy's; the values of the paths through the gateways sit in the mesh/haproxy columns.
+  const gw = (w, metric) => ({ mesh: summary[w]?.["mesh-gw"]?.[metric] ?? null, haproxy: summary[w]?.["haproxy-gw"]?.[metric] ?? null });
+  const gwRow = (label, unit, values, better, extra = {}) => rows.push(row(label, unit, values, better, { block: "gateway", noDirect: true, ...extra }));
+  const gwLat = `gateway-latency-${cfg.gatewayRate}`;
+  const rate = (cfg.gatewayRate ?? 0).toLocaleString("en-US");
+  if (has("gateway-keepalive")) {
+    gwRow(`keep-alive req/s through two gateways (wrk -t1 -c${cfg.wrkConns})`, "req/s", gw("gateway-keepalive", "rps"), "higher", { key: "gateway.rps" });
+    gwRow("… the same pair without gateways, same round", "req/s", pick(summary, "gateway-keepalive", "rps", ["mesh", "haproxy"]), "higher");
+  }
+  if (has(gwLat)) {
+    gwRow(`${rate} req/s fixed rate through two gateways: latency p50`, "ms", gw(gwLat, "p50Ms"), "lower");
+    gwRow(`${rate} req/s fixed rate through two gateways: latency p99`, "ms", gw(gwLat, "p99Ms"), "lower");
+    for (const [m, name] of [["p50Ms", "p50"], ["p99Ms", "p99"]]) {
+      const a = addedPerGatewayHop(runs, gwLat, m);
+      gwRow(`${rate} req/s: added latency per gateway hop ${name} ((gateway path − sidecars only) / 2)`, "ms", a, "lower", { key: `gateway.added.${name}` });
+    }
+    gwRow(`${rate} req/s: gateway CPU-seconds per 10k requests, both gateways`, "CPU-s", gw(gwLat, "gatewayCpuPer10k"), "lower");
+  }
+  if (has("gateway-keepalive")) {
+    gwRow("keep-alive: gateway CPU-seconds per 10k requests, both gateways", "CPU-s", gw("gateway-keepalive", "gatewayCpuPer10k"), "lower", { key: "gateway.cpu" });
+  }
+  if (has("gateway-startup")) {
+    gwRow("gateway RSS after start, larger gateway", "MB", gw("gateway-startup", "idleRssMaxMb"), "lower");
+  }
+  if (has("gateway-keepalive") || has(gwLat)) {
+    const peak = (p) => {
+      const xs = [summary["gateway-keepalive"]?.[p]?.gatewayPeakRssMaxMb, summary[gwLat]?.[p]?.gatewayPeakRssMaxMb].filter((x) => typeof x === "number");
+      return xs.length ? Math.max(...xs) : null;
+    };
+    gwRow("gateway peak RSS under the gateway workload (VmHWM, larger gateway)", "MB", { mesh: peak("mesh-gw"), haproxy: peak("haproxy-gw") }, "lower");
+  }
   if (has("weight-shift")) {
     const paths = ["mesh", "haproxy"];
     rows.push(row("weight change under load (1,000 req/s, v1 → v2): failed requests", "requests", pick(summary, "weight-shift", "failed", paths), "lower", { key: "shift.failed" }));
@@ -170,10 +220,19 @@ export function renderTable(rows) {
   const lines = [];
   lines.push("| figure | unit | direct | meshproxy | HAProxy | meshproxy ÷ HAProxy | meshproxy ÷ direct |");
   lines.push("|---|---|---:|---:|---:|---:|---:|");
-  for (const r of rows) {
+  for (const r of rows.filter((r) => !r.block)) {
     const pend = Boolean(r.pending);
     lines.push(`| ${r.label} | ${r.unit} | ${cell(r, "direct")} | ${cell(r, "mesh")} | ${cell(r, "haproxy")} | ${pend ? "–" : fmtRatio(r.meshOverHaproxy)} | ${pend || r.noDirect ? "–" : fmtRatio(r.meshOverDirect)} |`);
   }
+  return lines.join("\n");
+}
+
+/** The "Gateway hop" block: meshproxy's two mesh gateways against HAProxy's, or null if it did not run. */
+export function renderGatewayTable(rows) {
+  const block = rows.filter((r) => r.block === "gateway");
+  if (!block.length) return null;
+  const lines = ["| figure (gateway hop) | unit | meshproxy | HAProxy | meshproxy ÷ HAProxy |", "|---|---|---:|---:|---:|"];
+  for (const r of block) lines.push(`| ${r.label} | ${r.unit} | ${cell(r, "mesh")} | ${cell(r, "haproxy")} | ${fmtRatio(r.meshOverHaproxy)} |`);
   return lines.join("\n");
 }
 
