@@ -1,4 +1,5 @@
 // Deciding who a TLS peer is, after OpenSSL has verified its chain against our roots.
+import type { TLSSocket } from "node:tls";
 import { firstUriSan, parseServiceSpiffeId, type ServiceId } from "./spiffe.js";
 
 export type PeerRejection =
@@ -35,4 +36,40 @@ export function checkServerIdentity(subjectAltName: string | undefined, expected
     return new Error(`peer certificate mismatch: got ${uri}, want ${expectedSpiffeId}`);
   }
   return undefined;
+}
+
+export type ClientCertRejection =
+  | { readonly reason: "no_client_cert"; readonly detail: string }
+  | { readonly reason: "expired_certificate" | "untrusted_certificate" | "bad_certificate"; readonly detail: string };
+
+const UNTRUSTED = new Set([
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "CERT_SIGNATURE_FAILURE",
+]);
+
+function chainRejection(code: string): ClientCertRejection["reason"] {
+  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "expired_certificate";
+  if (UNTRUSTED.has(code)) return "untrusted_certificate";
+  return "bad_certificate";
+}
+
+/**
+ * The caller of a mesh TLS server (requestCert on, rejectUnauthorized off so each refusal gets
+ * its own reason): a certificate, a chain OpenSSL verified against our roots, then its SPIFFE ID
+ * in our trust domain. The sidecar's public listener and the native library's servers both ask
+ * this one question, the same way.
+ */
+export function verifyClient(s: TLSSocket, trustDomain: string): PeerResult | ({ readonly ok: false } & ClientCertRejection) {
+  // Only the SAN is needed: getPeerX509Certificate() skips building the full certificate object.
+  const cert = s.getPeerX509Certificate();
+  if (!cert) return { ok: false, reason: "no_client_cert", detail: "client presented no certificate" };
+  if (!s.authorized) {
+    const code = String(s.authorizationError);
+    return { ok: false, reason: chainRejection(code), detail: `client certificate not trusted: ${code}` };
+  }
+  return identifyPeer(cert.subjectAltName, trustDomain);
 }

@@ -10,7 +10,7 @@ import type { Caller } from "../authz/intentions.js";
 import type { CompiledL7Intentions, SourceAuthorizer } from "../authz/l7.js";
 import { alpnFor, type InboundState } from "../compile/inbound.js";
 import { InboundHttp } from "./http-inbound.js";
-import { identifyPeer } from "../identity/peer.js";
+import { verifyClient } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
@@ -18,21 +18,6 @@ import { logRejection, type Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { HandshakeGate, capConnections, type ListenerLimits } from "../tcp/admission.js";
-
-const UNTRUSTED = new Set([
-  "UNABLE_TO_GET_ISSUER_CERT",
-  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
-  "SELF_SIGNED_CERT_IN_CHAIN",
-  "DEPTH_ZERO_SELF_SIGNED_CERT",
-  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-  "CERT_SIGNATURE_FAILURE",
-]);
-
-function rejectionFor(code: string): InboundRejection {
-  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "expired_certificate";
-  if (UNTRUSTED.has(code)) return "untrusted_certificate";
-  return "bad_certificate";
-}
 
 export class PublicListener {
   /** Accepts TCP and applies the limits; admitted sockets are handed to `server` for TLS. */
@@ -198,14 +183,7 @@ export class PublicListener {
     });
     s.on("error", () => s.destroy());
     const state = this.state;
-    // Only the SAN is needed: getPeerX509Certificate() skips building the full certificate object.
-    const cert = s.getPeerX509Certificate();
-    if (!cert) return this.refuse(s, "no_client_cert", "client presented no certificate");
-    if (!s.authorized) {
-      const code = String(s.authorizationError);
-      return this.refuse(s, rejectionFor(code), `client certificate not trusted: ${code}`);
-    }
-    const peer = identifyPeer(cert.subjectAltName, state.trustDomain);
+    const peer = verifyClient(s, state.trustDomain);
     if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
     if (state.l7 && state.http) {
       this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log, this.obs);

@@ -12,7 +12,7 @@ import type { Protocol, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { CompiledIntentions, hasPermissions, scopeOf } from "../authz/intentions.js";
 import { CompiledL7Intentions } from "../authz/l7.js";
-import { identifyPeer } from "../identity/peer.js";
+import { verifyClient } from "../identity/peer.js";
 import type { ServiceId } from "../identity/spiffe.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
@@ -45,14 +45,6 @@ export function compileInbound(s: Snapshot): InboundPolicy {
     intentions: new CompiledIntentions(s.intentions, s.identity.service, local),
     l7: protocol === "tcp" ? null : new CompiledL7Intentions(s.intentions, s.identity.service, local),
   };
-}
-
-const UNTRUSTED = new Set(["UNABLE_TO_GET_ISSUER_CERT", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "SELF_SIGNED_CERT_IN_CHAIN", "DEPTH_ZERO_SELF_SIGNED_CERT", "UNABLE_TO_VERIFY_LEAF_SIGNATURE", "CERT_SIGNATURE_FAILURE"]);
-
-function rejectionFor(code: string): InboundRejection {
-  if (code === "CERT_HAS_EXPIRED" || code === "CERT_NOT_YET_VALID") return "expired_certificate";
-  if (UNTRUSTED.has(code)) return "untrusted_certificate";
-  return "bad_certificate";
 }
 
 /** TLS server options: the leaf, the mesh roots, a client certificate required (verified by the gate). */
@@ -168,13 +160,7 @@ export class InboundGate {
   /** Connection time: the chain, the SPIFFE ID, then L4 intentions. */
   private admit(s: TLSSocket): boolean {
     const policy = this.policy;
-    const cert = s.getPeerX509Certificate();
-    if (!cert) return this.refuse(s, "no_client_cert", "client presented no certificate");
-    if (!s.authorized) {
-      const code = String(s.authorizationError);
-      return this.refuse(s, rejectionFor(code), `client certificate not trusted: ${code}`);
-    }
-    const id = identifyPeer(cert.subjectAltName, policy.trustDomain);
+    const id = verifyClient(s, policy.trustDomain);
     if (!id.ok) return this.refuse(s, id.reason, id.detail);
     const decision = policy.intentions.authorize(id.id);
     // An L7 intention on an http service decides per request; anything else decides here.
