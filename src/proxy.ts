@@ -15,7 +15,8 @@ import { HttpRouter, OutboundHttpState } from "./outbound/http-router.js";
 import { PoolSet } from "./cluster/pools.js";
 import type { ClusterRuntime, ClusterStatus } from "./cluster/runtime.js";
 import { Metrics } from "./telemetry/metrics.js";
-import { HttpStats } from "./telemetry/http-stats.js";
+import { sourceTagsOf } from "./telemetry/consul-tags.js";
+import type { HttpStats } from "./telemetry/http-stats.js";
 import { loadUndici } from "./http/undici.js";
 import { registerClusterGauges } from "./telemetry/cluster-gauges.js";
 import type { Tracing } from "./telemetry/tracing.js";
@@ -87,7 +88,7 @@ export class Proxy extends EventEmitter {
     this.cp = opts.controlPlane;
     this.log = opts.logger ?? createLogger();
     this.metrics = opts.metrics ?? new Metrics();
-    this.httpStats = new HttpStats(this.metrics.registry);
+    this.httpStats = this.metrics.http;
     this.obs = { tracing: null, accessLog: new AccessLog(opts.accessLog ?? "off", this.metrics.accessLogDropped) };
     this.router = new HttpRouter(this.log.child("http"), this.httpStats, this.obs, this.metrics.outboundRejected);
     registerClusterGauges(this.metrics.registry, () => [...this.runtimes.values()].map((rt) => rt.statsSnapshot()));
@@ -229,6 +230,7 @@ export class Proxy extends EventEmitter {
     if (compiled.tls !== this.tls) this.recordCertExpiry(s);
     this.current = s;
     this.tls = compiled.tls;
+    this.metrics.setSource(sourceTagsOf(s.identity));
     this.metrics.snapshotsApplied.labels(s.source).inc();
     this.metrics.controlPlaneLastSuccess.labels(s.source).setToCurrentTime();
     this.log.debug("snapshot applied", { version: s.version, source: s.source });

@@ -18,6 +18,8 @@ import { localReply, type ResponseFlag } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
 import { logRejection, type Logger } from "../telemetry/log.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
+import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
+import { LOCAL_APP_CLUSTER } from "../telemetry/consul-tags.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
 import { requestFields } from "../telemetry/access-log.js";
@@ -73,6 +75,8 @@ export class InboundHttp {
     private readonly metrics: Metrics,
     private readonly log: Logger,
     private readonly obs: Observers,
+    /** Envoy's `http.public_listener.*` stats of the listener this serves. */
+    private readonly hcm: HttpConnManagerStats,
   ) {
     this.config = config;
     this.pool = this.makePool(config);
@@ -171,6 +175,10 @@ export class InboundHttp {
   }
 
   private finish(req: Req, caller: Caller | undefined, rec: InboundRecord): void {
+    const ms = performance.now() - rec.start;
+    this.hcm.response(rec.status, ms);
+    // Answered by the app (not a local reply): the local_app cluster's request stats.
+    if (rec.status !== 0 && rec.flag === "-") this.metrics.http.response(LOCAL_APP_CLUSTER, rec.status, ms);
     if (rec.status === 0) rec.flag = "DC";
     if (this.obs.tracing && rec.span) this.obs.tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag });
     if (!this.obs.accessLog.enabled) return;

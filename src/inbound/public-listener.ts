@@ -13,7 +13,9 @@ import { InboundHttp } from "./http-inbound.js";
 import { verifyClient } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
-import type { InboundRejection, ListenerStats, Metrics } from "../telemetry/metrics.js";
+import { envoyListenerAddress, type ClusterStats, type InboundRejection, type ListenerStats, type Metrics } from "../telemetry/metrics.js";
+import type { HttpConnManagerStats, TcpProxyStats } from "../telemetry/filter-stats.js";
+import { LOCAL_APP_CLUSTER } from "../telemetry/consul-tags.js";
 import { logRejection, type Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
@@ -31,6 +33,8 @@ export class PublicListener {
   private state: InboundState;
   private tlsKey: string;
   private stats: ListenerStats | null = null;
+  private tcp: { tcp: TcpProxyStats; app: ClusterStats } | null = null;
+  private hcm: HttpConnManagerStats | null = null;
   private readonly pipes = new Set<Pipe>();
   private readonly pending = new Set<Socket>();
   private inboundHttp: InboundHttp | null = null;
@@ -108,6 +112,9 @@ export class PublicListener {
     const addr = await listenOn(this.acceptor, host, port);
     this.address = `${addr.address}:${addr.port}`;
     this.stats = this.metrics.listener(this.address);
+    // Declared at start, as Envoy does: dashboards read 0 rather than nothing before traffic.
+    if (this.state.config.protocol === "tcp") this.tcpStats();
+    else this.hcmStats();
     this.log.info("public listener started", {
       address: this.address,
       local_app: `${this.state.config.localApp.host}:${this.state.config.localApp.port}`,
@@ -186,7 +193,7 @@ export class PublicListener {
     const peer = verifyClient(s, state.trustDomain);
     if (!peer.ok) return this.refuse(s, peer.reason, peer.detail);
     if (state.l7 && state.http) {
-      this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log, this.obs);
+      this.inboundHttp ??= new InboundHttp(state.http, this.metrics, this.log, this.obs, this.hcmStats());
       this.inboundHttp.accept(s, this.currentAuthorizer(peer.id, state.l7), peer.uri);
       return;
     }
@@ -214,14 +221,28 @@ export class PublicListener {
     };
   }
 
+  /** Envoy's tcp_proxy stats under Consul's `public_listener` prefix, and the `local_app` cluster's. */
+  private tcpStats(): { tcp: TcpProxyStats; app: ClusterStats } {
+    return (this.tcp ??= { tcp: this.metrics.filters.tcpProxy(null), app: this.metrics.cluster(LOCAL_APP_CLUSTER) });
+  }
+
+  private hcmStats(): HttpConnManagerStats {
+    return (this.hcm ??= this.metrics.filters.httpConnManager(null, envoyListenerAddress(this.address)));
+  }
+
   private dialLocalApp(s: TLSSocket, state: InboundState, source: string): void {
     const { localApp, localConnectTimeoutMs, idleTimeoutMs } = state.config;
+    const { tcp, app: appStats } = this.tcpStats();
+    tcp.cxTotal.inc();
+    const dialled = performance.now();
     this.pending.add(s);
     const reads = DirectReads.intoTls(s);
     const app = netConnect({ host: localApp.host, port: localApp.port, allowHalfOpen: true, noDelay: true, onread: reads.onread });
     const timer = setTimeout(() => app.destroy(new Error(`connect timeout after ${localConnectTimeoutMs} ms`)), localConnectTimeoutMs);
     const fail = (e: Error) => {
       clearTimeout(timer);
+      if (e.message.startsWith("connect timeout")) appStats.cxConnectTimeout.inc();
+      else appStats.cxConnectFail.inc();
       this.pending.delete(s);
       this.refuse(s, "local_app_unreachable", `local app ${localApp.host}:${localApp.port}: ${e.message}`, { source });
     };
@@ -237,8 +258,18 @@ export class PublicListener {
       app.off("error", fail);
       if (!this.pending.delete(s)) return; // the client went away while we dialled
       const started = Date.now();
+      const opened = performance.now();
+      appStats.cxTotal.inc();
+      appStats.cxActive.inc();
+      appStats.cxConnectMs.observe(opened - dialled);
       const pipe = joinSockets(s, app, idleTimeoutMs, (r) => {
         this.pipes.delete(pipe);
+        tcp.rxBytes.inc(r.downstreamBytesIn);
+        tcp.txBytes.inc(r.upstreamBytesIn);
+        appStats.cxActive.dec();
+        appStats.cxLengthMs.observe(performance.now() - opened);
+        appStats.txBytes.inc(r.downstreamBytesIn);
+        appStats.rxBytes.inc(r.upstreamBytesIn);
         this.logConnection(started, "-", r.downstreamBytesIn, r.upstreamBytesIn, source, r.error?.message);
         if (this.log.enabled("debug")) {
           this.log.debug("inbound connection closed", { source, bytes_in: r.downstreamBytesIn, bytes_out: r.upstreamBytesIn, error: r.error?.message });

@@ -20,6 +20,7 @@ import { clusterWithHosts } from "./concrete.js";
 import { dispatchAttempt } from "./endpoint.js";
 import type { Logger } from "../telemetry/log.js";
 import type { RequestRefusal } from "../telemetry/metrics.js";
+import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
 import type { HttpStats } from "../telemetry/http-stats.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
@@ -129,7 +130,8 @@ export class HttpRouter {
     this.log.info("request refused", { reason, upstream, method, target: (target ?? "").slice(0, 256), detail });
   }
 
-  handle(req: AnyRequest, res: AnyResponse, state: OutboundHttpState): void {
+  /** `listener`: the upstream listener's connection-manager stats (Envoy's `http.upstream.*`). */
+  handle(req: AnyRequest, res: AnyResponse, state: OutboundHttpState, listener?: HttpConnManagerStats): void {
     const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
     this.route(req, res, state, rec)
       .catch((e: unknown) => {
@@ -139,7 +141,10 @@ export class HttpRouter {
         rec.flag = "UF";
         localReply(res, 500, "UF", message);
       })
-      .finally(() => this.finish(req, state, rec));
+      .finally(() => {
+        listener?.response(rec.status, performance.now() - rec.start);
+        this.finish(req, state, rec);
+      });
   }
 
   private finish(req: AnyRequest, state: OutboundHttpState, rec: RequestRecord): void {

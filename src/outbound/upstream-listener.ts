@@ -13,7 +13,9 @@ import type { ClusterRuntime } from "../cluster/runtime.js";
 import { openStream, type OpenStream, type StreamFailure } from "./concrete.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
-import type { ClusterStats, ListenerStats, Metrics } from "../telemetry/metrics.js";
+import { envoyListenerAddress, type ClusterStats, type ListenerStats, type Metrics } from "../telemetry/metrics.js";
+import type { HttpConnManagerStats, TcpProxyStats } from "../telemetry/filter-stats.js";
+import type { UpstreamTags } from "../telemetry/consul-tags.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import type { HttpRouter, OutboundHttpState } from "./http-router.js";
@@ -43,6 +45,8 @@ export class UpstreamListener {
   private httpServer: HttpServer | null = null;
   private h2Server: Http2Server | null = null;
   private address = "";
+  private tcp: TcpProxyStats | null = null;
+  private hcm: HttpConnManagerStats | null = null;
   private readonly overflowLog: RateLimitedWarning;
 
   constructor(
@@ -90,6 +94,8 @@ export class UpstreamListener {
     const addr = await listenOn(this.server, host, port);
     this.address = `${addr.address}:${addr.port}`;
     this.stats = this.metrics.listener(this.address);
+    if (this.state.http) this.hcmStats();
+    else this.tcpStats();
     this.log.info("upstream listener started", { address: this.address, destination: this.state.cluster.service });
     return addr;
   }
@@ -101,13 +107,27 @@ export class UpstreamListener {
     this.state = { config: upstream.config, cluster, tls, clusterStats, http };
   }
 
+  /** Consul's upstream stat prefix `upstream.<svc>.<ns>.<partition>.<dc>`: the chain's service, where it lives. */
+  private upstreamTags(): UpstreamTags {
+    const c = this.state.cluster;
+    return { service: this.state.config.name, namespace: c.namespace, partition: "default", datacenter: c.datacenter };
+  }
+
+  private tcpStats(): TcpProxyStats {
+    return (this.tcp ??= this.metrics.filters.tcpProxy(this.upstreamTags()));
+  }
+
+  private hcmStats(): HttpConnManagerStats {
+    return (this.hcm ??= this.metrics.filters.httpConnManager(this.upstreamTags(), envoyListenerAddress(this.address)));
+  }
+
   /** One node:http server parses every HTTP connection of this listener; routing reads the current state per request. */
   private http(): HttpServer {
     if (this.httpServer) return this.httpServer;
     const srv = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) => {
       const h = this.state.http;
       if (!h) return localReply(res, 503, "NR", `upstream "${this.name}" is no longer HTTP; reconnect`);
-      this.router.handle(req, res, h);
+      this.router.handle(req, res, h, this.hcmStats());
     });
     // node starts tracking connections (headersTimeout, closeIdleConnections) on "listening",
     // which a server fed with emit("connection") never sees: without this, slow headers are
@@ -129,7 +149,7 @@ export class UpstreamListener {
     const srv = createH2Server({}, (req, res) => {
       const h = this.state.http;
       if (!h) return localReply(res, 503, "NR", `upstream "${this.name}" is no longer HTTP; reconnect`);
-      this.router.handle(req, res, h);
+      this.router.handle(req, res, h, this.hcmStats());
     });
     this.h2Server = srv;
     return srv;
@@ -168,8 +188,11 @@ export class UpstreamListener {
       this.sniff(down);
       return;
     }
+    const tcp = this.tcpStats();
+    tcp.cxTotal.inc();
     const primary = this.clusters.get(state.cluster.name);
     if (primary === undefined) {
+      tcp.noRoute.inc();
       // The proxy builds every cluster's runtime before it updates listeners: a bug, refused closed.
       this.refuse(down, state, { flag: "UH", detail: `cluster "${state.cluster.name}" has no runtime` });
       return;
@@ -228,6 +251,7 @@ export class UpstreamListener {
   private pipe(down: Socket, state: OutboundState, stream: OpenStream, reads: DirectReads): void {
     const { cluster, host, socket: up } = stream;
     const stats = this.statsOf(state, cluster);
+    const tcp = this.tcpStats();
     stats.cxTotal.inc();
     stats.cxActive.inc();
     stats.cxConnectMs.observe(stream.connectMs);
@@ -243,6 +267,8 @@ export class UpstreamListener {
       stats.cxLengthMs.observe(performance.now() - opened);
       stats.txBytes.inc(r.downstreamBytesIn);
       stats.rxBytes.inc(r.upstreamBytesIn);
+      tcp.rxBytes.inc(r.downstreamBytesIn);
+      tcp.txBytes.inc(r.upstreamBytesIn);
       if (this.log.enabled("debug")) {
         this.log.debug("connection closed", { endpoint, bytes_out: r.downstreamBytesIn, bytes_in: r.upstreamBytesIn, error: r.error?.message });
       }

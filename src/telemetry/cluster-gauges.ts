@@ -2,6 +2,7 @@
 // Envoy's names. Nothing on the request path touches these: prom-client calls `collect` when
 // Prometheus scrapes.
 import { Counter, Gauge, type Registry } from "prom-client";
+import { CLUSTER_LABELS, clusterLabelValues } from "./consul-tags.js";
 
 export interface ClusterSnapshotStats {
   readonly name: string;
@@ -15,7 +16,18 @@ export interface ClusterSnapshotStats {
 }
 
 export function registerClusterGauges(registry: Registry, clusters: () => Iterable<ClusterSnapshotStats>): void {
-  const c = ["envoy_cluster_name"] as const;
+  const c = CLUSTER_LABELS;
+  // Built once per cluster name, not at every scrape.
+  const byName = new Map<string, Record<string, string>>();
+  const labelsOf = (name: string): Record<string, string> => {
+    let l = byName.get(name);
+    if (!l) {
+      const v = clusterLabelValues(name);
+      l = Object.fromEntries(c.map((n, i) => [n, v[i] ?? ""]));
+      byName.set(name, l);
+    }
+    return l;
+  };
   const defs: Array<[string, string, (s: ClusterSnapshotStats) => number]> = [
     ["envoy_cluster_membership_total", "Hosts in the cluster", (s) => s.membershipTotal],
     ["envoy_cluster_membership_healthy", "Hosts healthy and not ejected", (s) => s.membershipHealthy],
@@ -32,11 +44,11 @@ export function registerClusterGauges(registry: Registry, clusters: () => Iterab
     new Counter({
       name,
       help,
-      labelNames: c,
+      labelNames: [...c],
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of clusters()) this.inc({ envoy_cluster_name: s.name }, read(s));
+        for (const s of clusters()) this.inc(labelsOf(s.name), read(s));
       },
     });
   }
@@ -44,11 +56,11 @@ export function registerClusterGauges(registry: Registry, clusters: () => Iterab
     new Gauge({
       name,
       help,
-      labelNames: c,
+      labelNames: [...c],
       registers: [registry],
       collect() {
         this.reset();
-        for (const s of clusters()) this.set({ envoy_cluster_name: s.name }, read(s));
+        for (const s of clusters()) this.set(labelsOf(s.name), read(s));
       },
     });
   }

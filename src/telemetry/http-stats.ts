@@ -1,17 +1,21 @@
 // HTTP request metrics per cluster, with Envoy's Prometheus names and labels so existing
 // dashboards work (shared/reference/data-plane-anchors.md §5). Series are cached per cluster and
 // status code, and counters are batched (batched.ts): a request costs map lookups and additions;
-// only the time histogram goes through prom-client on the request path.
-import { Histogram, type Registry } from "prom-client";
-import { BatchedCounter, type CountSlot } from "./batched.js";
+// the time histogram is batched the same way.
+import type { Registry } from "prom-client";
+import { BatchedCounter, BatchedHistogram, type CountSlot, type TimeSlot } from "./batched.js";
+import { CLUSTER_LABELS, clusterLabelValues } from "./consul-tags.js";
 
 /** Envoy's default histogram buckets, in milliseconds. */
 export const ENVOY_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
 
 interface ClusterChildren {
+  labels: string[];
   total: CountSlot;
-  time: Histogram.Internal<string>;
-  byClass: Map<number, CountSlot>;
+  completed: CountSlot;
+  time: TimeSlot;
+  /** Indexed by status class 1..5, made with the cluster's other series so they start at 0. */
+  byClass: CountSlot[];
   byCode: Map<number, CountSlot>;
   retry: CountSlot;
   timeout: CountSlot;
@@ -21,44 +25,48 @@ interface ClusterChildren {
 }
 
 export class HttpStats {
-  private readonly rqTotal: BatchedCounter<"envoy_cluster_name">;
-  private readonly rqXx: BatchedCounter<"envoy_cluster_name" | "envoy_response_code_class">;
-  private readonly rqCode: BatchedCounter<"envoy_cluster_name" | "envoy_response_code">;
-  private readonly rqTime: Histogram<"envoy_cluster_name">;
-  private readonly rqRetry: BatchedCounter<"envoy_cluster_name">;
-  private readonly rqTimeout: BatchedCounter<"envoy_cluster_name">;
-  private readonly rqOverflow: BatchedCounter<"envoy_cluster_name">;
-  private readonly rqRetryOverflow: BatchedCounter<"envoy_cluster_name">;
-  private readonly rqNoHealthy: BatchedCounter<"envoy_cluster_name">;
+  private readonly rqTotal: BatchedCounter<string>;
+  private readonly rqCompleted: BatchedCounter<string>;
+  private readonly rqXx: BatchedCounter<string>;
+  private readonly rqCode: BatchedCounter<string>;
+  private readonly rqTime: BatchedHistogram<string>;
+  private readonly rqRetry: BatchedCounter<string>;
+  private readonly rqTimeout: BatchedCounter<string>;
+  private readonly rqOverflow: BatchedCounter<string>;
+  private readonly rqRetryOverflow: BatchedCounter<string>;
+  private readonly rqNoHealthy: BatchedCounter<string>;
   private readonly children = new Map<string, ClusterChildren>();
 
   constructor(registry: Registry) {
-    const registers = [registry];
-    const c = "envoy_cluster_name";
-    this.rqTotal = new BatchedCounter({ name: "envoy_cluster_upstream_rq_total", help: "Upstream requests (final responses)", labelNames: [c], registry });
-    this.rqXx = new BatchedCounter({ name: "envoy_cluster_upstream_rq_xx", help: "Upstream responses by status class", labelNames: [c, "envoy_response_code_class"], registry });
-    this.rqCode = new BatchedCounter({ name: "envoy_cluster_upstream_rq", help: "Upstream responses by status code", labelNames: [c, "envoy_response_code"], registry });
-    this.rqTime = new Histogram({ name: "envoy_cluster_upstream_rq_time", help: "Request time to the response headers, ms", labelNames: [c], buckets: ENVOY_BUCKETS_MS, registers });
-    this.rqRetry = new BatchedCounter({ name: "envoy_cluster_upstream_rq_retry", help: "Retries sent", labelNames: [c], registry });
-    this.rqTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_rq_timeout", help: "Requests that timed out (504)", labelNames: [c], registry });
-    this.rqOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_rq_pending_overflow", help: "Requests refused by the circuit breaker (503 UO)", labelNames: [c], registry });
-    this.rqRetryOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_rq_retry_overflow", help: "Retries not sent because of the retry budget", labelNames: [c], registry });
-    this.rqNoHealthy = new BatchedCounter({ name: "envoy_cluster_upstream_rq_none_healthy", help: "Requests answered 503 UH: no healthy host", labelNames: [c], registry });
+    const c = CLUSTER_LABELS;
+    this.rqTotal = new BatchedCounter({ name: "envoy_cluster_upstream_rq_total", help: "Upstream requests (final responses)", labelNames: c, registry });
+    this.rqCompleted = new BatchedCounter({ name: "envoy_cluster_upstream_rq_completed", help: "Upstream requests that completed (a response was received)", labelNames: c, registry });
+    this.rqXx = new BatchedCounter({ name: "envoy_cluster_upstream_rq_xx", help: "Upstream responses by status class", labelNames: [...c, "envoy_response_code_class"], registry });
+    this.rqCode = new BatchedCounter({ name: "envoy_cluster_upstream_rq", help: "Upstream responses by status code", labelNames: [...c, "envoy_response_code"], registry });
+    this.rqTime = new BatchedHistogram({ name: "envoy_cluster_upstream_rq_time", help: "Request time to the response headers, ms", labelNames: c, buckets: ENVOY_BUCKETS_MS, registry });
+    this.rqRetry = new BatchedCounter({ name: "envoy_cluster_upstream_rq_retry", help: "Retries sent", labelNames: c, registry });
+    this.rqTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_rq_timeout", help: "Requests that timed out (504)", labelNames: c, registry });
+    this.rqOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_rq_pending_overflow", help: "Requests refused by the circuit breaker (503 UO)", labelNames: c, registry });
+    this.rqRetryOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_rq_retry_overflow", help: "Retries not sent because of the retry budget", labelNames: c, registry });
+    this.rqNoHealthy = new BatchedCounter({ name: "envoy_cluster_upstream_rq_none_healthy", help: "Requests answered 503 UH: no healthy host", labelNames: c, registry });
   }
 
   private of(cluster: string): ClusterChildren {
     let ch = this.children.get(cluster);
     if (!ch) {
+      const v = clusterLabelValues(cluster);
       ch = {
-        total: this.rqTotal.labels(cluster),
-        time: this.rqTime.labels(cluster),
-        byClass: new Map(),
+        labels: v,
+        total: this.rqTotal.labels(...v),
+        completed: this.rqCompleted.labels(...v),
+        time: this.rqTime.slot(...v),
+        byClass: [1, 2, 3, 4, 5].map((c) => this.rqXx.labels(...v, String(c))),
         byCode: new Map(),
-        retry: this.rqRetry.labels(cluster),
-        timeout: this.rqTimeout.labels(cluster),
-        overflow: this.rqOverflow.labels(cluster),
-        retryOverflow: this.rqRetryOverflow.labels(cluster),
-        noHealthy: this.rqNoHealthy.labels(cluster),
+        retry: this.rqRetry.labels(...v),
+        timeout: this.rqTimeout.labels(...v),
+        overflow: this.rqOverflow.labels(...v),
+        retryOverflow: this.rqRetryOverflow.labels(...v),
+        noHealthy: this.rqNoHealthy.labels(...v),
       };
       this.children.set(cluster, ch);
     }
@@ -68,13 +76,13 @@ export class HttpStats {
   response(cluster: string, status: number, ms: number): void {
     const ch = this.of(cluster);
     ch.total.inc();
+    ch.completed.inc();
     ch.time.observe(ms);
     const cls = Math.floor(status / 100);
-    let x = ch.byClass.get(cls);
-    if (!x) ch.byClass.set(cls, (x = this.rqXx.labels(cluster, String(cls))));
-    x.inc();
+    // Starting at 0 lets rate() see the first 5xx, and an error ratio read 0 rather than nothing.
+    if (cls >= 1 && cls <= 5) ch.byClass[cls - 1]!.inc();
     let y = ch.byCode.get(status);
-    if (!y) ch.byCode.set(status, (y = this.rqCode.labels(cluster, String(status))));
+    if (!y) ch.byCode.set(status, (y = this.rqCode.labels(...ch.labels, String(status))));
     y.inc();
   }
 

@@ -1,9 +1,11 @@
 // The proxy's metrics, in Envoy's Prometheus names and labels where Envoy has one
 // (shared/reference/data-plane-anchors.md §5), so existing dashboards work; our own under
 // `meshproxy_`. Label children are resolved once per listener or cluster, never per chunk.
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
-import { BatchedCounter, BatchedGauge, type CountSlot, type LevelSlot } from "./batched.js";
-import { ENVOY_BUCKETS_MS } from "./http-stats.js";
+import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+import { BatchedCounter, BatchedGauge, BatchedHistogram, type CountSlot, type LevelSlot, type TimeSlot } from "./batched.js";
+import { ENVOY_BUCKETS_MS, HttpStats } from "./http-stats.js";
+import { CLUSTER_LABELS, clusterLabelValues, sourceLabels, type SourceTags } from "./consul-tags.js";
+import { FilterStats } from "./filter-stats.js";
 
 export type InboundRejection =
   | "no_client_cert"
@@ -29,7 +31,7 @@ export interface ListenerStats {
   cxActive: LevelSlot;
   cxDestroy: CountSlot;
   /** Connection lifetime, ms (Envoy's downstream_cx_length_ms). */
-  cxLengthMs: Histogram.Internal<string>;
+  cxLengthMs: TimeSlot;
   /** Closed at accept: the listener was at -max-connections (Envoy's listener connection limit). */
   cxOverflow: CountSlot;
   /** Closed at accept: -max-tls-handshakes were in flight (our overload action). */
@@ -49,9 +51,9 @@ export interface ClusterStats {
   rxBytes: CountSlot;
   txBytes: CountSlot;
   /** Time to a usable upstream connection (TCP + TLS), ms. */
-  cxConnectMs: Histogram.Internal<string>;
+  cxConnectMs: TimeSlot;
   /** Upstream connection lifetime, ms. */
-  cxLengthMs: Histogram.Internal<string>;
+  cxLengthMs: TimeSlot;
   /** TLS handshakes completed to this cluster, and how many resumed a cached session. */
   sslHandshake: CountSlot;
   sslSessionReused: CountSlot;
@@ -59,6 +61,10 @@ export interface ClusterStats {
 
 export class Metrics {
   readonly registry = new Registry();
+  /** tcp_proxy and HTTP connection manager stats of the listeners (Consul's stat prefixes). */
+  readonly filters: FilterStats;
+  private readonly clusters = new Map<string, ClusterStats>();
+  private httpStats: HttpStats | undefined;
   private readonly listenerCx: BatchedCounter<string>;
   private readonly listenerActive: BatchedGauge<string>;
   private readonly listenerDestroy: BatchedCounter<string>;
@@ -73,9 +79,9 @@ export class Metrics {
   private readonly clusterCxOverflow: BatchedCounter<string>;
   private readonly clusterRx: BatchedCounter<string>;
   private readonly clusterTx: BatchedCounter<string>;
-  private readonly listenerLength: Histogram<string>;
-  private readonly clusterConnectMs: Histogram<string>;
-  private readonly clusterLength: Histogram<string>;
+  private readonly listenerLength: BatchedHistogram<string>;
+  private readonly clusterConnectMs: BatchedHistogram<string>;
+  private readonly clusterLength: BatchedHistogram<string>;
   private readonly clusterSslHandshake: BatchedCounter<string>;
   private readonly clusterSslReused: BatchedCounter<string>;
   readonly inboundRejected: Counter<"reason">;
@@ -93,25 +99,26 @@ export class Metrics {
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const r = [this.registry];
+    this.filters = new FilterStats(this.registry);
     this.listenerCx = new BatchedCounter({ name: "envoy_listener_downstream_cx_total", help: "Downstream connections accepted", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerActive = new BatchedGauge({ name: "envoy_listener_downstream_cx_active", help: "Downstream connections open", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerDestroy = new BatchedCounter({ name: "envoy_listener_downstream_cx_destroy", help: "Downstream connections closed", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerOverflow = new BatchedCounter({ name: "envoy_listener_downstream_cx_overflow", help: "Downstream connections closed at accept because the listener was at its connection limit (-max-connections)", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerOverloadReject = new BatchedCounter({ name: "envoy_listener_downstream_cx_overload_reject", help: "Downstream connections closed at accept because too many TLS handshakes were in flight (-max-tls-handshakes)", labelNames: ["envoy_listener_address"], registry: this.registry });
     this.listenerHandshakes = new BatchedGauge({ name: "meshproxy_listener_downstream_tls_handshakes_active", help: "TLS handshakes in flight on the public listener", labelNames: ["envoy_listener_address"], registry: this.registry });
-    this.clusterCx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_total", help: "Upstream connections opened", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterActive = new BatchedGauge({ name: "envoy_cluster_upstream_cx_active", help: "Upstream connections open", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterConnectFail = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterConnectTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect timeouts", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterNoHealthy = new BatchedCounter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterCxOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_cx_overflow", help: "Connections refused by the cluster's MaxConnections circuit breaker", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterRx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterTx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.listenerLength = new Histogram({ name: "envoy_listener_downstream_cx_length_ms", help: "Downstream connection lifetime, ms", labelNames: ["envoy_listener_address"], buckets: ENVOY_BUCKETS_MS, registers: r });
-    this.clusterConnectMs = new Histogram({ name: "envoy_cluster_upstream_cx_connect_ms", help: "Time to establish an upstream connection (TCP and TLS), ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
-    this.clusterLength = new Histogram({ name: "envoy_cluster_upstream_cx_length_ms", help: "Upstream connection lifetime, ms", labelNames: ["envoy_cluster_name"], buckets: ENVOY_BUCKETS_MS, registers: r });
-    this.clusterSslHandshake = new BatchedCounter({ name: "envoy_cluster_ssl_handshake", help: "Upstream TLS handshakes completed", labelNames: ["envoy_cluster_name"], registry: this.registry });
-    this.clusterSslReused = new BatchedCounter({ name: "envoy_cluster_ssl_session_reused", help: "Upstream TLS handshakes that resumed a cached session", labelNames: ["envoy_cluster_name"], registry: this.registry });
+    this.clusterCx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_total", help: "Upstream connections opened", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterActive = new BatchedGauge({ name: "envoy_cluster_upstream_cx_active", help: "Upstream connections open", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterConnectFail = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_fail", help: "Upstream connect failures (refused, reset, TLS, identity)", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterConnectTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_cx_connect_timeout", help: "Upstream connect timeouts", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterNoHealthy = new BatchedCounter({ name: "envoy_cluster_upstream_cx_none_healthy", help: "Connections refused because no healthy endpoint exists", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterCxOverflow = new BatchedCounter({ name: "envoy_cluster_upstream_cx_overflow", help: "Connections refused by the cluster's MaxConnections circuit breaker", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterRx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_rx_bytes_total", help: "Bytes received from upstream", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterTx = new BatchedCounter({ name: "envoy_cluster_upstream_cx_tx_bytes_total", help: "Bytes sent to upstream", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.listenerLength = new BatchedHistogram({ name: "envoy_listener_downstream_cx_length_ms", help: "Downstream connection lifetime, ms", labelNames: ["envoy_listener_address"], buckets: ENVOY_BUCKETS_MS, registry: this.registry });
+    this.clusterConnectMs = new BatchedHistogram({ name: "envoy_cluster_upstream_cx_connect_ms", help: "Time to establish an upstream connection (TCP and TLS), ms", labelNames: CLUSTER_LABELS, buckets: ENVOY_BUCKETS_MS, registry: this.registry });
+    this.clusterLength = new BatchedHistogram({ name: "envoy_cluster_upstream_cx_length_ms", help: "Upstream connection lifetime, ms", labelNames: CLUSTER_LABELS, buckets: ENVOY_BUCKETS_MS, registry: this.registry });
+    this.clusterSslHandshake = new BatchedCounter({ name: "envoy_cluster_ssl_handshake", help: "Upstream TLS handshakes completed", labelNames: CLUSTER_LABELS, registry: this.registry });
+    this.clusterSslReused = new BatchedCounter({ name: "envoy_cluster_ssl_session_reused", help: "Upstream TLS handshakes that resumed a cached session", labelNames: CLUSTER_LABELS, registry: this.registry });
     this.inboundRejected = new Counter({ name: "meshproxy_inbound_rejected_total", help: "Inbound connections closed before reaching the app, by reason", labelNames: ["reason"], registers: r });
     this.outboundRejected = new Counter({ name: "meshproxy_outbound_rejected_total", help: "Requests from the local app refused by an upstream listener before routing, by reason", labelNames: ["reason"], registers: r });
     this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
@@ -131,37 +138,61 @@ export class Metrics {
     if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
   }
 
+  /**
+   * Consul's fixed tags (local_cluster, consul_source_*) on every series of this registry, set
+   * when a Snapshot names the proxy's service; prom-client adds them at scrape time only.
+   */
+  /** Request stats per cluster, made on first use (one registration per registry). */
+  get http(): HttpStats {
+    return (this.httpStats ??= new HttpStats(this.registry));
+  }
+
+  setSource(source: SourceTags): void {
+    this.registry.setDefaultLabels(sourceLabels(source));
+  }
+
   listener(address: string): ListenerStats {
-    const a = address.replace(/:(\d+)$/, "_$1");
+    const a = envoyListenerAddress(address);
     return {
       cxTotal: this.listenerCx.labels(a),
       cxActive: this.listenerActive.labels(a),
       cxDestroy: this.listenerDestroy.labels(a),
-      cxLengthMs: this.listenerLength.labels(a),
+      cxLengthMs: this.listenerLength.slot(a),
       cxOverflow: this.listenerOverflow.labels(a),
       cxOverloadReject: this.listenerOverloadReject.labels(a),
       handshakesActive: this.listenerHandshakes.labels(a),
     };
   }
 
+  /** Cached per cluster name: the split-route path asks for another cluster's stats per connection. */
   cluster(name: string): ClusterStats {
-    return {
-      cxTotal: this.clusterCx.labels(name),
-      cxActive: this.clusterActive.labels(name),
-      cxConnectFail: this.clusterConnectFail.labels(name),
-      cxConnectTimeout: this.clusterConnectTimeout.labels(name),
-      cxNoHealthyUpstream: this.clusterNoHealthy.labels(name),
-      cxOverflow: this.clusterCxOverflow.labels(name),
-      rxBytes: this.clusterRx.labels(name),
-      txBytes: this.clusterTx.labels(name),
-      cxConnectMs: this.clusterConnectMs.labels(name),
-      cxLengthMs: this.clusterLength.labels(name),
-      sslHandshake: this.clusterSslHandshake.labels(name),
-      sslSessionReused: this.clusterSslReused.labels(name),
+    const cached = this.clusters.get(name);
+    if (cached) return cached;
+    const v = clusterLabelValues(name);
+    const stats: ClusterStats = {
+      cxTotal: this.clusterCx.labels(...v),
+      cxActive: this.clusterActive.labels(...v),
+      cxConnectFail: this.clusterConnectFail.labels(...v),
+      cxConnectTimeout: this.clusterConnectTimeout.labels(...v),
+      cxNoHealthyUpstream: this.clusterNoHealthy.labels(...v),
+      cxOverflow: this.clusterCxOverflow.labels(...v),
+      rxBytes: this.clusterRx.labels(...v),
+      txBytes: this.clusterTx.labels(...v),
+      cxConnectMs: this.clusterConnectMs.slot(...v),
+      cxLengthMs: this.clusterLength.slot(...v),
+      sslHandshake: this.clusterSslHandshake.labels(...v),
+      sslSessionReused: this.clusterSslReused.labels(...v),
     };
+    this.clusters.set(name, stats);
+    return stats;
   }
 
   reject(reason: InboundRejection): void {
     this.inboundRejected.labels(reason).inc();
   }
+}
+
+/** Envoy's `envoy_listener_address` form of `host:port`: `127.0.0.1_21000`. */
+export function envoyListenerAddress(address: string): string {
+  return address.replace(/:(\d+)$/, "_$1");
 }

@@ -89,7 +89,8 @@ t.test("new upstream connections resume a cached TLS session", async (t) => {
     });
   const sent = Array.from({ length: 20 }, (_, i) => `ping ${i}`.length).reduce((a, b) => a + b, 0);
   let text = "";
-  const value = (name: string) => Number(new RegExp(`^${name}\\{envoy_cluster_name="db\\.[^"]+"\\} (\\d+)`, "m").exec(text)?.[1] ?? NaN);
+  // Cluster series carry Consul's consul_destination_* and consul_source_* labels besides envoy_cluster_name.
+  const value = (name: string) => Number(new RegExp(`^${name}\\{(?:[^}]*,)?envoy_cluster_name="db\\.[^"]+"[^}]*\\} (\\d+)`, "m").exec(text)?.[1] ?? NaN);
   // Bytes are counted when a connection's pipe closes, which may trail the client's own close.
   for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 20))) {
     text = await scrape();

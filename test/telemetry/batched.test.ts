@@ -1,7 +1,9 @@
 // Batched counters and gauges: additions on the request path, handed to prom-client at scrape.
 import t from "tap";
-import { Registry } from "prom-client";
-import { BatchedCounter, BatchedGauge } from "../../src/telemetry/batched.js";
+import { Histogram, Registry } from "prom-client";
+import fc from "fast-check";
+import { fuzzParams } from "../fuzz/params.js";
+import { BatchedCounter, BatchedGauge, BatchedHistogram } from "../../src/telemetry/batched.js";
 
 t.test("counter and gauge series show what was added, per label set, at every scrape", async (t) => {
   const registry = new Registry();
@@ -24,4 +26,24 @@ t.test("counter and gauge series show what was added, per label set, at every sc
   ok.inc();
   text = await registry.metrics();
   t.match(text, /^demo_rq\{cluster="api",code="200"\} 4$/m, "a later scrape has the later total, not the difference");
+});
+
+t.test("a batched histogram's exposition is prom-client's for the same observations", async (t) => {
+  const buckets = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000];
+  await fc.assert(
+    fc.asyncProperty(fc.array(fc.tuple(fc.constantFrom("a", "b"), fc.double({ min: 0, max: 5000, noNaN: true })), { maxLength: 50 }), async (obs) => {
+      const mine = new Registry();
+      const ref = new Registry();
+      const h = new BatchedHistogram({ name: "demo_time", help: "time", labelNames: ["cluster"], buckets, registry: mine });
+      const r = new Histogram({ name: "demo_time", help: "time", labelNames: ["cluster"], buckets, registers: [ref] });
+      for (const [c, v] of obs) {
+        h.slot(c).observe(v);
+        r.labels(c).observe(v);
+      }
+      const norm = (s: string) => s.split("\n").sort().join("\n");
+      return norm(await mine.metrics()) === norm(await ref.metrics());
+    }),
+    fuzzParams(0.1),
+  );
+  t.pass("same bucket, sum and count lines for every run");
 });
