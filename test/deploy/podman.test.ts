@@ -85,6 +85,7 @@ t.test("podman builds the Dockerfile unchanged and the image drains on `podman s
     await podman(["rm", "-f", "-t", "0", name]);
     await podman(["rmi", "-f", tag]);
     await podman(["image", "prune", "-f"]); // the build stage's layers
+    await podman(["rmi", "-f", base]); // a stand-in must not outlive the test under the official name
     await runCommand(t, "ip", ["netns", "del", ns]);
   });
   // npm in the build reads the host's npm cache, offline (see deploy/podman-base.sh).
