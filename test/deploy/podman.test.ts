@@ -84,8 +84,8 @@ t.test("podman builds the Dockerfile unchanged and the image drains on `podman s
   t.teardown(async () => {
     await podman(["rm", "-f", "-t", "0", name]);
     await podman(["rmi", "-f", tag]);
-    await podman(["image", "prune", "-f"]); // the build stage's layers
     await podman(["rmi", "-f", base]); // a stand-in must not outlive the test under the official name
+    await podman(["image", "prune", "-f"]); // the build stage's layers
     await runCommand(t, "ip", ["netns", "del", ns]);
   });
   // npm in the build reads the host's npm cache, offline (see deploy/podman-base.sh).
