@@ -1,0 +1,40 @@
+# meshproxy as a sidecar container.
+#
+#   docker build -t meshproxy .
+#   docker run --network container:<app> -e CONSUL_HTTP_ADDR=127.0.0.1:8500 meshproxy \
+#     -sidecar-for web -admin-addr 127.0.0.1:19000
+#
+# Node 20: the version bench/RESULTS.md was measured on. deploy/rootfs.sh builds the same layout
+# (same paths, user, entrypoint) as a plain directory, which is what the tests run.
+
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+COPY package.json package-lock.json tsconfig.json ./
+RUN npm ci --ignore-scripts
+COPY src ./src
+RUN npx tsc -p tsconfig.json && npm pack --ignore-scripts --pack-destination /tmp \
+ && mkdir /app && cd /app && npm init -y >/dev/null \
+ && npm install --omit=dev --no-audit --no-fund /tmp/meshproxy-*.tgz
+
+FROM node:20-bookworm-slim
+# A fixed numeric uid so volume permissions and Kubernetes' runAsNonRoot can check it.
+RUN groupadd --system --gid 10001 meshproxy \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/meshproxy --shell /usr/sbin/nologin meshproxy \
+ && install -d -o 10001 -g 10001 -m 0750 /var/lib/meshproxy
+COPY --from=build /app/node_modules /app/node_modules
+USER 10001:10001
+WORKDIR /var/lib/meshproxy
+# The dev control plane's state (its CA, catalog) lives here; Consul mode keeps nothing on disk.
+ENV MESHPROXY_DATA_DIR=/var/lib/meshproxy NODE_ENV=production
+# Public listener (Consul's default sidecar port), admin API, Prometheus.
+EXPOSE 21000 19000 9102
+# The same check as the Kubernetes readiness probe: 200 only once listeners are bound and the
+# first certificate is in hand, 503 while draining. No curl in the image: node does the GET.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["/usr/local/bin/node", "-e", "fetch('http://127.0.0.1:19000/ready').then(r=>process.exit(r.ok?0:1),()=>process.exit(1))"]
+# node runs as PID 1 without a shell in between: meshproxy installs its own SIGTERM/SIGINT
+# handlers (src/cli/signals.ts), so `docker stop` drains for -drain-timeout, then exits 0.
+# Set the runtime's stop timeout (docker --stop-timeout, Kubernetes
+# terminationGracePeriodSeconds) above -drain-timeout.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/node", "/app/node_modules/meshproxy/dist/cli/main.js", "-log-json"]
