@@ -76,7 +76,7 @@ export class HandlerSink extends EventEmitter implements ResponseSink {
       const incoming: IncomingHttpHeaders = {};
       for (const [k, v] of Object.entries(t)) if (v !== undefined) incoming[k] = Array.isArray(v) ? v : String(v);
       h.onResponseEnd(this.controller, incoming);
-    } else h.onComplete?.(this.trailers ? rawHeaders(t).map(String) : null);
+    } else h.onComplete?.(rawHeaders(t).map(String)); // a list, even empty: undici's request() parses it
     return this;
   }
 

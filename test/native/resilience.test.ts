@@ -3,7 +3,7 @@
 // request breaker apply to `fetch` with the Service's dispatcher as they do to an app behind a
 // sidecar.
 import t from "tap";
-import { fetch } from "undici";
+import { fetch, request } from "undici";
 import { tempDir } from "../helpers/mesh.js";
 import { configWrite } from "../helpers/l7.js";
 import { sample } from "../helpers/peers.js";
@@ -40,6 +40,10 @@ t.test("routes' retries, timeouts, header mutations, rewrites and the request br
     res.end(`${url} x-route=${String(req.headers["x-route"])}`);
   });
   await fetchUntil(web, "https://api.service.consul/ready");
+
+  // undici's request() (classic handler callbacks) as well as fetch: head, body and end arrive.
+  const viaRequest = await request("https://api.service.consul/plain", { dispatcher: web.dispatcher() });
+  t.equal(`${viaRequest.statusCode} ${await viaRequest.body.text()}`, "200 /plain x-route=undefined", "undici.request() gets the whole answer");
 
   const retried = await fetch("https://api.service.consul/flaky", { dispatcher: web.dispatcher() });
   t.equal(retried.status, 200, "NumRetries 2 on 5xx: two 503s are retried, the third attempt's 200 comes back");
