@@ -43,3 +43,13 @@ t.test("the canary example's config entries parse and compile into a 95/5 split 
   t.same(chain.targets["v2.api.default.dc1"]?.failover, ["v1.api.default.dc1"]);
   t.equal(chain.routes.length, 3, "two router routes and the catch-all");
 });
+
+t.test("the native example makes every crossing: native → native, native → sidecar, sidecar → native, and a denied one", async (t) => {
+  const { stdout } = await run(process.execPath, [join(ROOT, "examples", "native", "run.mjs")], { timeout: 90_000 });
+  t.match(stdout, /native → native {3}web → api: 200 api \(node:https\) answered GET \/hello for web ok/);
+  t.match(stdout, /native → sidecar {2}web → db's sidecar → db: 200 db \(behind a sidecar\) answered GET \/rows ok/);
+  t.match(stdout, /sidecar → native {2}shop → shop's sidecar → api: 200 api \(node:https\) answered GET \/cart for shop ok/);
+  t.match(stdout, /denied {12}evil → api \(intention deny\): 503 \[UF\] .* ok/);
+  // Express is the example's own devDependency: the crossing runs when it is installed there.
+  t.match(stdout, /(\d) of \1 crossings behaved\nstopped everything/);
+});

@@ -10,6 +10,24 @@ export type AnyRequest = IncomingMessage | Http2ServerRequest;
 export type AnyResponse = ServerResponse | Http2ServerResponse;
 
 /**
+ * Where an upstream answer (or a local reply) is written: a node:http or node:http2 response for
+ * the sidecar, an undici handler for a Connect-native client (native/response-sink.ts). The
+ * endpoint stage and the router's retry loop write to this, so both go through the same code.
+ */
+export interface ResponseSink {
+  readonly headersSent: boolean;
+  writeHead(status: number, headers: OutgoingHttpHeaders): unknown;
+  /** False when the reader is full: wait for 'drain'. */
+  write(chunk: Buffer): boolean;
+  end(): unknown;
+  end(body: string): unknown;
+  destroy(): unknown;
+  once(event: "drain", listener: () => void): unknown;
+  /** The answer's trailers, for sinks that pass them on whatever the protocol (HTTP/2 responses use addTrailers). */
+  forwardTrailers?(trailers: OutgoingHttpHeaders): void;
+}
+
+/**
  * The request's end-to-end headers for the next hop: no hop-by-hop fields, no HTTP/2
  * pseudo-headers, `host` filled from `:authority`, and `te: trailers` kept (gRPC needs it end to
  * end; it is the one TE value HTTP/2 allows).
@@ -32,7 +50,7 @@ export function requestHasBody(req: AnyRequest): boolean {
   return req.headers["transfer-encoding"] !== undefined;
 }
 
-export function writeHead(res: AnyResponse, status: number, headers: OutgoingHttpHeaders): void {
+export function writeHead(res: ResponseSink, status: number, headers: OutgoingHttpHeaders): void {
   if (res instanceof Http2ServerResponse) {
     // HTTP/2 forbids connection-specific fields; hop-by-hop stripping removed most already.
     delete headers["connection"];
@@ -45,7 +63,7 @@ export function writeHead(res: AnyResponse, status: number, headers: OutgoingHtt
 }
 
 
-export function isHttp2(res: AnyResponse): res is Http2ServerResponse {
+export function isHttp2(res: ResponseSink): res is Http2ServerResponse {
   return res instanceof Http2ServerResponse;
 }
 
@@ -69,6 +87,6 @@ export class Cancel extends EventEmitter {
 }
 
 /** One body chunk to the client; false when it must wait for 'drain'. */
-export function writeChunk(res: AnyResponse, chunk: Buffer): boolean {
-  return res instanceof Http2ServerResponse ? res.write(chunk) : res.write(chunk);
+export function writeChunk(res: ResponseSink, chunk: Buffer): boolean {
+  return res.write(chunk);
 }

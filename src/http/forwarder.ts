@@ -3,7 +3,7 @@
 // response head the caller decides to deliver it or to drain it (a retry comes next).
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Dispatcher } from "undici";
-import { isHttp2, writeChunk, type AnyResponse } from "./compat.js";
+import { isHttp2, writeChunk, type ResponseSink } from "./compat.js";
 
 export type ForwardResult =
   | { readonly status: number; readonly delivered: boolean }
@@ -29,7 +29,7 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
   private pendingAbort: Error | null = null;
 
   constructor(
-    private readonly res: AnyResponse,
+    private readonly res: ResponseSink,
     /** Called once, at the final (non-1xx) head; true delivers the answer to `res`. */
     private readonly decide: (status: number, headers: IncomingHttpHeaders) => boolean,
     private readonly finished: (r: ForwardResult) => void,
@@ -74,7 +74,7 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
   onResponseEnd(controller: Dispatcher.DispatchController, trailers: IncomingHttpHeaders): void {
     if (this.delivering) {
       // gRPC's status travels in trailers; HTTP/1.1 clients get none.
-      if (isHttp2(this.res)) {
+      if (isHttp2(this.res) || this.res.forwardTrailers !== undefined) {
         const t: OutgoingHttpHeaders = {};
         let any = false;
         for (const [k, v] of Object.entries(http2Trailers(controller.rawTrailers) ?? trailers)) {
@@ -82,7 +82,10 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
           t[k] = v;
           any = true;
         }
-        if (any) this.res.addTrailers(t);
+        if (any) {
+          if (isHttp2(this.res)) this.res.addTrailers(t);
+          else this.res.forwardTrailers?.(t);
+        }
       }
       this.res.end();
     }

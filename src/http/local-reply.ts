@@ -1,7 +1,7 @@
 // Responses the proxy generates itself. Each carries a response flag (Envoy's access-log flags)
 // in `x-meshproxy-response-flags`, so a client, a log and a dashboard can all tell a proxy-made
 // 503 from the app's own.
-import { writeHead, type AnyResponse } from "./compat.js";
+import { writeHead, type ResponseSink } from "./compat.js";
 
 export type ResponseFlag =
   /** No healthy upstream host. */
@@ -38,7 +38,7 @@ const TEXT: Partial<Record<ResponseFlag, string>> = {
   DPE: "bad request",
 };
 
-export function localReply(res: AnyResponse, status: number, flag: ResponseFlag, detail?: string): void {
+export function localReply(res: ResponseSink, status: number, flag: ResponseFlag, detail?: string): void {
   if (res.headersSent) {
     res.destroy();
     return;

@@ -1,18 +1,23 @@
 // The client side of a Connect-native service for HTTP: an undici Dispatcher (for `fetch`,
 // `undici.request`, anything that takes a dispatcher) that sends `https://<service>.service.consul`
-// requests into the mesh. Per request, the same stages as the sidecar's outbound HTTP: the
-// upstream's routes and splits (logical), a host chosen by the cluster's balancer among hosts that
-// are healthy and not ejected, with failover (concrete.ts selectHost), and one attempt on that
-// host's pooled mTLS connection, whose server must present the service's SPIFFE ID (cluster/pools.ts).
+// requests into the mesh. It only turns the undici call into the router's Exchange (route match,
+// split leg, header mutations, prefix rewrite, body buffered for retries); from there it is the
+// sidecar's own code (outbound/http-router.ts forward): the request and pending breakers, hosts
+// from the concrete stage, attempts on the endpoint stage over the host's pooled mTLS connection
+// (whose server must present the service's SPIFFE ID), the route's retries and timeouts, and
+// response header mutations. Only the place the answer goes differs (response-sink.ts).
 import { Dispatcher } from "undici";
 import type { UpstreamListener } from "../config/snapshot.js";
-import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
-import { isConnectFailure } from "../cluster/pools.js";
-import { selectHost } from "../outbound/concrete.js";
-import { pickLeg, type OutboundHttpState } from "../outbound/http-router.js";
-import { parseRequestTarget } from "../http/request-target.js";
+import type { ClusterRuntime } from "../cluster/runtime.js";
+import { requestHash } from "../cluster/balancer.js";
+import { clusterWithHosts } from "../outbound/concrete.js";
+import { pickLeg, mutateRequestHeaders, upstreamPath, RETRY_BUFFER_LIMIT, type HttpRouter, type OutboundHttpState, type RequestRecord } from "../outbound/http-router.js";
+import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
+import { Cancel } from "../http/compat.js";
+import { endToEndCopy, type HeaderRecord } from "../http/headers.js";
 import { serviceOfOrigin } from "./names.js";
-import { NoHealthyUpstreamError } from "./errors.js";
+import { MeshNameError, NoHealthyUpstreamError } from "./errors.js";
+import { HandlerSink, failHandler } from "./response-sink.js";
 
 /** What the dispatcher needs from its Service: upstreams resolved on first use, and the live clusters. */
 export interface UpstreamResolver {
@@ -25,24 +30,19 @@ export interface UpstreamResolver {
 
 export interface ResolvedUpstream {
   readonly listener: UpstreamListener;
-  /** Routes of an http upstream; null for tcp (every request to the listener's cluster). */
-  readonly http: OutboundHttpState | null;
+  /** The upstream's routes; a tcp upstream (or one without routes) gets the default route (service.ts). */
+  readonly http: OutboundHttpState;
 }
-
-
-/**
- * A failed connect is retried once on another host, as the proxy's default route does (Envoy has
- * no retries without a policy; Consul's built-in proxy and Go library none at all): no byte of the
- * request left, so any method is safe. Only bodies that can be sent twice are retried.
- */
-const CONNECT_RETRIES = 1;
 
 type Headers = Dispatcher.DispatchOptions["headers"] | undefined;
 
 export class MeshDispatcher extends Dispatcher {
   private closed = false;
 
-  constructor(private readonly upstreams: UpstreamResolver) {
+  constructor(
+    private readonly upstreams: UpstreamResolver,
+    private readonly router: HttpRouter,
+  ) {
     super();
   }
 
@@ -52,7 +52,7 @@ export class MeshDispatcher extends Dispatcher {
       if (this.closed) throw new Error("the mesh dispatcher is closed (its Service was closed)");
       service = serviceOfOrigin(opts.origin);
     } catch (e) {
-      fail(handler, e instanceof Error ? e : new Error(String(e)));
+      failHandler(handler, e instanceof Error ? e : new Error(String(e)));
       return true;
     }
     const known = this.upstreams.known(service);
@@ -60,31 +60,56 @@ export class MeshDispatcher extends Dispatcher {
     else {
       this.upstreams.resolve(service).then(
         (u) => this.route(u, service, opts, handler),
-        (e: unknown) => fail(handler, e instanceof Error ? e : new Error(String(e))),
+        (e: unknown) => failHandler(handler, e instanceof Error ? e : new Error(String(e))),
       );
     }
     return true;
   }
 
   private route(u: ResolvedUpstream, service: string, opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): void {
-    const clusterName = u.http ? this.clusterByRoute(u.http, opts) : u.listener.cluster;
-    if (clusterName === null) return fail(handler, new NoHealthyUpstreamError(`no route of upstream "${service}" matches ${opts.method} ${opts.path}`));
-    const primary = this.upstreams.clusters.get(clusterName);
-    if (!primary) return fail(handler, new NoHealthyUpstreamError(`upstream "${service}": cluster "${clusterName}" is not configured`));
-    const request = { ...opts, headers: withHost(opts.headers, `${service}.service.consul`) };
-    const replayable = opts.body === undefined || opts.body === null || typeof opts.body === "string" || opts.body instanceof Uint8Array;
-    new Attempt(primary, this.upstreams.clusters, request, handler, replayable ? CONNECT_RETRIES : 0).start();
-  }
-
-  /** The logical stage: the first matching route, then one draw among its split legs. */
-  private clusterByRoute(http: OutboundHttpState, opts: Dispatcher.DispatchOptions): string | null {
+    const state = u.http;
     const target = parseRequestTarget(opts.path);
-    const path = target.ok ? target.path : opts.path;
-    const query = target.ok && target.query.length > 1 ? target.query.slice(1) : "";
-    const headers = headerLookup(opts.headers);
-    const route = http.match({ method: opts.method, path, query: query ? new URLSearchParams(query) : null, header: headers });
-    if (!route) return null;
-    return route.route.action.splits[pickLeg(route, Math.random())]?.cluster ?? null;
+    // The same refusal a sidecar gives (meshproxy_outbound_rejected_total), as an error: no upstream saw it.
+    if (!target.ok) {
+      this.router.refused("invalid_request_target", service, opts.method, opts.path, target.reason);
+      return failHandler(handler, new MeshNameError(`${opts.method} ${opts.path.slice(0, 256)}: ${refusalDetail(target)}`));
+    }
+    const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
+    let query: URLSearchParams | null | undefined;
+    const headers = requestHeaders(opts.headers, `${service}.service.consul`);
+    const header = (name: string): string | undefined => {
+      const v = headers[name];
+      return Array.isArray(v) ? v.join(",") : v;
+    };
+    const view = {
+      method: opts.method,
+      path: target.path,
+      get query() {
+        return (query ??= rawQuery ? new URLSearchParams(rawQuery) : null);
+      },
+      header,
+    };
+    const c = state.match(view);
+    if (c === null) return failHandler(handler, new NoHealthyUpstreamError(`no route of upstream "${service}" matches ${opts.method} ${target.path}`));
+    const leg = c.route.action.splits[pickLeg(c, Math.random())]!;
+    const primary = state.clusters.get(leg.cluster);
+    if (!primary) return failHandler(handler, new NoHealthyUpstreamError(`upstream "${service}": cluster "${leg.cluster}" is not configured`));
+    // No instance at all: an error the app can tell apart (the router would answer 503 UH).
+    if (clusterWithHosts(primary, state.clusters, undefined, false) === null) return failHandler(handler, new NoHealthyUpstreamError(primary.describeUnavailable()));
+    mutateRequestHeaders(c, leg, headers);
+    const hashPolicies = primary.config.lb.hashPolicies;
+    const hash =
+      hashPolicies.length > 0 ? requestHash(hashPolicies, { header, cookie: (n) => cookie(header("cookie"), n), query: (n) => view.query?.get(n) ?? undefined, sourceIp: "" }) : undefined;
+    // A body that can be sent twice is retried (the sidecar buffers up to the same limit); a stream is not.
+    const body = opts.body ?? null;
+    const buffered = typeof body === "string" ? Buffer.from(body) : body instanceof Uint8Array ? Buffer.from(body.buffer, body.byteOffset, body.byteLength) : null;
+    const canRetry = body === null || (buffered !== null && buffered.length <= RETRY_BUFFER_LIMIT);
+    const clientGone = new Cancel();
+    const res = new HandlerSink(handler, clientGone);
+    const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
+    this.router
+      .forward({ state, route: c, leg, primary, method: opts.method, path: upstreamPath(c, target.path, target.query), headers, body: buffered ?? body, canRetry, hash, res, clientGone }, rec)
+      .catch((e: unknown) => res.fail(e instanceof Error ? e : new Error(String(e))));
   }
 
   override close(): Promise<void>;
@@ -108,148 +133,29 @@ export class MeshDispatcher extends Dispatcher {
   }
 }
 
+function cookie(header: string | undefined, name: string): string | undefined {
+  if (!header) return undefined;
+  for (const part of header.split(";")) {
+    const i = part.indexOf("=");
+    if (i > 0 && part.slice(0, i).trim() === name) return part.slice(i + 1).trim();
+  }
+  return undefined;
+}
+
 /**
- * One request through the concrete and endpoint stages. It keeps the host's books as the proxy's
- * endpoint stage does (active count for least_request, the status for outlier detection, the
- * response time for peak_ewma) and retries a failed connect on a host not tried yet.
+ * The request's headers for the upstream, over the shapes undici accepts: lower-case names,
+ * hop-by-hop fields dropped (as a sidecar drops them), and the Host the app wrote (the service's
+ * name, not the instance's address, as a sidecar passes it on).
  */
-class Attempt implements Dispatcher.DispatchHandler {
-  private cluster!: ClusterRuntime;
-  private host!: ClusterHost;
-  private tried: Set<string> | null = null;
-  private responded = false;
-  private active = false;
-  private sent = 0;
-
-  constructor(
-    private readonly primary: ClusterRuntime,
-    private readonly clusters: ReadonlyMap<string, ClusterRuntime>,
-    private readonly opts: Dispatcher.DispatchOptions,
-    private readonly inner: Dispatcher.DispatchHandler,
-    private retriesLeft: number,
-  ) {}
-
-  start(): void {
-    const sel = selectHost(this.primary, this.clusters, this.tried === null ? {} : { exclude: this.tried }, false);
-    if (sel === null) return fail(this.inner, new NoHealthyUpstreamError(this.primary.describeUnavailable()));
-    this.cluster = sel.cluster;
-    this.host = sel.host;
-    this.cluster.begin(this.host);
-    this.active = true;
-    this.sent = this.cluster.learnsLatency ? performance.now() : 0;
-    const pool = this.cluster.poolFor(this.host);
-    // A handler written to undici's newer interface is passed on as is: its host is chosen the
-    // same way, only the per-request books and the connect retry need the classic callbacks.
-    if (this.inner.onRequestStart !== undefined) {
-      this.finish();
-      pool.dispatch(this.opts, this.inner);
-      return;
-    }
-    pool.dispatch(this.opts, this);
-  }
-
-  private finish(): void {
-    if (!this.active) return;
-    this.active = false;
-    this.cluster.end(this.host);
-  }
-
-  onConnect(abort: (err?: Error) => void): void {
-    this.inner.onConnect?.(abort);
-  }
-
-  onResponseStarted(): void {
-    this.inner.onResponseStarted?.();
-  }
-
-  onHeaders(statusCode: number, headers: Buffer[], resume: () => void, statusText: string): boolean {
-    if (statusCode >= 200 && !this.responded) {
-      this.responded = true;
-      this.cluster.reportResult(this.host, { status: statusCode });
-      if (this.sent > 0) this.cluster.observeLatency(this.host, performance.now() - this.sent);
-    }
-    return this.inner.onHeaders?.(statusCode, headers, resume, statusText) ?? true;
-  }
-
-  onData(chunk: Buffer): boolean {
-    return this.inner.onData?.(chunk) ?? true;
-  }
-
-  onBodySent(chunkSize: number, totalBytesSent: number): void {
-    this.inner.onBodySent?.(chunkSize, totalBytesSent);
-  }
-
-  onUpgrade(statusCode: number, headers: Buffer[] | string[] | null, socket: import("node:stream").Duplex): void {
-    this.finish();
-    this.inner.onUpgrade?.(statusCode, headers, socket);
-  }
-
-  onComplete(trailers: string[] | null): void {
-    this.finish();
-    this.inner.onComplete?.(trailers);
-  }
-
-  onError(err: Error): void {
-    this.finish();
-    if (!this.responded) {
-      this.cluster.reportResult(this.host, { localOriginFailure: true });
-      if (isConnectFailure(err) && this.retriesLeft > 0) {
-        this.retriesLeft--;
-        (this.tried ??= new Set()).add(this.host.key);
-        return this.start();
-      }
-    }
-    fail(this.inner, err);
-  }
-}
-
-function fail(handler: Dispatcher.DispatchHandler, err: Error): void {
-  if (handler.onResponseError) {
-    handler.onResponseError(
-      {
-        abort: () => {},
-        pause: () => {},
-        resume: () => {},
-        aborted: false,
-        paused: false,
-        reason: err,
-      },
-      err,
-    );
-    return;
-  }
-  if (handler.onError) return handler.onError(err);
-  throw err;
-}
-
-/** The request's Host is the name the app wrote, not the instance's address (as a sidecar passes it on). */
-function withHost(headers: Headers, host: string): NonNullable<Headers> {
-  if (headers === undefined || headers === null) return { host };
-  if (Array.isArray(headers)) {
-    for (let i = 0; i < headers.length; i += 2) if (String(headers[i]).toLowerCase() === "host") return headers;
-    return [...headers, "host", host];
-  }
-  if (isRecord(headers)) {
-    for (const k of Object.keys(headers)) if (k.toLowerCase() === "host") return headers;
-    return { ...headers, host };
-  }
-  return headers;
-}
-
-function isRecord(h: Headers): h is Record<string, string | string[] | undefined> {
-  return typeof h === "object" && h !== null && !Array.isArray(h) && !(Symbol.iterator in h);
-}
-
-/** Header lookup for route matching, over the shapes undici accepts. */
-function headerLookup(headers: Headers): (name: string) => string | undefined {
-  const map = new Map<string, string>();
-  const add = (k: unknown, v: unknown) => {
+function requestHeaders(headers: Headers, host: string): HeaderRecord {
+  const raw: HeaderRecord = {};
+  const add = (k: unknown, v: unknown): void => {
     if (typeof k !== "string" && !Buffer.isBuffer(k)) return;
     const key = k.toString().toLowerCase();
     const value = typeof v === "string" || Buffer.isBuffer(v) ? v.toString() : Array.isArray(v) ? v.filter((x) => typeof x === "string").join(", ") : null;
     if (value === null) return;
-    const prev = map.get(key);
-    map.set(key, prev === undefined ? value : `${prev}, ${value}`);
+    const prev = raw[key];
+    raw[key] = prev === undefined ? value : Array.isArray(prev) ? [...prev, value] : [prev, value];
   };
   if (Array.isArray(headers)) {
     for (let i = 0; i + 1 < headers.length; i += 2) add(headers[i], headers[i + 1]);
@@ -258,5 +164,12 @@ function headerLookup(headers: Headers): (name: string) => string | undefined {
   } else if (headers && Symbol.iterator in headers) {
     for (const pair of headers) if (Array.isArray(pair)) add(pair[0], pair[1]);
   }
-  return (name) => map.get(name);
+  const out = endToEndCopy(raw, true);
+  if (raw["te"] === "trailers") out["te"] = "trailers";
+  if (out["host"] === undefined) out["host"] = host;
+  return out;
+}
+
+function isRecord(h: Headers): h is Record<string, string | string[] | undefined> {
+  return typeof h === "object" && h !== null && !Array.isArray(h) && !(Symbol.iterator in h);
 }

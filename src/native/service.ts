@@ -20,7 +20,11 @@ import { PoolSet } from "../cluster/pools.js";
 import type { ClusterRuntime } from "../cluster/runtime.js";
 import { syncClusterRuntimes } from "../cluster/sync.js";
 import { openStream, type StreamFailure, type OpenStream } from "../outbound/concrete.js";
-import { OutboundHttpState } from "../outbound/http-router.js";
+import { HttpRouter, OutboundHttpState } from "../outbound/http-router.js";
+import { HttpStats } from "../telemetry/http-stats.js";
+import { AccessLog } from "../telemetry/access-log.js";
+import { compileRouteTable } from "../compile/routes.js";
+import { NO_HEADER_MUTATION, type RouteTable } from "../config/http.js";
 import { PermissionCompileError } from "../authz/l7.js";
 import { MatchCompileError } from "../http/match.js";
 import { RouteCompileError } from "../http/route-match.js";
@@ -76,6 +80,29 @@ export interface DialOptions {
 const NATIVE_LISTENER = { bind: { host: "127.0.0.1", port: 0 }, localApp: { host: "127.0.0.1", port: 0 } } as const;
 
 let instances = 0;
+
+/**
+ * The route of an upstream that has none (tcp, or http without a router): everything to its
+ * cluster, Envoy's 15 s route timeout and 5 min idle timeout, and a failed connect tried once
+ * more on another host (no byte left, so any method is safe), as the first round did.
+ */
+function defaultRoutes(cluster: string): RouteTable {
+  return {
+    routes: [
+      {
+        match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
+        action: {
+          splits: [{ cluster, weight: 10_000, requestHeaders: NO_HEADER_MUTATION, responseHeaders: NO_HEADER_MUTATION }],
+          timeoutMs: 15_000,
+          idleTimeoutMs: 300_000,
+          retry: { numRetries: 1, retryOn: ["connect-failure"], retriableStatusCodes: [], backoffBaseMs: 25, backoffMaxMs: 250, perTryTimeoutMs: 0 },
+          requestHeaders: NO_HEADER_MUTATION,
+          responseHeaders: NO_HEADER_MUTATION,
+        },
+      },
+    ],
+  };
+}
 
 /** Options first, then the Consul environment variables, then the dev state directory. */
 function choose(o: ServiceOptions, idSuffix: string): ControlPlaneChoice {
@@ -138,7 +165,9 @@ export class Service {
     const svc = new Service(opts, cp, log.child("native"));
     await loadUndici();
     const { MeshDispatcher } = await import("./dispatcher.js");
-    svc.meshDispatcher = new MeshDispatcher(svc.resolver());
+    // The sidecar's router, with this Service's metrics (envoy_cluster_upstream_rq_* per cluster).
+    const router = new HttpRouter(svc.log.child("http"), new HttpStats(svc.metrics.registry), { tracing: null, accessLog: new AccessLog("off") }, svc.metrics.outboundRejected);
+    svc.meshDispatcher = new MeshDispatcher(svc.resolver(), router);
     await svc.start();
     return svc;
   }
@@ -191,10 +220,18 @@ export class Service {
     this.sessions.reset(tls.key);
     syncClusterRuntimes(this.runtimes, this.pools, compiled.clusters, tls);
     const http = new Map<string, OutboundHttpState>();
-    for (const u of compiled.upstreams) if (u.routes !== null) http.set(u.name, new OutboundHttpState(u.name, u.routes, this.runtimes));
+    for (const u of compiled.upstreams) {
+      const routes = u.routes ?? compileRouteTable(`upstreams[${u.name}]`, defaultRoutes(u.config.cluster), (n) => compiled.clusters.has(n));
+      http.set(u.name, new OutboundHttpState(u.name, routes, this.runtimes));
+    }
     if (this.gate) this.gate.update(inbound, tls);
     else this.gate = new InboundGate(inbound, tls, this.metrics, this.log);
-    this.upstreams = new Map(s.upstreams.map((u) => [u.name, { listener: u, http: http.get(u.name) ?? null }]));
+    const upstreams = new Map<string, ResolvedUpstream>();
+    for (const u of s.upstreams) {
+      const state = http.get(u.name);
+      if (state) upstreams.set(u.name, { listener: u, http: state });
+    }
+    this.upstreams = upstreams;
     this.current = s;
     this.tls = tls;
     this.metrics.snapshotsApplied.labels(s.source).inc();

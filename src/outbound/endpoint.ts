@@ -8,7 +8,11 @@ import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { isConnectFailure } from "../cluster/pools.js";
 import { isRefusedStream, type AttemptOutcome } from "../http/retry.js";
 import { ResponseForwarder } from "../http/forwarder.js";
-import { errorCode, type AnyRequest, type AnyResponse, type Cancel } from "../http/compat.js";
+import type { Dispatcher } from "undici";
+import { errorCode, type Cancel, type ResponseSink } from "../http/compat.js";
+
+/** A body undici can send: buffered (a retry sends it again) or streamed (the app's request, a native client's stream). */
+export type AttemptBody = Buffer | NonNullable<Dispatcher.DispatchOptions["body"]> | null;
 
 /**
  * One try against one host; resolves once the answer is delivered, drained for a retry, or
@@ -22,10 +26,10 @@ export function dispatchAttempt(
   method: string,
   path: string,
   headers: Record<string, string | string[] | undefined>,
-  body: Buffer | AnyRequest | null,
+  body: AttemptBody,
   timeouts: { readonly headersMs: number; readonly idleMs: number },
   clientGone: Cancel,
-  res: AnyResponse,
+  res: ResponseSink,
   deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
 ): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
   cluster.begin(host);

@@ -10,14 +10,14 @@ import type { Route } from "../config/http.js";
 import { rewritePath, type CompiledRoutes, type RequestView } from "../http/route-match.js";
 import type { CompiledRoute, CompiledRouteTable } from "../compile/routes.js";
 import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/request-target.js";
-import { applyHeaderMutation, endToEndCopy } from "../http/headers.js";
+import { applyHeaderMutation, endToEndCopy, type HeaderRecord } from "../http/headers.js";
 import type { AttemptOutcome } from "../http/retry.js";
 import { localReply, FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
-import { Cancel, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { Cancel, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse, type ResponseSink } from "../http/compat.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
 import { clusterWithHosts } from "./concrete.js";
-import { dispatchAttempt } from "./endpoint.js";
+import { dispatchAttempt, type AttemptBody } from "./endpoint.js";
 import type { Logger } from "../telemetry/log.js";
 import type { RequestRefusal } from "../telemetry/metrics.js";
 import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
@@ -103,8 +103,45 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
+type Split = Route["action"]["splits"][number];
+
+/** The route's and the leg's request header mutations, in Envoy's order (route, then weighted cluster). */
+export function mutateRequestHeaders(c: CompiledRoute, leg: Split, headers: HeaderRecord): void {
+  if (!c.hasReqMutations) return;
+  applyHeaderMutation(headers, c.route.action.requestHeaders);
+  applyHeaderMutation(headers, leg.requestHeaders);
+}
+
+/** The path the upstream gets: the canonical one, with the route's prefix rewrite, and the query as sent. */
+export function upstreamPath(c: CompiledRoute, canonicalPath: string, query: string): string {
+  return (c.route.action.prefixRewrite !== undefined ? rewritePath(c.route, canonicalPath) : canonicalPath) + query;
+}
+
+/**
+ * One routed request, ready for the attempts: what a sidecar's node:http request or a native
+ * client's undici dispatch becomes once its route and split leg are chosen and its headers are
+ * mutated. Everything from here on (breakers, retries, timeouts, response header mutations) is
+ * the same code for both.
+ */
+export interface Exchange {
+  readonly state: OutboundHttpState;
+  readonly route: CompiledRoute;
+  readonly leg: Split;
+  readonly primary: ClusterRuntime;
+  readonly method: string;
+  readonly path: string;
+  readonly headers: HeaderRecord;
+  readonly body: AttemptBody;
+  /** False for a body that streams (too large or of unknown length to buffer): it cannot be sent twice. */
+  readonly canRetry: boolean;
+  readonly hash: number | undefined;
+  readonly res: ResponseSink;
+  /** Cancelled when the caller went away; the attempt in flight is aborted. */
+  readonly clientGone: Cancel;
+}
+
 /** What one request did, for the access log and its span; filled in as the request goes. */
-interface RequestRecord {
+export interface RequestRecord {
   readonly start: number;
   readonly startTime: number;
   status: number;
@@ -177,19 +214,14 @@ export class HttpRouter {
     const v = view(req, target);
     const c = state.match(v);
     if (!c) return this.reply(res, 404, "NR", state.upstream, undefined, rec);
-    const route = c.route;
-    const a = route.action;
     const legIndex = pickLeg(c, Math.random());
-    const leg = a.splits[legIndex]!;
+    const leg = c.route.action.splits[legIndex]!;
     const primary = state.clusters.get(leg.cluster);
     if (!primary) return this.reply(res, 503, "UH", state.upstream, `cluster "${leg.cluster}" is not configured`, rec);
 
     // Request headers for the upstream: hop-by-hop stripped, mutations applied.
     const headers = requestHeaders(req);
-    if (c.hasReqMutations) {
-      applyHeaderMutation(headers, a.requestHeaders);
-      applyHeaderMutation(headers, leg.requestHeaders);
-    }
+    mutateRequestHeaders(c, leg, headers);
     const tracing = this.obs.tracing;
     if (tracing) {
       rec.span = tracing.start("client", `egress ${state.upstream}`, headers, {
@@ -202,7 +234,7 @@ export class HttpRouter {
       tracing.inject(rec.span, headers);
     }
     // The canonical target goes on: the destination's sidecar then authorizes exactly what was routed.
-    const path = (a.prefixRewrite !== undefined ? rewritePath(route, v.path) : v.path) + target.query;
+    const path = upstreamPath(c, v.path, target.query);
 
     // A body is buffered when small enough to send again; a larger one streams and is not retried.
     const hasBody = requestHasBody(req);
@@ -219,21 +251,32 @@ export class HttpRouter {
       }
     }
 
-    if (!primary.breaker.tryAcquireRequest()) {
-      this.stats.overflow(primary.name);
-      return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
-    }
-    const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
     const hashPolicies = primary.config.lb.hashPolicies;
     const hash =
       hashPolicies.length > 0
         ? requestHash(hashPolicies, { header: (n) => v.header(n), cookie: (n) => cookie(req, n), query: (n) => v.query?.get(n) ?? undefined, sourceIp: req.socket.remoteAddress ?? "" })
         : undefined;
-    const tried = new Set<string>();
     const clientGone = new Cancel();
     res.once("close", () => {
       if (!res.writableFinished) clientGone.cancel();
     });
+    return this.forward({ state, route: c, leg, primary, method: req.method ?? "GET", path, headers, body, canRetry, hash, res, clientGone }, rec);
+  }
+
+  /**
+   * The attempts of one routed request: the request breaker, hosts from the concrete stage, each
+   * attempt on the endpoint stage, retries by the route's policy within the retry budget, the
+   * route's timeout over all of them; the answer (or a local reply) goes to `x.res`.
+   */
+  async forward(x: Exchange, rec: RequestRecord): Promise<void> {
+    const { state, route: c, leg, primary, headers, body, canRetry, hash, res, clientGone, path } = x;
+    const a = c.route.action;
+    if (!primary.breaker.tryAcquireRequest()) {
+      this.stats.overflow(primary.name);
+      return this.reply(res, 503, "UO", state.upstream, `cluster "${primary.name}": max concurrent requests reached`, rec);
+    }
+    const deadline = a.timeoutMs > 0 ? Date.now() + a.timeoutMs : Infinity;
+    const tried = new Set<string>();
     let last: { outcome: AttemptOutcome; cluster: ClusterRuntime; host: ClusterHost } | null = null;
     let retriesTaken = 0;
     // A retry holds a slot of its cluster's retry budget until the retried attempt is over.
@@ -286,7 +329,7 @@ export class HttpRouter {
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
           return true;
         };
-        const outcome = await dispatchAttempt(cluster, host, waits, req.method ?? "GET", path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
+        const outcome = await dispatchAttempt(cluster, host, waits, x.method, path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
         releaseRetrySlot();
         if (this.log.enabled("debug")) {
           this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
@@ -326,12 +369,12 @@ export class HttpRouter {
   }
 
   private writeResponseHead(
-    res: AnyResponse,
+    res: ResponseSink,
     status: number,
     upstreamHeaders: IncomingHttpHeaders,
     cluster: ClusterRuntime,
     c: CompiledRoute,
-    leg: Route["action"]["splits"][number],
+    leg: Split,
     rec: RequestRecord,
     flag: ResponseFlag | null,
   ): void {
@@ -347,12 +390,12 @@ export class HttpRouter {
     this.stats.response(cluster.name, status, performance.now() - rec.start);
   }
 
-  private timeout(res: AnyResponse, cluster: ClusterRuntime, upstream: string, rec: RequestRecord): void {
+  private timeout(res: ResponseSink, cluster: ClusterRuntime, upstream: string, rec: RequestRecord): void {
     this.stats.timeout(cluster.name);
     this.reply(res, 504, "UT", upstream, undefined, rec);
   }
 
-  private reply(res: AnyResponse, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, rec: RequestRecord): void {
+  private reply(res: ResponseSink, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, rec: RequestRecord): void {
     rec.status = status;
     rec.flag = flag;
     // Overflow is counted and happens on every request under overload: not a warning line each.
