@@ -26,8 +26,6 @@ export interface GatewayListenerOptions {
   /** Absolute deadline for the ClientHello (Envoy's listener_filters_timeout, 15 s). */
   readonly helloTimeoutMs?: number;
   readonly maxHelloBytes?: number;
-  /** Dialling an endpoint, per attempt, unless the route's cluster sets its own (Consul's connect_timeout_ms default, 5 s). */
-  readonly connectTimeoutMs?: number;
   /** A forwarded connection with no bytes either way for this long is closed (Envoy tcp_proxy: 1 h). */
   readonly idleTimeoutMs?: number;
   /** Connections held at once, peeking or forwarded (default: from the file-descriptor limit, as other listeners). */
@@ -164,7 +162,7 @@ export class GatewayListener {
       {
         primary,
         clusters: this.clusters.all,
-        connectTimeoutMs: primary.config.connectTimeoutMs ?? this.opts.connectTimeoutMs ?? 5_000,
+        connectTimeoutMs: primary.config.connectTimeoutMs,
         wanted: () => !down.destroyed && !this.closing,
         attemptFailed: (cluster, host, err) => this.attemptFailed(cluster, host.key, err, hello.sni),
       },

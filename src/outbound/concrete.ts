@@ -165,7 +165,7 @@ function open<R extends PipeRequest, S extends Socket>(r: R, dial: Dial<R, S>, d
       cluster.breaker.releaseConnection();
     };
     const dialled = performance.now();
-    const timeoutMs = cluster === r.primary ? r.connectTimeoutMs : (cluster.config.connectTimeoutMs ?? r.connectTimeoutMs);
+    const timeoutMs = cluster === r.primary ? r.connectTimeoutMs : cluster.config.connectTimeoutMs;
     dial(r, cluster, host, timeoutMs, (err: UpstreamTlsError | null, socket: S) => {
       if (err) {
         close();

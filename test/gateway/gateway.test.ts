@@ -42,7 +42,7 @@ async function backend(t: Test, ca: CaMaterial, service: string, dc: string): Pr
   return { port: (server.address() as AddressInfo).port, seen };
 }
 
-async function gateway(t: Test, cfg: GatewayRoutesConfig, opts: { helloTimeoutMs?: number; connectTimeoutMs?: number } = {}): Promise<{ gw: GatewayListener; stats: GatewayStats }> {
+async function gateway(t: Test, cfg: GatewayRoutesConfig, opts: { helloTimeoutMs?: number } = {}): Promise<{ gw: GatewayListener; stats: GatewayStats }> {
   const stats = new GatewayStats(new Registry());
   const gw = await GatewayListener.start(GatewayRoutes.compile(cfg), { host: "127.0.0.1", port: 0, stats, log: silentLogger, ...opts });
   t.teardown(() => gw.close());
