@@ -43,3 +43,13 @@ t.test("a filter that does not compile throws (the previous table stays); an unr
   t.same([...m.keys()], [`web.default.dc1.internal.${TD}`], "the rest is routed");
   t.match(problems, [/subset "v 1" of service "web" is not routed: its name cannot be an SNI label/]);
 });
+
+t.test("attacker: a subset name that would spell another route's SNI, or its case variant, routes nothing", async (t) => {
+  // "v1.web" under service "web" would make `v1.web.web.default…`; an upper-case subset would
+  // make a second key for the same lower-case name the ClientHello parser hands the gateway.
+  const problems: string[] = [];
+  const m = gatewayServices({ trustDomain: TD, datacenter: "dc1", instances, entries: resolver({ Subsets: { "v1.web": { Filter: "" }, "x.default.dc1.internal": { Filter: "" } } }) }, (p) => problems.push(p));
+  t.same([...m.keys()], [`web.default.dc1.internal.${TD}`], "only the plain service is routed");
+  t.equal(problems.length, 2, "each refused name is reported");
+  for (const p of problems) t.match(p, /is not routed: its name cannot be an SNI label/);
+});
