@@ -37,4 +37,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 # Set the runtime's stop timeout (docker --stop-timeout, Kubernetes
 # terminationGracePeriodSeconds) above -drain-timeout.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["/usr/local/bin/node", "/app/node_modules/meshproxy/dist/cli/main.js", "-log-json"]
+# Logs: JSON lines on stdout, where container runtimes and log shippers expect them.
+ENTRYPOINT ["/usr/local/bin/node", "/app/node_modules/meshproxy/dist/cli/main.js", "-log-json", "-log-dest", "stdout"]

@@ -14,7 +14,7 @@ if [ "${1:-}" = "--exec" ]; then
   shift
   cmd=("$@")
 else
-  cmd=(/usr/local/bin/node /app/node_modules/meshproxy/dist/cli/main.js -log-json "$@")
+  cmd=(/usr/local/bin/node /app/node_modules/meshproxy/dist/cli/main.js -log-json -log-dest stdout "$@")
 fi
 exec unshare --pid --fork --kill-child --mount --propagation private -- /bin/sh -c '
   set -e

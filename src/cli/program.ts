@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { Command, CommanderError, Option } from "commander";
 import { goStyleArgv, parseBool, parseHostPort, parseUpstream, UsageError } from "./args.js";
-import { parseLevel, type Level } from "../telemetry/log.js";
+import { parseLevel, parseLogDestination, type Level, type LogDestination } from "../telemetry/log.js";
 import { parseDurationMs } from "../config/duration.js";
 import { isValidServiceName } from "../config/validate.js";
 import { defaultDataDir } from "../controlplane/dev/state.js";
@@ -47,6 +47,8 @@ export interface ProxyCommand {
   readonly adminExplicit: boolean;
   readonly logLevel: Level;
   readonly logJson: boolean;
+  /** -log-dest: the stream log lines go to (default stderr). */
+  readonly logDest: LogDestination;
   readonly drainTimeoutMs: number;
   /** -metrics-addr; null: none, unless Consul's Proxy.Config names one (envoy_prometheus_bind_addr). */
   readonly metrics: HostPort | null;
@@ -77,6 +79,7 @@ interface RawProxyOptions {
   tokenFile?: string;
   logLevel: string;
   logJson: boolean;
+  logDest: string;
   dataDir: string;
   adminAddr: string;
   drainTimeout: string;
@@ -109,6 +112,8 @@ function collect(v: string, prev: string[]): string[] {
 export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): ProxyCommand {
   const logLevel = parseLevel(o.logLevel);
   if (!logLevel) throw new UsageError(`-log-level "${o.logLevel}": want trace, debug, info, warn or error`);
+  const logDest = parseLogDestination(o.logDest);
+  if (!logDest) throw new UsageError(`-log-dest "${o.logDest}": want stderr or stdout (a file is the runtime's or journald's job)`);
   const consul: ConsulSettings | null = o.httpAddr
     ? {
         httpAddr: o.httpAddr,
@@ -169,6 +174,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
     adminExplicit,
     logLevel,
     logJson: o.logJson,
+    logDest,
     drainTimeoutMs,
     metrics,
     appMetricsUrl: o.appMetricsUrl,
@@ -322,6 +328,7 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--tls-server-name <name>", "server name to verify the agent's HTTPS certificate against").env("CONSUL_TLS_SERVER_NAME"))
     .addOption(new Option("--log-level <level>", "trace, debug, info, warn or error").default("info"))
     .addOption(new Option("--log-json [bool]", "log one JSON object per line").argParser(parseBool("-log-json")).preset(true).default(false))
+    .addOption(new Option("--log-dest <stream>", "where log lines go: stderr or stdout").default("stderr"))
     .addOption(new Option("--data-dir <dir>", "dev control plane state directory (CA, catalog, intentions)").env("MESHPROXY_DATA_DIR").default(defaultDataDir()))
     .addOption(new Option("--admin-addr <host:port>", "admin API address (empty to disable)").default(`${DEFAULTS.adminAddr.host}:${DEFAULTS.adminAddr.port}`))
     .addOption(new Option("--drain-timeout <duration>", "how long open connections may finish on shutdown").default("15s"))

@@ -99,7 +99,7 @@ function reachable(at: { readonly host: string; readonly port: number }, bound: 
 }
 
 export async function runGateway(cmd: ProxyCommand): Promise<number> {
-  const log = createLogger({ level: cmd.logLevel, json: cmd.logJson });
+  const log = createLogger({ level: cmd.logLevel, json: cmd.logJson, dest: cmd.logDest });
   if (!cmd.gateway) throw new Error("runGateway needs -gateway mesh");
   const gw = cmd.gateway;
   const registry = new Registry();

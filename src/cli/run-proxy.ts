@@ -98,7 +98,7 @@ async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposi
 }
 
 export async function runProxy(cmd: ProxyCommand): Promise<number> {
-  const log = createLogger({ level: cmd.logLevel, json: cmd.logJson });
+  const log = createLogger({ level: cmd.logLevel, json: cmd.logJson, dest: cmd.logDest });
   let proxy: Proxy | null = null;
   let admin: AdminServer | null = null;
   let metrics: MetricsServer | null = null;

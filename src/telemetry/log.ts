@@ -1,4 +1,6 @@
-// Leveled logging, one line per event: hclog-like text by default, JSON with -log-json.
+// Leveled logging, one line per event: hclog-like text by default, JSON with -log-json; on
+// stderr by default (where Consul and Envoy log), on stdout with -log-dest stdout (a container's
+// log collector reads one stream, and "JSON logs on stdout" is what it is usually set up for).
 // Fields are passed separately from the message so JSON output stays machine-readable.
 
 export const LEVELS = ["trace", "debug", "info", "warn", "error"] as const;
@@ -83,9 +85,19 @@ class SinkLogger implements Logger {
   }
 }
 
+/** Where the process's log lines go (-log-dest). */
+export const LOG_DESTINATIONS = ["stderr", "stdout"] as const;
+export type LogDestination = (typeof LOG_DESTINATIONS)[number];
+
+export function parseLogDestination(s: string): LogDestination | null {
+  return LOG_DESTINATIONS.find((d) => d === s.toLowerCase()) ?? null;
+}
+
 export interface LogOptions {
   level?: Level;
   json?: boolean;
+  /** Default stderr; ignored when `write` is given. */
+  dest?: LogDestination;
   write?: (line: string) => void;
 }
 
@@ -100,7 +112,7 @@ export function createLogger(opts: LogOptions = {}): Logger & LevelControl {
   const sink: Sink = {
     level: LEVELS.indexOf(opts.level ?? "info"),
     json: opts.json ?? false,
-    write: opts.write ?? ((line) => void process.stderr.write(line)),
+    write: opts.write ?? (opts.dest === "stdout" ? (line) => void process.stdout.write(line) : (line) => void process.stderr.write(line)),
   };
   const root = new SinkLogger(sink, "meshproxy");
   return Object.assign(root, {

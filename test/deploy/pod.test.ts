@@ -28,6 +28,8 @@ interface PodProcess {
   readonly child: ChildProcess;
   readonly logs: LogLine[];
   readonly out: () => string;
+  /** Everything written to stderr. */
+  readonly err: () => string;
   waitFor(pred: (l: LogLine) => boolean, what: string, timeoutMs?: number): Promise<LogLine>;
   readonly exited: Promise<number | null>;
 }
@@ -51,18 +53,21 @@ async function descendants(pid: number): Promise<number[]> {
   return [...children, ...below.flat()];
 }
 
-/** Runs `args` in network namespace `ns`; JSON lines on stderr are collected as logs. */
+/**
+ * Runs `args` in network namespace `ns`. JSON lines on stdout (the image logs there) are
+ * collected as logs, other stdout lines as text; stderr is kept apart.
+ */
 function inPod(t: Teardown, ns: string, args: readonly string[], stdin: "pipe" | "ignore" = "ignore"): PodProcess {
   const child = spawn("ip", ["netns", "exec", ns, ...args], { stdio: [stdin, "pipe", "pipe"] });
   const logs: LogLine[] = [];
   let text = "";
+  let errText = "";
   let partial = "";
   const waiters = new Set<() => void>();
-  child.stdout?.setEncoding("utf8").on("data", (d: string) => {
-    text += d;
-    for (const w of waiters) w();
-  });
   child.stderr?.setEncoding("utf8").on("data", (d: string) => {
+    errText += d;
+  });
+  child.stdout?.setEncoding("utf8").on("data", (d: string) => {
     partial += d;
     let nl: number;
     while ((nl = partial.indexOf("\n")) >= 0) {
@@ -92,6 +97,7 @@ function inPod(t: Teardown, ns: string, args: readonly string[], stdin: "pipe" |
     child,
     logs,
     out: () => text,
+    err: () => errText,
     exited,
     waitFor(pred, what, timeoutMs = 30_000) {
       return new Promise<LogLine>((resolve, reject) => {
@@ -104,7 +110,7 @@ function inPod(t: Teardown, ns: string, args: readonly string[], stdin: "pipe" |
         };
         const timer = setTimeout(() => {
           waiters.delete(check);
-          reject(new Error(`no log line "${what}" in ${timeoutMs} ms; output:\n${text}\nlogs:\n${logs.map((l) => JSON.stringify(l)).join("\n")}`));
+          reject(new Error(`no log line "${what}" in ${timeoutMs} ms; output:\n${text}\nstderr:\n${errText}\nlogs:\n${logs.map((l) => JSON.stringify(l)).join("\n")}`));
         }, timeoutMs);
         waiters.add(check);
         check();
@@ -241,5 +247,7 @@ t.test("the sidecar image in two pods: mTLS only between them, /ready gating, SI
     `all ${n} requests in flight at SIGTERM complete with the app's answer`,
   );
   t.equal(await dbSidecar.exited, 0, "the sidecar, PID 1, drains and exits 0");
+  t.ok(dbSidecar.logs.some((l) => l["@message"] === "proxy ready") && dbSidecar.logs.every((l) => typeof l["@timestamp"] === "string"), "its log is JSON lines on stdout");
+  t.equal(dbSidecar.err(), "", "and nothing on stderr");
   t.notOk(await healthy(db), "and the db pod's HEALTHCHECK stays failed once it is gone");
 });
