@@ -19,6 +19,7 @@ import { clustersJson, clustersText } from "../admin/clusters.js";
 import { GatewayListener } from "../gateway/listener.js";
 import { GatewayRoutes } from "../gateway/routes.js";
 import { GatewayStats } from "../gateway/stats.js";
+import type { SourceTags } from "../telemetry/consul-tags.js";
 import { handleShutdownSignals } from "./signals.js";
 import type { ProxyCommand } from "./program.js";
 
@@ -98,6 +99,15 @@ function reachable(at: { readonly host: string; readonly port: number }, bound: 
   return { address: wildcard ? "127.0.0.1" : at.host, port: at.port === 0 ? bound.port : at.port };
 }
 
+/**
+ * Consul's bootstrap tags a gateway's stats with its own service (`consul connect envoy -gateway
+ * mesh -service <name>`: local_cluster and consul_source_service) and the datacenter its agent is
+ * in; this gateway routes in the default namespace and partition only.
+ */
+function gatewaySource(cmd: ProxyCommand, routes: GatewayRoutes): SourceTags {
+  return { service: cmd.request.service, namespace: "default", partition: "default", datacenter: routes.datacenter };
+}
+
 export async function runGateway(cmd: ProxyCommand): Promise<number> {
   const log = createLogger({ level: cmd.logLevel, json: cmd.logJson, dest: cmd.logDest });
   if (!cmd.gateway) throw new Error("runGateway needs -gateway mesh");
@@ -121,6 +131,7 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
         // Throws on a table that cannot be right; the source reports it and keeps the previous one.
         const routes = GatewayRoutes.compile(cfg);
         table.latest = routes;
+        stats.setSource(gatewaySource(cmd, routes));
         gateway?.apply(routes);
       },
       (message) => {
@@ -135,6 +146,7 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
       return 0;
     }
     const routes = table.latest ?? GatewayRoutes.compile(first);
+    stats.setSource(gatewaySource(cmd, routes));
     const limits = listenerLimits(cmd.limits);
     gateway = await GatewayListener.start(routes, { host: gw.listen.host, port: gw.listen.port, stats, log: log.child("gateway"), accessLog, maxConnections: limits.maxConnections, maxPendingHellos: limits.maxTlsHandshakes });
     const addr = gateway.address;

@@ -56,6 +56,7 @@ export class GatewayListener {
   ) {
     this.overload = new RateLimitedWarning(opts.log, "gateway at its limit of connections still sending a ClientHello: refusing connections");
     this.clusters.apply(routes.clusters);
+    for (const c of routes.clusters) opts.stats.cluster(c.name);
   }
 
   static async start(routes: GatewayRoutes, opts: GatewayListenerOptions): Promise<GatewayListener> {
@@ -76,6 +77,7 @@ export class GatewayListener {
   apply(routes: GatewayRoutes): void {
     // Runtimes first: a route never names a cluster without one.
     this.clusters.apply(routes.clusters);
+    for (const c of routes.clusters) this.opts.stats.cluster(c.name);
     this.routes = routes;
   }
 
@@ -176,18 +178,18 @@ export class GatewayListener {
   }
 
   private attemptFailed(cluster: ClusterRuntime, host: string, err: UpstreamTlsError, sni: string): void {
-    if (err.kind === "timeout") this.opts.stats.connectTimedOut.labels(cluster.name).inc();
-    else this.opts.stats.connectFailed.labels(cluster.name).inc();
+    if (err.kind === "timeout") this.opts.stats.cluster(cluster.name).connectTimedOut.inc();
+    else this.opts.stats.cluster(cluster.name).connectFailed.inc();
     this.opts.log.debug("gateway connect attempt failed", { cluster: cluster.name, endpoint: host, sni, error: err.message });
   }
 
   private refused(down: Socket, primary: ClusterRuntime, f: StreamFailure, sni: string): void {
     if (f.flag === "UH") {
-      this.opts.stats.noneHealthy.labels(primary.name).inc();
+      this.opts.stats.cluster(primary.name).noneHealthy.inc();
       return this.reject(down, "no_healthy_endpoint", f.detail, sni);
     }
     if (f.flag === "UO") {
-      this.opts.stats.overflow.labels(f.cluster.name).inc();
+      this.opts.stats.cluster(f.cluster.name).overflow.inc();
       return this.reject(down, "upstream_overflow", f.detail, sni);
     }
     return this.reject(down, "upstream_connect_failed", f.detail, sni);
@@ -196,15 +198,16 @@ export class GatewayListener {
   private pipe(down: Socket, hello: Extract<PeekResult, { ok: true }>, stream: OpenPipe): void {
     const { cluster, host, socket: up } = stream;
     const endpoint = host.key;
-    this.opts.stats.forwarded.labels(cluster.name).inc();
+    const clusterStats = this.opts.stats.cluster(cluster.name);
+    clusterStats.forwarded.inc();
     const started = Date.now();
     if (this.opts.log.enabled("debug")) this.opts.log.debug("gateway connection forwarded", { sni: hello.sni, alpn: hello.alpn.join(","), cluster: cluster.name, endpoint, attempts: stream.attempts });
     up.write(hello.bytes);
     const pipe = joinSockets(down, up, this.opts.idleTimeoutMs ?? 3_600_000, (r) => {
       this.pipes.delete(pipe);
       // TLS records both ways, counted as Envoy counts a cluster's bytes (never decrypted).
-      this.opts.stats.bytesSent.labels(cluster.name).inc(r.downstreamBytesIn);
-      this.opts.stats.bytesReceived.labels(cluster.name).inc(r.upstreamBytesIn);
+      clusterStats.bytesSent.inc(r.downstreamBytesIn);
+      clusterStats.bytesReceived.inc(r.upstreamBytesIn);
       this.opts.accessLog?.log({
         start_time: new Date(started).toISOString(),
         duration_ms: Date.now() - started,
