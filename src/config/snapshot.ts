@@ -57,6 +57,14 @@ export interface UpstreamListener {
   readonly idleTimeoutMs: number;
   /** HTTP upstreams: where each request goes. Absent for tcp (all traffic to `cluster`). */
   readonly routes?: RouteTable;
+  /**
+   * The namespace and admin partition the upstream names its destination in (Consul's
+   * DestinationNamespace and DestinationPartition, which default to the proxy's own): the
+   * `consul_upstream_namespace|partition` of its listener's stats. Absent: the namespace of
+   * `cluster`, and the default partition.
+   */
+  readonly namespace?: string;
+  readonly partition?: string;
 }
 
 export interface Endpoint {

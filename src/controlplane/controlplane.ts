@@ -11,6 +11,9 @@ export interface UpstreamRequest {
   readonly bind: HostPort;
   /** The destination's datacenter; absent: the proxy's own. */
   readonly datacenter?: string;
+  /** The destination's namespace and admin partition (Consul Enterprise); absent: the proxy's own. */
+  readonly namespace?: string;
+  readonly partition?: string;
   /** This upstream's MeshGateway.Mode; wins over every other level. */
   readonly meshGatewayMode?: MeshGatewayMode;
   readonly connectTimeoutMs?: number;

@@ -107,10 +107,14 @@ export class UpstreamListener {
     this.state = { config: upstream.config, cluster, tls, clusterStats, http };
   }
 
-  /** Consul's upstream stat prefix `upstream.<svc>.<ns>.<partition>.<dc>`: the chain's service, where it lives. */
+  /**
+   * Consul's upstream stat prefix `upstream.<svc>.<ns>.<partition>.<dc>`: the chain's service and
+   * the namespace and partition the upstream names (its own, else the proxy's), in the datacenter
+   * its default target lives in.
+   */
   private upstreamTags(): UpstreamTags {
-    const c = this.state.cluster;
-    return { service: this.state.config.name, namespace: c.namespace, partition: "default", datacenter: c.datacenter };
+    const { config, cluster } = this.state;
+    return { service: config.name, namespace: config.namespace ?? cluster.namespace, partition: config.partition ?? "default", datacenter: cluster.datacenter };
   }
 
   private tcpStats(): TcpProxyStats {

@@ -220,6 +220,8 @@ export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
     connectTimeoutMs: clusters[defaultCluster]!.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs,
     idleTimeoutMs: DEFAULTS.idleTimeoutMs,
     ...(routes.length > 0 ? { routes: { routes } } : {}),
+    ...(u.namespace !== undefined ? { namespace: u.namespace } : {}),
+    ...(u.partition !== undefined ? { partition: u.partition } : {}),
   };
   return { listener, clusters, problems };
 }

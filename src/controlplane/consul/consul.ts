@@ -228,10 +228,16 @@ export class ConsulControlPlane implements ControlPlane {
   private upstreamRequests(): UpstreamRequest[] {
     if (!this.agentMode) return [...this.o.request.upstreams, ...this.added];
     if (!this.registration) return [];
+    const local = this.localScope();
     const out: UpstreamRequest[] = [];
     for (const u of this.registration.upstreams) {
       const skip = (why: string) => this.warnOnce(`upstream ${u.destinationName}: ${why}`);
       if (u.destinationType !== "service") skip(`destination type "${u.destinationType}" is not supported yet; skipped`);
+      // Chains and instances are read in the proxy's own namespace and partition: an upstream
+      // naming another would silently reach the same-named service here instead.
+      else if (!inScope(u.destinationNamespace, local.namespace) || !inScope(u.destinationPartition, local.partition)) {
+        skip(`namespace "${u.destinationNamespace || local.namespace}", partition "${u.destinationPartition || local.partition}" is not this proxy's own (namespace "${local.namespace}", partition "${local.partition}"), and meshproxy reads services in its own only; skipped`);
+      }
       else if (u.localBindSocketPath) skip("unix socket upstream listeners are not supported; skipped");
       else if (u.localBindPort < 1) skip("no LocalBindPort; skipped");
       else {
@@ -239,6 +245,8 @@ export class ConsulControlPlane implements ControlPlane {
           name: u.destinationName,
           bind: { host: u.localBindAddress, port: u.localBindPort },
           ...(u.datacenter ? { datacenter: u.datacenter } : {}),
+          ...(u.destinationNamespace ? { namespace: u.destinationNamespace } : {}),
+          ...(u.destinationPartition ? { partition: u.destinationPartition } : {}),
           ...(u.connectTimeoutMs ? { connectTimeoutMs: u.connectTimeoutMs } : {}),
           ...(u.settings ? { settings: u.settings } : {}),
           ...(u.meshGatewayMode ? { meshGatewayMode: u.meshGatewayMode } : {}),
@@ -452,9 +460,11 @@ export class ConsulControlPlane implements ControlPlane {
     const namespace = leafId?.namespace ?? DEFAULTS.namespace;
     const clusters: Record<string, Cluster> = {};
     const listeners: UpstreamListener[] = [];
+    const local = this.localScope();
     for (const u of upstreams) {
       const built = buildUpstream({
-        upstream: u,
+        // Consul's upstream stat prefix names the chain's namespace and partition: the upstream's, else the proxy's.
+        upstream: { ...u, namespace: u.namespace ?? local.namespace, partition: u.partition ?? local.partition },
         chain: this.effectiveChain(u, datacenter),
         instances: (svc, d) => (this.health.get(healthKey(svc, dcParam(d, datacenter))) ?? []).map((h) => instanceOf(h, svc, d)),
         gateways: (d) => {
@@ -469,7 +479,6 @@ export class ConsulControlPlane implements ControlPlane {
       Object.assign(clusters, built.clusters);
       for (const p of built.problems) this.warnOnce(p);
     }
-    const local = this.localScope();
     const intentionList = snapshotIntentions(intentions.list, local);
     const defaultAction = this.defaultAction.kind === "learned" ? this.defaultAction.learned.action : "deny";
     return {
@@ -589,6 +598,11 @@ function snapshotIntentions(list: readonly WireIntention[], local: LocalScope): 
       ...(i.sourcePeer !== "" ? { sourcePeer: i.sourcePeer } : {}),
       ...(i.permissions.length > 0 ? { permissions: i.permissions } : {}),
     }));
+}
+
+/** An upstream's Destination{Namespace,Partition}: empty means the proxy's own. */
+function inScope(named: string, own: string): boolean {
+  return named === "" || named === own;
 }
 
 function chainKey(u: UpstreamRequest): string {

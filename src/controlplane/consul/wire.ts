@@ -156,6 +156,9 @@ export interface UpstreamDef {
   readonly destinationType: string;
   readonly destinationName: string;
   readonly datacenter: string;
+  /** `DestinationNamespace`, `DestinationPartition` (Consul Enterprise); "" when not given: the proxy's own. */
+  readonly destinationNamespace: string;
+  readonly destinationPartition: string;
   readonly localBindAddress: string;
   readonly localBindPort: number;
   readonly localBindSocketPath: string;
@@ -208,6 +211,8 @@ export function parseProxyRegistration(body: unknown, endpoint = "/v1/agent/serv
       destinationType: u.optStr("DestinationType") || "service",
       destinationName: u.str("DestinationName"),
       datacenter: u.optStr("Datacenter"),
+      destinationNamespace: u.optStr("DestinationNamespace"),
+      destinationPartition: u.optStr("DestinationPartition"),
       localBindAddress: u.optStr("LocalBindAddress") || "127.0.0.1",
       localBindPort: u.optNum("LocalBindPort") ?? 0,
       localBindSocketPath: u.optStr("LocalBindSocketPath"),
