@@ -11,6 +11,16 @@ import { echoServer, hostPort, startSidecar, tempDir } from "../helpers/mesh.js"
 import { startGateway } from "../helpers/mesh-gateway.js";
 import { leafFor, readDevCa } from "../helpers/certs.js";
 import { sample, scrape } from "../helpers/peers.js";
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { ROOT } from "../helpers/mesh.js";
+import { startPrometheus } from "../helpers/prometheus.js";
+import { until } from "../helpers/l7.js";
+
+interface Dashboard {
+  panels: Array<{ title: string; targets?: Array<{ expr: string }> }>;
+  templating: { list: Array<{ name: string; type: string; query: string }> };
+}
 
 /** Every label of the first sample of `name` whose labels include `match`; null when there is none. */
 function labelsOf(text: string, name: string, match: Readonly<Record<string, string>>): Map<string, string> | null {
@@ -78,4 +88,24 @@ t.test("gateway series carry the gateway's consul_source_* labels and, per local
   t.equal(Number(/ (\S+)$/.exec(text1.split("\n").find((l) => l.startsWith("meshproxy_gateway_forwarded_total{") && l.includes(`envoy_cluster_name="dc2.internal.`)) ?? "")?.[1]), 1, "counted once");
   const destinationLabels = [...(hop ?? new Map<string, string>())].filter(([k, v]) => k.startsWith("consul_") && !k.startsWith("consul_source_") && v !== "");
   t.same(destinationLabels, [], "a remote datacenter's gateways match none of Consul's expressions: no destination label (Envoy leaves them out)");
+
+  // The example dashboard's mesh gateway panels, through a real Prometheus scraping both gateways.
+  const prom = await startPrometheus(t, [
+    { address: gw1.adminAddr, path: "/stats/prometheus" },
+    { address: gw2.adminAddr, path: "/stats/prometheus" },
+  ]);
+  await until(async () => Number((await prom.query("count_over_time(meshproxy_gateway_rejected_total[1m])")).result[0]?.value?.[1] ?? 0) >= 2, 30_000, `Prometheus to scrape both gateways twice; its stderr:\n${prom.stderr()}`);
+  const dash = JSON.parse(await readFile(join(ROOT, "examples", "grafana", "meshproxy-dashboard.json"), "utf8")) as Dashboard;
+  const variable = dash.templating.list.find((v) => v.name === "gateway");
+  t.equal(variable?.query, "label_values(meshproxy_gateway_forwarded_total, consul_source_service)", "the dashboard's gateway variable");
+  const listed = await prom.query(variable!.query.replace(/^label_values\((.*), *([a-z_]+)\)$/, "group by ($2) ($1)"));
+  t.same(listed.result.map((r) => r.metric["consul_source_service"]).sort(), ["edge-gw", "mesh-gateway"], "lists both gateways by service name");
+  const targets = dash.panels.flatMap((p) => (p.targets ?? []).filter((tg) => tg.expr.includes("$gateway")).map((tg) => ({ panel: p.title, expr: tg.expr })));
+  t.ok(targets.length >= 4, `${targets.length} gateway panel queries`);
+  for (const { panel, expr } of targets) {
+    const q = expr.replace(/\$__rate_interval/g, "1m").replace(/\$gateway/g, ".*");
+    const r = await prom.query(q);
+    t.equal(r.status, "success", `${panel}: ${r.error ?? "valid"}`);
+    t.ok(r.result.length > 0, `${panel}: returns data (${q})`);
+  }
 });
