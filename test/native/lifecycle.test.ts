@@ -138,7 +138,6 @@ t.test("dial() waiting for db gets it once db starts serving", async (t) => {
 });
 
 t.test("a control plane that never resolves an upstream: the first call fails after resolveTimeoutMs instead of the process exiting 13", async (t) => {
-  const dir = await tempDir(t);
   const r = await runScript(t, `
     const { Service, createRootCa, issueLeaf, createLogger } = await import(${JSON.stringify(DIST)});
     const logger = createLogger({ level: "error" });
