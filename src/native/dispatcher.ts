@@ -18,6 +18,7 @@ import { endToEndCopy, type HeaderRecord } from "../http/headers.js";
 import { targetOfOrigin, upstreamKey, type MeshTarget } from "./names.js";
 import { MeshNameError, NoHealthyUpstreamError } from "./errors.js";
 import { HandlerSink, failHandler } from "./response-sink.js";
+import type { NativeObservers } from "./observe.js";
 
 /** What the dispatcher needs from its Service: upstreams resolved on first use, and the live clusters. */
 export interface UpstreamResolver {
@@ -42,6 +43,7 @@ export class MeshDispatcher extends Dispatcher {
   constructor(
     private readonly upstreams: UpstreamResolver,
     private readonly router: HttpRouter,
+    private readonly obs: NativeObservers,
   ) {
     super();
   }
@@ -109,9 +111,11 @@ export class MeshDispatcher extends Dispatcher {
     const clientGone = new Cancel();
     const res = new HandlerSink(handler, clientGone);
     const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
+    this.obs.outboundStart(rec, state.upstream, primary.config.service, opts.method, target.path, headers);
     this.router
       .forward({ state, route: c, leg, primary, method: opts.method, path: upstreamPath(c, target.path, target.query), headers, body: buffered ?? body, canRetry, hash, res, clientGone }, rec)
-      .catch((e: unknown) => res.fail(e instanceof Error ? e : new Error(String(e))));
+      .catch((e: unknown) => res.fail(e instanceof Error ? e : new Error(String(e))))
+      .finally(() => this.obs.outboundEnd(rec, state.upstream, opts.method, opts.path, headers));
   }
 
   override close(): Promise<void>;

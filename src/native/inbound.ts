@@ -18,6 +18,7 @@ import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 import { Counter } from "prom-client";
+import type { NativeObservers, ObservedRequest } from "./observe.js";
 
 /** The verified caller of a connection or request. */
 export interface Peer extends ServiceId {
@@ -98,6 +99,7 @@ export class InboundGate {
     private tls: TlsMaterial,
     private readonly metrics: Metrics,
     private readonly log: Logger,
+    private readonly obs: NativeObservers,
   ) {
     this.handlerErrors = new Counter({ name: "meshproxy_native_handler_errors_total", help: "Requests whose handler (the app's request listener) threw or rejected; answered 500", registers: [metrics.registry] });
   }
@@ -141,8 +143,11 @@ export class InboundGate {
         // HTTP/1.1 (a request with `Expect` comes as one of the check events when the app listens
         // for them). HTTP/2 requests were authorized as streams (below) before node made them requests.
         const [req, res] = args;
-        if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(req, res)) return true;
-        if (event === "request" && isRequest(req) && isResponse(res)) return this.runHandlers(server, req, res);
+        if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(server, req, res)) return true;
+        if (event === "request" && isRequest(req) && isResponse(res)) {
+          this.obs.inbound(server, req, res, verifiedPeer(req.socket)?.spiffeId ?? "");
+          return this.runHandlers(server, req, res);
+        }
       } else if (event === "upgrade" || event === "connect") {
         // The connection is handed to the app raw: authorized like a request, refused on the wire.
         const [req, socket] = args;
@@ -221,9 +226,13 @@ export class InboundGate {
    * is handed (req.url rewritten), as the sidecar does; the intentions are those in force now,
    * so a revoked permission stops applying to keep-alive connections too.
    */
-  private authorizeRequest(req: IncomingMessage, res: Reply): boolean {
-    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
-    if (typeof verdict !== "string") return reply(res, verdict.status, verdict.body);
+  private authorizeRequest(server: TlsServer, req: IncomingMessage, res: Reply): boolean {
+    const peer = verifiedPeer(req.socket);
+    const verdict = this.check(peer, req.method ?? "GET", req.url ?? "/", req.headers);
+    if (typeof verdict !== "string") {
+      this.obs.refused(server, req, verdict.status, peer?.spiffeId ?? null);
+      return reply(res, verdict.status, verdict.body);
+    }
     req.url = verdict;
     return true;
   }
@@ -281,15 +290,15 @@ export class InboundGate {
 }
 
 /** What the handler-failure path needs of a request (node:http's, or node:http2's compat one). */
-interface AppRequest {
-  readonly method?: string | undefined;
-  readonly url?: string | undefined;
+interface AppRequest extends ObservedRequest {
   readonly socket: object | null;
 }
 
 /** What it needs of the response: ServerResponse and Http2ServerResponse both have it. */
 interface AppResponse {
   readonly headersSent: boolean;
+  readonly writableFinished: boolean;
+  once(event: "close", listener: () => void): unknown;
   readonly writableEnded: boolean;
   statusCode: number;
   getHeaderNames(): string[];
@@ -300,7 +309,7 @@ interface AppResponse {
 }
 
 function isRequest(x: unknown): x is AppRequest {
-  return typeof x === "object" && x !== null && "socket" in x && "method" in x;
+  return typeof x === "object" && x !== null && "socket" in x && "method" in x && "headers" in x && "httpVersion" in x;
 }
 
 function isResponse(x: unknown): x is AppResponse {

@@ -22,7 +22,8 @@ import { syncClusterRuntimes } from "../cluster/sync.js";
 import { openStream, type StreamFailure, type OpenStream } from "../outbound/concrete.js";
 import { HttpRouter, OutboundHttpState } from "../outbound/http-router.js";
 import { HttpStats } from "../telemetry/http-stats.js";
-import { AccessLog } from "../telemetry/access-log.js";
+import { AccessLog, type AccessLogTarget } from "../telemetry/access-log.js";
+import { NativeObservers } from "./observe.js";
 import { compileRouteTable } from "../compile/routes.js";
 import { NO_HEADER_MUTATION, type RouteTable } from "../config/http.js";
 import { PermissionCompileError } from "../authz/l7.js";
@@ -30,6 +31,7 @@ import { MatchCompileError } from "../http/match.js";
 import { RouteCompileError } from "../http/route-match.js";
 import { loadUndici } from "../http/undici.js";
 import { Metrics } from "../telemetry/metrics.js";
+import type { Tracing } from "../telemetry/tracing.js";
 import { createLogger, logRejection, type Logger } from "../telemetry/log.js";
 import { InboundGate, compileInbound, verifiedPeer, type InboundPolicy, type Peer } from "./inbound.js";
 import { Http2ServerRequest } from "node:http2";
@@ -78,6 +80,17 @@ export interface ServiceOptions {
    * built from untrusted input must not make the control plane watch without bound.
    */
   readonly maxUpstreams?: number;
+  /**
+   * Access log of the service's HTTP requests, both ways, in the sidecar's format (as
+   * `-access-log`): "off" (default), "stdout", "stderr" or `{ file }`.
+   */
+  readonly accessLog?: AccessLogTarget;
+  /**
+   * OpenTelemetry tracing, as the sidecar's `-tracing-endpoint`/`-tracing-sample-rate`: an
+   * OTLP/HTTP traces endpoint, and the share of new traces sampled (default 1; a caller's
+   * decision always wins). Off when absent.
+   */
+  readonly tracing?: { readonly endpoint: string; readonly sampleRate?: number };
   /** Environment read for CONSUL_HTTP_ADDR & co. and MESHPROXY_DATA_DIR; default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
@@ -116,6 +129,21 @@ function defaultRoutes(cluster: string): RouteTable {
   };
 }
 
+/** The OpenTelemetry SDK is loaded only when tracing is on, as in the sidecar. */
+async function startTracing(service: string, o: NonNullable<ServiceOptions["tracing"]>, metrics: Metrics): Promise<Tracing> {
+  const sampleRate = o.sampleRate ?? 1;
+  if (!(sampleRate >= 0 && sampleRate <= 1)) throw new RangeError(`tracing.sampleRate ${sampleRate}: want a number from 0 to 1, e.g. 0.1`);
+  let url: URL;
+  try {
+    url = new URL(o.endpoint);
+  } catch {
+    throw new RangeError(`tracing.endpoint "${o.endpoint}": not a URL; want e.g. http://127.0.0.1:4318/v1/traces`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new RangeError(`tracing.endpoint "${o.endpoint}": want an http(s) URL, e.g. http://127.0.0.1:4318/v1/traces`);
+  const { Tracing } = await import("../telemetry/tracing.js");
+  return new Tracing({ endpoint: o.endpoint, sampleRate, serviceName: service, exportFailures: metrics.tracingExportFailures });
+}
+
 /** Options first, then the Consul environment variables, then the dev state directory. */
 function choose(o: ServiceOptions, idSuffix: string): ControlPlaneChoice {
   if (o.configFile !== undefined) return { kind: "static", file: o.configFile };
@@ -141,6 +169,7 @@ export class Service {
   /** Waiters for the next applied Snapshot (dial() waiting for a healthy instance). */
   private readonly applied = new Set<() => void>();
   private meshDispatcher: MeshDispatcher | null = null;
+  private obs: NativeObservers | null = null;
   /** The server whose address is registered in the catalog. */
   private registered: TlsServer | null = null;
   private closing: Promise<void> | null = null;
@@ -182,9 +211,17 @@ export class Service {
     await loadUndici();
     const { MeshDispatcher } = await import("./dispatcher.js");
     // The sidecar's router, with this Service's metrics (envoy_cluster_upstream_rq_* per cluster).
-    const router = new HttpRouter(svc.log.child("http"), new HttpStats(svc.metrics.registry), { tracing: null, accessLog: new AccessLog("off") }, svc.metrics.outboundRejected);
-    svc.meshDispatcher = new MeshDispatcher(svc.resolver(), router);
-    await svc.start();
+    const tracing = opts.tracing ? await startTracing(opts.name, opts.tracing, svc.metrics) : null;
+    const obs = new NativeObservers(tracing, new AccessLog(opts.accessLog ?? "off", svc.metrics.accessLogDropped), svc.metrics);
+    svc.obs = obs;
+    const router = new HttpRouter(svc.log.child("http"), new HttpStats(svc.metrics.registry), obs, svc.metrics.outboundRejected);
+    svc.meshDispatcher = new MeshDispatcher(svc.resolver(), router, obs);
+    try {
+      await svc.start();
+    } catch (e) {
+      await obs.close();
+      throw e;
+    }
     return svc;
   }
 
@@ -242,7 +279,7 @@ export class Service {
       upstreams.set(u.name, { listener: u.config, http: new OutboundHttpState(u.name, routes, this.runtimes) });
     }
     if (this.gate) this.gate.update(inbound, tls);
-    else this.gate = new InboundGate(inbound, tls, this.metrics, this.log);
+    else this.gate = new InboundGate(inbound, tls, this.metrics, this.log, this.obs!);
     this.upstreams = upstreams;
     this.current = s;
     this.tls = tls;
@@ -472,5 +509,6 @@ export class Service {
     this.runtimes.clear();
     await this.pools.closeAll();
     await this.cp.stop();
+    await this.obs?.close();
   }
 }
