@@ -12,7 +12,8 @@ import type { AddressInfo } from "node:net";
 import { fetch } from "undici";
 import { tempDir } from "../helpers/mesh.js";
 import { pollUntil, sample } from "../helpers/peers.js";
-import { fetchUntil, serve, service } from "../helpers/native.js";
+import { fetchUntil, intentions, serve, service } from "../helpers/native.js";
+import { configWrite } from "../helpers/l7.js";
 
 interface OtlpSpan {
   traceId: string;
@@ -132,4 +133,23 @@ t.test("a bad tracing option fails Service.create with what to write", async (t)
   t.match(await error({ endpoint: "127.0.0.1:4318" }), /tracing\.endpoint "127\.0\.0\.1:4318": not a URL; want e\.g\. http:\/\/127\.0\.0\.1:4318\/v1\/traces/);
   t.match(await error({ endpoint: "ftp://collector/v1/traces" }), /want an http\(s\) URL/);
   t.match(await error({ endpoint: "http://127.0.0.1:4318/v1/traces", sampleRate: 2 }), /tracing\.sampleRate 2: want a number from 0 to 1/);
+});
+
+t.test("requests the gate refuses are logged with the sidecar's flags and counted on the listener", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http" });
+  await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
+  const api = await service(t, { name: "api", dataDir: dir, accessLog: { file: join(dir, "api.log") } });
+  const web = await service(t, { name: "web", dataDir: dir });
+  const served = await serve(t, api);
+  await fetchUntil(web, "https://api.service.consul/public/a");
+  const denied = await fetch("https://api.service.consul/private", { dispatcher: web.dispatcher() });
+  t.equal(denied.status, 403);
+  await denied.text();
+  const [ok, refused] = await lines(join(dir, "api.log"), 2);
+  t.match(ok, { path: "/public/a", status: 200, response_flags: "-" });
+  t.match(refused, { direction: "inbound", path: "/private", status: 403, response_flags: "UAEX", source_identity: web.spiffeId }, "the refusal, as a sidecar logs it");
+  t.same(served.seen.map((s) => s.url), ["/public/a"], "the handler saw only the allowed one");
+  const m = await api.metrics.registry.metrics();
+  t.equal(sample(m, "envoy_http_downstream_rq_xx", { envoy_http_conn_manager_prefix: "public_listener", envoy_response_code_class: "4" }), 1, "the 403 counted as 4xx");
 });
