@@ -4,6 +4,8 @@
 // The library: a Connect-native service in a Node app (README "Use it as a library").
 export { Service, type ServiceOptions, type DialOptions, type Peer } from "./native/service.js";
 export { DialError, MeshNameError, NoHealthyUpstreamError } from "./native/errors.js";
+export type { AccessLogTarget } from "./telemetry/access-log.js";
+export type { MeshGatewayMode } from "./controlplane/chain/entries.js";
 export type { AgentClientOptions, AgentTlsOptions } from "./controlplane/consul/client.js";
 
 // The proxy and its parts, for embedding a sidecar or writing a control plane.

@@ -8,6 +8,11 @@ import type { MeshGatewayMode, UpstreamSettings } from "./chain/entries.js";
 export interface UpstreamRequest {
   /** Destination service name. */
   readonly name: string;
+  /**
+   * The upstream listener's name when it is not `name`: a native app may call the same service
+   * here and in another datacenter, and a Snapshot's upstreams are named uniquely.
+   */
+  readonly listenerName?: string;
   readonly bind: HostPort;
   /** The destination's datacenter; absent: the proxy's own. */
   readonly datacenter?: string;
@@ -79,7 +84,7 @@ export interface ControlPlane {
   /**
    * Connect-native apps name the services they call as they call them, not up front: this adds
    * an upstream after start(), and the next Snapshots carry its listener and clusters (watched
-   * like the request's own upstreams). Idempotent per name. Absent: only the request's upstreams
+   * like the request's own upstreams). Idempotent per name and datacenter. Absent: only the request's upstreams
    * are ever served (the static file is the whole configuration).
    */
   addUpstream?(u: UpstreamRequest): void;

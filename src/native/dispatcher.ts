@@ -15,16 +15,17 @@ import { pickLeg, mutateRequestHeaders, upstreamPath, RETRY_BUFFER_LIMIT, type H
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import { Cancel } from "../http/compat.js";
 import { endToEndCopy, type HeaderRecord } from "../http/headers.js";
-import { serviceOfOrigin } from "./names.js";
+import { targetOfOrigin, upstreamKey, type MeshTarget } from "./names.js";
 import { MeshNameError, NoHealthyUpstreamError } from "./errors.js";
 import { HandlerSink, failHandler } from "./response-sink.js";
+import type { NativeObservers } from "./observe.js";
 
 /** What the dispatcher needs from its Service: upstreams resolved on first use, and the live clusters. */
 export interface UpstreamResolver {
   /** The upstream as the current Snapshot has it, or null when it was never asked for. */
-  known(service: string): ResolvedUpstream | null;
-  /** Asks the control plane for the service and waits for a Snapshot that has it. */
-  resolve(service: string): Promise<ResolvedUpstream>;
+  known(target: MeshTarget): ResolvedUpstream | null;
+  /** Asks the control plane for the service (in its datacenter) and waits for a Snapshot that has it. */
+  resolve(target: MeshTarget): Promise<ResolvedUpstream>;
   readonly clusters: ReadonlyMap<string, ClusterRuntime>;
 }
 
@@ -42,31 +43,34 @@ export class MeshDispatcher extends Dispatcher {
   constructor(
     private readonly upstreams: UpstreamResolver,
     private readonly router: HttpRouter,
+    private readonly obs: NativeObservers,
   ) {
     super();
   }
 
   override dispatch(opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    let service: string;
+    let target: MeshTarget & { readonly host: string };
     try {
       if (this.closed) throw new Error("the mesh dispatcher is closed (its Service was closed)");
-      service = serviceOfOrigin(opts.origin);
+      target = targetOfOrigin(opts.origin);
     } catch (e) {
       failHandler(handler, e instanceof Error ? e : new Error(String(e)));
       return true;
     }
-    const known = this.upstreams.known(service);
-    if (known) this.route(known, service, opts, handler);
+    const known = this.upstreams.known(target);
+    const service = upstreamKey(target.service, target.datacenter);
+    if (known) this.route(known, service, target.host, opts, handler);
     else {
-      this.upstreams.resolve(service).then(
-        (u) => this.route(u, service, opts, handler),
+      this.upstreams.resolve(target).then(
+        (u) => this.route(u, service, target.host, opts, handler),
         (e: unknown) => failHandler(handler, e instanceof Error ? e : new Error(String(e))),
       );
     }
     return true;
   }
 
-  private route(u: ResolvedUpstream, service: string, opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): void {
+  /** `service` names the upstream in errors (`db`, `db.service.dc2`); `host` is what the app wrote. */
+  private route(u: ResolvedUpstream, service: string, host: string, opts: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): void {
     const state = u.http;
     const target = parseRequestTarget(opts.path);
     // The same refusal a sidecar gives (meshproxy_outbound_rejected_total), as an error: no upstream saw it.
@@ -76,7 +80,7 @@ export class MeshDispatcher extends Dispatcher {
     }
     const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
     let query: URLSearchParams | null | undefined;
-    const headers = requestHeaders(opts.headers, `${service}.service.consul`);
+    const headers = requestHeaders(opts.headers, host);
     const header = (name: string): string | undefined => {
       const v = headers[name];
       return Array.isArray(v) ? v.join(",") : v;
@@ -107,9 +111,11 @@ export class MeshDispatcher extends Dispatcher {
     const clientGone = new Cancel();
     const res = new HandlerSink(handler, clientGone);
     const rec: RequestRecord = { start: performance.now(), startTime: Date.now(), status: 0, flag: "-", attempts: 0 };
+    this.obs.outboundStart(rec, state.upstream, primary.config.service, opts.method, target.path, headers);
     this.router
       .forward({ state, route: c, leg, primary, method: opts.method, path: upstreamPath(c, target.path, target.query), headers, body: buffered ?? body, canRetry, hash, res, clientGone }, rec)
-      .catch((e: unknown) => res.fail(e instanceof Error ? e : new Error(String(e))));
+      .catch((e: unknown) => res.fail(e instanceof Error ? e : new Error(String(e))))
+      .finally(() => this.obs.outboundEnd(rec, state.upstream, opts.method, opts.path, headers));
   }
 
   override close(): Promise<void>;

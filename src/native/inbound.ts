@@ -17,6 +17,8 @@ import type { ServiceId } from "../identity/spiffe.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
+import { Counter } from "prom-client";
+import type { NativeObservers, ObservedRequest } from "./observe.js";
 
 /** The verified caller of a connection or request. */
 export interface Peer extends ServiceId {
@@ -90,13 +92,17 @@ export function verifiedPeer(socket: object | null | undefined): Peer | null {
 
 export class InboundGate {
   private readonly servers = new Set<TlsServer>();
+  private readonly handlerErrors: Counter;
 
   constructor(
     private policy: InboundPolicy,
     private tls: TlsMaterial,
     private readonly metrics: Metrics,
     private readonly log: Logger,
-  ) {}
+    private readonly obs: NativeObservers,
+  ) {
+    this.handlerErrors = new Counter({ name: "meshproxy_native_handler_errors_total", help: "Requests whose handler (the app's request listener) threw or rejected; answered 500", registers: [metrics.registry] });
+  }
 
   /** A new Snapshot: new connections and requests see its intentions; a new leaf or root set rotates every server. */
   update(policy: InboundPolicy, tls: TlsMaterial): void {
@@ -137,7 +143,11 @@ export class InboundGate {
         // HTTP/1.1 (a request with `Expect` comes as one of the check events when the app listens
         // for them). HTTP/2 requests were authorized as streams (below) before node made them requests.
         const [req, res] = args;
-        if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(req, res)) return true;
+        if (req instanceof IncomingMessage && res instanceof ServerResponse && !this.authorizeRequest(server, req, res)) return true;
+        if (event === "request" && isRequest(req) && isResponse(res)) {
+          this.obs.inbound(server, req, res, verifiedPeer(req.socket)?.spiffeId ?? "");
+          return this.runHandlers(server, req, res);
+        }
       } else if (event === "upgrade" || event === "connect") {
         // The connection is handed to the app raw: authorized like a request, refused on the wire.
         const [req, socket] = args;
@@ -148,6 +158,46 @@ export class InboundGate {
       }
       return emit(event, ...args);
     };
+  }
+
+  /**
+   * The app's request listeners, each run as node's EventEmitter would, but a throw or a rejected
+   * promise is not lost: logged with the request, counted, and the caller answered 500 (or its
+   * response reset when the head already went out), as node:http does for a rejection with
+   * captureRejections. The process and the server's other requests carry on.
+   */
+  private runHandlers(server: TlsServer, req: AppRequest, res: AppResponse): boolean {
+    const listeners = server.rawListeners("request");
+    for (const l of listeners) {
+      try {
+        const r: unknown = Reflect.apply(l, server, [req, res]);
+        if (isThenable(r)) r.then(undefined, (e: unknown) => this.handlerFailed(req, res, e));
+      } catch (e) {
+        this.handlerFailed(req, res, e);
+      }
+    }
+    return listeners.length > 0;
+  }
+
+  private handlerFailed(req: AppRequest, res: AppResponse, e: unknown): void {
+    this.handlerErrors.inc();
+    const err = e instanceof Error ? e : new Error(String(e));
+    this.log.error("request handler failed; answered 500", {
+      method: req.method ?? "",
+      path: req.url ?? "",
+      source: verifiedPeer(req.socket)?.spiffeId ?? "",
+      error: err.message,
+      stack: err.stack ?? "",
+    });
+    if (res.headersSent || res.writableEnded) {
+      res.destroy(err);
+      return;
+    }
+    // Nothing the handler set may leak into the error answer.
+    for (const name of res.getHeaderNames()) res.removeHeader(name);
+    res.statusCode = 500;
+    res.setHeader("content-type", "text/plain; charset=utf-8");
+    res.end("Internal Server Error\n");
   }
 
   private refuse(s: TLSSocket, reason: InboundRejection, detail: string, fields: Record<string, string> = {}): false {
@@ -176,9 +226,13 @@ export class InboundGate {
    * is handed (req.url rewritten), as the sidecar does; the intentions are those in force now,
    * so a revoked permission stops applying to keep-alive connections too.
    */
-  private authorizeRequest(req: IncomingMessage, res: Reply): boolean {
-    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
-    if (typeof verdict !== "string") return reply(res, verdict.status, verdict.body);
+  private authorizeRequest(server: TlsServer, req: IncomingMessage, res: Reply): boolean {
+    const peer = verifiedPeer(req.socket);
+    const verdict = this.check(peer, req.method ?? "GET", req.url ?? "/", req.headers);
+    if (typeof verdict !== "string") {
+      this.obs.refused(server, req, verdict.status, peer?.spiffeId ?? null);
+      return reply(res, verdict.status, verdict.body);
+    }
     req.url = verdict;
     return true;
   }
@@ -233,6 +287,37 @@ export class InboundGate {
     }
     return target.path + target.query;
   }
+}
+
+/** What the handler-failure path needs of a request (node:http's, or node:http2's compat one). */
+interface AppRequest extends ObservedRequest {
+  readonly socket: object | null;
+}
+
+/** What it needs of the response: ServerResponse and Http2ServerResponse both have it. */
+interface AppResponse {
+  readonly headersSent: boolean;
+  readonly writableFinished: boolean;
+  once(event: "close", listener: () => void): unknown;
+  readonly writableEnded: boolean;
+  statusCode: number;
+  getHeaderNames(): string[];
+  removeHeader(name: string): void;
+  setHeader(name: string, value: string): unknown;
+  end(body: string): unknown;
+  destroy(err?: Error): unknown;
+}
+
+function isRequest(x: unknown): x is AppRequest {
+  return typeof x === "object" && x !== null && "socket" in x && "method" in x && "headers" in x && "httpVersion" in x;
+}
+
+function isResponse(x: unknown): x is AppResponse {
+  return typeof x === "object" && x !== null && "headersSent" in x && "getHeaderNames" in x && "destroy" in x;
+}
+
+function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return typeof x === "object" && x !== null && "then" in x && typeof x.then === "function";
 }
 
 /** node:http2 does not export its stream classes: a server stream is what can respond. */

@@ -19,7 +19,7 @@ export class HandlerSink extends EventEmitter implements ResponseSink {
 
   constructor(
     private readonly handler: Handler,
-    clientGone: Cancel,
+    private readonly clientGone: Cancel,
   ) {
     super();
     this.controller = new SinkController(
@@ -45,9 +45,11 @@ export class HandlerSink extends EventEmitter implements ResponseSink {
     if (h.onResponseStart) {
       const incoming: IncomingHttpHeaders = {};
       for (const [k, v] of Object.entries(headers)) if (v !== undefined) incoming[k] = Array.isArray(v) ? v : String(v);
-      h.onResponseStart(this.controller, status, incoming, "");
+      this.guard(() => h.onResponseStart!(this.controller, status, incoming, ""));
     } else if (h.onHeaders) {
-      if (h.onHeaders(status, rawHeaders(headers), () => this.controller.resume(), "") === false) this.paused = true;
+      this.guard(() => {
+        if (h.onHeaders!(status, rawHeaders(headers), () => this.controller.resume(), "") === false) this.paused = true;
+      });
     }
     return this;
   }
@@ -55,8 +57,10 @@ export class HandlerSink extends EventEmitter implements ResponseSink {
   write(chunk: Buffer): boolean {
     if (this.ended) return true;
     const h = this.handler;
-    if (h.onResponseData) h.onResponseData(this.controller, chunk);
-    else if (h.onData?.(chunk) === false) this.paused = true;
+    this.guard(() => {
+      if (h.onResponseData) h.onResponseData(this.controller, chunk);
+      else if (h.onData?.(chunk) === false) this.paused = true;
+    });
     return !this.paused;
   }
 
@@ -72,11 +76,19 @@ export class HandlerSink extends EventEmitter implements ResponseSink {
     this.ended = true;
     const h = this.handler;
     const t = this.trailers ?? {};
-    if (h.onResponseEnd) {
-      const incoming: IncomingHttpHeaders = {};
-      for (const [k, v] of Object.entries(t)) if (v !== undefined) incoming[k] = Array.isArray(v) ? v : String(v);
-      h.onResponseEnd(this.controller, incoming);
-    } else h.onComplete?.(rawHeaders(t).map(String)); // a list, even empty: undici's request() parses it
+    try {
+      if (h.onResponseEnd) {
+        const incoming: IncomingHttpHeaders = {};
+        for (const [k, v] of Object.entries(t)) if (v !== undefined) incoming[k] = Array.isArray(v) ? v : String(v);
+        h.onResponseEnd(this.controller, incoming);
+      } else h.onComplete?.(rawHeaders(t).map(String)); // a list, even empty: undici's request() parses it
+    } catch (e) {
+      // The request is over, so there is nobody to fail: the app's exception reaches the
+      // process, as a throw from a node:http 'end' listener does (never lost in the router).
+      queueMicrotask(() => {
+        throw e;
+      });
+    }
     return this;
   }
 
@@ -84,6 +96,21 @@ export class HandlerSink extends EventEmitter implements ResponseSink {
   destroy(): this {
     this.fail(new Error("the upstream connection failed while the response was being received"));
     return this;
+  }
+
+  /**
+   * Runs one of the app handler's callbacks. A throw fails the request with the app's own error
+   * (undici's own clients do the same) and stops the upstream exchange; it does not come back to
+   * the router as if the upstream had failed.
+   */
+  private guard(callback: () => void): void {
+    try {
+      callback();
+    } catch (e) {
+      // The app's error first: the router, told the client is gone, fails the sink its own way.
+      this.fail(e instanceof Error ? e : new Error(String(e)));
+      this.clientGone.cancel();
+    }
   }
 
   /** Fails the app's request, once; the first cause wins. */

@@ -22,7 +22,8 @@ import { syncClusterRuntimes } from "../cluster/sync.js";
 import { openStream, type StreamFailure, type OpenStream } from "../outbound/concrete.js";
 import { HttpRouter, OutboundHttpState } from "../outbound/http-router.js";
 import { HttpStats } from "../telemetry/http-stats.js";
-import { AccessLog } from "../telemetry/access-log.js";
+import { AccessLog, type AccessLogTarget } from "../telemetry/access-log.js";
+import { NativeObservers } from "./observe.js";
 import { compileRouteTable } from "../compile/routes.js";
 import { NO_HEADER_MUTATION, type RouteTable } from "../config/http.js";
 import { PermissionCompileError } from "../authz/l7.js";
@@ -30,12 +31,16 @@ import { MatchCompileError } from "../http/match.js";
 import { RouteCompileError } from "../http/route-match.js";
 import { loadUndici } from "../http/undici.js";
 import { Metrics } from "../telemetry/metrics.js";
+import type { Tracing } from "../telemetry/tracing.js";
 import { createLogger, logRejection, type Logger } from "../telemetry/log.js";
 import { InboundGate, compileInbound, verifiedPeer, type InboundPolicy, type Peer } from "./inbound.js";
 import { Http2ServerRequest } from "node:http2";
 import type { MeshDispatcher, ResolvedUpstream, UpstreamResolver } from "./dispatcher.js";
-import { serviceOfName } from "./names.js";
-import { DialError, MeshNameError } from "./errors.js";
+import { targetOfName, upstreamKey, type MeshTarget } from "./names.js";
+import { DialError, MeshNameError, NoHealthyUpstreamError } from "./errors.js";
+import { clusterWithHosts } from "../outbound/concrete.js";
+import type { MeshGatewayMode } from "../controlplane/chain/entries.js";
+import { isValidServiceName } from "../config/validate.js";
 
 export type { Peer } from "./inbound.js";
 
@@ -57,15 +62,35 @@ export interface ServiceOptions {
   readonly controlPlane?: ControlPlane;
   /** Service metadata registered with the instance (subset filters select on it). */
   readonly meta?: Readonly<Record<string, string>>;
+  /**
+   * How services in other datacenters are reached (Consul's MeshGateway.Mode, as the sidecar's
+   * `-mesh-gateway-mode`): `local` through this datacenter's mesh gateways, `remote` through the
+   * target datacenter's, `none` straight to the instances. Default: the config entries' say.
+   */
+  readonly meshGatewayMode?: MeshGatewayMode;
   /** Where logs go; default warnings and errors on stderr. */
   readonly logger?: Logger;
-  /** How long the first request to a service may wait for the control plane to resolve it. Default 5 s. */
+  /**
+   * How long the first request to a service may wait for the control plane to resolve it, and
+   * how long dial() waits for a healthy instance. Default 5 s.
+   */
   readonly resolveTimeoutMs?: number;
   /**
    * How many distinct services the app may call (each is watched until close). Default 256: a URL
    * built from untrusted input must not make the control plane watch without bound.
    */
   readonly maxUpstreams?: number;
+  /**
+   * Access log of the service's HTTP requests, both ways, in the sidecar's format (as
+   * `-access-log`): "off" (default), "stdout", "stderr" or `{ file }`.
+   */
+  readonly accessLog?: AccessLogTarget;
+  /**
+   * OpenTelemetry tracing, as the sidecar's `-tracing-endpoint`/`-tracing-sample-rate`: an
+   * OTLP/HTTP traces endpoint, and the share of new traces sampled (default 1; a caller's
+   * decision always wins). Off when absent.
+   */
+  readonly tracing?: { readonly endpoint: string; readonly sampleRate?: number };
   /** Environment read for CONSUL_HTTP_ADDR & co. and MESHPROXY_DATA_DIR; default process.env. */
   readonly env?: NodeJS.ProcessEnv;
 }
@@ -104,6 +129,21 @@ function defaultRoutes(cluster: string): RouteTable {
   };
 }
 
+/** The OpenTelemetry SDK is loaded only when tracing is on, as in the sidecar. */
+async function startTracing(service: string, o: NonNullable<ServiceOptions["tracing"]>, metrics: Metrics): Promise<Tracing> {
+  const sampleRate = o.sampleRate ?? 1;
+  if (!(sampleRate >= 0 && sampleRate <= 1)) throw new RangeError(`tracing.sampleRate ${sampleRate}: want a number from 0 to 1, e.g. 0.1`);
+  let url: URL;
+  try {
+    url = new URL(o.endpoint);
+  } catch {
+    throw new RangeError(`tracing.endpoint "${o.endpoint}": not a URL; want e.g. http://127.0.0.1:4318/v1/traces`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new RangeError(`tracing.endpoint "${o.endpoint}": want an http(s) URL, e.g. http://127.0.0.1:4318/v1/traces`);
+  const { Tracing } = await import("../telemetry/tracing.js");
+  return new Tracing({ endpoint: o.endpoint, sampleRate, serviceName: service, exportFailures: metrics.tracingExportFailures });
+}
+
 /** Options first, then the Consul environment variables, then the dev state directory. */
 function choose(o: ServiceOptions, idSuffix: string): ControlPlaneChoice {
   if (o.configFile !== undefined) return { kind: "static", file: o.configFile };
@@ -123,9 +163,13 @@ export class Service {
   private readonly sessions = new SessionCache();
   private readonly pools = new PoolSet(this.sessions);
   private readonly runtimes = new Map<string, ClusterRuntime>();
+  /** By upstreamKey: `db`, or `db.service.dc2` for another datacenter's. */
   private upstreams = new Map<string, ResolvedUpstream>();
-  private readonly resolving = new Map<string, { promise: Promise<ResolvedUpstream>; settle: (u: ResolvedUpstream) => void }>();
+  private readonly resolving = new Map<string, { promise: Promise<ResolvedUpstream>; settle: (u: ResolvedUpstream) => void; fail: (e: Error) => void }>();
+  /** Waiters for the next applied Snapshot (dial() waiting for a healthy instance). */
+  private readonly applied = new Set<() => void>();
   private meshDispatcher: MeshDispatcher | null = null;
+  private obs: NativeObservers | null = null;
   /** The server whose address is registered in the catalog. */
   private registered: TlsServer | null = null;
   private closing: Promise<void> | null = null;
@@ -151,7 +195,7 @@ export class Service {
    * roots, intentions). A control plane that cannot deliver one fails here with why.
    */
   static async create(opts: ServiceOptions): Promise<Service> {
-    serviceOfName(opts.name);
+    if (!isValidServiceName(opts.name)) throw new MeshNameError(`"${opts.name}" is not a valid service name (letters, digits, - _): a native Service is named as it is registered, without a DNS suffix`);
     const log = opts.logger ?? createLogger({ level: "warn" });
     const idSuffix = `native-${process.pid}-${++instances}`;
     const request: ProxyRequest = {
@@ -160,15 +204,24 @@ export class Service {
       publicListener: NATIVE_LISTENER,
       upstreams: [],
       ...(opts.meta ? { meta: opts.meta } : {}),
+      ...(opts.meshGatewayMode ? { meshGatewayMode: opts.meshGatewayMode } : {}),
     };
     const cp = opts.controlPlane ?? (await createControlPlane(choose(opts, idSuffix), request, log));
     const svc = new Service(opts, cp, log.child("native"));
     await loadUndici();
     const { MeshDispatcher } = await import("./dispatcher.js");
     // The sidecar's router, with this Service's metrics (envoy_cluster_upstream_rq_* per cluster).
-    const router = new HttpRouter(svc.log.child("http"), new HttpStats(svc.metrics.registry), { tracing: null, accessLog: new AccessLog("off") }, svc.metrics.outboundRejected);
-    svc.meshDispatcher = new MeshDispatcher(svc.resolver(), router);
-    await svc.start();
+    const tracing = opts.tracing ? await startTracing(opts.name, opts.tracing, svc.metrics) : null;
+    const obs = new NativeObservers(tracing, new AccessLog(opts.accessLog ?? "off", svc.metrics.accessLogDropped), svc.metrics);
+    svc.obs = obs;
+    const router = new HttpRouter(svc.log.child("http"), new HttpStats(svc.metrics.registry), obs, svc.metrics.outboundRejected);
+    svc.meshDispatcher = new MeshDispatcher(svc.resolver(), router, obs);
+    try {
+      await svc.start();
+    } catch (e) {
+      await obs.close();
+      throw e;
+    }
     return svc;
   }
 
@@ -219,26 +272,23 @@ export class Service {
     const tls = compiled.tls;
     this.sessions.reset(tls.key);
     syncClusterRuntimes(this.runtimes, this.pools, compiled.clusters, tls);
-    const http = new Map<string, OutboundHttpState>();
+    // Named by upstreamKey (resolve() asks for them so): `db`, `db.service.dc2`.
+    const upstreams = new Map<string, ResolvedUpstream>();
     for (const u of compiled.upstreams) {
       const routes = u.routes ?? compileRouteTable(`upstreams[${u.name}]`, defaultRoutes(u.config.cluster), (n) => compiled.clusters.has(n));
-      http.set(u.name, new OutboundHttpState(u.name, routes, this.runtimes));
+      upstreams.set(u.name, { listener: u.config, http: new OutboundHttpState(u.name, routes, this.runtimes) });
     }
     if (this.gate) this.gate.update(inbound, tls);
-    else this.gate = new InboundGate(inbound, tls, this.metrics, this.log);
-    const upstreams = new Map<string, ResolvedUpstream>();
-    for (const u of s.upstreams) {
-      const state = http.get(u.name);
-      if (state) upstreams.set(u.name, { listener: u, http: state });
-    }
+    else this.gate = new InboundGate(inbound, tls, this.metrics, this.log, this.obs!);
     this.upstreams = upstreams;
     this.current = s;
     this.tls = tls;
     this.metrics.snapshotsApplied.labels(s.source).inc();
-    for (const [name, r] of this.resolving) {
-      const u = this.upstreams.get(name);
+    for (const [key, r] of this.resolving) {
+      const u = this.upstreams.get(key);
       if (u) r.settle(u);
     }
+    for (const w of [...this.applied]) w();
   }
 
   /** This service's SPIFFE ID. */
@@ -318,12 +368,16 @@ export class Service {
     return this.meshDispatcher;
   }
 
-  /** A verified mTLS connection to a healthy instance of `service` (a name or `<name>.service.consul`). */
+  /**
+   * A verified mTLS connection to a healthy instance of `service`: a name, `<name>.service.consul`
+   * or `<name>.service.<dc>.consul`. When the service has no healthy instance yet (it is starting
+   * too), waits for one up to resolveTimeoutMs, keeping the process alive meanwhile, then throws
+   * NoHealthyUpstreamError.
+   */
   async dial(service: string, opts: DialOptions = {}): Promise<TLSSocket> {
-    const name = serviceOfName(service);
-    const u = this.upstreams.get(name) ?? (await this.resolve(name));
-    const primary = this.runtimes.get(u.listener.cluster);
-    if (!primary) throw new DialError("UH", `upstream "${name}": cluster "${u.listener.cluster}" is not configured`);
+    const target = targetOfName(service);
+    const u = await this.upstreamOf(target);
+    const primary = await this.healthy(u, this.keyOf(target));
     const stream = await new Promise<OpenStream | StreamFailure>((resolve) =>
       openStream(
         {
@@ -334,7 +388,14 @@ export class Service {
           connectTimeoutMs: u.listener.connectTimeoutMs,
           ...(opts.alpn ? { alpn: opts.alpn } : {}),
           wanted: () => this.closing === null,
-          attemptFailed: (_c, host, err) => this.log.debug("connect attempt failed", { upstream: name, host: host.key, error: err.message }),
+          attemptFailed: (cluster, host, err) => {
+            // As a sidecar's upstream listener counts them (envoy_cluster_upstream_cx_connect_*).
+            const stats = this.metrics.cluster(cluster.name);
+            if (err.kind === "timeout") stats.cxConnectTimeout.inc();
+            else stats.cxConnectFail.inc();
+            if (err.kind === "identity") this.metrics.upstreamIdentityRejected.labels(cluster.name).inc();
+            this.log.debug("connect attempt failed", { upstream: service, host: host.key, error: err.message });
+          },
         },
         resolve,
       ),
@@ -343,48 +404,86 @@ export class Service {
     return stream.socket;
   }
 
+  /**
+   * The upstream's primary cluster once its chain has a healthy host, waiting for Snapshots up to
+   * resolveTimeoutMs. The timer is not unref'd: a script whose only work is this dial must neither
+   * exit with its await unsettled nor wait forever.
+   */
+  private async healthy(first: ResolvedUpstream, key: string): Promise<ClusterRuntime> {
+    const deadline = performance.now() + this.resolveTimeoutMs;
+    let u = first;
+    for (;;) {
+      const primary = this.runtimes.get(u.listener.cluster);
+      if (!primary) throw new DialError("UH", `upstream "${key}": cluster "${u.listener.cluster}" is not configured`);
+      if (clusterWithHosts(primary, this.runtimes, undefined, false) !== null) return primary;
+      const left = deadline - performance.now();
+      if (left <= 0 || this.closing) {
+        throw new NoHealthyUpstreamError(`upstream "${key}": no healthy instances within ${this.resolveTimeoutMs} ms (${primary.describeUnavailable()}); start one, or raise resolveTimeoutMs`);
+      }
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer);
+          this.applied.delete(done);
+          resolve();
+        };
+        const timer = setTimeout(done, left);
+        this.applied.add(done);
+      });
+      u = this.upstreams.get(key) ?? u;
+    }
+  }
+
   private resolver(): UpstreamResolver {
     return {
-      known: (service) => this.upstreams.get(service) ?? null,
-      resolve: (service) => this.resolve(service),
+      known: (target) => this.upstreams.get(this.keyOf(target)) ?? null,
+      resolve: (target) => this.upstreamOf(target),
       clusters: this.runtimes,
     };
   }
 
-  /** Asks the control plane for an upstream the app names for the first time, and waits for it. */
-  private resolve(service: string): Promise<ResolvedUpstream> {
-    const known = this.upstreams.get(service);
+  /** `db`, or `db.service.dc2`; this Service's own datacenter named explicitly is the same as none. */
+  private keyOf(t: MeshTarget): string {
+    return upstreamKey(t.service, t.datacenter === this.snapshot.identity.datacenter ? undefined : t.datacenter);
+  }
+
+  /** The upstream in force, or asks the control plane for one the app names for the first time and waits for it. */
+  private upstreamOf(target: MeshTarget): Promise<ResolvedUpstream> {
+    const key = this.keyOf(target);
+    const known = this.upstreams.get(key);
     if (known) return Promise.resolve(known);
-    const pending = this.resolving.get(service);
+    const pending = this.resolving.get(key);
     if (pending) return pending.promise;
-    if (this.closing) return Promise.reject(new Error(`upstream "${service}": the Service is closed`));
+    if (this.closing) return Promise.reject(new Error(`upstream "${key}": the Service is closed`));
     const add = this.cp.addUpstream?.bind(this.cp);
     if (!add) {
-      return Promise.reject(new Error(`upstream "${service}": the ${this.cp.kind} control plane serves only the upstreams its configuration lists; add "${service}" there`));
+      return Promise.reject(new Error(`upstream "${key}": the ${this.cp.kind} control plane serves only the upstreams its configuration lists; add "${key}" there`));
     }
-    if (!this.asked.has(service) && this.asked.size >= this.maxUpstreams) {
-      return Promise.reject(new MeshNameError(`upstream "${service}": this Service already calls ${this.asked.size} services, its maxUpstreams; raise the option if the app really calls more`));
+    if (!this.asked.has(key) && this.asked.size >= this.maxUpstreams) {
+      return Promise.reject(new MeshNameError(`upstream "${key}": this Service already calls ${this.asked.size} services, its maxUpstreams; raise the option if the app really calls more`));
     }
-    this.asked.add(service);
+    this.asked.add(key);
     let settle!: (u: ResolvedUpstream) => void;
+    let fail!: (e: Error) => void;
+    // Not unref'd, for the reason healthy() gives; close() fails it at once.
     let timer: NodeJS.Timeout | undefined;
     const promise = new Promise<ResolvedUpstream>((resolve, reject) => {
       settle = (u) => {
         clearTimeout(timer);
-        this.resolving.delete(service);
+        this.resolving.delete(key);
         resolve(u);
       };
-      timer = setTimeout(() => {
-        this.resolving.delete(service);
-        reject(new Error(`upstream "${service}": the ${this.cp.kind} control plane did not resolve it within ${this.resolveTimeoutMs} ms (is the configuration valid? see the control plane errors logged)`));
-      }, this.resolveTimeoutMs);
-      timer.unref();
+      fail = (e) => {
+        clearTimeout(timer);
+        this.resolving.delete(key);
+        reject(e);
+      };
+      timer = setTimeout(() => fail(new Error(`upstream "${key}": the ${this.cp.kind} control plane did not resolve it within ${this.resolveTimeoutMs} ms (is the configuration valid? see the control plane errors logged)`)), this.resolveTimeoutMs);
     });
-    this.resolving.set(service, { promise, settle });
-    add({ name: service, bind: { host: "127.0.0.1", port: 0 }, connectTimeoutMs: DEFAULTS.upstreamConnectTimeoutMs });
+    this.resolving.set(key, { promise, settle, fail });
+    const dc = target.datacenter === this.snapshot.identity.datacenter ? undefined : target.datacenter;
+    add({ name: target.service, ...(dc !== undefined ? { datacenter: dc, listenerName: key } : {}), bind: { host: "127.0.0.1", port: 0 }, connectTimeoutMs: DEFAULTS.upstreamConnectTimeoutMs });
     return promise;
   }
-
   /**
    * Deregisters the instance, stops the control plane's watches and timers, closes every pooled
    * connection, and stops guarding attached servers' new connections (servers stay the app's
@@ -397,6 +496,9 @@ export class Service {
 
   private async doClose(): Promise<void> {
     await this.meshDispatcher?.close();
+    // Nothing pending may keep the process alive past close: resolutions fail, dial()s give up.
+    for (const [key, r] of this.resolving) r.fail(new Error(`upstream "${key}": the Service was closed while resolving it`));
+    for (const w of [...this.applied]) w();
     try {
       await this.cp.withdraw();
     } catch (e) {
@@ -407,5 +509,6 @@ export class Service {
     this.runtimes.clear();
     await this.pools.closeAll();
     await this.cp.stop();
+    await this.obs?.close();
   }
 }

@@ -88,3 +88,89 @@ t.test("a Service starts in an app run with node --input-type=module -e (the dev
   t.equal(code, 0, `exits 0 ${stderr}`);
   t.match(stdout, /^spiffe:\/\/.+\/svc\/api\n$/, "the Service got its leaf");
 });
+
+t.test("await svc.dial('db') with no db yet: waits resolveTimeoutMs, keeping the process alive, then throws; no exit 13", async (t) => {
+  const dir = await tempDir(t);
+  const r = await runScript(t, `
+    const { Service, createLogger } = await import(${JSON.stringify(DIST)});
+    const svc = await Service.create({ name: "web", dataDir: ${JSON.stringify(dir)}, logger: createLogger({ level: "error" }), resolveTimeoutMs: 1500 });
+    const started = performance.now();
+    try {
+      await svc.dial("db");
+      console.log(JSON.stringify({ dialled: true }));
+    } catch (e) {
+      console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message, ms: performance.now() - started }));
+    }
+    await svc.close();
+  `);
+  t.equal(r.code, 0, `exits 0 by itself ${r.stderr}`);
+  const out = JSON.parse(r.stdout) as { name: string; code: string; message: string; ms: number };
+  t.equal(out.name, "NoHealthyUpstreamError");
+  t.equal(out.code, "MESH_NO_HEALTHY_UPSTREAM");
+  t.match(out.message, /^upstream "db": no healthy instances within 1500 ms \(cluster "db\.default\.dc1\.internal\.[^"]+": no instances registered\); start one, or raise resolveTimeoutMs$/, "says which upstream, how long, and why");
+  t.ok(out.ms >= 1400 && out.ms < 5000, `it waited the timeout (${Math.round(out.ms)} ms), not forever`);
+});
+
+t.test("dial() waiting for db gets it once db starts serving", async (t) => {
+  const dir = await tempDir(t);
+  const r = await runScript(t, `
+    const { Service, createLogger } = await import(${JSON.stringify(DIST)});
+    const logger = createLogger({ level: "error" });
+    const dir = ${JSON.stringify(dir)};
+    const web = await Service.create({ name: "web", dataDir: dir, logger });
+    const dialled = web.dial("db");
+    // db comes up after the dial started (both start together in a deployment).
+    await new Promise((r) => setTimeout(r, 300));
+    const db = await Service.create({ name: "db", dataDir: dir, logger });
+    const server = db.createServer((req, res) => res.end("db to " + db.peerOf(req).service));
+    await new Promise((r) => server.listen(0, "127.0.0.1", r));
+    const sock = await dialled;
+    sock.end("GET / HTTP/1.1\\r\\nhost: db\\r\\nconnection: close\\r\\n\\r\\n");
+    let raw = "";
+    for await (const c of sock) raw += c;
+    await web.close();
+    await db.close();
+    server.close();
+    console.log(JSON.stringify({ answered: raw.includes("db to web") }));
+  `);
+  t.equal(r.code, 0, `exits 0 by itself ${r.stderr}`);
+  t.same(JSON.parse(r.stdout), { answered: true }, "the waiting dial connected to db, which saw web");
+});
+
+t.test("a control plane that never resolves an upstream: the first call fails after resolveTimeoutMs instead of the process exiting 13", async (t) => {
+  const r = await runScript(t, `
+    const { Service, createRootCa, issueLeaf, createLogger } = await import(${JSON.stringify(DIST)});
+    const logger = createLogger({ level: "error" });
+    const td = "11111111-2222-3333-4444-555555555555.consul";
+    const spiffeId = "spiffe://" + td + "/ns/default/dc/dc1/svc/web";
+    const ca = await createRootCa(td);
+    const leaf = await issueLeaf(ca, { spiffeId, commonName: "web", ttlMs: 3600000 });
+    // Your own control plane, held in memory (no socket, no timer), slow to resolve: addUpstream is taken and nothing comes of it.
+    const slow = {
+      kind: "slow",
+      start: async (h) => h.snapshot({
+        version: 1, source: "slow",
+        identity: { service: "web", namespace: "default", datacenter: "dc1", trustDomain: td, spiffeId, certChainPem: leaf.certPem, privateKeyPem: leaf.keyPem, serial: leaf.serial, notBefore: leaf.notBefore, notAfter: leaf.notAfter },
+        trust: { trustDomain: td, rootsPem: [ca.certPem] },
+        publicListener: null, upstreams: [], clusters: {}, intentions: { defaultAction: "allow", intentions: [] },
+      }),
+      announce: async () => {}, withdraw: async () => {}, stop: async () => {},
+      addUpstream() {},
+    };
+    const svc = await Service.create({ name: "web", controlPlane: slow, logger, resolveTimeoutMs: 1000 });
+    for (const call of [() => svc.dial("db"), () => fetch("https://api.service.consul/", { dispatcher: svc.dispatcher() })]) {
+      try {
+        await call();
+        console.log("resolved?");
+      } catch (e) {
+        console.log((e.cause ?? e).message);
+      }
+    }
+    await svc.close();
+  `);
+  t.equal(r.code, 0, `exits 0 by itself, not 13 (an unsettled top-level await) ${r.stderr}`);
+  t.same(r.stdout.trim().split("\n"), [
+    'upstream "db": the slow control plane did not resolve it within 1000 ms (is the configuration valid? see the control plane errors logged)',
+    'upstream "api": the slow control plane did not resolve it within 1000 ms (is the configuration valid? see the control plane errors logged)',
+  ], "both calls fail with why");
+});

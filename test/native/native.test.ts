@@ -88,7 +88,11 @@ t.test("names that are not mesh services are refused with what to write", async 
   };
   t.type(await bad("http://api.service.consul/"), MeshNameError, "plain http is refused");
   t.type(await bad("https://example.com/"), MeshNameError, "a name outside .service.consul is refused");
-  t.type(await bad("https://api.service.dc2.consul/"), MeshNameError, "another datacenter is not supported yet");
+  t.type(await bad("https://api.service.dc2.consul/"), NoHealthyUpstreamError, "another datacenter is a destination (no instance there yet)");
+  const virtual = await bad("https://api.virtual.consul/");
+  t.type(virtual, MeshNameError, "a virtual IP name is refused");
+  t.match(String(virtual), /transparent proxying.*want <service>\.service\.consul or <service>\.service\.<datacenter>\.consul/, "naming what is accepted");
+  t.type(await bad("https://v1.api.service.consul/"), MeshNameError, "a tag lookup is refused");
   const none = await bad("https://nobody.service.consul/");
   t.type(none, NoHealthyUpstreamError, "a service with no instance fails with no healthy upstream");
   t.match(String(none), /no instances registered/, "and says so");

@@ -213,7 +213,7 @@ export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
     };
   });
   const listener: UpstreamListener = {
-    name: u.name,
+    name: u.listenerName ?? u.name,
     bind: u.bind,
     cluster: defaultCluster,
     protocol: chain.protocol,

@@ -523,7 +523,9 @@ export class ConsulControlPlane implements ControlPlane {
   }
 
   addUpstream(u: UpstreamRequest): void {
-    if (this.o.request.upstreams.some((x) => x.name === u.name) || this.added.some((x) => x.name === u.name)) return;
+    // The same service in another datacenter is another upstream (another chain).
+    const key = chainKey(u);
+    if (this.o.request.upstreams.some((x) => chainKey(x) === key) || this.added.some((x) => chainKey(x) === key)) return;
     this.added.push(u);
     this.reconcile();
   }

@@ -367,7 +367,9 @@ export class DevControlPlane implements ControlPlane {
   }
 
   addUpstream(u: UpstreamRequest): void {
-    if (this.opts.request.upstreams.some((x) => x.name === u.name) || this.added.some((x) => x.name === u.name)) return;
+    // The same service in another datacenter is another upstream.
+    const same = (x: UpstreamRequest) => x.name === u.name && x.datacenter === u.datacenter;
+    if (this.opts.request.upstreams.some(same) || this.added.some(same)) return;
     this.added.push(u);
     this.scheduleRefresh();
   }
