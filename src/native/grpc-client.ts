@@ -68,7 +68,10 @@ function makeResolver<Meta extends GrpcMetadata>(grpc: { readonly Metadata: new 
   return class MeshResolver {
     private readonly host: GrpcClientHost | undefined;
     private unsubscribe: (() => void) | null = null;
+    /** The addresses last given to the channel; "" when none were (yet, or the last answer was an error). */
     private published = "";
+    private lastFailure = 0;
+    private pending: NodeJS.Timeout | null = null;
     private destroyed = false;
 
     static getDefaultAuthority(target: GrpcUri): string {
@@ -83,22 +86,35 @@ function makeResolver<Meta extends GrpcMetadata>(grpc: { readonly Metadata: new 
       this.host = hosts.get(target.authority ?? "");
     }
 
+    /**
+     * grpc-js asks again whenever its balancer is in TRANSIENT_FAILURE, and takes every answer
+     * as news, so answering each ask spins it. The channel is told of every change when a
+     * Snapshot is applied; an ask is answered only while it has no addresses from us, and after
+     * an error at most once a second. Never synchronously (grpc-js's Resolver contract).
+     */
     updateResolution(): void {
       this.destroyed = false;
       if (this.host && this.unsubscribe === null) this.unsubscribe = this.host.onSnapshot(() => this.publish(false));
-      // Never synchronously with the constructor or this call (grpc-js's Resolver contract).
-      queueMicrotask(() => this.publish(true));
+      if (this.published !== "" || this.pending !== null) return;
+      this.pending = setTimeout(() => {
+        this.pending = null;
+        this.publish(true);
+      }, Math.max(0, this.lastFailure + 1_000 - Date.now()));
+      this.pending.unref();
     }
 
     destroy(): void {
       this.destroyed = true;
       this.unsubscribe?.();
       this.unsubscribe = null;
+      if (this.pending) clearTimeout(this.pending);
+      this.pending = null;
       this.published = "";
     }
 
     private fail(details: string): void {
       this.published = "";
+      this.lastFailure = Date.now();
       this.listener({ ok: false, error: { code: UNAVAILABLE, details, metadata: new grpc.Metadata() } }, {}, null, details);
     }
 
