@@ -27,8 +27,10 @@ function method(path: string, responseStream: boolean): grpc.MethodDefinition<Ms
 export const SAY = "/mesh.test.Echo/Say";
 export const COUNT = "/mesh.test.Echo/Count";
 export const RESET = "/mesh.test.Admin/Reset";
+/** Always fails with NOT_FOUND, before any response message: grpc-js answers trailers-only. */
+export const FAIL = "/mesh.test.Echo/Fail";
 
-export const ECHO: grpc.ServiceDefinition = { Say: method(SAY, false), Count: method(COUNT, true), Reset: method(RESET, false) };
+export const ECHO: grpc.ServiceDefinition = { Say: method(SAY, false), Count: method(COUNT, true), Reset: method(RESET, false), Fail: method(FAIL, false) };
 
 export interface Calls {
   /** `<path> from <caller>` for each call a handler ran. */
@@ -47,7 +49,11 @@ export function echoImplementation(name: string, seen: string[], caller: (call: 
     for (let i = 1; i <= 3; i++) call.write({ text: `${call.request.text} ${i}` });
     call.end();
   };
-  return { Say: say, Count: count, Reset: say };
+  const fail = (call: grpc.ServerUnaryCall<Msg, Msg>, cb: grpc.sendUnaryData<Msg>): void => {
+    seen.push(`${call.getPath()} from ${caller(call) ?? "?"}`);
+    cb({ code: grpc.status.NOT_FOUND, details: `no row ${call.request.text}` });
+  };
+  return { Say: say, Count: count, Reset: say, Fail: fail };
 }
 
 export interface NativeGrpc extends Calls {
