@@ -152,6 +152,7 @@ function connectMtls(host: GrpcClientHost, service: string, socket: Socket): Pro
   const runtime = upstream ? host.clusters.get(upstream.listener.cluster) : undefined;
   if (runtime === undefined) return Promise.reject(new Error(`upstream "${service}" is not resolved (yet); the channel retries`));
   const { sni, expectedSpiffeId, connectTimeoutMs } = runtime.config;
+  const where = `${socket.remoteAddress}:${socket.remotePort}`;
   return new Promise((resolve, reject) => {
     let identityError: Error | undefined;
     const tls = tlsConnect({
@@ -162,11 +163,11 @@ function connectMtls(host: GrpcClientHost, service: string, socket: Socket): Pro
       ALPNProtocols: ["h2"],
       checkServerIdentity: (_host: string, cert: PeerCertificate) => (identityError = checkServerIdentity(cert.subjectaltname, expectedSpiffeId)),
     });
-    const timer = setTimeout(() => fail(new Error(`mTLS handshake with ${socket.remoteAddress}:${socket.remotePort} timed out after ${connectTimeoutMs} ms`)), connectTimeoutMs);
+    const timer = setTimeout(() => fail(new Error(`mTLS handshake with ${where} timed out after ${connectTimeoutMs} ms`)), connectTimeoutMs);
     const fail = (e: Error): void => {
       clearTimeout(timer);
       tls.destroy();
-      reject(identityError ? new Error(`${socket.remoteAddress}:${socket.remotePort}: ${identityError.message}`) : e);
+      reject(new Error(`${where} (${service}): ${identityError ? identityError.message : e.message}`));
     };
     tls.once("error", fail);
     tls.once("secureConnect", () => {

@@ -109,7 +109,7 @@ export function createGrpcListener<Call extends GrpcServerCall, Meta extends Grp
     socket.once("close", () => {
       if (peers.get(key) === peer) peers.delete(key);
     });
-    socket.on("error", (e) => log.debug("grpc connection error", { peer: peer.spiffeId, error: e.message }));
+    socket.on("error", (e: Error) => log.debug("grpc connection error", { peer: peer.spiffeId, error: e.message }));
     injector.injectConnection(socket);
   });
   listener.once("close", () => injector.destroy());

@@ -105,13 +105,16 @@ export function serverStream(client: grpc.Client, path: string, text: string, ti
   });
 }
 
-/** The gRPC status of a failed call, or "OK". */
-export async function statusOf(p: Promise<unknown>): Promise<{ code: number; details: string }> {
+/** The gRPC status of a failed call, or OK. */
+export async function statusOf(p: Promise<unknown>): Promise<{ code: grpc.status; details: string }> {
   try {
     await p;
     return { code: grpc.status.OK, details: "" };
   } catch (e) {
-    if (typeof e === "object" && e !== null && "code" in e && typeof e.code === "number" && "details" in e && typeof e.details === "string") return { code: e.code, details: e.details };
+    if (typeof e === "object" && e !== null && "code" in e && typeof e.code === "number" && "details" in e && typeof e.details === "string") {
+      const code = Object.values(grpc.status).find((c) => c === e.code);
+      if (typeof code === "number") return { code, details: e.details };
+    }
     throw e;
   }
 }
