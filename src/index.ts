@@ -2,7 +2,7 @@
 // handlers, no timers; each module loads what it needs when it is used.
 //
 // The library: a Connect-native service in a Node app (README "Use it as a library").
-export { Service, type ServiceOptions, type DialOptions, type Peer } from "./native/service.js";
+export { Service, type ServiceOptions, type DialOptions, type Peer, type GrpcChannel, type GrpcModule, type GrpcServer } from "./native/service.js";
 export { DialError, MeshNameError, NoHealthyUpstreamError } from "./native/errors.js";
 export type { AccessLogTarget } from "./telemetry/access-log.js";
 export type { MeshGatewayMode } from "./controlplane/chain/entries.js";

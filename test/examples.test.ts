@@ -50,6 +50,7 @@ t.test("the native example makes every crossing: native → native, native → s
   t.match(stdout, /native → sidecar {2}web → db's sidecar → db: 200 db \(behind a sidecar\) answered GET \/rows ok/);
   t.match(stdout, /sidecar → native {2}shop → shop's sidecar → api: 200 api \(node:https\) answered GET \/cart for shop ok/);
   t.match(stdout, /denied {12}evil → api \(intention deny\): 503 \[UF\] .* ok/);
+  t.match(stdout, /native gRPC {7}web → stock: OK stock has 3 of item 7 for web ok/, "a native gRPC call (grpc-js is this checkout's devDependency)");
   // Express is the example's own devDependency: the crossing runs when it is installed there.
   t.match(stdout, /(\d) of \1 crossings behaved\nstopped everything/);
 });

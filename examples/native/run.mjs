@@ -7,7 +7,8 @@
 //     (express-server.mjs) when express is installed (`npm install` in examples/native);
 //   - db: a plain HTTP app behind a meshproxy sidecar;
 //   - shop: a plain HTTP client behind a meshproxy sidecar with `api` as its upstream;
-//   - web and evil: native clients (client.mjs), with an intention denying evil → api.
+//   - web and evil: native clients (client.mjs), with an intention denying evil → api;
+//   - stock: a native gRPC server (grpc.mjs) when @grpc/grpc-js can be imported, called by web.
 // It makes every crossing: native → native, native → sidecar, sidecar → native, and one the deny
 // intention refuses; prints each; stops everything and exits 0 only if each behaved.
 import { spawn, execFileSync } from "node:child_process";
@@ -21,6 +22,7 @@ import { fileURLToPath } from "node:url";
 import { Service } from "../../dist/index.js";
 import { startServer } from "./server.mjs";
 import { get } from "./client.mjs";
+import { countStock, startGrpcServer } from "./grpc.mjs";
 
 const BIN = fileURLToPath(new URL("../../dist/cli/main.js", import.meta.url));
 const dataDir = await mkdtemp(join(tmpdir(), "meshproxy-native-"));
@@ -88,6 +90,15 @@ async function hasExpress() {
   }
 }
 
+/** The app's own grpc-js, when there is one (a devDependency of this checkout). */
+async function grpcJs() {
+  try {
+    return await import("@grpc/grpc-js");
+  } catch {
+    return null;
+  }
+}
+
 let exitCode = 1;
 try {
   execFileSync(process.execPath, [BIN, "intention", "create", "--deny", "evil", "api", "--data-dir", dataDir], { stdio: "ignore" });
@@ -99,6 +110,13 @@ try {
     const { startExpressServer } = await import("./express-server.mjs");
     orders = await startExpressServer({ name: "orders", dataDir });
     closers.push(() => new Promise((r) => orders.server.close(r)), () => orders.svc.close());
+  }
+
+  const grpc = await grpcJs();
+  let stock = null;
+  if (grpc) {
+    stock = await startGrpcServer(grpc, { name: "stock", dataDir });
+    closers.push(stock.close);
   }
 
   const dbApp = createServer((req, res) => res.end(`db (behind a sidecar) answered ${req.method} ${req.url}`));
@@ -118,6 +136,7 @@ try {
   console.log(orders ? `  orders: native Express server, 127.0.0.1:${orders.port}` : "  orders: skipped (express is not installed: `npm install` in examples/native)");
   console.log("  db: plain HTTP app behind a meshproxy sidecar; shop: plain HTTP client behind a sidecar");
   console.log("  web, evil: native clients; an intention denies evil → api");
+  console.log(stock ? `  stock: native gRPC server, 127.0.0.1:${stock.port}` : "  stock: skipped (@grpc/grpc-js cannot be imported)");
   console.log("");
 
   const crossings = [
@@ -126,6 +145,7 @@ try {
     ["sidecar → native  shop → shop's sidecar → api", () => plainGet(`http://${shop["upstream.api"]}/cart`), (r) => r === "200 api (node:https) answered GET /cart for shop"],
     ["denied            evil → api (intention deny)", () => get(evil, "https://api.service.consul/hello"), (r) => r.startsWith("503 [UF]")],
   ];
+  if (stock) crossings.push(["native gRPC       web → stock", () => countStock(grpc, web, "stock", 7), (r) => r === "OK stock has 3 of item 7 for web"]);
   if (orders) crossings.push(["native → Express  web → orders", () => get(web, "https://orders.service.consul/orders/7"), (r) => r === "200 orders (express) answered order 7 for web"]);
   let behaved = 0;
   for (const [what, attempt, ok] of crossings) {

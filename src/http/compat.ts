@@ -50,12 +50,28 @@ export function requestHasBody(req: AnyRequest): boolean {
   return req.headers["transfer-encoding"] !== undefined;
 }
 
+/** The fields of a gRPC status (grpc/doc/PROTOCOL-HTTP2.md). */
+const GRPC_STATUS_FIELDS = ["grpc-status", "grpc-message", "grpc-status-details-bin"] as const;
+
 export function writeHead(res: ResponseSink, status: number, headers: OutgoingHttpHeaders): void {
   if (res instanceof Http2ServerResponse) {
     // HTTP/2 forbids connection-specific fields; hop-by-hop stripping removed most already.
     delete headers["connection"];
     delete headers["keep-alive"];
     delete headers["transfer-encoding"];
+    // A gRPC "trailers-only" answer (grpc-status in the HEADERS frame that ends the stream, as
+    // grpc-js sends any status before a message) would go out as headers, then an empty DATA
+    // frame: clients read the status only from trailers then, and fail the call with INTERNAL
+    // ("Call ended without gRPC status"). The status fields move to the trailers.
+    if (headers["grpc-status"] !== undefined) {
+      const trailers: OutgoingHttpHeaders = {};
+      for (const k of GRPC_STATUS_FIELDS) {
+        if (headers[k] === undefined) continue;
+        trailers[k] = headers[k];
+        delete headers[k];
+      }
+      res.addTrailers(trailers);
+    }
     res.writeHead(status, headers);
   } else {
     res.writeHead(status, headers);

@@ -262,6 +262,36 @@ export class InboundGate {
     return false;
   }
 
+  /**
+   * A gRPC call, decided with the intentions in force now. A caller no L7 intention governs gets
+   * the L4 decision again, so a revoked intention stops the next call on a long-lived channel,
+   * not only new connections. Otherwise the L7 permissions are checked on the method path, as
+   * POST: grpc-js runs the same handler whatever `:method` says, so the call is authorized as the
+   * one the handler will run. Null when allowed, else the reason (counted and logged).
+   */
+  authorizeCall(peer: Peer, call: CallView): string | null {
+    const policy = this.policy;
+    const decision = policy.intentions.authorize(peer);
+    let reason: string | null;
+    if (policy.l7 === null || decision.intention === null || !hasPermissions(decision.intention)) {
+      reason = decision.allowed ? null : decision.reason;
+    } else {
+      const target = parseRequestTarget(call.path);
+      // grpc-js dispatches on the exact path: one the sidecar would rewrite is not what it checked.
+      if (!target.ok || target.path !== call.path || target.query !== "") {
+        this.metrics.reject("invalid_request_target");
+        this.log.info("grpc call refused", { source: peer.spiffeId, path: call.path, reason: "method path not in canonical form" });
+        return `method path ${JSON.stringify(call.path.slice(0, 256))} is not in canonical form`;
+      }
+      const d = policy.l7.forSource(peer).authorize({ method: "POST", path: call.path, header: (n: string) => call.header(n) });
+      reason = call.unreadable !== null ? `an intention's permission matches on ${call.unreadable}, which grpc-js consumes before the call reaches the service: not decidable per call` : d.allowed ? null : d.reason;
+    }
+    if (reason === null) return null;
+    this.metrics.reject("denied_by_intention");
+    this.log.info("grpc call denied by intention", { source: peer.spiffeId, path: call.path, reason });
+    return reason;
+  }
+
   /** The canonical target to hand the app, or the refusal to answer. */
   private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders): string | { status: number; body: string } {
     if (!peer) return { status: 403, body: "no verified caller on this connection" };
@@ -318,6 +348,17 @@ function isResponse(x: unknown): x is AppResponse {
 
 function isThenable(x: unknown): x is PromiseLike<unknown> {
   return typeof x === "object" && x !== null && "then" in x && typeof x.then === "function";
+}
+
+/**
+ * One gRPC call as the native gRPC server sees it (grpc-server.ts): the method path grpc-js
+ * dispatches on and the metadata the handler receives.
+ */
+export interface CallView {
+  readonly path: string;
+  header(name: string): string | undefined;
+  /** Set when a permission read a header the handler never sees: the decision cannot be trusted. */
+  readonly unreadable: string | null;
 }
 
 /** node:http2 does not export its stream classes: a server stream is what can respond. */

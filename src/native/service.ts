@@ -41,8 +41,19 @@ import { DialError, MeshNameError, NoHealthyUpstreamError } from "./errors.js";
 import { clusterWithHosts } from "../outbound/concrete.js";
 import type { MeshGatewayMode } from "../controlplane/chain/entries.js";
 import { isValidServiceName } from "../config/validate.js";
+import { createGrpcListener, peerOfCall } from "./grpc-server.js";
+import { GRPC_SCHEME, makeChannelCredentials, registerGrpcHost } from "./grpc-client.js";
+import type { GrpcChannelCredentials, GrpcMetadata, GrpcModule, GrpcServer, GrpcServerCall } from "./grpc-types.js";
 
 export type { Peer } from "./inbound.js";
+export type { GrpcModule, GrpcServer } from "./grpc-types.js";
+
+/** A channel target and the credentials that go with it (`new grpc.Client(target, credentials)`). */
+export interface GrpcChannel<Creds> {
+  /** `meshproxy://<this Service>/<service>`: resolved by this Service, balanced round-robin. */
+  readonly target: string;
+  readonly credentials: Creds;
+}
 
 export interface ServiceOptions {
   /** The service this app is: its leaf certificate, intentions and catalog entry are for this name. */
@@ -177,12 +188,21 @@ export class Service {
   private readonly maxUpstreams: number;
   /** Every service the app asked for, resolved or not (what the control plane watches). */
   private readonly asked = new Set<string>();
+  /** Told after each applied Snapshot (gRPC channels' resolvers). */
+  private readonly snapshotWatchers = new Set<() => void>();
+  /** What each gRPC target's key names (`db.service.dc2` → service db in dc2). */
+  private readonly grpcTargets = new Map<string, MeshTarget>();
+  /** This Service's id in its gRPC channels' targets. */
+  private readonly grpcId: string;
+  private grpcUnregister: (() => void) | null = null;
 
   private constructor(
     opts: ServiceOptions,
     private readonly cp: ControlPlane,
     log: Logger,
+    idSuffix: string,
   ) {
+    this.grpcId = idSuffix;
     this.name = opts.name;
     this.log = log;
     this.metrics = new Metrics({ processMetrics: false });
@@ -207,7 +227,7 @@ export class Service {
       ...(opts.meshGatewayMode ? { meshGatewayMode: opts.meshGatewayMode } : {}),
     };
     const cp = opts.controlPlane ?? (await createControlPlane(choose(opts, idSuffix), request, log));
-    const svc = new Service(opts, cp, log.child("native"));
+    const svc = new Service(opts, cp, log.child("native"), idSuffix);
     await loadUndici();
     const { MeshDispatcher } = await import("./dispatcher.js");
     // The sidecar's router, with this Service's metrics (envoy_cluster_upstream_rq_* per cluster).
@@ -289,6 +309,7 @@ export class Service {
       if (u) r.settle(u);
     }
     for (const w of [...this.applied]) w();
+    for (const w of this.snapshotWatchers) w();
   }
 
   /** This service's SPIFFE ID. */
@@ -341,6 +362,60 @@ export class Service {
   /** The verified caller of a request or connection accepted by an attached server; null otherwise. */
   peerOf(x: IncomingMessage | Http2ServerRequest | Socket): Peer | null {
     return verifiedPeer(x instanceof IncomingMessage || x instanceof Http2ServerRequest ? x.socket : x);
+  }
+
+  /**
+   * A TLS server for `server` (a grpc-js Server with the app's services added; grpc-js is the
+   * app's, passed in as `grpc`), attached: listen on it instead of `server.bindAsync`. Each
+   * connection is verified and authorized as attach() does before grpc-js sees it, and each call
+   * again before its handler runs: the intentions in force then, L7 permissions on the method
+   * path for http/http2/grpc services; a refused call ends with PERMISSION_DENIED. Closing it
+   * closes its gRPC connections gracefully.
+   */
+  grpcListener<Call extends GrpcServerCall, Meta extends GrpcMetadata, Intercepting, CallCreds>(grpc: GrpcModule<Call, Meta, Intercepting, CallCreds>, server: GrpcServer): TlsServer {
+    return this.attach(createGrpcListener(grpc, server, () => this.inbound, this.serverTLSOptions(), this.log));
+  }
+
+  /** The verified caller of a call received by a grpcListener's server (`call` as a handler gets it); null otherwise. */
+  peerOfCall(call: { readonly metadata?: unknown }): Peer | null {
+    return peerOfCall(call);
+  }
+
+  /**
+   * A channel target for `service` and credentials for it: connections are mTLS with this
+   * service's leaf, the server must present `service`'s SPIFFE ID, and calls are balanced
+   * round-robin over its healthy instances as each Snapshot has them.
+   */
+  grpcTarget<Call extends GrpcServerCall, Meta extends GrpcMetadata, Intercepting, CallCreds>(grpc: GrpcModule<Call, Meta, Intercepting, CallCreds>, service: string): GrpcChannel<GrpcChannelCredentials<CallCreds>> {
+    const target = targetOfName(service);
+    const name = this.keyOf(target);
+    if (this.closing) throw new Error(`gRPC channel to "${name}": the Service is closed`);
+    this.grpcTargets.set(name, target);
+    this.grpcUnregister ??= registerGrpcHost(this.grpcId, {
+      known: (key) => this.upstreams.get(key) ?? null,
+      resolve: (key) => {
+        const t = this.grpcTargets.get(key);
+        return t ? this.upstreamOf(t) : Promise.reject(new MeshNameError(`gRPC channel to "${key}": not a target this Service made (use svc.grpcTarget)`));
+      },
+      clusters: this.runtimes,
+      tls: () => this.tls!,
+      onSnapshot: (fn) => {
+        this.snapshotWatchers.add(fn);
+        return () => this.snapshotWatchers.delete(fn);
+      },
+    });
+    return { target: `${GRPC_SCHEME}://${this.grpcId}/${name}`, credentials: makeChannelCredentials(grpc) };
+  }
+
+  /** A client of `service` made with `Ctor` (generated, or `grpc.makeGenericClientConstructor`): grpcTarget's target and credentials. */
+  grpcClient<Call extends GrpcServerCall, Meta extends GrpcMetadata, Intercepting, CallCreds, Client, Options>(
+    grpc: GrpcModule<Call, Meta, Intercepting, CallCreds>,
+    Ctor: new (address: string, credentials: GrpcChannelCredentials<CallCreds>, options?: Options) => Client,
+    service: string,
+    options?: Options,
+  ): Client {
+    const { target, credentials } = this.grpcTarget(grpc, service);
+    return new Ctor(target, credentials, options);
   }
 
   private register(server: TlsServer): void {
@@ -499,6 +574,8 @@ export class Service {
     // Nothing pending may keep the process alive past close: resolutions fail, dial()s give up.
     for (const [key, r] of this.resolving) r.fail(new Error(`upstream "${key}": the Service was closed while resolving it`));
     for (const w of [...this.applied]) w();
+    this.grpcUnregister?.();
+    this.snapshotWatchers.clear();
     try {
       await this.cp.withdraw();
     } catch (e) {
