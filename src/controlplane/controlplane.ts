@@ -4,6 +4,7 @@
 // public listener ended up (so the instance can be registered) and to withdraw it.
 import type { HostPort, Protocol, Snapshot } from "../config/snapshot.js";
 import type { MeshGatewayMode, UpstreamSettings } from "./chain/entries.js";
+import type { SubsetWeight } from "../config/split-weights.js";
 
 export interface UpstreamRequest {
   /** Destination service name. */
@@ -80,4 +81,11 @@ export interface ControlPlane {
    * are ever served (the static file is the whole configuration).
    */
   addUpstream?(u: UpstreamRequest): void;
+  /**
+   * Stores new weights for `service`'s service-splitter where this control plane keeps config
+   * entries (the admin API's live traffic page); the change then arrives as a new Snapshot like
+   * any other. Rejects with SplitChangeError. Absent: entries cannot be written here (a static
+   * file is its own source of truth).
+   */
+  setSubsetWeights?(service: string, weights: readonly SubsetWeight[]): Promise<void>;
 }
