@@ -21,6 +21,7 @@ export const PAGE_HTML = `<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>meshproxy traffic</title>
 <link rel="stylesheet" href="/ui/style.css">
+<link rel="icon" href="/ui/icon.svg">
 <script src="/ui/app.js" defer></script>
 </head>
 <body>
@@ -34,6 +35,10 @@ export const PAGE_HTML = `<!doctype html>
 <footer>Requests per second, error rate (5xx responses and requests the proxy failed itself, over all requests) and p99 response time per cluster, from this sidecar's own counters over the last seconds; refreshed every second.</footer>
 </body>
 </html>
+`;
+
+/** Served so that the browser's icon request finds something (a 404 would show as a console error). */
+export const PAGE_ICON = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><circle cx="4" cy="8" r="3" fill="#2b6cb0"/><circle cx="12" cy="4" r="2.5" fill="#2f855a"/><circle cx="12" cy="12" r="2.5" fill="#c05621"/><path d="M4 8 12 4M4 8l8 4" stroke="#4a5568" stroke-width="1"/></svg>
 `;
 
 export const PAGE_CSS = `:root { font-family: system-ui, sans-serif; color: #1d232a; background: #f6f7f9; }
@@ -154,7 +159,7 @@ export const PAGE_JS = `"use strict";
         sec.appendChild(el("h2", {}, svc.name));
         var table = el("table", {});
         var head = el("tr", {});
-        ["subset", "cluster", "weight", "req/s", "errors", "p99", "requests", "failed"].forEach(function (h) { head.appendChild(el("th", {}, h)); });
+        ["subset", "cluster", "weight", "req/s", "error rate", "p99", "requests (total)", "failed (total)"].forEach(function (h) { head.appendChild(el("th", {}, h)); });
         table.appendChild(el("thead", {})).appendChild(head);
         table.appendChild(el("tbody", {}));
         sec.appendChild(table);

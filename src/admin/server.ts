@@ -19,7 +19,7 @@ import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import { Counter } from "prom-client";
 import { TrafficWindow } from "../telemetry/traffic-window.js";
 import { trafficDocument } from "./traffic.js";
-import { PAGE_CSS, PAGE_HEADERS, PAGE_HTML, PAGE_JS } from "./page.js";
+import { PAGE_CSS, PAGE_HEADERS, PAGE_HTML, PAGE_ICON, PAGE_JS } from "./page.js";
 import { changeSplit, SPLIT_RESULTS, writability } from "./splits.js";
 import type { SplitWriter } from "../config/split-weights.js";
 
@@ -126,6 +126,7 @@ export class AdminServer {
       "/ui": (_q, res) => sendAsset(res, PAGE_HTML, "text/html; charset=utf-8"),
       "/ui/app.js": (_q, res) => sendAsset(res, PAGE_JS, "text/javascript; charset=utf-8"),
       "/ui/style.css": (_q, res) => sendAsset(res, PAGE_CSS, "text/css; charset=utf-8"),
+      "/ui/icon.svg": (_q, res) => sendAsset(res, PAGE_ICON, "image/svg+xml"),
       "/traffic.json": (_q, res) => {
         res.setHeader("cache-control", "no-store");
         sendJson(res, 200, trafficDocument(target.snapshot, this.traffic, writability(target)));

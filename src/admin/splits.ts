@@ -23,7 +23,8 @@ const STATUS: Readonly<Record<SplitResult, number>> = {
 };
 
 export interface SplitTarget {
-  readonly snapshot: Snapshot | null;
+  /** What is read of the Snapshot: which control plane made it, and the upstreams it routes. */
+  readonly snapshot: Pick<Snapshot, "source" | "upstreams"> | null;
   readonly splitWriter?: SplitWriter | null;
 }
 
