@@ -16,7 +16,7 @@ import { clustersJson, clustersText } from "./clusters.js";
 import { certsJson } from "./certs.js";
 import { BROWSER_REFUSALS, HostAllowList, checkHost, checkMutation, type Refused } from "../http/browser-guard.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
-import { Counter } from "prom-client";
+import type { Counter } from "prom-client";
 import { TrafficWindow } from "../telemetry/traffic-window.js";
 import { trafficDocument } from "./traffic.js";
 import { PAGE_CSS, PAGE_HEADERS, PAGE_HTML, PAGE_ICON, PAGE_JS } from "./page.js";
@@ -149,12 +149,7 @@ export class AdminServer {
     });
     this.refusedLog = new RateLimitedWarning(this.log, "admin request refused as coming from a web page");
     this.traffic = new TrafficWindow(target.metrics.http);
-    this.splitChanges = new Counter({
-      name: "meshproxy_admin_split_changes_total",
-      help: "Split weight changes asked for through the admin API (POST /splits/<service>), by result",
-      labelNames: ["result"],
-      registers: [target.metrics.registry],
-    });
+    this.splitChanges = target.metrics.adminSplitChanges;
     for (const r of SPLIT_RESULTS) this.splitChanges.labels(r).inc(0);
     for (const reason of BROWSER_REFUSALS) target.metrics.adminRejected.labels("admin", reason).inc(0);
   }

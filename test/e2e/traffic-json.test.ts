@@ -103,31 +103,7 @@ t.test("POST /splits/api changes the weights through the dev control plane, and 
   await until(async () => (splitWeights(await configDump(web.adminAddr), "api")["v1"] ?? 0) === 7550, 10_000, "75.5/24.5 to apply");
 });
 
-t.test("POST /splits validates the change and says what is wrong", { timeout: 90_000 }, async (t) => {
-  const { web } = await trafficMesh(t);
-  const cases: Array<[string, number, RegExp]> = [
-    ["/splits/api?weights=v1:50,v2:40", 400, /sum to 90, not 100/],
-    ["/splits/api?weights=v1:50,v3:50", 400, /subset "v3" is not defined by service-resolver "api" \(it defines v1, v2\)/],
-    ["/splits/api?weights=v1:50,v1:50", 400, /given twice/],
-    ["/splits/api?weights=v1:50.001,v2:49.999", 400, /at most two decimals/],
-    ["/splits/api?weights=v1:-5,v2:105", 400, /not a percent/],
-    ["/splits/api", 400, /no weights given/],
-    ["/splits/db?weights=v1:100", 404, /"db" is not a service this sidecar routes \(its protocol is tcp/],
-    ["/splits/nope?weights=v1:100", 404, /not an upstream of this sidecar/],
-    ["/splits/..%2F..%2Fintentions?weights=v1:100", 400, /is not a service name/],
-  ];
-  for (const [path, status, message] of cases) {
-    const r = await post(web.adminAddr, path);
-    t.equal(r.status, status, `${path} → ${status}`);
-    const said = (JSON.parse(r.body) as { message: string }).message;
-    t.match(said, message, `and says why: ${said}`);
-  }
-  t.equal(splitWeights(await configDump(web.adminAddr), "api")["v1"], 5000, "nothing changed");
-  t.equal(await metric(web.adminAddr, "meshproxy_admin_split_changes_total", { result: "invalid" }), 7, "refusals counted by result");
-  t.equal(await metric(web.adminAddr, "meshproxy_admin_split_changes_total", { result: "not_found" }), 2);
-});
-
-t.test("POST /splits has the admin API's browser protections", { timeout: 90_000 }, async (t) => {
+t.test("POST /splits: the admin API's browser protections, then validation with a reason for each refusal", { timeout: 90_000 }, async (t) => {
   const { web } = await trafficMesh(t);
   const port = hostPort(web.adminAddr).port;
   const path = "/splits/api?weights=v1:0,v2:100";
@@ -155,6 +131,27 @@ t.test("POST /splits has the admin API's browser protections", { timeout: 90_000
   t.equal(ui.headers["access-control-allow-origin"], undefined, "no CORS");
   t.equal(splitWeights(await configDump(web.adminAddr), "api")["v2"], 5000, "no refused request changed the split");
   t.equal(await metric(web.adminAddr, "meshproxy_admin_split_changes_total", { result: "stored" }), 0, "none reached the control plane");
+
+  const cases: Array<[string, number, RegExp]> = [
+    ["/splits/api?weights=v1:50,v2:40", 400, /sum to 90, not 100/],
+    ["/splits/api?weights=v1:50,v3:50", 400, /subset "v3" is not defined by service-resolver "api" \(it defines v1, v2\)/],
+    ["/splits/api?weights=v1:50,v1:50", 400, /given twice/],
+    ["/splits/api?weights=v1:50.001,v2:49.999", 400, /at most two decimals/],
+    ["/splits/api?weights=v1:-5,v2:105", 400, /not a percent/],
+    ["/splits/api", 400, /no weights given/],
+    ["/splits/db?weights=v1:100", 404, /"db" is not a service this sidecar routes \(its protocol is tcp/],
+    ["/splits/nope?weights=v1:100", 404, /not an upstream of this sidecar/],
+    ["/splits/..%2F..%2Fintentions?weights=v1:100", 400, /is not a service name/],
+  ];
+  for (const [target, status, message] of cases) {
+    const r = await post(web.adminAddr, target);
+    t.equal(r.status, status, `${target} → ${status}`);
+    const said = (JSON.parse(r.body) as { message: string }).message;
+    t.match(said, message, `and says why: ${said}`);
+  }
+  t.equal(splitWeights(await configDump(web.adminAddr), "api")["v1"], 5000, "nothing changed");
+  t.equal(await metric(web.adminAddr, "meshproxy_admin_split_changes_total", { result: "invalid" }), 7, "refusals counted by result");
+  t.equal(await metric(web.adminAddr, "meshproxy_admin_split_changes_total", { result: "not_found" }), 2);
 });
 
 t.test("a sidecar with no L7 upstream shows an empty state that says why", { timeout: 60_000 }, async (t) => {
