@@ -61,6 +61,7 @@ function emptyReason(s: Snapshot | null): string {
 
 export function trafficDocument(s: Snapshot | null, window: TrafficWindow, writable: { ok: true } | { ok: false; reason: string }): TrafficDocument {
   const services: TrafficService[] = [];
+  const known: Snapshot["clusters"] = s?.clusters ?? {};
   for (const u of s?.upstreams ?? []) {
     if (!u.routes || u.routes.routes.length === 0) continue;
     const routes = u.routes.routes;
@@ -73,9 +74,9 @@ export function trafficDocument(s: Snapshot | null, window: TrafficWindow, writa
     };
     for (const r of routes) for (const leg of r.action.splits) add(leg.cluster);
     const routed = new Set(names);
-    for (const n of [...names]) for (const f of s!.clusters[n]?.failover ?? []) add(f);
+    for (const n of [...names]) for (const f of known[n]?.failover ?? []) add(f);
     const clusters = names.map((name): TrafficCluster => {
-      const c = s!.clusters[name];
+      const c = known[name];
       const f = window.figures(name);
       const w = weights.get(name);
       return {
