@@ -19,6 +19,7 @@ export {
   type Announcement,
 } from "./controlplane/controlplane.js";
 export { DevControlPlane, type DevControlPlaneOptions } from "./controlplane/dev/dev.js";
+export { SplitChangeError, type SplitChangeRefusal, type SubsetWeight } from "./config/split-weights.js";
 export type * from "./config/snapshot.js";
 export { DEFAULTS } from "./config/snapshot.js";
 export { validateSnapshot, SnapshotError } from "./config/validate.js";

@@ -8,6 +8,7 @@ import { syncClusterRuntimes } from "./cluster/sync.js";
 import { alpnFor } from "./compile/inbound.js";
 import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
 import type { TlsMaterial } from "./tls/contexts.js";
+import type { SplitWriter } from "./config/split-weights.js";
 import { SessionCache } from "./tls/origin.js";
 import { PublicListener } from "./inbound/public-listener.js";
 import { UpstreamListener } from "./outbound/upstream-listener.js";
@@ -108,6 +109,12 @@ export class Proxy extends EventEmitter {
 
   get addresses(): ProxyAddresses {
     return this.addrs;
+  }
+
+  /** The control plane's writer of split weights, when it has one (the admin API's traffic page). */
+  get splitWriter(): SplitWriter | null {
+    const set = this.cp.setSubsetWeights?.bind(this.cp);
+    return set ? { setSubsetWeights: set } : null;
   }
 
   /** Every cluster's hosts with health, ejection and active requests, for the admin API. */

@@ -16,6 +16,12 @@ import { clustersJson, clustersText } from "./clusters.js";
 import { certsJson } from "./certs.js";
 import { BROWSER_REFUSALS, HostAllowList, checkHost, checkMutation, type Refused } from "../http/browser-guard.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
+import type { Counter } from "prom-client";
+import { TrafficWindow } from "../telemetry/traffic-window.js";
+import { trafficDocument } from "./traffic.js";
+import { PAGE_CSS, PAGE_HEADERS, PAGE_HTML, PAGE_ICON, PAGE_JS } from "./page.js";
+import { changeSplit, SPLIT_RESULTS, writability } from "./splits.js";
+import type { SplitWriter } from "../config/split-weights.js";
 
 export interface AdminTarget {
   readonly isReady: boolean;
@@ -23,6 +29,8 @@ export interface AdminTarget {
   readonly metrics: Metrics;
   clusters(): readonly ClusterStatus[];
   stop(): Promise<void>;
+  /** Writes split weights through the control plane (POST /splits/<service>); null or absent: it cannot. */
+  readonly splitWriter?: SplitWriter | null;
 }
 
 export interface AdminOptions {
@@ -62,6 +70,23 @@ export function redactedSnapshot(s: Snapshot): unknown {
   return v;
 }
 
+function sendAsset(res: ServerResponse, body: string, type: string): void {
+  for (const [k, v] of Object.entries(PAGE_HEADERS)) res.setHeader(k, v);
+  send(res, 200, body, type);
+}
+
+const SPLITS_PREFIX = "/splits/";
+
+/** The <service> of /splits/<service>[?...], percent-decoded; "" when it does not decode. */
+function decodeService(url: string): string {
+  const path = url.split("?", 1)[0]!;
+  try {
+    return decodeURIComponent(path.slice(SPLITS_PREFIX.length));
+  } catch {
+    return "";
+  }
+}
+
 function query(req: IncomingMessage): URLSearchParams {
   const u = req.url ?? "/";
   const i = u.indexOf("?");
@@ -76,6 +101,8 @@ export class AdminServer {
   private readonly log: Logger;
   private hosts = new HostAllowList("127.0.0.1");
   private readonly refusedLog: RateLimitedWarning;
+  private readonly traffic: TrafficWindow;
+  private readonly splitChanges: Counter<"result">;
 
   constructor(
     private readonly target: AdminTarget,
@@ -96,6 +123,14 @@ export class AdminServer {
         if (query(q).get("format") === "json") return sendJson(res, 200, clustersJson(clusters));
         send(res, 200, clustersText(clusters));
       },
+      "/ui": (_q, res) => sendAsset(res, PAGE_HTML, "text/html; charset=utf-8"),
+      "/ui/app.js": (_q, res) => sendAsset(res, PAGE_JS, "text/javascript; charset=utf-8"),
+      "/ui/style.css": (_q, res) => sendAsset(res, PAGE_CSS, "text/css; charset=utf-8"),
+      "/ui/icon.svg": (_q, res) => sendAsset(res, PAGE_ICON, "image/svg+xml"),
+      "/traffic.json": (_q, res) => {
+        res.setHeader("cache-control", "no-store");
+        sendJson(res, 200, trafficDocument(target.snapshot, this.traffic, writability(target)));
+      },
       "/certs": (_q, res) => {
         const s = target.snapshot;
         if (!s) return sendJson(res, 503, { error: "no snapshot yet: no certificates in use" });
@@ -113,8 +148,27 @@ export class AdminServer {
       this.handle(req, res).catch(logRejection(this.log, "admin request"));
     });
     this.refusedLog = new RateLimitedWarning(this.log, "admin request refused as coming from a web page");
+    this.traffic = new TrafficWindow(target.metrics.http);
+    this.splitChanges = target.metrics.adminSplitChanges;
+    for (const r of SPLIT_RESULTS) this.splitChanges.labels(r).inc(0);
     for (const reason of BROWSER_REFUSALS) target.metrics.adminRejected.labels("admin", reason).inc(0);
   }
+
+  /** The POST handler of a path: an exact one, or /splits/<service>. */
+  private postFor(path: string): Handler | undefined {
+    return this.posts[path] ?? (path.startsWith(SPLITS_PREFIX) ? this.splits : undefined);
+  }
+
+  /** POST /splits/<service>?weights=v1:90,v2:10: new service-splitter weights, through the control plane. */
+  private readonly splits: Handler = async (req, res) => {
+    const service = decodeService(req.url ?? "");
+    const r = await changeSplit(this.target, service, query(req).get("weights"));
+    this.splitChanges.labels(r.result).inc();
+    const fields = { service: service.slice(0, 100), result: r.result, message: r.message, peer: req.socket.remoteAddress };
+    if (r.result === "stored") this.log.info("split weights change stored", fields);
+    else this.log.info("split weights change refused", fields);
+    sendJson(res, r.status, { service, result: r.result, message: r.message, ...(r.weights ? { weights: r.weights } : {}) });
+  };
 
   private refuse(req: IncomingMessage, res: ServerResponse, path: string, r: Refused): void {
     this.target.metrics.adminRejected.labels("admin", r.reason).inc();
@@ -147,11 +201,11 @@ export class AdminServer {
       if (req.method === "GET" || req.method === "HEAD") {
         const h = this.gets[path];
         if (h) return await h(req, res);
-        if (this.posts[path]) return send(res, 405, `${path} changes state: use POST\n`);
+        if (this.postFor(path)) return send(res, 405, `${path} changes state: use POST\n`);
         return send(res, 404, `no such admin endpoint: ${path}\n`);
       }
       if (req.method === "POST") {
-        const h = this.posts[path];
+        const h = this.postFor(path);
         if (!h) return send(res, this.gets[path] ? 405 : 404, `no POST endpoint: ${path}\n`);
         const crossOrigin = checkMutation(req);
         if (crossOrigin) return this.refuse(req, res, path, crossOrigin);
@@ -167,10 +221,12 @@ export class AdminServer {
 
   async listen(host: string, port: number): Promise<AddressInfo> {
     this.hosts = new HostAllowList(host);
+    this.traffic.start();
     return listenOn(this.server, host, port);
   }
 
   close(): void {
+    this.traffic.stop();
     this.refusedLog.close();
     this.server.close();
     this.server.closeAllConnections();

@@ -1,9 +1,11 @@
 // The seam between a control plane and the data plane. A control plane turns what the operator
 // asked for (a ProxyRequest) plus what it knows (CA, catalog, intentions) into Snapshots.
 // It never touches a socket; the proxy never calls back into it except to announce where its
-// public listener ended up (so the instance can be registered) and to withdraw it.
+// public listener ended up (so the instance can be registered), to withdraw it, and, for the
+// admin API's traffic page, to store new split weights (which come back as a Snapshot).
 import type { HostPort, Protocol, Snapshot } from "../config/snapshot.js";
 import type { MeshGatewayMode, UpstreamSettings } from "./chain/entries.js";
+import type { SubsetWeight } from "../config/split-weights.js";
 
 export interface UpstreamRequest {
   /** Destination service name. */
@@ -88,4 +90,11 @@ export interface ControlPlane {
    * are ever served (the static file is the whole configuration).
    */
   addUpstream?(u: UpstreamRequest): void;
+  /**
+   * Stores new weights for `service`'s service-splitter where this control plane keeps config
+   * entries (the admin API's live traffic page); the change then arrives as a new Snapshot like
+   * any other. Rejects with SplitChangeError. Absent: entries cannot be written here (a static
+   * file is its own source of truth).
+   */
+  setSubsetWeights?(service: string, weights: readonly SubsetWeight[]): Promise<void>;
 }

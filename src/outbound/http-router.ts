@@ -186,6 +186,8 @@ export class HttpRouter {
 
   private finish(req: AnyRequest, state: OutboundHttpState, rec: RequestRecord): void {
     if (rec.status === 0) rec.flag = "DC"; // the app went away before an answer
+    // A connection failure answered locally has no response series; the traffic page counts it as an error of the cluster.
+    if (rec.flag === "UF" && rec.cluster !== undefined) this.stats.failed(rec.cluster);
     const tracing = this.obs.tracing;
     if (tracing && rec.span) {
       tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag, "meshproxy.attempts": rec.attempts, ...(rec.cluster ? { "meshproxy.upstream_cluster": rec.cluster } : {}) });

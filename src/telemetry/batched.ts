@@ -15,7 +15,12 @@ export interface LevelSlot {
   dec(by?: number): void;
 }
 
-class Slot<L extends string> implements CountSlot, LevelSlot {
+/** A counter series whose running total can be read back (the admin API's traffic window). */
+export interface CountReading extends CountSlot {
+  readonly value: number;
+}
+
+class Slot<L extends string> implements CountReading, LevelSlot {
   value = 0;
   constructor(readonly labels: Readonly<Partial<Record<L, string>>>) {}
   inc(by = 1): void {
@@ -68,7 +73,7 @@ export class BatchedCounter<L extends string> extends Batched<L> {
     });
   }
 
-  labels(...values: string[]): CountSlot {
+  labels(...values: string[]): CountReading {
     return this.slotFor(values);
   }
 }
@@ -104,7 +109,14 @@ export interface TimeSlot {
   observe(value: number): void;
 }
 
-class HistogramSlot implements TimeSlot {
+/** A histogram series whose buckets can be read back (the admin API's traffic window). */
+export interface TimeReading extends TimeSlot {
+  /** Per bucket, not cumulative, in the histogram's bucket order; observations above the last bound are only in `count`. */
+  readonly counts: Float64Array;
+  readonly count: number;
+}
+
+class HistogramSlot implements TimeReading {
   /** Per bucket, not cumulative: observe() adds to one; cumulated at scrape time. */
   readonly counts: Float64Array;
   sum = 0;
@@ -145,7 +157,7 @@ export class BatchedHistogram<L extends string> extends Histogram<L> {
   }
 
   /** The series for these label values (in labelNames order); cache it, it does not change. */
-  slot(...values: string[]): TimeSlot {
+  slot(...values: string[]): TimeReading {
     const key = values.join("\u0000");
     let s = this.slots.get(key);
     if (!s) {

@@ -3,7 +3,7 @@
 // status code, and counters are batched (batched.ts): a request costs map lookups and additions;
 // the time histogram is batched the same way.
 import type { Registry } from "prom-client";
-import { BatchedCounter, BatchedHistogram, type CountSlot, type TimeSlot } from "./batched.js";
+import { BatchedCounter, BatchedHistogram, type CountReading, type CountSlot, type TimeReading } from "./batched.js";
 import { CLUSTER_LABELS, clusterLabelValues } from "./consul-tags.js";
 
 /** Envoy's default histogram buckets, in milliseconds. */
@@ -11,17 +11,33 @@ export const ENVOY_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 250
 
 interface ClusterChildren {
   labels: string[];
-  total: CountSlot;
+  total: CountReading;
   completed: CountSlot;
-  time: TimeSlot;
+  time: TimeReading;
   /** Indexed by status class 1..5, made with the cluster's other series so they start at 0. */
-  byClass: CountSlot[];
+  byClass: CountReading[];
   byCode: Map<number, CountSlot>;
   retry: CountSlot;
-  timeout: CountSlot;
-  overflow: CountSlot;
+  timeout: CountReading;
+  overflow: CountReading;
   retryOverflow: CountSlot;
-  noHealthy: CountSlot;
+  noHealthy: CountReading;
+  /** Requests answered 503 UF after their attempts failed to connect or were reset: no Prometheus series of their own. */
+  failed: number;
+}
+
+/**
+ * A cluster's request counts so far, as the app saw them: upstream responses, and the requests
+ * the proxy answered itself (503 UF/UH/UO, 504 UT), which Envoy counts as 5xx of the cluster too.
+ */
+export interface ClusterRequestReading {
+  /** Final responses from the cluster plus local failures. */
+  readonly requests: number;
+  /** 5xx responses plus local failures. */
+  readonly errors: number;
+  /** Response-time histogram of the responses (ENVOY_BUCKETS_MS, per bucket), and its count. */
+  readonly timeBuckets: Float64Array;
+  readonly timeCount: number;
 }
 
 export class HttpStats {
@@ -67,6 +83,7 @@ export class HttpStats {
         overflow: this.rqOverflow.labels(...v),
         retryOverflow: this.rqRetryOverflow.labels(...v),
         noHealthy: this.rqNoHealthy.labels(...v),
+        failed: 0,
       };
       this.children.set(cluster, ch);
     }
@@ -104,5 +121,23 @@ export class HttpStats {
 
   noHealthy(cluster: string): void {
     this.of(cluster).noHealthy.inc();
+  }
+
+  /** A request answered 503 UF after attempts on this cluster failed (connect failure, reset). */
+  failed(cluster: string): void {
+    this.of(cluster).failed++;
+  }
+
+  /** The clusters with request series so far. */
+  clusterNames(): IterableIterator<string> {
+    return this.children.keys();
+  }
+
+  /** The running totals of one cluster, or null before its first request. */
+  reading(cluster: string): ClusterRequestReading | null {
+    const ch = this.children.get(cluster);
+    if (!ch) return null;
+    const local = ch.timeout.value + ch.overflow.value + ch.noHealthy.value + ch.failed;
+    return { requests: ch.total.value + local, errors: ch.byClass[4]!.value + local, timeBuckets: ch.time.counts, timeCount: ch.time.count };
   }
 }

@@ -96,6 +96,7 @@ export class Metrics {
   readonly tracingExportFailures: Counter<"reason">;
   readonly accessLogDropped: Counter<string>;
   readonly adminRejected: Counter<"listener" | "reason">;
+  readonly adminSplitChanges: Counter<"result">;
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const r = [this.registry];
@@ -130,6 +131,7 @@ export class Metrics {
     this.configErrors = new Counter({ name: "meshproxy_config_errors_total", help: "Bad configuration input rejected (flags, files)", labelNames: ["kind"], registers: r });
     this.tracingExportFailures = new Counter({ name: "meshproxy_tracing_export_failures_total", help: "Span batches the OTLP exporter could not deliver (the spans are dropped)", labelNames: ["reason"], registers: r });
     this.adminRejected = new Counter({ name: "meshproxy_admin_rejected_total", help: "Requests to the admin API or metrics listener refused as coming from a browser page (DNS rebinding, cross-origin, form body)", labelNames: ["listener", "reason"], registers: r });
+    this.adminSplitChanges = new Counter({ name: "meshproxy_admin_split_changes_total", help: "Split weight changes asked for through the admin API (POST /splits/<service>), by result", labelNames: ["result"], registers: r });
     this.accessLogDropped = new Counter({ name: "meshproxy_access_log_dropped_total", help: "Access-log lines dropped because the destination could not keep up", registers: r });
     for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable", ...REQUEST_REFUSALS] satisfies InboundRejection[]) {
       this.inboundRejected.labels(reason).inc(0);

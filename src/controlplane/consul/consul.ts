@@ -38,6 +38,8 @@ import {
   WireError,
 } from "./wire.js";
 import { ProxyRegistrar } from "./register.js";
+import { writeSubsetWeightsToConsul } from "./split-write.js";
+import type { SubsetWeight } from "../../config/split-weights.js";
 import { DefaultActionError, learnDefaultAction, type LearnedDefault } from "./default-action.js";
 import { CompiledL7Intentions, PermissionCompileError } from "../../authz/l7.js";
 import { DEFAULT_SCOPE, type LocalScope } from "../../authz/intentions.js";
@@ -528,6 +530,12 @@ export class ConsulControlPlane implements ControlPlane {
     if (this.o.request.upstreams.some((x) => chainKey(x) === key) || this.added.some((x) => chainKey(x) === key)) return;
     this.added.push(u);
     this.reconcile();
+  }
+
+  /** Writes the splitter to Consul with check-and-set; the discovery-chain watch brings it back. */
+  async setSubsetWeights(service: string, weights: readonly SubsetWeight[]): Promise<void> {
+    await writeSubsetWeightsToConsul(this.o.client, service, weights);
+    this.log.info("service-splitter weights changed through the admin API", { service, weights: weights.map((w) => `${w.subset}:${w.weight / 100}`).join(",") });
   }
 
   async announce(a: Announcement): Promise<void> {

@@ -38,10 +38,12 @@ import {
   readEntries,
   readIntentions,
   registerInstance,
+  writeSubsetWeights,
   type CatalogEntry,
   type DevCa,
 } from "./state.js";
 import type { Logger } from "../../telemetry/log.js";
+import type { SubsetWeight } from "../../config/split-weights.js";
 
 export interface DevControlPlaneOptions {
   readonly dataDir: string;
@@ -371,6 +373,13 @@ export class DevControlPlane implements ControlPlane {
     const same = (x: UpstreamRequest) => x.name === u.name && x.datacenter === u.datacenter;
     if (this.opts.request.upstreams.some(same) || this.added.some(same)) return;
     this.added.push(u);
+    this.scheduleRefresh();
+  }
+
+  /** Writes the splitter into the state directory, as `meshproxy config write` does; the watch applies it. */
+  async setSubsetWeights(service: string, weights: readonly SubsetWeight[]): Promise<void> {
+    await writeSubsetWeights(this.opts.dataDir, service, weights);
+    this.log.info("service-splitter weights changed through the admin API", { service, weights: weights.map((w) => `${w.subset}:${w.weight / 100}`).join(",") });
     this.scheduleRefresh();
   }
 

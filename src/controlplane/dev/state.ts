@@ -27,6 +27,8 @@ import { CompiledL7Intentions, PermissionCompileError } from "../../authz/l7.js"
 import { jsonErrorWhere } from "../json-error.js";
 import { withLock } from "./lock.js";
 import { checkStateDir } from "./permissions.js";
+import { SplitChangeError, type SubsetWeight } from "../../config/split-weights.js";
+import { splitterWithWeights, storedResolver, storedSplitter } from "../chain/split-edit.js";
 
 export interface CaConfig {
   readonly trustDomain: string;
@@ -496,4 +498,41 @@ export async function deleteEntry(dir: string, kind: EntryKind, name: string): P
   } catch {
     return false;
   }
+}
+
+/** An entry's stored JSON as written, or null when there is none. */
+async function readStoredEntry(dir: string, kind: EntryKind, name: string): Promise<{ raw: unknown; file: string } | null> {
+  const file = entryFile(dir, kind, name);
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (e) {
+    if (errnoOf(e) === "ENOENT") return null;
+    throw new StateError(file, `cannot be read (${messageOf(e)})`);
+  }
+  return { raw: parseJson(text, file), file };
+}
+
+/**
+ * Replaces the legs of `service`'s service-splitter with `weights` (the admin API's traffic page),
+ * as `meshproxy config write` would store it, under the splitter's lock so that two such changes
+ * do not lose each other's carried header mutations. Proxies pick it up like any edit.
+ */
+export async function writeSubsetWeights(dir: string, service: string, weights: readonly SubsetWeight[]): Promise<void> {
+  const file = entryFile(dir, "service-splitter", service);
+  await withLock(file, async () => {
+    const read = async (kind: EntryKind) => {
+      try {
+        return await readStoredEntry(dir, kind, service);
+      } catch (e) {
+        if (e instanceof StateError) throw new SplitChangeError("conflict", `${e.message}; fix it first`);
+        throw e;
+      }
+    };
+    const r = await read("service-resolver");
+    const s = await read("service-splitter");
+    const resolver = r ? storedResolver(r.raw, service, r.file) : null;
+    const current = s ? { raw: s.raw, parsed: storedSplitter(s.raw, service, s.file) } : null;
+    await writeEntry(dir, splitterWithWeights(service, current, resolver, weights), "admin API");
+  });
 }
