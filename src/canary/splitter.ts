@@ -95,7 +95,7 @@ export function withWeights(raw: Record<string, unknown> | null, service: string
   const base: Record<string, unknown> = raw ? { ...raw } : { Kind: "service-splitter", Name: service };
   const old = field(base, "Splits");
   const keep = (subset: string): Record<string, unknown> => {
-    const found = Array.isArray(old) ? old.find((s: unknown) => isRecord(s) && field(s, "ServiceSubset") === subset) : undefined;
+    const found: unknown = Array.isArray(old) ? old.find((s: unknown) => isRecord(s) && field(s, "ServiceSubset") === subset) : undefined;
     const out: Record<string, unknown> = {};
     if (isRecord(found)) for (const k of ["RequestHeaders", "ResponseHeaders", "request_headers", "response_headers"]) if (found[k] !== undefined) out[k] = found[k];
     return out;

@@ -44,7 +44,7 @@ function parseRecord(text: string, file: string): SidecarRecord {
   try {
     v = JSON.parse(text);
   } catch (e) {
-    throw new Error(`${file}: not valid JSON (${e instanceof Error ? e.message : String(e)})`);
+    throw new Error(`${file}: not valid JSON (${e instanceof Error ? e.message : String(e)})`, { cause: e });
   }
   if (typeof v !== "object" || v === null) throw new Error(`${file}: want an object with id, service, admin, pid`);
   const { id, service, admin, pid } = v as Record<string, unknown>;
