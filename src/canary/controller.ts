@@ -116,11 +116,11 @@ export class CanaryController {
   }
 
   /** Reads the splitter; while the control plane does not answer, waits with backoff (the rollout is paused). */
-  private async read(): Promise<SplitterRecord | null> {
+  private async read(interruptible = true): Promise<SplitterRecord | null> {
     let delay = 500;
     let failures = 0;
     for (;;) {
-      this.checkInterrupted();
+      if (interruptible) this.checkInterrupted();
       try {
         const r = await this.deps.store.read();
         if (failures > 0) this.outage = true;
@@ -130,7 +130,7 @@ export class CanaryController {
         if (!(e instanceof ControlPlaneUnavailable)) throw e;
         failures++;
         this.log.warn("control plane unavailable; the rollout is paused (nothing is changed) until it answers", { where: this.deps.store.where, error: e.message, retry_in_ms: delay, attempt: failures });
-        await sleep(delay, this.deps.signal);
+        await sleep(delay, interruptible ? this.deps.signal : new AbortController().signal);
         delay = Math.min(delay * 2, Math.max(this.plan.intervalMs, 10_000));
       }
     }
@@ -159,8 +159,10 @@ export class CanaryController {
    * -resume (a step forward), or go ahead (a rollback, which always wins).
    */
   private async setWeight(weight: number, status: RolloutStatus, reason: string, duringPause: "wait" | "proceed"): Promise<void> {
+    // A rollback goes through even after a signal: leaving a failing canary in place is worse.
+    const interruptible = duringPause === "wait";
     for (let attempt = 1; attempt <= 5; attempt++) {
-      const current = await this.read();
+      const current = await this.read(interruptible);
       if (this.known !== null || current !== null) {
         const c = this.known === null ? "same" : this.compare(current);
         if (c === "paused" && duringPause === "wait") {
@@ -171,7 +173,7 @@ export class CanaryController {
       const raw = withWeights(current?.raw ?? null, this.plan.service, this.rolloutRecord(status, reason), weight);
       if (!(await this.write(raw, current?.version ?? null))) continue;
       // Read back for the new version (Consul's ModifyIndex is the server's), and check it is ours.
-      const after = await this.read();
+      const after = await this.read(interruptible);
       const v = after ? viewSplitter(after.raw, this.plan.service) : null;
       if (!after || v?.rollout?.status !== status || (v.weights.get(this.plan.to) ?? 0) !== weight) {
         throw new Stop("conflict", `service-splitter "${this.plan.service}" changed right after this process wrote ${this.plan.to}=${weight}%; stopping without writing again. Check the split, then -abort or start again`);
