@@ -106,7 +106,7 @@ try {
   const web = await meshproxy(["-service", "web", "-upstream", "api:0", "-admin-addr", "127.0.0.1:0"], "proxy ready");
   const url = `http://${web.ready["upstream.api"]}/`;
   console.log(`meshproxy canary demo: api v1 and v2 behind their sidecars, web → api at 100 req/s (state ${dataDir})`);
-  const flags = ["canary", "-service", "api", "-from", "v1", "-to", "v2", "-steps", "5,25,50,100", "-interval", "2s", "-max-error-rate", "0.01", "-max-p99", "1s", "-min-requests", "30"];
+  const flags = ["canary", "-service", "api", "-from", "v1", "-to", "v2", "-steps", "5,25,50,100", "-interval", "2s", "-max-error-rate", "0.01", "-max-p99", "2s", "-min-requests", "30"];
 
   console.log("\n1. a good v2");
   let load = traffic(url);
