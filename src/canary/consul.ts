@@ -11,9 +11,17 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-/** Down, timing out or answering 5xx: wait for it. 4xx (a bad token, a refused entry): report. */
-function classify(e: unknown, what: string): Error {
-  if (e instanceof AgentError && e.status >= 400 && e.status < 500) return new SplitterError(`${what}: ${e.message}`);
+/**
+ * Down, timing out, or a 5xx about the servers (no leader, an RPC failing): wait for it. A 4xx
+ * (a bad token) is the answer. So is a 500 to a write that says something else: Consul refuses an
+ * entry its discovery chain cannot compile (a subset the resolver no longer defines) with 500, and
+ * retrying that would wait forever.
+ */
+function classify(e: unknown, what: string, write = false): Error {
+  if (e instanceof AgentError) {
+    const transient = e.status >= 500 && (!write || e.status !== 500 || /leader|rpc|timeout|timed out|connection|unavailable|EOF/i.test(e.message));
+    if (!transient) return new SplitterError(`${what}: ${e.message}`);
+  }
   return new ControlPlaneUnavailable(`${what}: ${e instanceof Error ? e.message : String(e)}`);
 }
 
@@ -66,7 +74,7 @@ export class ConsulSplitterStore implements SplitterStore {
       // cas=0 writes only if the entry does not exist yet.
       body = (await this.client.call("PUT", "/v1/config", { query: { cas: version ?? "0" }, body: raw })).body;
     } catch (e) {
-      throw classify(e, `writing service-splitter "${this.service}"`);
+      throw classify(e, `writing service-splitter "${this.service}"`, true);
     }
     if (typeof body !== "boolean") throw new SplitterError(`PUT /v1/config: want true or false, got ${JSON.stringify(body)?.slice(0, 80)}`);
     return body;

@@ -12,7 +12,7 @@
 import type { Logger } from "../telemetry/log.js";
 import { judge, errorRate, formatRate, formatMs, type Thresholds, type WindowFigures } from "./decision.js";
 import { SubsetWindow, type SubsetReader } from "./observe.js";
-import { ControlPlaneUnavailable, type SplitterRecord, type SplitterStore } from "./store.js";
+import { ControlPlaneUnavailable, SplitterError, type SplitterRecord, type SplitterStore } from "./store.js";
 import { viewSplitter, withWeights, type Rollout, type RolloutStatus } from "./splitter.js";
 
 export interface CanaryPlan {
@@ -96,6 +96,9 @@ export class CanaryController {
       return await this.rollout();
     } catch (e) {
       if (e instanceof Stop) return { outcome: e.outcome, message: e.message, steps: this.steps };
+      // The control plane answered with something unusable (a malformed splitter, a refused
+      // token or entry): nothing more is written, and the report says what.
+      if (e instanceof SplitterError) return { outcome: "refused", message: `${e.message}; nothing more was written`, steps: this.steps };
       throw e;
     }
   }

@@ -32,6 +32,8 @@ export class ConfigAgent {
   port = 0;
   /** Runs once just before the next PUT is applied: a human's edit landing between a read and a write. */
   beforeNextPut: (() => void) | null = null;
+  /** When set, PUTs are answered with this status and text instead of being applied. */
+  refusePuts: { readonly status: number; readonly text: string } | null = null;
 
   static async start(t: Teardown): Promise<ConfigAgent> {
     const a = new ConfigAgent();
@@ -95,6 +97,7 @@ export class ConfigAgent {
         const hook = this.beforeNextPut;
         this.beforeNextPut = null;
         hook?.();
+        if (this.refusePuts) return send(this.refusePuts.status, this.refusePuts.text);
         const e = JSON.parse(body) as Record<string, unknown>;
         const cur = this.entries.get(`${String(e["Kind"])}/${String(e["Name"])}`);
         const cas = url.searchParams.get("cas");

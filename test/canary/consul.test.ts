@@ -92,3 +92,21 @@ t.test("a human edit between the canary's read and write: CAS refuses it, the ca
   t.equal(agent.get("service-splitter", "api")?.["Meta"], undefined, "nothing of the canary's was written over it");
   t.match(c.stdoutText(), /result: conflict/);
 });
+
+t.test("a write Consul refuses with a 500 that is not about its servers ends the run instead of waiting forever", async (t) => {
+  const agent = await agentWithRollout(t);
+  let puts = 0;
+  const arm = () => {
+    agent.beforeNextPut = () => {
+      puts++;
+      // The step to 100%: the resolver lost v2 meanwhile, and the chain no longer compiles.
+      if (puts === 2) agent.refusePuts = { status: 500, text: 'discovery chain "api" uses a nonexistent subset "v2"' };
+      else arm();
+    };
+  };
+  arm();
+  const c = runMeshproxy(t, ["canary", ...FLAGS], { CONSUL_HTTP_ADDR: agent.address });
+  t.equal(await c.exited, 1);
+  t.match(c.stdoutText(), /result: refused: writing service-splitter "api": PUT \/v1\/config: HTTP 500: discovery chain "api" uses a nonexistent subset "v2"; nothing more was written/);
+  t.same(weights(agent.get("service-splitter", "api")), { v1: 50, v2: 50 }, "the split stays at the last step written");
+});

@@ -14,17 +14,19 @@ export interface FlakyApp extends TestApp {
 /** An app answering `<name> <status>`; failEvery and delayMs are read per request. */
 export async function flakyApp(t: Teardown, name: string): Promise<FlakyApp> {
   let n = 0;
-  const app = (await httpApp(t, name, (req: IncomingMessage, res: ServerResponse, a: TestApp) => {
+  let self: FlakyApp | null = null;
+  const app = await httpApp(t, name, (req: IncomingMessage, res: ServerResponse, a: TestApp) => {
     req.resume();
-    const status = self.failEvery > 0 && ++n % self.failEvery === 0 ? 500 : a.status;
+    const every = self?.failEvery ?? 0;
+    const status = every > 0 && ++n % every === 0 ? 500 : a.status;
     const answer = () => {
       res.writeHead(status, { "content-type": "text/plain" });
       res.end(`${name} ${status}\n`);
     };
     if (a.delayMs > 0) setTimeout(answer, a.delayMs);
     else answer();
-  })) as FlakyApp;
-  const self = Object.assign(app, { failEvery: 0 });
+  });
+  self = Object.assign(app, { failEvery: 0 });
   return self;
 }
 
