@@ -36,6 +36,14 @@ t.test("-pause holds the step, -resume continues, -abort rolls back at once", as
   const again = canary(t, dir, FLAGS);
   t.equal(await again.exited, 1, "the same command does not silently retry an aborted rollout");
   t.match(again.stderrText() + again.stdoutText(), /-restart/);
+  const restarted = canary(t, dir, [...FLAGS, "-restart"]);
+  await restarted.waitForLog((l) => l["@message"] === "canary decision" && l["decision"] === "wait", 30_000);
+  t.equal((await splitter(dir))?.Meta["meshproxy-canary-status"], "running", "-restart starts it over");
+  t.equal(await restarted.stop(), 1, "SIGTERM stops it with 1");
+  t.match(restarted.stdoutText(), /result: interrupted: stopped by a signal; the rollout stays recorded/);
+  const left = await splitter(dir);
+  t.equal(left?.Meta["meshproxy-canary-status"], "running", "left recorded as running, for the same command to resume");
+  t.equal(weightOf(left, "v2"), 5);
 });
 
 t.test("a hand edit of the split during the rollout stops the canary without overwriting it", async (t) => {
