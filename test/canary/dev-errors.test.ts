@@ -24,9 +24,11 @@ t.test("v2 returning 5% 500s from the 25% step is rolled back within one interva
   const failed = c.logs.find((l) => l["@message"] === "canary decision" && l["decision"] === "fail");
   t.equal(failed?.["weight"], 25, "the 25% step failed");
   t.ok(Number(failed?.["error_rate"]) > 0.01, `error rate ${String(failed?.["error_rate"])} over the limit`);
+  const at25 = c.logs.filter((l) => l["@message"] === "canary decision" && l["weight"] === 25).map((l) => l["decision"]);
+  t.same(at25, ["fail"], "the first window of the 25% step failed: rolled back within one interval");
   const elapsed = Date.parse(String(rolled?.["@timestamp"])) - stepAt;
-  // One 1 s window, plus the reads of the sidecars and the splitter.
-  t.ok(elapsed < 2500, `rolled back ${elapsed} ms after the 25% step began`);
+  // One 1 s window, plus the reads of the sidecars and the splitter on a loaded machine.
+  t.ok(elapsed < 5000, `rolled back ${elapsed} ms after the 25% step began`);
   const s = await splitter(dir);
   t.ok(s, "the splitter is still there (never deleted)");
   t.equal(weightOf(s, "v1"), 100, "100% v1");
