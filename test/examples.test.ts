@@ -54,3 +54,11 @@ t.test("the native example makes every crossing: native → native, native → s
   // Express is the example's own devDependency: the crossing runs when it is installed there.
   t.match(stdout, /(\d) of \1 crossings behaved\nstopped everything/);
 });
+
+t.test("the canary example rolls a good v2 out to 100% and rolls a bad one back", async (t) => {
+  const { stdout } = await run(process.execPath, [join(ROOT, "examples", "canary", "run.mjs")], { timeout: 150_000 });
+  t.match(stdout, /1\. a good v2[\s\S]*result: done: v2 takes 100% of api[\s\S]*exit 0; the client saw \{"200":\d+\}, 0 failed/);
+  t.match(stdout, /2\. a bad v2[\s\S]*rolling back: step \d \(\d+%\): error rate[\s\S]*result: rolled-back[\s\S]*exit 1/);
+  t.match(stdout, /the split now: v1 100%, v2 0% \(rolled-back\)/);
+  t.match(stdout, /good rollout done, bad rollout rolled back; stopped everything/);
+});

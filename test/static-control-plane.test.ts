@@ -647,6 +647,7 @@ t.test("CLI: -config-file selects the static control plane and stands alone", as
         intention: async () => 0,
         demo: async () => 0,
         config: async () => 0,
+        canary: async () => 0,
       },
       (s) => {
         err += s;

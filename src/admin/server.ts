@@ -225,6 +225,12 @@ export class AdminServer {
     return listenOn(this.server, host, port);
   }
 
+  /** The bound address, once listening. */
+  address(): AddressInfo | null {
+    const a = this.server.address();
+    return a !== null && typeof a === "object" ? a : null;
+  }
+
   close(): void {
     this.traffic.stop();
     this.refusedLog.close();

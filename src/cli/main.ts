@@ -9,6 +9,7 @@ const code = await runCli(process.argv.slice(2), {
   intention: async (action, args, opts) => (await import("./intention.js")).runIntention(action, args, opts),
   demo: async (opts) => (await import("./demo.js")).runDemo(opts),
   config: async (action, args) => (await import("./config.js")).runConfig(action, args),
+  canary: async (cmd) => (await import("./canary.js")).runCanary(cmd),
 }).catch((e: unknown) => {
   process.stderr.write(`meshproxy: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   return 1;

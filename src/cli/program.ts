@@ -13,6 +13,7 @@ import type { AgentTlsOptions } from "../controlplane/consul/client.js";
 import { MESH_GATEWAY_MODES, type MeshGatewayMode } from "../controlplane/chain/entries.js";
 import { parseAccessLogTarget, type AccessLogTarget } from "../telemetry/access-log.js";
 import type { ListenerLimits } from "../tcp/admission.js";
+import { CANARY_DEFAULTS, toCanaryCommand, type CanaryCommand, type RawCanaryOptions } from "./canary-args.js";
 
 export interface ConsulSettings {
   readonly httpAddr: string;
@@ -289,6 +290,7 @@ export interface Handlers {
   intention(action: "create" | "delete" | "list" | "check", args: string[], opts: { dataDir: string; allow: boolean; deny: boolean; replace: boolean; description?: string }): Promise<number>;
   demo(opts: { dataDir?: string; count?: number; interval: number }): Promise<number>;
   config(action: "write" | "read" | "list" | "delete", args: { file?: string; kind?: string; name?: string; dataDir: string }): Promise<number>;
+  canary(cmd: CanaryCommand): Promise<number>;
 }
 
 export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => void): Command {
@@ -422,6 +424,39 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
       return n;
     }, 1000)
     .action((o: { dataDir?: string; count?: number; interval: number }) => setResult(h.demo(o)));
+
+  program
+    .command("canary")
+    .description("move traffic from one subset to another step by step, watching the new one's error rate and p99 on the callers' sidecars; roll back at once when a step fails")
+    .option("--config <file>", "the rollout as JSON ({\"Service\", \"From\", \"To\", \"Steps\", \"Interval\", \"MaxErrorRate\", \"MaxP99\", \"MinRequests\"}); flags win")
+    .option("--service <name>", "the service whose traffic is split")
+    .option("--from <subset>", "the subset that has the traffic now (service-resolver subset)")
+    .option("--to <subset>", "the subset being rolled out")
+    .option("--steps <list>", "percent of traffic to -to at each step; the last is 100", CANARY_DEFAULTS.steps)
+    .option("--interval <duration>", "how long each step is watched before its verdict (the window)", CANARY_DEFAULTS.interval)
+    .option("--max-error-rate <share>", "a step fails when more than this share of the canary's requests fail (0..1)", CANARY_DEFAULTS.maxErrorRate)
+    .option("--max-p99 <duration>", "a step fails when the canary's p99 latency is over this", CANARY_DEFAULTS.maxP99)
+    .option("--min-requests <n>", "requests a window needs before a verdict", CANARY_DEFAULTS.minRequests)
+    .addOption(new Option("--pause [bool]", "pause the rollout recorded in the splitter (the running canary holds its step)").argParser(parseBool("-pause")).preset(true).default(false))
+    .addOption(new Option("--resume [bool]", "resume a paused rollout").argParser(parseBool("-resume")).preset(true).default(false))
+    .addOption(new Option("--abort [bool]", "abort the rollout: 100% back to -from at once").argParser(parseBool("-abort")).preset(true).default(false))
+    .addOption(new Option("--status [bool]", "print the rollout recorded in the splitter").argParser(parseBool("-status")).preset(true).default(false))
+    .addOption(new Option("--restart [bool]", "start the rollout again though the splitter records it as rolled back or aborted").argParser(parseBool("-restart")).preset(true).default(false))
+    .addOption(new Option("--data-dir <dir>", "dev control plane state directory").env("MESHPROXY_DATA_DIR").default(defaultDataDir()))
+    .addOption(new Option("--http-addr <addr>", "Consul agent HTTP address; selects the Consul control plane").env("CONSUL_HTTP_ADDR"))
+    .addOption(new Option("--token <token>", "ACL token for the Consul agent").env("CONSUL_HTTP_TOKEN"))
+    .addOption(new Option("--token-file <path>", "file holding the ACL token (wins over -token)").env("CONSUL_HTTP_TOKEN_FILE"))
+    .addOption(new Option("--datacenter <dc>", "Consul: sent on every API request"))
+    .addOption(new Option("--ca-file <path>", "CA bundle for HTTPS to the agent").env("CONSUL_CACERT"))
+    .addOption(new Option("--ca-path <dir>", "directory of CA certificates for HTTPS to the agent").env("CONSUL_CAPATH"))
+    .addOption(new Option("--client-cert <path>", "client certificate for HTTPS to the agent").env("CONSUL_CLIENT_CERT"))
+    .addOption(new Option("--client-key <path>", "client key for HTTPS to the agent").env("CONSUL_CLIENT_KEY"))
+    .addOption(new Option("--tls-server-name <name>", "server name to verify the agent's HTTPS certificate against").env("CONSUL_TLS_SERVER_NAME"))
+    .addOption(new Option("--log-json [bool]", "log one JSON object per line").argParser(parseBool("-log-json")).preset(true).default(false))
+    .action((o: RawCanaryOptions, cmd: Command) => {
+      const given = new Set(Object.keys(o).filter((k) => cmd.getOptionValueSource(k) === "cli"));
+      setResult(h.canary(toCanaryCommand(o, given)));
+    });
 
   for (const c of [program, intention, ...intention.commands, config, ...config.commands, ...program.commands]) c.exitOverride();
   return program;

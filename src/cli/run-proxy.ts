@@ -15,6 +15,7 @@ import { consulPrometheusBindAddr } from "./consul-metrics-addr.js";
 import { fileDescriptorLimit, listenerLimits, RESERVED_FDS } from "../tcp/admission.js";
 import type { ProxyCommand } from "./program.js";
 import { handleShutdownSignals } from "./signals.js";
+import { deregisterSidecar, registerSidecar } from "../controlplane/dev/sidecars.js";
 
 function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   const c = cmd.consul;
@@ -97,12 +98,32 @@ async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposi
   }
 }
 
+/**
+ * Dev control plane: every sidecar, with or without a public listener, lists its admin address
+ * under <data-dir>/sidecars/, so `meshproxy canary` can read what each caller saw. Not fatal:
+ * the proxy serves without it.
+ */
+async function registerDevSidecar(cmd: ProxyCommand, admin: AdminServer | null, log: Logger): Promise<string | null> {
+  const at = admin?.address();
+  if (cmd.consul || cmd.configFile !== undefined || !at) return null;
+  const id = cmd.request.proxyId ?? `${cmd.request.service}-sidecar-proxy-${process.pid}`;
+  const host = at.address === "0.0.0.0" || at.address === "::" ? "127.0.0.1" : at.address.includes(":") ? `[${at.address}]` : at.address;
+  try {
+    await registerSidecar(cmd.dataDir, { id, service: cmd.request.service, admin: `${host}:${at.port}`, pid: process.pid });
+    return id;
+  } catch (e) {
+    log.warn("could not list this sidecar's admin address in the state directory; meshproxy canary will not see its figures", { error: e instanceof Error ? e.message : String(e) });
+    return null;
+  }
+}
+
 export async function runProxy(cmd: ProxyCommand): Promise<number> {
   const log = createLogger({ level: cmd.logLevel, json: cmd.logJson, dest: cmd.logDest });
   let proxy: Proxy | null = null;
   let admin: AdminServer | null = null;
   let metrics: MetricsServer | null = null;
   let exposition: MetricsExposition | null = null;
+  let sidecarId: string | null = null;
   const signals = handleShutdownSignals(log, () => {
     proxy?.stop().catch(logRejection(log, "shutdown"));
   });
@@ -119,6 +140,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     admin = await startAdmin(proxy, cmd, log, exposition);
     if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log, proxy.metrics.adminRejected);
     if (signals.received === 0) await proxy.start();
+    if (signals.received === 0) sidecarId = await registerDevSidecar(cmd, admin, log);
     if (signals.received === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log, proxy.metrics.adminRejected);
     if (signals.received > 0) await proxy.stop();
     await stopped;
@@ -132,6 +154,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     // A state directory others could write is a setup mistake to fix, like a bad flag: 2.
     return e instanceof UnsafeStateDirError ? 2 : 1;
   } finally {
+    if (sidecarId !== null) await deregisterSidecar(cmd.dataDir, sidecarId).catch(logRejection(log, "removing the sidecar's admin registration"));
     admin?.close();
     metrics?.close();
     await exposition?.close();

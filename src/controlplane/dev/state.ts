@@ -14,7 +14,7 @@
 // whole when the directory is first used, so a file or directory missing later was deleted:
 // that is an error to report, never an empty (allow-everything) configuration.
 import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp, lstat } from "node:fs/promises";
-import { randomUUID } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { join } from "node:path";
 import type { CaMaterial } from "../../identity/ca.js";
 import { createRootCaInWorker } from "../../identity/ca-worker.js";
@@ -482,12 +482,51 @@ export async function readEntries(dir: string): Promise<EntriesRead> {
 
 /** Stores an entry exactly as given (Consul's JSON), after checking that it parses. */
 export async function writeEntry(dir: string, raw: unknown, source: string): Promise<ConfigEntry> {
+  return (await writeEntryCas(dir, raw, source, undefined)).entry;
+}
+
+/**
+ * The dev control plane's ModifyIndex: a digest of the entry file's bytes. Whoever read the entry
+ * and writes it back with this version overwrites nothing written in between.
+ */
+export function entryVersion(text: string): string {
+  return createHash("sha256").update(text).digest("hex").slice(0, 16);
+}
+
+/** An entry file's JSON and version, null when there is none. Read errors other than absence throw. */
+export async function readEntryVersioned(dir: string, kind: EntryKind, name: string): Promise<{ readonly raw: unknown; readonly version: string } | null> {
+  const file = entryFile(dir, kind, name);
+  const text = await readEntryText(file);
+  return text === null ? null : { raw: parseJson(text, file), version: entryVersion(text) };
+}
+
+async function readEntryText(file: string): Promise<string | null> {
+  try {
+    return await readFile(file, "utf8");
+  } catch (e) {
+    if (errnoOf(e) === "ENOENT") return null;
+    throw new StateError(file, `cannot be read (${messageOf(e)})`);
+  }
+}
+
+/**
+ * Writes an entry under its lock. With `cas` (Consul's `-cas`), only when the file still has that
+ * version (null: only when there is no such entry yet); `written` is false otherwise. Every
+ * write goes through the lock, so a compare and its write are never split by another meshproxy.
+ */
+export async function writeEntryCas(dir: string, raw: unknown, source: string, cas: { readonly version: string | null } | undefined): Promise<{ entry: ConfigEntry; written: boolean }> {
   const e = parseEntry(raw, source);
   if (!isValidServiceName(e.name)) throw new EntryError(`${source}: Name`, `"${e.name}" is not a valid name (letters, digits, - _ .)`);
   const file = entryFile(dir, e.kind, e.name);
   await mkdir(join(paths(dir).entries, e.kind), { recursive: true, mode: 0o755 });
-  await atomicWrite(file, JSON.stringify(raw, null, 2) + "\n");
-  return e;
+  return withLock(file, async () => {
+    if (cas) {
+      const now = await readEntryText(file);
+      if ((now === null ? null : entryVersion(now)) !== cas.version) return { entry: e, written: false };
+    }
+    await atomicWrite(file, JSON.stringify(raw, null, 2) + "\n");
+    return { entry: e, written: true };
+  });
 }
 
 export async function deleteEntry(dir: string, kind: EntryKind, name: string): Promise<boolean> {
