@@ -4,7 +4,7 @@
 // the directory to fetch the newest release of that major again).
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, accessSync, constants, readdirSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 
 /** Oldest major meshproxy supports (package.json engines). */
 const MIN_MAJOR = 20;
@@ -86,7 +86,7 @@ export function probe(bin, spec) {
  * The variants meshproxy runs as: [{ key, gwKey, label, spec, path, node, openssl, v8 }]. One
  * variant keeps the keys "mesh" / "mesh-gw" (results read as before); several get
  * "mesh@node24" / "mesh-gw@node24", labelled by major ("node24"), or by full version when two
- * share a major, or by position when two are the same version.
+ * share a major, or by file name (or position) when two are the same version.
  */
 export function resolveVariants(specText, { cacheDir, log }) {
   const specs = specText ? parseNodeSpecs(specText) : [{ kind: "path", path: process.execPath, spec: "(the harness's node)" }];
@@ -96,10 +96,13 @@ export function resolveVariants(specText, { cacheDir, log }) {
     if (s.kind === "major" && Number(v.node.split(".")[0]) !== s.major) throw new NodeSpecError(`--node ${s.spec}: the cached binary ${path} is Node ${v.node}; delete ${join(cacheDir, String(s.major))} to fetch it again`);
     return { spec: s.spec, path, ...v };
   });
+  // A major version names itself (node24); a path is named by its major when no other binary has
+  // that major, else by its file name (wrapper scripts adding V8 flags, say), else by version.
   const count = (f) => (x) => found.filter((y) => f(y) === f(x)).length;
   const byMajor = count((x) => x.node.split(".")[0]);
-  const byVersion = count((x) => x.node);
-  const labels = found.map((x, i) => (byMajor(x) === 1 ? `node${x.node.split(".")[0]}` : byVersion(x) === 1 ? `node${x.node}` : `node${x.node}#${i + 1}`));
+  const byName = count((x) => basename(x.path));
+  const wanted = found.map((x, i) => (specs[i].kind === "major" || byMajor(x) === 1 ? `node${x.node.split(".")[0]}` : byName(x) === 1 ? basename(x.path) : `node${x.node}`));
+  const labels = wanted.map((l, i) => (wanted.filter((w) => w === l).length === 1 ? l : `${l}#${i + 1}`));
   return found.map((x, i) => {
     const sfx = found.length === 1 ? "" : `@${labels[i]}`;
     return { key: `mesh${sfx}`, gwKey: `mesh-gw${sfx}`, sfx, label: found.length === 1 ? "meshproxy" : labels[i], ...x };
