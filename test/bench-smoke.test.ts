@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, tempDir } from "./helpers/mesh.js";
+import { ROOT, tempDir, type Teardown } from "./helpers/mesh.js";
 
 interface ProcessRecord {
   name: string;
@@ -15,8 +15,16 @@ interface ProcessRecord {
   exitedAt: string | null;
 }
 
+interface NodeRecord {
+  key: string;
+  label: string;
+  path: string;
+  node: string;
+  openssl: string;
+}
+
 interface Results {
-  meta: { date: string; mode: string; nproc: number; command: string; versions: Record<string, unknown> };
+  meta: { date: string; mode: string; nproc: number; command: string; versions: Record<string, unknown>; nodes: NodeRecord[] };
   processes: ProcessRecord[];
   runs: Array<{ round: number; workload: string; path: string; metrics: Record<string, unknown> }>;
   summary: Record<string, Record<string, Record<string, unknown>>>;
@@ -26,9 +34,9 @@ interface Results {
 
 const positive = (x: unknown): boolean => typeof x === "number" && Number.isFinite(x) && x > 0;
 
-t.test("bench --smoke runs one tiny scenario and reports it in the expected shape", async (t) => {
-  const out = await tempDir(t, "meshproxy-bench-smoke-");
-  const child = spawn(process.execPath, [join(ROOT, "bench", "run.mjs"), "--smoke", "--out", out], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+/** Runs the harness to its end: exit code and output. */
+async function harness(t: Teardown, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [join(ROOT, "bench", "run.mjs"), ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   let stdout = "";
   let stderr = "";
   child.stdout.setEncoding("utf8").on("data", (d: string) => (stdout += d));
@@ -37,6 +45,12 @@ t.test("bench --smoke runs one tiny scenario and reports it in the expected shap
     if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
   });
   const code = await new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
+  return { code, stdout, stderr };
+}
+
+t.test("bench --smoke runs one tiny scenario and reports it in the expected shape", async (t) => {
+  const out = await tempDir(t, "meshproxy-bench-smoke-");
+  const { code, stdout, stderr } = await harness(t, ["--smoke", "--out", out]);
   t.equal(code, 0, `the harness exits 0 (stderr:\n${stderr.slice(-3000)})`);
 
   t.match(stdout, /^\| figure \| unit \| direct \| meshproxy \| HAProxy \| meshproxy ÷ HAProxy \| meshproxy ÷ direct \|$/m, "prints the markdown results table");
@@ -50,6 +64,12 @@ t.test("bench --smoke runs one tiny scenario and reports it in the expected shap
   t.ok(!Number.isNaN(Date.parse(r.meta.date)), "records the date");
   t.type(r.meta.command, "string", "records the command");
   t.type(r.meta.versions["node"], "string", "records the node version");
+  t.same(
+    r.meta.nodes.map((n) => [n.key, n.path, n.node]),
+    [["mesh", process.execPath, process.versions.node]],
+    "without --node, meshproxy runs on the harness's node, recorded with its version",
+  );
+  t.equal(r.meta.nodes[0]?.openssl, process.versions.openssl, "and its OpenSSL version");
 
   t.ok(r.processes.length >= 4, "records the processes it started (app, two sidecars, load clients)");
   for (const p of r.processes) {
@@ -70,4 +90,42 @@ t.test("bench --smoke runs one tiny scenario and reports it in the expected shap
   t.ok(r.runs.length > 0 && r.runs.every((x) => typeof x.workload === "string" && typeof x.path === "string" && x.round === 1), "raw runs are kept per round, workload and path");
   t.ok(r.figures.length > 0 && r.figures.every((f) => typeof f.label === "string" && typeof f.values === "object"), "figures are the table's rows");
   t.ok(r.targets.length > 0 && r.targets.every((x) => typeof x.name === "string" && typeof x.goal === "string" && x.met !== undefined), "targets are listed with their goal and whether they were met");
+});
+
+t.test("bench --smoke --node A,B runs meshproxy on each binary side by side, a column each", async (t) => {
+  const out = await tempDir(t, "meshproxy-bench-smoke-nodes-");
+  // The same binary twice: the variants are told apart by position; the shape is what is checked.
+  const { code, stdout, stderr } = await harness(t, ["--smoke", "--node", `${process.execPath},${process.execPath}`, "--out", out]);
+  t.equal(code, 0, `the harness exits 0 (stderr:\n${stderr.slice(-3000)})`);
+  const v = process.versions.node;
+  const [a, b] = [`node${v}#1`, `node${v}#2`];
+  t.match(stdout, new RegExp(`^\\| figure \\| unit \\| direct \\| meshproxy ${a} \\| meshproxy ${b} \\| HAProxy \\| ${a} ÷ HAProxy \\| ${b} ÷ HAProxy \\| ${b} ÷ ${a} \\|$`, "m"), "a column per binary, ratios to HAProxy each, and the second against the first");
+  t.match(stdout, new RegExp(`^\\| target \\| goal \\| meshproxy ${a} \\| meshproxy ${b} \\| note \\|$`, "m"), "the targets per binary");
+  const r = JSON.parse(await readFile(join(out, "results.json"), "utf8")) as Results;
+  t.same(
+    r.meta.nodes.map((n) => [n.key, n.label, n.node, n.openssl]),
+    [
+      [`mesh@${a}`, a, v, process.versions.openssl],
+      [`mesh@${b}`, b, v, process.versions.openssl],
+    ],
+    "both binaries recorded with their Node and OpenSSL versions",
+  );
+  for (const key of [`mesh@${a}`, `mesh@${b}`]) {
+    t.ok(positive(r.summary["latency-200"]?.[key]?.["p50Ms"]), `${key} ran the latency scenario`);
+    t.ok(positive(r.summary["startup"]?.[key]?.["idleRssMaxMb"]), `${key} has its startup figures`);
+  }
+  t.equal(r.processes.filter((p) => p.role === "proxy").length, 4, "two sidecars per binary");
+  t.ok(r.processes.every((p) => p.exitedAt !== null), "every process was stopped");
+});
+
+t.test("bench --node with a bad spec stops at once with what is wrong", async (t) => {
+  for (const [spec, want] of [
+    ["18", /--node 18: meshproxy needs Node 20 or newer/],
+    ["latest", /--node "latest": not a major version/],
+    ["/nonexistent/node", /--node \/nonexistent\/node: \/nonexistent\/node is not an executable file/],
+  ] as const) {
+    const { code, stderr } = await harness(t, ["--smoke", "--node", spec, "--out", await tempDir(t)]);
+    t.equal(code, 2, `--node ${spec}: exit 2`);
+    t.match(stderr, want, `--node ${spec}: says why`);
+  }
 });

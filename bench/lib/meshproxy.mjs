@@ -1,11 +1,12 @@
 // meshproxy sidecars as the harness runs them: `node dist/cli/main.js` with JSON logs, port-0
 // listeners, an admin API on a free port, and the dev control plane in the given data dir.
-// Startup to ready = spawn → the "proxy ready" log line.
+// Startup to ready = spawn → the "proxy ready" log line. `node` is the Node binary that runs
+// meshproxy (bench/run.mjs --node); by default the harness's own.
 import { join } from "node:path";
 
-export function startSidecar(procs, { root, name, dataDir, args, nodeArgs = [], env = {} }) {
+export function startSidecar(procs, { root, name, dataDir, args, node = process.execPath, nodeArgs = [], env = {} }) {
   const bin = join(root, "dist", "cli", "main.js");
-  const h = procs.spawn(name, process.execPath, [...nodeArgs, bin, "-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0", ...args], {
+  const h = procs.spawn(name, node, [...nodeArgs, bin, "-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0", ...args], {
     role: "proxy",
     env: { ...process.env, CONSUL_HTTP_ADDR: "", ...env },
   });
@@ -24,9 +25,9 @@ export function startSidecar(procs, { root, name, dataDir, args, nodeArgs = [], 
  * A mesh gateway: `meshproxy -gateway mesh -datacenter <dc> -listen 127.0.0.1:0`, ready at its
  * "gateway ready" log line (which names the listen address). The data dir must already hold the CA.
  */
-export function startGateway(procs, { root, name, dataDir, datacenter, nodeArgs = [], env = {} }) {
+export function startGateway(procs, { root, name, dataDir, datacenter, node = process.execPath, nodeArgs = [], env = {} }) {
   const bin = join(root, "dist", "cli", "main.js");
-  const h = procs.spawn(name, process.execPath, [...nodeArgs, bin, "-gateway", "mesh", "-datacenter", datacenter, "-listen", "127.0.0.1:0", "-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0"], {
+  const h = procs.spawn(name, node, [...nodeArgs, bin, "-gateway", "mesh", "-datacenter", datacenter, "-listen", "127.0.0.1:0", "-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0"], {
     role: "proxy",
     env: { ...process.env, CONSUL_HTTP_ADDR: "", ...env },
   });
@@ -48,10 +49,10 @@ export async function supportsFlag(root, flag) {
 }
 
 /** `meshproxy config write <file> -data-dir <dir>`, as an operator would. Resolves with its duration (ms). */
-export async function configWrite(procs, { root, dataDir, file, entry }) {
+export async function configWrite(procs, { root, dataDir, file, entry, node = process.execPath }) {
   const { writeFile } = await import("node:fs/promises");
   await writeFile(file, JSON.stringify(entry, null, 2));
-  const h = procs.spawn("meshproxy-config-write", process.execPath, [join(root, "dist", "cli", "main.js"), "config", "write", file, "-data-dir", dataDir], { role: "tool" });
+  const h = procs.spawn("meshproxy-config-write", node, [join(root, "dist", "cli", "main.js"), "config", "write", file, "-data-dir", dataDir], { role: "tool" });
   const { code } = await h.exited;
   if (code !== 0) throw new Error(`meshproxy config write ${file} failed (exit ${code}): ${h.stderr()}`);
   return performance.now() - h.spawnedAt;
