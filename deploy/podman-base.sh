@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# A stand-in for the Dockerfile's base image (node:20-bookworm-slim) where no registry of images
+# A stand-in for the Dockerfile's base image (node:24-bookworm-slim) where no registry of images
 # can be reached: Debian 12 from Debian's packages (debootstrap --variant=minbase) plus this
-# machine's Node 20 and npm at the official image's paths (/usr/local/bin/node,
+# Node given as NODE (default the node on PATH) and the machine's npm at the official image's paths (/usr/local/bin/node,
 # /usr/local/lib/node_modules/npm), imported into podman under the base image's name, so that
 # `podman build --pull=never` builds the real Dockerfile unchanged.
 #
 # usage: deploy/podman-base.sh WORK_DIR [IMAGE_NAME]   (root; needs debootstrap and podman)
 set -euo pipefail
 work=${1:?usage: deploy/podman-base.sh WORK_DIR [IMAGE_NAME]}
-name=${2:-docker.io/library/node:20-bookworm-slim}
+name=${2:-docker.io/library/node:24-bookworm-slim}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 node_bin=${NODE:-$(command -v node)}
 npm_dir=${NPM_DIR:-$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")}

