@@ -554,24 +554,30 @@ async function readStoredEntry(dir: string, kind: EntryKind, name: string): Prom
 
 /**
  * Replaces the legs of `service`'s service-splitter with `weights` (the admin API's traffic page),
- * as `meshproxy config write` would store it, under the splitter's lock so that two such changes
- * do not lose each other's carried header mutations. Proxies pick it up like any edit.
+ * as `meshproxy config write` would store it. Compare-and-set on the splitter as read (as the
+ * Consul control plane's `?cas=`): a change written in between (a human, `meshproxy canary`) is
+ * never overwritten, it is refused as a conflict. Proxies pick it up like any edit.
  */
 export async function writeSubsetWeights(dir: string, service: string, weights: readonly SubsetWeight[]): Promise<void> {
+  const read = async (kind: EntryKind) => {
+    try {
+      return await readStoredEntry(dir, kind, service);
+    } catch (e) {
+      if (e instanceof StateError) throw new SplitChangeError("conflict", `${e.message}; fix it first`);
+      throw e;
+    }
+  };
+  const r = await read("service-resolver");
+  let versioned: { readonly raw: unknown; readonly version: string } | null;
+  try {
+    versioned = await readEntryVersioned(dir, "service-splitter", service);
+  } catch (e) {
+    if (e instanceof StateError) throw new SplitChangeError("conflict", `${e.message}; fix it first`);
+    throw e;
+  }
+  const resolver = r ? storedResolver(r.raw, service, r.file) : null;
   const file = entryFile(dir, "service-splitter", service);
-  await withLock(file, async () => {
-    const read = async (kind: EntryKind) => {
-      try {
-        return await readStoredEntry(dir, kind, service);
-      } catch (e) {
-        if (e instanceof StateError) throw new SplitChangeError("conflict", `${e.message}; fix it first`);
-        throw e;
-      }
-    };
-    const r = await read("service-resolver");
-    const s = await read("service-splitter");
-    const resolver = r ? storedResolver(r.raw, service, r.file) : null;
-    const current = s ? { raw: s.raw, parsed: storedSplitter(s.raw, service, s.file) } : null;
-    await writeEntry(dir, splitterWithWeights(service, current, resolver, weights), "admin API");
-  });
+  const current = versioned ? { raw: versioned.raw, parsed: storedSplitter(versioned.raw, service, file) } : null;
+  const { written } = await writeEntryCas(dir, splitterWithWeights(service, current, resolver, weights), "admin API", { version: versioned?.version ?? null });
+  if (!written) throw new SplitChangeError("conflict", `service-splitter "${service}" changed since it was read; reload and try again`);
 }
