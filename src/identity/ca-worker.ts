@@ -18,21 +18,19 @@ const SELF = fileURLToPath(import.meta.url);
 const TIMEOUT_MS = 30_000;
 
 /**
- * Node flags the child inherits: a loader (`--import`, as the tests run TypeScript) must carry
- * over; profiling flags would write a profile of the child, and `--input-type` applies to string
- * input only and makes a file entry point fail.
+ * Node flags the child gets. Built code (dist/*.js) needs none, and must take none of the app's:
+ * `-e`/`-p` would run the app's own code again in the child, `--inspect` would fight over its
+ * port, profiling flags would write a profile of the child. Only running from TypeScript sources
+ * (the tests) needs the loader (`--import`/`--loader`) carried over, and nothing else.
  */
 function childExecArgv(): string[] {
+  if (!SELF.endsWith(".ts")) return [];
   const out: string[] = [];
   const argv = process.execArgv;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
-    if (/^--(cpu-prof|heap-prof|prof)(-|=|$)/.test(a) || a.startsWith("--input-type")) {
-      // A flag whose value is the next argument (`--cpu-prof-dir DIR`) drops it too.
-      if (!a.includes("=") && /^--(cpu-prof|heap-prof)-(dir|name|interval)$/.test(a)) i++;
-      continue;
-    }
-    out.push(a);
+    if (/^--(import|loader|experimental-loader)=/.test(a) || a === "--enable-source-maps") out.push(a);
+    else if (/^--(import|loader|experimental-loader)$/.test(a) && i + 1 < argv.length) out.push(a, argv[++i]!);
   }
   return out;
 }
