@@ -94,7 +94,8 @@ async function forwarded(gateway) {
   return text
     .split("\n")
     .filter((l) => l.startsWith("meshproxy_gateway_forwarded_total{"))
-    .map((l) => `    ${l}`)
+    // The route (envoy_cluster_name) and the count; the Consul labels after it are for dashboards.
+    .map((l) => `    ${l.replace(/,[a-z_]+="[^"]*"/g, "")}`)
     .join("\n");
 }
 
