@@ -4,11 +4,10 @@
 // rules the authorization read them by (http1/fields.ts), so what was authorized is what the app
 // acts on. HTTP/2 callers, h2c apps and upgrades stay on the node:http path (http-inbound.ts).
 import type { Socket } from "node:net";
-import type { TLSSocket } from "node:tls";
 import { Http1Server, type ClientFailure, type Exchange } from "../http1/server.js";
 import { OriginPool, ResponseTimeoutError, type OriginRequest } from "../http1/client.js";
-import { FIRST_LINE_ONLY, fieldRecord, fieldValue, lowerName } from "../http1/fields.js";
-import { HOP_BY_HOP } from "../http/headers.js";
+import { fieldRecord, fieldValue } from "../http1/fields.js";
+import { appRequestHead, clientResponseFields } from "../http1/forward.js";
 import { FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
@@ -95,7 +94,7 @@ export class InboundHttp1 {
     }
   }
 
-  accept(s: TLSSocket, caller: Http1Caller): void {
+  accept(s: Socket, caller: Http1Caller): void {
     this.server.accept(s, caller);
   }
 
@@ -154,69 +153,17 @@ export class InboundHttp1 {
     this.forward(r, caller, target.path + target.query);
   }
 
-  /** The request head for the app: end-to-end fields as node:http would read them, then the proxy's own. */
-  private appHead(r: InboundRequest, caller: Http1Caller, path: string): { head: string; chunked: boolean } {
+  private forward(r: InboundRequest, caller: Http1Caller, path: string): void {
     const ex = r.ex;
-    const raw = ex.rawHeaders;
-    let nominated: string[] | null = null;
-    const conn = fieldValue(raw, "connection");
-    if (conn !== undefined) nominated = conn.split(",").map((t) => t.trim().toLowerCase());
-    let fields = "";
-    let host = false;
-    let xfccPrev: string | undefined;
-    let length: string | undefined;
-    let chunked = false;
-    let te = false;
-    let seen: string[] | null = null;
     // The trace context this hop injects replaces the caller's (its span is the app's parent).
     let injected: Record<string, string> | null = null;
     if (this.obs.tracing && r.span) {
       injected = {};
       this.obs.tracing.inject(r.span, injected);
     }
-    for (let i = 0; i + 1 < raw.length; i += 2) {
-      const name = raw[i]!;
-      const lower = lowerName(name);
-      const value = raw[i + 1]!;
-      if (lower === "transfer-encoding") {
-        chunked = true;
-        continue;
-      }
-      if (lower === "te") {
-        te ||= value === "trailers";
-        continue;
-      }
-      if (lower === "content-length") {
-        length ??= value;
-        continue;
-      }
-      if (lower === "x-forwarded-client-cert") {
-        xfccPrev = xfccPrev === undefined ? value : `${xfccPrev}, ${value}`;
-        continue;
-      }
-      if (HOP_BY_HOP.has(lower) || lower === "expect" || (nominated !== null && nominated.includes(lower)) || (injected !== null && injected[lower] !== undefined)) continue;
-      if (FIRST_LINE_ONLY.has(lower)) {
-        // node:http keeps the first line of these; the app must see the value that was authorized.
-        if (seen?.includes(lower)) continue;
-        (seen ??= []).push(lower);
-        if (lower === "host") host = true;
-      }
-      fields += `${name}: ${value}\r\n`;
-    }
     // Envoy's forward_client_cert_details as Consul sets it: the app can see who called.
     const xfcc = `By=${this.config.spiffeId};URI=${caller.uri}`;
-    fields += `x-forwarded-client-cert: ${xfccPrev === undefined ? xfcc : `${xfccPrev},${xfcc}`}\r\n`;
-    if (te) fields += "te: trailers\r\n";
-    if (!host) fields += this.hostFallback;
-    if (injected !== null) for (const k in injected) fields += `${k}: ${injected[k]}\r\n`;
-    if (chunked) fields += "transfer-encoding: chunked\r\n";
-    else if (length !== undefined) fields += `content-length: ${length}\r\n`;
-    return { head: `${ex.method} ${path} HTTP/1.1\r\n${fields}\r\n`, chunked };
-  }
-
-  private forward(r: InboundRequest, caller: Http1Caller, path: string): void {
-    const ex = r.ex;
-    const { head, chunked } = this.appHead(r, caller, path);
+    const { head, chunked } = appRequestHead(ex.method, path, ex.rawHeaders, xfcc, this.hostFallback, injected);
     const timeoutMs = this.config.requestTimeoutMs;
     const isHead = ex.method === "HEAD";
     let noBody = false;
@@ -224,7 +171,7 @@ export class InboundHttp1 {
       head: (status, text, rawHeaders) => {
         r.status = status;
         noBody = isHead || status === 204 || status === 304;
-        const { fields, length } = responseFields(rawHeaders, noBody);
+        const { fields, length } = clientResponseFields(rawHeaders, noBody);
         ex.writeHead(status, text, fields, length, noBody);
       },
       body: (chunk) => {
@@ -319,28 +266,4 @@ export class InboundHttp1 {
   close(): void {
     this.pool.close();
   }
-}
-
-/** The app's response fields for the client: end-to-end ones only; the length when the app framed the body by it. */
-function responseFields(raw: readonly string[], noBody: boolean): { fields: string; length: number | null } {
-  let nominated: string[] | null = null;
-  const conn = fieldValue(raw, "connection");
-  if (conn !== undefined) nominated = conn.split(",").map((t) => t.trim().toLowerCase());
-  let fields = "";
-  let length: number | null = null;
-  let chunked = false;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const name = raw[i]!;
-    const lower = lowerName(name);
-    if (lower === "content-length") {
-      // A HEAD/204/304 answer's length describes a body that is not sent: passed on as a field.
-      if (noBody) fields += `${name}: ${raw[i + 1]}\r\n`;
-      else length ??= Number(raw[i + 1]);
-      continue;
-    }
-    if (lower === "transfer-encoding") chunked = true;
-    if (HOP_BY_HOP.has(lower) || (nominated !== null && nominated.includes(lower))) continue;
-    fields += `${name}: ${raw[i + 1]}\r\n`;
-  }
-  return { fields, length: chunked ? null : length };
 }
