@@ -117,6 +117,9 @@ class OriginConnection implements MessageEvents, OriginRequest {
 
   write(chunk: Buffer): boolean {
     if (this.dead || chunk.length === 0) return true;
+    // As undici's headersTimeout: the app's time to answer counts from the last body byte sent,
+    // so a long upload is not cut at the request timeout.
+    if (this.waitingHead) this.responseTimer?.refresh();
     if (!this.chunked) return this.socket.write(chunk);
     this.socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
     this.socket.write(chunk);
@@ -130,6 +133,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
   end(): void {
     if (this.dead) return;
     if (this.chunked) this.socket.write("0\r\n\r\n", "latin1");
+    if (this.waitingHead) this.responseTimer?.refresh();
     this.bodySent = true;
     this.retry = null;
     if (this.events === null) this.release();
