@@ -28,11 +28,13 @@ import { http1Core } from "../http1/parser.js";
 
 /**
  * Which HTTP/1.1 engine serves the public listener: "llhttp" (src/http1/, node's parser driven
- * directly) or "node" (node:http and undici). MESHPROXY_HTTP1_CORE selects it.
+ * directly; the default) or "node" (node:http and undici). MESHPROXY_HTTP1_CORE=node selects
+ * the latter; the core also falls back to it, with a warning, when its self-test fails.
  */
 export function inboundHttp1Engine(log: Logger): "llhttp" | "node" {
-  const want = process.env["MESHPROXY_HTTP1_CORE"] ?? "node";
-  if (want !== "llhttp") return "node";
+  const want = process.env["MESHPROXY_HTTP1_CORE"] ?? "llhttp";
+  if (want === "node") return "node";
+  if (want !== "llhttp") log.warn("MESHPROXY_HTTP1_CORE must be llhttp or node; using llhttp", { value: want });
   const core = http1Core();
   if (core.ok) {
     log.info("serving HTTP/1.1 on the public listener with the llhttp core", { node: process.version });
