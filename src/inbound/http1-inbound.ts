@@ -43,6 +43,8 @@ class InboundRequest {
   flag = "-";
   span: RequestSpan | undefined;
   upstream: OriginRequest | null = null;
+  /** Metrics, span and access log were written (once, whichever of answer or abort comes first). */
+  recorded = false;
   constructor(readonly ex: Exchange<Http1Caller>) {}
 }
 
@@ -229,11 +231,9 @@ export class InboundHttp1 {
     this.log.info("request refused", { reason, source: caller.uri, method: ex.method, target: ex.url.slice(0, 256), detail });
   }
 
-  private finished = new WeakSet<InboundRequest>();
-
   private finish(r: InboundRequest): void {
-    if (this.finished.has(r)) return;
-    this.finished.add(r);
+    if (r.recorded) return;
+    r.recorded = true;
     const ms = performance.now() - r.start;
     this.hcm.response(r.status, ms);
     if (r.status !== 0 && r.flag === "-") this.metrics.http.response(LOCAL_APP_CLUSTER, r.status, ms);
