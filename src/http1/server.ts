@@ -131,8 +131,10 @@ export class Exchange<C> {
   writeHead(status: number, statusText: string, fields: string, length: number | null, noBody: boolean): void {
     if (this.headersSent || this.aborted) return;
     this.headersSent = true;
-    // HTTP/1.0 clients get one answer per connection (and close-delimited bodies need the close).
-    this.closeAfter = !this.keepAlive || this.versionMinor === 0 || this.conn.draining;
+    // HTTP/1.0 clients get one answer per connection (and close-delimited bodies need the close);
+    // an answer that starts before the request body was read to its end closes it too: what
+    // follows that body cannot be told apart from a smuggled request.
+    this.closeAfter = !this.keepAlive || this.versionMinor === 0 || this.conn.draining || !this.bodyDone;
     this.chunked = !noBody && length === null && this.versionMinor === 1;
     let head = `HTTP/1.1 ${status} ${statusText || STATUS_CODES[status] || "Unknown"}\r\n${fields}`;
     if (length !== null) head += `content-length: ${length}\r\n`;
@@ -175,8 +177,6 @@ export class Exchange<C> {
     if (body !== undefined && body.length > 0) s.write(body);
     if (this.chunked) s.write("0\r\n\r\n", "latin1");
     this.uncork();
-    // A request body not read to its end leaves the connection unusable: what follows it could
-    // not be told apart from a smuggled request.
     this.conn.exchangeDone(this, this.closeAfter || !this.bodyDone);
   }
 

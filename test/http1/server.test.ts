@@ -148,3 +148,37 @@ t.test("a request head that takes too long: 408 and closed", async (t) => {
   t.equal(parseResponses(x.data, { closed: true })[0]?.status, 408);
   t.equal(failures[0]?.code, "ERR_HTTP_REQUEST_TIMEOUT");
 });
+
+t.test("an answer before the request body was read (a denied upload) ends the connection", async (t) => {
+  const seen: string[] = [];
+  const core = new Http1Server<null>({
+    request(ex) {
+      seen.push(ex.url);
+      // Refused at once, the body left unread (what a 403 from an intention does).
+      ex.writeHead(403, "Forbidden", "", 0, false);
+      ex.end();
+    },
+    upgrade: (_ex, s) => s.destroy(),
+    clientError: () => {},
+  });
+  const server = createServer({ allowHalfOpen: true }, (s: Socket) => core.accept(s, null));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => {
+    core.destroyAll();
+    server.close();
+  });
+  const open = plainTo(`127.0.0.1:${(server.address() as AddressInfo).port}`);
+  const s = await open();
+  t.teardown(() => s.destroy());
+  const got: Buffer[] = [];
+  s.on("data", (d: Buffer) => got.push(d));
+  s.write("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n");
+  // The server ends its side after the answer: whatever the client sends next (the rest of the
+  // body, or a request shaped like one) is never parsed on this connection.
+  await once(s, "end");
+  const text = Buffer.concat(got).toString("latin1");
+  t.match(text, /^HTTP\/1\.1 403 Forbidden\r\n/, "403");
+  t.match(text, /\r\nconnection: close\r\n/, "which says the connection closes");
+  t.same(seen, ["/upload"]);
+});
