@@ -23,6 +23,26 @@ import { LOCAL_APP_CLUSTER } from "../telemetry/consul-tags.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
 import { requestFields } from "../telemetry/access-log.js";
+import { InboundHttp1 } from "./http1-inbound.js";
+import { http1Core } from "../http1/parser.js";
+
+/**
+ * Which HTTP/1.1 engine serves the public listener: "llhttp" (src/http1/, node's parser driven
+ * directly; the default) or "node" (node:http and undici). MESHPROXY_HTTP1_CORE=node selects
+ * the latter; the core also falls back to it, with a warning, when its self-test fails.
+ */
+export function inboundHttp1Engine(log: Logger): "llhttp" | "node" {
+  const want = process.env["MESHPROXY_HTTP1_CORE"] ?? "llhttp";
+  if (want === "node") return "node";
+  if (want !== "llhttp") log.warn("MESHPROXY_HTTP1_CORE must be llhttp or node; using llhttp", { value: want });
+  const core = http1Core();
+  if (core.ok) {
+    log.info("serving HTTP/1.1 on the public listener with the llhttp core", { node: process.version });
+    return "llhttp";
+  }
+  log.warn("the llhttp HTTP/1 core is unavailable; serving HTTP/1.1 with node:http", { reason: core.reason });
+  return "node";
+}
 
 export interface InboundHttpConfig {
   readonly localApp: HostPort;
@@ -49,6 +69,8 @@ interface Caller {
 }
 
 type Req = AnyRequest;
+/** What the upgrade relay reads of a request (node:http's IncomingMessage, or the llhttp core's parse). */
+type UpgradeRequest = Pick<IncomingMessage, "method" | "url" | "headers" | "rawHeaders">;
 type Res = AnyResponse;
 
 /** What the local-app pool is built from: a Snapshot that changes none of it keeps the pool and its idle connections. */
@@ -69,6 +91,8 @@ export class InboundHttp {
   /** `host:port` of the local app, for logs. */
   private app = "";
   private readonly sockets = new Set<Socket>();
+  /** The llhttp core for HTTP/1.1 callers of an HTTP/1.1 app, when selected. */
+  private readonly core: InboundHttp1 | null;
 
   constructor(
     config: InboundHttpConfig,
@@ -96,6 +120,10 @@ export class InboundHttp {
     this.h1.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
     // node types the upgrade/clientError socket as Duplex; on our server it is always the Socket we emitted.
     this.h1.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, this.metrics.configErrors));
+    this.core =
+      inboundHttp1Engine(log) === "llhttp"
+        ? new InboundHttp1(config, metrics, log, obs, hcm, (req, socket, head, caller) => this.upgrade(req, socket, head, caller))
+        : null;
   }
 
   private makePool(config: InboundHttpConfig): Dispatcher {
@@ -116,6 +144,7 @@ export class InboundHttp {
 
   update(config: InboundHttpConfig): void {
     this.config = config;
+    this.core?.update(config);
     if (poolKey(config) !== this.poolFor) {
       const old = this.pool;
       this.pool = this.makePool(config);
@@ -140,6 +169,8 @@ export class InboundHttp {
       } finally {
         this.connecting = null;
       }
+    } else if (this.core && !this.config.appHttp2) {
+      this.core.accept(s, caller);
     } else {
       this.h1.emit("connection", s);
     }
@@ -219,7 +250,7 @@ export class InboundHttp {
   }
 
   /** A request refused before authorization: counted, and logged with what was sent. */
-  private refused(reason: InboundRejection, caller: Caller | undefined, req: IncomingMessage | Req, detail: string, target?: RefusedTarget): void {
+  private refused(reason: InboundRejection, caller: Caller | undefined, req: UpgradeRequest | Req, detail: string, target?: RefusedTarget): void {
     this.metrics.reject(reason);
     this.log.info("request refused", { reason, source: caller?.uri, method: req.method, target: (req.url ?? "").slice(0, 256), detail: target?.reason ?? detail });
   }
@@ -261,8 +292,8 @@ export class InboundHttp {
    * Upgrade requests (node:http hands the connection over raw): refused, or authorized like any
    * request and relayed; the connection becomes a pipe only after the app answers 101.
    */
-  private upgrade(req: IncomingMessage, socket: Socket, head: Buffer): void {
-    const caller = this.callers.get(req.socket);
+  private upgrade(req: UpgradeRequest, socket: Socket, head: Buffer, from?: Caller): void {
+    const caller = from ?? this.callers.get(socket);
     if (!caller) return rawLocalReply(socket, 403, "UAEX", "no verified caller on this connection");
     const target = parseRequestTarget(req.url ?? "/");
     if (!target.ok) {
@@ -311,6 +342,7 @@ export class InboundHttp {
   }
 
   closeIdle(): void {
+    this.core?.closeIdle();
     this.h1.closeIdleConnections();
     this.goAway();
   }
@@ -325,6 +357,7 @@ export class InboundHttp {
   }
 
   async close(): Promise<void> {
+    this.core?.close();
     await this.pool.close().catch(logRejection(this.log, "closing the local-app pool", "debug"));
   }
 }

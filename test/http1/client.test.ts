@@ -1,0 +1,164 @@
+// The llhttp core's client side (the local-app pool) against raw apps: 1xx heads dropped, HEAD,
+// 204 and 304 without bodies, close-delimited and chunked bodies (trailers dropped), reuse of
+// keep-alive connections, a stale one retried, the response timeout counted from the last body
+// byte, and a garbage answer refused.
+import t from "tap";
+import { createServer, type AddressInfo, type Socket } from "node:net";
+import { once } from "node:events";
+import { OriginPool, ResponseTimeoutError, type ResponseEvents } from "../../src/http1/client.js";
+import type { Teardown } from "../helpers/mesh.js";
+
+/** A raw app: `answer(requestHead)` returns the bytes to send back (and whether to close after). */
+async function rawApp(t: Teardown, answer: (head: string, s: Socket) => string | null): Promise<{ port: number; connections: number; heads: string[] }> {
+  const state = { port: 0, connections: 0, heads: [] as string[] };
+  const server = createServer((s) => {
+    state.connections++;
+    let buf = "";
+    s.on("data", (d: Buffer) => {
+      buf += d.toString("latin1");
+      for (;;) {
+        const end = buf.indexOf("\r\n\r\n");
+        if (end < 0) return;
+        const head = buf.slice(0, end);
+        const cl = /content-length: (\d+)/i.exec(head);
+        const chunked = /transfer-encoding: chunked/i.test(head);
+        let consumed = end + 4;
+        if (cl) {
+          if (buf.length < consumed + Number(cl[1])) return;
+          consumed += Number(cl[1]);
+        } else if (chunked) {
+          const z = buf.indexOf("\r\n0\r\n\r\n", end);
+          const z0 = buf.indexOf("\r\n\r\n0\r\n\r\n", end);
+          if (z < 0 && z0 < 0) return;
+          consumed = (z0 >= 0 && z0 === end ? z0 + 9 : z + 7);
+        }
+        buf = buf.slice(consumed);
+        state.heads.push(head);
+        const out = answer(head, s);
+        if (out !== null) s.write(out);
+      }
+    });
+    s.on("error", () => s.destroy());
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  state.port = (server.address() as AddressInfo).port;
+  t.teardown(() => server.close());
+  return state;
+}
+
+interface Got {
+  status: number;
+  headers: string[];
+  body: string;
+  error?: string;
+  answered?: boolean;
+}
+
+function send(pool: OriginPool, head: string, opts: { isHead?: boolean; body?: Buffer[]; timeoutMs?: number; gapMs?: number } = {}): Promise<Got> {
+  return new Promise((resolve) => {
+    const got: Got = { status: 0, headers: [], body: "" };
+    const events: ResponseEvents = {
+      head: (status, _text, raw) => {
+        got.status = status;
+        got.headers = raw;
+      },
+      body: (c) => (got.body += c.toString("latin1")),
+      end: () => resolve(got),
+      error: (e, answered) => resolve({ ...got, error: e instanceof ResponseTimeoutError ? "timeout" : e.message, answered }),
+    };
+    const chunked = opts.body !== undefined && !/content-length/i.test(head);
+    const req = pool.request(head, opts.isHead ?? false, opts.body !== undefined, chunked, opts.timeoutMs ?? 0, events);
+    if (opts.body) {
+      const parts = [...opts.body];
+      const next = () => {
+        const p = parts.shift();
+        if (p === undefined) return req.end();
+        req.write(p);
+        setTimeout(next, opts.gapMs ?? 0);
+      };
+      next();
+    }
+  });
+}
+
+const pool = (t: Teardown, port: number) => {
+  const p = new OriginPool({ host: "127.0.0.1", port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000 });
+  t.teardown(() => p.close());
+  return p;
+};
+
+t.test("1xx heads are dropped, the final answer is delivered; the connection is reused", async (t) => {
+  const app = await rawApp(t, () => "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  const p = pool(t, app.port);
+  const a = await send(p, "GET /a HTTP/1.1\r\nhost: x\r\n\r\n");
+  const b = await send(p, "GET /b HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.same([a.status, a.body, b.status, b.body], [200, "ok", 200, "ok"]);
+  t.equal(app.connections, 1, "one keep-alive connection for both");
+});
+
+t.test("HEAD, 204 and 304 have no body even when a length is announced", async (t) => {
+  const app = await rawApp(t, (head) => {
+    if (head.startsWith("HEAD")) return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
+    if (head.includes("/204")) return "HTTP/1.1 204 No Content\r\n\r\n";
+    return "HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n";
+  });
+  const p = pool(t, app.port);
+  const h = await send(p, "HEAD /h HTTP/1.1\r\nhost: x\r\n\r\n", { isHead: true });
+  const n = await send(p, "GET /204 HTTP/1.1\r\nhost: x\r\n\r\n");
+  const m = await send(p, "GET /304 HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.same([h.status, h.body, n.status, n.body, m.status, m.body], [200, "", 204, "", 304, ""]);
+  t.equal(app.connections, 1, "and the connection stays in step (one for all three)");
+});
+
+t.test("a chunked answer with trailers and a close-delimited one", async (t) => {
+  const app = await rawApp(t, (head, s) => {
+    if (head.includes("/chunked")) return "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nGrpc-Status: 0\r\n\r\n";
+    s.end("HTTP/1.1 200 OK\r\n\r\nuntil the close");
+    return null;
+  });
+  const p = pool(t, app.port);
+  const c = await send(p, "GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.same([c.status, c.body], [200, "abcde"]);
+  const d = await send(p, "GET /close HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.same([d.status, d.body, d.error], [200, "until the close", undefined], "ends at the close, without an error");
+});
+
+t.test("a stale keep-alive connection closed by the app is retried once on a new one (requests without a body)", async (t) => {
+  let n = 0;
+  const app = await rawApp(t, (_head, s) => {
+    n++;
+    if (n === 2) {
+      s.destroy();
+      return null;
+    }
+    return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  });
+  const p = pool(t, app.port);
+  t.equal((await send(p, "GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")).status, 200);
+  const second = await send(p, "GET /2 HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.same([second.status, second.error], [200, undefined], "the second request is answered on a fresh connection");
+  t.equal(app.connections, 2);
+});
+
+t.test("the response timeout runs from the last body byte, not from the head", async (t) => {
+  const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  const p = pool(t, app.port);
+  // 6 chunks 100 ms apart: 500+ ms of upload against a 300 ms timeout.
+  const r = await send(p, "POST /up HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n", { body: Array.from({ length: 6 }, () => Buffer.from("x")), gapMs: 100, timeoutMs: 300 });
+  t.same([r.status, r.error], [200, undefined], "a slow upload is not cut at the request timeout");
+  const silent = await rawApp(t, () => null);
+  const q = pool(t, silent.port);
+  const s = await send(q, "GET /silent HTTP/1.1\r\nhost: x\r\n\r\n", { timeoutMs: 300 });
+  t.same([s.error, s.answered], ["timeout", false], "an app that does not answer times out");
+});
+
+t.test("an answer that does not parse is an error, never a response", async (t) => {
+  const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+  const p = pool(t, app.port);
+  const r = await send(p, "GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.equal(r.status, 0, "no head delivered");
+  t.match(r.error, /did not parse/);
+  const refused = pool(t, 1);
+  t.match((await send(refused, "GET / HTTP/1.1\r\nhost: x\r\n\r\n")).error, /ECONNREFUSED/, "a connect failure is an error before any answer");
+});

@@ -1,0 +1,184 @@
+// The llhttp core's server side on plain loopback sockets: framing rules (each refusal a test),
+// limits, pipelining order, keep-alive, timeouts' absence of false positives, and the upgrade
+// hand-over. The answers come from an echo handler that reports what the core parsed.
+import t from "tap";
+import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { once } from "node:events";
+import { Http1Server, type ClientFailure, type Exchange } from "../../src/http1/server.js";
+import { fieldRecord } from "../../src/http1/fields.js";
+import { http1Core } from "../../src/http1/parser.js";
+import type { Teardown } from "../helpers/mesh.js";
+import { exchange, hasResponses, parseResponses, plainTo, type Opener } from "../helpers/raw-http.js";
+
+t.ok(http1Core().ok, `the core loads and passes its self-test on node ${process.version}`);
+
+interface Seen {
+  method: string;
+  url: string;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+}
+
+async function echoServer(t: Teardown, opts?: { headersTimeoutMs?: number }): Promise<{ open: Opener; seen: Seen[]; failures: ClientFailure[]; upgrades: string[] }> {
+  const seen: Seen[] = [];
+  const failures: ClientFailure[] = [];
+  const upgrades: string[] = [];
+  const core = new Http1Server<null>(
+    {
+      request(ex: Exchange<null>) {
+        const chunks: Buffer[] = [];
+        const answer = () => {
+          const s: Seen = { method: ex.method, url: ex.url, headers: fieldRecord(ex.rawHeaders), body: Buffer.concat(chunks).toString("latin1") };
+          seen.push(s);
+          const body = JSON.stringify(s);
+          const delay = ex.url === "/slow" ? 100 : 0;
+          setTimeout(() => {
+            ex.writeHead(200, "OK", "content-type: application/json\r\n", Buffer.byteLength(body), ex.method === "HEAD");
+            ex.end(ex.method === "HEAD" ? "" : body);
+          }, delay);
+        };
+        ex.setBodySink({ data: (c) => chunks.push(c), end: answer });
+      },
+      upgrade(ex, socket, head) {
+        upgrades.push(`${ex.method} ${ex.url} ${head.toString("latin1")}`);
+        socket.end("HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+      },
+      clientError(f) {
+        failures.push(f);
+      },
+    },
+    { headersTimeoutMs: opts?.headersTimeoutMs ?? 10_000, keepAliveTimeoutMs: 60_000, maxHeadersCount: 2000 },
+  );
+  const server: Server = createServer({ allowHalfOpen: true }, (s: Socket) => core.accept(s, null));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => {
+    core.destroyAll();
+    server.close();
+  });
+  return { open: plainTo(`127.0.0.1:${(server.address() as AddressInfo).port}`), seen, failures, upgrades };
+}
+
+const statusOf = async (open: Opener, raw: string) => parseResponses((await exchange(open, raw, { done: hasResponses(1), timeoutMs: 3000 })).data)[0]?.status;
+
+t.test("request framing: every ambiguity is refused, nothing reaches the handler", async (t) => {
+  const { open, seen, failures } = await echoServer(t);
+  const cases: Array<[string, string, number]> = [
+    ["CL and TE", "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400],
+    ["TE and CL", "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400],
+    ["two different Content-Lengths", "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400],
+    ["a TE list ending in identity", "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400],
+    ["obs-fold", "GET /a HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n  folded\r\n\r\n", 400],
+    ["a bare LF line ending", "GET /a HTTP/1.1\nHost: h\n\n", 400],
+    ["an invalid chunk size", "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n", 400],
+    ["a chunk size overflow", "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\nab\r\n0\r\n\r\n", 400],
+    ["a space before the colon", "GET /a HTTP/1.1\r\nHost : h\r\n\r\n", 400],
+    ["a NUL in a value", "GET /a HTTP/1.1\r\nHost: h\r\nX-A: a\u0000b\r\n\r\n", 400],
+    ["a CR inside a value", "GET /a HTTP/1.1\r\nHost: h\r\nX-A: a\rb\r\n\r\n", 400],
+    ["a bad method token", "G@T /a HTTP/1.1\r\nHost: h\r\n\r\n", 400],
+    ["HTTP/9.9", "GET /a HTTP/9.9\r\nHost: h\r\n\r\n", 400],
+    ["a space in the target", "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n", 400],
+    ["HTTP/1.1 without Host", "GET /a HTTP/1.1\r\nX-A: 1\r\n\r\n", 400],
+    ["a negative Content-Length", "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n", 400],
+    ["headers over 16 KiB", `GET /a HTTP/1.1\r\nHost: h\r\nX-Big: ${"a".repeat(17 * 1024)}\r\n\r\n`, 431],
+  ];
+  for (const [name, raw, status] of cases) t.equal(await statusOf(open, raw), status, `${name}: ${status}`);
+  t.same(seen, [], "the handler saw none of them");
+  t.equal(failures.length, cases.length, "each refusal was reported to the handler (counted by the sidecar)");
+});
+
+t.test("more than maxHeadersCount fields: 431 (node:http would drop the rest silently)", async (t) => {
+  const { open, seen } = await echoServer(t);
+  const many = Array.from({ length: 2001 }, (_, i) => `a${i}:b\r\n`).join("");
+  t.equal(await statusOf(open, `GET /many HTTP/1.1\r\nHost: h\r\n${many}\r\n`), 431);
+  t.same(seen, []);
+});
+
+t.test("bodies: Content-Length and chunked (with extensions and trailers) arrive whole", async (t) => {
+  const { open, seen } = await echoServer(t);
+  t.equal(await statusOf(open, "POST /cl HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"), 200);
+  t.equal(await statusOf(open, "POST /te HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n"), 200);
+  t.same(seen.map((s) => [s.url, s.body]), [["/cl", "hello"], ["/te", "abcde"]]);
+});
+
+t.test("pipelining: answers in request order, a later refusal after the earlier answers", async (t) => {
+  const { open } = await echoServer(t);
+  const x = await exchange(open, "GET /slow HTTP/1.1\r\nHost: h\r\n\r\nGET /fast HTTP/1.1\r\nHost: h\r\n\r\nGET /bad HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", { timeoutMs: 3000 });
+  const rs = parseResponses(x.data, { closed: x.closed });
+  t.same(rs.map((r) => r.status), [200, 200, 400], "200, 200, then the 400");
+  t.same(rs.slice(0, 2).map((r) => (JSON.parse(r.body.toString()) as Seen).url), ["/slow", "/fast"], "the slow first answer is not overtaken");
+  t.ok(x.closed, "and the connection closes after the refusal");
+});
+
+t.test("keep-alive and HTTP/1.0", async (t) => {
+  const { open } = await echoServer(t);
+  let x = await exchange(open, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n", { done: hasResponses(1), timeoutMs: 3000 });
+  let r = parseResponses(x.data)[0];
+  t.equal(r?.headers["connection"], "keep-alive", "HTTP/1.1: kept alive");
+  x = await exchange(open, "GET /a HTTP/1.0\r\n\r\n", { timeoutMs: 3000 });
+  r = parseResponses(x.data, { closed: x.closed })[0];
+  t.equal(r?.status, 200, "HTTP/1.0 without Host is served");
+  t.equal(r?.headers["connection"], "close", "and told the connection closes");
+  t.ok(x.closed, "which it does");
+  x = await exchange(open, "GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", { timeoutMs: 3000 });
+  t.ok(x.closed, "Connection: close is honoured");
+});
+
+t.test("HEAD: the length is the client's to know, no body follows", async (t) => {
+  const { open } = await echoServer(t);
+  const x = await exchange(open, "HEAD /h HTTP/1.1\r\nHost: h\r\n\r\nGET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", { timeoutMs: 3000 });
+  const text = x.data.toString("latin1");
+  t.match(text, /^HTTP\/1\.1 200 OK\r\n/);
+  t.equal(text.split("HTTP/1.1 200").length - 1, 2, "two answers, the HEAD one without a body");
+});
+
+t.test("upgrade requests are handed over with the bytes after their head; nothing after them is parsed", async (t) => {
+  const { open, seen, upgrades } = await echoServer(t);
+  const x = await exchange(open, "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n", { timeoutMs: 3000 });
+  t.equal(parseResponses(x.data, { closed: x.closed })[0]?.status, 403);
+  t.equal(upgrades.length, 1);
+  t.match(upgrades[0], /^GET \/ws GET \/smuggled/, "the pipelined bytes went to the upgrade's owner as raw bytes");
+  t.same(seen, [], "and never became a request");
+});
+
+t.test("a request head that takes too long: 408 and closed", async (t) => {
+  const { open, failures } = await echoServer(t, { headersTimeoutMs: 1000 });
+  const x = await exchange(open, "GET /slow-head HTTP/1.1\r\nHost: h\r\n", { timeoutMs: 5000 });
+  t.ok(x.closed, `closed after ${x.ms.toFixed(0)} ms`);
+  t.equal(parseResponses(x.data, { closed: true })[0]?.status, 408);
+  t.equal(failures[0]?.code, "ERR_HTTP_REQUEST_TIMEOUT");
+});
+
+t.test("an answer before the request body was read (a denied upload) ends the connection", async (t) => {
+  const seen: string[] = [];
+  const core = new Http1Server<null>({
+    request(ex) {
+      seen.push(ex.url);
+      // Refused at once, the body left unread (what a 403 from an intention does).
+      ex.writeHead(403, "Forbidden", "", 0, false);
+      ex.end();
+    },
+    upgrade: (_ex, s) => s.destroy(),
+    clientError: () => {},
+  });
+  const server = createServer({ allowHalfOpen: true }, (s: Socket) => core.accept(s, null));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => {
+    core.destroyAll();
+    server.close();
+  });
+  const open = plainTo(`127.0.0.1:${(server.address() as AddressInfo).port}`);
+  const s = await open();
+  t.teardown(() => s.destroy());
+  const got: Buffer[] = [];
+  s.on("data", (d: Buffer) => got.push(d));
+  s.write("POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n");
+  // The server ends its side after the answer: whatever the client sends next (the rest of the
+  // body, or a request shaped like one) is never parsed on this connection.
+  await once(s, "end");
+  const text = Buffer.concat(got).toString("latin1");
+  t.match(text, /^HTTP\/1\.1 403 Forbidden\r\n/, "403");
+  t.match(text, /\r\nconnection: close\r\n/, "which says the connection closes");
+  t.same(seen, ["/upload"]);
+});
