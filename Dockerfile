@@ -4,9 +4,9 @@
 #   docker run --network container:<app> -e CONSUL_HTTP_ADDR=127.0.0.1:8500 meshproxy \
 #     -sidecar-for web -admin-addr 127.0.0.1:19000
 #
-# Node 24: the benchmark's choice (bench/RESULTS.md, PERF-LOG.md: 25-35 % less proxy CPU per L7
-# request and per new mTLS connection than Node 20, the same for L4; Node 20 is past end of life),
-# at the cost of more RSS per proxy (README "Run as a sidecar container"). deploy/rootfs.sh builds the same layout
+# Node 24: the benchmark's choice (bench/RESULTS.md: 10-23 % less proxy CPU per L4 request, new
+# mTLS connection and GiB than Node 20, L7 even; Node 20 is past end of life), at the cost of
+# 1.45-1.6x the RSS per proxy (README "Run as a sidecar container"). deploy/rootfs.sh builds the same layout
 # (same paths, user, entrypoint) as a plain directory, which is what the tests run.
 
 FROM node:24-bookworm-slim AS build
