@@ -101,8 +101,3 @@ export class Cancel extends EventEmitter {
     this.emit("abort");
   }
 }
-
-/** One body chunk to the client; false when it must wait for 'drain'. */
-export function writeChunk(res: ResponseSink, chunk: Buffer): boolean {
-  return res.write(chunk);
-}

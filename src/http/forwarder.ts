@@ -3,7 +3,7 @@
 // response head the caller decides to deliver it or to drain it (a retry comes next).
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from "node:http";
 import type { Dispatcher } from "undici";
-import { isHttp2, writeChunk, type ResponseSink } from "./compat.js";
+import { isHttp2, type ResponseSink } from "./compat.js";
 
 export type ForwardResult =
   | { readonly status: number; readonly delivered: boolean }
@@ -65,7 +65,7 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     if (!this.delivering) return;
-    if (!writeChunk(this.res, chunk)) {
+    if (!this.res.write(chunk)) {
       controller.pause();
       this.res.once("drain", () => controller.resume());
     }

@@ -559,22 +559,17 @@ async function readStoredEntry(dir: string, kind: EntryKind, name: string): Prom
  * never overwritten, it is refused as a conflict. Proxies pick it up like any edit.
  */
 export async function writeSubsetWeights(dir: string, service: string, weights: readonly SubsetWeight[]): Promise<void> {
-  const read = async (kind: EntryKind) => {
+  // An entry that does not load is the operator's to fix, never something to write over.
+  const loaded = async <T>(read: () => Promise<T>): Promise<T> => {
     try {
-      return await readStoredEntry(dir, kind, service);
+      return await read();
     } catch (e) {
       if (e instanceof StateError) throw new SplitChangeError("conflict", `${e.message}; fix it first`);
       throw e;
     }
   };
-  const r = await read("service-resolver");
-  let versioned: { readonly raw: unknown; readonly version: string } | null;
-  try {
-    versioned = await readEntryVersioned(dir, "service-splitter", service);
-  } catch (e) {
-    if (e instanceof StateError) throw new SplitChangeError("conflict", `${e.message}; fix it first`);
-    throw e;
-  }
+  const r = await loaded(() => readStoredEntry(dir, "service-resolver", service));
+  const versioned = await loaded(() => readEntryVersioned(dir, "service-splitter", service));
   const resolver = r ? storedResolver(r.raw, service, r.file) : null;
   const file = entryFile(dir, "service-splitter", service);
   const current = versioned ? { raw: versioned.raw, parsed: storedSplitter(versioned.raw, service, file) } : null;
