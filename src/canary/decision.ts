@@ -16,9 +16,9 @@ export interface Thresholds {
 
 /** What the calling sidecars saw of one subset over a window (see observe.ts). */
 export interface WindowFigures {
-  /** Every attempt sent to the subset: answered, retried away, timed out, or failed to connect. */
+  /** Every attempt sent to the subset: answered (by it, or 504 UT / 503 UF by the sidecar), or retried away. */
   readonly requests: number;
-  /** Of those: 5xx answers, attempts retried away, timeouts and connect failures. */
+  /** Of those: 5xx answers (the sidecar's own 504 UT and 503 UF included) and attempts retried away. */
   readonly errors: number;
   /** p99 of the answered requests' time to response headers, ms; null with no answered request. */
   readonly p99Ms: number | null;

@@ -267,11 +267,11 @@ export class SubsetWindow {
   /**
    * What the decision reads: every attempt on the subset and every failed one. A failed attempt
    * that a retry hid from the client still counts: the canary judges the version, not the retry
-   * policy in front of it.
+   * policy in front of it. A final timeout (504 UT) or connect failure (503 UF) is already a 5xx
+   * of the cluster's series, as in Envoy; a connect failure that was retried is in `retries`.
    */
   figures(subset: string): WindowFigures {
     const c = this.counters(subset);
-    const failedWithoutAnswer = c.retries + c.timeouts + c.connectFailures;
-    return { requests: c.responses + failedWithoutAnswer, errors: c.errors5xx + failedWithoutAnswer, p99Ms: quantileMs(0.99, c.buckets) };
+    return { requests: c.responses + c.retries, errors: c.errors5xx + c.retries, p99Ms: quantileMs(0.99, c.buckets) };
   }
 }

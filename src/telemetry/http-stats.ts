@@ -22,13 +22,12 @@ interface ClusterChildren {
   overflow: CountReading;
   retryOverflow: CountSlot;
   noHealthy: CountReading;
-  /** Requests answered 503 UF after their attempts failed to connect or were reset: no Prometheus series of their own. */
-  failed: number;
 }
 
 /**
- * A cluster's request counts so far, as the app saw them: upstream responses, and the requests
- * the proxy answered itself (503 UF/UH/UO, 504 UT), which Envoy counts as 5xx of the cluster too.
+ * A cluster's request counts so far, as the app saw them: final answers (the upstream's, and the
+ * 503 UF / 504 UT the proxy gave after a failed attempt), plus the requests refused before any
+ * attempt (503 UH, UO), which the traffic page counts as errors of the cluster too.
  */
 export interface ClusterRequestReading {
   /** Final responses from the cluster plus local failures. */
@@ -56,9 +55,9 @@ export class HttpStats {
   constructor(registry: Registry) {
     const c = CLUSTER_LABELS;
     this.rqTotal = new BatchedCounter({ name: "envoy_cluster_upstream_rq_total", help: "Upstream requests (final responses)", labelNames: c, registry });
-    this.rqCompleted = new BatchedCounter({ name: "envoy_cluster_upstream_rq_completed", help: "Upstream requests that completed (a response was received)", labelNames: c, registry });
-    this.rqXx = new BatchedCounter({ name: "envoy_cluster_upstream_rq_xx", help: "Upstream responses by status class", labelNames: [...c, "envoy_response_code_class"], registry });
-    this.rqCode = new BatchedCounter({ name: "envoy_cluster_upstream_rq", help: "Upstream responses by status code", labelNames: [...c, "envoy_response_code"], registry });
+    this.rqCompleted = new BatchedCounter({ name: "envoy_cluster_upstream_rq_completed", help: "Upstream requests completed: a response, or the proxy's 503 UF / 504 UT after a failed attempt", labelNames: c, registry });
+    this.rqXx = new BatchedCounter({ name: "envoy_cluster_upstream_rq_xx", help: "Upstream responses by status class (with the proxy's 503 UF / 504 UT)", labelNames: [...c, "envoy_response_code_class"], registry });
+    this.rqCode = new BatchedCounter({ name: "envoy_cluster_upstream_rq", help: "Upstream responses by status code (with the proxy's 503 UF / 504 UT)", labelNames: [...c, "envoy_response_code"], registry });
     this.rqTime = new BatchedHistogram({ name: "envoy_cluster_upstream_rq_time", help: "Request time to the response headers, ms", labelNames: c, buckets: ENVOY_BUCKETS_MS, registry });
     this.rqRetry = new BatchedCounter({ name: "envoy_cluster_upstream_rq_retry", help: "Retries sent", labelNames: c, registry });
     this.rqTimeout = new BatchedCounter({ name: "envoy_cluster_upstream_rq_timeout", help: "Requests that timed out (504)", labelNames: c, registry });
@@ -83,7 +82,6 @@ export class HttpStats {
         overflow: this.rqOverflow.labels(...v),
         retryOverflow: this.rqRetryOverflow.labels(...v),
         noHealthy: this.rqNoHealthy.labels(...v),
-        failed: 0,
       };
       this.children.set(cluster, ch);
     }
@@ -92,9 +90,19 @@ export class HttpStats {
 
   response(cluster: string, status: number, ms: number): void {
     const ch = this.of(cluster);
+    ch.time.observe(ms);
+    this.charge(ch, status);
+  }
+
+  /**
+   * A final answer of the cluster, from the upstream or from the proxy after an attempt on the
+   * cluster failed: Envoy's router charges its own 504 (timeout) and 503 (reset, connect failure)
+   * to the cluster's response-code series too (chargeUpstreamAbort), so an error-rate panel built
+   * on upstream_rq_xx sees a subset that refuses connections.
+   */
+  private charge(ch: ClusterChildren, status: number): void {
     ch.total.inc();
     ch.completed.inc();
-    ch.time.observe(ms);
     const cls = Math.floor(status / 100);
     // Starting at 0 lets rate() see the first 5xx, and an error ratio read 0 rather than nothing.
     if (cls >= 1 && cls <= 5) ch.byClass[cls - 1]!.inc();
@@ -107,8 +115,11 @@ export class HttpStats {
     this.of(cluster).retry.inc();
   }
 
+  /** The request timed out and the proxy answered 504 UT. */
   timeout(cluster: string): void {
-    this.of(cluster).timeout.inc();
+    const ch = this.of(cluster);
+    ch.timeout.inc();
+    this.charge(ch, 504);
   }
 
   overflow(cluster: string): void {
@@ -125,7 +136,7 @@ export class HttpStats {
 
   /** A request answered 503 UF after attempts on this cluster failed (connect failure, reset). */
   failed(cluster: string): void {
-    this.of(cluster).failed++;
+    this.charge(this.of(cluster), 503);
   }
 
   /** The clusters with request series so far. */
@@ -137,7 +148,8 @@ export class HttpStats {
   reading(cluster: string): ClusterRequestReading | null {
     const ch = this.children.get(cluster);
     if (!ch) return null;
-    const local = ch.timeout.value + ch.overflow.value + ch.noHealthy.value + ch.failed;
+    // 504 UT and 503 UF are in the response series already; UO and UH never reached the cluster.
+    const local = ch.overflow.value + ch.noHealthy.value;
     return { requests: ch.total.value + local, errors: ch.byClass[4]!.value + local, timeBuckets: ch.time.counts, timeCount: ch.time.count };
   }
 }

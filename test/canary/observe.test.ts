@@ -29,11 +29,12 @@ t.test("figures of a subset from a sidecar's own exposition, between two reads",
   m.http.response(v2, 503, 700);
   m.http.retry(v2);
   m.http.timeout(v2);
+  m.http.failed(v2);
   m.cluster(v2).cxConnectFail.inc();
   w.add(await read(1));
   const f = w.figures("v2");
-  t.equal(f.requests, 98 + 3, "98 answers, a retried attempt, a timeout, a failed connect; the 10 before the window are not counted");
-  t.equal(f.errors, 4, "the 503 and the three failures without an answer");
+  t.equal(f.requests, 98 + 3, "98 answers, a retried attempt, a 504 UT, a 503 UF; the 10 before the window are not counted");
+  t.equal(f.errors, 4, "the 503, the retried attempt, the timeout and the failed connect, each once");
   t.ok(f.p99Ms !== null && f.p99Ms > 25 && f.p99Ms <= 1000, `p99 ${String(f.p99Ms)} ms: the 700 ms answer is the top 1%`);
   t.equal(w.figures("v1").requests, 0, "v1's 500 happened before the window");
 });
