@@ -46,9 +46,10 @@ t.test("grpc-js client → sidecar upstream listener → native gRPC server", as
 // grpc-js answers any status that precedes a message "trailers-only" (grpc-status in the HEADERS
 // frame that ends the stream); sidecars used to forward that as headers plus an empty DATA frame,
 // which gRPC clients fail with INTERNAL "Call ended without gRPC status".
-t.test("an app's error status crosses two sidecars as the app sent it", async (t) => {
+t.test("an app's error status crosses two sidecars as the app sent it; the sidecar's own refusal is a gRPC status", async (t) => {
   const dir = await tempDir(t);
   await configWrite(t, dir, { Kind: "service-defaults", Name: "db", Protocol: "grpc" });
+  await intentions(dir, "allow", [{ source: "web", destination: "db", permissions: [{ action: "deny", http: { path_exact: RESET } }, { action: "allow", http: { path_prefix: "/" } }] }]);
   const app = await servePlainGrpc(t, "db");
   await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${app.port}`]);
   const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "db:0"]);
@@ -57,4 +58,10 @@ t.test("an app's error status crosses two sidecars as the app sent it", async (t
   await unaryUntil(client, SAY, "x");
   t.same(await statusOf(unary(client, FAIL, "7")), { code: grpc.status.NOT_FOUND, details: "no row 7" }, "NOT_FOUND with the app's message");
   t.equal((await unary(client, SAY, "y")).text, "db says y to ?", "and the channel carries on");
+  // As Envoy answers a gRPC call locally: HTTP 200 with grpc-status, and the reason as grpc-message
+  // (a bare HTTP 403 reaches gRPC clients as PERMISSION_DENIED with no reason).
+  const denied = await statusOf(unary(client, RESET, "x"));
+  t.equal(denied.code, grpc.status.PERMISSION_DENIED, "db's sidecar's per-method deny is PERMISSION_DENIED");
+  t.match(denied.details, /^RBAC: access denied: .*deny/, `with the sidecar's reason: ${denied.details}`);
+  t.equal((await unary(client, SAY, "z")).text, "db says z to ?", "and the channel carries on after the refusal");
 });
