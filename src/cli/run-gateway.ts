@@ -7,7 +7,7 @@
 // passthrough needs neither, so nothing here can decrypt what crosses it.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { Registry } from "prom-client";
+import { Registry } from "../telemetry/prom.js";
 import { createLogger, logRejection, type Logger } from "../telemetry/log.js";
 import { AccessLog } from "../telemetry/access-log.js";
 import { registerClusterGauges } from "../telemetry/cluster-gauges.js";

@@ -4,7 +4,8 @@
 // from the cluster name, which for a local service is the service's SNI), and every series the
 // gateway's own identity (`local_cluster`, `consul_source_*`), so Consul's dashboards select
 // gateways as they select sidecars.
-import { Counter, type Registry } from "prom-client";
+import type { Counter as PromCounter } from "prom-client";
+import { Counter, type Registry } from "../telemetry/prom.js";
 import type { HelloRefusalReason } from "../tls/client-hello.js";
 import { CLUSTER_LABELS, clusterLabelValues, sourceLabels, type SourceTags } from "../telemetry/consul-tags.js";
 
@@ -24,7 +25,7 @@ export type GatewayRejection =
   | "overload";
 
 type ClusterCounter = Counter<string>;
-type Child = Counter.Internal;
+type Child = PromCounter.Internal;
 
 /** One cluster's counters, label values resolved once (a connection only increments). */
 export interface GatewayClusterStats {

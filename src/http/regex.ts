@@ -4,7 +4,21 @@
 // and matching in time linear in the input. A JS RegExp backtracks, so a pattern such as
 // `/api/([a-z0-9]+)+/admin` would take seconds on a long path; on a proxy's request path that
 // is a denial of service anyone who can send a request could trigger.
-import { RE2JS, RE2JSException } from "re2js";
+//
+// re2js is loaded on the first pattern compiled, not at start: most sidecars never see a regex,
+// and its ESM build costs ~10 MB of RSS on Node 20 the moment it is imported (its CommonJS
+// build ~2.6 MB, measured; bench/PERF-LOG.md 2026-12-02 memory), so the CommonJS build is the
+// one required, synchronously, because patterns are compiled inside synchronous Snapshot code.
+import { createRequire } from "node:module";
+import type * as Re2js from "re2js";
+import type { RE2JS } from "re2js";
+
+/** `require` as typed for the one package loaded through it: the types re2js ships for its CommonJS build. */
+interface Re2jsRequire {
+  (id: "re2js"): typeof Re2js;
+}
+const requireRe2js: Re2jsRequire = createRequire(import.meta.url);
+let re2js: typeof Re2js | null = null;
 
 /**
  * Envoy's default `re2.max_program_size.error_level`: a route or RBAC regex whose compiled
@@ -69,11 +83,12 @@ export interface RegexOptions {
 
 /** Compiles an RE2 pattern. Throws RegexError for anything RE2 refuses, never anything else for a bad pattern. */
 export function compileRegex(source: string, opts: RegexOptions): CompiledRegex {
+  re2js ??= requireRe2js("re2js");
   let re: RE2JS;
   try {
-    re = RE2JS.compile(source);
+    re = re2js.RE2JS.compile(source);
   } catch (e) {
-    if (e instanceof RE2JSException) throw new RegexError(source, clip(e.message) + hint(e.message));
+    if (e instanceof re2js.RE2JSException) throw new RegexError(source, clip(e.message) + hint(e.message));
     // re2js refuses nesting deeper than 1,000 itself; this is the backstop should some other
     // shape still exhaust the stack.
     if (e instanceof RangeError) throw new RegexError(source, `too complex to compile (${e.message})`);

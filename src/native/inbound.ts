@@ -17,7 +17,7 @@ import type { ServiceId } from "../identity/spiffe.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
-import { Counter } from "prom-client";
+import { Counter } from "../telemetry/prom.js";
 import type { NativeObservers, ObservedRequest } from "./observe.js";
 
 /** The verified caller of a connection or request. */

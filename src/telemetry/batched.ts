@@ -2,7 +2,7 @@
 // to prom-client when it collects (a scrape), as cluster-gauges.ts does for cluster state.
 // prom-client hashes the label set and validates it on every inc(), even through a labels()
 // child: the four metric updates of an L7 request were ~3 % of the client sidecar's CPU.
-import { Counter, Gauge, Histogram, type Registry } from "prom-client";
+import { Counter, Gauge, Histogram, type Registry } from "./prom.js";
 
 /** A counter's series for one label set. */
 export interface CountSlot {

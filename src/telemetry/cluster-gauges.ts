@@ -1,7 +1,7 @@
 // Per-cluster state read at scrape time (outlier ejections, membership, circuit breakers), in
 // Envoy's names. Nothing on the request path touches these: prom-client calls `collect` when
 // Prometheus scrapes.
-import { Counter, Gauge, type Registry } from "prom-client";
+import { Counter, Gauge, type Registry } from "./prom.js";
 import { CLUSTER_LABELS, clusterLabelValues } from "./consul-tags.js";
 
 export interface ClusterSnapshotStats {

@@ -9,7 +9,7 @@
 // names) is renamed with the prefix `app_`, keeping its data; if that name is taken too, the
 // family is dropped. Both are counted in meshproxy_app_metrics_families{result}.
 import { performance } from "node:perf_hooks";
-import { Counter, Gauge, type Registry } from "prom-client";
+import { Counter, Gauge, type Registry } from "./prom.js";
 import type { Agent } from "undici";
 import { loadUndici, undici } from "../http/undici.js";
 import { ExpositionError, formatFamilies, occupiedNames, parseExposition, type Family } from "./exposition.js";

@@ -1,7 +1,7 @@
 // The proxy's metrics, in Envoy's Prometheus names and labels where Envoy has one
 // (shared/reference/data-plane-anchors.md §5), so existing dashboards work; our own under
 // `meshproxy_`. Label children are resolved once per listener or cluster, never per chunk.
-import { Counter, Gauge, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Registry, collectProcessMetrics } from "./prom.js";
 import { BatchedCounter, BatchedGauge, BatchedHistogram, type CountSlot, type LevelSlot, type TimeSlot } from "./batched.js";
 import { ENVOY_BUCKETS_MS, HttpStats } from "./http-stats.js";
 import { CLUSTER_LABELS, clusterLabelValues, sourceLabels, type SourceTags } from "./consul-tags.js";
@@ -137,7 +137,7 @@ export class Metrics {
       this.inboundRejected.labels(reason).inc(0);
     }
     for (const reason of REQUEST_REFUSALS) this.outboundRejected.labels(reason).inc(0);
-    if (opts.processMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    if (opts.processMetrics !== false) collectProcessMetrics(this.registry);
   }
 
   /**

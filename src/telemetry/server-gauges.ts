@@ -1,6 +1,6 @@
 // Envoy's server.* stats (shared/reference/data-plane-anchors.md §5), read at scrape time, so
 // dashboards and alerts built on envoy_server_live and envoy_server_uptime work unchanged.
-import { Gauge, type Registry } from "prom-client";
+import { Gauge, type Registry } from "./prom.js";
 
 /** Envoy's server.state values. */
 export const SERVER_STATE = { live: 0, draining: 1, preInitializing: 2, initializing: 3 } as const;

@@ -44,7 +44,7 @@ t.test("podman runs the image: healthy on /ready, `podman stop` drains and exits
   });
   const imported = await runCommand(t, "sh", [
     "-c",
-    `tar -C "$1" -c . | podman import --change 'USER 10001:10001' --change 'WORKDIR /var/lib/meshproxy' --change 'ENV MESHPROXY_DATA_DIR=/var/lib/meshproxy' --change 'STOPSIGNAL SIGTERM' --change "ENTRYPOINT $3" - "$2"`,
+    `tar -C "$1" -c . | podman import --change 'USER 10001:10001' --change 'WORKDIR /var/lib/meshproxy' --change 'ENV MESHPROXY_DATA_DIR=/var/lib/meshproxy' --change 'ENV NODE_OPTIONS=--max-semi-space-size=4' --change 'STOPSIGNAL SIGTERM' --change "ENTRYPOINT $3" - "$2"`,
     "import",
     rootfs,
     tag,
