@@ -27,7 +27,8 @@ export interface AdminTarget {
   readonly isReady: boolean;
   readonly snapshot: Snapshot | null;
   readonly metrics: Metrics;
-  clusters(): readonly ClusterStatus[];
+  /** A promise under -concurrency N: the primary asks its workers. */
+  clusters(): readonly ClusterStatus[] | Promise<readonly ClusterStatus[]>;
   stop(): Promise<void>;
   /** Writes split weights through the control plane (POST /splits/<service>); null or absent: it cannot. */
   readonly splitWriter?: SplitWriter | null;
@@ -118,8 +119,8 @@ export class AdminServer {
         const s = target.snapshot;
         sendJson(res, s ? 200 : 503, s ? redactedSnapshot(s) : { error: "no snapshot yet" });
       },
-      "/clusters": (q, res) => {
-        const clusters = target.clusters();
+      "/clusters": async (q, res) => {
+        const clusters = await target.clusters();
         if (query(q).get("format") === "json") return sendJson(res, 200, clustersJson(clusters));
         send(res, 200, clustersText(clusters));
       },
