@@ -163,7 +163,9 @@ export class Primary extends EventEmitter implements AdminTarget {
     slot.listening = false;
     slot.ready = false;
     slot.startedAt = Date.now();
-    slot.worker = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index), [WORKER_CONTROL_PLANE_ENV]: this.cp.kind });
+    const w = cluster.fork({ [WORKER_INDEX_ENV]: String(slot.index), [WORKER_CONTROL_PLANE_ENV]: this.cp.kind });
+    slot.worker = w;
+    this.log.info("worker started", { worker: slot.index, pid: w.process.pid });
   }
 
   private send(slot: Slot, m: ToWorker): void {
