@@ -23,7 +23,6 @@ t.test("every bad flag: one line on stderr naming it, exit 2, nothing started", 
     { args: ["-service", "web", "-concurrency", "two"], message: /^meshproxy: -concurrency "two": want a whole number of workers from 1 to 256, or 0 or auto for one per CPU$/ },
     { args: ["-service", "web", "-concurrency", "-1"], message: /^meshproxy: -concurrency "-1": want a whole number of workers\b.*$/ },
     { args: ["-service", "web", "-concurrency", "1000"], message: /^meshproxy: -concurrency "1000": want a whole number of workers from 1 to 256\b.*$/ },
-    { args: ["-gateway", "mesh", "-listen", "127.0.0.1:0", "-concurrency", "2"], message: /^meshproxy: -concurrency 2 with -gateway mesh: a mesh gateway runs on one event loop for now; leave -concurrency at 1$/ },
   ];
   // In parallel: each is its own process and none binds anything.
   const runs = cases.map((c) => {
