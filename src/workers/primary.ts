@@ -19,6 +19,7 @@ import { sourceTagsOf } from "../telemetry/consul-tags.js";
 import { logRejection, type Level, type LevelControl, type Logger } from "../telemetry/log.js";
 import { PortChoices } from "./ports.js";
 import { mergeClusterStatus } from "./clusters.js";
+import { SummedReadings } from "./readings.js";
 import { isFromWorker, WORKER_CONTROL_PLANE_ENV, WORKER_INDEX_ENV, type FromWorker, type ToWorker, type WorkerMetrics } from "./protocol.js";
 
 /** A worker could not serve the first Snapshot: which listener (null: not a listener) and why. */
@@ -37,6 +38,8 @@ const QUICK_EXIT_MS = 5_000;
 const MAX_RESTART_DELAY_MS = 30_000;
 /** A worker that has not answered a scrape or /clusters within this is left out of the answer. */
 const WORKER_REPLY_TIMEOUT_MS = 5_000;
+/** How often the primary gathers the workers' request totals for the traffic page (its sampling rate). */
+const READINGS_EVERY_MS = 1_000;
 /** After the drain timeout, how long workers get to close what is left and exit before SIGKILL. */
 const EXIT_GRACE_MS = 5_000;
 
@@ -82,6 +85,9 @@ export class Primary extends EventEmitter implements AdminTarget {
   private nextRequest = 0;
   private readonly pending = new Map<number, { readonly index: number; resolve(r: Reply | null): void }>();
   private exitedAll: (() => void) | null = null;
+  readonly requestReadings = new SummedReadings();
+  private readingsTimer: NodeJS.Timeout | null = null;
+  private gathering = false;
 
   constructor(private readonly opts: PrimaryOptions) {
     super();
@@ -132,6 +138,8 @@ export class Primary extends EventEmitter implements AdminTarget {
       await this.cp.announce({ address: host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host, port, protocol: this.applied.publicListener.protocol });
     }
     this.started = true;
+    this.readingsTimer = setInterval(() => void this.gatherReadings().catch(logRejection(this.log, "gathering the workers' request totals")), READINGS_EVERY_MS);
+    this.readingsTimer.unref();
     const service = (this.applied ?? this.latest)?.identity.service;
     this.log.info("proxy ready", { service, control_plane: this.cp.kind, workers: this.slots.length, public: addresses.public, ...prefixed("upstream.", addresses.upstreams) });
     this.emit("ready", addresses);
@@ -197,7 +205,8 @@ export class Primary extends EventEmitter implements AdminTarget {
         this.log.error("worker could not serve its first snapshot", { worker: slot.index, error: m.error });
         return;
       case "clusters":
-      case "metrics": {
+      case "metrics":
+      case "readings": {
         const p = this.pending.get(m.id);
         if (p) {
           this.pending.delete(m.id);
@@ -246,6 +255,7 @@ export class Primary extends EventEmitter implements AdminTarget {
       this.firstReady?.reject(new WorkerStartError(`worker ${slot.index} exited before it was ready (${signal ?? `code ${code}`})`, null));
       return;
     }
+    this.requestReadings.retire(slot.index);
     const lived = Date.now() - slot.startedAt;
     slot.quickExits = lived < QUICK_EXIT_MS ? slot.quickExits + 1 : 0;
     const delay = slot.quickExits === 0 ? 0 : Math.min(MAX_RESTART_DELAY_MS, 500 * 2 ** (slot.quickExits - 1));
@@ -254,13 +264,13 @@ export class Primary extends EventEmitter implements AdminTarget {
     slot.restart = setTimeout(() => this.fork(slot), delay);
   };
 
-  /** Asks every worker that takes messages; resolves with the replies that came in time. */
-  private ask(question: (id: number) => ToWorker): Promise<Reply[]> {
+  /** Asks every worker that takes messages; resolves with the replies that came in time, by worker index. */
+  private ask(question: (id: number) => ToWorker): Promise<Array<{ readonly worker: number; readonly reply: Reply }>> {
     const asked = this.slots.filter((s) => s.listening && s.worker?.isConnected());
     return Promise.all(
       asked.map(
         (slot) =>
-          new Promise<Reply | null>((resolve) => {
+          new Promise<{ readonly worker: number; readonly reply: Reply } | null>((resolve) => {
             const id = this.nextRequest++;
             const timer = setTimeout(() => {
               this.pending.delete(id);
@@ -271,25 +281,38 @@ export class Primary extends EventEmitter implements AdminTarget {
               index: slot.index,
               resolve: (r) => {
                 clearTimeout(timer);
-                resolve(r);
+                resolve(r && { worker: slot.index, reply: r });
               },
             });
             this.send(slot, question(id));
           }),
       ),
-    ).then((replies) => replies.filter((r): r is Reply => r !== null));
+    ).then((replies) => replies.filter((r) => r !== null));
   }
 
   /** Every worker's clusters, merged into one view (clusters.ts). */
   async clusters(): Promise<ClusterStatus[]> {
     const replies = await this.ask((id) => ({ t: "clusters", id }));
-    return mergeClusterStatus(replies.flatMap((r) => (r.t === "clusters" ? [r.clusters] : [])));
+    return mergeClusterStatus(replies.flatMap(({ reply: r }) => (r.t === "clusters" ? [r.clusters] : [])));
+  }
+
+  private async gatherReadings(): Promise<void> {
+    // One round at a time: a worker slow to answer delays the figures, it does not pile up asks.
+    if (this.gathering) return;
+    this.gathering = true;
+    try {
+      const replies = await this.ask((id) => ({ t: "readings", id }));
+      for (const { worker, reply: r } of replies) if (r.t === "readings") this.requestReadings.update(worker, r.readings);
+      this.requestReadings.commit();
+    } finally {
+      this.gathering = false;
+    }
   }
 
   /** The primary's registry and every worker's, aggregated by prom-client (counters summed, gauges by their aggregator). */
   async aggregatedRegistry(): Promise<Registry> {
     const replies = await this.ask((id) => ({ t: "metrics", id }));
-    const workers: WorkerMetrics[] = replies.flatMap((r) => (r.t === "metrics" ? [r.metrics] : []));
+    const workers: WorkerMetrics[] = replies.flatMap(({ reply: r }) => (r.t === "metrics" ? [r.metrics] : []));
     return AggregatorRegistry.aggregate([await this.metrics.registry.getMetricsAsJSON(), ...workers]);
   }
 
@@ -312,6 +335,7 @@ export class Primary extends EventEmitter implements AdminTarget {
 
   private async doStop(): Promise<void> {
     this.emit("draining");
+    if (this.readingsTimer) clearInterval(this.readingsTimer);
     this.firstReady?.resolve(this.addresses);
     try {
       await this.cp.withdraw();

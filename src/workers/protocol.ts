@@ -8,6 +8,7 @@ import type { ClusterStatus } from "../cluster/runtime.js";
 import type { ProxyAddresses } from "../proxy.js";
 import type { Level } from "../telemetry/log.js";
 import type { MetricObjectWithValues, MetricValue } from "prom-client";
+import type { ClusterRequestReading } from "../telemetry/http-stats.js";
 
 /** Environment of a forked worker: its index (0-based and kept across restarts, Envoy's worker_N). */
 export const WORKER_INDEX_ENV = "MESHPROXY_WORKER_INDEX";
@@ -21,6 +22,7 @@ export type ToWorker =
   | { readonly t: "drain" }
   | { readonly t: "clusters"; readonly id: number }
   | { readonly t: "metrics"; readonly id: number }
+  | { readonly t: "readings"; readonly id: number }
   | { readonly t: "log-level"; readonly level: Level };
 
 export type FromWorker =
@@ -32,10 +34,12 @@ export type FromWorker =
   | { readonly t: "failed"; readonly error: string; readonly listener: string | null }
   | { readonly t: "clusters"; readonly id: number; readonly clusters: readonly ClusterStatus[] }
   | { readonly t: "metrics"; readonly id: number; readonly metrics: WorkerMetrics }
+  /** Each routed cluster's request totals, for the traffic page. */
+  | { readonly t: "readings"; readonly id: number; readonly readings: ReadonlyArray<readonly [string, ClusterRequestReading]> }
   | { readonly t: "stopped" };
 
-const TO_WORKER = new Set(["snapshot", "drain", "clusters", "metrics", "log-level"]);
-const FROM_WORKER = new Set(["hello", "ready", "applied", "failed", "clusters", "metrics", "stopped"]);
+const TO_WORKER = new Set(["snapshot", "drain", "clusters", "metrics", "readings", "log-level"]);
+const FROM_WORKER = new Set(["hello", "ready", "applied", "failed", "clusters", "metrics", "readings", "stopped"]);
 
 function tagged(m: unknown): m is { t: string } {
   return typeof m === "object" && m !== null && "t" in m && typeof m.t === "string";

@@ -9,6 +9,7 @@ import { logRejection, type LevelControl, type Logger } from "../telemetry/log.j
 import { RelayedControlPlane } from "./relayed-control-plane.js";
 import { isToWorker, WORKER_CONTROL_PLANE_ENV, WORKER_INDEX_ENV, type FromWorker, type ToWorker } from "./protocol.js";
 import type { Metrics } from "../telemetry/metrics.js";
+import type { ClusterRequestReading } from "../telemetry/http-stats.js";
 
 function send(m: FromWorker): void {
   // The channel is gone when the primary is: node:cluster then ends this process.
@@ -79,6 +80,15 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
             send({ t: "metrics", id: m.id, metrics: [] });
           },
         );
+      case "readings": {
+        const http = proxy.metrics.http;
+        const readings: Array<readonly [string, ClusterRequestReading]> = [];
+        for (const name of http.clusterNames()) {
+          const r = http.reading(name);
+          if (r) readings.push([name, r]);
+        }
+        return send({ t: "readings", id: m.id, readings });
+      }
       case "log-level":
         return root.setLevel(m.level);
     }

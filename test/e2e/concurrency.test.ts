@@ -111,6 +111,19 @@ t.test("L7 through a pair at -concurrency 2: every request answered, requests co
   t.equal(rq, N, "envoy_cluster_upstream_rq_total summed over the workers equals the requests sent");
   const [w0, w1] = perWorker(text, addr);
   t.ok(w0 > 0 && w1 > 0, `the requests' connections landed on both workers (${w0} and ${w1})`);
+
+  // The traffic page's figures are every worker's requests, not the primary's (which serves none).
+  let total: unknown = null;
+  await until(async () => {
+    const doc: unknown = await (await fetch(`http://${web.adminAddr}/traffic.json`)).json();
+    const services = typeof doc === "object" && doc !== null && "services" in doc && Array.isArray(doc.services) ? doc.services : [];
+    const api: unknown = services.find((s: unknown) => typeof s === "object" && s !== null && "name" in s && s.name === "api");
+    const clusters = typeof api === "object" && api !== null && "clusters" in api && Array.isArray(api.clusters) ? api.clusters : [];
+    const first: unknown = clusters[0];
+    total = typeof first === "object" && first !== null && "requests_total" in first ? first.requests_total : null;
+    return total === N;
+  }, 5000, `traffic.json to count ${N} requests`).catch(() => undefined);
+  t.equal(total, N, "/traffic.json counts every worker's requests");
 });
 
 t.test("an intention flip to deny reaches every worker: every new connection is refused", { timeout: 90_000 }, async (t) => {
