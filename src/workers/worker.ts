@@ -59,6 +59,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
   const stopped = new Promise<void>((resolve) => proxy.once("stopped", resolve));
   proxy.on("snapshot", (s: { version: number }) => send({ t: "applied", version: s.version }));
 
+  let drainAsked = false;
   const onMessage = (m: unknown): void => {
     if (!isToWorker(m)) return;
     handle(m);
@@ -68,6 +69,7 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
       case "snapshot":
         return cp.deliver(m.snapshot);
       case "drain":
+        drainAsked = true;
         return void proxy.stop().catch(logRejection(log, "draining"));
       case "clusters":
         return send({ t: "clusters", id: m.id, clusters: proxy.clusters() });
@@ -102,6 +104,8 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     send({ t: "stopped" });
     return 0;
   } catch (e) {
+    // Told to drain before the first Snapshot came: nothing was served, nothing failed.
+    if (drainAsked) return 0;
     const msg = e instanceof Error ? e.message : String(e);
     send({ t: "failed", error: msg, listener: e instanceof ListenerBindError ? e.listener : null });
     await proxy.stop().catch(logRejection(log, "stopping after a failed start", "debug"));
