@@ -191,7 +191,12 @@ export class Primary extends EventEmitter implements AdminTarget {
     switch (m.t) {
       case "hello":
         slot.listening = true;
-        if (this.latest) this.send(slot, { t: "snapshot", snapshot: this.latest });
+        // Started while draining: a drain sent before it listened was lost.
+        if (this.stopping) return this.send(slot, { t: "drain" });
+        // The last good Snapshot first: a worker restarted while the latest is one every worker
+        // rejected must serve what the others serve, not wait for a valid one.
+        if (this.applied) this.send(slot, { t: "snapshot", snapshot: this.applied });
+        if (this.latest && this.latest !== this.applied) this.send(slot, { t: "snapshot", snapshot: this.latest });
         return;
       case "ready":
         return this.onReady(slot, m.addresses);

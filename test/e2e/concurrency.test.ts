@@ -227,6 +227,31 @@ t.test("SIGKILL of one worker: it is restarted and counted; the other worker's c
   t.equal(web.child.exitCode, null, "the primary kept running");
 });
 
+t.test("a worker restarted while the latest Snapshot is one every worker rejected serves the last good one", { timeout: 90_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const echo = await echoServer(t);
+  await concurrent(t, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`], dir);
+  const web = await concurrent(t, ["-service", "web", "-upstream", "db:0"], dir);
+  const addr = web.upstreams["db"]!;
+  const rejectedBy = (worker: string) => (l: LogLine) => l["@message"] === "snapshot rejected; keeping the last good one" && l["@module"] === `meshproxy.worker_${worker}`;
+  const bothRejected = Promise.all([nextLog(web, rejectedBy("0")), nextLog(web, rejectedBy("1"))]);
+  // A load balancer the config entry accepts but a cluster cannot be built with: every worker refuses the Snapshot.
+  await configWrite(t, dir, { Kind: "service-resolver", Name: "db", LoadBalancer: { Policy: "least_request", LeastRequestConfig: { ChoiceCount: 0 } } });
+  await bothRejected;
+  t.pass("both workers rejected the Snapshot and kept the last good one");
+  const victim = web.workerPids().get(0)!;
+  const restarted = nextLog(web, (l) => l["@message"] === "worker ready" && l["worker"] === 0, 20_000);
+  const rejectedAgain = nextLog(web, rejectedBy("0"), 20_000);
+  process.kill(victim, "SIGKILL");
+  await restarted;
+  t.pass("the new worker 0 is ready: it was given the last good Snapshot first");
+  await rejectedAgain;
+  t.pass("and then refused the bad one, as the others did");
+  let ok = 0;
+  for (let i = 0; i < 6; i++) if (await echoes(addr, "ping\n", 5000)) ok++;
+  t.equal(ok, 6, "6 new connections over both workers all get through");
+});
+
 t.test("SIGTERM drains every worker: open connections finish, new ones are refused, exit 0", { timeout: 90_000 }, async (t) => {
   const dir = await tempDir(t);
   const echo = await echoServer(t);
