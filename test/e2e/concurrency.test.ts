@@ -66,7 +66,8 @@ t.test("L4 through a pair at -concurrency 2: connections land on both workers, o
   const dir = await tempDir(t);
   const echo = await echoServer(t);
   const db = await concurrent(t, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`], dir);
-  const web = await concurrent(t, ["-service", "web", "-upstream", "db:0"], dir);
+  const web = await concurrent(t, ["-service", "web", "-upstream", "db:0", "-metrics-addr", "127.0.0.1:0"], dir);
+  const metricsAddr = String((await web.waitForLog((l) => l["@message"] === "metrics listening"))["address"]);
   const addr = web.upstreams["db"]!;
   const N = 20;
   for (let i = 0; i < N; i++) t.ok(await echoes(addr, `ping ${i}\n`, 5000), `connection ${i} echoes through both sidecars`);
@@ -81,6 +82,8 @@ t.test("L4 through a pair at -concurrency 2: connections land on both workers, o
   t.equal(sample(text, "meshproxy_snapshots_applied_total", { control_plane: "dev" }), 1, "a Snapshot applied by every worker counts once (max over workers), not once per worker");
   t.match(text, /# TYPE envoy_listener_downstream_cx_total counter\n/, "each family appears once in the aggregated exposition");
   t.equal(text.match(/^# TYPE process_resident_memory_bytes /gm)?.length, 1, "and so do the process families (summed: the primary's and the workers' memory)");
+  const listener = await (await fetch(`http://${metricsAddr}/metrics`)).text();
+  t.equal(sample(listener, "envoy_listener_downstream_cx_total", { envoy_listener_address: addr.replace(/:(\d+)$/, "_$1") }), N, "the -metrics-addr listener serves the same aggregate");
 
   const dbText = await scrape(db.adminAddr);
   const [d0, d1] = perWorker(dbText, db.publicAddr!);
