@@ -55,6 +55,10 @@ options:
                     in the same run (its own processes, interleaved with the other paths; direct
                     and HAProxy run once) and the tables get a column per binary
                     (default: the node running the harness)
+  --sidecar-concurrency N
+                    run the meshproxy sidecars with -concurrency N (a primary and N worker
+                    processes; CPU and memory are summed over the process tree); not written
+                    to RESULTS.md
   --sidecar-node-args "FLAGS"
                     extra node flags for the meshproxy sidecars only (e.g. V8 heap flags), for
                     trying a setting before building it in; recorded in results.json
@@ -152,6 +156,7 @@ try {
       "cpu-prof": { type: "boolean", default: false },
       "no-results-md": { type: "boolean", default: false },
       "sidecar-node-args": { type: "string" },
+      "sidecar-concurrency": { type: "string" },
       node: { type: "string" },
       "meshproxy-root": { type: "string" },
       "meshproxy-rev": { type: "string" },
@@ -180,7 +185,8 @@ if (args["meshproxy-root"] && args["meshproxy-rev"]) {
   process.stderr.write("bench: give --meshproxy-root or --meshproxy-rev, not both\n");
   process.exit(2);
 }
-const writeResultsMd = mode === "full" && !args["no-results-md"] && !args["sidecar-node-args"] && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"];
+const sidecarConcurrency = args["sidecar-concurrency"] ? positiveInt("--sidecar-concurrency", args["sidecar-concurrency"]) : null;
+const writeResultsMd = mode === "full" && !args["no-results-md"] && !args["sidecar-node-args"] && sidecarConcurrency === null && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"];
 const command = process.env.npm_lifecycle_event === "bench" ? `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}` : `node bench/run.mjs ${process.argv.slice(2).join(" ")}`.trim();
 
 function positiveInt(flag, v) {
@@ -500,7 +506,10 @@ async function startMesh(env, round, ca, roundDir, variant) {
   // less a reserve, 9,872 here) refuses part of the 9,900 idle connections. Builds from before
   // -max-connections existed (--meshproxy-rev) are run without it.
   const limitArgs = (await supportsFlag(mpRoot, "--max-connections")) ? ["-max-connections", String(Math.min(9990, Math.max(2000, cfg.idleConns + 50)))] : [];
-  const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}${sfx}-r${round}`, dataDir, node, nodeArgs, args: [...limitArgs, ...sargs] });
+  // --sidecar-concurrency: the sidecars (not the gateways) run -concurrency N; their CPU and
+  // memory are the whole process tree's (procstat.mjs), primary and workers.
+  const concurrencyArgs = sidecarConcurrency === null ? [] : ["-concurrency", String(sidecarConcurrency)];
+  const sidecar = (name, sargs) => startSidecar(procs, { root: mpRoot, name: `${name}${sfx}-r${round}`, dataDir, node, nodeArgs, args: [...limitArgs, ...concurrencyArgs, ...sargs] });
   // The clients' upstream clusters get the same cap: Envoy's default MaxConnections (1024 per
   // cluster, TCP included) would refuse the idle test's connections past the 1,024th with UO.
   // An operator holding that many long-lived connections raises it the same way.
@@ -904,6 +913,7 @@ async function main() {
     // The Node binaries meshproxy ran on: its column (key) in summary, figures and targets.
     nodes: variants.map((v) => ({ key: v.key, gatewayKey: v.gwKey, label: v.label, spec: v.spec, path: v.path, node: v.node, openssl: v.openssl, v8: v.v8 })),
     ...(args["sidecar-node-args"] ? { sidecarNodeArgs: args["sidecar-node-args"] } : {}),
+    ...(sidecarConcurrency !== null ? { sidecarConcurrency } : {}),
     fdLimit: fdLimit(),
     durationS: (performance.now() - tStart) / 1000,
     loadavgAtStart,

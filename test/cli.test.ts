@@ -20,6 +20,9 @@ t.test("every bad flag: one line on stderr naming it, exit 2, nothing started", 
     { args: ["-service", "web", "-bogus"], message: /^meshproxy: unknown flag -bogus \(run meshproxy -h for the list\)$/ },
     { args: ["-upstream", "db:0"], message: /^meshproxy: -service or -proxy-id must be specified\b.*$/ },
     { args: ["-service", "web", "-log-level", "loud"], message: /^meshproxy: -log-level "loud": want trace, debug, info, warn or error$/ },
+    { args: ["-service", "web", "-concurrency", "two"], message: /^meshproxy: -concurrency "two": want a whole number of workers from 1 to 256, or 0 or auto for one per CPU$/ },
+    { args: ["-service", "web", "-concurrency", "-1"], message: /^meshproxy: -concurrency "-1": want a whole number of workers\b.*$/ },
+    { args: ["-service", "web", "-concurrency", "1000"], message: /^meshproxy: -concurrency "1000": want a whole number of workers from 1 to 256\b.*$/ },
   ];
   // In parallel: each is its own process and none binds anything.
   const runs = cases.map((c) => {

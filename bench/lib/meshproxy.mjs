@@ -11,7 +11,9 @@ export function startSidecar(procs, { root, name, dataDir, args, node = process.
     env: { ...process.env, CONSUL_HTTP_ADDR: "", ...env },
   });
   return h
-    .waitForLine((e) => e.stream === "stderr" && e.line.includes('"proxy ready"'), 20_000)
+    // With -concurrency N each worker logs its own "proxy ready" (module meshproxy.worker_<i>);
+    // the sidecar is ready when the primary's comes, once every worker serves.
+    .waitForLine((e) => e.stream === "stderr" && e.line.includes('"proxy ready"') && !e.line.includes('"meshproxy.worker_'), 20_000)
     .then(async (e) => {
       const ready = JSON.parse(e.line);
       const upstreams = {};

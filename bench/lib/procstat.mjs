@@ -10,8 +10,40 @@ try {
   /* Linux default */
 }
 
-/** CPU seconds used so far by pid, split into user and system (kernel) time, or null if it is gone. */
+/** pid's children (Linux's /proc/<pid>/task/<pid>/children), or none. */
+function childrenOf(pid) {
+  try {
+    return readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/** pid and every live descendant: a meshproxy at -concurrency N is a primary and N workers. */
+function tree(pid) {
+  const all = [pid];
+  for (let i = 0; i < all.length; i++) all.push(...childrenOf(all[i]));
+  return all;
+}
+
+/**
+ * CPU seconds used so far by pid and its live descendants, split into user and system (kernel)
+ * time, or null if pid is gone.
+ */
 export function cpuTimes(pid) {
+  const own = ownCpuTimes(pid);
+  if (!own) return null;
+  for (const child of tree(pid).slice(1)) {
+    const t = ownCpuTimes(child);
+    if (t) {
+      own.user += t.user;
+      own.system += t.system;
+    }
+  }
+  return own;
+}
+
+function ownCpuTimes(pid) {
   try {
     const s = readFileSync(`/proc/${pid}/stat`, "utf8");
     // The command name (field 2) may contain spaces; fields after the closing paren are fixed.
@@ -28,8 +60,22 @@ export function cpuSeconds(pid) {
   return t ? t.user + t.system : null;
 }
 
-/** { rssKb, hwmKb, rssAnonKb } from /proc/<pid>/status, or null. */
+/**
+ * { rssKb, hwmKb, rssAnonKb } from /proc/<pid>/status, summed over pid and its live descendants
+ * (the peak is the sum of each process's peak: an upper bound of the tree's), or null.
+ */
 export function memory(pid) {
+  const own = ownMemory(pid);
+  if (!own) return null;
+  for (const child of tree(pid).slice(1)) {
+    const m = ownMemory(child);
+    if (!m) continue;
+    for (const k of ["rssKb", "hwmKb", "rssAnonKb"]) if (own[k] !== null && m[k] !== null) own[k] += m[k];
+  }
+  return own;
+}
+
+function ownMemory(pid) {
   try {
     const s = readFileSync(`/proc/${pid}/status`, "utf8");
     const rss = /^VmRSS:\s+(\d+) kB/m.exec(s);
@@ -41,10 +87,10 @@ export function memory(pid) {
   }
 }
 
-/** Resets VmHWM to the current RSS (Linux ≥ 4.0: write 5 to clear_refs). Returns false if not allowed. */
+/** Resets VmHWM to the current RSS (Linux ≥ 4.0: write 5 to clear_refs) of pid and its descendants. Returns false if not allowed. */
 export function resetPeak(pid) {
   try {
-    writeFileSync(`/proc/${pid}/clear_refs`, "5");
+    for (const p of tree(pid)) writeFileSync(`/proc/${p}/clear_refs`, "5");
     return true;
   } catch {
     return false;

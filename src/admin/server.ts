@@ -17,7 +17,7 @@ import { certsJson } from "./certs.js";
 import { BROWSER_REFUSALS, HostAllowList, checkHost, checkMutation, type Refused } from "../http/browser-guard.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
 import type { Counter } from "prom-client";
-import { TrafficWindow } from "../telemetry/traffic-window.js";
+import { TrafficWindow, type RequestReadings } from "../telemetry/traffic-window.js";
 import { trafficDocument } from "./traffic.js";
 import { PAGE_CSS, PAGE_HEADERS, PAGE_HTML, PAGE_ICON, PAGE_JS } from "./page.js";
 import { changeSplit, SPLIT_RESULTS, writability } from "./splits.js";
@@ -27,8 +27,11 @@ export interface AdminTarget {
   readonly isReady: boolean;
   readonly snapshot: Snapshot | null;
   readonly metrics: Metrics;
-  clusters(): readonly ClusterStatus[];
+  /** A promise under -concurrency N: the primary asks its workers. */
+  clusters(): readonly ClusterStatus[] | Promise<readonly ClusterStatus[]>;
   stop(): Promise<void>;
+  /** The request totals the traffic page's figures come from; absent: metrics.http (this process's). */
+  readonly requestReadings?: RequestReadings;
   /** Writes split weights through the control plane (POST /splits/<service>); null or absent: it cannot. */
   readonly splitWriter?: SplitWriter | null;
 }
@@ -118,8 +121,8 @@ export class AdminServer {
         const s = target.snapshot;
         sendJson(res, s ? 200 : 503, s ? redactedSnapshot(s) : { error: "no snapshot yet" });
       },
-      "/clusters": (q, res) => {
-        const clusters = target.clusters();
+      "/clusters": async (q, res) => {
+        const clusters = await target.clusters();
         if (query(q).get("format") === "json") return sendJson(res, 200, clustersJson(clusters));
         send(res, 200, clustersText(clusters));
       },
@@ -148,7 +151,7 @@ export class AdminServer {
       this.handle(req, res).catch(logRejection(this.log, "admin request"));
     });
     this.refusedLog = new RateLimitedWarning(this.log, "admin request refused as coming from a web page");
-    this.traffic = new TrafficWindow(target.metrics.http);
+    this.traffic = new TrafficWindow(target.requestReadings ?? target.metrics.http);
     this.splitChanges = target.metrics.adminSplitChanges;
     for (const r of SPLIT_RESULTS) this.splitChanges.labels(r).inc(0);
     for (const reason of BROWSER_REFUSALS) target.metrics.adminRejected.labels("admin", reason).inc(0);

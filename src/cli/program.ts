@@ -1,6 +1,7 @@
 // The command line, with Consul's built-in proxy flags (single or double dash) and our own.
 // Commander parses; this file turns its values into typed options and validates them.
 import { readFileSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { Command, CommanderError, Option } from "commander";
 import { goStyleArgv, parseBool, parseHostPort, parseUpstream, UsageError } from "./args.js";
 import { parseLevel, parseLogDestination, type Level, type LogDestination } from "../telemetry/log.js";
@@ -64,6 +65,8 @@ export interface ProxyCommand {
   readonly datacenter: string | undefined;
   /** -gateway mesh: run a mesh gateway on -listen instead of a sidecar. */
   readonly gateway: GatewaySettings | null;
+  /** -concurrency: event loops (worker processes) serving the listeners; 1 is one process, no workers. */
+  readonly concurrency: number;
 }
 
 interface RawProxyOptions {
@@ -103,6 +106,7 @@ interface RawProxyOptions {
   address?: string;
   wanAddress?: string;
   meshGatewayMode?: string;
+  concurrency: string;
 }
 
 function collect(v: string, prev: string[]): string[] {
@@ -155,6 +159,8 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   const sampleRate = Number(o.tracingSampleRate);
   if (!Number.isFinite(sampleRate) || sampleRate < 0 || sampleRate > 1) throw new UsageError(`-tracing-sample-rate "${o.tracingSampleRate}": want a number from 0 to 1, e.g. 0.1`);
   if (o.tracingEndpoint) checkHttpUrl("-tracing-endpoint", o.tracingEndpoint, "http://127.0.0.1:4318/v1/traces");
+  const concurrency = parseConcurrency(o.concurrency);
+  if (gateway !== null && concurrency > 1) throw new UsageError(`-concurrency ${o.concurrency} with -gateway mesh: a mesh gateway runs on one event loop for now; leave -concurrency at 1`);
   return {
     request: {
       service: o.service ?? (gateway ? "mesh-gateway" : ""),
@@ -187,7 +193,19 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
     },
     datacenter: o.datacenter,
     gateway,
+    concurrency,
   };
+}
+
+/** The most workers -concurrency takes: more is a typo, not a host. */
+export const MAX_CONCURRENCY = 256;
+
+/** `-concurrency N`: a whole number of workers; 0 or `auto` is one per CPU (Envoy's --concurrency, whose default is the CPU count). */
+export function parseConcurrency(raw: string): number {
+  if (raw === "auto") return availableParallelism();
+  if (!/^\d+$/.test(raw) || Number(raw) > MAX_CONCURRENCY) throw new UsageError(`-concurrency "${raw}": want a whole number of workers from 1 to ${MAX_CONCURRENCY}, or 0 or auto for one per CPU`);
+  const n = Number(raw);
+  return n === 0 ? availableParallelism() : n;
 }
 
 /**
@@ -340,6 +358,7 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(new Option("--metrics-addr <host:port>", "Prometheus metrics listener (default none; with Consul, Proxy.Config envoy_prometheus_bind_addr)"))
     .addOption(new Option("--max-connections <n>", "connections each listener holds at once; more are closed at accept (default: half the file-descriptor limit less 256, at most 50000)"))
     .addOption(new Option("--max-tls-handshakes <n>", "TLS handshakes in flight on the public listener; more connections are closed at accept (default 1024)"))
+    .addOption(new Option("--concurrency <n>", "worker processes serving the listeners (Envoy's --concurrency); 0 or auto: one per CPU").default("1"))
     .addOption(new Option("--app-metrics-url <url>", "the app's metrics, merged into the proxy's at each scrape, e.g. http://127.0.0.1:9464/metrics"))
     .action((opts: RawProxyOptions, cmd: Command) => {
       const adminExplicit = cmd.getOptionValueSource("adminAddr") !== "default";

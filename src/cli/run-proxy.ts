@@ -5,7 +5,7 @@ import { ControlPlaneError, type ControlPlane } from "../controlplane/controlpla
 import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
 import { AgentClient } from "../controlplane/consul/client.js";
 import { createControlPlane, devChoice, type ControlPlaneChoice } from "../controlplane/select.js";
-import { AdminServer } from "../admin/server.js";
+import { AdminServer, type AdminTarget } from "../admin/server.js";
 import { logRejection, createLogger, type LevelControl, type Logger } from "../telemetry/log.js";
 import { MetricsExposition } from "../telemetry/merge.js";
 import { MetricsServer } from "../telemetry/metrics-server.js";
@@ -17,7 +17,7 @@ import type { ProxyCommand } from "./program.js";
 import { handleShutdownSignals } from "./signals.js";
 import { deregisterSidecar, registerSidecar } from "../controlplane/dev/sidecars.js";
 
-function agentClientFor(cmd: ProxyCommand): AgentClient | null {
+export function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   const c = cmd.consul;
   if (!c || cmd.configFile !== undefined) return null;
   try {
@@ -28,7 +28,7 @@ function agentClientFor(cmd: ProxyCommand): AgentClient | null {
 }
 
 /** The CLI's choice, made by flags: -config-file, then -http-addr (or CONSUL_HTTP_ADDR), then the dev state directory. */
-function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): Promise<ControlPlane> {
+export function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | null): Promise<ControlPlane> {
   if (cmd.configFile !== undefined) return createControlPlane({ kind: "static", file: cmd.configFile }, cmd.request, log);
   if (cmd.consul && client) {
     const c = cmd.consul;
@@ -44,14 +44,14 @@ function controlPlaneFor(cmd: ProxyCommand, log: Logger, client: AgentClient | n
   return createControlPlane(devChoice(cmd.dataDir, cmd.datacenter), cmd.request, log);
 }
 
-function flagFor(e: ListenerBindError, cmd: ProxyCommand): string {
+export function flagFor(e: { readonly listener: string }, cmd: ProxyCommand): string {
   if (cmd.configFile !== undefined) return `${cmd.configFile}: ${e.listener === "public" ? "public_listener.bind" : "upstreams[].bind"}`;
   return e.listener === "public" ? "-listen" : "-upstream";
 }
 
-async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger & LevelControl, exposition: MetricsExposition): Promise<AdminServer | null> {
+export async function startAdmin(target: AdminTarget, cmd: ProxyCommand, log: Logger, levels: LevelControl, exposition: MetricsExposition): Promise<AdminServer | null> {
   if (!cmd.admin) return null;
-  const admin = new AdminServer(proxy, { exposition, logLevel: log, log: log.child("admin") });
+  const admin = new AdminServer(target, { exposition, logLevel: levels, log: log.child("admin") });
   try {
     const a = await admin.listen(cmd.admin.host, cmd.admin.port);
     log.info("admin API listening", { address: `${a.address}:${a.port}` });
@@ -70,7 +70,7 @@ async function startAdmin(proxy: Proxy, cmd: ProxyCommand, log: Logger & LevelCo
 }
 
 /** Binds the metrics listener; `source` names the setting that chose the address, for the error. */
-async function startMetrics(exposition: MetricsExposition, at: HostPort, source: string, log: Logger, refused: Metrics["adminRejected"]): Promise<MetricsServer> {
+export async function startMetrics(exposition: MetricsExposition, at: HostPort, source: string, log: Logger, refused: Metrics["adminRejected"]): Promise<MetricsServer> {
   const server = new MetricsServer(exposition, refused);
   try {
     const a = await server.listen(at.host, at.port);
@@ -88,7 +88,7 @@ async function startMetrics(exposition: MetricsExposition, at: HostPort, source:
  * proxy runs (the registration then exists); a failure here costs the listener, not the proxy,
  * and the admin API still serves the same metrics.
  */
-async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposition: MetricsExposition, log: Logger, refused: Metrics["adminRejected"]): Promise<MetricsServer | null> {
+export async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposition: MetricsExposition, log: Logger, refused: Metrics["adminRejected"]): Promise<MetricsServer | null> {
   try {
     const at = await consulPrometheusBindAddr(client, cmd.request.proxyId, cmd.sidecarFor);
     return at ? await startMetrics(exposition, at, "Proxy.Config.envoy_prometheus_bind_addr", log, refused) : null;
@@ -103,7 +103,7 @@ async function startConsulMetrics(client: AgentClient, cmd: ProxyCommand, exposi
  * under <data-dir>/sidecars/, so `meshproxy canary` can read what each caller saw. Not fatal:
  * the proxy serves without it.
  */
-async function registerDevSidecar(cmd: ProxyCommand, admin: AdminServer | null, log: Logger): Promise<string | null> {
+export async function registerDevSidecar(cmd: ProxyCommand, admin: AdminServer | null, log: Logger): Promise<string | null> {
   const at = admin?.address();
   if (cmd.consul || cmd.configFile !== undefined || !at) return null;
   const id = cmd.request.proxyId ?? `${cmd.request.service}-sidecar-proxy-${process.pid}`;
@@ -118,6 +118,8 @@ async function registerDevSidecar(cmd: ProxyCommand, admin: AdminServer | null, 
 }
 
 export async function runProxy(cmd: ProxyCommand): Promise<number> {
+  // -concurrency N: a primary and N worker processes (run-workers.ts); 1 is this one process.
+  if (cmd.concurrency > 1) return (await import("./run-workers.js")).runWorkers(cmd);
   const log = createLogger({ level: cmd.logLevel, json: cmd.logJson, dest: cmd.logDest });
   let proxy: Proxy | null = null;
   let admin: AdminServer | null = null;
@@ -137,7 +139,7 @@ export async function runProxy(cmd: ProxyCommand): Promise<number> {
     proxy = new Proxy({ controlPlane: await controlPlaneFor(cmd, log, client), logger: log, drainTimeoutMs: cmd.drainTimeoutMs, accessLog: cmd.accessLog, limits, ...(cmd.tracing ? { tracing: cmd.tracing } : {}) });
     const stopped = new Promise<void>((resolve) => proxy!.once("stopped", resolve));
     exposition = new MetricsExposition(proxy.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log);
-    admin = await startAdmin(proxy, cmd, log, exposition);
+    admin = await startAdmin(proxy, cmd, log, log, exposition);
     if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log, proxy.metrics.adminRejected);
     if (signals.received === 0) await proxy.start();
     if (signals.received === 0) sidecarId = await registerDevSidecar(cmd, admin, log);

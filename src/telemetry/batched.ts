@@ -101,8 +101,11 @@ interface HistogramExport {
   help: string;
   type: "histogram";
   aggregator: "sum";
-  values: Array<{ labels: Readonly<Record<string, string | number>>; value: number; metricName: string }>;
+  /** sharedLabels: prom-client's Histogram.get() (the JSON form, which -concurrency aggregates) reads it. */
+  values: Array<{ labels: Readonly<Record<string, string | number>>; sharedLabels: Readonly<Record<string, string>>; value: number; metricName: string }>;
 }
+
+const NO_SHARED_LABELS: Readonly<Record<string, string>> = Object.freeze({});
 
 /** A histogram's series for one label set. */
 export interface TimeSlot {
@@ -179,11 +182,11 @@ export class BatchedHistogram<L extends string> extends Histogram<L> {
       let cumulative = 0;
       this.bounds.forEach((le, i) => {
         cumulative += s.counts[i]!;
-        values.push({ labels: { le, ...s.labels }, value: cumulative, metricName: `${this.def.name}_bucket` });
+        values.push({ labels: { le, ...s.labels }, sharedLabels: NO_SHARED_LABELS, value: cumulative, metricName: `${this.def.name}_bucket` });
       });
-      values.push({ labels: { le: "+Inf", ...s.labels }, value: s.count, metricName: `${this.def.name}_bucket` });
-      values.push({ labels: s.labels, value: s.sum, metricName: `${this.def.name}_sum` });
-      values.push({ labels: s.labels, value: s.count, metricName: `${this.def.name}_count` });
+      values.push({ labels: { le: "+Inf", ...s.labels }, sharedLabels: NO_SHARED_LABELS, value: s.count, metricName: `${this.def.name}_bucket` });
+      values.push({ labels: s.labels, sharedLabels: NO_SHARED_LABELS, value: s.sum, metricName: `${this.def.name}_sum` });
+      values.push({ labels: s.labels, sharedLabels: NO_SHARED_LABELS, value: s.count, metricName: `${this.def.name}_count` });
     }
     return Promise.resolve({ name: this.def.name, help: this.def.help, type: "histogram", values, aggregator: "sum" });
   }

@@ -223,20 +223,26 @@ export class MetricsExposition {
   readonly contentType = "text/plain; version=0.0.4; charset=utf-8";
   private readonly app: AppSource | null;
 
+  /**
+   * `registry` holds the proxy's metrics (and the app-merge ones); `gather`, when given, is what
+   * a scrape renders instead: under -concurrency N, that registry aggregated with every worker's.
+   */
   constructor(
     private readonly registry: Registry,
     app: AppMetricsOptions | null,
     log: Logger,
+    private readonly gather: () => Promise<Registry> = () => Promise.resolve(registry),
   ) {
     this.app = app ? new AppSource(app, registry, log.child("metrics")) : null;
   }
 
   /** The exposition to serve for one scrape. Never fails because of the app. */
   async render(): Promise<string> {
-    if (!this.app) return this.registry.metrics();
+    if (!this.app) return (await this.gather()).metrics();
     // The app first: its outcome is part of our metrics, which are rendered after it.
-    const merged = await this.app.collect(registryNames(this.registry));
-    const ours = await this.registry.metrics();
+    const merged = await this.app.collect(registryNames(await this.gather()));
+    // Gathered again: the app's outcome (meshproxy_app_metrics_*) is part of it.
+    const ours = await (await this.gather()).metrics();
     return (ours === "" || ours.endsWith("\n") ? ours : `${ours}\n`) + formatFamilies(merged.families);
   }
 

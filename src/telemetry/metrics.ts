@@ -97,6 +97,8 @@ export class Metrics {
   readonly accessLogDropped: Counter<string>;
   readonly adminRejected: Counter<"listener" | "reason">;
   readonly adminSplitChanges: Counter<"result">;
+  // With -concurrency N every worker applies each Snapshot: the aggregate of a Snapshot count or
+  // timestamp is the figure of the furthest worker (max), of a certificate expiry the nearest (min).
 
   constructor(opts: { processMetrics?: boolean } = {}) {
     const r = [this.registry];
@@ -124,10 +126,10 @@ export class Metrics {
     this.outboundRejected = new Counter({ name: "meshproxy_outbound_rejected_total", help: "Requests from the local app refused by an upstream listener before routing, by reason", labelNames: ["reason"], registers: r });
     this.upstreamIdentityRejected = new Counter({ name: "meshproxy_upstream_identity_rejected_total", help: "Upstream servers refused because their SPIFFE ID was not the expected one", labelNames: ["envoy_cluster_name"], registers: r });
     this.controlPlaneErrors = new Counter({ name: "meshproxy_control_plane_errors_total", help: "Control-plane fetch or parse failures", labelNames: ["control_plane", "resource"], registers: r });
-    this.controlPlaneLastSuccess = new Gauge({ name: "meshproxy_control_plane_last_success_timestamp_seconds", help: "When the last good Snapshot was applied", labelNames: ["control_plane"], registers: r });
-    this.snapshotsApplied = new Counter({ name: "meshproxy_snapshots_applied_total", help: "Snapshots applied", labelNames: ["control_plane"], registers: r });
-    this.snapshotsRejected = new Counter({ name: "meshproxy_snapshots_rejected_total", help: "Snapshots rejected by validation (the last good one kept serving)", labelNames: ["control_plane", "field"], registers: r });
-    this.certExpiry = new Gauge({ name: "meshproxy_certificate_expiry_timestamp_seconds", help: "Expiry of the leaf and root certificates in use", labelNames: ["kind", "serial"], registers: r });
+    this.controlPlaneLastSuccess = new Gauge({ name: "meshproxy_control_plane_last_success_timestamp_seconds", help: "When the last good Snapshot was applied", labelNames: ["control_plane"], registers: r, aggregator: "max" });
+    this.snapshotsApplied = new Counter({ name: "meshproxy_snapshots_applied_total", help: "Snapshots applied", labelNames: ["control_plane"], registers: r, aggregator: "max" });
+    this.snapshotsRejected = new Counter({ name: "meshproxy_snapshots_rejected_total", help: "Snapshots rejected by validation (the last good one kept serving)", labelNames: ["control_plane", "field"], registers: r, aggregator: "max" });
+    this.certExpiry = new Gauge({ name: "meshproxy_certificate_expiry_timestamp_seconds", help: "Expiry of the leaf and root certificates in use", labelNames: ["kind", "serial"], registers: r, aggregator: "min" });
     this.configErrors = new Counter({ name: "meshproxy_config_errors_total", help: "Bad configuration input rejected (flags, files)", labelNames: ["kind"], registers: r });
     this.tracingExportFailures = new Counter({ name: "meshproxy_tracing_export_failures_total", help: "Span batches the OTLP exporter could not deliver (the spans are dropped)", labelNames: ["reason"], registers: r });
     this.adminRejected = new Counter({ name: "meshproxy_admin_rejected_total", help: "Requests to the admin API or metrics listener refused as coming from a browser page (DNS rebinding, cross-origin, form body)", labelNames: ["listener", "reason"], registers: r });

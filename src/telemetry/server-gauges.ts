@@ -12,12 +12,18 @@ export interface ServerView {
   totalConnections(): number;
 }
 
+/**
+ * With -concurrency N each worker registers these and one scrape aggregates them (prom-client's
+ * AggregatorRegistry): live while every worker is (min), the least ready worker's state (max),
+ * the oldest worker's uptime (max), concurrency and connections summed (each worker is 1 of N).
+ */
 export function registerServerGauges(registry: Registry, server: ServerView, startedAt = Date.now()): void {
   const registers = [registry];
   new Gauge({
     name: "envoy_server_live",
     help: "1 when the proxy is serving (ready and not draining), else 0",
     registers,
+    aggregator: "min",
     collect() {
       this.set(server.state() === "live" ? 1 : 0);
     },
@@ -26,6 +32,7 @@ export function registerServerGauges(registry: Registry, server: ServerView, sta
     name: "envoy_server_state",
     help: "0 live, 1 draining, 2 pre-initializing, 3 initializing (Envoy's server.state)",
     registers,
+    aggregator: "max",
     collect() {
       this.set(SERVER_STATE[server.state()]);
     },
@@ -34,12 +41,14 @@ export function registerServerGauges(registry: Registry, server: ServerView, sta
     name: "envoy_server_uptime",
     help: "Seconds since the proxy started",
     registers,
+    aggregator: "max",
     collect() {
       this.set(Math.floor((Date.now() - startedAt) / 1000));
     },
   });
-  // One event loop does all the proxying: Envoy's worker count is 1 here.
-  new Gauge({ name: "envoy_server_concurrency", help: "Worker threads handling connections", registers }).set(1);
+  // One event loop per process does the proxying: each counts 1, and with -concurrency N the
+  // summed aggregate is N (Envoy's --concurrency).
+  new Gauge({ name: "envoy_server_concurrency", help: "Workers (event loops) handling connections", registers, aggregator: "sum" }).set(1);
   new Gauge({
     name: "envoy_server_total_connections",
     help: "Connections open on all listeners",

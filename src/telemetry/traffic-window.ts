@@ -3,7 +3,13 @@
 // keeps (http-stats.ts) are copied into a short ring of samples, and a figure is the difference
 // between now and the oldest sample still inside the window, as Prometheus's rate() and
 // histogram_quantile() compute them from the same counters.
-import { ENVOY_BUCKETS_MS, type ClusterRequestReading, type HttpStats } from "./http-stats.js";
+import { ENVOY_BUCKETS_MS, type ClusterRequestReading } from "./http-stats.js";
+
+/** Where the running totals come from: this process's HttpStats, or (-concurrency N) the workers' summed. */
+export interface RequestReadings {
+  clusterNames(): Iterable<string>;
+  reading(cluster: string): ClusterRequestReading | null;
+}
 
 /** The window the page's figures cover (Prometheus dashboards use [1m]; a live page wants seconds). */
 export const TRAFFIC_WINDOW_MS = 10_000;
@@ -66,7 +72,7 @@ export class TrafficWindow {
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
-    private readonly stats: HttpStats,
+    private readonly stats: RequestReadings,
     private readonly windowMs = TRAFFIC_WINDOW_MS,
     private readonly now: () => number = () => performance.now(),
   ) {}

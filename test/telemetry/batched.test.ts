@@ -1,6 +1,6 @@
 // Batched counters and gauges: additions on the request path, handed to prom-client at scrape.
 import t from "tap";
-import { Histogram, Registry } from "prom-client";
+import { AggregatorRegistry, Histogram, Registry } from "prom-client";
 import fc from "fast-check";
 import { fuzzParams } from "../fuzz/params.js";
 import { BatchedCounter, BatchedGauge, BatchedHistogram } from "../../src/telemetry/batched.js";
@@ -46,4 +46,20 @@ t.test("a batched histogram's exposition is prom-client's for the same observati
     fuzzParams(0.1),
   );
   t.pass("same bucket, sum and count lines for every run");
+});
+
+t.test("a batched histogram has a JSON form too, which AggregatorRegistry sums over workers (-concurrency)", async (t) => {
+  const registries = [new Registry(), new Registry()];
+  const histograms = registries.map((registry) => new BatchedHistogram({ name: "demo_time", help: "time", labelNames: ["cluster"], buckets: [1, 10], registry }));
+  histograms[0]!.slot("api").observe(0.5);
+  histograms[1]!.slot("api").observe(5);
+  histograms[1]!.slot("api").observe(50);
+  // Before the fix prom-client's Histogram.get() threw reading the values' sharedLabels.
+  const json = await Promise.all(registries.map((r) => r.getMetricsAsJSON()));
+  const text = await AggregatorRegistry.aggregate(json).metrics();
+  t.match(text, /^demo_time_bucket\{le="1",cluster="api"\} 1$/m, "bucket le=1: one observation from worker 0");
+  t.match(text, /^demo_time_bucket\{le="10",cluster="api"\} 2$/m, "bucket le=10: plus one from worker 1");
+  t.match(text, /^demo_time_bucket\{le="\+Inf",cluster="api"\} 3$/m, "+Inf: all three");
+  t.match(text, /^demo_time_sum\{cluster="api"\} 55.5$/m, "sums added");
+  t.match(text, /^demo_time_count\{cluster="api"\} 3$/m, "counts added");
 });
