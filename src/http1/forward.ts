@@ -131,7 +131,9 @@ export function forwardRecord(raw: readonly string[]): Record<string, string | s
     const cur = out[name];
     if (cur === undefined) out[name] = name === "set-cookie" ? [v] : v;
     else if (Array.isArray(cur)) cur.push(v);
-    else if (!FIRST_LINE_ONLY.has(name)) out[name] = `${cur}${name === "cookie" ? "; " : ", "}${v}`;
+    // Repeated lines stay lines: the next hop joins them as fields.ts does (a joined value would
+    // lose a line's trailing whitespace to the next parser).
+    else if (!FIRST_LINE_ONLY.has(name)) out[name] = [cur, v];
   }
   // The one TE value that is end to end in practice (gRPC's), when it is all the lines say, as compat.ts keeps it.
   if (te && fieldValue(raw, "te") === "trailers") out["te"] = "trailers";
