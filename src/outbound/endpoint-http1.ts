@@ -84,6 +84,7 @@ class Http1Attempt implements ResponseEvents {
   start(method: string, path: string, headers: Record<string, string | string[] | undefined>, body: Http1AttemptBody, timeouts: { readonly headersMs: number; readonly idleMs: number }): void {
     const pool = this.cluster.http1PoolFor(this.host);
     const go = (): void => {
+      this.cancelWait?.();
       this.cancelWait = null;
       if (this.done) return;
       this.assigned();
@@ -115,9 +116,20 @@ class Http1Attempt implements ResponseEvents {
         });
       }
     };
-    // Every connection of the host busy and MaxConnections of them open: wait for one, as undici's pool queues.
-    if (pool.full) this.cancelWait = pool.wait(go);
-    else go();
+    // Every connection of the host busy and MaxConnections of them open: wait for one, as undici's
+    // pool queues; the wait counts against the per-try timeout, so a stuck host does not hold it forever.
+    if (pool.full) {
+      const cancel = pool.wait(go);
+      const timer = setTimeout(() => {
+        this.cancelWait = null;
+        cancel();
+        this.finish({ outcome: PER_TRY_TIMEOUT, delivered: false });
+      }, Math.max(1, Math.ceil(timeouts.headersMs)));
+      this.cancelWait = () => {
+        clearTimeout(timer);
+        cancel();
+      };
+    } else go();
   }
 
   private assigned(): void {
