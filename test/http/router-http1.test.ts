@@ -8,6 +8,7 @@ import { once } from "node:events";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createTlsServer } from "node:tls";
+import { createSecureServer, type ServerHttp2Stream } from "node:http2";
 import { loadUndici } from "../../src/http/undici.js";
 import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
 import { OutboundHttp1 } from "../../src/outbound/http1-outbound.js";
@@ -47,7 +48,7 @@ async function peer(service: string, handler: (req: IncomingMessage, res: Server
 }
 
 /** web's upstream listener for api (cluster expecting api's identity) with one route; returns its address. */
-async function listener(peerPort: number, opts: { maxConnections?: number; timeoutMs?: number; requestHeaders?: HeaderMutation } = {}): Promise<string> {
+async function listener(peerPort: number, opts: { maxConnections?: number; timeoutMs?: number; requestHeaders?: HeaderMutation; http2?: boolean } = {}): Promise<string> {
   const metrics = new Metrics({ processMetrics: false });
   const pools = new PoolSet(new SessionCache());
   const runtime = new ClusterRuntime(
@@ -63,7 +64,7 @@ async function listener(peerPort: number, opts: { maxConnections?: number; timeo
         limits: { ...DEFAULT_LIMITS, ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}) },
         outlierDetection: DEFAULT_OUTLIER_DETECTION,
       },
-      false,
+      opts.http2 ?? false,
     ),
     tls,
     pools,
@@ -158,4 +159,30 @@ t.test("a request header mutation cannot reframe the request: the peer reads the
   const x = await exchange(plainTo(addr), "POST /a HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", { done: hasResponses(2) });
   t.same(parseResponses(x.data).map((r) => r.status), [200, 200], "both requests answered");
   t.same(got, [{ body: "hello", cl: "5" }, { body: "", cl: undefined }], "the peer got the five bytes as the first body, and the second request as a request of its own");
+});
+
+t.test("an HTTP/1.1 app calling an HTTP/2 cluster: the attempt goes through undici, buffered and streamed bodies alike", async (t) => {
+  const l = await leaf("api");
+  const h2 = createSecureServer({ cert: l.certPem, key: l.keyPem });
+  h2.on("stream", (stream: ServerHttp2Stream, headers) => {
+    let n = 0;
+    stream.on("data", (c: Buffer) => (n += c.length));
+    stream.on("end", () => {
+      stream.respond({ ":status": 200 });
+      stream.end(`${String(headers[":method"])} ${String(headers[":path"])} ${n}`);
+    });
+  });
+  h2.listen(0, "127.0.0.1");
+  await once(h2, "listening");
+  t.teardown(() => h2.close());
+  const addr = await listener((h2.address() as AddressInfo).port, { http2: true });
+  const big = "x".repeat(200_000);
+  const chunked = `${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`;
+  const x = await exchange(
+    plainTo(addr),
+    `POST /small HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabcPOST /big HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked}`,
+    { done: hasResponses(2) },
+  );
+  const rs = parseResponses(x.data);
+  t.same(rs.map((r) => [r.status, String(r.body)]), [[200, "POST /small 3"], [200, `POST /big ${big.length}`]], "both bodies reached the HTTP/2 peer whole");
 });
