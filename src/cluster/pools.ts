@@ -1,9 +1,11 @@
-// Keep-alive mTLS connection pools between sidecars, one undici Pool per endpoint. undici does
-// the pooling and HTTP; the connection itself comes from our own connector, so every pooled
-// connection carries our leaf, the cluster's SNI, and a verified SPIFFE identity.
+// Keep-alive mTLS connection pools between sidecars, per endpoint: an undici Pool (HTTP/2, and
+// HTTP/1.1 for Connect-native clients and the node:http engine) or an llhttp OriginPool (the
+// HTTP/1 core). Either way the connection comes from one connector (connectEndpoint), so every
+// pooled connection carries our leaf, the cluster's SNI, and a verified SPIFFE identity.
 import type { Pool } from "undici";
 import { undici } from "../http/undici.js";
 import type { TLSSocket } from "node:tls";
+import { OriginPool } from "../http1/client.js";
 import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 
@@ -33,6 +35,21 @@ export function isConnectFailure(e: unknown): e is ConnectFailure {
   return e instanceof ConnectFailure;
 }
 
+/**
+ * The connector of every pooled connection to a mesh endpoint: mTLS with our leaf, the target's
+ * SNI and ALPN, the peer's SPIFFE ID checked; `done` once the connection is verified.
+ */
+export function connectEndpoint(t: PoolTarget, tls: TlsMaterial, sessions: SessionCache, alpn: readonly string[] | null, done: (err: ConnectFailure | null, s: TLSSocket) => void): TLSSocket {
+  return originate(
+    { host: t.host, port: t.port, sni: t.sni, expectedSpiffeId: t.expectedSpiffeId, timeoutMs: t.connectTimeoutMs, ...(alpn ? { alpn } : {}) },
+    tls,
+    sessions,
+    (err: UpstreamTlsError | null, s: TLSSocket) => done(err ? new ConnectFailure(err, err.kind === "timeout") : null, s),
+  );
+}
+
+const H2_ALPN = ["h2", "http/1.1"] as const;
+
 // maxConnections is part of the key: undici fixes a Pool's connection count at construction, so a
 // new MaxConnections takes a new pool (the old one finishes its requests and closes).
 function poolKey(t: PoolTarget, tlsKey: string): string {
@@ -45,6 +62,7 @@ function poolKey(t: PoolTarget, tlsKey: string): string {
  */
 export class PoolSet {
   private readonly pools = new Map<string, Pool>();
+  private readonly h1Pools = new Map<string, OriginPool>();
 
   constructor(private readonly sessions: SessionCache) {}
 
@@ -62,15 +80,34 @@ export class PoolSet {
         headersTimeout: 0,
         bodyTimeout: 0,
         connect: (_opts, cb) => {
-          originate(
-            { host: t.host, port: t.port, sni: t.sni, expectedSpiffeId: t.expectedSpiffeId, timeoutMs: t.connectTimeoutMs, ...(t.http2 ? { alpn: ["h2", "http/1.1"] } : {}) },
-            tls,
-            this.sessions,
-            (err: UpstreamTlsError | null, s: TLSSocket) => (err ? cb(new ConnectFailure(err, err.kind === "timeout"), null) : cb(null, s)),
-          );
+          connectEndpoint(t, tls, this.sessions, t.http2 ? H2_ALPN : null, (err, s) => (err ? cb(err, null) : cb(null, s)));
         },
       });
       this.pools.set(key, p);
+    }
+    return p;
+  }
+
+  /**
+   * The HTTP/1 core's pool for an HTTP/1.1 endpoint: the same connector and key (no ALPN, as the
+   * undici pool offers none for HTTP/1.1), at most MaxConnections connections (more requests wait, as in undici's Pool).
+   */
+  getHttp1(t: PoolTarget, tls: TlsMaterial): OriginPool {
+    const key = poolKey(t, tls.key);
+    let p = this.h1Pools.get(key);
+    if (!p) {
+      const sessions = this.sessions;
+      p = new OriginPool({
+        host: t.host,
+        port: t.port,
+        connectTimeoutMs: t.connectTimeoutMs,
+        // undici's keepAliveTimeout as the undici pools have it; a peer's shorter hint wins.
+        keepAliveTimeoutMs: 60_000,
+        maxConnections: t.maxConnections,
+        peer: `upstream ${t.host.includes(":") ? `[${t.host}]` : t.host}:${t.port}`,
+        dial: (done) => connectEndpoint(t, tls, sessions, null, done),
+      });
+      this.h1Pools.set(key, p);
     }
     return p;
   }
@@ -82,6 +119,11 @@ export class PoolSet {
       this.pools.delete(key);
       p.close().catch(alreadyClosing);
     }
+    for (const [key, p] of this.h1Pools) {
+      if (keep.has(key)) continue;
+      this.h1Pools.delete(key);
+      p.closeWhenIdle();
+    }
   }
 
   static key(t: PoolTarget, tls: TlsMaterial): string {
@@ -91,6 +133,8 @@ export class PoolSet {
   async closeAll(): Promise<void> {
     const all = [...this.pools.values()];
     this.pools.clear();
+    for (const p of this.h1Pools.values()) p.close();
+    this.h1Pools.clear();
     await Promise.all(all.map((p) => p.destroy().catch(alreadyClosing)));
   }
 }

@@ -11,6 +11,7 @@ import { CircuitBreaker } from "./limits.js";
 import { PoolSet, type PoolTarget } from "./pools.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import type { Pool } from "undici";
+import type { OriginPool } from "../http1/client.js";
 import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
 
 /**
@@ -25,6 +26,8 @@ export interface ClusterHost extends HostState {
   poolKey: string;
   /** The host's connection pool, looked up on first use; dropped when poolKey changes. */
   dispatcher?: Pool | undefined;
+  /** The host's HTTP/1 core pool, the same way. */
+  http1?: OriginPool | undefined;
 }
 
 /**
@@ -155,6 +158,7 @@ export class ClusterRuntime {
       if (prev.poolKey !== poolKey) {
         prev.poolKey = poolKey;
         prev.dispatcher = undefined;
+        prev.http1 = undefined;
       }
       return prev;
     });
@@ -259,6 +263,11 @@ export class ClusterRuntime {
   /** Cached per host until a Snapshot changes what its pool is keyed by (TLS material, limits). */
   poolFor(h: ClusterHost): Pool {
     return (h.dispatcher ??= this.pools.get(h.pool, this.tls));
+  }
+
+  /** The HTTP/1 core's pool for `h` (an HTTP/1.1 cluster), cached as poolFor's. */
+  http1PoolFor(h: ClusterHost): OriginPool {
+    return (h.http1 ??= this.pools.getHttp1(h.pool, this.tls));
   }
 
   /** A request or connection to `h` starts; pair with end(h). */

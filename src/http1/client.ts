@@ -1,9 +1,11 @@
-// The client side of the HTTP/1 core: keep-alive connections to one origin (the local app),
-// each with its own llhttp response parser, one request at a time per connection. Responses
-// are handed on as parsed: 1xx heads are dropped, bodies stream, HEAD/204/304 and
-// close-delimited bodies are framed as llhttp frames them.
+// The client side of the HTTP/1 core: keep-alive connections to one origin (the local app, or a
+// peer sidecar over mTLS), each with its own llhttp response parser, one request at a time per
+// connection. Responses are handed on as parsed: 1xx heads are dropped, bodies stream, HEAD/204/304
+// and close-delimited bodies are framed as llhttp frames them. Nothing is written to a connection
+// before it is up (for mTLS: handshake done and the peer's identity verified).
 import { connect, type Socket } from "node:net";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
+import { lowerName } from "./fields.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
@@ -29,12 +31,29 @@ export class ConnectTimeoutError extends Error {
   }
 }
 
+export class BodyTimeoutError extends Error {
+  readonly code = "UND_ERR_BODY_TIMEOUT";
+  constructor(ms: number) {
+    super(`no response body bytes for ${ms} ms`);
+    this.name = "BodyTimeoutError";
+  }
+}
+
+/** Opens one connection; `done` once it can carry a request (or why not). */
+export type Dial = (done: (err: Error | null) => void) => Socket;
+
 export interface OriginOptions {
   readonly host: string;
   readonly port: number;
   readonly connectTimeoutMs: number;
-  /** How long an unused connection stays open (undici's keepAliveTimeout). */
+  /** How long an unused connection stays open (undici's keepAliveTimeout); a shorter `Keep-Alive: timeout=` from the peer wins. */
   readonly keepAliveTimeoutMs: number;
+  /** How connections are made (the mTLS connector); a plain TCP connect to host:port when absent. */
+  readonly dial?: Dial;
+  /** At most this many connections; more requests wait for one (pool.full, pool.wait). */
+  readonly maxConnections?: number;
+  /** Who is at the other end, for error messages ("the local app", "upstream 10.0.0.5:21000"). */
+  readonly peer?: string;
 }
 
 /** One request in flight on a connection: the caller writes its body, or abandons it. */
@@ -49,6 +68,8 @@ export interface OriginRequest {
   resumeResponse(): void;
 }
 
+const KEEP_ALIVE_TIMEOUT = /(?:^|[,\s])timeout=(\d+)/i;
+
 class OriginConnection implements MessageEvents, OriginRequest {
   readonly socket: Socket;
   private readonly parser: Http1Parser;
@@ -59,14 +80,25 @@ class OriginConnection implements MessageEvents, OriginRequest {
   private bodySent = true;
   private keepAlive = false;
   private chunked = false;
-  /** Whether any request was sent before: a reused connection the app may have closed meanwhile. */
+  /** Whether any request was sent before: a reused connection the peer may have closed meanwhile. */
   used = false;
   private connected = false;
+  /** What was written before the connection was up, in order; null once it is. */
+  private queued: (string | Buffer)[] | null = [];
+  private drainWaiters: (() => void)[] | null = null;
   private responseTimer: NodeJS.Timeout | null = null;
   private responseTimerMs = 0;
   private waitingHead = false;
+  private bodyTimer: NodeJS.Timeout | null = null;
+  private bodyTimerMs = 0;
+  private bodyTimeoutMs = 0;
+  private inBody = false;
   private inPool = false;
   private idleTimer: NodeJS.Timeout | null = null;
+  private idleMs: number;
+  private idleTimerMs = 0;
+  /** The last Keep-Alive value read, so the same hint on every response is parsed once. */
+  private hint = "";
   private dead = false;
   /** Request and timeout of the one in flight, for a retry on a stale keep-alive connection. */
   private retry: (() => void) | null = null;
@@ -75,33 +107,71 @@ class OriginConnection implements MessageEvents, OriginRequest {
     const core = http1Core();
     if (!core.ok) throw new Error(`the HTTP/1 core is unavailable: ${core.reason}`);
     const o = pool.options;
+    this.idleMs = o.keepAliveTimeoutMs;
     this.parser = new Http1Parser(core.lib, "response", this);
-    this.socket = connect({ host: o.host, port: o.port, noDelay: true });
-    const timer = setTimeout(() => this.socket.destroy(new ConnectTimeoutError(`${o.host}:${o.port}`, o.connectTimeoutMs)), o.connectTimeoutMs);
-    this.socket.once("connect", () => {
-      clearTimeout(timer);
-      this.connected = true;
-    });
+    if (o.dial) {
+      this.socket = o.dial((err) => (err ? this.failed(err) : this.up()));
+    } else {
+      this.socket = connect({ host: o.host, port: o.port, noDelay: true });
+      const timer = setTimeout(() => this.socket.destroy(new ConnectTimeoutError(`${o.host}:${o.port}`, o.connectTimeoutMs)), o.connectTimeoutMs);
+      this.socket.once("connect", () => {
+        clearTimeout(timer);
+        this.up();
+      });
+      this.socket.once("close", () => clearTimeout(timer));
+    }
+    // With a dialler, how connecting failed is the dialler's to say (a ConnectFailure, which the
+    // router retries as one); the socket's own events count once the connection is up.
+    const dialled = o.dial !== undefined;
     this.socket.on("data", (d: Buffer) => this.data(d));
-    this.socket.once("end", () => this.fin());
-    this.socket.on("error", (e: Error) => this.failed(e));
+    this.socket.once("end", () => {
+      if (this.connected || !dialled) this.fin();
+    });
+    this.socket.on("error", (e: Error) => {
+      if (this.connected || !dialled) this.failed(e);
+    });
     this.socket.once("close", () => {
-      clearTimeout(timer);
-      this.failed(new Error(this.connected ? "the local app closed the connection" : "the connection to the local app closed"));
+      if (this.connected || !dialled) this.failed(new Error(this.connected ? `${pool.peer} closed the connection` : `the connection to ${pool.peer} closed`));
     });
   }
 
-  send(head: string, isHead: boolean, hasBody: boolean, chunked: boolean, timeoutMs: number, events: ResponseEvents, retry: (() => void) | null): void {
+  /** The connection is usable: what was queued goes out, and writers waiting for room are told. */
+  private up(): void {
+    if (this.dead) return;
+    this.connected = true;
+    const q = this.queued;
+    this.queued = null;
+    let room = true;
+    if (q) for (const d of q) room = typeof d === "string" ? this.socket.write(d, "latin1") : this.socket.write(d);
+    const w = this.drainWaiters;
+    this.drainWaiters = null;
+    if (w) {
+      if (room) for (const cb of w) cb();
+      else for (const cb of w) this.socket.once("drain", cb);
+    }
+  }
+
+  private put(d: string | Buffer): boolean {
+    if (this.queued) {
+      this.queued.push(d);
+      return false;
+    }
+    return typeof d === "string" ? this.socket.write(d, "latin1") : this.socket.write(d);
+  }
+
+  send(head: string, isHead: boolean, hasBody: boolean, chunked: boolean, timeoutMs: number, bodyTimeoutMs: number, events: ResponseEvents, retry: (() => void) | null): void {
     this.inPool = false;
     this.events = events;
     this.isHead = isHead;
     this.answered = false;
     this.interim = false;
+    this.inBody = false;
     this.bodySent = !hasBody;
     this.chunked = chunked;
     this.retry = retry;
     this.used = true;
     this.waitingHead = timeoutMs > 0;
+    this.bodyTimeoutMs = bodyTimeoutMs;
     // One timer per connection, re-armed per request (a cleared timer cannot be re-armed; an
     // expiry that finds the head already in is a no-op).
     if (timeoutMs > 0) {
@@ -112,27 +182,28 @@ class OriginConnection implements MessageEvents, OriginRequest {
         this.responseTimer = setTimeout(() => this.timedOut(timeoutMs), timeoutMs).unref();
       }
     }
-    this.socket.write(head, "latin1");
+    this.put(head);
   }
 
   write(chunk: Buffer): boolean {
     if (this.dead || chunk.length === 0) return true;
-    // As undici's headersTimeout: the app's time to answer counts from the last body byte sent,
+    // As undici's headersTimeout: the peer's time to answer counts from the last body byte sent,
     // so a long upload is not cut at the request timeout.
     if (this.waitingHead) this.responseTimer?.refresh();
-    if (!this.chunked) return this.socket.write(chunk);
-    this.socket.write(`${chunk.length.toString(16)}\r\n`, "latin1");
-    this.socket.write(chunk);
-    return this.socket.write("\r\n", "latin1");
+    if (!this.chunked) return this.put(chunk);
+    this.put(`${chunk.length.toString(16)}\r\n`);
+    this.put(chunk);
+    return this.put("\r\n");
   }
 
   onDrain(cb: () => void): void {
-    this.socket.once("drain", cb);
+    if (this.queued) (this.drainWaiters ??= []).push(cb);
+    else this.socket.once("drain", cb);
   }
 
   end(): void {
     if (this.dead) return;
-    if (this.chunked) this.socket.write("0\r\n\r\n", "latin1");
+    if (this.chunked) this.put("0\r\n\r\n");
     if (this.waitingHead) this.responseTimer?.refresh();
     this.bodySent = true;
     this.retry = null;
@@ -159,18 +230,47 @@ class OriginConnection implements MessageEvents, OriginRequest {
     if (status < 200) {
       // 100 Continue and friends are the sidecar's business; a 101 was never asked for.
       this.interim = true;
-      if (status === 101 || upgrade) this.failed(new Error("the local app switched protocols without being asked to"));
+      if (status === 101 || upgrade) this.failed(new Error(`${this.pool.peer} switched protocols without being asked to`));
       return 0;
     }
     this.interim = false;
     this.answered = true;
     this.keepAlive = keepAlive;
     this.waitingHead = false;
+    if (keepAlive) this.keepAliveHint(raw);
+    if (this.bodyTimeoutMs > 0) {
+      this.inBody = true;
+      if (this.bodyTimer && this.bodyTimerMs === this.bodyTimeoutMs) this.bodyTimer.refresh();
+      else {
+        if (this.bodyTimer) clearTimeout(this.bodyTimer);
+        const ms = (this.bodyTimerMs = this.bodyTimeoutMs);
+        this.bodyTimer = setTimeout(() => this.bodyTimedOut(ms), ms).unref();
+      }
+    }
     this.events?.head(status, text, raw);
     return this.isHead ? 1 : 0;
   }
 
+  /**
+   * A peer that says how long it keeps an idle connection (`Keep-Alive: timeout=N`) closes it
+   * then: this side lets it go a second earlier, so a request is never sent into that close
+   * (undici does the same).
+   */
+  private keepAliveHint(raw: readonly string[]): void {
+    for (let i = 0; i + 1 < raw.length; i += 2) {
+      const n = raw[i]!;
+      if (n.length !== 10 || lowerName(n) !== "keep-alive") continue;
+      const v = raw[i + 1]!;
+      if (v === this.hint) return;
+      this.hint = v;
+      const m = KEEP_ALIVE_TIMEOUT.exec(v);
+      if (m) this.idleMs = Math.max(0, Math.min(this.pool.options.keepAliveTimeoutMs, Number(m[1]) * 1000 - 1000));
+      return;
+    }
+  }
+
   body(chunk: Buffer): void {
+    if (this.inBody) this.bodyTimer?.refresh();
     this.events?.body(chunk);
   }
 
@@ -183,6 +283,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
       this.interim = false;
       return;
     }
+    this.inBody = false;
     const ev = this.events;
     this.events = null;
     ev?.end();
@@ -199,7 +300,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
     this.executing = true;
     const r = this.parser.execute(d);
     this.executing = false;
-    if (typeof r !== "number") this.failed(new Error(`the local app's response did not parse: ${r.reason} (${r.code})`));
+    if (typeof r !== "number") this.failed(new Error(`the response of ${this.pool.peer} did not parse: ${r.reason} (${r.code})`));
     if (this.dead) this.freeParser();
   }
 
@@ -217,13 +318,18 @@ class OriginConnection implements MessageEvents, OriginRequest {
     // A close-delimited body ends here; anything else cut short is an error.
     if (this.dead) return;
     const f = this.parser.finish();
-    if (f) this.failed(new Error(`the local app closed the connection mid-response: ${f.reason}`));
-    else this.failed(new Error("the local app closed the connection"));
+    if (f) this.failed(new Error(`${this.pool.peer} closed the connection mid-response: ${f.reason}`));
+    else this.failed(new Error(`${this.pool.peer} closed the connection`));
   }
 
   private timedOut(ms: number): void {
     if (!this.waitingHead || this.answered || this.events === null) return;
     this.failed(new ResponseTimeoutError(ms));
+  }
+
+  private bodyTimedOut(ms: number): void {
+    if (!this.inBody || this.events === null) return;
+    this.failed(new BodyTimeoutError(ms));
   }
 
   private failed(e: Error): void {
@@ -233,7 +339,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
     this.events = null;
     this.kill();
     if (!ev) return;
-    // A keep-alive connection the app closed just as it was reused: one fresh try for a request
+    // A keep-alive connection the peer closed just as it was reused: one fresh try for a request
     // without a body, before any byte of an answer (undici does the same for idempotent requests).
     if (retry && !this.answered && !(e instanceof ResponseTimeoutError)) return retry();
     ev.error(e, this.answered);
@@ -243,10 +349,13 @@ class OriginConnection implements MessageEvents, OriginRequest {
     if (this.dead) return;
     this.answered = false;
     this.inPool = true;
-    this.pool.idle.push(this);
-    const ms = this.pool.options.keepAliveTimeoutMs;
-    if (this.idleTimer) this.idleTimer.refresh();
-    else this.idleTimer = setTimeout(() => this.idleExpired(), ms).unref();
+    if (this.idleTimer && this.idleTimerMs === this.idleMs) this.idleTimer.refresh();
+    else {
+      if (this.idleTimer) clearTimeout(this.idleTimer);
+      this.idleTimerMs = this.idleMs;
+      this.idleTimer = setTimeout(() => this.idleExpired(), this.idleMs).unref();
+    }
+    this.pool.released(this);
   }
 
   /** Unused for keepAliveTimeoutMs: closed. The timer is re-armed at each release, not cleared at each use. */
@@ -258,12 +367,13 @@ class OriginConnection implements MessageEvents, OriginRequest {
     if (this.dead) return;
     this.dead = true;
     if (this.responseTimer) clearTimeout(this.responseTimer);
+    if (this.bodyTimer) clearTimeout(this.bodyTimer);
     if (this.idleTimer) clearTimeout(this.idleTimer);
-    const i = this.pool.idle.indexOf(this);
-    if (i >= 0) this.pool.idle.splice(i, 1);
-    this.pool.all.delete(this);
+    this.queued = null;
+    this.drainWaiters = null;
     this.socket.destroy();
     this.freeParser();
+    this.pool.gone(this);
   }
 
   get alive(): boolean {
@@ -273,21 +383,43 @@ class OriginConnection implements MessageEvents, OriginRequest {
 
 /** Keep-alive connections to one origin; the most recently used idle one is taken first. */
 export class OriginPool {
-  /** @internal */
-  readonly idle: OriginConnection[] = [];
-  /** @internal */
-  readonly all = new Set<OriginConnection>();
+  private readonly idle: OriginConnection[] = [];
+  private readonly all = new Set<OriginConnection>();
+  /** Requests waiting for a connection (maxConnections reached), oldest first. */
+  private readonly waiters: (() => void)[] = [];
   private closed = false;
+  private retired = false;
+  private readonly max: number;
+  /** @internal who is at the other end, for error messages. */
+  readonly peer: string;
 
-  constructor(readonly options: OriginOptions) {}
+  constructor(readonly options: OriginOptions) {
+    this.max = options.maxConnections ?? Infinity;
+    this.peer = options.peer ?? "the local app";
+  }
+
+  /** Every connection is busy and no new one may be opened: a request now would wait (see wait). */
+  get full(): boolean {
+    return this.idle.length === 0 && this.all.size >= this.max;
+  }
+
+  /** Calls `ready` once a connection is free (then call request); the returned function cancels the wait. */
+  wait(ready: () => void): () => void {
+    this.waiters.push(ready);
+    return () => {
+      const i = this.waiters.indexOf(ready);
+      if (i >= 0) this.waiters.splice(i, 1);
+    };
+  }
 
   /**
    * Sends a request head (`head` ends with the blank line). `hasBody`: the caller writes the body
-   * through the returned handle, `chunked` if its length is unknown.
+   * through the returned handle, `chunked` if its length is unknown. `bodyTimeoutMs` (0: none)
+   * is the longest silence allowed between response body bytes.
    */
-  request(head: string, isHead: boolean, hasBody: boolean, chunked: boolean, timeoutMs: number, events: ResponseEvents): OriginRequest {
+  request(head: string, isHead: boolean, hasBody: boolean, chunked: boolean, timeoutMs: number, events: ResponseEvents, bodyTimeoutMs = 0): OriginRequest {
     if (this.closed) {
-      events.error(new Error("the local-app pool is closed"), false);
+      events.error(new Error(`the pool for ${this.peer} is closed`), false);
       return NOOP;
     }
     let conn = this.idle.pop();
@@ -297,14 +429,49 @@ export class OriginPool {
       this.all.add(conn);
     }
     const reused = conn.used;
-    const retry = reused && !hasBody ? () => void this.request(head, isHead, false, false, timeoutMs, events) : null;
-    conn.send(head, isHead, hasBody, chunked, timeoutMs, events, retry);
+    const retry = reused && !hasBody ? () => void this.request(head, isHead, false, false, timeoutMs, events, bodyTimeoutMs) : null;
+    conn.send(head, isHead, hasBody, chunked, timeoutMs, bodyTimeoutMs, events, retry);
     return conn;
+  }
+
+  /** @internal a connection finished its exchange and can take the next. */
+  released(c: OriginConnection): void {
+    // A retired pool serves the requests already waiting on it, then lets its connections go.
+    if (this.retired && this.waiters.length === 0) return c.kill();
+    this.idle.push(c);
+    this.wake();
+  }
+
+  /** @internal a connection closed: its slot is free for a waiting request. */
+  gone(c: OriginConnection): void {
+    const i = this.idle.indexOf(c);
+    if (i >= 0) this.idle.splice(i, 1);
+    this.all.delete(c);
+    this.wake();
+  }
+
+  private wake(): void {
+    if (this.closed) return;
+    const w = this.waiters.shift();
+    if (w) w();
+  }
+
+  /** Connections open now (for tests and the admin view). */
+  get size(): number {
+    return this.all.size;
+  }
+
+  /** No longer handed out (its endpoint left the Snapshot): idle connections close now, busy ones after their exchange. */
+  closeWhenIdle(): void {
+    this.retired = true;
+    for (const c of this.idle.splice(0)) c.kill();
   }
 
   close(): void {
     this.closed = true;
     for (const c of [...this.all]) c.kill();
+    // Requests still waiting for a connection are told the pool is gone (request() refuses them).
+    for (const w of this.waiters.splice(0)) w();
   }
 }
 

@@ -89,3 +89,53 @@ export function clientResponseFields(raw: readonly string[], noBody: boolean): {
   }
   return { fields, length: chunked ? null : length };
 }
+
+/**
+ * `METHOD path HTTP/1.1` and the fields of a header record (node:http's shape, as the outbound
+ * router built and mutated it), ending with the blank line. Framing is this hop's alone:
+ * `framing` is the `content-length` or `transfer-encoding` line for the body being sent, and framing
+ * or connection fields in the record are left out (a header mutation cannot reframe the request).
+ * `hostFallback` is a whole `host: ...\r\n` line for a record without Host.
+ */
+export function recordRequestHead(method: string, path: string, headers: Readonly<Record<string, string | string[] | undefined>>, hostFallback: string, framing: string): string {
+  let head = `${method} ${path} HTTP/1.1\r\n`;
+  for (const name in headers) {
+    const v = headers[name];
+    if (v === undefined || name === "content-length" || name === "expect") continue;
+    // Connection-level fields are this hop's (a mutation that sets one is not passed on); gRPC's `te: trailers` is end to end.
+    if (HOP_BY_HOP.has(name) && !(name === "te" && v === "trailers")) continue;
+    if (typeof v === "string") head += `${name}: ${v}\r\n`;
+    else for (const one of v) head += `${name}: ${one}\r\n`;
+  }
+  if (headers["host"] === undefined) head += hostFallback;
+  return `${head}${framing}\r\n`;
+}
+
+/**
+ * node:http's `requestHeaders(req)` for the parsed fields in one pass: the end-to-end fields
+ * (hop-by-hop ones, those Connection nominates, and Expect, which the sidecar answered, left
+ * out; `te: trailers` kept), repeated fields read as node:http reads them (fields.ts). The
+ * outbound router routes on these and mutates them, and the next hop gets exactly them.
+ */
+export function forwardRecord(raw: readonly string[]): Record<string, string | string[] | undefined> {
+  const nominated = nominatedBy(raw);
+  const out: Record<string, string | string[] | undefined> = {};
+  let te = false;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = lowerName(raw[i]!);
+    const v = raw[i + 1]!;
+    if (HOP_BY_HOP.has(name) || name === "expect" || (nominated !== null && nominated.includes(name))) {
+      te ||= name === "te";
+      continue;
+    }
+    const cur = out[name];
+    if (cur === undefined) out[name] = name === "set-cookie" ? [v] : v;
+    else if (Array.isArray(cur)) cur.push(v);
+    // Repeated lines stay lines: the next hop joins them as fields.ts does (a joined value would
+    // lose a line's trailing whitespace to the next parser).
+    else if (!FIRST_LINE_ONLY.has(name)) out[name] = [cur, v];
+  }
+  // The one TE value that is end to end in practice (gRPC's), when it is all the lines say, as compat.ts keeps it.
+  if (te && fieldValue(raw, "te") === "trailers") out["te"] = "trailers";
+  return out;
+}

@@ -14,6 +14,26 @@ import { errorCode, type Cancel, type ResponseSink } from "../http/compat.js";
 /** A body undici can send: buffered (a retry sends it again) or streamed (the app's request, a native client's stream). */
 export type AttemptBody = Buffer | NonNullable<Dispatcher.DispatchOptions["body"]> | null;
 
+/** How one attempt ended, and whether the client got (part of) its answer. */
+export interface AttemptResult {
+  readonly outcome: AttemptOutcome;
+  readonly delivered: boolean;
+}
+
+/** One attempt of a routed request on one host, whatever client sends it; dispatchAttempt's contract without the body. */
+export type AttemptSender = (
+  cluster: ClusterRuntime,
+  host: ClusterHost,
+  waits: boolean,
+  method: string,
+  path: string,
+  headers: Record<string, string | string[] | undefined>,
+  timeouts: { readonly headersMs: number; readonly idleMs: number },
+  clientGone: Cancel,
+  res: ResponseSink,
+  deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
+) => Promise<AttemptResult>;
+
 /**
  * One try against one host; resolves once the answer is delivered, drained for a retry, or
  * failed. With `waits`, the caller took a pending slot of the cluster: it is given back as soon
@@ -31,7 +51,7 @@ export function dispatchAttempt(
   clientGone: Cancel,
   res: ResponseSink,
   deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
-): Promise<{ outcome: AttemptOutcome; delivered: boolean }> {
+): Promise<AttemptResult> {
   cluster.begin(host);
   const sent = cluster.learnsLatency ? performance.now() : 0;
   let pending = waits;

@@ -17,7 +17,7 @@ import { Cancel, requestHasBody, requestHeaders, writeHead, type AnyRequest, typ
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { requestHash } from "../cluster/balancer.js";
 import { clusterWithHosts } from "./concrete.js";
-import { dispatchAttempt, type AttemptBody } from "./endpoint.js";
+import { dispatchAttempt, type AttemptBody, type AttemptSender } from "./endpoint.js";
 import type { Logger } from "../telemetry/log.js";
 import type { RequestRefusal } from "../telemetry/metrics.js";
 import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
@@ -138,7 +138,12 @@ export interface Exchange {
   readonly res: ResponseSink;
   /** Cancelled when the caller went away; the attempt in flight is aborted. */
   readonly clientGone: Cancel;
+  /** How each attempt is sent (the HTTP/1 core's client, which holds its own body); undici's pools with `body` when absent. */
+  readonly send?: AttemptSender;
 }
+
+/** What the access log reads of a request. */
+export type RequestInfo = Parameters<typeof requestFields>[0];
 
 /** What one request did, for the access log and its span; filled in as the request goes. */
 export interface RequestRecord {
@@ -184,7 +189,8 @@ export class HttpRouter {
       });
   }
 
-  private finish(req: AnyRequest, state: OutboundHttpState, rec: RequestRecord): void {
+  /** The request is over (answered, or the caller went away): span, access log and the failure count. */
+  finish(req: RequestInfo, state: OutboundHttpState, rec: RequestRecord): void {
     if (rec.status === 0) rec.flag = "DC"; // the app went away before an answer
     // A connection failure answered locally has no response series; the traffic page counts it as an error of the cluster.
     if (rec.flag === "UF" && rec.cluster !== undefined) this.stats.failed(rec.cluster);
@@ -331,7 +337,10 @@ export class HttpRouter {
           this.writeResponseHead(res, status, upstreamHeaders, cluster, c, leg, rec, retriable && retriesTaken > 0 ? "URX" : null);
           return true;
         };
-        const outcome = await dispatchAttempt(cluster, host, waits, x.method, path, headers, body, { headersMs: perTry, idleMs: a.idleTimeoutMs }, clientGone, res, deliver);
+        const timeouts = { headersMs: perTry, idleMs: a.idleTimeoutMs };
+        const outcome = x.send
+          ? await x.send(cluster, host, waits, x.method, path, headers, timeouts, clientGone, res, deliver)
+          : await dispatchAttempt(cluster, host, waits, x.method, path, headers, body, timeouts, clientGone, res, deliver);
         releaseRetrySlot();
         if (this.log.enabled("debug")) {
           this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
@@ -397,7 +406,8 @@ export class HttpRouter {
     this.reply(res, 504, "UT", upstream, undefined, rec);
   }
 
-  private reply(res: ResponseSink, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, rec: RequestRecord): void {
+  /** A local reply (Envoy's, with its response flag), logged at warn for a 5xx other than overflow. */
+  reply(res: ResponseSink, status: number, flag: ResponseFlag, upstream: string, detail: string | undefined, rec: RequestRecord): void {
     rec.status = status;
     rec.flag = flag;
     // Overflow is counted and happens on every request under overload: not a warning line each.

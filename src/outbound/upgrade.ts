@@ -12,8 +12,11 @@ import { classifyUpgrade, rawLocalReply, relayUpgrade, upgradeRequestHeaders } f
 import type { Logger } from "../telemetry/log.js";
 import type { HttpRouter, OutboundHttpState } from "./http-router.js";
 
+/** What the relay reads of an upgrade request: node:http's IncomingMessage, or the llhttp core's parse. */
+export type UpgradeRequest = Pick<IncomingMessage, "method" | "url" | "headers" | "rawHeaders">;
+
 export function upgradeOutbound(
-  req: IncomingMessage,
+  req: UpgradeRequest,
   socket: Socket,
   head: Buffer,
   state: OutboundHttpState,

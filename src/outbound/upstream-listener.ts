@@ -19,7 +19,8 @@ import type { UpstreamTags } from "../telemetry/consul-tags.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import type { HttpRouter, OutboundHttpState } from "./http-router.js";
-import { upgradeOutbound } from "./upgrade.js";
+import { upgradeOutbound, type UpgradeRequest } from "./upgrade.js";
+import { OutboundHttp1, outboundHttp1Engine } from "./http1-outbound.js";
 import { localReply } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
@@ -48,6 +49,8 @@ export class UpstreamListener {
   private tcp: TcpProxyStats | null = null;
   private hcm: HttpConnManagerStats | null = null;
   private readonly overflowLog: RateLimitedWarning;
+  /** The llhttp core for the app's HTTP/1.1 (MESHPROXY_HTTP1_CORE), made with the first HTTP connection. */
+  private core: OutboundHttp1 | null | undefined;
 
   constructor(
     upstream: CompiledUpstream,
@@ -137,14 +140,36 @@ export class UpstreamListener {
     // which a server fed with emit("connection") never sees: without this, slow headers are
     // never timed out and draining leaves idle keep-alive connections open.
     srv.emit("listening");
-    srv.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      const h = this.state.http;
-      if (!h) return void socket.destroy();
-      upgradeOutbound(req, socket, head, h, this.state.tls, this.sessions, this.state.config.idleTimeoutMs, this.router, this.log);
-    });
+    srv.on("upgrade", (req: IncomingMessage, socket: Socket, head: Buffer) => this.upgrade(req, socket, head));
     srv.on("clientError", (err: NodeJS.ErrnoException, socket: Socket) => answerClientError(err, socket, this.metrics.configErrors));
     this.httpServer = srv;
     return srv;
+  }
+
+  /** The HTTP/1 core's path, or null when node:http serves HTTP/1.1 (MESHPROXY_HTTP1_CORE=node, or no core). */
+  private http1(): OutboundHttp1 | null {
+    if (this.core !== undefined) return this.core;
+    this.core =
+      outboundHttp1Engine(this.log) === "llhttp"
+        ? new OutboundHttp1(
+            {
+              state: () => this.state.http,
+              hcm: () => this.hcmStats(),
+              upgrade: (req, socket, head) => this.upgrade(req, socket, head),
+            },
+            this.router,
+            this.obs,
+            this.log,
+            this.metrics.configErrors,
+          )
+        : null;
+    return this.core;
+  }
+
+  private upgrade(req: UpgradeRequest, socket: Socket, head: Buffer): void {
+    const h = this.state.http;
+    if (!h) return void socket.destroy();
+    upgradeOutbound(req, socket, head, h, this.state.tls, this.sessions, this.state.config.idleTimeoutMs, this.router, this.log);
   }
 
   /** h2c with prior knowledge, as gRPC clients speak to a plain address. */
@@ -167,7 +192,11 @@ export class UpstreamListener {
       if (first === null) return;
       down.unshift(first);
       const h2 = first.length >= 3 && first[0] === 0x50 && first[1] === 0x52 && first[2] === 0x49; // "PRI" of the HTTP/2 preface
-      (h2 ? this.h2() : this.http()).emit("connection", down);
+      const core = h2 ? null : this.http1();
+      if (core) {
+        core.accept(down);
+        down.resume();
+      } else (h2 ? this.h2() : this.http()).emit("connection", down);
     });
     // Reading starts now (the listener pauses new sockets); stay paused until one server owns it.
     down.resume();
@@ -306,6 +335,7 @@ export class UpstreamListener {
   /** Draining: idle keep-alive connections close now, busy ones after their response. */
   closeIdle(): void {
     this.httpServer?.closeIdleConnections();
+    this.core?.closeIdle();
   }
 
   destroyConnections(): void {

@@ -4,7 +4,10 @@
 //  1. the core's server accepts exactly what node:http accepts and yields the same (method,
 //     target, fields, body) for each request;
 //  2. smuggling: what the inbound path forwards to an app, parsed by node:http, is exactly the
-//     sequence of requests the authorization allowed, with the fields it read, and nothing else.
+//     sequence of requests the authorization allowed, with the fields it read, and nothing else;
+//  3. smuggling, outbound: what the upstream listener's path sends to the peer sidecar over mTLS,
+//     parsed by node:http, is exactly the sequence of requests the router routed, with the fields
+//     it routed on, and nothing else.
 import t from "tap";
 import fc from "fast-check";
 import { createServer as createNetServer, connect, type AddressInfo, type Server as NetServer, type Socket } from "node:net";
@@ -18,6 +21,20 @@ import { InboundHttp1, type Http1Caller } from "../../src/inbound/http1-inbound.
 import { Metrics } from "../../src/telemetry/metrics.js";
 import { AccessLog } from "../../src/telemetry/access-log.js";
 import { silentLogger } from "../../src/telemetry/log.js";
+import { createServer as createTlsServer } from "node:tls";
+import { loadUndici } from "../../src/http/undici.js";
+import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
+import { OutboundHttp1 } from "../../src/outbound/http1-outbound.js";
+import type { RequestView } from "../../src/http/route-match.js";
+import type { CompiledRoute } from "../../src/compile/routes.js";
+import { ClusterRuntime } from "../../src/cluster/runtime.js";
+import { compileCluster } from "../../src/compile/cluster.js";
+import { compileRouteTable } from "../../src/compile/routes.js";
+import { PoolSet } from "../../src/cluster/pools.js";
+import { SessionCache } from "../../src/tls/origin.js";
+import { HttpStats } from "../../src/telemetry/http-stats.js";
+import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION, NO_HEADER_MUTATION, NO_RETRIES } from "../../src/config/http.js";
+import { meshTls, sni, spiffe } from "../helpers/mesh-tls.js";
 
 // ---- generators ----
 
@@ -316,6 +333,142 @@ t.test("smuggling: the app sees exactly the requests that were authorized, with 
     fuzzParams(),
   );
   t.ok(forwarded > runs / 4, `${forwarded} requests reached the app in ${runs} streams, each checked against its authorization`);
+});
+
+// ---- the outbound smuggling property: app → upstream listener (the core) → mTLS → peer (node:http) ----
+
+await loadUndici();
+const { tls: webTls, leaf } = await meshTls();
+const apiLeaf = await leaf("api");
+const peerSeen: Parsed[] = [];
+const peerHttp = createHttpServer({ requireHostHeader: false }, (req, res) => {
+  const chunks: Buffer[] = [];
+  req.on("data", (c: Buffer) => chunks.push(c));
+  req.on("error", () => {});
+  req.on("end", () => {
+    peerSeen.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers, body: Buffer.concat(chunks).toString("latin1") });
+    res.end("ok");
+  });
+});
+const peer = createTlsServer({ cert: apiLeaf.certPem, key: apiLeaf.keyPem }, (s) => peerHttp.emit("connection", s));
+const peerPort = await listen(peer);
+const pools = new PoolSet(new SessionCache());
+const runtime = new ClusterRuntime(
+  compileCluster(
+    {
+      name: "api",
+      service: "api",
+      namespace: "default",
+      datacenter: "dc1",
+      sni: sni("api"),
+      expectedSpiffeId: spiffe("api"),
+      endpoints: [{ host: "127.0.0.1", port: peerPort, healthy: true, id: "api-1", meta: {} }],
+      limits: DEFAULT_LIMITS,
+      outlierDetection: DEFAULT_OUTLIER_DETECTION,
+    },
+    false,
+  ),
+  webTls,
+  pools,
+);
+const outClusters = new Map([["api", runtime]]);
+
+interface Routed {
+  method: string;
+  path: string;
+  fields: Map<string, string | undefined>;
+}
+const routed: Routed[] = [];
+
+/** The route table's decision, recorded as the router read the request: /deny… has no route (404 NR). */
+class RecordingState extends OutboundHttpState {
+  override match(req: RequestView): CompiledRoute | null {
+    if (req.path.startsWith("/deny")) return null;
+    const fields = new Map<string, string | undefined>();
+    for (const n of probe) fields.set(n, req.header(n));
+    routed.push({ method: req.method, path: req.path, fields });
+    return super.match(req);
+  }
+}
+const outState = new RecordingState(
+  "api",
+  compileRouteTable(
+    "upstreams[api].routes",
+    {
+      routes: [
+        {
+          match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
+          action: {
+            splits: [{ cluster: "api", weight: 10_000, requestHeaders: NO_HEADER_MUTATION, responseHeaders: NO_HEADER_MUTATION }],
+            timeoutMs: 5_000,
+            idleTimeoutMs: 10_000,
+            retry: NO_RETRIES,
+            requestHeaders: NO_HEADER_MUTATION,
+            responseHeaders: NO_HEADER_MUTATION,
+          },
+        },
+      ],
+    },
+    (name) => outClusters.has(name),
+  ),
+  outClusters,
+);
+const outMetrics = new Metrics({ processMetrics: false });
+const outObs = { tracing: null, accessLog: new AccessLog("off") };
+const outRouter = new HttpRouter(silentLogger, new HttpStats(outMetrics.registry), outObs, outMetrics.outboundRejected);
+const outbound = new OutboundHttp1(
+  { state: () => outState, hcm: () => outMetrics.filters.httpConnManager(null, "127.0.0.1_0"), upgrade: (_req, socket) => socket.destroy() },
+  outRouter,
+  outObs,
+  silentLogger,
+  outMetrics.configErrors,
+);
+const outboundNet = createNetServer({ allowHalfOpen: true }, (s) => outbound.accept(s));
+const outboundPort = await listen(outboundNet);
+t.teardown(async () => {
+  outbound.destroyAll();
+  outboundNet.close();
+  runtime.close();
+  await pools.closeAll();
+  peerHttp.closeAllConnections();
+  peer.close();
+});
+
+/** Fields this hop owns or strips on the way: not the peer's to compare with what was routed on. */
+function routedComparable(name: string, connection: string | undefined, routedValue: string | undefined): boolean {
+  if (HOP_BY_HOP.has(name) || name === "content-length" || name === "expect") return false;
+  // HTTP/1.0 without Host: the hop names the endpoint (as undici did).
+  if (name === "host" && routedValue === undefined) return false;
+  return !(connection ?? "").toLowerCase().split(",").some((t) => t.trim() === name);
+}
+
+t.test("smuggling, outbound: the peer sidecar sees exactly the requests that were routed, with the fields they were routed on", async (t) => {
+  let forwarded = 0;
+  let runs = 0;
+  await fc.assert(
+    fc.asyncProperty(stream, async (s) => {
+      runs++;
+      routed.length = peerSeen.length = 0;
+      await play(outboundPort, bytesOf(s));
+      // The answers are done when the app's connection closed; the peer's own parse may lag a tick.
+      await new Promise((r) => setImmediate(r));
+      forwarded += peerSeen.length;
+      if (peerSeen.some((a) => a.url.startsWith("/deny"))) throw new Error(`a path without a route reached the peer: ${JSON.stringify(peerSeen)}`);
+      if (peerSeen.length > routed.length) throw new Error(`the peer saw ${peerSeen.length} requests, ${routed.length} were routed: ${JSON.stringify(peerSeen)}`);
+      peerSeen.forEach((a, i) => {
+        const z = routed[i]!;
+        if (a.method !== z.method || a.url.split("?")[0] !== z.path) throw new Error(`request ${i}: routed ${z.method} ${z.path}, the peer got ${a.method} ${a.url}`);
+        for (const [name, value] of z.fields) {
+          if (!routedComparable(name, z.fields.get("connection"), value)) continue;
+          const got = a.headers[name];
+          const joined = Array.isArray(got) ? got.join(", ") : got;
+          if (joined !== value) throw new Error(`request ${i} ${a.url}: ${name} was routed on as ${JSON.stringify(value)}, the peer read ${JSON.stringify(joined)}`);
+        }
+      });
+    }),
+    fuzzParams(),
+  );
+  t.ok(forwarded > runs / 4, `${forwarded} requests reached the peer in ${runs} streams, each checked against its routing`);
 });
 
 // Keep the unused-import check honest: lowerName and fieldValue are what the core reads fields with.

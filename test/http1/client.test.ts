@@ -1,11 +1,14 @@
 // The llhttp core's client side (the local-app pool) against raw apps: 1xx heads dropped, HEAD,
 // 204 and 304 without bodies, close-delimited and chunked bodies (trailers dropped), reuse of
 // keep-alive connections, a stale one retried, the response timeout counted from the last body
-// byte, and a garbage answer refused.
+// byte, and a garbage answer refused. The outbound pools' parts: a dialler (the mTLS connector)
+// that owns connect failures and holds every byte until it says the connection is up,
+// MaxConnections with waiting requests, the idle timeout between body bytes, the peer's
+// Keep-Alive hint, and a retired pool.
 import t from "tap";
-import { createServer, type AddressInfo, type Socket } from "node:net";
+import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { once } from "node:events";
-import { OriginPool, ResponseTimeoutError, type ResponseEvents } from "../../src/http1/client.js";
+import { BodyTimeoutError, OriginPool, ResponseTimeoutError, type ResponseEvents } from "../../src/http1/client.js";
 import type { Teardown } from "../helpers/mesh.js";
 
 /** A raw app: `answer(requestHead)` returns the bytes to send back (and whether to close after). */
@@ -161,4 +164,137 @@ t.test("an answer that does not parse is an error, never a response", async (t) 
   t.match(r.error, /did not parse/);
   const refused = pool(t, 1);
   t.match((await send(refused, "GET / HTTP/1.1\r\nhost: x\r\n\r\n")).error, /ECONNREFUSED/, "a connect failure is an error before any answer");
+});
+
+t.test("a dialler's connection carries no byte before the dialler says it is up, and its failure is the one reported", async (t) => {
+  let firstByteAt = 0;
+  const app = await rawApp(t, () => {
+    firstByteAt ||= performance.now();
+    return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  });
+  let upAt = 0;
+  const p = new OriginPool({
+    host: "127.0.0.1",
+    port: app.port,
+    connectTimeoutMs: 1000,
+    keepAliveTimeoutMs: 30_000,
+    // As the mTLS connector: TCP is up at once, the (here simulated) handshake and identity check take 150 ms.
+    dial: (done) => {
+      const s = connect({ host: "127.0.0.1", port: app.port });
+      s.once("connect", () =>
+        setTimeout(() => {
+          upAt = performance.now();
+          done(null);
+        }, 150),
+      );
+      return s;
+    },
+  });
+  t.teardown(() => p.close());
+  const r = await send(p, "POST /x HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\n\r\n", { body: [Buffer.from("ab"), Buffer.from("cd")] });
+  t.same([r.status, r.body], [200, "ok"], "the request and its body were sent once the connection was up");
+  t.ok(upAt > 0 && firstByteAt >= upAt, "the app saw nothing before the dialler reported the connection up");
+
+  const failure = new Error("identity mismatch: not the service meant");
+  const q = new OriginPool({
+    host: "127.0.0.1",
+    port: app.port,
+    connectTimeoutMs: 1000,
+    keepAliveTimeoutMs: 30_000,
+    dial: (done) => {
+      const s = connect({ host: "127.0.0.1", port: app.port });
+      // The socket errors and closes before the connector reports (as a TLS socket over a refused
+      // TCP connection does): neither event is what is reported.
+      s.once("connect", () => {
+        s.once("close", () => setImmediate(() => done(failure)));
+        s.destroy(new Error("socket hang up during the handshake"));
+      });
+      return s;
+    },
+  });
+  t.teardown(() => q.close());
+  const f = await send(q, "GET /y HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.same([f.status, f.error, f.answered], [0, failure.message, false], "the dialler's own error is the request's");
+});
+
+t.test("maxConnections: a request beyond it waits for a free connection, then goes on it", async (t) => {
+  const held: Socket[] = [];
+  const app = await rawApp(t, (head, s) => {
+    if (head.includes("/hold")) {
+      held.push(s);
+      return null;
+    }
+    return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  });
+  const p = new OriginPool({ host: "127.0.0.1", port: app.port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000, maxConnections: 1 });
+  t.teardown(() => p.close());
+  t.notOk(p.full, "an empty pool is not full");
+  const first = send(p, "GET /hold HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.ok(p.full, "one busy connection of one allowed: full");
+  let second: Promise<Got> | null = null;
+  p.wait(() => {
+    second = send(p, "GET /next HTTP/1.1\r\nhost: x\r\n\r\n");
+  });
+  let cancelledRan = false;
+  const cancel = p.wait(() => (cancelledRan = true));
+  cancel();
+  await new Promise((r) => setTimeout(r, 100));
+  t.equal(app.heads.length, 1, "the second request is not sent while the only connection is busy");
+  held[0]!.write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nheld");
+  t.equal((await first).body, "held");
+  t.ok(second !== null, "the waiting request was let go once the connection was free");
+  t.equal((await second!)?.body, "ok");
+  t.equal(app.connections, 1, "both on the one connection");
+  t.notOk(cancelledRan, "a cancelled wait is never called");
+});
+
+t.test("the idle timeout between response body bytes ends an answer that stalls", async (t) => {
+  const app = await rawApp(t, (_h, s) => {
+    s.write("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+    return null;
+  });
+  const p = pool(t, app.port);
+  const got = await new Promise<{ status: number; body: string; error: Error | null; answered: boolean }>((resolve) => {
+    const g = { status: 0, body: "", error: null as Error | null, answered: false };
+    p.request("GET / HTTP/1.1\r\nhost: x\r\n\r\n", false, false, false, 1000, {
+      head: (st) => (g.status = st),
+      body: (c) => (g.body += c.toString()),
+      end: () => resolve(g),
+      error: (e, answered) => resolve({ ...g, error: e, answered }),
+    }, 200);
+  });
+  t.same([got.status, got.body, got.answered], [200, "abc", true], "the head and the first bytes were delivered");
+  t.ok(got.error instanceof BodyTimeoutError, `then the silence ended it (${String(got.error)})`);
+});
+
+t.test("a peer's Keep-Alive timeout: its idle connection is let go before the peer closes it", async (t) => {
+  const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=1\r\nContent-Length: 2\r\n\r\nok");
+  const p = pool(t, app.port);
+  t.equal((await send(p, "GET / HTTP/1.1\r\nhost: x\r\n\r\n")).status, 200);
+  const start = performance.now();
+  while (p.size > 0 && performance.now() - start < 2000) await new Promise((r) => setTimeout(r, 10));
+  t.equal(p.size, 0, "closed at once (the peer's 1 s, less a second), not after the pool's own 30 s");
+  t.equal((await send(p, "GET / HTTP/1.1\r\nhost: x\r\n\r\n")).status, 200, "the next request opens a new connection");
+  t.equal(app.connections, 2);
+});
+
+t.test("a retired pool closes its idle connections now and its busy ones after their answer", async (t) => {
+  const held: Socket[] = [];
+  const app = await rawApp(t, (head, s) => {
+    if (head.includes("/hold")) {
+      held.push(s);
+      return null;
+    }
+    return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  });
+  const p = pool(t, app.port);
+  await send(p, "GET /a HTTP/1.1\r\nhost: x\r\n\r\n");
+  const busy = send(p, "GET /hold HTTP/1.1\r\nhost: x\r\n\r\n");
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 5));
+  // (the first connection went to /hold: one connection, busy)
+  p.closeWhenIdle();
+  t.equal(p.size, 1, "the busy connection stays");
+  held[0]!.write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
+  t.equal((await busy).body, "done", "its answer completes");
+  t.equal(p.size, 0, "then it is closed");
 });

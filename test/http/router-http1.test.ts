@@ -1,0 +1,188 @@
+// The outbound path on the HTTP/1 core, in-process: an upstream listener's OutboundHttp1 with the
+// router, against real mTLS peers. What the core's endpoint stage adds to the router's rules:
+// nothing of a request leaves before the peer's identity is verified, a request waiting for a
+// connection (MaxConnections) is held to the route's timeout, and a header mutation cannot
+// reframe the request.
+import t from "tap";
+import { once } from "node:events";
+import { createServer as createNetServer, type AddressInfo } from "node:net";
+import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import { createServer as createTlsServer } from "node:tls";
+import { createSecureServer, type ServerHttp2Stream } from "node:http2";
+import { loadUndici } from "../../src/http/undici.js";
+import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
+import { OutboundHttp1 } from "../../src/outbound/http1-outbound.js";
+import { ClusterRuntime } from "../../src/cluster/runtime.js";
+import { compileCluster } from "../../src/compile/cluster.js";
+import { compileRouteTable } from "../../src/compile/routes.js";
+import { PoolSet } from "../../src/cluster/pools.js";
+import { SessionCache } from "../../src/tls/origin.js";
+import { Metrics } from "../../src/telemetry/metrics.js";
+import { HttpStats } from "../../src/telemetry/http-stats.js";
+import { AccessLog } from "../../src/telemetry/access-log.js";
+import { silentLogger } from "../../src/telemetry/log.js";
+import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION, NO_HEADER_MUTATION, NO_RETRIES, type HeaderMutation } from "../../src/config/http.js";
+import { meshTls, sni, spiffe } from "../helpers/mesh-tls.js";
+import { exchange, hasResponses, parseResponses, plainTo } from "../helpers/raw-http.js";
+
+await loadUndici();
+const { tls, leaf } = await meshTls();
+
+/** A peer sidecar stand-in: TLS with `service`'s leaf, node:http behind it; counts the bytes it got after each handshake. */
+async function peer(service: string, handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<{ port: number; bytes: () => number }> {
+  const l = await leaf(service);
+  const http = createHttpServer(handler);
+  let bytes = 0;
+  const server = createTlsServer({ cert: l.certPem, key: l.keyPem }, (s) => {
+    s.on("data", (d: Buffer) => (bytes += d.length));
+    s.on("error", () => s.destroy());
+    http.emit("connection", s);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => {
+    http.closeAllConnections();
+    server.close();
+  });
+  return { port: (server.address() as AddressInfo).port, bytes: () => bytes };
+}
+
+/** web's upstream listener for api (cluster expecting api's identity) with one route; returns its address. */
+async function listener(peerPort: number, opts: { maxConnections?: number; timeoutMs?: number; requestHeaders?: HeaderMutation; http2?: boolean } = {}): Promise<string> {
+  const metrics = new Metrics({ processMetrics: false });
+  const pools = new PoolSet(new SessionCache());
+  const runtime = new ClusterRuntime(
+    compileCluster(
+      {
+        name: "api",
+        service: "api",
+        namespace: "default",
+        datacenter: "dc1",
+        sni: sni("api"),
+        expectedSpiffeId: spiffe("api"),
+        endpoints: [{ host: "127.0.0.1", port: peerPort, healthy: true, id: "api-1", meta: {} }],
+        limits: { ...DEFAULT_LIMITS, ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}) },
+        outlierDetection: DEFAULT_OUTLIER_DETECTION,
+      },
+      opts.http2 ?? false,
+    ),
+    tls,
+    pools,
+  );
+  const clusters = new Map([["api", runtime]]);
+  const state = new OutboundHttpState(
+    "api",
+    compileRouteTable(
+      "upstreams[api].routes",
+      {
+        routes: [
+          {
+            match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
+            action: {
+              splits: [{ cluster: "api", weight: 10_000, requestHeaders: NO_HEADER_MUTATION, responseHeaders: NO_HEADER_MUTATION }],
+              timeoutMs: opts.timeoutMs ?? 5_000,
+              idleTimeoutMs: 10_000,
+              retry: NO_RETRIES,
+              requestHeaders: opts.requestHeaders ?? NO_HEADER_MUTATION,
+              responseHeaders: NO_HEADER_MUTATION,
+            },
+          },
+        ],
+      },
+      (name) => clusters.has(name),
+    ),
+    clusters,
+  );
+  const obs = { tracing: null, accessLog: new AccessLog("off") };
+  const router = new HttpRouter(silentLogger, new HttpStats(metrics.registry), obs, metrics.outboundRejected);
+  const core = new OutboundHttp1({ state: () => state, hcm: () => metrics.filters.httpConnManager(null, "127.0.0.1_0"), upgrade: (_r, s) => s.destroy() }, router, obs, silentLogger, metrics.configErrors);
+  const server = createNetServer({ allowHalfOpen: true }, (s) => core.accept(s));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(async () => {
+    core.destroyAll();
+    server.close();
+    runtime.close();
+    await pools.closeAll();
+  });
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+t.test("a peer with the wrong identity gets no byte of the request: 503 UF", async (t) => {
+  const evil = await peer("evil", (_req, res) => res.end("should not be reached"));
+  const addr = await listener(evil.port);
+  const x = await exchange(plainTo(addr), "POST /secret HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer s3cret\r\nContent-Length: 4\r\n\r\nbody", { done: hasResponses(1) });
+  const r = parseResponses(x.data)[0];
+  t.equal(r?.status, 503, "503");
+  t.equal(r?.headers["x-meshproxy-response-flags"], "UF", "flagged UF");
+  t.match(String(r?.body), /connect-failure/, "a connect failure, as the router describes one");
+  t.equal(evil.bytes(), 0, "the impostor received no application byte (head, credentials or body)");
+});
+
+t.test("a request waiting for a connection (MaxConnections 1, the one busy) is held to the route timeout: 504 UT", async (t) => {
+  const held: { release: (() => void) | null } = { release: null };
+  const api = await peer("api", (req, res) => {
+    if (req.url === "/hold") {
+      // Answered at once, the body left open: the connection stays busy past any head timeout.
+      res.writeHead(200, { "content-type": "text/plain" });
+      res.write("held ");
+      held.release = () => res.end("done");
+    }
+    else res.end("ok");
+  });
+  const addr = await listener(api.port, { maxConnections: 1, timeoutMs: 300 });
+  // The first request takes the only connection and keeps it: its answer streams until released.
+  const first = exchange(plainTo(addr), "GET /hold HTTP/1.1\r\nHost: api\r\n\r\n", { done: hasResponses(1) });
+  while (held.release === null) await new Promise((r) => setTimeout(r, 5));
+  const started = performance.now();
+  const second = await exchange(plainTo(addr), "GET /next HTTP/1.1\r\nHost: api\r\n\r\n", { done: hasResponses(1) });
+  const took = performance.now() - started;
+  const r = parseResponses(second.data)[0];
+  t.same([r?.status, r?.headers["x-meshproxy-response-flags"]], [504, "UT"], "the waiting request times out as UT");
+  t.ok(took < 2_000, `within about the route timeout (${took.toFixed(0)} ms), not when the connection frees`);
+  held.release();
+  const f = parseResponses((await first).data)[0];
+  t.same([f?.status, String(f?.body)], [200, "held done"], "the streaming answer was not disturbed by the wait that gave up");
+});
+
+t.test("a request header mutation cannot reframe the request: the peer reads the body the app sent", async (t) => {
+  const got: { body: string; cl: string | undefined }[] = [];
+  const api = await peer("api", (req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", () => {
+      got.push({ body: Buffer.concat(chunks).toString(), cl: req.headers["content-length"] });
+      res.end("ok");
+    });
+  });
+  const addr = await listener(api.port, { requestHeaders: { add: {}, set: { "content-length": "1", "transfer-encoding": "chunked", connection: "close" }, remove: [] } });
+  const x = await exchange(plainTo(addr), "POST /a HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", { done: hasResponses(2) });
+  t.same(parseResponses(x.data).map((r) => r.status), [200, 200], "both requests answered");
+  t.same(got, [{ body: "hello", cl: "5" }, { body: "", cl: undefined }], "the peer got the five bytes as the first body, and the second request as a request of its own");
+});
+
+t.test("an HTTP/1.1 app calling an HTTP/2 cluster: the attempt goes through undici, buffered and streamed bodies alike", async (t) => {
+  const l = await leaf("api");
+  const h2 = createSecureServer({ cert: l.certPem, key: l.keyPem });
+  h2.on("stream", (stream: ServerHttp2Stream, headers) => {
+    let n = 0;
+    stream.on("data", (c: Buffer) => (n += c.length));
+    stream.on("end", () => {
+      stream.respond({ ":status": 200 });
+      stream.end(`${String(headers[":method"])} ${String(headers[":path"])} ${n}`);
+    });
+  });
+  h2.listen(0, "127.0.0.1");
+  await once(h2, "listening");
+  t.teardown(() => h2.close());
+  const addr = await listener((h2.address() as AddressInfo).port, { http2: true });
+  const big = "x".repeat(200_000);
+  const chunked = `${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`;
+  const x = await exchange(
+    plainTo(addr),
+    `POST /small HTTP/1.1\r\nHost: api\r\nContent-Length: 3\r\n\r\nabcPOST /big HTTP/1.1\r\nHost: api\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n${chunked}`,
+    { done: hasResponses(2) },
+  );
+  const rs = parseResponses(x.data);
+  t.same(rs.map((r) => [r.status, String(r.body)]), [[200, "POST /small 3"], [200, `POST /big ${big.length}`]], "both bodies reached the HTTP/2 peer whole");
+});
