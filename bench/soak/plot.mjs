@@ -10,7 +10,7 @@ export function renderPlot({ samples, events, t0, panels, title }) {
   const H = 190;
   const L = 60;
   const R = 150;
-  const top = 30;
+  const top = 48;
   const names = [...new Set(samples.map((s) => s.name))].sort();
   const colour = new Map(names.map((n, i) => [n, COLOURS[i % COLOURS.length]]));
   const tMax = Math.max(1, ...samples.map((s) => (s.t - t0) / 1000));
