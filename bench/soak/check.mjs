@@ -79,11 +79,11 @@ export function classify(failures, events, opts) {
 
 /**
  * Successes the intentions forbade: a request of the intruder started after a deny had had
- * `propagationMs` to reach every sidecar, and before the allow that ended it.
+ * `propagationMs` to reach every sidecar, and before the allow that ended it began to be written.
  */
 export function wronglyAllowed(oks, events, { propagationMs }) {
   const denies = events.filter((e) => e.kind === "deny");
-  return oks.filter((r) => r.caller === "intruder" && denies.some((d) => r.start >= d.t0 + propagationMs && r.start < d.t1));
+  return oks.filter((r) => r.caller === "intruder" && denies.some((d) => r.start >= d.t0 + propagationMs && r.start < (d.allowAt ?? d.t1)));
 }
 
 /** Least-squares slope of ys over xs (per unit of x), or null with fewer than 3 points. */
@@ -115,8 +115,9 @@ export const LEAK_BOUNDS = {
   fdsNet: { abs: 24, rel: 0.25, what: "open descriptors beyond two per open connection" },
 };
 
-export function leakCheck(samples, { fromMs, toMs, events, quietMs, warmupMs, gate }) {
-  const quiet = (t) => !events.some((e) => t >= e.t0 - 1000 && t <= (e.t1 ?? e.t0) + quietMs);
+export function leakCheck(samples, { fromMs, toMs, events, quietMs, quietAfterBurstMs = quietMs, warmupMs, gate }) {
+  const after = (e) => (e.kind === "burst" || e.kind === "fdx" ? quietAfterBurstMs : quietMs);
+  const quiet = (t) => !events.some((e) => t >= e.t0 - 1000 && t <= (e.t1 ?? e.t0) + after(e));
   const byName = new Map();
   for (const s of samples) {
     if (!byName.has(s.name)) byName.set(s.name, new Map());
