@@ -386,6 +386,13 @@ export class Proxy extends EventEmitter {
     this.closeAll();
     const deadline = Date.now() + (this.opts.drainTimeoutMs ?? DEFAULTS.drainTimeoutMs);
     if (this.activeConnections > 0) this.log.info("draining open connections", { open: this.activeConnections, timeout_ms: deadline - Date.now() });
+    // Callers learn of the withdrawal from their control plane only after a while (the dev
+    // catalog's poll is 1 s) and until then send requests on their pooled keep-alive connections.
+    // Closing one of those as idle races a request already on its way, which then fails where the
+    // caller cannot retry it (its bytes had left): so idle connections are left open for a grace
+    // first, as Envoy keeps serving through its drain period, while busy ones finish as before.
+    const graceEnd = Date.now() + Math.min(DEREGISTRATION_GRACE_MS, (deadline - Date.now()) / 2);
+    while (this.activeConnections > 0 && Date.now() < graceEnd) await new Promise((r) => setTimeout(r, 50));
     while (this.activeConnections > 0 && Date.now() < deadline) {
       // Keep-alive HTTP connections close as soon as they are idle; busy ones after their response.
       for (const l of this.allListeners()) l.closeIdle();
@@ -404,6 +411,9 @@ export class Proxy extends EventEmitter {
 }
 
 function noop(): void {}
+
+/** How long a drain leaves idle keep-alive connections open after deregistering: twice the dev catalog's poll. */
+const DEREGISTRATION_GRACE_MS = 2000;
 
 function sameBind(a: { host: string; port: number }, b: { host: string; port: number }): boolean {
   return a.host === b.host && a.port === b.port;

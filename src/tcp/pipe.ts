@@ -68,7 +68,18 @@ function forward(src: Socket, dst: Socket, stamp: Live | null): void {
     if (!dst.write(chunk)) src.pause();
   });
   dst.on("drain", () => src.resume());
-  src.once("end", () => dst.end());
+  endWhenEnded(src, dst);
+}
+
+/**
+ * Half-closes `dst` once `src` has ended, including when it ended before the pipe was joined: a
+ * caller that completes its TLS handshake and shuts down its side while the local app is still
+ * being dialled has already had its 'end' emitted, and waiting for another one left both
+ * connections open (and the caller's sidecar waiting on them) until the idle timeout.
+ */
+function endWhenEnded(src: Socket, dst: Socket): void {
+  if (src.readableEnded) dst.end();
+  else src.once("end", () => dst.end());
 }
 
 /**
@@ -151,7 +162,7 @@ export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onC
   if (upReads) {
     upReads.stamp = stamp;
     down.on("drain", () => up.resume());
-    up.once("end", () => down.end());
+    endWhenEnded(up, down);
   } else {
     forward(up, down, stamp);
   }

@@ -6,7 +6,7 @@ import { once } from "node:events";
 import { createServer, connect, type TLSSocket } from "node:tls";
 import { createServer as createNetServer, connect as netConnect, type AddressInfo, type Socket } from "node:net";
 import { createRootCa, issueLeaf } from "../../src/index.js";
-import { DirectReads } from "../../src/tcp/pipe.js";
+import { DirectReads, joinSockets } from "../../src/tcp/pipe.js";
 import type { Teardown } from "../helpers/mesh.js";
 
 async function tlsPair(t: Teardown): Promise<{ client: TLSSocket; received: () => Promise<Buffer> }> {
@@ -105,3 +105,44 @@ t.test("into plain TCP, every read is copied: a write the kernel cannot take at 
   await once(s, "end");
   t.ok(Buffer.concat(chunks).equals(Buffer.concat(sent)), "the peer gets every read as it was read");
 });
+
+/** Two connected TCP socket pairs on loopback: [client, accepted] each. */
+async function socketPair(t: Teardown): Promise<{ client: Socket; accepted: Socket }> {
+  const server = createNetServer({ allowHalfOpen: true });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const acceptedP = once(server, "connection") as Promise<[Socket]>;
+  const client = netConnect({ port: (server.address() as AddressInfo).port, host: "127.0.0.1", allowHalfOpen: true });
+  const [accepted] = await acceptedP;
+  await once(client, "connect").catch(() => undefined);
+  t.teardown(() => {
+    client.destroy();
+    accepted.destroy();
+    server.close();
+  });
+  return { client, accepted };
+}
+
+// Found by the soak harness (bench/soak, the burst fault): a caller that finished its handshake and
+// shut down its side while the public listener was still dialling the local app had its 'end'
+// already emitted when the pipe was joined; the app was never told, and the connection (two
+// descriptors here, two on the caller's sidecar) stayed open until the one-hour idle timeout.
+for (const which of ["down", "up"] as const) {
+  t.test(`a ${which} side that ended before the pipe was joined is half-closed through it`, async (t) => {
+    const down = await socketPair(t);
+    const up = await socketPair(t);
+    const early = which === "down" ? down : up;
+    early.client.end();
+    early.accepted.resume();
+    await once(early.accepted, "end");
+    t.ok(early.accepted.readableEnded, "the end was emitted before the join");
+    const other = which === "down" ? up : down;
+    const closed = new Promise<boolean>((resolve) => joinSockets(down.accepted, up.accepted, 60_000, () => resolve(true)));
+    const within2s = <T>(p: Promise<T>) => Promise.race([p, new Promise<false>((resolve) => setTimeout(() => resolve(false), 2000).unref())]);
+    other.client.resume();
+    t.equal(await within2s(once(other.client, "end").then(() => true)), true, `the ${which === "down" ? "up" : "down"} side's peer is told the other side ended`);
+    other.client.end();
+    early.client.resume();
+    t.equal(await within2s(closed), true, "the pipe closes once both sides ended");
+  });
+}

@@ -213,14 +213,17 @@ export class DevControlPlane implements ControlPlane {
     try {
       datacenters = await listDatacenters(dataDir, home);
     } catch (e) {
-      this.reportOnce("catalog", messageOf(e));
-      datacenters = [this.datacenter];
+      this.reportOnce("catalog", this.catalogs.size > 0 ? `${messageOf(e)}; the previous catalogs stay in force` : messageOf(e));
+      datacenters = [this.datacenter, ...this.catalogs.keys()];
     }
     if (!datacenters.includes(this.datacenter)) datacenters.push(this.datacenter);
     for (const dc of datacenters) {
-      const { entries, problems } = await readCatalog(dataDir, catalogDir(dataDir, dc, home));
-      catalogs.set(dc, entries);
-      for (const p of problems) this.reportOnce("catalog", p.message);
+      const { entries, problems, complete } = await readCatalog(dataDir, catalogDir(dataDir, dc, home));
+      // A catalog that could not be read (out of descriptors) is not an empty one: the instances
+      // it lists did not go away, so the last one read stays until it can be read again.
+      const previous = complete ? undefined : this.catalogs.get(dc);
+      catalogs.set(dc, previous ?? entries);
+      for (const p of problems) this.reportOnce("catalog", previous ? `${p.message}; the previous catalog of ${dc} stays in force` : p.message);
     }
     this.catalogs = catalogs;
     const read = await readEntries(dataDir);

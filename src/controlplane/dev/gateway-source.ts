@@ -126,6 +126,8 @@ export class DevGatewaySource implements GatewayRouteSource {
     const remoteGateways = new Map<string, Endpoint[]>();
     for (const dc of await listDatacenters(dataDir, view.home)) {
       const read = await readCatalog(dataDir, catalogDir(dataDir, dc, view.home));
+      // Not an empty catalog but an unknown one (out of descriptors): the previous routes stay.
+      if (!read.complete) throw new Error(read.problems.map((p) => p.message).join("; "));
       for (const p of read.problems) problem(p.message);
       for (const e of read.entries) {
         if (dc !== view.datacenter) {

@@ -264,17 +264,26 @@ export interface CatalogRead {
   readonly entries: CatalogEntry[];
   /** Files that could not be read, with why; they are skipped, not fatal. */
   readonly problems: StateError[];
+  /**
+   * False when the directory or a file could not be read at all (out of descriptors, an I/O
+   * error), as opposed to a file that is broken: the entries are then not the catalog, and the
+   * reader keeps the one it had rather than losing the instances it could not see.
+   */
+  readonly complete: boolean;
 }
 
 export async function readCatalog(dir: string, catalog = paths(dir).catalog): Promise<CatalogRead> {
   let names: string[];
   try {
     names = await readdir(catalog);
-  } catch {
-    return { entries: [], problems: [] };
+  } catch (e) {
+    // A datacenter without a catalog directory has no instances; anything else is not knowing.
+    if (errnoOf(e) === "ENOENT") return { entries: [], problems: [], complete: true };
+    return { entries: [], problems: [new StateError(catalog, `cannot be read (${messageOf(e)})`)], complete: false };
   }
   const entries: CatalogEntry[] = [];
   const problems: StateError[] = [];
+  let complete = true;
   for (const name of names.sort()) {
     if (!name.endsWith(".json")) continue;
     const file = join(catalog, name);
@@ -282,10 +291,13 @@ export async function readCatalog(dir: string, catalog = paths(dir).catalog): Pr
       entries.push(parseCatalogEntry(await readFile(file, "utf8"), file));
     } catch (e) {
       if (e instanceof StateError) problems.push(e);
-      else if (errnoOf(e) !== "ENOENT") problems.push(new StateError(file, messageOf(e)));
+      else if (errnoOf(e) !== "ENOENT") {
+        problems.push(new StateError(file, messageOf(e)));
+        complete = false;
+      }
     }
   }
-  return { entries, problems };
+  return { entries, problems, complete };
 }
 
 /** Same machine, so a dead process means a dead instance (covers kill -9 and crashes). */
