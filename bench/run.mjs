@@ -1006,7 +1006,7 @@ function renderMarkdown(meta, table, gatewayTable, targetTable, cfg, profiles) {
     lines.push(gatewayTable);
     lines.push("");
   }
-  lines.push("## Targets (issue 6; ratios against HAProxy in the same run)");
+  lines.push("## Targets (issue 14, then issue 6's others; ratios against HAProxy in the same run)");
   lines.push("");
   lines.push(targetTable);
   lines.push("");
