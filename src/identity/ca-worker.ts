@@ -40,15 +40,21 @@ function run(job: Job): Promise<unknown> {
     // The job (with the CA's private key) goes over stdin, never argv: a command line is
     // readable by every user of the machine in /proc.
     const child = spawn(process.execPath, [...childExecArgv(), SELF, JOB_FLAG], { stdio: ["pipe", "pipe", "pipe"], env: process.env });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
-    child.stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
+    // Out of descriptors (EMFILE/ENFILE), Node gives up before it makes the child's pipes: stdio is
+    // null and 'error' follows on the next tick. The listener goes on first, so that failure is
+    // this job's (the caller keeps its current leaf and retries), never an unhandled 'error' event
+    // that ends the process.
     const timer = setTimeout(() => child.kill("SIGKILL"), TIMEOUT_MS);
     child.once("error", (e) => {
       clearTimeout(timer);
-      reject(new Error(`cannot start the certificate process (${process.execPath}): ${e.message}`));
+      reject(new Error(`cannot start the certificate process (${process.execPath}): ${e.message}${/EMFILE|ENFILE/.test(e.message) ? "; the process is out of file descriptors (raise `ulimit -n`)" : ""}`));
     });
+    const { stdin, stdout, stderr } = child;
+    if (!stdin || !stdout || !stderr) return;
+    let out = "";
+    let err = "";
+    stdout.setEncoding("utf8").on("data", (d: string) => (out += d));
+    stderr.setEncoding("utf8").on("data", (d: string) => (err += d));
     child.once("close", (code, signal) => {
       clearTimeout(timer);
       if (code !== 0) {
@@ -62,10 +68,10 @@ function run(job: Job): Promise<unknown> {
         reject(new Error(`certificate process answered something that is not JSON (${out.length} bytes)`));
       }
     });
-    child.stdin.on("error", () => {
+    stdin.on("error", () => {
       /* the child's exit reports the failure */
     });
-    child.stdin.end(JSON.stringify(job));
+    stdin.end(JSON.stringify(job));
   });
 }
 

@@ -65,3 +65,31 @@ t.test("a root and a leaf come back whole: PEMs that parse, the SPIFFE SAN, Date
 t.test("a failure in the certificate process comes back with its cause", async (t) => {
   await t.rejects(issueLeafInWorker({ certPem: "not a certificate", keyPem: "not a key" }, { spiffeId: "spiffe://x.consul/ns/default/dc/dc1/svc/web", commonName: "web", ttlMs: 1000 }), /./, "a bad CA is an error, not a hang or a crash");
 });
+
+t.test("out of descriptors, a certificate job fails with a clear error and the process lives on", async (t) => {
+  // The 30-minute soak's `tight` sidecar (ulimit -n 256) died at a leaf renewal: spawn() hit
+  // EMFILE, Node made no pipes (stdio null), and its next-tick 'error' had no listener yet.
+  // Measured in a fresh process on the build, under a low limit it fills up itself.
+  const dir = await tempDir(t);
+  const script = join(dir, "emfile.mjs");
+  await writeFile(
+    script,
+    `import { openSync, closeSync } from "node:fs";
+const { createRootCaInWorker, issueLeafInWorker } = await import(${JSON.stringify(pathToFileURL(join(ROOT, "dist", "identity", "ca-worker.js")).href)});
+const ca = await createRootCaInWorker("emfile.consul");
+const req = { spiffeId: "spiffe://emfile.consul/ns/default/dc/dc1/svc/web", commonName: "web", ttlMs: 3600000 };
+const held = [];
+try { for (;;) held.push(openSync("/dev/null", "r")); } catch (e) { if (e.code !== "EMFILE") throw e; }
+let failure = null;
+try { await issueLeafInWorker(ca, req); } catch (e) { failure = e.message; }
+for (const fd of held) closeSync(fd);
+const leaf = await issueLeafInWorker(ca, req);
+process.stdout.write(JSON.stringify({ held: held.length, failure, serialAfter: leaf.serial }));
+`,
+  );
+  const { stdout } = await execFileP("bash", ["-c", `ulimit -n 64 && exec "$0" "$1"`, process.execPath, script], { timeout: 60_000 });
+  const r = JSON.parse(stdout) as { held: number; failure: string | null; serialAfter: string };
+  t.ok(r.held > 0, `filled the descriptor table (${r.held} more)`);
+  t.match(r.failure ?? "", /cannot start the certificate process .*EMFILE.*ulimit -n/, "the job fails, naming the cause and the fix");
+  t.match(r.serialAfter, /^[0-9a-f]{2}(:[0-9a-f]{2})+$/, "once descriptors are free again, the next job issues a leaf");
+});
