@@ -20,19 +20,20 @@ export interface AttemptResult {
   readonly delivered: boolean;
 }
 
-/** One attempt of a routed request on one host, whatever client sends it; dispatchAttempt's contract without the body. */
-export type AttemptSender = (
-  cluster: ClusterRuntime,
-  host: ClusterHost,
-  waits: boolean,
-  method: string,
-  path: string,
-  headers: Record<string, string | string[] | undefined>,
-  timeouts: { readonly headersMs: number; readonly idleMs: number },
-  clientGone: Cancel,
-  res: ResponseSink,
-  deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
-) => Promise<AttemptResult>;
+/** A parameter list without its body (the element of type AttemptBody, exactly), the rest in order. */
+type WithoutBody<P extends readonly unknown[]> = P extends readonly [infer Head, ...infer Tail]
+  ? [Head] extends [AttemptBody]
+    ? [AttemptBody] extends [Head]
+      ? Tail
+      : [Head, ...WithoutBody<Tail>]
+    : [Head, ...WithoutBody<Tail>]
+  : [];
+
+/**
+ * One attempt of a routed request on one host, whatever client sends it: dispatchAttempt's
+ * contract without the body (a sender holds its own), derived from it so the two cannot drift.
+ */
+export type AttemptSender = (...attempt: WithoutBody<Parameters<typeof dispatchAttempt>>) => ReturnType<typeof dispatchAttempt>;
 
 /**
  * One try against one host; resolves once the answer is delivered, drained for a retry, or

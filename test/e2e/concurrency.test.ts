@@ -6,33 +6,20 @@
 import t from "tap";
 import { get } from "node:http";
 import { connect, type Socket } from "node:net";
-import { echoServer, hostPort, runMeshproxy, tempDir, type LogLine, type MeshProcess, type Teardown } from "../helpers/mesh.js";
+import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type LogLine, type Sidecar, type Teardown } from "../helpers/mesh.js";
 import { echoes, nextLog, pollUntil, sample, scrape } from "../helpers/peers.js";
 import { configWrite, httpApp, until } from "../helpers/l7.js";
 import { mtls, startDouble } from "../helpers/consul-mesh.js";
 
-interface Concurrent extends MeshProcess {
-  readonly publicAddr: string | null;
-  readonly upstreams: Record<string, string>;
-  readonly adminAddr: string;
+interface Concurrent extends Sidecar {
   /** Worker index → pid, as the primary logged their starts (restarts included). */
   workerPids(): Map<number, number>;
 }
 
-const primaryReady = (l: LogLine) => l["@message"] === "proxy ready" && l["workers"] === 2;
-
 /** A sidecar at -concurrency 2, once the primary says every worker serves. */
 async function concurrent(t: Teardown, args: string[], dataDir?: string): Promise<Concurrent> {
-  const dir = dataDir ?? (await tempDir(t));
-  const p = runMeshproxy(t, ["-data-dir", dir, "-log-json", "-admin-addr", "127.0.0.1:0", "-concurrency", "2", ...args]);
-  const ready = await p.waitForLog(primaryReady, 30_000);
-  const admin = await p.waitForLog((l) => l["@message"] === "admin API listening");
-  const upstreams: Record<string, string> = {};
-  for (const [k, v] of Object.entries(ready)) if (k.startsWith("upstream.")) upstreams[k.slice(9)] = String(v);
+  const p = await startSidecar(t, dataDir ?? (await tempDir(t)), args, {}, { concurrency: 2 });
   return Object.assign(p, {
-    publicAddr: typeof ready["public"] === "string" ? ready["public"] : null,
-    upstreams,
-    adminAddr: String(admin["address"]),
     workerPids: () => {
       const pids = new Map<number, number>();
       for (const l of p.logs) if (l["@message"] === "worker started") pids.set(Number(l["worker"]), Number(l["pid"]));

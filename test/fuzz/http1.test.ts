@@ -23,18 +23,11 @@ import { AccessLog } from "../../src/telemetry/access-log.js";
 import { silentLogger } from "../../src/telemetry/log.js";
 import { createServer as createTlsServer } from "node:tls";
 import { loadUndici } from "../../src/http/undici.js";
-import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
-import { OutboundHttp1 } from "../../src/outbound/http1-outbound.js";
+import { OutboundHttpState } from "../../src/outbound/http-router.js";
 import type { RequestView } from "../../src/http/route-match.js";
 import type { CompiledRoute } from "../../src/compile/routes.js";
-import { ClusterRuntime } from "../../src/cluster/runtime.js";
-import { compileCluster } from "../../src/compile/cluster.js";
-import { compileRouteTable } from "../../src/compile/routes.js";
-import { PoolSet } from "../../src/cluster/pools.js";
-import { SessionCache } from "../../src/tls/origin.js";
-import { HttpStats } from "../../src/telemetry/http-stats.js";
-import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION, NO_HEADER_MUTATION, NO_RETRIES } from "../../src/config/http.js";
-import { meshTls, sni, spiffe } from "../helpers/mesh-tls.js";
+import { meshTls } from "../helpers/mesh-tls.js";
+import { apiCluster, apiRoutes, listenOutboundHttp1 } from "../helpers/outbound-router.js";
 
 // ---- generators ----
 
@@ -352,26 +345,7 @@ const peerHttp = createHttpServer({ requireHostHeader: false }, (req, res) => {
 });
 const peer = createTlsServer({ cert: apiLeaf.certPem, key: apiLeaf.keyPem }, (s) => peerHttp.emit("connection", s));
 const peerPort = await listen(peer);
-const pools = new PoolSet(new SessionCache());
-const runtime = new ClusterRuntime(
-  compileCluster(
-    {
-      name: "api",
-      service: "api",
-      namespace: "default",
-      datacenter: "dc1",
-      sni: sni("api"),
-      expectedSpiffeId: spiffe("api"),
-      endpoints: [{ host: "127.0.0.1", port: peerPort, healthy: true, id: "api-1", meta: {} }],
-      limits: DEFAULT_LIMITS,
-      outlierDetection: DEFAULT_OUTLIER_DETECTION,
-    },
-    false,
-  ),
-  webTls,
-  pools,
-);
-const outClusters = new Map([["api", runtime]]);
+const api = apiCluster(webTls, peerPort);
 
 interface Routed {
   method: string;
@@ -390,46 +364,10 @@ class RecordingState extends OutboundHttpState {
     return super.match(req);
   }
 }
-const outState = new RecordingState(
-  "api",
-  compileRouteTable(
-    "upstreams[api].routes",
-    {
-      routes: [
-        {
-          match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
-          action: {
-            splits: [{ cluster: "api", weight: 10_000, requestHeaders: NO_HEADER_MUTATION, responseHeaders: NO_HEADER_MUTATION }],
-            timeoutMs: 5_000,
-            idleTimeoutMs: 10_000,
-            retry: NO_RETRIES,
-            requestHeaders: NO_HEADER_MUTATION,
-            responseHeaders: NO_HEADER_MUTATION,
-          },
-        },
-      ],
-    },
-    (name) => outClusters.has(name),
-  ),
-  outClusters,
-);
-const outMetrics = new Metrics({ processMetrics: false });
-const outObs = { tracing: null, accessLog: new AccessLog("off") };
-const outRouter = new HttpRouter(silentLogger, new HttpStats(outMetrics.registry), outObs, outMetrics.outboundRejected);
-const outbound = new OutboundHttp1(
-  { state: () => outState, hcm: () => outMetrics.filters.httpConnManager(null, "127.0.0.1_0"), upgrade: (_req, socket) => socket.destroy() },
-  outRouter,
-  outObs,
-  silentLogger,
-  outMetrics.configErrors,
-);
-const outboundNet = createNetServer({ allowHalfOpen: true }, (s) => outbound.accept(s));
-const outboundPort = await listen(outboundNet);
+const outbound = await listenOutboundHttp1(new RecordingState("api", apiRoutes(api.clusters), api.clusters));
 t.teardown(async () => {
-  outbound.destroyAll();
-  outboundNet.close();
-  runtime.close();
-  await pools.closeAll();
+  outbound.close();
+  await api.close();
   peerHttp.closeAllConnections();
   peer.close();
 });
@@ -449,7 +387,7 @@ t.test("smuggling, outbound: the peer sidecar sees exactly the requests that wer
     fc.asyncProperty(stream, async (s) => {
       runs++;
       routed.length = peerSeen.length = 0;
-      await play(outboundPort, bytesOf(s));
+      await play(outbound.port, bytesOf(s));
       // The answers are done when the app's connection closed; the peer's own parse may lag a tick.
       await new Promise((r) => setImmediate(r));
       forwarded += peerSeen.length;

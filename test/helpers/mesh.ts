@@ -133,13 +133,24 @@ export interface Sidecar extends MeshProcess {
   readonly adminAddr: string;
 }
 
+export interface SidecarOptions {
+  /** -concurrency N: a primary and N workers; 1 (the default) is one process. */
+  readonly concurrency?: number;
+}
+
 /**
  * Starts a sidecar with port-0 listeners and waits until it is ready.
  * `args` are extra flags, e.g. ["-service", "web", "-upstream", "db:0"].
  */
-export async function startSidecar(t: Teardown, dataDir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Sidecar> {
-  const p = runMeshproxy(t, ["-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0", ...args], env);
-  const ready = await p.waitForLog((l) => l["@message"] === "proxy ready");
+export async function startSidecar(t: Teardown, dataDir: string, args: string[], env: NodeJS.ProcessEnv = {}, opts: SidecarOptions = {}): Promise<Sidecar> {
+  const workers = opts.concurrency ?? 1;
+  const concurrency = workers > 1 ? ["-concurrency", String(workers)] : [];
+  const p = runMeshproxy(t, ["-data-dir", dataDir, "-log-json", "-admin-addr", "127.0.0.1:0", ...concurrency, ...args], env);
+  // Under -concurrency every worker logs its own "proxy ready"; the sidecar is ready when the
+  // primary's (which counts the workers) says all of them serve. Starting N+1 processes on a
+  // loaded machine takes longer than one.
+  const isReady = (l: LogLine) => l["@message"] === "proxy ready" && (workers === 1 || l["workers"] === workers);
+  const ready = await p.waitForLog(isReady, workers > 1 ? 30_000 : undefined);
   const admin = await p.waitForLog((l) => l["@message"] === "admin API listening");
   const upstreams: Record<string, string> = {};
   for (const [k, v] of Object.entries(ready)) if (k.startsWith("upstream.")) upstreams[k.slice(9)] = String(v);

@@ -5,24 +5,15 @@
 // reframe the request.
 import t from "tap";
 import { once } from "node:events";
-import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createTlsServer } from "node:tls";
 import { createSecureServer, type ServerHttp2Stream } from "node:http2";
+import type { AddressInfo } from "node:net";
 import { loadUndici } from "../../src/http/undici.js";
-import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
-import { OutboundHttp1 } from "../../src/outbound/http1-outbound.js";
-import { ClusterRuntime } from "../../src/cluster/runtime.js";
-import { compileCluster } from "../../src/compile/cluster.js";
-import { compileRouteTable } from "../../src/compile/routes.js";
-import { PoolSet } from "../../src/cluster/pools.js";
-import { SessionCache } from "../../src/tls/origin.js";
-import { Metrics } from "../../src/telemetry/metrics.js";
-import { HttpStats } from "../../src/telemetry/http-stats.js";
-import { AccessLog } from "../../src/telemetry/access-log.js";
-import { silentLogger } from "../../src/telemetry/log.js";
-import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION, NO_HEADER_MUTATION, NO_RETRIES, type HeaderMutation } from "../../src/config/http.js";
-import { meshTls, sni, spiffe } from "../helpers/mesh-tls.js";
+import { OutboundHttpState } from "../../src/outbound/http-router.js";
+import type { RouteAction } from "../../src/config/http.js";
+import { meshTls } from "../helpers/mesh-tls.js";
+import { apiCluster, apiRoutes, listenOutboundHttp1 } from "../helpers/outbound-router.js";
 import { exchange, hasResponses, parseResponses, plainTo } from "../helpers/raw-http.js";
 
 await loadUndici();
@@ -48,64 +39,14 @@ async function peer(service: string, handler: (req: IncomingMessage, res: Server
 }
 
 /** web's upstream listener for api (cluster expecting api's identity) with one route; returns its address. */
-async function listener(peerPort: number, opts: { maxConnections?: number; timeoutMs?: number; requestHeaders?: HeaderMutation; http2?: boolean } = {}): Promise<string> {
-  const metrics = new Metrics({ processMetrics: false });
-  const pools = new PoolSet(new SessionCache());
-  const runtime = new ClusterRuntime(
-    compileCluster(
-      {
-        name: "api",
-        service: "api",
-        namespace: "default",
-        datacenter: "dc1",
-        sni: sni("api"),
-        expectedSpiffeId: spiffe("api"),
-        endpoints: [{ host: "127.0.0.1", port: peerPort, healthy: true, id: "api-1", meta: {} }],
-        limits: { ...DEFAULT_LIMITS, ...(opts.maxConnections ? { maxConnections: opts.maxConnections } : {}) },
-        outlierDetection: DEFAULT_OUTLIER_DETECTION,
-      },
-      opts.http2 ?? false,
-    ),
-    tls,
-    pools,
-  );
-  const clusters = new Map([["api", runtime]]);
-  const state = new OutboundHttpState(
-    "api",
-    compileRouteTable(
-      "upstreams[api].routes",
-      {
-        routes: [
-          {
-            match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
-            action: {
-              splits: [{ cluster: "api", weight: 10_000, requestHeaders: NO_HEADER_MUTATION, responseHeaders: NO_HEADER_MUTATION }],
-              timeoutMs: opts.timeoutMs ?? 5_000,
-              idleTimeoutMs: 10_000,
-              retry: NO_RETRIES,
-              requestHeaders: opts.requestHeaders ?? NO_HEADER_MUTATION,
-              responseHeaders: NO_HEADER_MUTATION,
-            },
-          },
-        ],
-      },
-      (name) => clusters.has(name),
-    ),
-    clusters,
-  );
-  const obs = { tracing: null, accessLog: new AccessLog("off") };
-  const router = new HttpRouter(silentLogger, new HttpStats(metrics.registry), obs, metrics.outboundRejected);
-  const core = new OutboundHttp1({ state: () => state, hcm: () => metrics.filters.httpConnManager(null, "127.0.0.1_0"), upgrade: (_r, s) => s.destroy() }, router, obs, silentLogger, metrics.configErrors);
-  const server = createNetServer({ allowHalfOpen: true }, (s) => core.accept(s));
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
+async function listener(peerPort: number, cluster: { maxConnections?: number; http2?: boolean } = {}, action: Partial<RouteAction> = {}): Promise<string> {
+  const api = apiCluster(tls, peerPort, cluster);
+  const upstream = await listenOutboundHttp1(new OutboundHttpState("api", apiRoutes(api.clusters, action), api.clusters));
   t.teardown(async () => {
-    core.destroyAll();
-    server.close();
-    runtime.close();
-    await pools.closeAll();
+    upstream.close();
+    await api.close();
   });
-  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return `127.0.0.1:${upstream.port}`;
 }
 
 t.test("a peer with the wrong identity gets no byte of the request: 503 UF", async (t) => {
@@ -130,7 +71,7 @@ t.test("a request waiting for a connection (MaxConnections 1, the one busy) is h
     }
     else res.end("ok");
   });
-  const addr = await listener(api.port, { maxConnections: 1, timeoutMs: 300 });
+  const addr = await listener(api.port, { maxConnections: 1 }, { timeoutMs: 300 });
   // The first request takes the only connection and keeps it: its answer streams until released.
   const first = exchange(plainTo(addr), "GET /hold HTTP/1.1\r\nHost: api\r\n\r\n", { done: hasResponses(1) });
   while (held.release === null) await new Promise((r) => setTimeout(r, 5));
@@ -155,7 +96,7 @@ t.test("a request header mutation cannot reframe the request: the peer reads the
       res.end("ok");
     });
   });
-  const addr = await listener(api.port, { requestHeaders: { add: {}, set: { "content-length": "1", "transfer-encoding": "chunked", connection: "close" }, remove: [] } });
+  const addr = await listener(api.port, {}, { requestHeaders: { add: {}, set: { "content-length": "1", "transfer-encoding": "chunked", connection: "close" }, remove: [] } });
   const x = await exchange(plainTo(addr), "POST /a HTTP/1.1\r\nHost: api\r\nContent-Length: 5\r\n\r\nhelloGET /smuggled HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n", { done: hasResponses(2) });
   t.same(parseResponses(x.data).map((r) => r.status), [200, 200], "both requests answered");
   t.same(got, [{ body: "hello", cl: "5" }, { body: "", cl: undefined }], "the peer got the five bytes as the first body, and the second request as a request of its own");

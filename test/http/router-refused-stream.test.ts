@@ -10,17 +10,13 @@ import { constants, createSecureServer, type ServerHttp2Stream } from "node:http
 import { request } from "undici";
 import { loadUndici } from "../../src/http/undici.js";
 import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
-import { ClusterRuntime } from "../../src/cluster/runtime.js";
-import { compileCluster } from "../../src/compile/cluster.js";
-import { compileRouteTable } from "../../src/compile/routes.js";
-import { PoolSet } from "../../src/cluster/pools.js";
-import { SessionCache } from "../../src/tls/origin.js";
 import { Metrics } from "../../src/telemetry/metrics.js";
 import { HttpStats } from "../../src/telemetry/http-stats.js";
 import { AccessLog } from "../../src/telemetry/access-log.js";
 import { createLogger } from "../../src/telemetry/log.js";
-import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION, NO_HEADER_MUTATION, NO_RETRIES, type RetryOn } from "../../src/config/http.js";
-import { meshTls, sni, spiffe } from "../helpers/mesh-tls.js";
+import { NO_RETRIES, type RetryOn } from "../../src/config/http.js";
+import { meshTls } from "../helpers/mesh-tls.js";
+import { apiCluster, apiRoutes } from "../helpers/outbound-router.js";
 
 await loadUndici();
 const { tls, leaf } = await meshTls();
@@ -46,48 +42,13 @@ t.teardown(() => upstream.close());
 const upstreamPort = (upstream.address() as AddressInfo).port;
 
 const metrics = new Metrics();
-const pools = new PoolSet(new SessionCache());
-t.teardown(() => pools.closeAll());
-const runtime = new ClusterRuntime(
-  compileCluster({
-    name: "api",
-    service: "api",
-    namespace: "default",
-    datacenter: "dc1",
-    sni: sni("api"),
-    expectedSpiffeId: spiffe("api"),
-    endpoints: [{ host: "127.0.0.1", port: upstreamPort, healthy: true, id: "api-1", meta: {} }],
-    limits: DEFAULT_LIMITS,
-    outlierDetection: DEFAULT_OUTLIER_DETECTION,
-  }, true),
-  tls,
-  pools,
-);
-t.teardown(() => runtime.close());
-const clusters = new Map([["api", runtime]]);
+const api = apiCluster(tls, upstreamPort, { http2: true });
+t.teardown(() => api.close());
 const router = new HttpRouter(createLogger({ level: "error" }), new HttpStats(metrics.registry), { tracing: null, accessLog: new AccessLog("off", metrics.accessLogDropped) }, metrics.outboundRejected);
 
 /** web's upstream listener for api, with one catch-all route retrying once on `retryOn`. */
 async function listener(retryOn: RetryOn[]): Promise<string> {
-  const state = new OutboundHttpState(
-    "api",
-    compileRouteTable("upstreams[api].routes", {
-      routes: [
-        {
-          match: { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] },
-          action: {
-            splits: [{ cluster: "api", weight: 10_000, requestHeaders: NO_HEADER_MUTATION, responseHeaders: NO_HEADER_MUTATION }],
-            timeoutMs: 5_000,
-            idleTimeoutMs: 10_000,
-            retry: { ...NO_RETRIES, numRetries: 1, retryOn },
-            requestHeaders: NO_HEADER_MUTATION,
-            responseHeaders: NO_HEADER_MUTATION,
-          },
-        },
-      ],
-    }, (name) => clusters.has(name)),
-    clusters,
-  );
+  const state = new OutboundHttpState("api", apiRoutes(api.clusters, { retry: { ...NO_RETRIES, numRetries: 1, retryOn } }), api.clusters);
   const server = createHttpServer((req, res) => router.handle(req, res, state));
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
