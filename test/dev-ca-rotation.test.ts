@@ -4,12 +4,18 @@
 // that trusts only the previous root.
 import t from "tap";
 import { once } from "node:events";
-import { readdir, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer, type TLSSocket } from "node:tls";
 import type { AddressInfo } from "node:net";
 import { ensureCa, openStateDir, paths, readCaRoots, StateError, type CaRoots } from "../src/controlplane/dev/state.js";
 import { rotateCa } from "../src/controlplane/dev/ca-rotation.js";
-import { issueLeaf } from "../src/identity/ca.js";
+import { UnsafeStateDirError } from "../src/controlplane/dev/permissions.js";
+import { issueLeaf, type CaMaterial, type IssuedLeaf, type LeafRequest } from "../src/identity/ca.js";
+import { DevControlPlane } from "../src/controlplane/dev/dev.js";
+import type { Snapshot } from "../src/config/snapshot.js";
+import { createLogger } from "../src/telemetry/log.js";
+import { until } from "./helpers/l7.js";
+import { X509Certificate } from "node:crypto";
 import { serialOf } from "../src/identity/serial.js";
 import { tempDir, type Teardown } from "./helpers/mesh.js";
 
@@ -101,4 +107,80 @@ t.test("rotating a directory without a CA says to start a sidecar first", async 
   const dir = await tempDir(t);
   await openStateDir(dir);
   await t.rejects(rotateCa(dir), /there is no dev CA to rotate yet; start a sidecar/, "refused, with what to do");
+});
+
+t.test("a roots.json others can read is refused like root.key", async (t) => {
+  const { dir } = await freshCa(t);
+  await rotateCa(dir);
+  await chmod(paths(dir).roots, 0o644);
+  await t.rejects(openStateDir(dir), UnsafeStateDirError, "it holds the active root's key");
+});
+
+// The soak's second rotation cut web → api for 8 s: a sidecar whose scheduled renewal was in
+// flight when it noticed the first rotation kept that renewal's old-root leaf (and its renewal
+// timer replaced the rotation's), so the next rotation's bundle no longer trusted it.
+t.test("a renewal in flight when the root rotates does not leave the proxy on an old-root leaf", async (t) => {
+  const { dir, first } = await freshCa(t);
+  const issued: string[] = [];
+  let renewalStarted: () => void = () => undefined;
+  const started = new Promise<void>((r) => (renewalStarted = r));
+  let releaseRenewal: () => void = () => undefined;
+  const released = new Promise<void>((r) => (releaseRenewal = r));
+  const issue = async (ca: CaMaterial, req: LeafRequest): Promise<IssuedLeaf> => {
+    const n = issued.push("") - 1;
+    // The first leaf lives 200 ms, so its renewal comes at once; the renewal then waits for the test.
+    if (n === 1) {
+      renewalStarted();
+      await released;
+    }
+    const leaf = await issueLeaf(ca, { ...req, ttlMs: n === 0 ? 200 : 3_600_000 });
+    issued[n] = leaf.serial;
+    return leaf;
+  };
+  const logger = createLogger({ level: "error", json: true, write: () => undefined });
+  const cp = new DevControlPlane({ dataDir: dir, request: { service: "web", upstreams: [] }, logger, pollMs: 50, rotationJitterMs: 1, issueLeaf: issue });
+  const snapshots: Snapshot[] = [];
+  const latest = (): Snapshot | undefined => snapshots[snapshots.length - 1];
+  // The control plane's timers are unref'd (they never hold a sidecar open): this holds the test's.
+  const alive = setInterval(() => undefined, 1000);
+  t.teardown(() => clearInterval(alive));
+  await cp.start({ snapshot: (s) => void snapshots.push(s), error: (e) => t.fail(`control plane error: ${e.message}`) });
+  t.teardown(() => cp.stop());
+  await started;
+  const r = await rotateCa(dir);
+  const serial = () => latest()?.identity.serial;
+  await until(() => serial() === issued[2], 10_000, "the rotation's leaf in a Snapshot");
+  releaseRenewal();
+  // The renewal's leaf (issued from the first root before the rotation was read) may serve for
+  // the moment (that root is still trusted), but the proxy must issue once more, from the new root.
+  await until(() => serial() === issued[3], 10_000, "a leaf issued again from the new root after the stale renewal");
+  const now = latest();
+  t.equal(now ? new X509Certificate(now.identity.certChainPem).issuer : "", new X509Certificate((await readCaRoots(dir, { rotated: true })).certPem).subject, `on a leaf of the new root ${r.rootId}, not of ${first.rootId}`);
+  t.equal(now?.identity.certChainPem.match(/BEGIN CERTIFICATE/g)?.length, 2, "sent with the cross-signed intermediate");
+});
+
+t.test("the rotation's jitter never puts off a renewal that was due sooner", async (t) => {
+  const { dir } = await freshCa(t);
+  const issued: string[] = [];
+  // The first leaf lives 2 s (renewal due within 1.8 s); the rotation's jitter is up to a minute.
+  const issue = async (ca: CaMaterial, req: LeafRequest): Promise<IssuedLeaf> => {
+    const leaf = await issueLeaf(ca, { ...req, ttlMs: issued.length === 0 ? 2000 : 3_600_000 });
+    issued.push(leaf.serial);
+    return leaf;
+  };
+  const logger = createLogger({ level: "error", json: true, write: () => undefined });
+  const cp = new DevControlPlane({ dataDir: dir, request: { service: "web", upstreams: [] }, logger, pollMs: 50, rotationJitterMs: 60_000, issueLeaf: issue });
+  const alive = setInterval(() => undefined, 1000);
+  t.teardown(() => clearInterval(alive));
+  const snapshots: Snapshot[] = [];
+  await cp.start({ snapshot: (s) => void snapshots.push(s), error: (e) => t.fail(`control plane error: ${e.message}`) });
+  t.teardown(() => cp.stop());
+  const r = await rotateCa(dir);
+  const newRoot = new X509Certificate((await readCaRoots(dir, { rotated: true })).certPem).subject;
+  const issuer = () => {
+    const s = snapshots[snapshots.length - 1];
+    return s ? new X509Certificate(s.identity.certChainPem).issuer : "";
+  };
+  await until(() => issuer() === newRoot, 5_000, "a leaf of the new root by the time the first leaf was due for renewal");
+  t.equal(issuer(), newRoot, `re-issued from ${r.rootId} before the first leaf expired`);
 });

@@ -3,11 +3,11 @@
 // leaf from the new root (and its cross-signed intermediate), and a proxy started afterwards must
 // work with them. A roots.json that breaks or disappears keeps the running proxies' CA.
 import t from "tap";
-import { rm, writeFile } from "node:fs/promises";
+import { readFile, rm, writeFile } from "node:fs/promises";
 import { request } from "undici";
 import { echoServer, roundTrip, runMeshproxy, startSidecar, tempDir, type Sidecar, type Teardown } from "../helpers/mesh.js";
 import { metric, until } from "../helpers/l7.js";
-import { paths } from "../../src/controlplane/dev/state.js";
+import { ensureCa, openStateDir, paths } from "../../src/controlplane/dev/state.js";
 
 interface Certs {
   readonly leafIssuer: string;
@@ -107,6 +107,33 @@ t.test("the root rotates under steady mTLS traffic without a failed request", as
   const web2 = await startSidecar(t, dir, ["-service", "web2", "-upstream", "db:0"]);
   for (let i = 0; i < 6; i++) t.equal((await roundTrip(web2.upstreams["db"]!, `n${i}`)).toString(), `n${i}`, `a new caller reaches db (${i})`);
   t.equal(await metric(web.adminAddr, "meshproxy_control_plane_errors_total"), 0, "no control-plane error in web");
+});
+
+// Rotations back to back (each once both sidecars are on the previous one's root) with leaves
+// renewed every few seconds: a renewal must never bring a sidecar back to an old root's leaf (the
+// soak's second rotation found that; test/dev-ca-rotation.test.ts races it deterministically).
+t.test("repeated rotations under traffic, with leaves renewed every few seconds", async (t) => {
+  const dir = await tempDir(t);
+  await openStateDir(dir);
+  await ensureCa(dir);
+  const cfg: unknown = JSON.parse(await readFile(paths(dir).caConfig, "utf8"));
+  await writeFile(paths(dir).caConfig, JSON.stringify({ ...(typeof cfg === "object" ? cfg : {}), leaf_cert_ttl: "10s" }));
+  const echo = await echoServer(t);
+  const db = await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`]);
+  const web = await startSidecar(t, dir, ["-service", "web", "-upstream", "db:0"]);
+  const traffic = steadyTraffic(web.upstreams["db"]!, 4);
+  for (let i = 1; i <= 3; i++) {
+    await caCli(t, dir, "rotate");
+    const cn = await activeRootCn(t, dir);
+    const onNew = async () => (await certs(db)).leafIssuer === `CN=${cn}` && (await certs(web)).leafIssuer === `CN=${cn}`;
+    await until(onNew, 20_000, `both sidecars on rotation ${i}'s root`);
+    // A renewal that raced the rotation would put a sidecar back on the previous root here.
+    const renewedSince = db.logs.filter((l) => l["@message"] === "issued leaf certificate").length;
+    await until(() => db.logs.filter((l) => l["@message"] === "issued leaf certificate").length > renewedSince, 20_000, "another renewal of db");
+    t.ok(await onNew(), `rotation ${i}: both sidecars still on its root after a further renewal`);
+  }
+  const result = await traffic.stop();
+  t.same(result.failed, [], `no request failed across three rotations (${result.ok} ok)`);
 });
 
 t.test("a broken or deleted roots.json keeps a running proxy's CA", async (t) => {

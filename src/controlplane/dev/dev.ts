@@ -19,7 +19,7 @@ import {
   type UpstreamRequest,
 } from "../controlplane.js";
 import { DEFAULTS, type Cluster, type Identity, type IntentionPolicy, type Snapshot, type UpstreamListener } from "../../config/snapshot.js";
-import type { IssuedLeaf } from "../../identity/ca.js";
+import type { CaMaterial, IssuedLeaf, LeafRequest } from "../../identity/ca.js";
 import { issueLeafInWorker } from "../../identity/ca-worker.js";
 import { serviceSpiffeId } from "../../identity/spiffe.js";
 import { ENTRY_KINDS, type ConfigEntry } from "../chain/entries.js";
@@ -57,6 +57,8 @@ export interface DevControlPlaneOptions {
   readonly pollMs?: number;
   /** After a root rotation, the leaf is re-issued after a random delay up to this (default 3 s), so proxies do not all ask at once. */
   readonly rotationJitterMs?: number;
+  /** Issues a leaf (default: in a child process); tests slow it down to race a rotation. */
+  readonly issueLeaf?: (ca: CaMaterial, req: LeafRequest) => Promise<IssuedLeaf>;
 }
 
 /** A renewal point drawn uniformly from 60–90% of the lifetime, as Consul's agent does. */
@@ -78,6 +80,8 @@ export class DevControlPlane implements ControlPlane {
   /** The leaf in use, with the intermediates of the root that issued it (sent after it). */
   private leaf: (IssuedLeaf & { readonly chainPem: string }) | null = null;
   private renewal: NodeJS.Timeout | null = null;
+  /** When the pending renewal fires (ms since the epoch). */
+  private renewalDueAt = Infinity;
   /** The last intentions read whole and valid; null until the first such read. */
   private intentions: IntentionPolicy | null = null;
   /** Every datacenter's catalog in the state directory, by datacenter. */
@@ -172,11 +176,23 @@ export class DevControlPlane implements ControlPlane {
   }
 
   private async renewLeaf(): Promise<void> {
-    // The CA as it was when asked: a rotation noticed meanwhile schedules its own renewal.
-    const ca = this.ca!;
+    const issue = this.opts.issueLeaf ?? issueLeafInWorker;
+    let ca = this.ca!;
     const { service } = this.opts.request;
     const spiffeId = serviceSpiffeId({ trustDomain: ca.config.trustDomain, namespace: DEFAULTS.namespace, datacenter: this.datacenter, service });
-    const leaf = await issueLeafInWorker(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
+    let leaf = await issue(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
+    // A rotation noticed while this leaf was being issued: it is from the old root, which the
+    // next rotation stops trusting, and keeping it would also put off the rotation's own
+    // re-issue until this leaf's renewal. Issue again from the root now active.
+    while (this.ca!.rootId !== ca.rootId && !this.stopped) {
+      this.log.debug("the root rotated while a leaf was being issued; issuing again from the new root", { root: this.ca!.rootId });
+      // Still trusted (the previous root stays in the bundle): in use meanwhile, so the leaf it
+      // replaces cannot expire while the new one is issued.
+      this.leaf = { ...leaf, chainPem: leaf.certPem + ca.intermediatesPem.join("") };
+      this.scheduleRefresh();
+      ca = this.ca!;
+      leaf = await issue(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
+    }
     this.leaf = { ...leaf, chainPem: leaf.certPem + ca.intermediatesPem.join("") };
     this.log.info("issued leaf certificate", { service, serial: leaf.serial, not_after: leaf.notAfter.toISOString(), root: ca.rootId });
     this.scheduleRenewal(renewalDelayMs(leaf.notBefore, leaf.notAfter));
@@ -188,9 +204,11 @@ export class DevControlPlane implements ControlPlane {
       clearTimeout(this.renewal);
       this.timers.delete(this.renewal);
     }
+    this.renewalDueAt = Date.now() + delayMs;
     const t = setTimeout(() => {
       this.timers.delete(t);
       this.renewal = null;
+      this.renewalDueAt = Infinity;
       if (this.stopped) return;
       this.renewLeaf()
         .then(() => this.refresh())
@@ -221,7 +239,8 @@ export class DevControlPlane implements ControlPlane {
     if (roots.rootId === ca.rootId && roots.rootsPem.join("") === ca.rootsPem.join("")) return;
     this.ca = { ...roots, config: ca.config };
     if (roots.rootId === ca.rootId) return;
-    const delayMs = Math.floor(Math.random() * (this.opts.rotationJitterMs ?? 3000));
+    // Never later than the renewal it replaces: a short-lived leaf could expire in the jitter.
+    const delayMs = Math.floor(Math.max(0, Math.min(Math.random() * (this.opts.rotationJitterMs ?? 3000), this.renewalDueAt - Date.now())));
     this.log.info("the dev CA root rotated; trusting the new and previous roots, re-issuing the leaf from the new one", { root: roots.rootId, previous: ca.rootId, trusted: roots.rootsPem.length, reissue_in_ms: delayMs });
     this.scheduleRenewal(delayMs);
   }
