@@ -27,6 +27,7 @@ async function parse(argv: string[]): Promise<{ code: number; cmd: ProxyCommand 
     demo: () => Promise.resolve(0),
     config: () => Promise.resolve(0),
     canary: () => Promise.resolve(0),
+    ca: () => Promise.resolve(0),
   };
   const code = await runCli(argv, h, (s) => {
     err += s;

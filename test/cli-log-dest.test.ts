@@ -19,6 +19,7 @@ async function parse(argv: string[]): Promise<{ code: number; cmd: ProxyCommand 
     intention: () => Promise.resolve(0),
     demo: () => Promise.resolve(0),
     canary: () => Promise.resolve(0),
+    ca: () => Promise.resolve(0),
     config: () => Promise.resolve(0),
   };
   const code = await runCli(argv, h, (s) => {

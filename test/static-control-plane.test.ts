@@ -648,6 +648,7 @@ t.test("CLI: -config-file selects the static control plane and stands alone", as
         demo: async () => 0,
         config: async () => 0,
         canary: async () => 0,
+        ca: async () => 0,
       },
       (s) => {
         err += s;

@@ -365,10 +365,15 @@ async function runEvent(ev) {
       rec.note = `${n} connections: ${b.greeted} reached the app, ${b.refused} refused, ${b.closedEarly} closed while held`;
       break;
     }
-    case "rootRotation":
-      rec.note = "skipped: the dev control plane reads ca/ once at start and has no second root to rotate to";
-      rec.skipped = true;
+    case "rootRotation": {
+      const out = await cli(["ca", "rotate"]);
+      const [, id, subject] = /Active root:\s+(\S+) \((CN=[^)]*)\)/.exec(out) ?? [];
+      const { onNew, waitedMs } = await untilEverySidecarIssuedBy(subject);
+      const running = [...sidecars.values()].filter((s) => s.spec.kind !== "gateway" && s.handle?.running).length;
+      rec.note = `new root ${id}; ${onNew.length} of ${running} sidecars on a leaf from it after ${waitedMs} ms`;
+      if (onNew.length < running) rec.problem = `still on the previous root after ${waitedMs} ms: ${[...sidecars.keys()].filter((n) => sidecars.get(n).spec.kind !== "gateway" && !onNew.includes(n)).join(", ")}`;
       break;
+    }
   }
   rec.t1 = Date.now();
   if (rec.note) log(`#${ev.n} done: ${rec.note}`);
@@ -539,4 +544,29 @@ async function cli(args) {
   const h = procs.spawn("meshproxy-cli", process.execPath, [BIN, ...args, "-data-dir", dataDir], { role: "tool" });
   const { code } = await h.exited;
   if (code !== 0) throw new Error(`meshproxy ${args.join(" ")} failed (exit ${code}): ${h.stderr()}`);
+  return h.stdout();
+}
+
+/**
+ * Polls every running sidecar's /certs until all of them at once have a leaf issued by `subject`
+ * (a root rotation's new root), for 30 s at most: the sidecars on it at the last poll, and how
+ * long it took. All at once: a sidecar that went back to a leaf of the old root (a renewal that
+ * raced the rotation) is not counted. Gateways pass TLS through and have no leaf.
+ */
+async function untilEverySidecarIssuedBy(subject) {
+  const t0 = Date.now();
+  for (;;) {
+    const names = [...sidecars.keys()].filter((n) => sidecars.get(n).spec.kind !== "gateway" && sidecars.get(n).handle?.running);
+    const onNew = [];
+    for (const n of names) {
+      const body = await get(sidecars.get(n).info.adminAddr, "/certs").catch(() => "");
+      try {
+        if (JSON.parse(body).leaf?.issuer === subject) onNew.push(n);
+      } catch {
+        // not answering JSON (restarting): not on the new root yet
+      }
+    }
+    if (onNew.length === names.length || Date.now() - t0 > 30_000) return { onNew, waitedMs: Date.now() - t0 };
+    await sleep(250);
+  }
 }

@@ -32,7 +32,8 @@ export const KINDS = {
   corrupt: { what: "intentions.json and the api splitter overwritten with garbage, repaired after `hold` s", targets: ["intentions.json+service-splitter/api.json"], dur: (o) => o.hold },
   burst: { what: "N connections at once to web's echo upstream listener, held a few s", targets: ["web:echo"], dur: (o) => o.burstHold + 2 },
   fdx: { what: "file-descriptor exhaustion: connections beyond `ulimit -n` to the tight sidecar's echo upstream listener, held", targets: ["tight:echo"], dur: (o) => o.burstHold + 2 },
-  rootRotation: { what: "root CA rotation: not possible on the dev control plane (it reads ca/ once at start); recorded as skipped", targets: ["ca"], dur: () => 0 },
+  // Each cycle rotates again: the trust bundle stays at two roots (the one before last is retired).
+  rootRotation: { what: "`meshproxy ca rotate` on the dev state directory; done when every sidecar's /certs shows a leaf from the new root", targets: ["ca"], dur: () => 5 },
 };
 
 export function buildSchedule({ seed, durationS, warmupS, cooldownS, gapS, opts }) {

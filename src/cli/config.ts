@@ -4,10 +4,10 @@
 // concurrent commands need no lock (the last write of one entry wins, as in Consul without -cas).
 import { readFile } from "node:fs/promises";
 import { ENTRY_KINDS, EntryError, type EntryKind } from "../controlplane/chain/entries.js";
-import { deleteEntry, entryFile, openStateDir, readEntries, StateError, writeEntry } from "../controlplane/dev/state.js";
-import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
+import { deleteEntry, entryFile, openStateDir, readEntries, writeEntry } from "../controlplane/dev/state.js";
 import { isValidServiceName } from "../config/validate.js";
 import { UsageError } from "./args.js";
+import { stateRefusal } from "./state-command.js";
 
 function kindOf(k: string | undefined): EntryKind {
   const found = ENTRY_KINDS.find((x) => x === k);
@@ -41,15 +41,7 @@ export async function runConfig(
     await openStateDir(a.dataDir);
     return await act(action, a, out);
   } catch (e) {
-    if (e instanceof UnsafeStateDirError) {
-      process.stderr.write(`meshproxy: ${e.message}\n`);
-      return 2;
-    }
-    if (e instanceof StateError) {
-      process.stderr.write(`meshproxy: ${e.message}\n`);
-      return 1;
-    }
-    throw e;
+    return stateRefusal(e);
   }
 }
 

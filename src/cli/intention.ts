@@ -1,13 +1,12 @@
 // `meshproxy intention create|delete|list|check`, mirroring `consul intention`, against the dev
 // control plane's intentions.json. Running proxies pick changes up within about a second.
 // Edits are read-modify-write under a lock file, so concurrent commands never lose one.
-import { editIntentions, openStateDir, readIntentions, StateError, paths } from "../controlplane/dev/state.js";
-import { UnsafeStateDirError } from "../controlplane/dev/permissions.js";
-import { LockError } from "../controlplane/dev/lock.js";
+import { editIntentions, openStateDir, readIntentions, paths } from "../controlplane/dev/state.js";
 import { authorize, hasPermissions, precedence, sortByPrecedence } from "../authz/intentions.js";
 import { isValidServiceName } from "../config/validate.js";
 import type { Intention, IntentionPolicy } from "../config/snapshot.js";
 import { UsageError } from "./args.js";
+import { stateRefusal } from "./state-command.js";
 
 function checkName(what: string, v: string): void {
   if (v !== "*" && !isValidServiceName(v)) throw new UsageError(`${what} "${v}": want a service name or *`);
@@ -29,15 +28,7 @@ export async function runIntention(
     await openStateDir(o.dataDir);
     return await act(action, src, dst, o, out);
   } catch (e) {
-    if (e instanceof UnsafeStateDirError) {
-      process.stderr.write(`meshproxy: ${e.message}\n`);
-      return 2;
-    }
-    if (e instanceof StateError || e instanceof LockError) {
-      process.stderr.write(`meshproxy: ${e.message}\n`);
-      return 1;
-    }
-    throw e;
+    return stateRefusal(e);
   }
 }
 

@@ -10,6 +10,7 @@ const code = await runCli(process.argv.slice(2), {
   demo: async (opts) => (await import("./demo.js")).runDemo(opts),
   config: async (action, args) => (await import("./config.js")).runConfig(action, args),
   canary: async (cmd) => (await import("./canary.js")).runCanary(cmd),
+  ca: async (action, opts) => (await import("./ca.js")).runCa(action, opts),
 }).catch((e: unknown) => {
   process.stderr.write(`meshproxy: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
   return 1;

@@ -309,6 +309,7 @@ export interface Handlers {
   demo(opts: { dataDir?: string; count?: number; interval: number }): Promise<number>;
   config(action: "write" | "read" | "list" | "delete", args: { file?: string; kind?: string; name?: string; dataDir: string }): Promise<number>;
   canary(cmd: CanaryCommand): Promise<number>;
+  ca(action: "rotate" | "roots", opts: { dataDir: string }): Promise<number>;
 }
 
 export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => void): Command {
@@ -428,6 +429,19 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     .addOption(dataDirOption())
     .action((o: { kind: string; name: string; dataDir: string }) => setResult(h.config("delete", o)));
 
+  const ca = program.command("ca").description("the dev control plane's CA roots (like `consul connect ca`)");
+  ca
+    .command("rotate")
+    .description("make a new root CA, cross-signed by the active one; proxies trust both and re-issue their leaf certificates from the new one")
+    .addOption(dataDirOption())
+    .action((o: { dataDir: string }) => setResult(h.ca("rotate", o)));
+  ca
+    .command("roots")
+    .alias("list")
+    .description("list the trusted roots, the active one first")
+    .addOption(dataDirOption())
+    .action((o: { dataDir: string }) => setResult(h.ca("roots", o)));
+
   program
     .command("demo")
     .description("start a complete local mesh (two apps, their sidecars, the dev control plane) and send requests across it")
@@ -477,7 +491,7 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
       setResult(h.canary(toCanaryCommand(o, given)));
     });
 
-  for (const c of [program, intention, ...intention.commands, config, ...config.commands, ...program.commands]) c.exitOverride();
+  for (const c of [program, intention, ...intention.commands, config, ...config.commands, ca, ...ca.commands, ...program.commands]) c.exitOverride();
   return program;
 }
 

@@ -14,6 +14,7 @@ async function parse(argv: string[]): Promise<{ code: number; cmd: CanaryCommand
     intention: async () => 0,
     demo: async () => 0,
     config: async () => 0,
+    ca: async () => 0,
     canary: async (c) => {
       cmd = c;
       return 0;

@@ -19,7 +19,7 @@ import {
   type UpstreamRequest,
 } from "../controlplane.js";
 import { DEFAULTS, type Cluster, type Identity, type IntentionPolicy, type Snapshot, type UpstreamListener } from "../../config/snapshot.js";
-import type { IssuedLeaf } from "../../identity/ca.js";
+import type { CaMaterial, IssuedLeaf, LeafRequest } from "../../identity/ca.js";
 import { issueLeafInWorker } from "../../identity/ca-worker.js";
 import { serviceSpiffeId } from "../../identity/spiffe.js";
 import { ENTRY_KINDS, type ConfigEntry } from "../chain/entries.js";
@@ -34,11 +34,13 @@ import {
   openStateDir,
   paths,
   processAlive,
+  readCaRoots,
   readCatalog,
   readEntries,
   readIntentions,
   registerInstance,
   writeSubsetWeights,
+  type CaRoots,
   type CatalogEntry,
   type DevCa,
 } from "./state.js";
@@ -53,6 +55,10 @@ export interface DevControlPlaneOptions {
   readonly datacenter?: string;
   /** Fallback poll for filesystems where fs.watch misses events. */
   readonly pollMs?: number;
+  /** After a root rotation, the leaf is re-issued after a random delay up to this (default 3 s), so proxies do not all ask at once. */
+  readonly rotationJitterMs?: number;
+  /** Issues a leaf (default: in a child process); tests slow it down to race a rotation. */
+  readonly issueLeaf?: (ca: CaMaterial, req: LeafRequest) => Promise<IssuedLeaf>;
 }
 
 /** A renewal point drawn uniformly from 60–90% of the lifetime, as Consul's agent does. */
@@ -71,7 +77,11 @@ export class DevControlPlane implements ControlPlane {
   /** This proxy's datacenter and its catalog directory, once the CA config is read. */
   private datacenter = "";
   private catalogPath = "";
-  private leaf: IssuedLeaf | null = null;
+  /** The leaf in use, with the intermediates of the root that issued it (sent after it). */
+  private leaf: (IssuedLeaf & { readonly chainPem: string }) | null = null;
+  private renewal: NodeJS.Timeout | null = null;
+  /** When the pending renewal fires (ms since the epoch). */
+  private renewalDueAt = Infinity;
   /** The last intentions read whole and valid; null until the first such read. */
   private intentions: IntentionPolicy | null = null;
   /** Every datacenter's catalog in the state directory, by datacenter. */
@@ -137,6 +147,7 @@ export class DevControlPlane implements ControlPlane {
     if (this.stopped) this.first?.reject(new ControlPlaneError("dev", "stopped before the first snapshot", true));
     // Watching starts before the first read, so a fix made while the proxy waits is seen at once.
     this.watchDir(dataDir);
+    this.watchDir(paths(dataDir).caDir);
     this.watchDir(this.catalogPath);
     this.watchDir(paths(dataDir).entries);
     // fs.watch is not recursive here: each config-entry kind has its own directory to watch, so
@@ -165,17 +176,39 @@ export class DevControlPlane implements ControlPlane {
   }
 
   private async renewLeaf(): Promise<void> {
-    const ca = this.ca!;
+    const issue = this.opts.issueLeaf ?? issueLeafInWorker;
+    let ca = this.ca!;
     const { service } = this.opts.request;
     const spiffeId = serviceSpiffeId({ trustDomain: ca.config.trustDomain, namespace: DEFAULTS.namespace, datacenter: this.datacenter, service });
-    this.leaf = await issueLeafInWorker(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
-    this.log.info("issued leaf certificate", { service, serial: this.leaf.serial, not_after: this.leaf.notAfter.toISOString() });
-    this.scheduleRenewal(renewalDelayMs(this.leaf.notBefore, this.leaf.notAfter));
+    let leaf = await issue(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
+    // A rotation noticed while this leaf was being issued: it is from the old root, which the
+    // next rotation stops trusting, and keeping it would also put off the rotation's own
+    // re-issue until this leaf's renewal. Issue again from the root now active.
+    while (this.ca!.rootId !== ca.rootId && !this.stopped) {
+      this.log.debug("the root rotated while a leaf was being issued; issuing again from the new root", { root: this.ca!.rootId });
+      // Still trusted (the previous root stays in the bundle): in use meanwhile, so the leaf it
+      // replaces cannot expire while the new one is issued.
+      this.leaf = { ...leaf, chainPem: leaf.certPem + ca.intermediatesPem.join("") };
+      this.scheduleRefresh();
+      ca = this.ca!;
+      leaf = await issue(ca, { spiffeId, commonName: service, ttlMs: ca.config.leafTtlMs });
+    }
+    this.leaf = { ...leaf, chainPem: leaf.certPem + ca.intermediatesPem.join("") };
+    this.log.info("issued leaf certificate", { service, serial: leaf.serial, not_after: leaf.notAfter.toISOString(), root: ca.rootId });
+    this.scheduleRenewal(renewalDelayMs(leaf.notBefore, leaf.notAfter));
   }
 
+  /** One renewal pending at a time: a rotation's replaces the one planned for the old leaf. */
   private scheduleRenewal(delayMs: number): void {
+    if (this.renewal) {
+      clearTimeout(this.renewal);
+      this.timers.delete(this.renewal);
+    }
+    this.renewalDueAt = Date.now() + delayMs;
     const t = setTimeout(() => {
       this.timers.delete(t);
+      this.renewal = null;
+      this.renewalDueAt = Infinity;
       if (this.stopped) return;
       this.renewLeaf()
         .then(() => this.refresh())
@@ -186,6 +219,30 @@ export class DevControlPlane implements ControlPlane {
     }, Math.min(delayMs, 2 ** 31 - 1));
     t.unref();
     this.timers.add(t);
+    this.renewal = t;
+  }
+
+  /**
+   * Follows `meshproxy ca rotate`: the new bundle is trusted from the next Snapshot, and the leaf
+   * is re-issued from the new root after a little jitter, as Consul's agents do. A roots file
+   * that cannot be read keeps the CA in force.
+   */
+  private async readRoots(): Promise<void> {
+    const ca = this.ca!;
+    let roots: CaRoots;
+    try {
+      roots = await readCaRoots(this.opts.dataDir, { rotated: ca.rotated });
+    } catch (e) {
+      this.reportOnce("ca", `${messageOf(e)}; the current CA (active root ${ca.rootId}) stays in force`);
+      return;
+    }
+    if (roots.rootId === ca.rootId && roots.rootsPem.join("") === ca.rootsPem.join("")) return;
+    this.ca = { ...roots, config: ca.config };
+    if (roots.rootId === ca.rootId) return;
+    // Never later than the renewal it replaces: a short-lived leaf could expire in the jitter.
+    const delayMs = Math.floor(Math.max(0, Math.min(Math.random() * (this.opts.rotationJitterMs ?? 3000), this.renewalDueAt - Date.now())));
+    this.log.info("the dev CA root rotated; trusting the new and previous roots, re-issuing the leaf from the new one", { root: roots.rootId, previous: ca.rootId, trusted: roots.rootsPem.length, reissue_in_ms: delayMs });
+    this.scheduleRenewal(delayMs);
   }
 
   private report(e: ControlPlaneError): void {
@@ -199,6 +256,7 @@ export class DevControlPlane implements ControlPlane {
   private async readState(): Promise<void> {
     const { dataDir } = this.opts;
     this.seenProblems = new Set();
+    await this.readRoots();
     try {
       this.intentions = await readIntentions(dataDir);
     } catch (e) {
@@ -317,7 +375,7 @@ export class DevControlPlane implements ControlPlane {
       datacenter,
       trustDomain,
       spiffeId: serviceSpiffeId({ trustDomain, namespace, datacenter, service: req.service }),
-      certChainPem: leaf.certPem,
+      certChainPem: leaf.chainPem,
       privateKeyPem: leaf.keyPem,
       serial: leaf.serial,
       notBefore: leaf.notBefore,
@@ -332,7 +390,7 @@ export class DevControlPlane implements ControlPlane {
       version: this.version + 1,
       source: this.kind,
       identity,
-      trust: { trustDomain, rootsPem: [ca.certPem] },
+      trust: { trustDomain, rootsPem: [...ca.rootsPem] },
       publicListener: pl
         ? {
             bind: pl.bind,

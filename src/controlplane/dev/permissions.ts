@@ -28,6 +28,7 @@ function checkedPaths(dir: string, entryKinds: readonly string[]): Array<[string
     [dir, "dir"],
     [ca, "dir"],
     [join(ca, "root.key"), "key"],
+    [join(ca, "roots.json"), "key"],
     [join(ca, "root.pem"), "file"],
     [join(ca, "config.json"), "file"],
     [join(dir, "intentions.json"), "file"],

@@ -3,6 +3,9 @@
 //   <dir>/ca/config.json     trust domain, datacenter, leaf TTL (human-editable)
 //   <dir>/ca/root.pem        the dev root CA certificate
 //   <dir>/ca/root.key        its private key (0600)
+//   <dir>/ca/roots.json      after `meshproxy ca rotate` (0600): the active root with its key and
+//                            its cross-signed intermediate, and the previous root's certificate;
+//                            when present it replaces root.pem/root.key
 //   <dir>/catalog/<id>.json  one file per registered service instance of the home datacenter
 //                            (ca/config.json's datacenter, dc1 unless edited)
 //   <dir>/catalog/<dc>/<id>.json  the same for another datacenter: one CA and trust domain,
@@ -14,9 +17,10 @@
 // whole when the directory is first used, so a file or directory missing later was deleted:
 // that is an error to report, never an empty (allow-everything) configuration.
 import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp, lstat } from "node:fs/promises";
-import { createHash, randomUUID } from "node:crypto";
+import { createHash, createPrivateKey, randomUUID, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import type { CaMaterial } from "../../identity/ca.js";
+import { colonHexSerial, serialOf } from "../../identity/serial.js";
 import { createRootCaInWorker } from "../../identity/ca-worker.js";
 import { parseDurationMs, formatDurationMs } from "../../config/duration.js";
 import { isValidServiceName } from "../../config/validate.js";
@@ -36,7 +40,19 @@ export interface CaConfig {
   readonly leafTtlMs: number;
 }
 
-export interface DevCa extends CaMaterial {
+/** The roots of the dev CA: the active one (which signs leaves) and those still trusted. */
+export interface CaRoots extends CaMaterial {
+  /** The active root's serial, colon-hex: what `meshproxy ca roots` and the logs call it. */
+  readonly rootId: string;
+  /** Sent after every leaf: the active root cross-signed by the previous one (none before a rotation). */
+  readonly intermediatesPem: readonly string[];
+  /** The trust bundle: the active root first, then the previous one until the next rotation. */
+  readonly rootsPem: readonly string[];
+  /** Read from roots.json: a rotation has happened, and root.pem no longer says which root is active. */
+  readonly rotated: boolean;
+}
+
+export interface DevCa extends CaRoots {
   readonly config: CaConfig;
 }
 
@@ -72,6 +88,7 @@ export const paths = (dir: string) => ({
   caConfig: join(dir, "ca", "config.json"),
   rootCert: join(dir, "ca", "root.pem"),
   rootKey: join(dir, "ca", "root.key"),
+  roots: join(dir, "ca", "roots.json"),
   catalog: join(dir, "catalog"),
   intentions: join(dir, "intentions.json"),
   entries: join(dir, "config"),
@@ -152,8 +169,63 @@ export async function ensureCa(dir: string): Promise<DevCa & { created: boolean 
       await rm(tmp, { recursive: true, force: true });
     }
   }
-  const [certPem, keyPem, cfgText] = await Promise.all([readFile(p.rootCert, "utf8"), readFile(p.rootKey, "utf8"), readFile(p.caConfig, "utf8")]);
-  return { certPem, keyPem, config: parseCaConfig(cfgText, p.caConfig), created };
+  const [roots, cfgText] = await Promise.all([readCaRoots(dir, { rotated: false }), readFile(p.caConfig, "utf8")]);
+  return { ...roots, config: parseCaConfig(cfgText, p.caConfig), created };
+}
+
+function certificate(file: string, at: string, pem: unknown): X509Certificate {
+  if (typeof pem !== "string") throw new StateError(file, `${at} must be a PEM certificate string`);
+  try {
+    return new X509Certificate(pem);
+  } catch (e) {
+    throw new StateError(file, `${at} is not a certificate (${messageOf(e)})`);
+  }
+}
+
+/** Parses ca/roots.json, checking that every certificate parses and the key is the active root's. */
+export function parseCaRoots(text: string, file: string): CaRoots {
+  const raw = parseJson(text, file, "; restore it from a backup, or run `meshproxy ca rotate` again");
+  if (!isRecord(raw) || !isRecord(raw["active"]) || !Array.isArray(raw["previous"])) throw new StateError(file, 'must be a JSON object {"active": {...}, "previous": [...]}');
+  const active = raw["active"];
+  const cert = certificate(file, "active.cert_pem", active["cert_pem"]);
+  const keyPem = active["key_pem"];
+  if (typeof keyPem !== "string") throw new StateError(file, "active.key_pem must be a PEM private key string");
+  try {
+    if (!cert.checkPrivateKey(createPrivateKey(keyPem))) throw new Error("it is not the key of active.cert_pem");
+  } catch (e) {
+    throw new StateError(file, `active.key_pem: ${messageOf(e)}`);
+  }
+  const cross = active["cross_signed_pem"];
+  const intermediatesPem = cross === undefined || cross === null ? [] : [certificate(file, "active.cross_signed_pem", cross).toString()];
+  const previous = raw["previous"].map((p: unknown, i: number) => certificate(file, `previous[${i}].cert_pem`, isRecord(p) ? p["cert_pem"] : undefined).toString());
+  const certPem = cert.toString();
+  return { certPem, keyPem, rootId: colonHexSerial(cert.serialNumber), intermediatesPem, rootsPem: [certPem, ...previous], rotated: true };
+}
+
+/**
+ * Reads the dev CA's roots: ca/roots.json once a rotation wrote it, else root.pem and root.key.
+ * Once roots.json has been seen (`rotated`), its absence is a deletion to report, never a reason
+ * to fall back to the first root.
+ */
+export async function readCaRoots(dir: string, opts: { rotated: boolean }): Promise<CaRoots> {
+  const p = paths(dir);
+  try {
+    return parseCaRoots(await readFile(p.roots, "utf8"), p.roots);
+  } catch (e) {
+    if (errnoOf(e) !== "ENOENT") throw e instanceof StateError ? e : new StateError(p.roots, `cannot be read (${messageOf(e)})`);
+    if (opts.rotated) throw new StateError(p.roots, "missing (deleted?); it says which root is active since `meshproxy ca rotate`: restore it, or run `meshproxy ca rotate` to make a new one");
+  }
+  const [certPem, keyPem] = await Promise.all([readFile(p.rootCert, "utf8"), readFile(p.rootKey, "utf8")]);
+  return { certPem, keyPem, rootId: serialOf(certPem), intermediatesPem: [], rootsPem: [certPem], rotated: false };
+}
+
+/** Writes ca/roots.json whole (temp file + rename, 0600: it holds the active root's key). */
+export async function writeCaRoots(dir: string, active: CaMaterial & { readonly crossSignedPem: string }, previousPem: readonly string[]): Promise<void> {
+  const body = {
+    active: { cert_pem: active.certPem, key_pem: active.keyPem, cross_signed_pem: active.crossSignedPem },
+    previous: previousPem.map((cert_pem) => ({ cert_pem })),
+  };
+  await atomicWrite(paths(dir).roots, JSON.stringify(body, null, 2) + "\n", 0o600);
 }
 
 // ---- the directory ----
