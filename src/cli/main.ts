@@ -2,6 +2,16 @@
 // The `meshproxy` binary.
 import { runCli } from "./program.js";
 
+// A closed pipe on stdout or stderr (a log collector that died, `meshproxy ca roots | head`) makes
+// Node emit 'error' on that stream, which unhandled ends the process. A proxy must go on serving
+// without its log sink, as Envoy does (it ignores SIGPIPE); a CLI command's output has no reader
+// left, so it stops writing. Either way nothing is lost that anyone could still read.
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code !== "EPIPE" && e.code !== "EIO") throw e;
+  });
+}
+
 // Each subcommand loads its own modules: a sidecar does not carry the demo's or the CLI tools'.
 
 const code = await runCli(process.argv.slice(2), {
