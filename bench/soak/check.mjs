@@ -102,18 +102,60 @@ export function slope(xs, ys) {
 }
 
 /**
- * The leak rule: over the run's second half (warm-up long past), the least-squares growth of a
- * series (slope × the span) must stay under both an absolute and a relative bound. Only quiet
- * samples count: none taken while a fault runs or within `quietMs` after it (a burst's thousands
- * of connections are load, not growth). A sidecar restarted by the chaos is judged on its process
- * with the most such samples, from its own warm-up on, and only if they span 40 % of the half.
- * `gate` lists the series that fail the run; the others are reported.
+ * The leak rule, in the issue's words "a leak (monotonic growth after warm-up) fails the run".
+ * Over the run's second half (warm-up long past), each series is cut into LEAK_WINDOWS equal
+ * windows and each window's level is the median of its samples. A series grows when
+ *  - its growth, the rise from the first window's level to the last's scaled to the whole span
+ *    (a linear rise of G over the span moves the level by G/LEAK_WINDOWS per window), is over
+ *    both an absolute and a relative bound, and
+ *  - it keeps rising: all successive windows but at most one rise, each by at least
+ *    limit / (2 × LEAK_WINDOWS) — half of what a leak at the limit adds per window.
+ * A one-time step (the allocator keeping the pages of a burst's thousands of connections, a pool
+ * grown by a hang) raises one window and then stays flat: reported, not a leak. A leak per burst
+ * or per renewal keeps stepping up, and a linear one rises in every window.
+ * Only quiet samples count: none taken while a fault runs or within `quietMs` after it (a burst's
+ * thousands of connections are load, not growth). A sidecar restarted by the chaos is judged on
+ * its process with the most such samples, from its own warm-up on, and only if they span 40 % of
+ * the half and fall in at least three windows. `gate` lists the series that fail the run; the
+ * others are reported. The least-squares growth (slope × span) is reported beside it.
  */
 export const LEAK_BOUNDS = {
   rssMb: { abs: 24, rel: 0.2, what: "RSS (MB)" },
   heapMb: { abs: 12, rel: 0.25, what: "V8 heap used (MB)" },
   fdsNet: { abs: 24, rel: 0.25, what: "open descriptors beyond two per open connection" },
 };
+export const LEAK_WINDOWS = 4;
+
+function median(ys) {
+  const s = [...ys].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** The median of the points of each of `windows` equal windows of [from, to] (null for an empty window). */
+export function windowLevels(points, from, to, windows = LEAK_WINDOWS) {
+  const width = (to - from) / windows;
+  const buckets = Array.from({ length: windows }, () => []);
+  for (const p of points) buckets[Math.min(windows - 1, Math.max(0, Math.floor((p.t - from) / width)))].push(p.y);
+  return buckets.map((b) => (b.length ? median(b) : null));
+}
+
+/**
+ * Whether window levels show monotonic growth over `limit` (see the leak rule above):
+ * { growth, rises, steps, over }, or null with fewer than three non-empty windows.
+ */
+export function sustainedGrowth(levels, limit) {
+  const at = levels.flatMap((y, i) => (y === null ? [] : [{ i, y }]));
+  if (at.length < 3) return null;
+  const first = at[0];
+  const last = at[at.length - 1];
+  const growth = ((last.y - first.y) * levels.length) / (last.i - first.i);
+  const minRise = limit / (2 * levels.length);
+  let rises = 0;
+  for (let k = 1; k < at.length; k++) if (at[k].y - at[k - 1].y >= minRise * (at[k].i - at[k - 1].i)) rises++;
+  const steps = at.length - 1;
+  return { growth, rises, steps, over: growth > limit && rises >= Math.max(2, steps - 1) };
+}
 
 export function leakCheck(samples, { fromMs, toMs, events, quietMs, quietAfterBurstMs = quietMs, warmupMs, gate }) {
   const after = (e) => (e.kind === "burst" || e.kind === "fdx" ? quietAfterBurstMs : quietMs);
@@ -143,9 +185,15 @@ export function leakCheck(samples, { fromMs, toMs, events, quietMs, quietAfterBu
       );
       if (m === null) continue;
       const mean = xs.reduce((acc, s) => acc + s[key], 0) / xs.length;
-      const growth = m * span;
       const limit = Math.max(bound.abs, bound.rel * mean);
-      v.metrics[key] = { mean, growth, limit, perHour: m * 3_600_000, over: growth > limit, gating: gate.includes(key) };
+      const levels = windowLevels(
+        xs.map((s) => ({ t: s.t, y: s[key] })),
+        pts[0].t,
+        pts[pts.length - 1].t,
+      );
+      const g = sustainedGrowth(levels, limit);
+      if (g === null) continue;
+      v.metrics[key] = { mean, growth: g.growth, rises: g.rises, steps: g.steps, levels, slopeGrowth: m * span, limit, perHour: m * 3_600_000, over: g.over, gating: gate.includes(key) };
     }
     v.leak = Object.values(v.metrics).some((m) => m.over && m.gating);
     verdicts.push(v);

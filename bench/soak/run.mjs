@@ -23,7 +23,7 @@ import { Procs } from "../lib/procs.mjs";
 import { memory } from "../lib/procstat.mjs";
 import { startSidecar, startGateway, configWrite } from "../lib/meshproxy.mjs";
 import { buildSchedule, renderSchedule, KINDS } from "./schedule.mjs";
-import { classify, wronglyAllowed, leakCheck, LEAK_BOUNDS } from "./check.mjs";
+import { classify, wronglyAllowed, leakCheck, LEAK_BOUNDS, LEAK_WINDOWS } from "./check.mjs";
 import { renderPlot } from "./plot.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -479,7 +479,7 @@ for (const name of sidecars.keys()) {
   const g = (k) => (v?.metrics?.[k] ? `${fmt(v.metrics[k].growth)} (${fmt(v.metrics[k].limit, 0)}${v.metrics[k].gating ? "" : ", not gating"})` : "–");
   md.push(`| ${name} | ${r ? `${fmt(r.min)} / ${fmt(r.max)} / ${fmt(r.last)}` : "–"} | ${f ? `${f.min} / ${f.max} / ${f.last}` : "–"} | ${h ? `${fmt(h.min)} / ${fmt(h.max)} / ${fmt(h.last)}` : "–"} | ${l ? fmt(l.max) : "–"} | ${g("rssMb")}, ${g("heapMb")}, ${g("fdsNet")} | ${v ? (v.judged ? (v.leak ? "**GROWS**" : "flat") : v.why) : "–"} |`);
 }
-md.push("", `Leak rule: over the run's second half, the least-squares growth (slope × span) of each sidecar's process with the most quiet samples in it (after its own warm-up of ${P.warmupS} s; only quiet samples, none during a fault or within ${P.quietMs / 1000} s after it, ${P.quietAfterBurstMs / 1000} s after a burst) must stay under ${Object.values(LEAK_BOUNDS).map((b) => `${b.what} max(${b.abs}, ${b.rel * 100} % of its mean)`).join("; ")}. Gating here: ${P.leakGate.join(", ")}.`, "");
+md.push("", `Leak rule: over the run's second half, cut into ${LEAK_WINDOWS} windows, the growth (from the first window's median to the last's, scaled to the span) of each sidecar's process with the most quiet samples in it (after its own warm-up of ${P.warmupS} s; only quiet samples, none during a fault or within ${P.quietMs / 1000} s after it, ${P.quietAfterBurstMs / 1000} s after a burst) must stay under ${Object.values(LEAK_BOUNDS).map((b) => `${b.what} max(${b.abs}, ${b.rel * 100} % of its mean)`).join("; ")}, or not keep rising (every window but at most one up on the one before by the limit / ${2 * LEAK_WINDOWS}): a one-time step is reported, not failed. Gating here: ${P.leakGate.join(", ")}.`, "");
 md.push("## Error counters per sidecar (at the end; restarted sidecars count from their restart)", "");
 for (const [name, c] of Object.entries(counters)) md.push(`- ${name}: ${Object.keys(c).length ? Object.entries(c).map(([k, v]) => `${k} ${v}`).join(", ") : "none"}${errorLines.get(name) ? `; ${errorLines.get(name).count} error log lines` : ""}`);
 md.push("");

@@ -14,7 +14,10 @@ export interface NativeParser {
   /** Signals the end of input (close-delimited bodies end here); an Error when it was mid-message. */
   finish(): unknown;
   remove(): void;
+  /** Only emits the async `destroy` hooks (node calls it on parsers it returns to its free list). */
   free(): void;
+  /** Deletes the native parser and the strong handle it holds on this object. */
+  close(): void;
   [callback: number]: unknown;
 }
 
@@ -45,7 +48,7 @@ function isHttpCommon(m: unknown): m is HttpCommon {
   }
   const proto: unknown = p.prototype;
   if (typeof proto !== "object" || proto === null) return false;
-  for (const k of ["initialize", "execute", "finish", "remove", "free"]) {
+  for (const k of ["initialize", "execute", "finish", "remove", "close"]) {
     const f: unknown = Reflect.get(proto, k);
     if (typeof f !== "function") return false;
   }
@@ -153,10 +156,19 @@ export class Http1Parser {
     return parseFailure(this.native.finish());
   }
 
-  /** Frees the native parser; the object is unusable afterwards. */
+  /**
+   * Frees the native parser; the object is unusable afterwards. Not from inside its own
+   * callbacks. The binding's free() alone keeps the C++ parser and its strong handle (node's
+   * free list reuses such parsers): each connection would keep its parser, socket and callbacks
+   * — and through them its pool and that pool's TLS secure context — for good. close() deletes
+   * it, as node's own freeParser does for parsers it does not reuse: on the next turn, once the
+   * stack has unwound, since a connection may be freed from inside a callback of its parser
+   * (finish() completing a close-delimited body) and deleting it there crashes the process.
+   */
   free(): void {
-    this.native.remove();
-    this.native.free();
+    const native = this.native;
+    native.remove();
+    setImmediate(() => native.close());
   }
 }
 
