@@ -326,11 +326,14 @@ t.test("load-balancing policies from the service-resolver", async (t) => {
 
   await t.test("least_request: a slow instance gets fewer requests", async (t) => {
     await setLb({ Policy: "least_request" });
-    // lb-a takes 300 ms per request, the others answer at once; 8 workers, 15 requests each.
+    // lb-a takes 1 s per request, the others answer at once; 8 workers, 15 requests each. Two
+    // samples with replacement pick lb-a twice 1 time in 9 whatever it holds (~11 %); beyond that
+    // it wins only while idle, as random would. At 300 ms a loaded machine's fast requests took
+    // long enough that lb-a was idle often (22.5 % in one CI run); at 1 s it is busy nearly throughout.
     const order: string[] = [];
     await Promise.all(
       Array.from({ length: 8 }, async () => {
-        for (let i = 0; i < 15; i++) order.push(String((await get(LB, "/lr?slow=lb-a&delay=300")).headers["x-app"]));
+        for (let i = 0; i < 15; i++) order.push(String((await get(LB, "/lr?slow=lb-a&delay=1000")).headers["x-app"]));
       }),
     );
     const share = (tally(order, (x) => x)["lb-a"] ?? 0) / order.length;
