@@ -33,7 +33,6 @@ import {
   listDatacenters,
   openStateDir,
   paths,
-  processAlive,
   readCaRoots,
   readCatalog,
   readEntries,
@@ -46,6 +45,7 @@ import {
 } from "./state.js";
 import type { Logger } from "../../telemetry/log.js";
 import type { SubsetWeight } from "../../config/split-weights.js";
+import { processAlive, startTimeField } from "./process-identity.js";
 
 export interface DevControlPlaneOptions {
   readonly dataDir: string;
@@ -324,7 +324,7 @@ export class DevControlPlane implements ControlPlane {
       service: e.service,
       address: e.address,
       port: e.port,
-      status: processAlive(e.pid) ? "passing" : "critical",
+      status: processAlive(e.pid, e.startTime) ? "passing" : "critical",
       meta: e.meta,
       tags: [],
       node: { name: hostname(), datacenter, meta: {} },
@@ -453,6 +453,7 @@ export class DevControlPlane implements ControlPlane {
       port: a.port,
       protocol: a.protocol,
       pid: process.pid,
+      ...startTimeField(),
       meta: { ...this.opts.request.meta },
     }, this.catalogPath);
     this.log.info("registered service instance", { id: this.instanceId, address: `${a.address}:${a.port}` });

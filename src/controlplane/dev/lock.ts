@@ -3,14 +3,16 @@
 // first with what it read before the first wrote.
 //
 // The lock is `<file>.lock`, created whole with link(2) (which fails if it exists), holding the
-// holder's pid, host and a random token. A lock whose holder is gone (same host, pid not alive:
-// a command killed mid-edit) or that is older than STALE_MS (a holder in another pid namespace,
-// or hung) is stale and broken. Breaking is itself guarded by `<file>.lock.break`, so two
+// holder's pid, its start time, host and a random token. A lock whose holder is gone (same host,
+// process not alive: a command killed mid-edit, its pid perhaps another process's by now; see
+// process-identity.ts) or that is older than STALE_MS (a holder in another pid namespace, or hung)
+// is stale and broken. Breaking is itself guarded by `<file>.lock.break`, so two
 // processes that both find the same stale lock cannot remove a lock a third one has just taken.
 import { link, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
+import { processAlive, startTimeField } from "./process-identity.js";
 
 /** An edit holds the lock for milliseconds; one older than this is not coming back. */
 export const STALE_MS = 10_000;
@@ -31,6 +33,7 @@ interface Holder {
   readonly pid: number;
   readonly host: string;
   readonly token: string;
+  readonly startTime?: number;
 }
 
 function parseHolder(text: string): Holder | null {
@@ -39,7 +42,8 @@ function parseHolder(text: string): Holder | null {
     if (typeof v !== "object" || v === null || !("pid" in v) || !("host" in v) || !("token" in v)) return null;
     const { pid, host, token } = v;
     if (typeof pid !== "number" || typeof host !== "string" || typeof token !== "string") return null;
-    return { pid, host, token };
+    const startTime = "startTime" in v && typeof v.startTime === "number" ? v.startTime : undefined;
+    return { pid, host, token, ...(startTime !== undefined ? { startTime } : {}) };
   } catch {
     return null;
   }
@@ -49,14 +53,9 @@ function errno(e: unknown): string | undefined {
   return e instanceof Error && "code" in e && typeof e.code === "string" ? e.code : undefined;
 }
 
-function alive(pid: number): boolean {
-  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return errno(e) === "EPERM";
-  }
+function alive(h: Holder): boolean {
+  if (!Number.isSafeInteger(h.pid) || h.pid <= 0) return false;
+  return processAlive(h.pid, h.startTime);
 }
 
 /** Removes a file; already gone is fine (another process cleaned up, or broke it as stale). */
@@ -95,7 +94,7 @@ async function readHolder(file: string): Promise<{ holder: Holder | null; ageMs:
 
 function isStale(h: { holder: Holder | null; ageMs: number }): boolean {
   if (h.ageMs > STALE_MS) return true;
-  return h.holder !== null && h.holder.host === hostname() && !alive(h.holder.pid);
+  return h.holder !== null && h.holder.host === hostname() && !alive(h.holder);
 }
 
 /** Removes `lock` if it is stale; true when the caller should try to take it again at once. */
@@ -104,7 +103,7 @@ async function breakIfStale(lock: string): Promise<boolean> {
   if (seen === null) return true;
   if (!isStale(seen)) return false;
   const breaker = `${lock}.break`;
-  if (!(await createExclusive(breaker, JSON.stringify({ pid: process.pid, host: hostname(), token: randomUUID() })))) {
+  if (!(await createExclusive(breaker, JSON.stringify({ pid: process.pid, host: hostname(), token: randomUUID(), ...startTimeField() })))) {
     // Another process is breaking it; a breaker left by a crash in that microsecond is old.
     const b = await readHolder(breaker);
     if (b !== null && b.ageMs > STALE_MS) await removeIfPresent(breaker);
@@ -129,7 +128,7 @@ async function breakIfStale(lock: string): Promise<boolean> {
  */
 export async function withLock<T>(file: string, edit: () => Promise<T>): Promise<T> {
   const lock = `${file}.lock`;
-  const me: Holder = { pid: process.pid, host: hostname(), token: randomUUID() };
+  const me: Holder = { pid: process.pid, host: hostname(), token: randomUUID(), ...startTimeField() };
   const deadline = Date.now() + WAIT_MS;
   let delay = 2;
   for (;;) {

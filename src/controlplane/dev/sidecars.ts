@@ -7,7 +7,7 @@ import { mkdir, readdir, readFile, rm, writeFile, rename } from "node:fs/promise
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { isValidServiceName } from "../../config/validate.js";
-import { processAlive } from "./state.js";
+import { processAlive } from "./process-identity.js";
 
 export interface SidecarRecord {
   readonly id: string;
@@ -15,6 +15,8 @@ export interface SidecarRecord {
   /** `host:port` of its admin API (a wildcard bind is written as loopback). */
   readonly admin: string;
   readonly pid: number;
+  /** When that process started (see process-identity.ts); absent where there is no /proc. */
+  readonly startTime?: number;
 }
 
 export function sidecarsDir(dataDir: string): string {
@@ -47,12 +49,15 @@ function parseRecord(text: string, file: string): SidecarRecord {
     throw new Error(`${file}: not valid JSON (${e instanceof Error ? e.message : String(e)})`, { cause: e });
   }
   if (typeof v !== "object" || v === null) throw new Error(`${file}: want an object with id, service, admin, pid`);
-  const { id, service, admin, pid } = v as Record<string, unknown>;
+  const { id, service, admin, pid, startTime } = v as Record<string, unknown>;
   if (typeof id !== "string" || typeof service !== "string" || typeof admin !== "string" || typeof pid !== "number" || !Number.isSafeInteger(pid) || pid < 1) {
     throw new Error(`${file}: want id, service, admin (host:port) as strings and pid as a positive whole number`);
   }
   if (!/^[^\s/]+:\d{1,5}$/.test(admin)) throw new Error(`${file}: admin ${JSON.stringify(admin)} is not host:port`);
-  return { id, service, admin, pid };
+  if (startTime !== undefined && (typeof startTime !== "number" || !Number.isSafeInteger(startTime) || startTime < 0)) {
+    throw new Error(`${file}: startTime must be a whole number of clock ticks since boot, or absent`);
+  }
+  return { id, service, admin, pid, ...(startTime !== undefined ? { startTime } : {}) };
 }
 
 /** Every registered sidecar whose process is alive; files of dead ones and unreadable files are problems. */
@@ -72,8 +77,8 @@ export async function listSidecars(dataDir: string): Promise<{ sidecars: Sidecar
     const file = join(sidecarsDir(dataDir), n);
     try {
       const r = parseRecord(await readFile(file, "utf8"), file);
-      if (processAlive(r.pid)) sidecars.push(r);
-      else problems.push(`${file}: stale (process ${r.pid} is gone); skipped, remove the file`);
+      if (processAlive(r.pid, r.startTime)) sidecars.push(r);
+      else problems.push(`${file}: stale (process ${r.pid} is gone or is another process now); skipped, remove the file`);
     } catch (e) {
       const code = e instanceof Error && "code" in e ? e.code : undefined;
       if (code !== "ENOENT") problems.push(e instanceof Error ? e.message : String(e));
