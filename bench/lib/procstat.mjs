@@ -1,6 +1,7 @@
 // CPU and memory of a process from /proc: utime+stime (CPU seconds), VmRSS (now) and VmHWM
 // (peak since start or since the last resetPeak).
 import { readFileSync, writeFileSync } from "node:fs";
+import { readdir, readFile, readlink } from "node:fs/promises";
 import { execFileSync } from "node:child_process";
 
 let clkTck = 100;
@@ -108,4 +109,55 @@ export function cpuMark(handles) {
     }
     return out;
   };
+}
+
+// TCP states (include/net/tcp_states.h) of a connection in use: set up, open, or closed by this
+// side with the peer still to finish. CLOSE_WAIT (the peer closed, this side never did) and
+// CLOSE are what a socket leak leaves behind; LISTEN sockets are few and constant.
+const LIVE_TCP_STATES = new Set(["01", "02", "03", "04", "05"]);
+
+/** Socket inode → TCP state (hex, as /proc/net/tcp has it), for every TCP socket on the host. */
+export async function tcpSocketStates() {
+  const states = new Map();
+  for (const file of ["/proc/net/tcp", "/proc/net/tcp6"]) {
+    let text;
+    try {
+      text = await readFile(file, "latin1");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+      if (f.length > 9) states.set(f[9], f[3]);
+    }
+  }
+  return states;
+}
+
+/**
+ * pid's open descriptors, and how many of them are not a live TCP connection (a socket in CLOSE_WAIT
+ * or CLOSE, a file, a pipe, a listener): the count that grows when a proxy leaks descriptors,
+ * however many connections its traffic holds open or its pools share. Null if pid is gone.
+ */
+export async function descriptorCounts(pid, states) {
+  let names;
+  try {
+    names = await readdir(`/proc/${pid}/fd`);
+  } catch {
+    return null;
+  }
+  let live = 0;
+  await Promise.all(
+    names.map(async (n) => {
+      try {
+        const target = await readlink(`/proc/${pid}/fd/${n}`);
+        const m = /^socket:\[(\d+)\]$/.exec(target);
+        if (m && LIVE_TCP_STATES.has(states.get(m[1]))) live++;
+      } catch {
+        /* closed meanwhile */
+      }
+    }),
+  );
+  return { fds: names.length, notConnections: names.length - live };
 }

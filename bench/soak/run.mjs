@@ -13,14 +13,14 @@
 // --out (report.md, report.json, resources.svg). Exit 1 when anything failed that no fault
 // explains, a denied caller was served, a sidecar grew or died on its own.
 import { parseArgs } from "node:util";
-import { mkdtemp, mkdir, writeFile, readFile, readdir, rm, chmod } from "node:fs/promises";
+import { mkdtemp, mkdir, writeFile, readFile, rm, chmod } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { request } from "node:http";
 import { randomUUID } from "node:crypto";
 import { Procs } from "../lib/procs.mjs";
-import { memory } from "../lib/procstat.mjs";
+import { memory, tcpSocketStates, descriptorCounts } from "../lib/procstat.mjs";
 import { startSidecar, startGateway, configWrite } from "../lib/meshproxy.mjs";
 import { buildSchedule, renderSchedule, KINDS } from "./schedule.mjs";
 import { classify, wronglyAllowed, leakCheck, LEAK_BOUNDS, LEAK_WINDOWS } from "./check.mjs";
@@ -185,7 +185,10 @@ async function start(name) {
 }
 let stopping = false;
 
+// A sidecar restarted after a kill comes back under the same instance id (-proxy-id), as a unit
+// file or a container restart does, so the catalog holds one entry per instance, not one per pid.
 function define(name, spec) {
+  if (spec.kind !== "gateway") spec = { ...spec, args: [...spec.args, "-proxy-id", `${name}-sidecar-proxy`] };
   sidecars.set(name, { spec, handle: null, info: null, expectedExit: false });
 }
 const drain = ["-drain-timeout", `${P.opts.drainTimeout}s`];
@@ -268,27 +271,24 @@ async function scrape(adminAddr) {
   return vals;
 }
 async function sampleOnce() {
+  const tcp = await tcpSocketStates();
   await Promise.all(
     [...sidecars].map(async ([name, s]) => {
       const h = s.handle;
       if (!h?.running) return;
       const mem = memory(h.pid);
-      let fds = null;
-      try {
-        fds = (await readdir(`/proc/${h.pid}/fd`)).length;
-      } catch {
-        /* exited meanwhile */
-      }
+      const d = await descriptorCounts(h.pid, tcp);
       const m = await scrape(s.info.adminAddr);
       samples.push({
         t: Date.now(),
         name,
         pid: h.pid,
         rssMb: mem?.rssKb != null ? mem.rssKb / 1024 : null,
-        fds,
-        // Descriptors not explained by open connections (each holds two: the caller's and its
-        // counterpart's): instances gain and lose long-lived streams as others die and drain.
-        fdsNet: fds !== null && m.envoy_listener_downstream_cx_active !== undefined ? fds - 2 * m.envoy_listener_downstream_cx_active : null,
+        fds: d?.fds ?? null,
+        // Descriptors that are not a live TCP connection: instances gain and lose connections as
+        // others die and drain, and an HTTP pool shares few upstream connections among many
+        // downstream ones, so counting connections from the metrics cannot say what a leak is.
+        fdsNet: d?.notConnections ?? null,
         heapMb: m.nodejs_heap_size_used_bytes != null ? m.nodejs_heap_size_used_bytes / 2 ** 20 : null,
         lagMs: m.nodejs_eventloop_lag_p99_seconds != null ? m.nodejs_eventloop_lag_p99_seconds * 1000 : null,
       });
@@ -408,6 +408,7 @@ const COUNTERS = [
   "envoy_cluster_upstream_cx_overflow",
   "envoy_cluster_upstream_rq_timeout",
   "envoy_cluster_upstream_rq_retry",
+  "envoy_cluster_upstream_rq_retry_overflow",
   "envoy_cluster_upstream_rq_pending_overflow",
   "envoy_cluster_outlier_detection_ejections_enforced_total",
   "meshproxy_gateway_rejected_total",

@@ -21,7 +21,6 @@ import type { ClusterRuntime } from "../cluster/runtime.js";
 import { syncClusterRuntimes } from "../cluster/sync.js";
 import { openStream, type StreamFailure, type OpenStream } from "../outbound/concrete.js";
 import { HttpRouter, OutboundHttpState } from "../outbound/http-router.js";
-import { HttpStats } from "../telemetry/http-stats.js";
 import { AccessLog, type AccessLogTarget } from "../telemetry/access-log.js";
 import { NativeObservers } from "./observe.js";
 import { compileRouteTable } from "../compile/routes.js";
@@ -234,7 +233,7 @@ export class Service {
     const tracing = opts.tracing ? await startTracing(opts.name, opts.tracing, svc.metrics) : null;
     const obs = new NativeObservers(tracing, new AccessLog(opts.accessLog ?? "off", svc.metrics.accessLogDropped), svc.metrics);
     svc.obs = obs;
-    const router = new HttpRouter(svc.log.child("http"), new HttpStats(svc.metrics.registry), obs, svc.metrics.outboundRejected);
+    const router = new HttpRouter(svc.log.child("http"), svc.metrics.http, obs, svc.metrics.outboundRejected);
     svc.meshDispatcher = new MeshDispatcher(svc.resolver(), router, obs);
     try {
       await svc.start();

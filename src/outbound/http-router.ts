@@ -347,6 +347,7 @@ export class HttpRouter {
         }
         if (clientGone.cancelled || outcome.delivered) return;
         last = { outcome: outcome.outcome, cluster, host };
+        if (outcome.outcome.kind === "connect-failure") this.stats.connectFailed(cluster.name);
         if (outcome.outcome.kind === "response") {
           // deliver() chose to retry and took the budget slot.
           retrySlot = retryTaken;

@@ -22,6 +22,7 @@ interface ClusterChildren {
   overflow: CountReading;
   retryOverflow: CountSlot;
   noHealthy: CountReading;
+  connectFail: CountSlot;
 }
 
 /**
@@ -52,7 +53,14 @@ export class HttpStats {
   private readonly rqNoHealthy: BatchedCounter<string>;
   private readonly children = new Map<string, ClusterChildren>();
 
-  constructor(registry: Registry) {
+  /**
+   * `connectFailOf` is the cluster's envoy_cluster_upstream_cx_connect_fail, registered with the
+   * connection series: a pooled HTTP connection that cannot be made counts there as an L4 one does.
+   */
+  constructor(
+    registry: Registry,
+    private readonly connectFailOf: (cluster: string) => CountSlot,
+  ) {
     const c = CLUSTER_LABELS;
     this.rqTotal = new BatchedCounter({ name: "envoy_cluster_upstream_rq_total", help: "Upstream requests (final responses)", labelNames: c, registry });
     this.rqCompleted = new BatchedCounter({ name: "envoy_cluster_upstream_rq_completed", help: "Upstream requests completed: a response, or the proxy's 503 UF / 504 UT after a failed attempt", labelNames: c, registry });
@@ -82,6 +90,7 @@ export class HttpStats {
         overflow: this.rqOverflow.labels(...v),
         retryOverflow: this.rqRetryOverflow.labels(...v),
         noHealthy: this.rqNoHealthy.labels(...v),
+        connectFail: this.connectFailOf(cluster),
       };
       this.children.set(cluster, ch);
     }
@@ -132,6 +141,11 @@ export class HttpStats {
 
   noHealthy(cluster: string): void {
     this.of(cluster).noHealthy.inc();
+  }
+
+  /** An attempt could not connect to a host of the cluster (refused, reset or failed TLS before the request went out). */
+  connectFailed(cluster: string): void {
+    this.of(cluster).connectFail.inc();
   }
 
   /** A request answered 503 UF after attempts on this cluster failed (connect failure, reset). */

@@ -148,7 +148,7 @@ export class Metrics {
    */
   /** Request stats per cluster, made on first use (one registration per registry). */
   get http(): HttpStats {
-    return (this.httpStats ??= new HttpStats(this.registry));
+    return (this.httpStats ??= new HttpStats(this.registry, (name) => this.cluster(name).cxConnectFail));
   }
 
   setSource(source: SourceTags): void {

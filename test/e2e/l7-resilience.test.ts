@@ -133,17 +133,24 @@ t.test("connect failures: RetryOnConnectFailure retries on another host; without
   t.teardown(() => rm(file, { force: true }));
   await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.endpoints.length === 4, 10_000, "web to see the dead instance");
   const before = await metric(web.adminAddr, "envoy_cluster_upstream_rq_retry");
+  const connectFailBefore = await metric(web.adminAddr, "envoy_cluster_upstream_cx_connect_fail");
 
   const cf: Reply[] = [];
   for (let i = 0; i < 12; i++) cf.push(await get(LB, "/cf"));
   t.same(tally(cf, (r) => String(r.status)), { "200": 12 }, "RetryOnConnectFailure: all 12 requests succeed although round robin sends 3 of them to the dead instance first");
-  t.ok((await metric(web.adminAddr, "envoy_cluster_upstream_rq_retry")) - before >= 3, "by retrying them (envoy_cluster_upstream_rq_retry went up by at least 3)");
+  const retried = (await metric(web.adminAddr, "envoy_cluster_upstream_rq_retry")) - before;
+  t.ok(retried >= 3, `by retrying them (envoy_cluster_upstream_rq_retry went up by ${retried}, at least 3)`);
 
   const nocf: Reply[] = [];
   for (let i = 0; i < 12; i++) nocf.push(await get(LB, "/nocf"));
   const failed = nocf.filter((r) => r.status === 503);
   t.equal(failed.length, 3, "NumRetries 0 and no RetryOn: the 3 requests round robin sends to the dead instance fail");
   t.same([...new Set(failed.map((r) => r.flags))], ["UF"], "with 503 UF");
+  // Each attempt on the dead instance (one per retry above, and the 3 not retried) is a connection
+  // that could not be made, counted as the L4 path counts one: what a dashboard of a flapping peer
+  // looks at.
+  const connectFailed = (await metric(web.adminAddr, "envoy_cluster_upstream_cx_connect_fail")) - connectFailBefore;
+  t.equal(connectFailed, retried + failed.length, `envoy_cluster_upstream_cx_connect_fail counts every pooled connection refused (${connectFailed})`);
 
   await rm(file, { force: true });
   await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.endpoints.length === 3, 10_000, "the dead instance to leave");

@@ -13,7 +13,6 @@ import { PoolSet } from "../../src/cluster/pools.js";
 import { SessionCache } from "../../src/tls/origin.js";
 import type { TlsMaterial } from "../../src/tls/contexts.js";
 import { Metrics } from "../../src/telemetry/metrics.js";
-import { HttpStats } from "../../src/telemetry/http-stats.js";
 import { AccessLog } from "../../src/telemetry/access-log.js";
 import { silentLogger } from "../../src/telemetry/log.js";
 import { DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION, NO_HEADER_MUTATION, NO_RETRIES, type RouteAction } from "../../src/config/http.js";
@@ -90,7 +89,7 @@ export interface OutboundHttp1Listener {
 export async function listenOutboundHttp1(state: OutboundHttpState): Promise<OutboundHttp1Listener> {
   const metrics = new Metrics({ processMetrics: false });
   const obs = { tracing: null, accessLog: new AccessLog("off") };
-  const router = new HttpRouter(silentLogger, new HttpStats(metrics.registry), obs, metrics.outboundRejected);
+  const router = new HttpRouter(silentLogger, metrics.http, obs, metrics.outboundRejected);
   const core = new OutboundHttp1({ state: () => state, hcm: () => metrics.filters.httpConnManager(null, "127.0.0.1_0"), upgrade: (_req, socket) => socket.destroy() }, router, obs, silentLogger, metrics.configErrors);
   const server = createNetServer({ allowHalfOpen: true }, (s) => core.accept(s));
   server.listen(0, "127.0.0.1");

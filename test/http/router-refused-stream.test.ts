@@ -11,7 +11,6 @@ import { request } from "undici";
 import { loadUndici } from "../../src/http/undici.js";
 import { HttpRouter, OutboundHttpState } from "../../src/outbound/http-router.js";
 import { Metrics } from "../../src/telemetry/metrics.js";
-import { HttpStats } from "../../src/telemetry/http-stats.js";
 import { AccessLog } from "../../src/telemetry/access-log.js";
 import { createLogger } from "../../src/telemetry/log.js";
 import { NO_RETRIES, type RetryOn } from "../../src/config/http.js";
@@ -44,7 +43,7 @@ const upstreamPort = (upstream.address() as AddressInfo).port;
 const metrics = new Metrics();
 const api = apiCluster(tls, upstreamPort, { http2: true });
 t.teardown(() => api.close());
-const router = new HttpRouter(createLogger({ level: "error" }), new HttpStats(metrics.registry), { tracing: null, accessLog: new AccessLog("off", metrics.accessLogDropped) }, metrics.outboundRejected);
+const router = new HttpRouter(createLogger({ level: "error" }), metrics.http, { tracing: null, accessLog: new AccessLog("off", metrics.accessLogDropped) }, metrics.outboundRejected);
 
 /** web's upstream listener for api, with one catch-all route retrying once on `retryOn`. */
 async function listener(retryOn: RetryOn[]): Promise<string> {

@@ -7,7 +7,7 @@ import { HttpStats } from "../../src/telemetry/http-stats.js";
 import { bucketQuantile, TrafficWindow } from "../../src/telemetry/traffic-window.js";
 
 function fixture() {
-  const stats = new HttpStats(new Registry());
+  const stats = new HttpStats(new Registry(), () => ({ inc: () => {} }));
   let now = 0;
   const window = new TrafficWindow(stats, 10_000, () => now);
   return { stats, window, at: (ms: number) => (now = ms) };
