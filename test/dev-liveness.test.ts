@@ -10,7 +10,7 @@ import { writeFile, mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { DevControlPlane } from "../src/controlplane/dev/dev.js";
 import { openStateDir, parseCatalogEntry, registerInstance } from "../src/controlplane/dev/state.js";
-import { ownStartTime, processAlive } from "../src/controlplane/dev/process-identity.js";
+import { ownPidNamespace, ownStartTime, processAlive } from "../src/controlplane/dev/process-identity.js";
 import { listSidecars, sidecarsDir } from "../src/controlplane/dev/sidecars.js";
 import type { Snapshot } from "../src/config/snapshot.js";
 import { createLogger } from "../src/telemetry/log.js";
@@ -37,20 +37,20 @@ function threadId(): number {
 }
 
 t.test("this process, with and without its start time, is alive", async (t) => {
-  t.ok(processAlive(process.pid, ownStart));
-  t.ok(processAlive(process.pid), "an entry without a start time (written where there is no /proc) keeps the pid check");
+  t.ok(processAlive({ pid: process.pid, startTime: ownStart }));
+  t.ok(processAlive({ pid: process.pid }), "an entry without a start time (written where there is no /proc) keeps the pid check");
 });
 
 t.test("a thread id is not a process, though kill(tid, 0) succeeds", async (t) => {
   const tid = threadId();
   t.ok(answersSignalZero(tid), `kill(${tid}, 0) succeeds: the hole this closes`);
-  t.notOk(processAlive(tid), "a thread id without a start time");
-  t.notOk(processAlive(tid, ownStart), "a thread id with the process's own start time");
+  t.notOk(processAlive({ pid: tid }), "a thread id without a start time");
+  t.notOk(processAlive({ pid: tid, startTime: ownStart }), "a thread id with the process's own start time");
 });
 
 t.test("a live pid started at another time is another process (a reused pid)", async (t) => {
-  t.notOk(processAlive(process.pid, ownStart + 1));
-  t.notOk(processAlive(process.pid, 0));
+  t.notOk(processAlive({ pid: process.pid, startTime: ownStart + 1 }));
+  t.notOk(processAlive({ pid: process.pid, startTime: 0 }));
 });
 
 t.test("a zombie is dead", async (t) => {
@@ -72,13 +72,23 @@ t.test("a zombie is dead", async (t) => {
   for (let i = 0; i < 500 && state() !== "Z"; i++) await new Promise((r) => setTimeout(r, 10));
   t.equal(state(), "Z", "the child is a zombie");
   t.ok(answersSignalZero(zombie), "kill(zombie, 0) succeeds");
-  t.notOk(processAlive(zombie));
+  t.notOk(processAlive({ pid: zombie }));
+});
+
+t.test("a registration from another pid namespace cannot be judged here: it reads alive", async (t) => {
+  // Two containers sharing a state directory each run meshproxy as pid 1 (README, "Two pods").
+  const own = ownPidNamespace();
+  if (own === undefined) throw new Error("this test needs /proc/self/ns/pid");
+  t.match(own, /^pid:\[\d+\]$/, "this process's namespace is known");
+  const dead = spawnSync("true").pid;
+  t.ok(processAlive({ pid: dead, startTime: 1, pidNamespace: "pid:[1]" }), "a pid of another namespace, though no such pid is alive here");
+  t.notOk(processAlive({ pid: dead, startTime: 1, pidNamespace: own }), "the same pid in this namespace is judged: dead");
 });
 
 t.test("a pid that is gone is dead", async (t) => {
   const dead = spawnSync("true").pid;
-  t.notOk(processAlive(dead));
-  t.notOk(processAlive(dead, ownStart));
+  t.notOk(processAlive({ pid: dead }));
+  t.notOk(processAlive({ pid: dead, startTime: ownStart }));
 });
 
 t.test("the dev control plane lists only the instance whose process is the one that registered it", async (t) => {
@@ -109,6 +119,8 @@ t.test("a catalog entry's startTime is a whole number or absent", async (t) => {
   t.equal(parseCatalogEntry(JSON.stringify({ ...entry, startTime: 42 }), "f").startTime, 42);
   t.throws(() => parseCatalogEntry(JSON.stringify({ ...entry, startTime: "42" }), "f"), { name: "StateError", message: /startTime must be a whole number/ });
   t.throws(() => parseCatalogEntry(JSON.stringify({ ...entry, startTime: -1 }), "f"), /startTime/);
+  t.equal(parseCatalogEntry(JSON.stringify({ ...entry, pidNamespace: "pid:[4026531836]" }), "f").pidNamespace, "pid:[4026531836]");
+  t.throws(() => parseCatalogEntry(JSON.stringify({ ...entry, pidNamespace: "../x" }), "f"), { name: "StateError", message: /pidNamespace must look like/ });
 });
 
 t.test("a sidecar record whose pid is now another process is reported stale and skipped", async (t) => {

@@ -18,7 +18,7 @@ import { fileDescriptorLimit, RESERVED_FDS, type ListenerLimits } from "../tcp/a
 import type { ProxyCommand } from "./program.js";
 import { handleShutdownSignals } from "./signals.js";
 import { deregisterSidecar, registerSidecar } from "../controlplane/dev/sidecars.js";
-import { startTimeField } from "../controlplane/dev/process-identity.js";
+import { ownProcess } from "../controlplane/dev/process-identity.js";
 
 function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   const c = cmd.consul;
@@ -112,7 +112,7 @@ async function registerDevSidecar(cmd: ProxyCommand, admin: AdminServer | null, 
   const id = cmd.request.proxyId ?? `${cmd.request.service}-sidecar-proxy-${process.pid}`;
   const host = at.address === "0.0.0.0" || at.address === "::" ? "127.0.0.1" : at.address.includes(":") ? `[${at.address}]` : at.address;
   try {
-    await registerSidecar(cmd.dataDir, { id, service: cmd.request.service, admin: `${host}:${at.port}`, pid: process.pid, ...startTimeField() });
+    await registerSidecar(cmd.dataDir, { id, service: cmd.request.service, admin: `${host}:${at.port}`, ...ownProcess() });
     return id;
   } catch (e) {
     log.warn("could not list this sidecar's admin address in the state directory; meshproxy canary will not see its figures", { error: e instanceof Error ? e.message : String(e) });

@@ -45,7 +45,7 @@ import {
 } from "./state.js";
 import type { Logger } from "../../telemetry/log.js";
 import type { SubsetWeight } from "../../config/split-weights.js";
-import { processAlive, startTimeField } from "./process-identity.js";
+import { ownProcess, processAlive } from "./process-identity.js";
 
 export interface DevControlPlaneOptions {
   readonly dataDir: string;
@@ -324,7 +324,7 @@ export class DevControlPlane implements ControlPlane {
       service: e.service,
       address: e.address,
       port: e.port,
-      status: processAlive(e.pid, e.startTime) ? "passing" : "critical",
+      status: processAlive(e) ? "passing" : "critical",
       meta: e.meta,
       tags: [],
       node: { name: hostname(), datacenter, meta: {} },
@@ -452,8 +452,7 @@ export class DevControlPlane implements ControlPlane {
       address: a.address,
       port: a.port,
       protocol: a.protocol,
-      pid: process.pid,
-      ...startTimeField(),
+      ...ownProcess(),
       meta: { ...this.opts.request.meta },
     }, this.catalogPath);
     this.log.info("registered service instance", { id: this.instanceId, address: `${a.address}:${a.port}` });

@@ -15,7 +15,7 @@ import type { ConfigEntry } from "../chain/entries.js";
 import { gatewayServices } from "../chain/gateway.js";
 import type { ServiceInstance } from "../chain/upstream.js";
 import { catalogDir, deregisterInstance, listDatacenters, openStateDir, parseCaConfig, paths, readCatalog, readEntries, registerInstance, StateError, type CatalogEntry } from "./state.js";
-import { processAlive, startTimeField } from "./process-identity.js";
+import { ownProcess, processAlive } from "./process-identity.js";
 
 export interface DevGatewaySourceOptions {
   readonly dataDir: string;
@@ -54,11 +54,11 @@ async function readView(dataDir: string, datacenter: string | undefined): Promis
 }
 
 function endpointOf(e: CatalogEntry): Endpoint {
-  return { host: e.address, port: e.port, healthy: processAlive(e.pid, e.startTime), id: e.id, meta: e.meta };
+  return { host: e.address, port: e.port, healthy: processAlive(e), id: e.id, meta: e.meta };
 }
 
 function instanceOf(e: CatalogEntry, datacenter: string): ServiceInstance {
-  return { id: e.id, service: e.service, address: e.address, port: e.port, status: processAlive(e.pid, e.startTime) ? "passing" : "critical", meta: e.meta, tags: [], node: { name: hostname(), datacenter, meta: {} } };
+  return { id: e.id, service: e.service, address: e.address, port: e.port, status: processAlive(e) ? "passing" : "critical", meta: e.meta, tags: [], node: { name: hostname(), datacenter, meta: {} } };
 }
 
 export class DevGatewaySource implements GatewayRouteSource {
@@ -162,7 +162,7 @@ export class DevGatewaySource implements GatewayRouteSource {
     if (!view) throw new Error("register before start");
     const id = `${this.opts.service}-${view.datacenter}-${process.pid}`;
     const dialled = at.wan ?? at.lan;
-    await registerInstance(this.opts.dataDir, { id, service: this.opts.service, address: dialled.address, port: dialled.port, protocol: "tcp", pid: process.pid, ...startTimeField(), meta: { ...this.opts.meta }, kind: "mesh-gateway" }, view.catalog);
+    await registerInstance(this.opts.dataDir, { id, service: this.opts.service, address: dialled.address, port: dialled.port, protocol: "tcp", ...ownProcess(), meta: { ...this.opts.meta }, kind: "mesh-gateway" }, view.catalog);
     this.registered = id;
   }
 

@@ -12,7 +12,7 @@ import { link, readFile, stat, unlink, writeFile } from "node:fs/promises";
 import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import { setTimeout as sleep } from "node:timers/promises";
-import { processAlive, startTimeField } from "./process-identity.js";
+import { ownProcess, parseProcessFields, processAlive, type ProcessRef } from "./process-identity.js";
 
 /** An edit holds the lock for milliseconds; one older than this is not coming back. */
 export const STALE_MS = 10_000;
@@ -29,11 +29,9 @@ export class LockError extends Error {
   }
 }
 
-interface Holder {
-  readonly pid: number;
+interface Holder extends ProcessRef {
   readonly host: string;
   readonly token: string;
-  readonly startTime?: number;
 }
 
 function parseHolder(text: string): Holder | null {
@@ -42,8 +40,7 @@ function parseHolder(text: string): Holder | null {
     if (typeof v !== "object" || v === null || !("pid" in v) || !("host" in v) || !("token" in v)) return null;
     const { pid, host, token } = v;
     if (typeof pid !== "number" || typeof host !== "string" || typeof token !== "string") return null;
-    const startTime = "startTime" in v && typeof v.startTime === "number" ? v.startTime : undefined;
-    return { pid, host, token, ...(startTime !== undefined ? { startTime } : {}) };
+    return { pid, host, token, ...parseProcessFields(v) };
   } catch {
     return null;
   }
@@ -55,7 +52,7 @@ function errno(e: unknown): string | undefined {
 
 function alive(h: Holder): boolean {
   if (!Number.isSafeInteger(h.pid) || h.pid <= 0) return false;
-  return processAlive(h.pid, h.startTime);
+  return processAlive(h);
 }
 
 /** Removes a file; already gone is fine (another process cleaned up, or broke it as stale). */
@@ -103,7 +100,7 @@ async function breakIfStale(lock: string): Promise<boolean> {
   if (seen === null) return true;
   if (!isStale(seen)) return false;
   const breaker = `${lock}.break`;
-  if (!(await createExclusive(breaker, JSON.stringify({ pid: process.pid, host: hostname(), token: randomUUID(), ...startTimeField() })))) {
+  if (!(await createExclusive(breaker, JSON.stringify({ ...ownProcess(), host: hostname(), token: randomUUID() })))) {
     // Another process is breaking it; a breaker left by a crash in that microsecond is old.
     const b = await readHolder(breaker);
     if (b !== null && b.ageMs > STALE_MS) await removeIfPresent(breaker);
@@ -128,7 +125,7 @@ async function breakIfStale(lock: string): Promise<boolean> {
  */
 export async function withLock<T>(file: string, edit: () => Promise<T>): Promise<T> {
   const lock = `${file}.lock`;
-  const me: Holder = { pid: process.pid, host: hostname(), token: randomUUID(), ...startTimeField() };
+  const me: Holder = { ...ownProcess(), host: hostname(), token: randomUUID() };
   const deadline = Date.now() + WAIT_MS;
   let delay = 2;
   for (;;) {

@@ -11,7 +11,13 @@
 // clock ticks since boot, field 22 of /proc/<pid>/stat): the pid must name a live process (not a
 // thread, not a zombie) started at that moment. Where /proc is absent (not Linux) the pid check is
 // all there is.
-import { readFileSync } from "node:fs";
+//
+// A pid means something only in its own pid namespace: two containers sharing a state directory
+// (README, "Two pods") each run meshproxy as pid 1. A registration also records its namespace
+// (/proc/self/ns/pid), and one from another namespace cannot be judged from here: it reads alive,
+// as `kill(1, 0)` did, and an intention lock held there goes stale by age alone. A process this
+// reader may not see (hidepid, systemd's ProtectProc) reads alive as well: not knowing is not dead.
+import { readFileSync, readlinkSync } from "node:fs";
 
 interface ProcStat {
   /** The single-letter state: R, S, D, Z (zombie), X (dead), ... */
@@ -19,14 +25,8 @@ interface ProcStat {
   readonly startTime: number;
 }
 
-/** Fields 3 and 22 of /proc/<pid>/stat, or null if it cannot be read or parsed. */
-function procStat(pid: number): ProcStat | null {
-  let text: string;
-  try {
-    text = readFileSync(`/proc/${pid}/stat`, "latin1");
-  } catch {
-    return null;
-  }
+/** Fields 3 and 22 of a /proc/<pid>/stat, or null if it does not parse. */
+function parseStat(text: string): ProcStat | null {
   // Field 2 is the command name in parentheses and may itself hold spaces and ')': the fields
   // that follow start after the last ')'.
   const close = text.lastIndexOf(")");
@@ -60,22 +60,53 @@ const hasProc = (() => {
   }
 })();
 
+function procStatOf(path: string): ProcStat | null {
+  let text: string;
+  try {
+    text = readFileSync(path, "latin1");
+  } catch {
+    return null;
+  }
+  return parseStat(text);
+}
+
 /** This process's start time as recorded in a registration, or undefined where /proc is absent. */
 export function ownStartTime(): number | undefined {
   if (!hasProc) return undefined;
-  return procStat(process.pid)?.startTime;
+  return procStatOf("/proc/self/stat")?.startTime;
+}
+
+/** This process's pid namespace (`pid:[4026531836]`), or undefined where /proc cannot say. */
+export function ownPidNamespace(): string | undefined {
+  try {
+    return readlinkSync("/proc/self/ns/pid");
+  } catch {
+    return undefined;
+  }
+}
+
+const ownNamespace = ownPidNamespace();
+
+/** Who registered: a pid, and where known when that process started and in which pid namespace. */
+export interface ProcessRef {
+  readonly pid: number;
+  readonly startTime?: number;
+  readonly pidNamespace?: string;
 }
 
 /**
  * Same machine, so a dead process means a dead instance (covers kill -9 and crashes). With a
  * recorded start time, a live pid must also be the same process, not a reused pid.
  */
-export function processAlive(pid: number, startTime?: number): boolean {
+export function processAlive(ref: ProcessRef): boolean {
+  const { pid, startTime, pidNamespace } = ref;
+  if (pidNamespace !== undefined && ownNamespace !== undefined && pidNamespace !== ownNamespace) return true;
   if (hasProc) {
-    const stat = procStat(pid);
-    // /proc/<pid> is gone: no such task, or one this reader cannot see; the signal below tells.
+    const stat = procStatOf(`/proc/${pid}/stat`);
+    // Unreadable: no such task, or one this reader may not see; the signal below tells which.
     if (stat !== null) {
-      if (stat.state === "Z" || stat.state === "X") return false;
+      // Z zombie, X (and x on older kernels) dead.
+      if (stat.state === "Z" || stat.state === "X" || stat.state === "x") return false;
       // A thread id: /proc/<tid> answers though it is not listed, and its Tgid is another id.
       if (threadGroupOf(pid) !== pid) return false;
       if (startTime !== undefined && stat.startTime !== startTime) return false;
@@ -84,15 +115,31 @@ export function processAlive(pid: number, startTime?: number): boolean {
   }
   try {
     process.kill(pid, 0);
-    // Alive, but /proc could not confirm its identity: only trust that where there is no /proc.
-    return !hasProc || startTime === undefined;
+    return true;
   } catch (e) {
-    return e instanceof Error && "code" in e && e.code === "EPERM" && (!hasProc || startTime === undefined);
+    // EPERM: it exists, as another user's process this reader may not signal (or see in /proc).
+    return e instanceof Error && "code" in e && e.code === "EPERM";
   }
 }
 
-/** `{ startTime }` of this process for a registration, or nothing where it is unknown. */
-export function startTimeField(): { startTime?: number } {
+/** This process as a registration records it: its pid, start time and pid namespace where known. */
+export function ownProcess(): ProcessRef {
   const startTime = ownStartTime();
-  return startTime === undefined ? {} : { startTime };
+  return { pid: process.pid, ...(startTime !== undefined ? { startTime } : {}), ...(ownNamespace !== undefined ? { pidNamespace: ownNamespace } : {}) };
+}
+
+/**
+ * The optional startTime and pidNamespace of a registration read from a file (pid is the
+ * caller's, with its own message); throws an Error naming the field that is wrong.
+ */
+export function parseProcessFields(o: object): { startTime?: number; pidNamespace?: string } {
+  const startTime = "startTime" in o ? o.startTime : undefined;
+  const pidNamespace = "pidNamespace" in o ? o.pidNamespace : undefined;
+  if (startTime !== undefined && (typeof startTime !== "number" || !Number.isSafeInteger(startTime) || startTime < 0)) {
+    throw new Error(`startTime must be a whole number of clock ticks since boot (or absent), got ${JSON.stringify(startTime)}`);
+  }
+  if (pidNamespace !== undefined && (typeof pidNamespace !== "string" || !/^pid:\[\d+\]$/.test(pidNamespace))) {
+    throw new Error(`pidNamespace must look like "pid:[4026531836]" (or be absent), got ${JSON.stringify(pidNamespace)}`);
+  }
+  return { ...(startTime !== undefined ? { startTime } : {}), ...(pidNamespace !== undefined ? { pidNamespace } : {}) };
 }

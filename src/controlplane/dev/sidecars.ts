@@ -7,16 +7,13 @@ import { mkdir, readdir, readFile, rm, writeFile, rename } from "node:fs/promise
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { isValidServiceName } from "../../config/validate.js";
-import { processAlive } from "./process-identity.js";
+import { parseProcessFields, processAlive, type ProcessRef } from "./process-identity.js";
 
-export interface SidecarRecord {
+export interface SidecarRecord extends ProcessRef {
   readonly id: string;
   readonly service: string;
   /** `host:port` of its admin API (a wildcard bind is written as loopback). */
   readonly admin: string;
-  readonly pid: number;
-  /** When that process started (see process-identity.ts); absent where there is no /proc. */
-  readonly startTime?: number;
 }
 
 export function sidecarsDir(dataDir: string): string {
@@ -49,15 +46,18 @@ function parseRecord(text: string, file: string): SidecarRecord {
     throw new Error(`${file}: not valid JSON (${e instanceof Error ? e.message : String(e)})`, { cause: e });
   }
   if (typeof v !== "object" || v === null) throw new Error(`${file}: want an object with id, service, admin, pid`);
-  const { id, service, admin, pid, startTime } = v as Record<string, unknown>;
+  const { id, service, admin, pid } = v as Record<string, unknown>;
   if (typeof id !== "string" || typeof service !== "string" || typeof admin !== "string" || typeof pid !== "number" || !Number.isSafeInteger(pid) || pid < 1) {
     throw new Error(`${file}: want id, service, admin (host:port) as strings and pid as a positive whole number`);
   }
   if (!/^[^\s/]+:\d{1,5}$/.test(admin)) throw new Error(`${file}: admin ${JSON.stringify(admin)} is not host:port`);
-  if (startTime !== undefined && (typeof startTime !== "number" || !Number.isSafeInteger(startTime) || startTime < 0)) {
-    throw new Error(`${file}: startTime must be a whole number of clock ticks since boot, or absent`);
+  let proc: ReturnType<typeof parseProcessFields>;
+  try {
+    proc = parseProcessFields(v);
+  } catch (e) {
+    throw new Error(`${file}: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
   }
-  return { id, service, admin, pid, ...(startTime !== undefined ? { startTime } : {}) };
+  return { id, service, admin, pid, ...proc };
 }
 
 /** Every registered sidecar whose process is alive; files of dead ones and unreadable files are problems. */
@@ -77,7 +77,7 @@ export async function listSidecars(dataDir: string): Promise<{ sidecars: Sidecar
     const file = join(sidecarsDir(dataDir), n);
     try {
       const r = parseRecord(await readFile(file, "utf8"), file);
-      if (processAlive(r.pid, r.startTime)) sidecars.push(r);
+      if (processAlive(r)) sidecars.push(r);
       else problems.push(`${file}: stale (process ${r.pid} is gone or is another process now); skipped, remove the file`);
     } catch (e) {
       const code = e instanceof Error && "code" in e ? e.code : undefined;

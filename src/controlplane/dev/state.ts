@@ -33,6 +33,7 @@ import { withLock } from "./lock.js";
 import { checkStateDir } from "./permissions.js";
 import { SplitChangeError, type SubsetWeight } from "../../config/split-weights.js";
 import { splitterWithWeights, storedResolver, storedSplitter } from "../chain/split-edit.js";
+import { parseProcessFields, type ProcessRef } from "./process-identity.js";
 
 export interface CaConfig {
   readonly trustDomain: string;
@@ -56,18 +57,12 @@ export interface DevCa extends CaRoots {
   readonly config: CaConfig;
 }
 
-export interface CatalogEntry {
+export interface CatalogEntry extends ProcessRef {
   readonly id: string;
   readonly service: string;
   readonly address: string;
   readonly port: number;
   readonly protocol: Protocol;
-  readonly pid: number;
-  /**
-   * When that process started (clock ticks since boot, /proc/<pid>/stat field 22), so a reused pid
-   * or a thread id does not read as this instance; absent in entries written without /proc.
-   */
-  readonly startTime?: number;
   readonly meta: Readonly<Record<string, string>>;
   /** Consul's service Kind; absent for a sidecar's service instance. */
   readonly kind?: "mesh-gateway";
@@ -316,15 +311,18 @@ const PROTOCOLS: readonly Protocol[] = ["tcp", "http", "http2", "grpc"];
 export function parseCatalogEntry(text: string, file: string): CatalogEntry {
   const o = parseJson(text, file);
   if (!isRecord(o)) throw new StateError(file, "not a catalog entry: must be a JSON object with id, service, address, port, pid, protocol");
-  const { id, service, address, port, pid, startTime, protocol, meta, kind } = o;
+  const { id, service, address, port, pid, protocol, meta, kind } = o;
   if (typeof id !== "string" || id === "") throw new StateError(file, `id must be a non-empty string, got ${JSON.stringify(id) ?? "nothing"}`);
   if (typeof service !== "string" || !isValidServiceName(service)) throw new StateError(file, `service must be a service name, got ${JSON.stringify(service) ?? "nothing"}`);
   if (typeof address !== "string" || address === "") throw new StateError(file, `address must be a non-empty string, got ${JSON.stringify(address) ?? "nothing"}`);
   if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) throw new StateError(file, `port must be a whole number from 1 to 65535, got ${JSON.stringify(port) ?? "nothing"}`);
   // A pid of 0 or below would make the liveness check signal a process group.
   if (typeof pid !== "number" || !Number.isSafeInteger(pid) || pid < 1) throw new StateError(file, `pid must be a positive whole number, got ${JSON.stringify(pid) ?? "nothing"}`);
-  if (startTime !== undefined && (typeof startTime !== "number" || !Number.isSafeInteger(startTime) || startTime < 0)) {
-    throw new StateError(file, `startTime must be a whole number of clock ticks since boot (or absent), got ${JSON.stringify(startTime)}`);
+  let proc: ReturnType<typeof parseProcessFields>;
+  try {
+    proc = parseProcessFields(o);
+  } catch (e) {
+    throw new StateError(file, messageOf(e));
   }
   const proto = PROTOCOLS.find((x) => x === protocol);
   if (proto === undefined) throw new StateError(file, `protocol must be one of ${PROTOCOLS.join(", ")}, got ${JSON.stringify(protocol) ?? "nothing"}`);
@@ -337,7 +335,7 @@ export function parseCatalogEntry(text: string, file: string): CatalogEntry {
     }
   }
   if (kind !== undefined && kind !== "mesh-gateway") throw new StateError(file, `kind must be "mesh-gateway" or absent (a service instance), got ${JSON.stringify(kind)}`);
-  return { id, service, address, port, pid, ...(startTime !== undefined ? { startTime } : {}), protocol: proto, meta: m, ...(kind ? { kind } : {}) };
+  return { id, service, address, port, pid, ...proc, protocol: proto, meta: m, ...(kind ? { kind } : {}) };
 }
 
 export interface CatalogRead {
