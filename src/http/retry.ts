@@ -2,10 +2,13 @@
 import type { RetryPolicy } from "../config/http.js";
 
 /** How one attempt ended, as far as retrying is concerned. */
+/** Why a connection could not be made: refused or reset, too slow, or the peer is not who it should be. */
+export type ConnectFailureReason = "connect" | "timeout" | "identity";
+
 export type AttemptOutcome =
   | { readonly kind: "response"; readonly status: number }
   /** TCP or TLS never came up: no request byte left. */
-  | { readonly kind: "connect-failure" }
+  | { readonly kind: "connect-failure"; readonly reason: ConnectFailureReason }
   /** The connection broke or the per-try timeout fired before response headers. */
   | { readonly kind: "reset" }
   /**

@@ -100,8 +100,8 @@ class OriginConnection implements MessageEvents, OriginRequest {
   /** The last Keep-Alive value read, so the same hint on every response is parsed once. */
   private hint = "";
   private dead = false;
-  /** Request and timeout of the one in flight, for a retry on a stale keep-alive connection. */
-  private retry: (() => void) | null = null;
+  /** The request in flight, when it may be sent again on a fresh connection (this one was stale). */
+  private retry: ResendableRequest | null = null;
 
   constructor(private readonly pool: OriginPool) {
     const core = http1Core();
@@ -159,7 +159,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
     return typeof d === "string" ? this.socket.write(d, "latin1") : this.socket.write(d);
   }
 
-  send(head: string, isHead: boolean, hasBody: boolean, chunked: boolean, timeoutMs: number, bodyTimeoutMs: number, events: ResponseEvents, retry: (() => void) | null): void {
+  send(head: string, isHead: boolean, hasBody: boolean, chunked: boolean, timeoutMs: number, bodyTimeoutMs: number, events: ResponseEvents, retry: ResendableRequest | null): void {
     this.inPool = false;
     this.events = events;
     this.isHead = isHead;
@@ -341,7 +341,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
     if (!ev) return;
     // A keep-alive connection the peer closed just as it was reused: one fresh try for a request
     // without a body, before any byte of an answer (undici does the same for idempotent requests).
-    if (retry && !this.answered && !(e instanceof ResponseTimeoutError)) return retry();
+    if (retry && !this.answered && !(e instanceof ResponseTimeoutError)) return retry.resend();
     ev.error(e, this.answered);
   }
 
@@ -428,10 +428,13 @@ export class OriginPool {
       conn = new OriginConnection(this);
       this.all.add(conn);
     }
-    const reused = conn.used;
-    const retry = reused && !hasBody ? () => void this.request(head, isHead, false, false, timeoutMs, events, bodyTimeoutMs) : null;
-    conn.send(head, isHead, hasBody, chunked, timeoutMs, bodyTimeoutMs, events, retry);
-    return conn;
+    if (!conn.used || hasBody) {
+      conn.send(head, isHead, hasBody, chunked, timeoutMs, bodyTimeoutMs, events, null);
+      return conn;
+    }
+    const resendable = new ResendableRequest(this, conn, head, isHead, timeoutMs, bodyTimeoutMs, events);
+    conn.send(head, isHead, false, false, timeoutMs, bodyTimeoutMs, events, resendable);
+    return resendable;
   }
 
   /** @internal a connection finished its exchange and can take the next. */
@@ -472,6 +475,51 @@ export class OriginPool {
     for (const c of [...this.all]) c.kill();
     // Requests still waiting for a connection are told the pool is gone (request() refuses them).
     for (const w of this.waiters.splice(0)) w();
+  }
+}
+
+/**
+ * A request without a body on a reused keep-alive connection, which the peer may have closed just
+ * as it was reused: sent again once on a fresh connection. The caller's handle follows the request
+ * there, so its abort, pause and resume reach the connection that carries it.
+ */
+class ResendableRequest implements OriginRequest {
+  constructor(
+    private readonly pool: OriginPool,
+    private current: OriginRequest,
+    private readonly head: string,
+    private readonly isHead: boolean,
+    private readonly timeoutMs: number,
+    private readonly bodyTimeoutMs: number,
+    private readonly events: ResponseEvents,
+  ) {}
+
+  resend(): void {
+    this.current = this.pool.request(this.head, this.isHead, false, false, this.timeoutMs, this.events, this.bodyTimeoutMs);
+  }
+
+  write(chunk: Buffer): boolean {
+    return this.current.write(chunk);
+  }
+
+  onDrain(cb: () => void): void {
+    this.current.onDrain(cb);
+  }
+
+  end(): void {
+    this.current.end();
+  }
+
+  abort(): void {
+    this.current.abort();
+  }
+
+  pauseResponse(): void {
+    this.current.pauseResponse();
+  }
+
+  resumeResponse(): void {
+    this.current.resumeResponse();
   }
 }
 

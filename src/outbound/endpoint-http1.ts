@@ -10,7 +10,7 @@ import { isConnectFailure } from "../cluster/pools.js";
 import { ResponseTimeoutError, type OriginRequest, type ResponseEvents } from "../http1/client.js";
 import { fieldRecord } from "../http1/fields.js";
 import { recordRequestHead } from "../http1/forward.js";
-import type { AttemptOutcome } from "../http/retry.js";
+import type { AttemptOutcome, ConnectFailureReason } from "../http/retry.js";
 import type { Cancel, ResponseSink } from "../http/compat.js";
 import { dispatchAttempt, type AttemptResult, type AttemptSender } from "./endpoint.js";
 
@@ -139,6 +139,7 @@ class Http1Attempt implements ResponseEvents {
   }
 
   head(status: number, _text: string, raw: string[]): void {
+    if (this.done) return;
     this.status = status;
     this.cluster.reportResult(this.host, { status });
     if (this.sent > 0) this.cluster.observeLatency(this.host, performance.now() - this.sent);
@@ -146,6 +147,7 @@ class Http1Attempt implements ResponseEvents {
   }
 
   body(chunk: Buffer): void {
+    if (this.done) return;
     // Not delivered: the answer is read to its end (the connection stays usable) and dropped; a retry comes next.
     if (!this.delivering || this.res.write(chunk)) return;
     const up = this.up;
@@ -155,6 +157,7 @@ class Http1Attempt implements ResponseEvents {
   }
 
   end(): void {
+    if (this.done) return;
     if (this.delivering) this.res.end();
     this.finish({ outcome: { kind: "response", status: this.status }, delivered: this.delivering });
   }
@@ -169,8 +172,7 @@ class Http1Attempt implements ResponseEvents {
     // A head that was drained for a retry: the decision was made on its status already.
     if (answered) return this.finish({ outcome: { kind: "response", status: this.status }, delivered: false });
     this.cluster.reportResult(this.host, { localOriginFailure: true });
-    const kind: AttemptOutcome["kind"] = e instanceof ResponseTimeoutError ? "per-try-timeout" : isConnectFailure(e) ? "connect-failure" : "reset";
-    this.finish({ outcome: kind === "per-try-timeout" ? PER_TRY_TIMEOUT : kind === "connect-failure" ? CONNECT_FAILURE : RESET, delivered: false });
+    this.finish({ outcome: e instanceof ResponseTimeoutError ? PER_TRY_TIMEOUT : isConnectFailure(e) ? CONNECT_FAILURE[e.cause.kind] : RESET, delivered: false });
   }
 
   /** The client went away: the request in flight (or its wait for a connection) is abandoned. */
@@ -196,4 +198,8 @@ class Http1Attempt implements ResponseEvents {
 
 const RESET: AttemptOutcome = { kind: "reset" };
 const PER_TRY_TIMEOUT: AttemptOutcome = { kind: "per-try-timeout" };
-const CONNECT_FAILURE: AttemptOutcome = { kind: "connect-failure" };
+const CONNECT_FAILURE: Readonly<Record<ConnectFailureReason, AttemptOutcome>> = {
+  connect: { kind: "connect-failure", reason: "connect" },
+  timeout: { kind: "connect-failure", reason: "timeout" },
+  identity: { kind: "connect-failure", reason: "identity" },
+};

@@ -62,9 +62,12 @@ export function dispatchAttempt(
     cluster.breaker.releasePending();
   };
   return new Promise((resolve) => {
+    // The status of a head that arrived and was drained for a retry, not delivered.
+    let answered = 0;
     const handler = new ResponseForwarder(
       res,
       (status, h) => {
+        answered = status;
         cluster.reportResult(host, { status });
         if (sent > 0) cluster.observeLatency(host, performance.now() - sent);
         return deliver(status, h);
@@ -77,9 +80,13 @@ export function dispatchAttempt(
         if (clientGone.cancelled) return resolve({ outcome: { kind: "reset" }, delivered: false });
         // A failure after the head was sent cannot be retried: the client has part of an answer.
         if (r.delivered) return resolve({ outcome: { kind: "reset" }, delivered: true });
+        // The drain of an answer already judged (a retry was decided on its status) broke: the
+        // decision stands, as on the HTTP/1 core, rather than turning into a reset.
+        if (answered !== 0) return resolve({ outcome: { kind: "response", status: answered }, delivered: false });
         cluster.reportResult(host, { localOriginFailure: true });
         if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
-        resolve({ outcome: { kind: isConnectFailure(r.error) ? "connect-failure" : isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
+        if (isConnectFailure(r.error)) return resolve({ outcome: { kind: "connect-failure", reason: r.error.cause.kind }, delivered: false });
+        resolve({ outcome: { kind: isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
       },
       assigned,
     );

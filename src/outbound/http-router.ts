@@ -342,26 +342,29 @@ export class HttpRouter {
           ? await x.send(cluster, host, waits, x.method, path, headers, timeouts, clientGone, res, deliver)
           : await dispatchAttempt(cluster, host, waits, x.method, path, headers, body, timeouts, clientGone, res, deliver);
         releaseRetrySlot();
+        // A slot deliver() took for the next attempt is held from here, so that every way out of
+        // this loop (the client gone while the answer drained, a reset in the drain) gives it back.
+        retrySlot = retryTaken;
         if (this.log.enabled("debug")) {
           this.log.debug("attempt", { cluster: cluster.name, host: host.key, attempt, outcome: outcome.outcome.kind, status: outcome.outcome.kind === "response" ? outcome.outcome.status : undefined, delivered: outcome.delivered });
         }
         if (clientGone.cancelled || outcome.delivered) return;
         last = { outcome: outcome.outcome, cluster, host };
-        if (outcome.outcome.kind === "connect-failure") this.stats.connectFailed(cluster.name);
-        if (outcome.outcome.kind === "response") {
-          // deliver() chose to retry and took the budget slot.
-          retrySlot = retryTaken;
-        } else {
+        if (outcome.outcome.kind === "connect-failure") this.stats.connectFailed(cluster.name, outcome.outcome.reason);
+        // A response not delivered: deliver() chose to retry and holds the slot already.
+        if (outcome.outcome.kind !== "response") {
           const more = canRetry && c.retry.retriable(outcome.outcome) && retriesTaken < c.retry.numRetries;
           if (!more) {
             if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, rec);
             return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
           }
-          if (!cluster.breaker.tryAcquireRetry()) {
-            this.stats.retryOverflow(cluster.name);
-            return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+          if (retrySlot === null) {
+            if (!cluster.breaker.tryAcquireRetry()) {
+              this.stats.retryOverflow(cluster.name);
+              return this.reply(res, 503, "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+            }
+            retrySlot = cluster;
           }
-          retrySlot = cluster;
         }
         retriesTaken++;
         this.stats.retry(cluster.name);

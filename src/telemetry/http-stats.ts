@@ -5,6 +5,7 @@
 import type { Registry } from "prom-client";
 import { BatchedCounter, BatchedHistogram, type CountReading, type CountSlot, type TimeReading } from "./batched.js";
 import { CLUSTER_LABELS, clusterLabelValues } from "./consul-tags.js";
+import type { ConnectFailureReason } from "../http/retry.js";
 
 /** Envoy's default histogram buckets, in milliseconds. */
 export const ENVOY_BUCKETS_MS = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000, 1800000, 3600000];
@@ -22,7 +23,15 @@ interface ClusterChildren {
   overflow: CountReading;
   retryOverflow: CountSlot;
   noHealthy: CountReading;
-  connectFail: CountSlot;
+  connect: ClusterConnectStats;
+}
+
+/** The connection series of a cluster (telemetry/metrics.ts), which an HTTP attempt's failed connect counts in too. */
+export interface ClusterConnectStats {
+  readonly cxConnectFail: CountSlot;
+  readonly cxConnectTimeout: CountSlot;
+  /** meshproxy_upstream_identity_rejected_total of the cluster. */
+  readonly identityRejected: CountSlot;
 }
 
 /**
@@ -54,12 +63,12 @@ export class HttpStats {
   private readonly children = new Map<string, ClusterChildren>();
 
   /**
-   * `connectFailOf` is the cluster's envoy_cluster_upstream_cx_connect_fail, registered with the
-   * connection series: a pooled HTTP connection that cannot be made counts there as an L4 one does.
+   * `connectOf` gives the cluster's connection series, registered with the listeners': a pooled
+   * HTTP connection that cannot be made counts there as an L4 one does.
    */
   constructor(
     registry: Registry,
-    private readonly connectFailOf: (cluster: string) => CountSlot,
+    private readonly connectOf: (cluster: string) => ClusterConnectStats,
   ) {
     const c = CLUSTER_LABELS;
     this.rqTotal = new BatchedCounter({ name: "envoy_cluster_upstream_rq_total", help: "Upstream requests (final responses)", labelNames: c, registry });
@@ -90,7 +99,7 @@ export class HttpStats {
         overflow: this.rqOverflow.labels(...v),
         retryOverflow: this.rqRetryOverflow.labels(...v),
         noHealthy: this.rqNoHealthy.labels(...v),
-        connectFail: this.connectFailOf(cluster),
+        connect: this.connectOf(cluster),
       };
       this.children.set(cluster, ch);
     }
@@ -143,9 +152,16 @@ export class HttpStats {
     this.of(cluster).noHealthy.inc();
   }
 
-  /** An attempt could not connect to a host of the cluster (refused, reset or failed TLS before the request went out). */
-  connectFailed(cluster: string): void {
-    this.of(cluster).connectFail.inc();
+  /**
+   * An attempt could not connect to a host of the cluster, counted as the L4 path counts it:
+   * a timeout in cx_connect_timeout, anything else (refused, reset, TLS, identity) in
+   * cx_connect_fail, an identity mismatch also in meshproxy_upstream_identity_rejected_total.
+   */
+  connectFailed(cluster: string, reason: ConnectFailureReason): void {
+    const c = this.of(cluster).connect;
+    if (reason === "timeout") c.cxConnectTimeout.inc();
+    else c.cxConnectFail.inc();
+    if (reason === "identity") c.identityRejected.inc();
   }
 
   /** A request answered 503 UF after attempts on this cluster failed (connect failure, reset). */

@@ -148,7 +148,10 @@ export class Metrics {
    */
   /** Request stats per cluster, made on first use (one registration per registry). */
   get http(): HttpStats {
-    return (this.httpStats ??= new HttpStats(this.registry, (name) => this.cluster(name).cxConnectFail));
+    return (this.httpStats ??= new HttpStats(this.registry, (name) => {
+      const c = this.cluster(name);
+      return { cxConnectFail: c.cxConnectFail, cxConnectTimeout: c.cxConnectTimeout, identityRejected: this.upstreamIdentityRejected.labels(name) };
+    }));
   }
 
   setSource(source: SourceTags): void {

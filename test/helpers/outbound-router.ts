@@ -81,6 +81,8 @@ export function apiRoutes(clusters: ReadonlyMap<string, ClusterRuntime>, action:
 
 export interface OutboundHttp1Listener {
   readonly port: number;
+  /** The sidecar's metrics the router counts in. */
+  readonly metrics: Metrics;
   /** Destroys the listener's connections and stops it accepting. */
   close(): void;
 }
@@ -91,11 +93,16 @@ export async function listenOutboundHttp1(state: OutboundHttpState): Promise<Out
   const obs = { tracing: null, accessLog: new AccessLog("off") };
   const router = new HttpRouter(silentLogger, metrics.http, obs, metrics.outboundRejected);
   const core = new OutboundHttp1({ state: () => state, hcm: () => metrics.filters.httpConnManager(null, "127.0.0.1_0"), upgrade: (_req, socket) => socket.destroy() }, router, obs, silentLogger, metrics.configErrors);
-  const server = createNetServer({ allowHalfOpen: true }, (s) => core.accept(s));
+  // As the upstream listener does: a client's reset is the end of its connection, not a crash.
+  const server = createNetServer({ allowHalfOpen: true }, (s) => {
+    s.on("error", () => s.destroy());
+    core.accept(s);
+  });
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   return {
     port: (server.address() as AddressInfo).port,
+    metrics,
     close: () => {
       core.destroyAll();
       server.close();

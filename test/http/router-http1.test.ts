@@ -11,9 +11,10 @@ import { createSecureServer, type ServerHttp2Stream } from "node:http2";
 import type { AddressInfo } from "node:net";
 import { loadUndici } from "../../src/http/undici.js";
 import { OutboundHttpState } from "../../src/outbound/http-router.js";
-import type { RouteAction } from "../../src/config/http.js";
+import { NO_RETRIES, type RouteAction } from "../../src/config/http.js";
 import { meshTls } from "../helpers/mesh-tls.js";
 import { apiCluster, apiRoutes, listenOutboundHttp1 } from "../helpers/outbound-router.js";
+import type { Metrics } from "../../src/telemetry/metrics.js";
 import { exchange, hasResponses, parseResponses, plainTo } from "../helpers/raw-http.js";
 
 await loadUndici();
@@ -40,24 +41,38 @@ async function peer(service: string, handler: (req: IncomingMessage, res: Server
 
 /** web's upstream listener for api (cluster expecting api's identity) with one route; returns its address. */
 async function listener(peerPort: number, cluster: { maxConnections?: number; http2?: boolean } = {}, action: Partial<RouteAction> = {}): Promise<string> {
+  return (await listenerWithMetrics(peerPort, cluster, action)).addr;
+}
+
+async function listenerWithMetrics(peerPort: number, cluster: { maxConnections?: number; http2?: boolean } = {}, action: Partial<RouteAction> = {}): Promise<{ addr: string; metrics: Metrics }> {
   const api = apiCluster(tls, peerPort, cluster);
   const upstream = await listenOutboundHttp1(new OutboundHttpState("api", apiRoutes(api.clusters, action), api.clusters));
   t.teardown(async () => {
     upstream.close();
     await api.close();
   });
-  return `127.0.0.1:${upstream.port}`;
+  return { addr: `127.0.0.1:${upstream.port}`, metrics: upstream.metrics };
+}
+
+/** The sum of a metric's series in the registry. */
+async function total(metrics: Metrics, name: string): Promise<number> {
+  const m = await metrics.registry.getSingleMetric(name)?.get();
+  return (m?.values ?? []).reduce((n, v) => n + v.value, 0);
 }
 
 t.test("a peer with the wrong identity gets no byte of the request: 503 UF", async (t) => {
   const evil = await peer("evil", (_req, res) => res.end("should not be reached"));
-  const addr = await listener(evil.port);
+  const { addr, metrics } = await listenerWithMetrics(evil.port);
   const x = await exchange(plainTo(addr), "POST /secret HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer s3cret\r\nContent-Length: 4\r\n\r\nbody", { done: hasResponses(1) });
   const r = parseResponses(x.data)[0];
   t.equal(r?.status, 503, "503");
   t.equal(r?.headers["x-meshproxy-response-flags"], "UF", "flagged UF");
   t.match(String(r?.body), /connect-failure/, "a connect failure, as the router describes one");
   t.equal(evil.bytes(), 0, "the impostor received no application byte (head, credentials or body)");
+  // Counted as the L4 path counts a peer with the wrong identity: a failed connect, and why.
+  t.equal(await total(metrics, "envoy_cluster_upstream_cx_connect_fail"), 1, "envoy_cluster_upstream_cx_connect_fail");
+  t.equal(await total(metrics, "meshproxy_upstream_identity_rejected_total"), 1, "meshproxy_upstream_identity_rejected_total");
+  t.equal(await total(metrics, "envoy_cluster_upstream_cx_connect_timeout"), 0, "not a timeout");
 });
 
 t.test("a request waiting for a connection (MaxConnections 1, the one busy) is held to the route timeout: 504 UT", async (t) => {
@@ -127,3 +142,63 @@ t.test("an HTTP/1.1 app calling an HTTP/2 cluster: the attempt goes through undi
   const rs = parseResponses(x.data);
   t.same(rs.map((r) => [r.status, String(r.body)]), [[200, "POST /small 3"], [200, `POST /big ${big.length}`]], "both bodies reached the HTTP/2 peer whole");
 });
+
+// A 503 the route retries is drained, not delivered, and the retry's slot of the budget is taken
+// when its head arrives. A client that leaves while the drain is still going used to leave that
+// slot taken for good: the budget (20 % of active requests, at least 10) shrank by one each time,
+// until no retry was sent at all.
+for (const http2 of [false, true]) {
+  t.test(`a client gone while a retried answer drains gives its retry slot back (${http2 ? "HTTP/2 cluster, undici" : "HTTP/1 core"})`, async (t) => {
+    const l = await leaf("api");
+    let heads = 0;
+    const answer = (write: (status: number) => void): void => {
+      heads++;
+      // A retriable head, then a body that never ends: the router is draining it when the client goes.
+      write(503);
+    };
+    let port: number;
+    if (http2) {
+      const h2 = createSecureServer({ cert: l.certPem, key: l.keyPem });
+      h2.on("stream", (stream: ServerHttp2Stream) => answer((status) => {
+        stream.respond({ ":status": status });
+        stream.write("draining ");
+      }));
+      h2.on("sessionError", () => {});
+      h2.listen(0, "127.0.0.1");
+      await once(h2, "listening");
+      t.teardown(() => h2.close());
+      port = (h2.address() as AddressInfo).port;
+    } else {
+      port = (await peer("api", (_req, res) => answer((status) => {
+        res.writeHead(status, { "content-type": "text/plain" });
+        res.write("draining ");
+      }))).port;
+    }
+    const api = apiCluster(tls, port, { http2 });
+    const upstream = await listenOutboundHttp1(new OutboundHttpState("api", apiRoutes(api.clusters, { retry: { ...NO_RETRIES, numRetries: 1, retryOn: ["5xx"] } }), api.clusters));
+    t.teardown(async () => {
+      upstream.close();
+      await api.close();
+    });
+    const breaker = api.clusters.get("api")!.breaker;
+    const client = await plainTo(`127.0.0.1:${upstream.port}`)();
+    client.on("error", () => {});
+    client.write("GET /flaky HTTP/1.1\r\nHost: api\r\n\r\n");
+    await until(() => heads === 1 && breaker.state.activeRetries === 1, "the router to take a retry slot on the 503's head");
+    // A reset, not a FIN: after a FIN the client may still be reading (a half-close), and the
+    // request goes on as node:http's would.
+    client.resetAndDestroy();
+    await until(() => breaker.state.activeRetries === 0, "the slot to be given back once the client is gone");
+    t.equal(breaker.state.activeRetries, 0, "no retry slot held after the request ended");
+    t.equal(heads, 1, "no retry sent for a client that is gone");
+  });
+}
+
+/** Polls `ok` every 5 ms (the breaker's state has no event) for up to 5 s. */
+async function until(ok: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 1000; i++) {
+    if (ok()) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}

@@ -144,6 +144,31 @@ t.test("a stale keep-alive connection closed by the app is retried once on a new
   t.equal(app.connections, 2);
 });
 
+t.test("a request sent again on a fresh connection: the caller's abort reaches that connection", async (t) => {
+  // Request 2 finds the reused connection closed and goes again on a new one, where the app
+  // holds it unanswered. The handle the caller got must now abort that second connection, or it
+  // stays open (and its answer flows to a request that is gone) for as long as the app likes.
+  let n = 0;
+  const held: Socket[] = [];
+  const app = await rawApp(t, (_head, s) => {
+    n++;
+    if (n === 1) return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    if (n === 2) s.destroy();
+    else held.push(s);
+    return null;
+  });
+  const p = pool(t, app.port);
+  t.equal((await send(p, "GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")).status, 200);
+  let events = 0;
+  const req = p.request("GET /2 HTTP/1.1\r\nhost: x\r\n\r\n", false, false, false, 0, { head: () => events++, body: () => events++, end: () => events++, error: () => events++ });
+  while (held.length === 0) await new Promise((r) => setTimeout(r, 5));
+  const closed = once(held[0]!, "close");
+  req.abort();
+  await closed;
+  t.equal(app.connections, 2, "the request went again on a second connection, which the abort closed");
+  t.equal(events, 0, "the aborted request heard nothing");
+});
+
 t.test("the response timeout runs from the last body byte, not from the head", async (t) => {
   const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
   const p = pool(t, app.port);
