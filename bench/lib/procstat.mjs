@@ -135,29 +135,36 @@ export async function tcpSocketStates() {
   return states;
 }
 
-/**
- * pid's open descriptors, and how many of them are not a live TCP connection (a socket in CLOSE_WAIT
- * or CLOSE, a file, a pipe, a listener): the count that grows when a proxy leaks descriptors,
- * however many connections its traffic holds open or its pools share. Null if pid is gone.
- */
-export async function descriptorCounts(pid, states) {
+/** pid's open descriptors and the socket inodes among them, or null if pid is gone. */
+export async function descriptors(pid) {
   let names;
   try {
     names = await readdir(`/proc/${pid}/fd`);
   } catch {
     return null;
   }
-  let live = 0;
+  const sockets = [];
   await Promise.all(
     names.map(async (n) => {
       try {
-        const target = await readlink(`/proc/${pid}/fd/${n}`);
-        const m = /^socket:\[(\d+)\]$/.exec(target);
-        if (m && LIVE_TCP_STATES.has(states.get(m[1]))) live++;
+        const m = /^socket:\[(\d+)\]$/.exec(await readlink(`/proc/${pid}/fd/${n}`));
+        if (m) sockets.push(m[1]);
       } catch {
         /* closed meanwhile */
       }
     }),
   );
-  return { fds: names.length, notConnections: names.length - live };
+  return { fds: names.length, sockets };
+}
+
+/**
+ * How many of `d`'s descriptors (from descriptors()) are not a live TCP connection (a socket in
+ * CLOSE_WAIT or CLOSE, a file, a pipe, a listener): the count that grows when a proxy leaks
+ * descriptors, however many connections its traffic holds open or its pools share. `states` is
+ * read after the descriptors, so a connection opened in between is in it.
+ */
+export function notConnections(d, states) {
+  let live = 0;
+  for (const inode of d.sockets) if (LIVE_TCP_STATES.has(states.get(inode))) live++;
+  return d.fds - live;
 }

@@ -20,7 +20,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { request } from "node:http";
 import { randomUUID } from "node:crypto";
 import { Procs } from "../lib/procs.mjs";
-import { memory, tcpSocketStates, descriptorCounts } from "../lib/procstat.mjs";
+import { memory, tcpSocketStates, descriptors, notConnections } from "../lib/procstat.mjs";
 import { startSidecar, startGateway, configWrite } from "../lib/meshproxy.mjs";
 import { buildSchedule, renderSchedule, KINDS } from "./schedule.mjs";
 import { classify, wronglyAllowed, leakCheck, LEAK_BOUNDS, LEAK_WINDOWS } from "./check.mjs";
@@ -271,24 +271,26 @@ async function scrape(adminAddr) {
   return vals;
 }
 async function sampleOnce() {
+  const running = [...sidecars].filter(([, s]) => s.handle?.running);
+  // Every sidecar's descriptors first, then the host's TCP states, so no socket is newer than them.
+  const fds = await Promise.all(running.map(([, s]) => descriptors(s.handle.pid)));
   const tcp = await tcpSocketStates();
   await Promise.all(
-    [...sidecars].map(async ([name, s]) => {
+    running.map(async ([name, s], i) => {
       const h = s.handle;
-      if (!h?.running) return;
       const mem = memory(h.pid);
-      const d = await descriptorCounts(h.pid, tcp);
+      const d = fds[i];
       const m = await scrape(s.info.adminAddr);
       samples.push({
         t: Date.now(),
         name,
         pid: h.pid,
         rssMb: mem?.rssKb != null ? mem.rssKb / 1024 : null,
-        fds: d?.fds ?? null,
+        fds: d ? d.fds : null,
         // Descriptors that are not a live TCP connection: instances gain and lose connections as
         // others die and drain, and an HTTP pool shares few upstream connections among many
         // downstream ones, so counting connections from the metrics cannot say what a leak is.
-        fdsNet: d?.notConnections ?? null,
+        fdsNet: d ? notConnections(d, tcp) : null,
         heapMb: m.nodejs_heap_size_used_bytes != null ? m.nodejs_heap_size_used_bytes / 2 ** 20 : null,
         lagMs: m.nodejs_eventloop_lag_p99_seconds != null ? m.nodejs_eventloop_lag_p99_seconds * 1000 : null,
       });
