@@ -1,10 +1,10 @@
 // Retry decisions with Envoy's semantics (shared/reference/data-plane-anchors.md §3).
 import type { RetryPolicy } from "../config/http.js";
 
-/** How one attempt ended, as far as retrying is concerned. */
 /** Why a connection could not be made: refused or reset, too slow, or the peer is not who it should be. */
 export type ConnectFailureReason = "connect" | "timeout" | "identity";
 
+/** How one attempt ended, as far as retrying is concerned. */
 export type AttemptOutcome =
   | { readonly kind: "response"; readonly status: number }
   /** TCP or TLS never came up: no request byte left. */

@@ -464,10 +464,7 @@ export class Service {
           wanted: () => this.closing === null,
           attemptFailed: (cluster, host, err) => {
             // As a sidecar's upstream listener counts them (envoy_cluster_upstream_cx_connect_*).
-            const stats = this.metrics.cluster(cluster.name);
-            if (err.kind === "timeout") stats.cxConnectTimeout.inc();
-            else stats.cxConnectFail.inc();
-            if (err.kind === "identity") this.metrics.upstreamIdentityRejected.labels(cluster.name).inc();
+            this.metrics.connectFailed(cluster.name, err.kind);
             this.log.debug("connect attempt failed", { upstream: service, host: host.key, error: err.message });
           },
         },

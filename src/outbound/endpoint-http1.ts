@@ -139,7 +139,6 @@ class Http1Attempt implements ResponseEvents {
   }
 
   head(status: number, _text: string, raw: string[]): void {
-    if (this.done) return;
     this.status = status;
     this.cluster.reportResult(this.host, { status });
     if (this.sent > 0) this.cluster.observeLatency(this.host, performance.now() - this.sent);
@@ -147,7 +146,6 @@ class Http1Attempt implements ResponseEvents {
   }
 
   body(chunk: Buffer): void {
-    if (this.done) return;
     // Not delivered: the answer is read to its end (the connection stays usable) and dropped; a retry comes next.
     if (!this.delivering || this.res.write(chunk)) return;
     const up = this.up;
@@ -157,7 +155,6 @@ class Http1Attempt implements ResponseEvents {
   }
 
   end(): void {
-    if (this.done) return;
     if (this.delivering) this.res.end();
     this.finish({ outcome: { kind: "response", status: this.status }, delivered: this.delivering });
   }

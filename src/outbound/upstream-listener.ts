@@ -8,7 +8,7 @@ import type { UpstreamListener as UpstreamListenerConfig } from "../config/snaps
 import type { CompiledCluster } from "../compile/cluster.js";
 import type { CompiledUpstream } from "../compile/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
-import type { SessionCache, UpstreamTlsError } from "../tls/origin.js";
+import type { SessionCache } from "../tls/origin.js";
 import type { ClusterRuntime } from "../cluster/runtime.js";
 import { openStream, type OpenStream, type StreamFailure } from "./concrete.js";
 import { listenOn } from "../tcp/listen.js";
@@ -242,7 +242,7 @@ export class UpstreamListener {
         connectTimeoutMs: state.config.connectTimeoutMs,
         onread: reads.onread,
         wanted: () => this.pending.has(down),
-        attemptFailed: (cluster, _host, err) => this.attemptFailed(state, cluster, err),
+        attemptFailed: (cluster, _host, err) => this.metrics.connectFailed(cluster.name, err.kind),
       },
       (result) => {
         this.pending.delete(down);
@@ -254,13 +254,6 @@ export class UpstreamListener {
 
   private statsOf(state: OutboundState, cluster: ClusterRuntime): ClusterStats {
     return cluster.name === state.cluster.name ? state.clusterStats : this.metrics.cluster(cluster.name);
-  }
-
-  private attemptFailed(state: OutboundState, cluster: ClusterRuntime, err: UpstreamTlsError): void {
-    const stats = this.statsOf(state, cluster);
-    if (err.kind === "timeout") stats.cxConnectTimeout.inc();
-    else stats.cxConnectFail.inc();
-    if (err.kind === "identity") this.metrics.upstreamIdentityRejected.labels(cluster.name).inc();
   }
 
   /** No upstream for this connection: counted, logged, and the app's connection closed. */

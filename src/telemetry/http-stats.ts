@@ -23,15 +23,6 @@ interface ClusterChildren {
   overflow: CountReading;
   retryOverflow: CountSlot;
   noHealthy: CountReading;
-  connect: ClusterConnectStats;
-}
-
-/** The connection series of a cluster (telemetry/metrics.ts), which an HTTP attempt's failed connect counts in too. */
-export interface ClusterConnectStats {
-  readonly cxConnectFail: CountSlot;
-  readonly cxConnectTimeout: CountSlot;
-  /** meshproxy_upstream_identity_rejected_total of the cluster. */
-  readonly identityRejected: CountSlot;
 }
 
 /**
@@ -63,12 +54,13 @@ export class HttpStats {
   private readonly children = new Map<string, ClusterChildren>();
 
   /**
-   * `connectOf` gives the cluster's connection series, registered with the listeners': a pooled
-   * HTTP connection that cannot be made counts there as an L4 one does.
+   * `connectFailed` counts a failed connect in the cluster's connection series (Metrics.connectFailed),
+   * registered with the listeners': a pooled HTTP connection that cannot be made counts there as an
+   * L4 one does.
    */
   constructor(
     registry: Registry,
-    private readonly connectOf: (cluster: string) => ClusterConnectStats,
+    readonly connectFailed: (cluster: string, reason: ConnectFailureReason) => void,
   ) {
     const c = CLUSTER_LABELS;
     this.rqTotal = new BatchedCounter({ name: "envoy_cluster_upstream_rq_total", help: "Upstream requests (final responses)", labelNames: c, registry });
@@ -99,7 +91,6 @@ export class HttpStats {
         overflow: this.rqOverflow.labels(...v),
         retryOverflow: this.rqRetryOverflow.labels(...v),
         noHealthy: this.rqNoHealthy.labels(...v),
-        connect: this.connectOf(cluster),
       };
       this.children.set(cluster, ch);
     }
@@ -150,18 +141,6 @@ export class HttpStats {
 
   noHealthy(cluster: string): void {
     this.of(cluster).noHealthy.inc();
-  }
-
-  /**
-   * An attempt could not connect to a host of the cluster, counted as the L4 path counts it:
-   * a timeout in cx_connect_timeout, anything else (refused, reset, TLS, identity) in
-   * cx_connect_fail, an identity mismatch also in meshproxy_upstream_identity_rejected_total.
-   */
-  connectFailed(cluster: string, reason: ConnectFailureReason): void {
-    const c = this.of(cluster).connect;
-    if (reason === "timeout") c.cxConnectTimeout.inc();
-    else c.cxConnectFail.inc();
-    if (reason === "identity") c.identityRejected.inc();
   }
 
   /** A request answered 503 UF after attempts on this cluster failed (connect failure, reset). */

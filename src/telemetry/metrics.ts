@@ -6,6 +6,7 @@ import { BatchedCounter, BatchedGauge, BatchedHistogram, type CountSlot, type Le
 import { ENVOY_BUCKETS_MS, HttpStats } from "./http-stats.js";
 import { CLUSTER_LABELS, clusterLabelValues, sourceLabels, type SourceTags } from "./consul-tags.js";
 import { FilterStats } from "./filter-stats.js";
+import type { ConnectFailureReason } from "../http/retry.js";
 
 export type InboundRejection =
   | "no_client_cert"
@@ -148,10 +149,20 @@ export class Metrics {
    */
   /** Request stats per cluster, made on first use (one registration per registry). */
   get http(): HttpStats {
-    return (this.httpStats ??= new HttpStats(this.registry, (name) => {
-      const c = this.cluster(name);
-      return { cxConnectFail: c.cxConnectFail, cxConnectTimeout: c.cxConnectTimeout, identityRejected: this.upstreamIdentityRejected.labels(name) };
-    }));
+    return (this.httpStats ??= new HttpStats(this.registry, (cluster, reason) => this.connectFailed(cluster, reason)));
+  }
+
+  /**
+   * One attempt to connect to a host of `cluster` failed (an L4 stream's, a pooled HTTP
+   * connection's, the native library's dial), counted as Envoy counts it: a timeout in
+   * cx_connect_timeout, anything else (refused, reset, TLS) in cx_connect_fail, and a peer with the
+   * wrong identity also in meshproxy_upstream_identity_rejected_total.
+   */
+  connectFailed(cluster: string, reason: ConnectFailureReason): void {
+    const stats = this.cluster(cluster);
+    if (reason === "timeout") stats.cxConnectTimeout.inc();
+    else stats.cxConnectFail.inc();
+    if (reason === "identity") this.upstreamIdentityRejected.labels(cluster).inc();
   }
 
   setSource(source: SourceTags): void {

@@ -6,10 +6,8 @@ import { Registry } from "prom-client";
 import { HttpStats } from "../../src/telemetry/http-stats.js";
 import { bucketQuantile, TrafficWindow } from "../../src/telemetry/traffic-window.js";
 
-const NONE = { inc: (): void => {} };
-
 function fixture() {
-  const stats = new HttpStats(new Registry(), () => ({ cxConnectFail: NONE, cxConnectTimeout: NONE, identityRejected: NONE }));
+  const stats = new HttpStats(new Registry(), () => {});
   let now = 0;
   const window = new TrafficWindow(stats, 10_000, () => now);
   return { stats, window, at: (ms: number) => (now = ms) };

@@ -51,15 +51,6 @@ function threadGroupOf(id: number): number | null {
   return m ? Number(m[1]) : null;
 }
 
-const hasProc = (() => {
-  try {
-    readFileSync("/proc/self/stat");
-    return true;
-  } catch {
-    return false;
-  }
-})();
-
 function procStatOf(path: string): ProcStat | null {
   let text: string;
   try {
@@ -70,10 +61,12 @@ function procStatOf(path: string): ProcStat | null {
   return parseStat(text);
 }
 
+const selfStat = procStatOf("/proc/self/stat");
+const hasProc = selfStat !== null;
+
 /** This process's start time as recorded in a registration, or undefined where /proc is absent. */
 export function ownStartTime(): number | undefined {
-  if (!hasProc) return undefined;
-  return procStatOf("/proc/self/stat")?.startTime;
+  return selfStat?.startTime;
 }
 
 /** This process's pid namespace (`pid:[4026531836]`), or undefined where /proc cannot say. */
@@ -122,10 +115,15 @@ export function processAlive(ref: ProcessRef): boolean {
   }
 }
 
+const thisProcess: ProcessRef = {
+  pid: process.pid,
+  ...(selfStat !== null ? { startTime: selfStat.startTime } : {}),
+  ...(ownNamespace !== undefined ? { pidNamespace: ownNamespace } : {}),
+};
+
 /** This process as a registration records it: its pid, start time and pid namespace where known. */
 export function ownProcess(): ProcessRef {
-  const startTime = ownStartTime();
-  return { pid: process.pid, ...(startTime !== undefined ? { startTime } : {}), ...(ownNamespace !== undefined ? { pidNamespace: ownNamespace } : {}) };
+  return thisProcess;
 }
 
 /**
