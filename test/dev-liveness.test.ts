@@ -12,6 +12,8 @@ import { DevControlPlane } from "../src/controlplane/dev/dev.js";
 import { openStateDir, parseCatalogEntry, registerInstance } from "../src/controlplane/dev/state.js";
 import { ownPidNamespace, ownStartTime, processAlive } from "../src/controlplane/dev/process-identity.js";
 import { listSidecars, sidecarsDir } from "../src/controlplane/dev/sidecars.js";
+import { STALE_MS, withLock } from "../src/controlplane/dev/lock.js";
+import { hostname } from "node:os";
 import type { Snapshot } from "../src/config/snapshot.js";
 import { createLogger } from "../src/telemetry/log.js";
 import { tempDir } from "./helpers/mesh.js";
@@ -134,4 +136,44 @@ t.test("a sidecar record whose pid is now another process is reported stale and 
   t.same(sidecars.map((s) => s.id), ["live"]);
   t.equal(problems.length, 2);
   t.match(problems.join("\n"), /reused\.json: stale \(process \d+ is gone or is another process now\)/);
+});
+
+t.test("a catalog entry whose process fields do not parse is not an instance: skipped and reported, never healthy", async (t) => {
+  // Someone (or a bug) writes an entry that names a live process badly: it must not turn into a
+  // healthy endpoint, nor hide the good one beside it.
+  const dir = await tempDir(t);
+  await openStateDir(dir);
+  const base = { service: "db", address: "127.0.0.1", protocol: "tcp", meta: {}, pid: process.pid };
+  await registerInstance(dir, { ...base, protocol: "tcp" as const, id: "db-live", port: 1001, startTime: ownStart });
+  const catalog = join(dir, "catalog");
+  await writeFile(join(catalog, "db-ns.json"), JSON.stringify({ ...base, id: "db-ns", port: 1002, pidNamespace: "../../proc/1/ns/pid" }));
+  await writeFile(join(catalog, "db-start.json"), JSON.stringify({ ...base, id: "db-start", port: 1003, startTime: "when it started" }));
+  await writeFile(join(catalog, "db-neg.json"), JSON.stringify({ ...base, id: "db-neg", port: 1004, startTime: -5 }));
+  const errors: string[] = [];
+  const logger = createLogger({ level: "error", json: true, write: () => {} });
+  const cp = new DevControlPlane({ dataDir: dir, request: { service: "web", upstreams: [{ name: "db", bind: { host: "127.0.0.1", port: 0 } }] }, logger, datacenter: "dc1", pollMs: 60_000 });
+  let snapshot: Snapshot | null = null;
+  await cp.start({ snapshot: (s) => (snapshot = snapshot ?? s), error: (e) => void errors.push(e.message) });
+  await cp.stop();
+  if (snapshot === null) throw new Error("no snapshot");
+  const s: Snapshot = snapshot;
+  const endpoints = Object.values(s.clusters).flatMap((c) => c.endpoints);
+  t.same(endpoints.map((e) => [e.id, e.healthy]), [["db-live", true]], "only the entry that parses is an instance");
+  const all = errors.join("\n");
+  t.match(all, /db-ns\.json: pidNamespace must look like/, "the bad namespace is reported with its file");
+  t.match(all, /db-start\.json: startTime must be a whole number/, "the bad start time too");
+  t.match(all, /db-neg\.json: startTime must be a whole number/, "and a negative one");
+});
+
+t.test("an intention lock whose holder names a thread id or a reused pid is broken at once, not after the stale age", async (t) => {
+  const dir = await tempDir(t);
+  const file = join(dir, "intentions.json");
+  for (const holder of [{ pid: threadId() }, { pid: process.pid, startTime: ownStart + 3 }]) {
+    await writeFile(`${file}.lock`, JSON.stringify({ ...holder, host: hostname(), token: "someone-else" }));
+    const started = Date.now();
+    const got = await withLock(file, async () => "edited");
+    const took = Date.now() - started;
+    t.equal(got, "edited", `the edit ran (holder ${JSON.stringify(holder)})`);
+    t.ok(took < STALE_MS / 2, `without waiting out the ${STALE_MS} ms stale age (${took} ms)`);
+  }
 });
