@@ -6,6 +6,7 @@
 import { connect, type Socket } from "node:net";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { lowerName } from "./fields.js";
+import { connectDeadline } from "../tcp/connect-deadline.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
@@ -113,12 +114,13 @@ class OriginConnection implements MessageEvents, OriginRequest {
       this.socket = o.dial((err) => (err ? this.failed(err) : this.up()));
     } else {
       this.socket = connect({ host: o.host, port: o.port, noDelay: true });
-      const timer = setTimeout(() => this.socket.destroy(new ConnectTimeoutError(`${o.host}:${o.port}`, o.connectTimeoutMs)), o.connectTimeoutMs);
-      this.socket.once("connect", () => {
-        clearTimeout(timer);
+      const socket = this.socket;
+      const cancel = connectDeadline(o.connectTimeoutMs, () => socket.connecting, () => socket.destroy(new ConnectTimeoutError(`${o.host}:${o.port}`, o.connectTimeoutMs)));
+      socket.once("connect", () => {
+        cancel();
         this.up();
       });
-      this.socket.once("close", () => clearTimeout(timer));
+      socket.once("close", cancel);
     }
     // With a dialler, how connecting failed is the dialler's to say (a ConnectFailure, which the
     // router retries as one); the socket's own events count once the connection is up.

@@ -13,6 +13,7 @@ import { InboundHttp } from "./http-inbound.js";
 import { verifyClient } from "../identity/peer.js";
 import { listenOn } from "../tcp/listen.js";
 import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
+import { connectDeadline } from "../tcp/connect-deadline.js";
 import { envoyListenerAddress, type ClusterStats, type InboundRejection, type ListenerStats, type Metrics } from "../telemetry/metrics.js";
 import type { HttpConnManagerStats, TcpProxyStats } from "../telemetry/filter-stats.js";
 import { LOCAL_APP_CLUSTER } from "../telemetry/consul-tags.js";
@@ -238,9 +239,9 @@ export class PublicListener {
     this.pending.add(s);
     const reads = DirectReads.intoTls(s);
     const app = netConnect({ host: localApp.host, port: localApp.port, allowHalfOpen: true, noDelay: true, onread: reads.onread });
-    const timer = setTimeout(() => app.destroy(new Error(`connect timeout after ${localConnectTimeoutMs} ms`)), localConnectTimeoutMs);
+    const cancelDeadline = connectDeadline(localConnectTimeoutMs, () => app.connecting, () => app.destroy(new Error(`connect timeout after ${localConnectTimeoutMs} ms`)));
     const fail = (e: Error) => {
-      clearTimeout(timer);
+      cancelDeadline();
       if (e.message.startsWith("connect timeout")) appStats.cxConnectTimeout.inc();
       else appStats.cxConnectFail.inc();
       this.pending.delete(s);
@@ -249,12 +250,12 @@ export class PublicListener {
     app.once("error", fail);
     s.once("close", () => {
       if (this.pending.delete(s)) {
-        clearTimeout(timer);
+        cancelDeadline();
         app.destroy();
       }
     });
     app.once("connect", () => {
-      clearTimeout(timer);
+      cancelDeadline();
       app.off("error", fail);
       if (!this.pending.delete(s)) return; // the client went away while we dialled
       const started = Date.now();

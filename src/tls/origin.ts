@@ -5,6 +5,7 @@ import { connect as tlsConnect, type ConnectionOptions, type PeerCertificate, ty
 import { connect as netConnect, type OnReadOpts, type Socket } from "node:net";
 import { checkServerIdentity } from "../identity/peer.js";
 import type { TlsMaterial } from "./contexts.js";
+import { connectDeadline } from "../tcp/connect-deadline.js";
 
 declare module "node:tls" {
   interface TLSSocket {
@@ -108,7 +109,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   const settle = (err: UpstreamTlsError | null) => {
     if (settled) return;
     settled = true;
-    clearTimeout(timer);
+    cancelDeadline();
     socket.off("error", onError);
     if (err) {
       sessions.delete(key);
@@ -117,7 +118,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
     }
     done(err, socket);
   };
-  const timer = setTimeout(() => settle(new UpstreamTlsError("timeout", `connect to ${target.host}:${target.port} timed out after ${target.timeoutMs} ms`)), target.timeoutMs);
+  const cancelDeadline = connectDeadline(target.timeoutMs, () => !settled, () => settle(new UpstreamTlsError("timeout", `connect to ${target.host}:${target.port} timed out after ${target.timeoutMs} ms`)));
   const onError = (e: Error) => {
     if (identityError) settle(new UpstreamTlsError("identity", `${target.host}:${target.port}: ${identityError.message}`));
     else settle(new UpstreamTlsError("connect", `${target.host}:${target.port}: ${e.message}`));

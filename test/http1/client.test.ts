@@ -100,6 +100,17 @@ t.test("1xx heads are dropped, the final answer is delivered; the connection is 
   t.equal(app.connections, 1, "one keep-alive connection for both");
 });
 
+t.test("a stall of the event loop longer than the connect timeout does not fail a connect made during it", async (t) => {
+  const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  const p = new OriginPool({ host: "127.0.0.1", port: app.port, connectTimeoutMs: 20, keepAliveTimeoutMs: 30_000 });
+  t.teardown(() => p.close());
+  const answer = send(p, "GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+  const until = performance.now() + 200;
+  while (performance.now() < until); // the kernel completes the loopback connect meanwhile
+  const got = await answer;
+  t.same([got.status, got.body, got.error], [200, "ok", undefined]);
+});
+
 t.test("HEAD, 204 and 304 have no body even when a length is announced", async (t) => {
   const app = await rawApp(t, (head) => {
     if (head.startsWith("HEAD")) return "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n";
