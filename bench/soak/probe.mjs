@@ -9,6 +9,13 @@
 //
 //   node bench/soak/probe.mjs --ttl 12s --minutes 6 --rate 200 --out /tmp/probe.json
 //   node bench/soak/probe.mjs --ttl 1h --minutes 6 --blowups 3 --blowup-conns 1000 --env MALLOC_ARENA_MAX=2
+//
+// --blowup-hold S holds the hung requests S seconds (default 15); --app-timeout-ms N sets api's
+// LocalRequestTimeoutMs, so the api sidecar answers 504 and drops the app connection after N ms,
+// as in the soak's `hang` fault.
+// --trim asks glibc, through gdb, to hand back every free page (malloc_trim(0)) in each sidecar
+// 20 s after each event and at the end, and records RSS before and after: memory a trim returns
+// was free and kept by the allocator; memory it does not return is in use (a leak if it grows).
 import { mkdtemp, writeFile, rm, readdir } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, dirname } from "node:path";
@@ -16,6 +23,7 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { request, Agent } from "node:http";
 import { connect } from "node:net";
 import { parseArgs } from "node:util";
+import { execFile } from "node:child_process";
 import { Procs } from "../lib/procs.mjs";
 import { memory } from "../lib/procstat.mjs";
 import { startSidecar, configWrite } from "../lib/meshproxy.mjs";
@@ -31,6 +39,9 @@ const { values: o } = parseArgs({
     "blowup-conns": { type: "string", default: "1000" },
     bursts: { type: "string", default: "0" },
     "burst-conns": { type: "string", default: "3000" },
+    trim: { type: "boolean", default: false },
+    "blowup-hold": { type: "string", default: "15" },
+    "app-timeout-ms": { type: "string" },
     env: { type: "string", multiple: true, default: [] },
     "node-arg": { type: "string", multiple: true, default: [] },
     out: { type: "string", default: join(tmpdir(), "meshproxy-probe.json") },
@@ -54,7 +65,7 @@ const dataDir = await mkdtemp(join(tmpdir(), "meshproxy-probe-"));
   const caConfig = join(dataDir, "ca", "config.json");
   await writeFile(caConfig, JSON.stringify({ trust_domain: config.trustDomain, datacenter: config.datacenter, leaf_cert_ttl: o.ttl }) + "\n", { mode: 0o644 });
 }
-await configWrite(procs, { root: ROOT, dataDir, file: join(dataDir, "entry.json"), entry: { Kind: "service-defaults", Name: "api", Protocol: "http" } });
+await configWrite(procs, { root: ROOT, dataDir, file: join(dataDir, "entry.json"), entry: { Kind: "service-defaults", Name: "api", Protocol: "http", ...(o["app-timeout-ms"] ? { LocalRequestTimeoutMs: Number(o["app-timeout-ms"]) } : {}) } });
 
 const apps = procs.spawn("apps", process.execPath, [join(HERE, "apps.mjs"), JSON.stringify({ http: ["api"], tcp: ["echo"] })], { role: "app" });
 const appInfo = JSON.parse((await apps.waitForLine((e) => e.stream === "stdout" && e.line.startsWith("{"))).line);
@@ -145,7 +156,7 @@ async function blowup(i) {
   await setMode("hang");
   const many = new Agent({ keepAlive: true, maxSockets: n });
   const all = Array.from({ length: n }, () => get(`${apiHost}:${apiPort}`, "/", many).catch(() => null));
-  await sleep(15_000);
+  await sleep(Number(o["blowup-hold"]) * 1000);
   await setMode("ok");
   await Promise.all(all);
   many.destroy();
@@ -166,14 +177,34 @@ async function burst(i) {
   phases.push({ t: Date.now(), what: `burst ${i} closed` });
 }
 
+const trims = [];
+function gdbTrim(pid) {
+  return new Promise((resolve) => execFile("gdb", ["-p", String(pid), "-batch", "-ex", "call (int)malloc_trim(0)"], { timeout: 60_000 }, () => resolve()));
+}
+async function trim(label) {
+  if (!o.trim) return;
+  for (const [name, s] of sidecars) {
+    const before = memory(s.handle.pid);
+    await gdbTrim(s.handle.pid);
+    const after = memory(s.handle.pid);
+    if (!before || !after) continue;
+    const row = { t: Date.now(), label, name, rssBeforeMb: before.rssKb / 1024, rssAfterMb: after.rssKb / 1024 };
+    trims.push(row);
+    log(`${label}: ${name} RSS ${row.rssBeforeMb.toFixed(1)} MB, after malloc_trim(0) ${row.rssAfterMb.toFixed(1)} MB`);
+  }
+}
+
 // Events spread evenly after a 60 s warm-up, leaving the last fifth quiet.
 const events = [...Array.from({ length: Number(o.blowups) }, (_, i) => () => blowup(i + 1)), ...Array.from({ length: Number(o.bursts) }, (_, i) => () => burst(i + 1))];
 const gap = events.length ? (durationMs * 0.8 - 60_000) / events.length : 0;
 await sleep(60_000);
 phases.push({ t: Date.now(), what: "warm" });
-for (const ev of events) {
+await trim("warm");
+for (const [i, ev] of events.entries()) {
   const at = Date.now();
   await ev();
+  await sleep(20_000);
+  await trim(`after event ${i + 1}`);
   await sleep(Math.max(0, gap - (Date.now() - at)));
 }
 await sleep(Math.max(0, durationMs - (Date.now() - T0)));
@@ -181,10 +212,11 @@ clearInterval(loadTimer);
 clearInterval(tlsTimer);
 clearInterval(sampler);
 await sample();
+await trim("end");
 keepAlive.destroy();
 
 // ---- summary: RSS and heap per sidecar at the minute marks, growth per renewal over the quiet tail ----
-const out = { params: o, counts, renewals: Object.fromEntries(renewals), phases, samples };
+const out = { params: o, counts, renewals: Object.fromEntries(renewals), phases, samples, trims };
 await writeFile(o.out, JSON.stringify(out, null, 1));
 console.log(`requests ok ${counts.ok} failed ${counts.failed}; new TLS connections ${counts.tlsConns} (failed ${counts.tlsFailed}); renewals ${JSON.stringify(out.renewals)}`);
 for (const name of sidecars.keys()) {

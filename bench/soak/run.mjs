@@ -472,7 +472,7 @@ else {
 md.push("## Wrongly allowed", "", allowed.length ? allowed.slice(0, 30).map((r) => `- intruder request ${r.id} at t+${((r.start - T0) / 1000).toFixed(2)} s served by ${r.instance}`).join("\n") : "None.", "");
 md.push("## Unexpected exits", "", unexpectedExits.length ? unexpectedExits.map((x) => `- ${x.name} pid ${x.pid}: code ${x.code} signal ${x.signal}\n\n\`\`\`\n${x.stderr.slice(-1500)}\n\`\`\``).join("\n") : "None.", "");
 md.push("## Resources per sidecar", "", "![resources](resources.svg)", "");
-md.push("| sidecar | RSS MB min / max / last | fds min / max / last | heap MB min / max / last | event-loop lag p99 max (ms) | second-half growth: RSS MB, heap MB, fds beyond 2 per connection (limit) | verdict |", "|---|---|---|---|---|---|---|");
+md.push("| sidecar | RSS MB min / max / last | fds min / max / last | heap MB min / max / last | event-loop lag p99 max (ms) | second-half growth: RSS MB, heap MB, descriptors not on a live TCP connection (limit) | verdict |", "|---|---|---|---|---|---|---|");
 for (const name of sidecars.keys()) {
   const r = stat(name, "rssMb");
   const f = stat(name, "fds");
