@@ -9,6 +9,7 @@ import type { Socket } from "node:net";
 import type { ClusterRuntime } from "../cluster/runtime.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { checkServerIdentity } from "../identity/peer.js";
+import { connectDeadline } from "../tcp/connect-deadline.js";
 import type { ResolvedUpstream } from "./dispatcher.js";
 import type {
   GrpcChannelCredentials,
@@ -163,15 +164,17 @@ function connectMtls(host: GrpcClientHost, service: string, socket: Socket): Pro
       ALPNProtocols: ["h2"],
       checkServerIdentity: (_host: string, cert: PeerCertificate) => (identityError = checkServerIdentity(cert.subjectaltname, expectedSpiffeId)),
     });
-    const timer = setTimeout(() => fail(new Error(`mTLS handshake with ${where} timed out after ${connectTimeoutMs} ms`)), connectTimeoutMs);
+    let secure = false;
+    const cancelDeadline = connectDeadline(connectTimeoutMs, () => !secure, () => fail(new Error(`mTLS handshake with ${where} timed out after ${connectTimeoutMs} ms`)));
     const fail = (e: Error): void => {
-      clearTimeout(timer);
+      cancelDeadline();
       tls.destroy();
       reject(new Error(`${where} (${service}): ${identityError ? identityError.message : e.message}`));
     };
     tls.once("error", fail);
     tls.once("secureConnect", () => {
-      clearTimeout(timer);
+      secure = true;
+      cancelDeadline();
       tls.off("error", fail);
       resolve({ socket: tls, secure: true });
     });

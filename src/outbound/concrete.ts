@@ -12,6 +12,7 @@ import { originate, UpstreamTlsError, type SessionCache } from "../tls/origin.js
 import type { TlsMaterial } from "../tls/contexts.js";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import type { PickContext } from "../cluster/balancer.js";
+import { connectDeadline } from "../tcp/connect-deadline.js";
 
 /**
  * The primary cluster while it has hosts not in `tried`, then its failover clusters in order.
@@ -117,7 +118,7 @@ const dialPlain: Dial<PipeRequest, Socket> = (r, _cluster, host, timeoutMs, done
   const { host: address, port } = host.endpoint;
   const socket = netConnect({ host: address, port, allowHalfOpen: true, noDelay: true, ...(r.onread ? { onread: r.onread } : {}) });
   const settle = (err: UpstreamTlsError | null): void => {
-    clearTimeout(timer);
+    cancelDeadline();
     socket.off("error", onError);
     socket.off("connect", onConnect);
     if (err) socket.destroy();
@@ -125,7 +126,7 @@ const dialPlain: Dial<PipeRequest, Socket> = (r, _cluster, host, timeoutMs, done
   };
   const onError = (e: Error): void => settle(new UpstreamTlsError("connect", `${address}:${port}: ${e.message}`));
   const onConnect = (): void => settle(null);
-  const timer = setTimeout(() => settle(new UpstreamTlsError("timeout", `connect to ${address}:${port} timed out after ${timeoutMs} ms`)), timeoutMs);
+  const cancelDeadline = connectDeadline(timeoutMs, () => socket.connecting, () => settle(new UpstreamTlsError("timeout", `connect to ${address}:${port} timed out after ${timeoutMs} ms`)));
   socket.once("error", onError);
   socket.once("connect", onConnect);
 };
