@@ -4,7 +4,8 @@
 import t from "tap";
 import { createServer, createSecureContext, type TLSSocket } from "node:tls";
 import { randomBytes } from "node:crypto";
-import type { AddressInfo } from "node:net";
+import { createServer as createNetServer, type AddressInfo, type Socket } from "node:net";
+import { once } from "node:events";
 import { createRootCa, issueLeaf } from "../../src/index.js";
 import { originate, SessionCache, type OriginTarget } from "../../src/tls/origin.js";
 import type { TlsMaterial } from "../../src/tls/contexts.js";
@@ -63,4 +64,49 @@ t.test("upstream connections resume, on both dialling paths, and recover from re
   server.setTicketKeys(randomBytes(48));
   t.equal(await connectOnce(true), false, "a refused session means a full handshake");
   t.equal(await connectOnce(true), true, "after which connections resume again");
+});
+
+// The connect deadline is checked after the loop has read its I/O (src/tcp/connect-deadline.ts);
+// deferring it must neither let a peer that never finishes the handshake hold the attempt open
+// nor let a handshake that completes late skip the identity check.
+t.test("a peer that accepts TCP and never speaks TLS is timed out; a late wrong identity is refused as such", async (t) => {
+  const ca = await createRootCa(TD);
+  const web = await issueLeaf(ca, { spiffeId: spiffe("web"), commonName: "web", ttlMs: 3_600_000 });
+  const impostor = await issueLeaf(ca, { spiffeId: spiffe("cache"), commonName: "cache", ttlMs: 3_600_000 });
+  const material: TlsMaterial = { key: "k", options: {}, clientContext: createSecureContext({ key: web.keyPem, cert: web.certPem, ca: ca.certPem }) };
+  const attempt = (port: number, timeoutMs: number) =>
+    new Promise<{ kind: string | null; handedOut: boolean; ms: number }>((resolve) => {
+      const started = performance.now();
+      const target: OriginTarget = { host: "127.0.0.1", port, sni: "db.default.dc1.internal." + TD, expectedSpiffeId: spiffe("db"), timeoutMs };
+      originate(target, material, new SessionCache(), (err, s: TLSSocket) => {
+        if (!err) s.destroy();
+        resolve({ kind: err ? err.kind : null, handedOut: err === null, ms: performance.now() - started });
+      });
+    });
+
+  const held: Socket[] = [];
+  const silent = createNetServer((s) => held.push(s));
+  silent.listen(0, "127.0.0.1");
+  await once(silent, "listening");
+  t.teardown(() => {
+    for (const s of held) s.destroy();
+    silent.close();
+  });
+  const quiet = await attempt((silent.address() as AddressInfo).port, 150);
+  t.same([quiet.kind, quiet.handedOut], ["timeout", false], "a silent peer: timeout, no socket handed out");
+  t.ok(quiet.ms >= 140, `not before the deadline (${quiet.ms.toFixed(0)} ms)`);
+
+  // The impostor answers only after the client's deadline has passed while the loop was busy.
+  const wrong = createServer({ key: impostor.keyPem, cert: impostor.certPem, ca: ca.certPem, requestCert: true }, (s) => s.end());
+  wrong.listen(0, "127.0.0.1");
+  await once(wrong, "listening");
+  t.teardown(() => wrong.close());
+  const late = attempt((wrong.address() as AddressInfo).port, 1000);
+  const until = performance.now() + 1200;
+  while (performance.now() < until);
+  const r = await late;
+  t.equal(r.handedOut, false, "a wrong identity is never handed out, however late the handshake");
+  t.ok(r.kind === "identity" || r.kind === "timeout", `refused (${r.kind})`);
+  const prompt = await attempt((wrong.address() as AddressInfo).port, 1000);
+  t.same([prompt.kind, prompt.handedOut], ["identity", false], "and refused as a wrong identity when in time");
 });
