@@ -121,7 +121,7 @@ export function slope(xs, ys) {
  */
 export const LEAK_BOUNDS = {
   rssMb: { abs: 24, rel: 0.2, what: "RSS (MB)" },
-  heapMb: { abs: 12, rel: 0.25, what: "V8 heap used (MB)" },
+  heapMb: { abs: 12, rel: 0.25, what: "V8 heap live after a full GC (MB)" },
   fdsNet: { abs: 24, rel: 0.25, what: "open descriptors that are not a live TCP connection" },
 };
 export const LEAK_WINDOWS = 4;

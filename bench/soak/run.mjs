@@ -291,7 +291,9 @@ async function sampleOnce() {
         // others die and drain, and an HTTP pool shares few upstream connections among many
         // downstream ones, so counting connections from the metrics cannot say what a leak is.
         fdsNet: d ? notConnections(d, tcp) : null,
-        heapMb: m.nodejs_heap_size_used_bytes != null ? m.nodejs_heap_size_used_bytes / 2 ** 20 : null,
+        // What survived the last full GC (meshproxy_heap_live_bytes, 0 before the first one): heap
+        // used at the instant of a scrape counts garbage and swings by tens of MB under load.
+        heapMb: m.meshproxy_heap_live_bytes ? m.meshproxy_heap_live_bytes / 2 ** 20 : null,
         lagMs: m.nodejs_eventloop_lag_p99_seconds != null ? m.nodejs_eventloop_lag_p99_seconds * 1000 : null,
       });
     }),
@@ -472,7 +474,7 @@ else {
 md.push("## Wrongly allowed", "", allowed.length ? allowed.slice(0, 30).map((r) => `- intruder request ${r.id} at t+${((r.start - T0) / 1000).toFixed(2)} s served by ${r.instance}`).join("\n") : "None.", "");
 md.push("## Unexpected exits", "", unexpectedExits.length ? unexpectedExits.map((x) => `- ${x.name} pid ${x.pid}: code ${x.code} signal ${x.signal}\n\n\`\`\`\n${x.stderr.slice(-1500)}\n\`\`\``).join("\n") : "None.", "");
 md.push("## Resources per sidecar", "", "![resources](resources.svg)", "");
-md.push("| sidecar | RSS MB min / max / last | fds min / max / last | heap MB min / max / last | event-loop lag p99 max (ms) | second-half growth: RSS MB, heap MB, descriptors not on a live TCP connection (limit) | verdict |", "|---|---|---|---|---|---|---|");
+md.push("| sidecar | RSS MB min / max / last | fds min / max / last | live heap MB min / max / last | event-loop lag p99 max (ms) | second-half growth: RSS MB, live heap MB, descriptors not on a live TCP connection (limit) | verdict |", "|---|---|---|---|---|---|---|");
 for (const name of sidecars.keys()) {
   const r = stat(name, "rssMb");
   const f = stat(name, "fds");
@@ -501,7 +503,7 @@ await writeFile(
     panels: [
       { key: "rssMb", label: "RSS (MB)" },
       { key: "fds", label: "open file descriptors" },
-      { key: "heapMb", label: "V8 heap used (MB)" },
+      { key: "heapMb", label: "V8 heap live after a full GC (MB)" },
       { key: "lagMs", label: "event-loop lag p99 (ms)" },
     ],
   }),

@@ -1,6 +1,7 @@
 // The proxy's metrics, in Envoy's Prometheus names and labels where Envoy has one
 // (shared/reference/data-plane-anchors.md §5), so existing dashboards work; our own under
 // `meshproxy_`. Label children are resolved once per listener or cluster, never per chunk.
+import { registerHeapLive } from "./heap-live.js";
 import { Counter, Gauge, Registry, collectProcessMetrics } from "./prom.js";
 import { BatchedCounter, BatchedGauge, BatchedHistogram, type CountSlot, type LevelSlot, type TimeSlot } from "./batched.js";
 import { ENVOY_BUCKETS_MS, HttpStats } from "./http-stats.js";
@@ -140,7 +141,10 @@ export class Metrics {
       this.inboundRejected.labels(reason).inc(0);
     }
     for (const reason of REQUEST_REFUSALS) this.outboundRejected.labels(reason).inc(0);
-    if (opts.processMetrics !== false) collectProcessMetrics(this.registry);
+    if (opts.processMetrics !== false) {
+      collectProcessMetrics(this.registry);
+      registerHeapLive(this.registry);
+    }
   }
 
   /**
