@@ -13,8 +13,15 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 node_bin=${NODE:-$(command -v node)}
 npm_dir=${NPM_DIR:-$(dirname "$(dirname "$(readlink -f "$(command -v npm)")")")}
 base="$work/base"
-[ -x "$base/usr/sbin/useradd" ] || debootstrap --variant=minbase bookworm "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
+[ -x "$base/usr/sbin/useradd" ] || debootstrap --variant=minbase --include=libjemalloc2 bookworm "$base" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; exit 1; }
+# libjemalloc2: the Dockerfile installs it with apt-get, which cannot reach a mirror inside an
+# offline build, and leaves a base that has it alone. A base made before it was included gets it
+# from the host's apt.
+if [ ! -e "$base/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" ]; then
+  (cd "$work" && apt-get download libjemalloc2 >/dev/null) || { echo "podman-base: apt-get download libjemalloc2 failed" >&2; exit 1; }
+  dpkg-deb -x "$(ls "$work"/libjemalloc2_*.deb | head -n 1)" "$base"
+fi
 mkdir -p "$base/usr/local/bin" "$base/usr/local/lib/node_modules"
 cp -L "$node_bin" "$base/usr/local/bin/node"
 rm -rf "$base/usr/local/lib/node_modules/npm"

@@ -21,6 +21,12 @@ exec unshare --pid --fork --kill-child --mount --propagation private -- /bin/sh 
   r=$1; shift
   mount -t proc proc "$r/proc"
   mount --rbind /dev "$r/dev"
+  # The image preloads jemalloc (Dockerfile). LD_PRELOAD is read by chroot, a host binary, before
+  # node in the root: it names the library at a path both have (Debian'"'"'s libjemalloc2 on the host
+  # too, which .ci/run installs); without it on either side this runs on glibc'"'"'s malloc.
+  preload=
+  lib=/usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2
+  [ -e "$r$lib" ] && [ -e "$lib" ] && preload=LD_PRELOAD=$lib
   exec env -i PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin HOME=/var/lib/meshproxy MESHPROXY_DATA_DIR=/var/lib/meshproxy NODE_ENV=production \
-    ${MESHPROXY_ENV:-} chroot --userspec=10001:10001 "$r" "$@"
+    $preload ${MESHPROXY_ENV:-} chroot --userspec=10001:10001 "$r" "$@"
 ' rootfs-run "$rootfs" "${cmd[@]}"

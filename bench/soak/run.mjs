@@ -38,6 +38,8 @@ const HELP = `usage: npm run soak -- [--short] [--duration 1h|20m|300s] [--seed 
   --out DIR        report.md, report.json, resources.svg (default bench/out/soak)
   --rate N         web → api requests per second (default 600; --short 150)
   --burst N        connections in the burst (default 10000; --short 1000)
+  --allocator A    jemalloc (default: as the container image runs meshproxy, Debian's libjemalloc2
+                   preloaded) or glibc (Node's own malloc, as a bare \`node\` on a VM runs it)
 `;
 
 const { values: o } = parseArgs({
@@ -48,6 +50,7 @@ const { values: o } = parseArgs({
     out: { type: "string", default: join(ROOT, "bench", "out", "soak") },
     rate: { type: "string" },
     burst: { type: "string" },
+    allocator: { type: "string", default: "jemalloc" },
     help: { type: "boolean", short: "h", default: false },
   },
 });
@@ -63,9 +66,22 @@ function parseDuration(s) {
 }
 
 const short = o.short;
+
+// The sidecars run as the container image runs them (Dockerfile): its NODE_OPTIONS, and jemalloc
+// preloaded. With glibc's malloc the RSS after a spike stays near the spike's level and creeps up
+// spike after spike (bench/SOAK.md, "Is the growth a leak?"), so RSS would measure the allocator,
+// not the memory meshproxy holds.
+const JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+if (o.allocator !== "jemalloc" && o.allocator !== "glibc") throw new Error(`--allocator ${o.allocator}: give jemalloc or glibc`);
+if (o.allocator === "jemalloc") {
+  const { existsSync } = await import("node:fs");
+  if (!existsSync(JEMALLOC)) throw new Error(`--allocator jemalloc: ${JEMALLOC} is missing; install Debian's libjemalloc2 (.ci/run does) or pass --allocator glibc`);
+}
+const SIDECAR_ENV = { NODE_OPTIONS: "--max-semi-space-size=4", ...(o.allocator === "jemalloc" ? { LD_PRELOAD: JEMALLOC } : {}) };
 const P = {
   durationS: parseDuration(o.duration ?? (short ? "3m" : "1h")),
   seed: o.seed !== undefined ? Number(o.seed) : Date.now() % 1_000_000,
+  allocator: o.allocator,
   rate: Number(o.rate ?? (short ? 150 : 600)),
   sideRate: short ? 10 : 20,
   echoStreams: short ? 10 : 40,
@@ -165,7 +181,7 @@ function watchLogs(name, handle) {
 async function start(name) {
   const s = sidecars.get(name);
   const { kind, args, prlimit } = s.spec;
-  const common = { root: ROOT, name, dataDir };
+  const common = { root: ROOT, name, dataDir, env: SIDECAR_ENV };
   const info =
     kind === "gateway"
       ? await startGateway(procs, { ...common, datacenter: args.datacenter })
@@ -455,7 +471,7 @@ const stat = (name, key) => {
 };
 const md = [];
 md.push(`# meshproxy soak: ${verdict ? "PASS" : "FAIL"}`, "");
-md.push(`seed ${P.seed}, ${P.durationS} s${short ? " (short mode)" : ""}, started ${new Date(T0).toISOString()}, Node ${process.version}`, "");
+md.push(`seed ${P.seed}, ${P.durationS} s${short ? " (short mode)" : ""}, started ${new Date(T0).toISOString()}, Node ${process.version}, sidecars on ${o.allocator === "jemalloc" ? "jemalloc (LD_PRELOAD, as the image runs them)" : "glibc's malloc (--allocator glibc)"} with NODE_OPTIONS=${SIDECAR_ENV.NODE_OPTIONS}`, "");
 md.push(`**${unexplained.length} unexplained failures, ${allowed.length} wrongly allowed requests, ${leaking.length ? `growth in ${leaking.map((v) => v.name).join(", ")}` : "no growth"}, ${unexpectedExits.length} unexpected exits.**`, "");
 md.push("## Load", "", "| flow | started | ok | failed | shed by the generator | worst 1 s p99 (ms) |", "|---|---|---|---|---|---|");
 for (const [k, f] of Object.entries(perFlow)) md.push(`| ${k} | ${f.sent} | ${f.ok} | ${f.fail} | ${f.shed} | ${k.includes("echo") || k.includes("ledger") ? "–" : fmt(f.p99max)} |`);

@@ -222,6 +222,7 @@ t.test("the sidecar image in two pods: mTLS only between them, /ready gating, SI
   const dbInit = await podInit(dbSidecar);
   t.equal((await readFile(`/proc/${dbInit}/status`, "utf8")).match(/^NSpid:\s+\d+\s+(\d+)/m)?.[1], "1", "the sidecar is PID 1 of its PID namespace");
   t.match(await readFile(`/proc/${dbInit}/status`, "utf8"), /^Uid:\s+10001\s/m, "and runs as uid 10001, not root");
+  t.match(await readFile(`/proc/${dbInit}/maps`, "utf8"), /libjemalloc\.so\.2/, "on jemalloc, as the Dockerfile preloads it");
 
   // Only mTLS crosses between the pods.
   const probe = (addr: string, port: number) =>

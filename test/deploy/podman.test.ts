@@ -44,7 +44,7 @@ t.test("podman runs the image: healthy on /ready, `podman stop` drains and exits
   });
   const imported = await runCommand(t, "sh", [
     "-c",
-    `tar -C "$1" -c . | podman import --change 'USER 10001:10001' --change 'WORKDIR /var/lib/meshproxy' --change 'ENV MESHPROXY_DATA_DIR=/var/lib/meshproxy' --change 'ENV NODE_OPTIONS=--max-semi-space-size=4' --change 'STOPSIGNAL SIGTERM' --change "ENTRYPOINT $3" - "$2"`,
+    `tar -C "$1" -c . | podman import --change 'USER 10001:10001' --change 'WORKDIR /var/lib/meshproxy' --change 'ENV MESHPROXY_DATA_DIR=/var/lib/meshproxy' --change 'ENV NODE_OPTIONS=--max-semi-space-size=4' --change 'ENV LD_PRELOAD=/usr/local/lib/libjemalloc.so.2' --change 'STOPSIGNAL SIGTERM' --change "ENTRYPOINT $3" - "$2"`,
     "import",
     rootfs,
     tag,
@@ -110,6 +110,9 @@ t.test("podman builds the Dockerfile unchanged and the image drains on `podman s
   const listing = await podman(["run", "--rm", "--network", "none", ...ULIMITS, "--entrypoint", "/bin/sh", tag, "-c", "ls /app/node_modules; ls /app/node_modules/meshproxy; ls /app/node_modules/meshproxy/dist | head -3"]);
   t.notMatch(listing.stdout, /\b(typescript|tap|eslint|fast-check)\b/, "no dev dependency in the image");
   t.notMatch(listing.stdout, /\b(src|test|bench)\b/, "no sources, tests or benchmarks in the package");
+  const allocator = await podman(["run", "--rm", "--network", "none", ...ULIMITS, "--entrypoint", "/usr/local/bin/node", tag, "-e", "process.stdout.write(require('fs').readFileSync('/proc/self/maps','utf8'))"]);
+  t.match(allocator.stdout, /libjemalloc\.so\.2/, `node in the image runs on jemalloc (LD_PRELOAD) ${allocator.stderr}`);
+  t.notMatch(allocator.stderr, /ld\.so|LD_PRELOAD/, "and the loader has nothing to say about it");
 
   for (const args of [["netns", "add", ns], ["-n", ns, "link", "set", "lo", "up"]]) {
     const r = await runCommand(t, "ip", args);
