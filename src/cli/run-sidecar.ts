@@ -171,8 +171,10 @@ export async function runSidecar({ cmd, log, limits, createDataPlane, unboundLis
     exposition = new MetricsExposition(p.metrics.registry, cmd.appMetricsUrl ? { url: cmd.appMetricsUrl } : null, log, parts.gather);
     admin = await startAdmin(p, cmd, log, parts.levels, exposition);
     if (cmd.metrics) metrics = await startMetrics(exposition, cmd.metrics, "-metrics-addr", log, p.metrics.adminRejected);
-    if (signals.received === 0) await p.start();
+    // Listed before "proxy ready": a tool started on that line (meshproxy canary) finds every
+    // sidecar. A start that fails removes the listing again (finally).
     if (signals.received === 0) sidecarId = await registerDevSidecar(cmd, admin, log);
+    if (signals.received === 0) await p.start();
     if (signals.received === 0 && !cmd.metrics && client && (cmd.request.proxyId || cmd.sidecarFor)) metrics = await startConsulMetrics(client, cmd, exposition, log, p.metrics.adminRejected);
     if (signals.received > 0) await p.stop();
     await stopped;

@@ -10,7 +10,8 @@ const FLAGS = ["-from", "v1", "-to", "v2", "-steps", "5,25,50,100", "-interval",
 
 t.test("a canary killed mid-rollout resumes from the splitter when run again", async (t) => {
   const { dir, url, web } = await canaryMesh(t);
-  const sidecars = await readdir(join(dir, "sidecars"));
+  // Records are written to a temporary name and renamed: only *.json are records.
+  const sidecars = (await readdir(join(dir, "sidecars"))).filter((f) => f.endsWith(".json"));
   t.equal(sidecars.length, 3, "three sidecars list their admin address, web (no public listener) included");
   const webRecord = (await Promise.all(sidecars.map(async (f) => JSON.parse(await readFile(join(dir, "sidecars", f), "utf8")) as { service: string; admin: string }))).find((r) => r.service === "web");
   t.equal(webRecord?.admin, web.adminAddr, "web's admin address");
