@@ -18,7 +18,7 @@ base="$work/base"
 # libjemalloc2: the Dockerfile installs it with apt-get, which cannot reach a mirror inside an
 # offline build, and leaves a base that has it alone. A base made before it was included gets it
 # from the host's apt.
-if [ ! -e "$base/usr/lib/x86_64-linux-gnu/libjemalloc.so.2" ]; then
+if [ ! -e "$base/usr/lib/$(uname -m)-linux-gnu/libjemalloc.so.2" ]; then
   (cd "$work" && apt-get download libjemalloc2 >/dev/null) || { echo "podman-base: apt-get download libjemalloc2 failed" >&2; exit 1; }
   dpkg-deb -x "$(ls "$work"/libjemalloc2_*.deb | head -n 1)" "$base"
 fi

@@ -14,7 +14,8 @@
 // explains, a denied caller was served, a sidecar grew or died on its own.
 import { parseArgs } from "node:util";
 import { mkdtemp, mkdir, writeFile, readFile, rm, chmod } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { tmpdir, machine } from "node:os";
+import { existsSync } from "node:fs";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { request } from "node:http";
@@ -71,12 +72,9 @@ const short = o.short;
 // preloaded. With glibc's malloc the RSS after a spike stays near the spike's level and creeps up
 // spike after spike (bench/SOAK.md, "Is the growth a leak?"), so RSS would measure the allocator,
 // not the memory meshproxy holds.
-const JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+const JEMALLOC = `/usr/lib/${machine()}-linux-gnu/libjemalloc.so.2`; // Debian's multiarch path, as the Dockerfile's
 if (o.allocator !== "jemalloc" && o.allocator !== "glibc") throw new Error(`--allocator ${o.allocator}: give jemalloc or glibc`);
-if (o.allocator === "jemalloc") {
-  const { existsSync } = await import("node:fs");
-  if (!existsSync(JEMALLOC)) throw new Error(`--allocator jemalloc: ${JEMALLOC} is missing; install Debian's libjemalloc2 (.ci/run does) or pass --allocator glibc`);
-}
+if (o.allocator === "jemalloc" && !existsSync(JEMALLOC)) throw new Error(`--allocator jemalloc: ${JEMALLOC} is missing; install Debian's libjemalloc2 (.ci/run does) or pass --allocator glibc`);
 const SIDECAR_ENV = { NODE_OPTIONS: "--max-semi-space-size=4", ...(o.allocator === "jemalloc" ? { LD_PRELOAD: JEMALLOC } : {}) };
 const P = {
   durationS: parseDuration(o.duration ?? (short ? "3m" : "1h")),

@@ -16,7 +16,7 @@ function heapUsedOutsideYoung(): number {
 }
 
 /**
- * meshproxy_heap_live_bytes: set at each full GC; absent until the first one. Observing GC
+ * meshproxy_heap_live_bytes: set at each full GC; 0 until the first one. Observing GC
  * entries costs one callback per GC (full GCs come seconds to minutes apart on a sidecar).
  */
 export function registerHeapLive(registry: Registry): void {
