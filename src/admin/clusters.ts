@@ -37,6 +37,7 @@ export function clustersText(clusters: readonly ClusterStatus[]): string {
         `${hp}hostname::${h.id}`,
         `${hp}health_flags::${healthFlags(h)}`,
         `${hp}ejection_time_ms::${h.ejectionTimeMs}`,
+        `${hp}connect_backoff_ms::${h.connectBackoffMs}`,
         `${hp}rq_active::${h.activeRequests}`,
       );
     }
@@ -77,6 +78,7 @@ export function clustersJson(clusters: readonly ClusterStatus[]): unknown {
           health_flags: healthFlags(h),
           ejected: h.ejected,
           ejection_time_ms: h.ejectionTimeMs,
+          connect_backoff_ms: h.connectBackoffMs,
           stats: [{ name: "rq_active", type: "GAUGE", value: h.activeRequests }],
           metadata: h.meta,
         })),

@@ -9,6 +9,7 @@ import { PeakEwmaBalancer, createBalancer, hostKey, type Balancer, type HostStat
 import { OutlierDetector, availableHosts } from "./outlier.js";
 import { CircuitBreaker } from "./limits.js";
 import { PoolSet, type PoolTarget } from "./pools.js";
+import { backingOff, recordConnectFailure, recordConnectSuccess, type ConnectBackoffState } from "./connect-backoff.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import type { Pool } from "undici";
 import type { OriginPool } from "../http1/client.js";
@@ -19,7 +20,7 @@ import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
  * that keeps the host updates it in place, so requests and connections still in flight, which
  * hold this object, count down the same activeRequests the balancer reads.
  */
-export interface ClusterHost extends HostState {
+export interface ClusterHost extends HostState, ConnectBackoffState {
   endpoint: HostState["endpoint"];
   pool: PoolTarget;
   /** PoolSet key of `pool` under the current TLS material. */
@@ -49,6 +50,8 @@ export interface HostStatus {
   readonly ejected: boolean;
   /** Length of the current ejection, 0 when not ejected. */
   readonly ejectionTimeMs: number;
+  /** How long the balancer still passes the host over after failed connects (connect-backoff.ts), 0 when not. */
+  readonly connectBackoffMs: number;
   readonly activeRequests: number;
   readonly meta: Readonly<Record<string, string>>;
 }
@@ -86,6 +89,8 @@ export class ClusterRuntime {
   private sweepTimer: NodeJS.Timeout | null = null;
   private sweepEvery = 0;
   private tls: TlsMaterial;
+  /** Set by a failed connect; cleared by the first pick that finds no host backing off. */
+  private mayBackOff = false;
   panic = false;
 
   /** Whether the pools offer h2: fixed for the runtime's life (the proxy replaces a runtime whose protocol changes). */
@@ -152,7 +157,10 @@ export class ClusterRuntime {
         maxConnections: limits.maxConnections,
       };
       const poolKey = PoolSet.key(pool, tls);
-      if (prev === undefined) return { endpoint: e, key, activeRequests: 0, pool, poolKey };
+      if (prev === undefined) return { endpoint: e, key, activeRequests: 0, pool, poolKey, connectFailures: 0, connectRetryAt: 0 };
+      // Unhealthy, then healthy again: the control plane saw the instance come back, so the
+      // back-off its refusals earned while it was down no longer says anything.
+      if (!prev.endpoint.healthy && e.healthy) recordConnectSuccess(prev);
       prev.endpoint = e;
       prev.pool = pool;
       if (prev.poolKey !== poolKey) {
@@ -237,6 +245,7 @@ export class ClusterRuntime {
         healthy: h.endpoint.healthy,
         ejected: this.outlier?.isEjected(h.key) ?? false,
         ejectionTimeMs: this.outlier?.ejectionTimeMs(h.key) ?? 0,
+        connectBackoffMs: Math.max(0, Math.round(h.connectRetryAt - performance.now())),
         activeRequests: h.activeRequests,
         meta: h.endpoint.meta,
       })),
@@ -250,8 +259,15 @@ export class ClusterRuntime {
 
   /** A host for one attempt, or null when none is available (all unhealthy, ejected or tried). */
   pick(ctx: PickContext): ClusterHost | null {
-    if (this.available.length === 0) return null;
-    return this.balancer.pick(this.available, ctx);
+    const hosts = this.available;
+    if (hosts.length === 0) return null;
+    if (this.mayBackOff) {
+      const exclude = backingOff(hosts, performance.now(), ctx.exclude);
+      if (exclude === null) this.mayBackOff = false;
+      // A host neither tried nor backing off first; with none, the tried ones stay the last resort.
+      else if (hosts.some((h) => !exclude.has(h.key))) return this.balancer.pick(hosts, { ...ctx, exclude });
+    }
+    return this.balancer.pick(hosts, ctx);
   }
 
   /** Healthy-and-not-ejected hosts left, excluding those already tried. */
@@ -282,6 +298,14 @@ export class ClusterRuntime {
   /** One connect attempt's outcome, for outlier detection (TCP and upgrades; pooled HTTP reports per request). */
   reportConnect(h: ClusterHost, ok: boolean): void {
     this.outlier?.reportResult(h.key, ok ? CONNECT_SUCCEEDED : CONNECT_FAILED);
+    if (!ok) this.connectFailed(h);
+    else if (h.connectFailures > 0) recordConnectSuccess(h);
+  }
+
+  /** A connect to `h` failed (refused, timed out, wrong identity): the balancer passes it over for a while. */
+  connectFailed(h: ClusterHost): void {
+    recordConnectFailure(h, performance.now(), Math.random);
+    this.mayBackOff = true;
   }
 
   /** Whether response times are wanted (peak_ewma); the router measures only then. */
@@ -296,6 +320,7 @@ export class ClusterRuntime {
 
   reportResult(h: ClusterHost, r: { status?: number; localOriginFailure?: boolean }): void {
     this.outlier?.reportResult(h.key, r);
+    if (r.status !== undefined && h.connectFailures > 0) recordConnectSuccess(h);
   }
 
   /** Why nothing could be picked, for the 503 body and the log. */

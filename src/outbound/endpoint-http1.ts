@@ -169,6 +169,7 @@ class Http1Attempt implements ResponseEvents {
     // A head that was drained for a retry: the decision was made on its status already.
     if (answered) return this.finish({ outcome: { kind: "response", status: this.status }, delivered: false });
     this.cluster.reportResult(this.host, { localOriginFailure: true });
+    if (isConnectFailure(e)) this.cluster.connectFailed(this.host);
     this.finish({ outcome: e instanceof ResponseTimeoutError ? PER_TRY_TIMEOUT : isConnectFailure(e) ? CONNECT_FAILURE[e.cause.kind] : RESET, delivered: false });
   }
 

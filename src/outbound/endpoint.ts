@@ -85,7 +85,10 @@ export function dispatchAttempt(
         if (answered !== 0) return resolve({ outcome: { kind: "response", status: answered }, delivered: false });
         cluster.reportResult(host, { localOriginFailure: true });
         if (errorCode(r.error) === "UND_ERR_HEADERS_TIMEOUT") return resolve({ outcome: { kind: "per-try-timeout" }, delivered: false });
-        if (isConnectFailure(r.error)) return resolve({ outcome: { kind: "connect-failure", reason: r.error.cause.kind }, delivered: false });
+        if (isConnectFailure(r.error)) {
+          cluster.connectFailed(host);
+          return resolve({ outcome: { kind: "connect-failure", reason: r.error.cause.kind }, delivered: false });
+        }
         resolve({ outcome: { kind: isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
       },
       assigned,

@@ -11,6 +11,7 @@ function mergeHost(a: HostStatus, b: HostStatus): HostStatus {
     healthy: a.healthy && b.healthy,
     ejected: a.ejected || b.ejected,
     ejectionTimeMs: Math.max(a.ejectionTimeMs, b.ejectionTimeMs),
+    connectBackoffMs: Math.max(a.connectBackoffMs, b.connectBackoffMs),
     activeRequests: a.activeRequests + b.activeRequests,
   };
 }

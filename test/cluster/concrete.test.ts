@@ -148,23 +148,69 @@ t.test("MaxConnections: the next stream is refused (UO) while the cluster is at 
   if (!("flag" in fourth)) fourth.socket.destroy();
 });
 
-t.test("connect failures: tried on another host, counted by outlier detection, the host ejected, then skipped", async (t) => {
+t.test("connect failures: tried on another host, then passed over while backing off; five in a row eject it", async (t) => {
   const live = await dbInstance(t);
   const dead = await refusingPort();
   const rt = new ClusterRuntime(compiled("db", [endpoint(dead), endpoint(live.port)]), tls, pools);
   t.teardown(() => rt.close());
   const runtimes = new Map([["db", rt]]);
-  for (let i = 0; i < 12; i++) {
-    const r = await open(runtimes, "db");
-    t.notOk("flag" in r, `stream ${i + 1} opens`, { diagnostic: false });
+  const deadStatus = () => rt.hostsSnapshot().hosts.find((h) => h.port === dead)!;
+  let refused = 0;
+  const openCounting = (): Promise<OpenStream | StreamFailure> =>
+    new Promise((resolve) =>
+      openStream(
+        { primary: rt, clusters: runtimes, tls, sessions: new SessionCache(), connectTimeoutMs: 2000, wanted: () => true, attemptFailed: () => refused++ },
+        resolve,
+      ),
+    );
+  // Until the first refusal, round robin sends every other stream to the dead host.
+  while (refused === 0) {
+    const r = await openCounting();
+    t.notOk("flag" in r, "the stream opens (on the live host)", { diagnostic: false });
     if (!("flag" in r)) await closed(r);
   }
-  t.equal(rt.ejectedCount, 1, "the refusing host is ejected after 5 consecutive connect failures");
-  await until(() => live.accepted() === 12, "the live host to accept 12 streams");
-  t.pass("every stream ended on the live host");
-  const deadStatus = rt.hostsSnapshot().hosts.find((h) => h.port === dead)!;
-  t.ok(deadStatus.ejected, "the refusing host shows as ejected");
-  t.equal(rt.hostsSnapshot().hosts.reduce((n, h) => n + h.activeRequests, 0), 0, "no count left behind by the failed attempts");
+  t.equal(refused, 1, "one refusal");
+  // While the dead host backs off, no stream tries it: each goes straight to the live host.
+  let checked = 0;
+  while (deadStatus().connectBackoffMs > 30 && checked < 8) {
+    const r = await openCounting();
+    if (!("flag" in r)) await closed(r);
+    checked++;
+  }
+  t.ok(checked >= 1, `${checked} stream(s) opened within the back-off`);
+  t.equal(refused, 1, "none of them tried the host that is backing off");
+
+  // Each back-off over, a real stream tries the host again; outlier detection counts each refusal.
+  const deadline = Date.now() + 10_000;
+  while (rt.ejectedCount === 0 && Date.now() < deadline) {
+    await until(() => deadStatus().connectBackoffMs === 0 || rt.ejectedCount > 0, "the back-off to end");
+    const r = await openCounting();
+    t.notOk("flag" in r, "the stream opens", { diagnostic: false });
+    if (!("flag" in r)) await closed(r);
+  }
+  t.equal(rt.ejectedCount, 1, "the refusing host is ejected");
+  t.equal(refused, 5, "after 5 consecutive connect failures");
+  t.ok(deadStatus().ejected, "the refusing host shows as ejected");
+  await until(() => rt.hostsSnapshot().hosts.reduce((n, h) => n + h.activeRequests, 0) === 0, "no count left behind by the failed attempts");
+  t.pass("no count left behind by the failed attempts");
+});
+
+t.test("a host backing off takes streams again once the control plane reports it healthy after down", async (t) => {
+  const live = await dbInstance(t);
+  const dead = await refusingPort();
+  const rt = new ClusterRuntime(compiled("db", [endpoint(dead), endpoint(live.port)]), tls, pools);
+  t.teardown(() => rt.close());
+  const deadHost = () => rt.hostsSnapshot().hosts.find((h) => h.port === dead)!;
+  while (deadHost().connectBackoffMs === 0) {
+    const r = await open(new Map([["db", rt]]), "db");
+    if (!("flag" in r)) await closed(r);
+  }
+  t.ok(deadHost().connectBackoffMs > 0, "backing off after a refusal");
+  rt.update(compiled("db", [endpoint(dead), endpoint(live.port)]), tls);
+  t.ok(deadHost().connectBackoffMs > 0, "a Snapshot that says nothing new keeps the back-off");
+  rt.update(compiled("db", [{ ...endpoint(dead), healthy: false }, endpoint(live.port)]), tls);
+  rt.update(compiled("db", [endpoint(dead), endpoint(live.port)]), tls);
+  t.equal(deadHost().connectBackoffMs, 0, "unhealthy then healthy again (a restarted instance): the back-off is over");
 });
 
 t.test("failover: a cluster with nothing available hands the stream to its failover cluster", async (t) => {

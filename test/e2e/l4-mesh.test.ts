@@ -146,6 +146,10 @@ t.test("a TCP upstream ejects an instance that refuses connections and takes it 
   };
 
   t.equal(await echoes(20, "before"), 20, "all 20 connections echo: a refused connect is tried again on the live instance");
+  const early = await failures();
+  t.ok(early >= 1 && early < 5, `the dead instance refused ${early} connect(s), then was passed over while it backed off (100 ms, doubling)`);
+  // Each back-off over, a new connection tries it again: the fifth refusal in a row ejects it.
+  await until(async () => (await echoes(1, "probe")) === 1 && (await ejected()) === 1, 10_000, "the dead instance to be ejected");
   const failed = await failures();
   t.ok(failed >= 5 && failed <= 6, `the dead instance cost ${failed} refused connects, none of them the app's (MaxFailures 5)`);
   t.equal(await ejected(), 1, "and is ejected (envoy_cluster_outlier_detection_ejections_active 1)");

@@ -4,7 +4,7 @@ import { mergeClusterStatus } from "../../src/workers/clusters.js";
 import type { ClusterStatus, HostStatus } from "../../src/cluster/runtime.js";
 
 function host(id: string, over: Partial<HostStatus> = {}): HostStatus {
-  return { id, host: "127.0.0.1", port: Number(id), healthy: true, ejected: false, ejectionTimeMs: 0, activeRequests: 0, meta: {}, ...over };
+  return { id, host: "127.0.0.1", port: Number(id), healthy: true, ejected: false, ejectionTimeMs: 0, connectBackoffMs: 0, activeRequests: 0, meta: {}, ...over };
 }
 
 function cluster(name: string, hosts: HostStatus[], over: Partial<ClusterStatus> = {}): ClusterStatus {

@@ -1,0 +1,41 @@
+// The back-off arithmetic: doubling from 100 ms to a 10 s cap with ±10 % jitter, one step per
+// incident (failures of connects already under way do not escalate it), over at the first success.
+import t from "tap";
+import { CONNECT_BACKOFF_MAX_MS, backingOff, backoffMs, recordConnectFailure, recordConnectSuccess, type ConnectBackoffState } from "../../src/cluster/connect-backoff.js";
+
+t.test("doubles from 100 ms and stops at 10 s", async (t) => {
+  t.same([1, 2, 3, 4, 5, 6, 7, 8].map(backoffMs), [100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
+  t.equal(backoffMs(1000), CONNECT_BACKOFF_MAX_MS, "a host refusing for a long time is tried every 10 s, no overflow");
+});
+
+t.test("jitter stays within ±10 %", async (t) => {
+  for (const r of [0, 0.5, 0.999]) {
+    const h: ConnectBackoffState = { connectFailures: 0, connectRetryAt: 0 };
+    recordConnectFailure(h, 1000, () => r);
+    t.ok(h.connectRetryAt >= 1000 + 90 && h.connectRetryAt <= 1000 + 110, `random ${r}: until ${h.connectRetryAt}`);
+  }
+});
+
+t.test("failures during a back-off are the same incident; the next one after it escalates; a success ends it", async (t) => {
+  const h: ConnectBackoffState = { connectFailures: 0, connectRetryAt: 0 };
+  const mid = () => 0.5;
+  recordConnectFailure(h, 0, mid);
+  for (let i = 0; i < 20; i++) recordConnectFailure(h, 5, mid);
+  t.equal(h.connectFailures, 1, "twenty waiters refused at once count once");
+  t.equal(h.connectRetryAt, 100, "and leave the back-off as it was");
+  recordConnectFailure(h, 150, mid);
+  t.equal(h.connectFailures, 2, "refused again after the back-off: the second in a row");
+  t.equal(h.connectRetryAt, 350, "backs off 200 ms");
+  recordConnectSuccess(h);
+  t.same(h, { connectFailures: 0, connectRetryAt: 0 }, "a success ends the back-off");
+});
+
+t.test("backingOff lists the hosts backing off, with the exclusions already given", async (t) => {
+  const hosts = [
+    { key: "a", connectFailures: 1, connectRetryAt: 200 },
+    { key: "b", connectFailures: 0, connectRetryAt: 0 },
+    { key: "c", connectFailures: 2, connectRetryAt: 50 },
+  ];
+  t.same([...(backingOff(hosts, 100, new Set(["b"])) ?? [])].sort(), ["a", "b"], "a backs off, c's is over, b was tried");
+  t.equal(backingOff(hosts, 300, new Set(["b"])), null, "none backing off: null, whatever was tried");
+});
