@@ -9,6 +9,7 @@ import { ClusterRuntime } from "./runtime.js";
 import type { PoolSet } from "./pools.js";
 
 export function syncClusterRuntimes(runtimes: Map<string, ClusterRuntime>, pools: PoolSet, clusters: ReadonlyMap<string, CompiledCluster>, tls: TlsMaterial): void {
+  pools.useMaterial(tls);
   for (const [name, rt] of runtimes) {
     if (clusters.has(name)) continue;
     rt.close();

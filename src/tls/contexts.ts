@@ -39,8 +39,22 @@ export function materialKey(identity: Identity, trust: TrustBundle): string {
   return h.digest("hex");
 }
 
+/**
+ * A key that changes only when the trusted roots change. Pooled connections to upstreams are kept
+ * per trust bundle, not per leaf: a renewed leaf (same identity, the old one still valid) is used
+ * for new connections while the open ones go on, as Envoy does on an SDS update. Replacing the
+ * pools at every renewal made every caller re-handshake all of its concurrency at once.
+ */
+export function trustKey(trust: TrustBundle): string {
+  const h = createHash("sha256");
+  for (const r of trust.rootsPem) h.update(r);
+  return h.digest("hex");
+}
+
 export interface TlsMaterial {
   readonly key: string;
+  /** trustKey of the roots: what upstream connection pools are keyed by. */
+  readonly trustKey: string;
   readonly options: SecureContextOptions;
   /** For outbound (client) connections. */
   readonly clientContext: SecureContext;
@@ -48,5 +62,5 @@ export interface TlsMaterial {
 
 export function buildTlsMaterial(identity: Identity, trust: TrustBundle): TlsMaterial {
   const options = secureContextOptions(identity, trust);
-  return { key: materialKey(identity, trust), options, clientContext: createSecureContext(options) };
+  return { key: materialKey(identity, trust), trustKey: trustKey(trust), options, clientContext: createSecureContext(options) };
 }
