@@ -12,9 +12,9 @@ const within = (t, a, b) => t >= a && t <= b;
  * Whether the executed fault `ev` (with epoch-ms t0, t1 and settle) explains the failure `r`.
  * The blast radius of each kind, as documented in bench/SOAK.md:
  *  kill X    requests to X's service in flight at the kill or started within settle of it (the
- *            caller's pooled connections to X break; a connect that X refuses is retried elsewhere,
- *            and api's v2 fails over to v1); streams on X, and stream connects to the service,
- *            ending in that window. Requests failing later, while X is still down, are not explained.
+ *            caller's pooled connections to X break; a connect that X refuses is retried elsewhere
+ *            and X is passed over while it backs off, and api's v2 fails over to v1); streams on X,
+ *            and stream connects to the service, ending in that window. Requests failing later, while X is still down, are not explained.
  *  kill gw-dc2  ledger streams (they all cross dc2's only gateway) ending in [t0, restarted + settle]
  *  drain X   requests to X's service *started* after the SIGTERM (racing the deregistration) up to
  *            restarted + settle; requests already in flight at the SIGTERM are not explained;
