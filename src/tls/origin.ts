@@ -64,7 +64,15 @@ export class SessionCache {
     return s === undefined || now - s.at >= SESSION_REFRESH_MS;
   }
 
-  set(key: string, session: Buffer): void {
+  /**
+   * Keeps `session`, made with the material `materialKey`, unless the material changed since: a
+   * TLS 1.3 ticket arrives after the handshake, so a connection begun before a renewal can deliver
+   * its ticket after reset(), and resuming it would present the old leaf (expired, with short
+   * leaves: the peer refuses the connection).
+   */
+  set(key: string, session: Buffer, materialKey: string): void {
+    // A cache never reset (no material yet: tests, the gateway) keeps what it is given.
+    if (this.materialKey !== "" && materialKey !== this.materialKey) return;
     if (this.sessions.size > 4096) this.sessions.clear();
     this.sessions.set(key, { session, at: Date.now() });
   }
@@ -127,7 +135,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   // After the handshake the pipe owns error handling; the raw socket's errors surface on the TLS one.
   tcp?.on("error", (e) => (settled ? socket.destroy(e) : onError(e)));
   // Node serialises new sessions only while a "session" listener is attached.
-  const store = (s: Buffer): void => sessions.set(key, s);
+  const store = (s: Buffer): void => sessions.set(key, s, tls.key);
   const wanted = sessions.wants(key);
   if (wanted) socket.on("session", store);
   socket.once("secureConnect", () => {
