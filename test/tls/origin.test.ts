@@ -16,12 +16,16 @@ const spiffe = (svc: string) => `spiffe://${TD}/ns/default/dc/dc1/svc/${svc}`;
 t.test("SessionCache keeps a session for 60 s before asking for a new one", async (t) => {
   const c = new SessionCache();
   t.equal(c.wants("a", 0), true, "nothing cached: a connection should take the server's tickets");
-  c.set("a", Buffer.from("s1"));
+  c.set("a", Buffer.from("s1"), "first-material");
   const at = Date.now();
   t.equal(c.wants("a", at + 1_000), false, "a fresh session is reused as is");
   t.equal(c.wants("a", at + 61_000), true, "after a minute a connection takes new tickets");
   c.reset("other-material");
   t.equal(c.get("a"), undefined, "new TLS material drops every session");
+  c.set("a", Buffer.from("late"), "first-material");
+  t.equal(c.get("a"), undefined, "a ticket made with the old material that arrives after the change is not kept");
+  c.set("a", Buffer.from("s2"), "other-material");
+  t.same(c.get("a"), Buffer.from("s2"), "one made with the current material is");
 });
 
 t.test("upstream connections resume, on both dialling paths, and recover from refused sessions", async (t) => {
