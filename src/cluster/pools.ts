@@ -51,40 +51,40 @@ export function connectEndpoint(t: PoolTarget, tls: TlsMaterial, sessions: Sessi
 const H2_ALPN = ["h2", "http/1.1"] as const;
 
 // maxConnections is part of the key: undici fixes a Pool's connection count at construction, so a
-// new MaxConnections takes a new pool (the old one finishes its requests and closes). The trust
-// bundle is too: connections verified under roots that changed are not reused. The leaf is not
-// (see trustKey): a renewal reaches new connections through useMaterial.
-function poolKey(t: PoolTarget, trust: string): string {
-  return `${t.host}:${t.port}|${t.sni}|${t.expectedSpiffeId}|${t.http2 ? "h2" : "h1"}|${t.maxConnections}|${trust}`;
+// new MaxConnections takes a new pool (the old one finishes its requests and closes). Our identity
+// and the trusted roots are too (identityKey); the leaf is not: a renewal reaches new connections
+// through useMaterial.
+function poolKey(t: PoolTarget, identity: string): string {
+  return `${t.host}:${t.port}|${t.sni}|${t.expectedSpiffeId}|${t.http2 ? "h2" : "h1"}|${t.maxConnections}|${identity}`;
 }
 
 /**
  * All pools of one proxy. Pools are created on first use and closed (gracefully: in-flight
- * requests finish) when their endpoint leaves the Snapshot or the trusted roots change (a renewed
- * leaf is used for new connections, useMaterial).
+ * requests finish) when their endpoint leaves the Snapshot or our identity or the trusted roots
+ * change (a renewed leaf is used for new connections, useMaterial).
  */
 export class PoolSet {
   private readonly pools = new Map<string, Pool>();
   private readonly h1Pools = new Map<string, OriginPool>();
 
-  /** The newest TLS material (useMaterial): new connections of a pool under the same roots present its leaf. */
+  /** The newest TLS material (useMaterial): new connections of a pool with the same identityKey present its leaf. */
   private latest: TlsMaterial | null = null;
 
   constructor(private readonly sessions: SessionCache) {}
 
-  /** A Snapshot's TLS material: pools under the same roots dial with it from now on. */
+  /** A Snapshot's TLS material: pools with the same identityKey dial with it from now on. */
   useMaterial(tls: TlsMaterial): void {
     this.latest = tls;
   }
 
-  /** What a pool created with `tls` dials with now: the newest leaf when the roots are the same. */
+  /** What a pool created with `tls` dials with now: the newest leaf when identity and roots are the same. */
   private material(tls: TlsMaterial): TlsMaterial {
     const l = this.latest;
-    return l !== null && l.trustKey === tls.trustKey ? l : tls;
+    return l !== null && l.identityKey === tls.identityKey ? l : tls;
   }
 
   get(t: PoolTarget, tls: TlsMaterial): Pool {
-    const key = poolKey(t, tls.trustKey);
+    const key = poolKey(t, tls.identityKey);
     let p = this.pools.get(key);
     if (!p) {
       p = new (undici().Pool)(`https://${t.host.includes(":") ? `[${t.host}]` : t.host}:${t.port}`, {
@@ -110,7 +110,7 @@ export class PoolSet {
    * undici pool offers none for HTTP/1.1), at most MaxConnections connections (more requests wait, as in undici's Pool).
    */
   getHttp1(t: PoolTarget, tls: TlsMaterial): OriginPool {
-    const key = poolKey(t, tls.trustKey);
+    const key = poolKey(t, tls.identityKey);
     let p = this.h1Pools.get(key);
     if (!p) {
       const sessions = this.sessions;
@@ -144,7 +144,7 @@ export class PoolSet {
   }
 
   static key(t: PoolTarget, tls: TlsMaterial): string {
-    return poolKey(t, tls.trustKey);
+    return poolKey(t, tls.identityKey);
   }
 
   async closeAll(): Promise<void> {

@@ -13,7 +13,7 @@ import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
  * A gateway never originates TLS: its streams are plain pipes, so a runtime here never builds a
  * pool and never uses this material. ClusterRuntime keys its (unused) pool targets by it.
  */
-const PASSTHROUGH: TlsMaterial = { key: "passthrough", trustKey: "passthrough", options: {}, clientContext: createSecureContext() };
+const PASSTHROUGH: TlsMaterial = { key: "passthrough", identityKey: "passthrough", options: {}, clientContext: createSecureContext() };
 
 export class GatewayClusters {
   private readonly runtimes = new Map<string, ClusterRuntime>();

@@ -40,21 +40,26 @@ export function materialKey(identity: Identity, trust: TrustBundle): string {
 }
 
 /**
- * A key that changes only when the trusted roots change. Pooled connections to upstreams are kept
- * per trust bundle, not per leaf: a renewed leaf (same identity, the old one still valid) is used
- * for new connections while the open ones go on, as Envoy does on an SDS update. Replacing the
- * pools at every renewal made every caller re-handshake all of its concurrency at once.
+ * A key that changes only when what a connection is authenticated with changes: our SPIFFE ID
+ * (what the peer authorizes us as) or the roots we verify the peer with. Pooled connections to
+ * upstreams are kept per this key, not per leaf: a renewed leaf (same identity, the old one still
+ * valid) is used for new connections while the open ones go on, as Envoy does on an SDS update.
+ * Replacing the pools at every renewal made every caller re-handshake all of its concurrency at
+ * once. A connection made as another identity, or verified under roots since dropped, is never
+ * reused.
  */
-export function trustKey(trust: TrustBundle): string {
+export function identityKey(identity: Identity, trust: TrustBundle): string {
   const h = createHash("sha256");
+  h.update(identity.spiffeId);
+  h.update("\n");
   for (const r of trust.rootsPem) h.update(r);
   return h.digest("hex");
 }
 
 export interface TlsMaterial {
   readonly key: string;
-  /** trustKey of the roots: what upstream connection pools are keyed by. */
-  readonly trustKey: string;
+  /** identityKey of our identity and roots: what upstream connection pools are keyed by. */
+  readonly identityKey: string;
   readonly options: SecureContextOptions;
   /** For outbound (client) connections. */
   readonly clientContext: SecureContext;
@@ -62,5 +67,5 @@ export interface TlsMaterial {
 
 export function buildTlsMaterial(identity: Identity, trust: TrustBundle): TlsMaterial {
   const options = secureContextOptions(identity, trust);
-  return { key: materialKey(identity, trust), trustKey: trustKey(trust), options, clientContext: createSecureContext(options) };
+  return { key: materialKey(identity, trust), identityKey: identityKey(identity, trust), options, clientContext: createSecureContext(options) };
 }

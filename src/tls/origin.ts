@@ -84,8 +84,11 @@ export class SessionCache {
 
 export function originate(target: OriginTarget, tls: TlsMaterial, sessions: SessionCache, done: (err: UpstreamTlsError | null, s: TLSSocket) => void): TLSSocket {
   // Node skips checkServerIdentity on a resumed session, so a session is only ever offered
-  // again for the same endpoint AND the same expected identity it was verified against.
-  const key = `${target.host}:${target.port}/${target.sni}/${target.expectedSpiffeId}`;
+  // again for the same endpoint AND the same expected identity it was verified against. A resumed
+  // session also skips the peer's verification against our roots and carries the client
+  // certificate it was made with, so it is offered only under the same TLS material: a session
+  // can never present an old identity or leaf, nor skip a root that has since been dropped.
+  const key = `${target.host}:${target.port}/${target.sni}/${target.expectedSpiffeId}/${tls.key}`;
   let identityError: Error | undefined;
   const session = sessions.get(key);
   const common = {

@@ -17,10 +17,10 @@ import { spiffe, sni, TRUST_DOMAIN } from "../helpers/mesh-tls.js";
 
 const ca = await createRootCa(TRUST_DOMAIN);
 const otherCa = await createRootCa(TRUST_DOMAIN);
-const material = async (root: typeof ca, roots: string[]): Promise<TlsMaterial> => {
-  const l = await issueLeaf(root, { spiffeId: spiffe("web"), commonName: "web", ttlMs: 3_600_000 });
+const material = async (root: typeof ca, roots: string[], service = "web"): Promise<TlsMaterial> => {
+  const l = await issueLeaf(root, { spiffeId: spiffe(service), commonName: service, ttlMs: 3_600_000 });
   return buildTlsMaterial(
-    { service: "web", namespace: "default", datacenter: "dc1", trustDomain: TRUST_DOMAIN, spiffeId: spiffe("web"), certChainPem: l.certPem, privateKeyPem: l.keyPem, serial: l.serial, notBefore: l.notBefore, notAfter: l.notAfter },
+    { service, namespace: "default", datacenter: "dc1", trustDomain: TRUST_DOMAIN, spiffeId: spiffe(service), certChainPem: l.certPem, privateKeyPem: l.keyPem, serial: l.serial, notBefore: l.notBefore, notAfter: l.notAfter },
     { trustDomain: TRUST_DOMAIN, rootsPem: roots },
   );
 };
@@ -29,17 +29,24 @@ const renewed = await material(ca, [ca.certPem]);
 const rerooted = await material(ca, [ca.certPem, otherCa.certPem]);
 const db = await issueLeaf(ca, { spiffeId: spiffe("db"), commonName: "db", ttlMs: 3_600_000 });
 
-// db: answers every request with 200 on a keep-alive connection; remembers each connection's client serial.
+// db: answers every request with 200 on a keep-alive connection; remembers each connection's
+// client serial and SPIFFE ID (what an inbound sidecar authorizes).
 const serials: string[] = [];
-const server = createServer({ cert: db.certPem, key: db.keyPem, ca: [ca.certPem], requestCert: true, rejectUnauthorized: true }, (s: TLSSocket) => {
-  serials.push(s.getPeerCertificate().serialNumber.toLowerCase());
-  s.on("error", () => s.destroy());
-  s.on("data", () => s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
-});
-server.listen(0, "127.0.0.1");
-await once(server, "listening");
-t.teardown(() => server.close());
-const target: PoolTarget = { host: "127.0.0.1", port: (server.address() as AddressInfo).port, sni: sni("db"), expectedSpiffeId: spiffe("db"), connectTimeoutMs: 2000, http2: false, maxConnections: 10 };
+const callers: string[] = [];
+async function dbServer(leaf: typeof db): Promise<PoolTarget> {
+  const server = createServer({ cert: leaf.certPem, key: leaf.keyPem, ca: [ca.certPem], requestCert: true, rejectUnauthorized: true }, (s: TLSSocket) => {
+    const peer = s.getPeerCertificate();
+    serials.push(peer.serialNumber.toLowerCase());
+    callers.push(peer.subjectaltname ?? "");
+    s.on("error", () => s.destroy());
+    s.on("data", () => s.write("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"));
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => server.close());
+  return { host: "127.0.0.1", port: (server.address() as AddressInfo).port, sni: sni("db"), expectedSpiffeId: spiffe("db"), connectTimeoutMs: 2000, http2: false, maxConnections: 10 };
+}
+const target = await dbServer(db);
 
 function get(pool: OriginPool): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -91,3 +98,36 @@ function leafSerial(m: TlsMaterial): string {
   if (typeof cert !== "string") throw new Error("expected the leaf as PEM");
   return new X509Certificate(cert).serialNumber;
 }
+
+t.test("a new identity of our own takes a new pool: a connection made as the old one is never reused", async (t) => {
+  const pools = new PoolSet(new SessionCache());
+  t.teardown(() => pools.closeAll());
+  const renamed = await material(ca, [ca.certPem], "web-admin");
+  t.not(PoolSet.key(target, renamed), PoolSet.key(target, first), "same roots, another SPIFFE ID: another pool key");
+  pools.useMaterial(first);
+  const asWeb = pools.getHttp1(target, first);
+  t.equal(await get(asWeb), 200);
+  pools.useMaterial(renamed);
+  const asAdmin = pools.getHttp1(target, renamed);
+  t.not(asAdmin, asWeb, "the pool of the old identity is not handed out");
+  const before = callers.length;
+  t.equal(await get(asAdmin), 200);
+  t.equal(callers.length, before + 1, "a new connection");
+  t.equal(callers.at(-1), `URI:${spiffe("web-admin")}`, "presenting the new identity, which the peer authorizes");
+});
+
+t.test("a root dropped from the bundle: the pool verified under it is not reused, and its peer is refused", async (t) => {
+  const pools = new PoolSet(new SessionCache());
+  t.teardown(() => pools.closeAll());
+  // db's instance with a leaf from the other root, trusted while both roots are.
+  const otherDb = await issueLeaf(otherCa, { spiffeId: spiffe("db"), commonName: "db", ttlMs: 3_600_000 });
+  const other = await dbServer(otherDb);
+  pools.useMaterial(rerooted);
+  const both = pools.getHttp1(other, rerooted);
+  t.equal(await get(both), 200, "trusted while the bundle holds both roots");
+  const shrunk = await material(ca, [ca.certPem]);
+  pools.useMaterial(shrunk);
+  const after = pools.getHttp1(other, shrunk);
+  t.not(after, both, "the bundle lost a root: another pool");
+  await t.rejects(get(after), /certificate|verify|issuer/i, "a new connection to the peer of the dropped root is refused");
+});

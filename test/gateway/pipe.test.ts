@@ -13,7 +13,7 @@ import type { Cluster, Endpoint } from "../../src/config/snapshot.js";
 import { openPipe, type OpenPipe, type StreamFailure } from "../../src/outbound/concrete.js";
 import type { Teardown } from "../helpers/mesh.js";
 
-const NO_TLS = { key: "none", trustKey: "none", options: {}, clientContext: createSecureContext() };
+const NO_TLS = { key: "none", identityKey: "none", options: {}, clientContext: createSecureContext() };
 
 /** A plain TCP server that echoes and counts what it accepted. */
 async function echo(t: Teardown): Promise<{ port: number; accepted: () => number }> {

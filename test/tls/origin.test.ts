@@ -36,7 +36,7 @@ t.test("upstream connections resume, on both dialling paths, and recover from re
   server.listen(0, "127.0.0.1");
   await new Promise((r) => server.once("listening", r));
   t.teardown(() => server.close());
-  const material: TlsMaterial = { key: "k", trustKey: "k", options: {}, clientContext: createSecureContext({ key: web.keyPem, cert: web.certPem, ca: ca.certPem }) };
+  const material: TlsMaterial = { key: "k", identityKey: "k", options: {}, clientContext: createSecureContext({ key: web.keyPem, cert: web.certPem, ca: ca.certPem }) };
   const sessions = new SessionCache();
   const port = (server.address() as AddressInfo).port;
   const connectOnce = (direct: boolean) =>
@@ -77,7 +77,7 @@ t.test("a peer that accepts TCP and never speaks TLS is timed out; a late wrong 
   const ca = await createRootCa(TD);
   const web = await issueLeaf(ca, { spiffeId: spiffe("web"), commonName: "web", ttlMs: 3_600_000 });
   const impostor = await issueLeaf(ca, { spiffeId: spiffe("cache"), commonName: "cache", ttlMs: 3_600_000 });
-  const material: TlsMaterial = { key: "k", trustKey: "k", options: {}, clientContext: createSecureContext({ key: web.keyPem, cert: web.certPem, ca: ca.certPem }) };
+  const material: TlsMaterial = { key: "k", identityKey: "k", options: {}, clientContext: createSecureContext({ key: web.keyPem, cert: web.certPem, ca: ca.certPem }) };
   const attempt = (port: number, timeoutMs: number) =>
     new Promise<{ kind: string | null; handedOut: boolean; ms: number }>((resolve) => {
       const started = performance.now();
