@@ -49,13 +49,34 @@ export function recordConnectSuccess(h: ConnectBackoffState): void {
 }
 
 /**
- * The keys of `hosts` backing off at `now`, added to `exclude`; null when none is (the caller
- * then stops looking until the next failure).
+ * The keys of the hosts backing off, computed when the set can have changed (a failure, a
+ * success, a new host set: invalidate) or when the earliest back-off in it runs out, not at every
+ * pick: a dead instance that stays in the catalog backs off for good, and the picks meanwhile
+ * should not each scan the hosts and build a set.
  */
-export function backingOff(hosts: readonly (ConnectBackoffState & { readonly key: string })[], now: number, exclude: ReadonlySet<string> | undefined): Set<string> | null {
-  let out: Set<string> | null = null;
-  for (const h of hosts) {
-    if (h.connectRetryAt > now) (out ??= new Set(exclude)).add(h.key);
+export class BackingOff {
+  private keys: Set<string> | null = null;
+  /** When the earliest back-off in `keys` ends (the set changes then). */
+  private until = Infinity;
+  private stale = false;
+
+  invalidate(): void {
+    this.stale = true;
   }
-  return out;
+
+  /** The keys of `hosts` backing off now, or null when none is; `now` is read only when the set may have changed. */
+  of(hosts: readonly (ConnectBackoffState & { readonly key: string })[], now: () => number): ReadonlySet<string> | null {
+    if (!this.stale && this.keys === null) return null;
+    const t = now();
+    if (!this.stale && t < this.until) return this.keys;
+    this.stale = false;
+    this.keys = null;
+    this.until = Infinity;
+    for (const h of hosts) {
+      if (h.connectRetryAt <= t) continue;
+      (this.keys ??= new Set()).add(h.key);
+      if (h.connectRetryAt < this.until) this.until = h.connectRetryAt;
+    }
+    return this.keys;
+  }
 }

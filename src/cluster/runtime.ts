@@ -9,7 +9,7 @@ import { PeakEwmaBalancer, createBalancer, hostKey, type Balancer, type HostStat
 import { OutlierDetector, availableHosts } from "./outlier.js";
 import { CircuitBreaker } from "./limits.js";
 import { PoolSet, type PoolTarget } from "./pools.js";
-import { backingOff, recordConnectFailure, recordConnectSuccess, type ConnectBackoffState } from "./connect-backoff.js";
+import { BackingOff, recordConnectFailure, recordConnectSuccess, type ConnectBackoffState } from "./connect-backoff.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import type { Pool } from "undici";
 import type { OriginPool } from "../http1/client.js";
@@ -23,7 +23,7 @@ import type { ClusterSnapshotStats } from "../telemetry/cluster-gauges.js";
 export interface ClusterHost extends HostState, ConnectBackoffState {
   endpoint: HostState["endpoint"];
   pool: PoolTarget;
-  /** PoolSet key of `pool` under the current TLS material. */
+  /** PoolSet key of `pool` under the current TLS material's identityKey. */
   poolKey: string;
   /** The host's connection pool, looked up on first use; dropped when poolKey changes. */
   dispatcher?: Pool | undefined;
@@ -37,6 +37,7 @@ export interface ClusterHost extends HostState, ConnectBackoffState {
  * as LocalOriginConnectSuccessFinal (counted as a 200, which ends a run of failures).
  */
 const CONNECT_FAILED = { localOriginFailure: true } as const;
+const now = (): number => performance.now();
 const CONNECT_SUCCEEDED = { status: 200 } as const;
 
 /** One host as the admin API's /clusters shows it. */
@@ -89,8 +90,8 @@ export class ClusterRuntime {
   private sweepTimer: NodeJS.Timeout | null = null;
   private sweepEvery = 0;
   private tls: TlsMaterial;
-  /** Set by a failed connect; cleared by the first pick that finds no host backing off. */
-  private mayBackOff = false;
+  /** Which available hosts are backing off after failed connects (connect-backoff.ts). */
+  private readonly backingOff = new BackingOff();
   panic = false;
 
   /** Whether the pools offer h2: fixed for the runtime's life (the proxy replaces a runtime whose protocol changes). */
@@ -203,6 +204,7 @@ export class ClusterRuntime {
     const r = availableHosts(this.hosts, this.outlier, (h) => h.endpoint.healthy, od === null ? 0 : od.panicThresholdPercent);
     this.available = r.hosts;
     this.panic = r.panic;
+    this.backingOff.invalidate();
   }
 
   /** What the scrape-time gauges report. */
@@ -261,11 +263,13 @@ export class ClusterRuntime {
   pick(ctx: PickContext): ClusterHost | null {
     const hosts = this.available;
     if (hosts.length === 0) return null;
-    if (this.mayBackOff) {
-      const exclude = backingOff(hosts, performance.now(), ctx.exclude);
-      if (exclude === null) this.mayBackOff = false;
-      // A host neither tried nor backing off first; with none, the tried ones stay the last resort.
-      else if (hosts.some((h) => !exclude.has(h.key))) return this.balancer.pick(hosts, { ...ctx, exclude });
+    const off = this.backingOff.of(hosts, now);
+    // A host neither tried nor backing off first; with none, the tried ones stay the last resort.
+    if (off !== null && off.size < hosts.length) {
+      const tried = ctx.exclude;
+      if (tried === undefined || tried.size === 0) return this.balancer.pick(hosts, { ...ctx, exclude: off });
+      const exclude = new Set([...off, ...tried]);
+      if (hosts.some((h) => !exclude.has(h.key))) return this.balancer.pick(hosts, { ...ctx, exclude });
     }
     return this.balancer.pick(hosts, ctx);
   }
@@ -299,13 +303,19 @@ export class ClusterRuntime {
   reportConnect(h: ClusterHost, ok: boolean): void {
     this.outlier?.reportResult(h.key, ok ? CONNECT_SUCCEEDED : CONNECT_FAILED);
     if (!ok) this.connectFailed(h);
-    else if (h.connectFailures > 0) recordConnectSuccess(h);
+    else this.connectSucceeded(h);
   }
 
   /** A connect to `h` failed (refused, timed out, wrong identity): the balancer passes it over for a while. */
   connectFailed(h: ClusterHost): void {
     recordConnectFailure(h, performance.now(), Math.random);
-    this.mayBackOff = true;
+    this.backingOff.invalidate();
+  }
+
+  private connectSucceeded(h: ClusterHost): void {
+    if (h.connectFailures === 0) return;
+    recordConnectSuccess(h);
+    this.backingOff.invalidate();
   }
 
   /** Whether response times are wanted (peak_ewma); the router measures only then. */
@@ -320,7 +330,7 @@ export class ClusterRuntime {
 
   reportResult(h: ClusterHost, r: { status?: number; localOriginFailure?: boolean }): void {
     this.outlier?.reportResult(h.key, r);
-    if (r.status !== undefined && h.connectFailures > 0) recordConnectSuccess(h);
+    if (r.status !== undefined) this.connectSucceeded(h);
   }
 
   /** Why nothing could be picked, for the 503 body and the log. */

@@ -1,7 +1,7 @@
 // The back-off arithmetic: doubling from 100 ms to a 10 s cap with ±10 % jitter, one step per
 // incident (failures of connects already under way do not escalate it), over at the first success.
 import t from "tap";
-import { CONNECT_BACKOFF_MAX_MS, backingOff, backoffMs, recordConnectFailure, recordConnectSuccess, type ConnectBackoffState } from "../../src/cluster/connect-backoff.js";
+import { BackingOff, CONNECT_BACKOFF_MAX_MS, backoffMs, recordConnectFailure, recordConnectSuccess, type ConnectBackoffState } from "../../src/cluster/connect-backoff.js";
 
 t.test("doubles from 100 ms and stops at 10 s", async (t) => {
   t.same([1, 2, 3, 4, 5, 6, 7, 8].map(backoffMs), [100, 200, 400, 800, 1600, 3200, 6400, 10_000]);
@@ -30,12 +30,22 @@ t.test("failures during a back-off are the same incident; the next one after it 
   t.same(h, { connectFailures: 0, connectRetryAt: 0 }, "a success ends the back-off");
 });
 
-t.test("backingOff lists the hosts backing off, with the exclusions already given", async (t) => {
+t.test("BackingOff lists the hosts backing off, and reads the clock only when the set may change", async (t) => {
   const hosts = [
     { key: "a", connectFailures: 1, connectRetryAt: 200 },
     { key: "b", connectFailures: 0, connectRetryAt: 0 },
     { key: "c", connectFailures: 2, connectRetryAt: 50 },
   ];
-  t.same([...(backingOff(hosts, 100, new Set(["b"])) ?? [])].sort(), ["a", "b"], "a backs off, c's is over, b was tried");
-  t.equal(backingOff(hosts, 300, new Set(["b"])), null, "none backing off: null, whatever was tried");
+  const off = new BackingOff();
+  let reads = 0;
+  const at = (ms: number) => () => (reads++, ms);
+  t.equal(off.of(hosts, at(100)), null, "nothing failed yet: none, and no clock read");
+  t.equal(reads, 0);
+  off.invalidate();
+  t.same([...(off.of(hosts, at(100)) ?? [])], ["a"], "a backs off, c's is over");
+  t.same([...(off.of(hosts, at(150)) ?? [])], ["a"], "the same set until a's back-off ends");
+  t.equal(off.of(hosts, at(300)), null, "none backing off: null");
+  reads = 0;
+  t.equal(off.of(hosts, at(400)), null, "and it stays null without reading the clock");
+  t.equal(reads, 0);
 });
