@@ -216,8 +216,10 @@ export class Proxy extends EventEmitter {
       if (this.current === null) throw e;
       return;
     }
-    // HTTP listeners need undici (pools to peers and the app); a TCP-only sidecar never loads it.
-    if (compiled.speaksHttp) await loadUndici();
+    // HTTP/2 goes through undici's pools; HTTP/1.1 on the llhttp core does not, so a sidecar
+    // that speaks only TCP or HTTP/1.1 loads undici only if a request ever takes the node:http
+    // path (http/undici.ts). The node:http engine, chosen by hand, sends everything through it.
+    if (compiled.speaksHttp2 || (compiled.speaksHttp && process.env["MESHPROXY_HTTP1_CORE"] === "node")) await loadUndici();
     const first = this.current === null;
     if (first && this.opts.tracing && !this.obs.tracing) {
       // The OpenTelemetry SDK is loaded only when tracing is on.

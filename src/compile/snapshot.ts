@@ -30,8 +30,10 @@ export interface CompiledSnapshot {
   readonly inbound: InboundState | null;
   readonly upstreams: readonly CompiledUpstream[];
   readonly clusters: ReadonlyMap<string, CompiledCluster>;
-  /** Some listener speaks HTTP: undici is needed. */
+  /** Some listener speaks HTTP. */
   readonly speaksHttp: boolean;
+  /** An HTTP/2 cluster or an h2c app: requests will go through undici's pools (http/undici.ts). */
+  readonly speaksHttp2: boolean;
 }
 
 function isHttp2(p: Protocol): boolean {
@@ -97,5 +99,6 @@ export function compileSnapshot(s: Snapshot, previousTls: TlsMaterial | null = n
     upstreams,
     clusters,
     speaksHttp: (s.publicListener !== null && s.publicListener.protocol !== "tcp") || s.upstreams.some((u) => u.protocol !== "tcp"),
+    speaksHttp2: (s.publicListener !== null && isHttp2(s.publicListener.protocol)) || [...clusters.values()].some((c) => c.http2),
   };
 }

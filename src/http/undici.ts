@@ -1,6 +1,9 @@
-// undici, loaded on first need. A sidecar that only pipes TCP never speaks HTTP to anyone and
-// does not pay undici's ~10 MB and ~40 ms at start; the proxy loads it before applying the first
-// Snapshot with an HTTP listener, and the CLI before a Consul agent or app-metrics client.
+// undici, loaded on first need: it is ~10 MB of a sidecar's memory (with the copy of undici inside
+// Node that it wakes) and ~40 ms at start. A sidecar whose HTTP is HTTP/1.1 end to end never
+// needs it (the llhttp core serves both hops); the proxy loads it before applying a Snapshot with
+// an HTTP/2 cluster or an h2c app, the paths that may meet HTTP/2 anyway (a caller that
+// negotiates h2, an app sending h2c) load it on their first request, and the CLI before a
+// Consul agent or app-metrics client.
 type Undici = typeof import("undici");
 
 let mod: Undici | null = null;
@@ -9,6 +12,11 @@ let loading: Promise<Undici> | null = null;
 export function loadUndici(): Promise<Undici> {
   loading ??= import("undici").then((m) => (mod = m));
   return loading;
+}
+
+/** Whether undici() may be called now. */
+export function undiciLoaded(): boolean {
+  return mod !== null;
 }
 
 /** The loaded module; calling this before loadUndici() has resolved is a bug, said loudly. */

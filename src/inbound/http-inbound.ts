@@ -6,7 +6,7 @@ import { createServer as createH2Server, type Http2Server, type ServerHttp2Sessi
 import type { Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import type { Dispatcher } from "undici";
-import { undici } from "../http/undici.js";
+import { loadUndici, undici, undiciLoaded } from "../http/undici.js";
 import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { endToEndCopy } from "../http/headers.js";
@@ -74,6 +74,12 @@ type UpgradeRequest = Pick<IncomingMessage, "method" | "url" | "headers" | "rawH
 type Res = AnyResponse;
 
 /** What the local-app pool is built from: a Snapshot that changes none of it keeps the pool and its idle connections. */
+/** `host:port` of the local app, for logs. */
+function appAddress(c: InboundHttpConfig): string {
+  const app = c.localApp;
+  return app.host.includes(":") ? `[${app.host}]:${app.port}` : `${app.host}:${app.port}`;
+}
+
 function poolKey(c: InboundHttpConfig): string {
   return `${c.localApp.host}:${c.localApp.port}/${c.appHttp2 ? "h2c" : "h1"}/${c.localConnectTimeoutMs}`;
 }
@@ -86,7 +92,8 @@ export class InboundHttp {
   /** Set around emit("connection"): node creates the HTTP/2 session synchronously inside it. */
   private connecting: Caller | null = null;
   private config: InboundHttpConfig;
-  private pool: Dispatcher;
+  /** The local app's undici pool (node:http and HTTP/2 callers, an h2c app), made on first use. */
+  private pool: Dispatcher | null = null;
   private poolFor = "";
   /** `host:port` of the local app, for logs. */
   private app = "";
@@ -103,7 +110,7 @@ export class InboundHttp {
     private readonly hcm: HttpConnManagerStats,
   ) {
     this.config = config;
-    this.pool = this.makePool(config);
+    this.app = appAddress(config);
     this.h1 = createHttpServer({ keepAliveTimeout: 60_000, headersTimeout: 10_000, requestTimeout: 0, connectionsCheckingInterval: 1_000 }, (req, res) =>
       this.handle(req, res, this.callers.get(req.socket)),
     );
@@ -129,7 +136,6 @@ export class InboundHttp {
   private makePool(config: InboundHttpConfig): Dispatcher {
     const app = config.localApp;
     this.poolFor = poolKey(config);
-    this.app = app.host.includes(":") ? `[${app.host}]:${app.port}` : `${app.host}:${app.port}`;
     const origin = `http://${app.host.includes(":") ? `[${app.host}]` : app.host}:${app.port}`;
     const { H2CClient, Pool } = undici();
     if (config.appHttp2) return new H2CClient(origin, { headersTimeout: 0, bodyTimeout: 0, connectTimeout: config.localConnectTimeoutMs });
@@ -144,10 +150,11 @@ export class InboundHttp {
 
   update(config: InboundHttpConfig): void {
     this.config = config;
+    this.app = appAddress(config);
     this.core?.update(config);
-    if (poolKey(config) !== this.poolFor) {
+    if (this.pool !== null && poolKey(config) !== this.poolFor) {
       const old = this.pool;
-      this.pool = this.makePool(config);
+      this.pool = null;
       old.close().catch(logRejection(this.log, "closing the previous local-app pool", "debug"));
     }
   }
@@ -264,6 +271,11 @@ export class InboundHttp {
     // The app's spans become children of this hop's server span.
     if (this.obs.tracing && rec.span) this.obs.tracing.inject(rec.span, headers);
     const hasBody = requestHasBody(req);
+    if (this.pool === null && !undiciLoaded()) {
+      await loadUndici();
+      if (res.destroyed) return;
+    }
+    const pool = (this.pool ??= this.makePool(this.config));
     const timeoutMs = this.config.requestTimeoutMs;
     // The answer streams straight from the app into the caller's response; the app's time to
     // answer is undici's header timer, so a normal request allocates no timer and no signal.
@@ -280,7 +292,7 @@ export class InboundHttp {
       res.once("close", () => {
         if (!res.writableFinished) handler.abort(new Error("the caller closed the connection"));
       });
-      this.pool.dispatch({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 }, handler);
+      pool.dispatch({ method: req.method ?? "GET", path, headers, body: hasBody ? req : null, headersTimeout: timeoutMs > 0 ? timeoutMs : 0 }, handler);
     });
     if (!("error" in result) || result.delivered || res.destroyed) return;
     const timedOut = errorCode(result.error) === "UND_ERR_HEADERS_TIMEOUT";
@@ -358,6 +370,6 @@ export class InboundHttp {
 
   async close(): Promise<void> {
     this.core?.close();
-    await this.pool.close().catch(logRejection(this.log, "closing the local-app pool", "debug"));
+    await this.pool?.close().catch(logRejection(this.log, "closing the local-app pool", "debug"));
   }
 }

@@ -10,6 +10,7 @@ import { isRefusedStream, type AttemptOutcome } from "../http/retry.js";
 import { ResponseForwarder } from "../http/forwarder.js";
 import type { Dispatcher } from "undici";
 import { errorCode, type Cancel, type ResponseSink } from "../http/compat.js";
+import { loadUndici, undiciLoaded } from "../http/undici.js";
 
 /** A body undici can send: buffered (a retry sends it again) or streamed (the app's request, a native client's stream). */
 export type AttemptBody = Buffer | NonNullable<Dispatcher.DispatchOptions["body"]> | null;
@@ -53,6 +54,15 @@ export function dispatchAttempt(
   res: ResponseSink,
   deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
 ): Promise<AttemptResult> {
+  // The first attempt through undici (an HTTP/2 cluster, or a request the node:http path took)
+  // waits for it to load; a Snapshot with HTTP/2 clusters loaded it before it was applied.
+  if (!undiciLoaded()) {
+    return loadUndici().then((): AttemptResult | Promise<AttemptResult> => {
+      if (!clientGone.cancelled) return dispatchAttempt(cluster, host, waits, method, path, headers, body, timeouts, clientGone, res, deliver);
+      if (waits) cluster.breaker.releasePending();
+      return { outcome: { kind: "reset" }, delivered: false };
+    });
+  }
   cluster.begin(host);
   const sent = cluster.learnsLatency ? performance.now() : 0;
   let pending = waits;
