@@ -21,6 +21,7 @@ import type { Observers } from "../telemetry/observers.js";
 import type { HttpRouter, OutboundHttpState } from "./http-router.js";
 import { upgradeOutbound, type UpgradeRequest } from "./upgrade.js";
 import { OutboundHttp1, outboundHttp1Engine } from "./http1-outbound.js";
+import { NODE_SERVER_DEFAULTS } from "../http1/server.js";
 import { localReply } from "../http/local-reply.js";
 import { answerClientError } from "../http/client-error.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
@@ -184,12 +185,26 @@ export class UpstreamListener {
     return srv;
   }
 
-  /** The app may speak HTTP/1.1 or HTTP/2 (h2c); the first bytes tell, as Envoy's codec AUTO does. */
+  /**
+   * The app may speak HTTP/1.1 or HTTP/2 (h2c); the first bytes tell, as Envoy's codec AUTO does.
+   * Until then no server owns the socket, so this stage closes it itself: on EOF before a byte (a
+   * client that connected and gave up, a port check) and when no byte came within the HTTP/1
+   * core's head timeout; otherwise it would sit in CLOSE-WAIT for the life of the process.
+   */
   private sniff(down: Socket): void {
-    down.once("readable", () => {
-      // Not in object mode and no encoding set: read() gives a Buffer, or null when nothing is buffered.
+    const silent = setTimeout(() => down.destroy(), NODE_SERVER_DEFAULTS.headersTimeoutMs);
+    const ended = (): void => {
+      clearTimeout(silent);
+      down.destroy();
+    };
+    const readable = (): void => {
+      // Not in object mode and no encoding set: read() gives a Buffer, or null when nothing is
+      // buffered (at EOF, which 'end' then reports).
       const first = down.read() as Buffer | null;
-      if (first === null) return;
+      if (first === null) return void down.once("readable", readable);
+      clearTimeout(silent);
+      down.off("end", ended);
+      down.off("close", closed);
       down.unshift(first);
       const h2 = first.length >= 3 && first[0] === 0x50 && first[1] === 0x52 && first[2] === 0x49; // "PRI" of the HTTP/2 preface
       const core = h2 ? null : this.http1();
@@ -197,7 +212,11 @@ export class UpstreamListener {
         core.accept(down);
         down.resume();
       } else (h2 ? this.h2() : this.http()).emit("connection", down);
-    });
+    };
+    const closed = (): void => clearTimeout(silent);
+    down.once("readable", readable);
+    down.once("end", ended);
+    down.once("close", closed);
     // Reading starts now (the listener pauses new sockets); stay paused until one server owns it.
     down.resume();
     down.pause();
