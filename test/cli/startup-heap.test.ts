@@ -1,0 +1,70 @@
+// The CLI holds V8's young generation at its smallest while a proxy idles and lets it grow once
+// the event loop is busy (src/cli/startup-heap.ts). That rests on V8 reading
+// --semi-space-growth-factor each time it grows the space; this checks it on the Node running the
+// tests (.ci/run also runs it on Node 22 and 24), in a fresh process: the same burst of surviving
+// objects grows the space after the release and not while held.
+import t from "tap";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
+import { ROOT } from "../helpers/mesh.js";
+
+const MODULE = join(ROOT, "dist", "cli", "startup-heap.js");
+
+// A burst like a start's: many objects that survive scavenges. Prints the new space's size (bytes)
+// after a burst while held, then after one more burst once released.
+const SCRIPT = `
+import { getHeapSpaceStatistics } from "node:v8";
+import { holdYoungGeneration, releaseYoungGeneration } from ${JSON.stringify(MODULE)};
+const newSpace = () => getHeapSpaceStatistics().find((s) => s.space_name === "new_space").space_size;
+const kept = [];
+const burst = () => { for (let i = 0; i < 400000; i++) kept.push({ i, s: "x" + i }); };
+holdYoungGeneration();
+burst();
+const held = newSpace();
+releaseYoungGeneration();
+burst();
+console.log(JSON.stringify({ held, released: newSpace(), kept: kept.length }));
+`;
+
+function run(nodeFlags: string[] = []): { held: number; released: number } {
+  const r = spawnSync(process.execPath, [...nodeFlags, "--input-type=module", "-e", SCRIPT], { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "" } });
+  if (r.status !== 0) throw new Error(`the probe failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as { held: number; released: number };
+}
+
+t.test("the young generation does not grow while held, and grows again once released", async (t) => {
+  const { held, released } = run();
+  t.ok(held <= 4 * 1024 * 1024, `held: the new space stayed small (${held} bytes)`);
+  t.ok(released >= 4 * held, `released: the same burst grew it as V8 does unheld (${held} → ${released} bytes)`);
+});
+
+t.test("an operator's own --semi-space-growth-factor is left alone", async (t) => {
+  const { held } = run(["--semi-space-growth-factor=2"]);
+  t.ok(held > 4 * 1024 * 1024, `the burst grew the new space as the operator's factor says (${held} bytes)`);
+});
+
+// Under load the governor lets go: a busy event loop (allocating, as a proxy under load does)
+// grows the new space after two busy seconds.
+const BUSY_SCRIPT = `
+import { getHeapSpaceStatistics } from "node:v8";
+import { governYoungGeneration, holdYoungGeneration } from ${JSON.stringify(MODULE)};
+const newSpace = () => getHeapSpaceStatistics().find((s) => s.space_name === "new_space").space_size;
+holdYoungGeneration();
+governYoungGeneration();
+const start = newSpace();
+const live = [];
+const until = performance.now() + 4000;
+const work = () => {
+  for (let i = 0; i < 20000; i++) { live.push({ i, s: "y" + i }); if (live.length > 200000) live.splice(0, 100000); }
+  if (performance.now() < until) setImmediate(work);
+  else console.log(JSON.stringify({ start, busy: newSpace() }));
+};
+work();
+`;
+
+t.test("the governor lets the young generation grow once the event loop is busy", async (t) => {
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", BUSY_SCRIPT], { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "" } });
+  t.equal(r.status, 0, `the probe ran (${r.stderr})`);
+  const { start, busy } = JSON.parse(r.stdout) as { start: number; busy: number };
+  t.ok(busy >= 4 * start, `busy: the new space grew (${start} → ${busy} bytes)`);
+});
