@@ -3,10 +3,11 @@
 // long-lived objects its timers make): left alone, the new space reaches 4 MB per semi-space in the
 // first seconds and stays committed, largely resident, while nothing is being proxied. Holding
 // V8's growth factor at 1 while the event loop is idle keeps it at its start size: 2 MB less RSS
-// at idle on Node 20 and 3.5 MB on Node 24 (bench/PERF-LOG.md, session 13). After two busy seconds
-// the default factor (2) is back and load grows the space exactly as before; after a quiet spell
-// V8's memory reducer shrinks it and the hold keeps it there. V8 reads the factor each time it
-// grows the space; test/cli/startup-heap.test.ts checks that on the Node under test.
+// at idle on Node 20 and 3.5 MB on Node 24 (bench/PERF-LOG.md, session 13). After a busy second
+// (the start's own aside) the default factor (2) is back and load grows the space exactly as
+// before; after a quiet spell V8's memory reducer shrinks it and the hold keeps it there. V8 reads
+// the factor each time it grows the space; test/cli/startup-heap.test.ts checks that on the Node
+// under test.
 import { setFlagsFromString } from "node:v8";
 import { performance, type EventLoopUtilization } from "node:perf_hooks";
 
@@ -14,8 +15,6 @@ const FLAG = "--semi-space-growth-factor";
 const DEFAULT_FACTOR = 2;
 /** Event-loop utilization over a second at or above which the proxy is serving. */
 const BUSY = 0.02;
-/** Busy seconds in a row before growth is released: the start itself is one busy second. */
-const BUSY_SECONDS = 2;
 /** Seconds below BUSY before growth is held again. */
 const QUIET_SECONDS = 30;
 
@@ -43,25 +42,27 @@ export function releaseYoungGeneration(): void {
 }
 
 /**
- * A proxy: growth follows the event loop from now on, released after BUSY_SECONDS of a busy
- * loop and held again after QUIET_SECONDS of idling. One unref'd timer, nothing per request.
+ * A proxy: growth follows the event loop from now on, released after a busy second (the first
+ * second, the start, aside) and held again after QUIET_SECONDS of idling. One unref'd timer, nothing per request.
  */
 export function governYoungGeneration(): void {
   if (governed || operatorChose()) return;
   governed = true;
   let last: EventLoopUtilization = performance.eventLoopUtilization();
+  // The first second is the start itself (busy by nature): it is not judged.
+  let judged = false;
   let quiet = 0;
-  let busy = 0;
   setInterval(() => {
     const now = performance.eventLoopUtilization();
     const serving = performance.eventLoopUtilization(now, last).utilization >= BUSY;
     last = now;
-    if (serving) {
+    if (!judged) {
+      judged = true;
+    } else if (serving) {
       quiet = 0;
-      if (++busy >= BUSY_SECONDS) releaseYoungGeneration();
-    } else {
-      busy = 0;
-      if (++quiet >= QUIET_SECONDS) holdYoungGeneration();
+      releaseYoungGeneration();
+    } else if (++quiet >= QUIET_SECONDS) {
+      holdYoungGeneration();
     }
   }, 1_000).unref();
 }

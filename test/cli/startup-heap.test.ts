@@ -44,7 +44,7 @@ t.test("an operator's own --semi-space-growth-factor is left alone", async (t) =
 });
 
 // Under load the governor lets go: a busy event loop (allocating, as a proxy under load does)
-// grows the new space after two busy seconds.
+// grows the new space after a busy second.
 const BUSY_SCRIPT = `
 import { getHeapSpaceStatistics } from "node:v8";
 import { governYoungGeneration, holdYoungGeneration } from ${JSON.stringify(MODULE)};
