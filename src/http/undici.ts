@@ -1,9 +1,9 @@
 // undici, loaded on first need: it is ~10 MB of a sidecar's memory (with the copy of undici inside
 // Node that it wakes) and ~40 ms at start. A sidecar whose HTTP is HTTP/1.1 end to end never
 // needs it (the llhttp core serves both hops); the proxy loads it before applying a Snapshot with
-// an HTTP/2 cluster or an h2c app, the paths that may meet HTTP/2 anyway (a caller that
-// negotiates h2, an app sending h2c) load it on their first request, and the CLI before a
-// Consul agent or app-metrics client.
+// an HTTP/2 cluster or an h2c app, the node:http paths a Snapshot cannot predict (an app sending
+// h2c to an HTTP/1.1 upstream, the inbound node:http engine after a failed core self-test) load
+// it on their first request, and the CLI before a Consul agent or app-metrics client.
 type Undici = typeof import("undici");
 
 let mod: Undici | null = null;

@@ -73,13 +73,13 @@ type Req = AnyRequest;
 type UpgradeRequest = Pick<IncomingMessage, "method" | "url" | "headers" | "rawHeaders">;
 type Res = AnyResponse;
 
-/** What the local-app pool is built from: a Snapshot that changes none of it keeps the pool and its idle connections. */
 /** `host:port` of the local app, for logs. */
 function appAddress(c: InboundHttpConfig): string {
   const app = c.localApp;
   return app.host.includes(":") ? `[${app.host}]:${app.port}` : `${app.host}:${app.port}`;
 }
 
+/** What the local-app pool is built from: a Snapshot that changes none of it keeps the pool and its idle connections. */
 function poolKey(c: InboundHttpConfig): string {
   return `${c.localApp.host}:${c.localApp.port}/${c.appHttp2 ? "h2c" : "h1"}/${c.localConnectTimeoutMs}`;
 }
