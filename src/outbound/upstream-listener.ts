@@ -193,10 +193,7 @@ export class UpstreamListener {
    */
   private sniff(down: Socket): void {
     const silent = setTimeout(() => down.destroy(), NODE_SERVER_DEFAULTS.headersTimeoutMs);
-    const ended = (): void => {
-      clearTimeout(silent);
-      down.destroy();
-    };
+    const ended = (): void => void down.destroy();
     const readable = (): void => {
       // Not in object mode and no encoding set: read() gives a Buffer, or null when nothing is
       // buffered (at EOF, which 'end' then reports).
@@ -204,7 +201,6 @@ export class UpstreamListener {
       if (first === null) return void down.once("readable", readable);
       clearTimeout(silent);
       down.off("end", ended);
-      down.off("close", closed);
       down.unshift(first);
       const h2 = first.length >= 3 && first[0] === 0x50 && first[1] === 0x52 && first[2] === 0x49; // "PRI" of the HTTP/2 preface
       const core = h2 ? null : this.http1();
@@ -213,10 +209,9 @@ export class UpstreamListener {
         down.resume();
       } else (h2 ? this.h2() : this.http()).emit("connection", down);
     };
-    const closed = (): void => clearTimeout(silent);
     down.once("readable", readable);
     down.once("end", ended);
-    down.once("close", closed);
+    down.once("close", () => clearTimeout(silent));
     // Reading starts now (the listener pauses new sockets); stay paused until one server owns it.
     down.resume();
     down.pause();
