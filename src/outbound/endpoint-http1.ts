@@ -12,7 +12,7 @@ import { fieldRecord } from "../http1/fields.js";
 import { recordRequestHead } from "../http1/forward.js";
 import type { AttemptOutcome, ConnectFailureReason } from "../http/retry.js";
 import type { Cancel, ResponseSink } from "../http/compat.js";
-import { dispatchAttempt, type AttemptResult, type AttemptSender } from "./endpoint.js";
+import { dispatchAttempt, headTimerMs, type AttemptResult, type AttemptSender } from "./endpoint.js";
 
 /** Where a streamed request body's chunks go. */
 export interface BodyChunks {
@@ -83,6 +83,7 @@ class Http1Attempt implements ResponseEvents {
 
   start(method: string, path: string, headers: Record<string, string | string[] | undefined>, body: Http1AttemptBody, timeouts: { readonly headersMs: number; readonly idleMs: number }): void {
     const pool = this.cluster.http1PoolFor(this.host);
+    const headMs = headTimerMs(timeouts.headersMs);
     const go = (): void => {
       this.cancelWait?.();
       this.cancelWait = null;
@@ -98,7 +99,7 @@ class Http1Attempt implements ResponseEvents {
         framing = chunked ? "transfer-encoding: chunked\r\n" : `content-length: ${body.length}\r\n`;
       } else if (headers["content-length"] === "0") framing = "content-length: 0\r\n";
       const head = recordRequestHead(method, path, headers, hostLine, framing);
-      const up = pool.request(head, method === "HEAD", body !== null, chunked, Math.max(1, Math.ceil(timeouts.headersMs)), this, Math.max(0, Math.ceil(timeouts.idleMs)));
+      const up = pool.request(head, method === "HEAD", body !== null, chunked, headMs, this, Math.max(0, Math.ceil(timeouts.idleMs)));
       this.up = up;
       if (this.done) return;
       if (Buffer.isBuffer(body)) {
@@ -120,13 +121,16 @@ class Http1Attempt implements ResponseEvents {
     // pool queues; the wait counts against the per-try timeout, so a stuck host does not hold it forever.
     if (pool.full) {
       const cancel = pool.wait(go);
-      const timer = setTimeout(() => {
-        this.cancelWait = null;
-        cancel();
-        this.finish({ outcome: PER_TRY_TIMEOUT, delivered: false });
-      }, Math.max(1, Math.ceil(timeouts.headersMs)));
+      const timer =
+        headMs > 0
+          ? setTimeout(() => {
+              this.cancelWait = null;
+              cancel();
+              this.finish({ outcome: PER_TRY_TIMEOUT, delivered: false });
+            }, headMs)
+          : null;
       this.cancelWait = () => {
-        clearTimeout(timer);
+        if (timer) clearTimeout(timer);
         cancel();
       };
     } else go();

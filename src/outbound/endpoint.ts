@@ -15,6 +15,15 @@ import { loadUndici, undiciLoaded } from "../http/undici.js";
 /** A body undici can send: buffered (a retry sends it again) or streamed (the app's request, a native client's stream). */
 export type AttemptBody = Buffer | NonNullable<Dispatcher.DispatchOptions["body"]> | null;
 
+/**
+ * An attempt's response-head timeout as a timer takes it: whole milliseconds, at least 1; 0 (no
+ * timer) when it is infinite (a route without a timeout and without a per-try timeout), which
+ * setTimeout would otherwise fire after 1 ms.
+ */
+export function headTimerMs(ms: number): number {
+  return Number.isFinite(ms) ? Math.max(1, Math.ceil(ms)) : 0;
+}
+
 /** How one attempt ended, and whether the client got (part of) its answer. */
 export interface AttemptResult {
   readonly outcome: AttemptOutcome;
@@ -107,6 +116,6 @@ export function dispatchAttempt(
     clientGone.once("abort", onGone);
     // undici's own timers: the header timer is the per-try timeout, the body timer the route's
     // idle timeout (the longest silence between two chunks of the answer). No timer objects here.
-    cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: Math.max(1, Math.ceil(timeouts.headersMs)), bodyTimeout: Math.max(0, Math.ceil(timeouts.idleMs)) }, handler);
+    cluster.poolFor(host).dispatch({ method, path, headers, body, headersTimeout: headTimerMs(timeouts.headersMs), bodyTimeout: Math.max(0, Math.ceil(timeouts.idleMs)) }, handler);
   });
 }

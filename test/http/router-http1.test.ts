@@ -101,6 +101,31 @@ t.test("a request waiting for a connection (MaxConnections 1, the one busy) is h
   t.same([f?.status, String(f?.body)], [200, "held done"], "the streaming answer was not disturbed by the wait that gave up");
 });
 
+// A route timeout of 0 is "none" (Envoy's 0s). Passed on as an infinite per-try timeout, it
+// became setTimeout(Infinity), which Node fires after 1 ms: every answer slower than that was a
+// 504 UT.
+t.test("a route without a timeout (0: none) waits for a slow answer: on the HTTP/1 core, while waiting for a connection, and through undici", async (t) => {
+  const slow = await peer("api", (_req, res) => setTimeout(() => res.end("slow ok"), 80));
+  const addr = await listener(slow.port, { maxConnections: 1 }, { timeoutMs: 0 });
+  // Two requests on two connections: the second waits for the only upstream connection.
+  const [a, b] = await Promise.all(["/a", "/b"].map((path) => exchange(plainTo(addr), `GET ${path} HTTP/1.1\r\nHost: api\r\n\r\n`, { done: hasResponses(1) })));
+  t.same([a, b].map((x) => { const r = parseResponses(x!.data)[0]; return [r?.status, String(r?.body)]; }), [[200, "slow ok"], [200, "slow ok"]], "both answered by the app, the one that waited too");
+
+  const l = await leaf("api");
+  const h2 = createSecureServer({ cert: l.certPem, key: l.keyPem });
+  h2.on("stream", (stream: ServerHttp2Stream) => setTimeout(() => {
+    stream.respond({ ":status": 200 });
+    stream.end("slow h2");
+  }, 80));
+  h2.listen(0, "127.0.0.1");
+  await once(h2, "listening");
+  t.teardown(() => h2.close());
+  const h2addr = await listener((h2.address() as AddressInfo).port, { http2: true }, { timeoutMs: 0 });
+  const x = await exchange(plainTo(h2addr), "GET /c HTTP/1.1\r\nHost: api\r\n\r\n", { done: hasResponses(1) });
+  const r = parseResponses(x.data)[0];
+  t.same([r?.status, String(r?.body)], [200, "slow h2"], "the HTTP/2 cluster's slow answer too");
+});
+
 t.test("a request header mutation cannot reframe the request: the peer reads the body the app sent", async (t) => {
   const got: { body: string; cl: string | undefined }[] = [];
   const api = await peer("api", (req, res) => {
