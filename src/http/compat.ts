@@ -3,7 +3,6 @@
 // are here: pseudo-headers, connection-specific headers, and trailers (gRPC's grpc-status).
 import type { IncomingMessage, OutgoingHttpHeaders, ServerResponse } from "node:http";
 import { Http2ServerResponse, type Http2ServerRequest } from "node:http2";
-import { EventEmitter } from "node:events";
 import { endToEndCopy, type HeaderRecord } from "./headers.js";
 
 export type AnyRequest = IncomingMessage | Http2ServerRequest;
@@ -25,6 +24,11 @@ export interface ResponseSink {
   once(event: "drain", listener: () => void): unknown;
   /** The answer's trailers, for sinks that pass them on whatever the protocol (HTTP/2 responses use addTrailers). */
   forwardTrailers?(trailers: OutgoingHttpHeaders): void;
+  /**
+   * The head of an answer parsed by the HTTP/1 core, its fields unchanged (sinks on the core):
+   * the end-to-end ones go on as they came, without a header record in between.
+   */
+  writeParsedHead?(status: number, raw: readonly string[]): void;
 }
 
 /**
@@ -89,15 +93,32 @@ export function errorCode(e: unknown): string | undefined {
 }
 
 /**
- * A cancel handle undici accepts as a request's `signal`. An EventEmitter costs far less to make
- * than an AbortController (an EventTarget), and one is made for every request.
+ * "The client went away", for the attempt in flight. One is made for every request, so it is a
+ * flag and a short listener list rather than an EventEmitter (whose once() allocates a wrapper
+ * per listener) or an AbortController (an EventTarget that builds a DOMException to abort).
  */
-export class Cancel extends EventEmitter {
+export class Cancel {
   cancelled = false;
+  private listeners: (() => void)[] | null = null;
 
   cancel(): void {
     if (this.cancelled) return;
     this.cancelled = true;
-    this.emit("abort");
+    const ls = this.listeners;
+    this.listeners = null;
+    if (ls) for (const l of ls) l();
+  }
+
+  /** `listener` runs once, when the request is cancelled (not if it already was). */
+  once(_event: "abort", listener: () => void): void {
+    if (this.cancelled) return;
+    (this.listeners ??= []).push(listener);
+  }
+
+  off(_event: "abort", listener: () => void): void {
+    const ls = this.listeners;
+    if (!ls) return;
+    const i = ls.lastIndexOf(listener);
+    if (i >= 0) ls.splice(i, 1);
   }
 }

@@ -53,6 +53,19 @@ export function fieldValue(raw: readonly string[], name: string): string | undef
   return out;
 }
 
+/**
+ * An answer's fields as the parser gave them (flat name, value, ...), handed on as they are: a
+ * sink on the HTTP/1 core writes them straight into the next head (forward.ts), and a record is
+ * built only when something reads or mutates the fields.
+ */
+export class ParsedFields {
+  constructor(readonly raw: string[]) {}
+
+  record(): IncomingHttpHeaders {
+    return fieldRecord(this.raw);
+  }
+}
+
 /** node:http's `req.headers` for these raw fields (for tracing, access logs and the upgrade hand-over). */
 export function fieldRecord(raw: readonly string[]): IncomingHttpHeaders {
   const out: IncomingHttpHeaders = {};

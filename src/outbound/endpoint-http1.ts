@@ -8,7 +8,7 @@ import { Readable } from "node:stream";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { isConnectFailure } from "../cluster/pools.js";
 import { ResponseTimeoutError, type OriginRequest, type ResponseEvents } from "../http1/client.js";
-import { fieldRecord } from "../http1/fields.js";
+import { ParsedFields } from "../http1/fields.js";
 import { recordRequestHead } from "../http1/forward.js";
 import type { AttemptOutcome, ConnectFailureReason } from "../http/retry.js";
 import type { Cancel, ResponseSink } from "../http/compat.js";
@@ -73,7 +73,7 @@ class Http1Attempt implements ResponseEvents {
     private pending: boolean,
     private readonly clientGone: Cancel,
     private readonly res: ResponseSink,
-    private readonly deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
+    private readonly deliver: (status: number, headers: IncomingHttpHeaders | ParsedFields) => boolean,
     private readonly resolve: (r: AttemptResult) => void,
   ) {
     cluster.begin(host);
@@ -146,7 +146,7 @@ class Http1Attempt implements ResponseEvents {
     this.status = status;
     this.cluster.reportResult(this.host, { status });
     if (this.sent > 0) this.cluster.observeLatency(this.host, performance.now() - this.sent);
-    this.delivering = this.deliver(status, fieldRecord(raw));
+    this.delivering = this.deliver(status, new ParsedFields(raw));
   }
 
   body(chunk: Buffer): void {

@@ -6,6 +6,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { isConnectFailure } from "../cluster/pools.js";
+import type { ParsedFields } from "../http1/fields.js";
 import { isRefusedStream, type AttemptOutcome } from "../http/retry.js";
 import { ResponseForwarder } from "../http/forwarder.js";
 import type { Dispatcher } from "undici";
@@ -61,7 +62,7 @@ export function dispatchAttempt(
   timeouts: { readonly headersMs: number; readonly idleMs: number },
   clientGone: Cancel,
   res: ResponseSink,
-  deliver: (status: number, headers: IncomingHttpHeaders) => boolean,
+  deliver: (status: number, headers: IncomingHttpHeaders | ParsedFields) => boolean,
 ): Promise<AttemptResult> {
   // The first attempt through undici (an HTTP/2 cluster, or a request the node:http path took)
   // waits for it to load; a Snapshot with HTTP/2 clusters loaded it before it was applied.

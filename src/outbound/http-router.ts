@@ -25,6 +25,7 @@ import type { HttpStats } from "../telemetry/http-stats.js";
 import type { RequestSpan } from "../telemetry/tracing.js";
 import type { Observers } from "../telemetry/observers.js";
 import { requestFields } from "../telemetry/access-log.js";
+import { ParsedFields } from "../http1/fields.js";
 
 /** Bodies up to this size are buffered so that a retry can send them again. */
 export const RETRY_BUFFER_LIMIT = 64 * 1024;
@@ -307,7 +308,10 @@ export class HttpRouter {
         rec.cluster = cluster.name;
         rec.host = host.key;
         headers["x-envoy-attempt-count"] = String(attempt);
-        const remaining = deadline - Date.now();
+        // The first attempt has the whole route timeout (what passed since `deadline` was set is
+        // below a timer's millisecond): the same value for every request, so a pooled connection
+        // re-arms its timer rather than making one per request.
+        const remaining = attempt === 1 && a.timeoutMs > 0 ? a.timeoutMs : deadline - Date.now();
         if (remaining <= 0) return this.timeout(res, cluster, state.upstream, rec);
         const perTry = a.retry.perTryTimeoutMs > 0 ? Math.min(a.retry.perTryTimeoutMs, remaining) : remaining;
         // Every connection of the host's pool busy (one request each): this attempt waits for one.
@@ -322,7 +326,7 @@ export class HttpRouter {
         let retryTaken: ClusterRuntime | null = null;
         // Decided when the upstream's headers arrive: retry (the body is drained, not delivered)
         // or deliver (head and body go straight into the client's response).
-        const deliver = (status: number, upstreamHeaders: IncomingHttpHeaders): boolean => {
+        const deliver = (status: number, upstreamHeaders: IncomingHttpHeaders | ParsedFields): boolean => {
           const retriable = canRetry && c.retry.retriable({ kind: "response", status });
           if (retriable && retriesTaken < c.retry.numRetries && clusterWithHosts(primary, state.clusters, tried, true)) {
             if (cluster.breaker.tryAcquireRetry()) {
@@ -386,7 +390,7 @@ export class HttpRouter {
   private writeResponseHead(
     res: ResponseSink,
     status: number,
-    upstreamHeaders: IncomingHttpHeaders,
+    upstreamHeaders: IncomingHttpHeaders | ParsedFields,
     cluster: ClusterRuntime,
     c: CompiledRoute,
     leg: Split,
@@ -395,7 +399,12 @@ export class HttpRouter {
   ): void {
     rec.status = status;
     rec.flag = flag ?? "-";
-    const headers = endToEndCopy(upstreamHeaders);
+    if (upstreamHeaders instanceof ParsedFields && flag === null && !c.hasResMutations && res.writeParsedHead) {
+      res.writeParsedHead(status, upstreamHeaders.raw);
+      this.stats.response(cluster.name, status, performance.now() - rec.start);
+      return;
+    }
+    const headers = endToEndCopy(upstreamHeaders instanceof ParsedFields ? upstreamHeaders.record() : upstreamHeaders);
     if (c.hasResMutations) {
       applyHeaderMutation(headers, c.route.action.responseHeaders);
       applyHeaderMutation(headers, leg.responseHeaders);

@@ -12,7 +12,7 @@ import type { Counter } from "prom-client";
 import { Http1Server, type ClientFailure, type Exchange } from "../http1/server.js";
 import { http1Core } from "../http1/parser.js";
 import { fieldRecord, fieldValue } from "../http1/fields.js";
-import { forwardRecord } from "../http1/forward.js";
+import { clientResponseFields, forwardRecord } from "../http1/forward.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import { localReply } from "../http/local-reply.js";
 import { Cancel, type ResponseSink } from "../http/compat.js";
@@ -83,6 +83,12 @@ class ExchangeSink implements ResponseSink {
       if (Array.isArray(v)) for (const one of v) fields += `${name}: ${one}\r\n`;
       else fields += `${name}: ${v}\r\n`;
     }
+    this.ex.writeHead(status, "", fields, length, noBody);
+  }
+
+  writeParsedHead(status: number, raw: readonly string[]): void {
+    const noBody = this.ex.method === "HEAD" || status === 204 || status === 304;
+    const { fields, length } = clientResponseFields(raw, noBody);
     this.ex.writeHead(status, "", fields, length, noBody);
   }
 
