@@ -3,10 +3,11 @@
 // connection. Responses are handed on as parsed: 1xx heads are dropped, bodies stream, HEAD/204/304
 // and close-delimited bodies are framed as llhttp frames them. Nothing is written to a connection
 // before it is up (for mTLS: handshake done and the peer's identity verified).
-import { connect, type Socket } from "node:net";
+import { connect, type OnReadOpts, type Socket } from "node:net";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { lowerName } from "./fields.js";
 import { connectDeadline } from "../tcp/connect-deadline.js";
+import { borrowsReadBuffer, readsInto } from "../tcp/read-buffer.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
@@ -40,8 +41,11 @@ export class BodyTimeoutError extends Error {
   }
 }
 
-/** Opens one connection; `done` once it can carry a request (or why not). */
-export type Dial = (done: (err: Error | null) => void) => Socket;
+/**
+ * Opens one connection; `done` once it can carry a request (or why not). The connection reads
+ * with `onread` (into the shared read buffer, parsed before the next read).
+ */
+export type Dial = (done: (err: Error | null) => void, onread: OnReadOpts) => Socket;
 
 export interface OriginOptions {
   readonly host: string;
@@ -110,10 +114,16 @@ class OriginConnection implements MessageEvents, OriginRequest {
     const o = pool.options;
     this.idleMs = o.keepAliveTimeoutMs;
     this.parser = new Http1Parser(core.lib, "response", this);
+    // Responses are parsed straight from the shared read buffer: no Readable, 'data' event or
+    // per-read allocation (a pause() stops the reads, as on a Readable).
+    const onread = readsInto((d) => {
+      this.data(d);
+      return true;
+    });
     if (o.dial) {
-      this.socket = o.dial((err) => (err ? this.failed(err) : this.up()));
+      this.socket = o.dial((err) => (err ? this.failed(err) : this.up()), onread);
     } else {
-      this.socket = connect({ host: o.host, port: o.port, noDelay: true });
+      this.socket = connect({ host: o.host, port: o.port, noDelay: true, onread });
       const socket = this.socket;
       const cancel = connectDeadline(o.connectTimeoutMs, () => socket.connecting, () => socket.destroy(new ConnectTimeoutError(`${o.host}:${o.port}`, o.connectTimeoutMs)));
       socket.once("connect", () => {
@@ -125,7 +135,6 @@ class OriginConnection implements MessageEvents, OriginRequest {
     // With a dialler, how connecting failed is the dialler's to say (a ConnectFailure, which the
     // router retries as one); the socket's own events count once the connection is up.
     const dialled = o.dial !== undefined;
-    this.socket.on("data", (d: Buffer) => this.data(d));
     this.socket.once("end", () => {
       if (this.connected || !dialled) this.fin();
     });
@@ -273,7 +282,9 @@ class OriginConnection implements MessageEvents, OriginRequest {
 
   body(chunk: Buffer): void {
     if (this.inBody) this.bodyTimer?.refresh();
-    this.events?.body(chunk);
+    // Node's parser hands the body over as a copy (Node 20-24); were it ever a view of the read,
+    // the next read would overwrite it while a write still held it.
+    this.events?.body(borrowsReadBuffer(chunk) ? Buffer.copyBytesFrom(chunk) : chunk);
   }
 
   trailers(): void {

@@ -7,6 +7,7 @@
 // a timer on every read and write; idleness is instead checked by one sweep for all pipes.
 import type { OnReadOpts, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
+import { sharedReadBuffer } from "./read-buffer.js";
 
 export interface PipeResult {
   /** Bytes read from the downstream socket (sent towards upstream). */
@@ -83,15 +84,9 @@ function endWhenEnded(src: Socket, dst: Socket): void {
 }
 
 /**
- * One read buffer shared by every socket read with `DirectReads`. Node otherwise hands each read
- * a fresh allocation (64 KiB on a plain socket, shrunk afterwards) as a new ArrayBuffer, and runs
- * it through the Readable machinery; malloc/free alone was 12-14 % of a sidecar's CPU under
- * keep-alive load.
- */
-const sharedReadBuffer = Buffer.allocUnsafe(64 * 1024);
-
-/**
- * Reads of a socket we dial ourselves, delivered straight into the socket it is joined to: pass
+ * Reads of a socket we dial ourselves (into the shared read buffer, read-buffer.ts: Node's
+ * per-read allocation and its malloc/free were 12-14 % of a sidecar's CPU under keep-alive
+ * load), delivered straight into the socket it is joined to: pass
  * `onread` when creating the socket and the instance to `joinSockets`. The next read of any such
  * socket overwrites the shared buffer, so what a write keeps by reference must be a copy:
  * - into TLS: the write encrypts (copies) the cleartext before it returns, unless it waits in the

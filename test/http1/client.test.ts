@@ -215,8 +215,8 @@ t.test("a dialler's connection carries no byte before the dialler says it is up,
     connectTimeoutMs: 1000,
     keepAliveTimeoutMs: 30_000,
     // As the mTLS connector: TCP is up at once, the (here simulated) handshake and identity check take 150 ms.
-    dial: (done) => {
-      const s = connect({ host: "127.0.0.1", port: app.port });
+    dial: (done, onread) => {
+      const s = connect({ host: "127.0.0.1", port: app.port, onread });
       s.once("connect", () =>
         setTimeout(() => {
           upAt = performance.now();
@@ -237,8 +237,8 @@ t.test("a dialler's connection carries no byte before the dialler says it is up,
     port: app.port,
     connectTimeoutMs: 1000,
     keepAliveTimeoutMs: 30_000,
-    dial: (done) => {
-      const s = connect({ host: "127.0.0.1", port: app.port });
+    dial: (done, onread) => {
+      const s = connect({ host: "127.0.0.1", port: app.port, onread });
       // The socket errors and closes before the connector reports (as a TLS socket over a refused
       // TCP connection does): neither event is what is reported.
       s.once("connect", () => {
