@@ -5,6 +5,7 @@
 // reframe the request.
 import t from "tap";
 import { once } from "node:events";
+import { createHash } from "node:crypto";
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import { createServer as createTlsServer } from "node:tls";
 import { createSecureServer, type ServerHttp2Stream } from "node:http2";
@@ -227,3 +228,70 @@ async function until(ok: () => boolean, what: string): Promise<void> {
   }
   throw new Error(`timed out waiting for ${what}`);
 }
+
+// The core reads its upstream connections into one buffer shared by every socket (onread): a
+// slow client must still stop the reads (nothing piles up in the sidecar), and answers streaming
+// side by side must each arrive intact although every read overwrites the same buffer.
+t.test("answers streaming side by side to a client that stalls: the sidecar stops reading, and each answer arrives intact", async (t) => {
+  const size = 48 * 1024 * 1024;
+  const sent = new Map<string, { bytes: number; hash: string }>();
+  const api = await peer("api", (req, res) => {
+    // Different bytes per request, from a counter: a read that lands in the other answer shows.
+    const seed = req.url === "/a" ? 1 : 7;
+    const hash = createHash("sha256");
+    const rec = { bytes: 0, hash: "" };
+    sent.set(String(req.url), rec);
+    res.writeHead(200, { "content-type": "application/octet-stream", "content-length": String(size) });
+    let n = 0;
+    const more = (): void => {
+      while (n < size) {
+        const chunk = Buffer.alloc(Math.min(61_440, size - n), (n / 61_440 + seed) % 251);
+        n += chunk.length;
+        hash.update(chunk);
+        rec.bytes = n;
+        if (!res.write(chunk)) return void res.once("drain", more);
+      }
+      rec.hash = hash.digest("hex");
+      res.end();
+    };
+    more();
+  });
+  const addr = await listener(api.port);
+  const open = plainTo(addr);
+  const clients = await Promise.all(["/a", "/b"].map(async (path) => {
+    const s = await open();
+    s.pause();
+    s.write(`GET ${path} HTTP/1.1\r\nHost: api\r\n\r\n`);
+    return { path, s };
+  }));
+  t.teardown(() => clients.forEach((c) => c.s.destroy()));
+  // Neither client reads: the app's writes must stall far short of the whole answer.
+  let last = -1;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 200));
+    const now = [...sent.values()].reduce((a, r) => a + r.bytes, 0);
+    if (now === last) break;
+    last = now;
+  }
+  for (const [path, r] of sent) t.ok(r.bytes < size / 2, `${path}: the app could write ${(r.bytes / 1048576).toFixed(1)} of ${size / 1048576} MiB while the client read nothing`);
+  const got = await Promise.all(clients.map(({ path, s }) => new Promise<{ path: string; hash: string; bytes: number }>((resolve) => {
+    const hash = createHash("sha256");
+    let head = Buffer.alloc(0);
+    let inBody = false;
+    let bytes = 0;
+    s.on("data", (d: Buffer) => {
+      if (!inBody) {
+        head = Buffer.concat([head, d]);
+        const i = head.indexOf("\r\n\r\n");
+        if (i < 0) return;
+        inBody = true;
+        d = head.subarray(i + 4);
+      }
+      bytes += d.length;
+      hash.update(d);
+      if (bytes >= size) resolve({ path, hash: hash.digest("hex"), bytes });
+    });
+    s.resume();
+  })));
+  for (const g of got) t.same([g.bytes, g.hash], [size, sent.get(g.path)?.hash], `${g.path}: every byte arrived, in order, none of the other answer's`);
+});
