@@ -4,7 +4,6 @@
 // pooled connection carries our leaf, the cluster's SNI, and a verified SPIFFE identity.
 import type { Pool } from "undici";
 import { undici } from "../http/undici.js";
-import type { OnReadOpts } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { OriginPool } from "../http1/client.js";
 import { originate, type SessionCache, type UpstreamTlsError } from "../tls/origin.js";
@@ -40,9 +39,9 @@ export function isConnectFailure(e: unknown): e is ConnectFailure {
  * The connector of every pooled connection to a mesh endpoint: mTLS with our leaf, the target's
  * SNI and ALPN, the peer's SPIFFE ID checked; `done` once the connection is verified.
  */
-export function connectEndpoint(t: PoolTarget, tls: TlsMaterial, sessions: SessionCache, alpn: readonly string[] | null, done: (err: ConnectFailure | null, s: TLSSocket) => void, onread?: OnReadOpts): TLSSocket {
+export function connectEndpoint(t: PoolTarget, tls: TlsMaterial, sessions: SessionCache, alpn: readonly string[] | null, done: (err: ConnectFailure | null, s: TLSSocket) => void): TLSSocket {
   return originate(
-    { host: t.host, port: t.port, sni: t.sni, expectedSpiffeId: t.expectedSpiffeId, timeoutMs: t.connectTimeoutMs, ...(alpn ? { alpn } : {}), ...(onread ? { onread } : {}) },
+    { host: t.host, port: t.port, sni: t.sni, expectedSpiffeId: t.expectedSpiffeId, timeoutMs: t.connectTimeoutMs, ...(alpn ? { alpn } : {}) },
     tls,
     sessions,
     (err: UpstreamTlsError | null, s: TLSSocket) => done(err ? new ConnectFailure(err, err.kind === "timeout") : null, s),
@@ -123,7 +122,7 @@ export class PoolSet {
         keepAliveTimeoutMs: 60_000,
         maxConnections: t.maxConnections,
         peer: `upstream ${t.host.includes(":") ? `[${t.host}]` : t.host}:${t.port}`,
-        dial: (done, onread) => connectEndpoint(t, this.material(tls), sessions, null, done, onread),
+        dial: (done) => connectEndpoint(t, this.material(tls), sessions, null, done),
       });
       this.h1Pools.set(key, p);
     }

@@ -98,9 +98,9 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
     ...(target.alpn ? { ALPNProtocols: [...target.alpn] } : {}),
     checkServerIdentity: (_host: string, cert: PeerCertificate) => (identityError = checkServerIdentity(cert.subjectaltname, target.expectedSpiffeId)),
   };
-  // Node ignores `onread` on a TLS socket layered over a socket of our own, so a caller that
-  // reads with it (the L4 pipe, the HTTP/1 core's pools) lets tls.connect dial; otherwise
-  // (undici's pools) our own TCP socket, so half-close and Nagle are set where they take effect.
+  // Node ignores `onread` on a TLS socket layered over a socket of our own, so the L4 pipe lets
+  // tls.connect dial; otherwise (pools) our own TCP socket, so half-close and Nagle are set where
+  // they take effect.
   let tcp: Socket | null = null;
   let socket: TLSSocket;
   if (target.onread) {

@@ -8,6 +8,7 @@
 import t from "tap";
 import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { once } from "node:events";
+import { createHash } from "node:crypto";
 import { BodyTimeoutError, OriginPool, ResponseTimeoutError, type ResponseEvents } from "../../src/http1/client.js";
 import type { Teardown } from "../helpers/mesh.js";
 
@@ -215,8 +216,8 @@ t.test("a dialler's connection carries no byte before the dialler says it is up,
     connectTimeoutMs: 1000,
     keepAliveTimeoutMs: 30_000,
     // As the mTLS connector: TCP is up at once, the (here simulated) handshake and identity check take 150 ms.
-    dial: (done, onread) => {
-      const s = connect({ host: "127.0.0.1", port: app.port, onread });
+    dial: (done) => {
+      const s = connect({ host: "127.0.0.1", port: app.port });
       s.once("connect", () =>
         setTimeout(() => {
           upAt = performance.now();
@@ -237,8 +238,8 @@ t.test("a dialler's connection carries no byte before the dialler says it is up,
     port: app.port,
     connectTimeoutMs: 1000,
     keepAliveTimeoutMs: 30_000,
-    dial: (done, onread) => {
-      const s = connect({ host: "127.0.0.1", port: app.port, onread });
+    dial: (done) => {
+      const s = connect({ host: "127.0.0.1", port: app.port });
       // The socket errors and closes before the connector reports (as a TLS socket over a refused
       // TCP connection does): neither event is what is reported.
       s.once("connect", () => {
@@ -333,4 +334,75 @@ t.test("a retired pool closes its idle connections now and its busy ones after t
   held[0]!.write("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone");
   t.equal((await busy).body, "done", "its answer completes");
   t.equal(p.size, 0, "then it is closed");
+});
+
+// The pool's connections to the app read into one buffer shared by every such socket (onread):
+// pauseResponse must still stop the reads, and two answers read side by side must each arrive
+// intact although every read overwrites the same buffer.
+t.test("answers read side by side into the shared buffer: pauseResponse stops the reads, and each answer arrives intact", async (t) => {
+  const size = 32 * 1024 * 1024;
+  const written = new Map<string, { bytes: number; hash: string }>();
+  const server = createServer((s) => {
+    s.once("data", (d: Buffer) => {
+      const path = d.toString("latin1").split(" ")[1] ?? "";
+      const rec = { bytes: 0, hash: "" };
+      written.set(path, rec);
+      const hash = createHash("sha256");
+      const seed = path === "/a" ? 3 : 11;
+      s.write(`HTTP/1.1 200 OK\r\nContent-Length: ${size}\r\n\r\n`);
+      let n = 0;
+      const more = (): void => {
+        while (n < size) {
+          const chunk = Buffer.alloc(Math.min(40_000, size - n), (n / 40_000 + seed) % 251);
+          n += chunk.length;
+          rec.bytes = n;
+          hash.update(chunk);
+          if (!s.write(chunk)) return void s.once("drain", more);
+        }
+        rec.hash = hash.digest("hex");
+      };
+      more();
+    });
+    s.on("error", () => s.destroy());
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => server.close());
+  const p = new OriginPool({ host: "127.0.0.1", port: (server.address() as AddressInfo).port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000 });
+  t.teardown(() => p.close());
+  const reads = ["/a", "/b"].map((path) => {
+    const hash = createHash("sha256");
+    let bytes = 0;
+    let paused = true;
+    let resume = (): void => {};
+    const done = new Promise<{ bytes: number; hash: string }>((resolve, reject) => {
+      const events: ResponseEvents = {
+        head: () => {},
+        body: (c) => {
+          bytes += c.length;
+          hash.update(c);
+          // Stalled from the first body byte until resume().
+          if (paused) req.pauseResponse();
+        },
+        end: () => resolve({ bytes, hash: hash.digest("hex") }),
+        error: (e) => reject(e),
+      };
+      const req = p.request(`GET ${path} HTTP/1.1\r\nhost: app\r\n\r\n`, false, false, false, 0, events);
+      resume = () => {
+        paused = false;
+        req.resumeResponse();
+      };
+    });
+    return { path, done, resume: () => resume() };
+  });
+  let last = -1;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 200));
+    const now = [...written.values()].reduce((a, r) => a + r.bytes, 0);
+    if (written.size === 2 && now === last) break;
+    last = now;
+  }
+  for (const [path, r] of written) t.ok(r.bytes < size / 2, `${path}: the app could write ${(r.bytes / 1048576).toFixed(1)} of ${size / 1048576} MiB while the reads were paused`);
+  for (const r of reads) r.resume();
+  for (const r of reads) t.same(await r.done, { bytes: size, hash: written.get(r.path)?.hash }, `${r.path}: every byte arrived, in order, none of the other answer's`);
 });
