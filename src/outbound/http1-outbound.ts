@@ -65,8 +65,13 @@ class ExchangeSink implements ResponseSink {
     return this.ex.headersSent;
   }
 
+  /** An answer to HEAD, a 204 or a 304 carries no body, whatever its fields say. */
+  private noBody(status: number): boolean {
+    return this.ex.method === "HEAD" || status === 204 || status === 304;
+  }
+
   writeHead(status: number, headers: OutgoingHttpHeaders): void {
-    const noBody = this.ex.method === "HEAD" || status === 204 || status === 304;
+    const noBody = this.noBody(status);
     let fields = "";
     let length: number | null = null;
     for (const name in headers) {
@@ -87,7 +92,7 @@ class ExchangeSink implements ResponseSink {
   }
 
   writeParsedHead(status: number, raw: readonly string[]): void {
-    const noBody = this.ex.method === "HEAD" || status === 204 || status === 304;
+    const noBody = this.noBody(status);
     const { fields, length } = clientResponseFields(raw, noBody);
     this.ex.writeHead(status, "", fields, length, noBody);
   }

@@ -7,7 +7,7 @@
 // a timer on every read and write; idleness is instead checked by one sweep for all pipes.
 import type { OnReadOpts, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { sharedReadBuffer } from "./read-buffer.js";
+import { readsInto } from "./read-buffer.js";
 
 export interface PipeResult {
   /** Bytes read from the downstream socket (sent towards upstream). */
@@ -112,13 +112,12 @@ export class DirectReads {
     private readonly dst: Socket,
     private readonly alwaysCopy: boolean,
   ) {
-    this.onread = { buffer: sharedReadBuffer, callback: (n, buf) => this.deliver(n, buf) };
+    this.onread = readsInto((view) => this.deliver(view));
   }
 
-  private deliver(n: number, buf: Uint8Array): boolean {
+  private deliver(view: Buffer): boolean {
     if (this.stamp) this.stamp.lastActive = now;
     const dst = this.dst;
-    const view = Buffer.from(buf.buffer, buf.byteOffset, n);
     return dst.write(!this.alwaysCopy && dst.writableLength === 0 && dst.writableCorked === 0 ? view : Buffer.copyBytesFrom(view));
   }
 }

@@ -1,5 +1,5 @@
 // One read buffer for every socket this process reads with `onread` (the L4 pipe's dialled
-// sockets, the HTTP/1 core's connections to the app and to peer sidecars). Node otherwise hands
+// sockets, the HTTP/1 core's connections to the app). Node otherwise hands
 // each read a fresh allocation (64 KiB on a plain socket, 16 KiB from TLS, shrunk afterwards) as
 // a new ArrayBuffer and runs it through the Readable machinery: a push, a 'data' event and a
 // nextTick per read. A read's callback runs to completion before the next read into the buffer,
