@@ -295,3 +295,58 @@ t.test("answers streaming side by side to a client that stalls: the sidecar stop
   })));
   for (const g of got) t.same([g.bytes, g.hash], [size, sent.get(g.path)?.hash], `${g.path}: every byte arrived, in order, none of the other answer's`);
 });
+
+// The outbound hop passes an answer's parsed lines to the app without a header record in
+// between. An upstream that answers with hop-by-hop fields, fields its Connection nominates,
+// conflicting framing or bytes past its body must neither reach the app as fields it acts on nor
+// shift the app's keep-alive connection: the answer to the next request on it must be that
+// request's own.
+t.test("a hostile upstream answer cannot smuggle fields or a response into the app's connection", async (t) => {
+  const l = await leaf("api");
+  const answers: Record<string, string> = {
+    "/hop": "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nProxy-Authenticate: Basic\r\nTrailer: X-T\r\nX-End: kept\r\nContent-Length: 3\r\n\r\nhop",
+    // Both framings: the body as chunks (TE wins), with a length that would cut it short.
+    "/te-cl": "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n2c\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled\r\n0\r\n\r\n",
+    "/two-cl": "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+    // A response past the declared body, sent at once on the same connection.
+    "/extra": "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+    // HEAD: the length describes a body that is not sent, and no byte of one may be read as it.
+    "/head": "HTTP/1.1 200 OK\r\nContent-Length: 37\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n",
+  };
+  const server = createTlsServer({ cert: l.certPem, key: l.keyPem }, (s) => {
+    let buf = "";
+    s.on("data", (d: Buffer) => {
+      buf += d.toString("latin1");
+      for (let end = buf.indexOf("\r\n\r\n"); end >= 0; end = buf.indexOf("\r\n\r\n")) {
+        const path = buf.slice(0, end).split(" ")[1] ?? "";
+        buf = buf.slice(end + 4);
+        s.write(answers[path] ?? `HTTP/1.1 200 OK\r\nContent-Length: ${path.length}\r\n\r\n${path}`);
+      }
+    });
+    s.on("error", () => s.destroy());
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => server.close());
+  const addr = await listener((server.address() as AddressInfo).port);
+  const next = "GET /next HTTP/1.1\r\nHost: api\r\n\r\n";
+
+  const hop = parseResponses((await exchange(plainTo(addr), `GET /hop HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: hasResponses(2) })).data);
+  t.same(hop.map((r) => [r.status, String(r.body)]), [[200, "hop"], [200, "/next"]], "the answer, then the next request's own");
+  for (const name of ["x-internal", "upgrade", "proxy-authenticate", "trailer"]) t.equal(hop[0]?.headers[name], undefined, `${name} did not reach the app`);
+  t.notMatch(hop[0]?.headers["connection"] ?? "", /x-internal/i, "nor the Connection that nominated it");
+  t.equal(hop[0]?.headers["x-end"], "kept", "an end-to-end field went on");
+
+  for (const path of ["/te-cl", "/two-cl", "/extra"]) {
+    const x = await exchange(plainTo(addr), `GET ${path} HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: hasResponses(2), timeoutMs: 3_000 });
+    const rs = parseResponses(x.data, { closed: x.closed });
+    t.notMatch(x.data.toString("latin1"), /smuggled/, `${path}: the smuggled answer reached the app in no form`);
+    const last = rs.at(-1);
+    t.ok(rs.length <= 2 && (rs.length < 2 || String(last?.body) === "/next"), `${path}: a second answer on the app's connection is its own request's (got ${JSON.stringify(rs.map((r) => [r.status, String(r.body)]))})`);
+  }
+
+  const head = await exchange(plainTo(addr), `HEAD /head HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: (b) => b.toString("latin1").includes("/next"), timeoutMs: 3_000 });
+  const text = head.data.toString("latin1");
+  t.notMatch(text, /Content-Length: 8/, "HEAD: the bytes after the head were not passed on as a body or a response");
+  t.match(text, /\r\n\r\n\/next$|\/next$/, "the next request's own answer came after it");
+});
