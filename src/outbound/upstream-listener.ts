@@ -312,7 +312,7 @@ export class UpstreamListener {
       if (this.log.enabled("debug")) {
         this.log.debug("connection closed", { endpoint, bytes_out: r.downstreamBytesIn, bytes_in: r.upstreamBytesIn, error: r.error?.message });
       }
-    }, reads);
+    }, reads, DirectReads.intoTls(up));
     this.pipes.add(pipe);
     down.resume();
   }

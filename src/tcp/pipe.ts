@@ -7,7 +7,7 @@
 // a timer on every read and write; idleness is instead checked by one sweep for all pipes.
 import type { OnReadOpts, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
-import { readsInto } from "./read-buffer.js";
+import { readAcceptedInto, readsInto } from "./read-buffer.js";
 
 export interface PipeResult {
   /** Bytes read from the downstream socket (sent towards upstream). */
@@ -115,19 +115,28 @@ export class DirectReads {
     this.onread = readsInto((view) => this.deliver(view));
   }
 
-  private deliver(view: Buffer): boolean {
+  /**
+   * Switches `src`, a socket a server accepted, to read straight into the destination as well
+   * (read-buffer.ts); false where this Node does not allow it, and `src` is read as before.
+   */
+  readFrom(src: Socket): boolean {
+    return readAcceptedInto(src, (data, borrowed) => this.deliver(data, borrowed));
+  }
+
+  private deliver(data: Buffer, borrowed = true): boolean {
     if (this.stamp) this.stamp.lastActive = now;
     const dst = this.dst;
-    return dst.write(!this.alwaysCopy && dst.writableLength === 0 && dst.writableCorked === 0 ? view : Buffer.copyBytesFrom(view));
+    return dst.write(!borrowed || (!this.alwaysCopy && dst.writableLength === 0 && dst.writableCorked === 0) ? data : Buffer.copyBytesFrom(data));
   }
 }
 
 /**
  * Joins `down` and `up`. With `upReads`, `up` was created with `upReads.onread`: its data already
  * goes to `down` (the socket given to DirectReads); only backpressure and half-close are wired
- * here.
+ * here. With `downReads` (a DirectReads into `up`), `down` is switched to read into `up` the same
+ * way where Node allows it.
  */
-export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onClose: (r: PipeResult) => void, upReads?: DirectReads): Pipe {
+export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onClose: (r: PipeResult) => void, upReads?: DirectReads, downReads?: DirectReads): Pipe {
   let error: Error | null = null;
   let open = 2;
   const destroy = (reason?: Error): void => {
@@ -152,7 +161,13 @@ export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onC
   up.on("error", failed);
   down.once("close", closed(up));
   up.once("close", closed(down));
-  forward(down, up, stamp);
+  if (downReads) downReads.stamp = stamp;
+  if (downReads?.readFrom(down)) {
+    up.on("drain", () => down.resume());
+    endWhenEnded(down, up);
+  } else {
+    forward(down, up, stamp);
+  }
   if (upReads) {
     upReads.stamp = stamp;
     down.on("drain", () => up.resume());
