@@ -5,11 +5,12 @@ import t from "tap";
 import { createServer as createTlsServer } from "node:tls";
 import { connect, type AddressInfo, type Socket } from "node:net";
 import { once } from "node:events";
+import { randomBytes } from "node:crypto";
 import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { echoServer, hostPort, startSidecar, tempDir, type LogLine, type Sidecar, type Teardown } from "../helpers/mesh.js";
+import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type LogLine, type Sidecar, type Teardown } from "../helpers/mesh.js";
 import { foreignLeaf, leafFor, readDevCa, tlsExchange, type DevCa } from "../helpers/certs.js";
-import { metric, nextLog, upstreamCluster } from "../helpers/peers.js";
+import { metric, nextLog, pollUntil, upstreamCluster } from "../helpers/peers.js";
 
 const REJECTED = "meshproxy_inbound_rejected_total";
 const PAYLOAD = "secret for db\n";
@@ -74,6 +75,33 @@ t.test("garbage bytes are refused as tls_error and the listener keeps serving", 
   const after = await tlsExchange(addr, PAYLOAD, await leafFor(ca, "web"));
   t.equal(after.data.toString(), PAYLOAD, "a proper mesh client is served right after");
   t.equal(db.child.exitCode, null, "db is still running");
+});
+
+// The public listener reads a caller's first bytes before it has decided (they arrive with the
+// end of the handshake) and hands them to the app only once the pipe is joined, after the
+// intention check and the app's connect. So a denied caller's early bytes must reach nothing,
+// and an allowed caller's must reach the app exactly once, in order, ahead of what follows.
+t.test("attack: bytes sent with the handshake reach the app only once the caller is authorized, then once and in order", { timeout: 60_000 }, async (t) => {
+  const { dir, db, ca, app } = await dbSidecar(t);
+  const addr = db.publicAddr!;
+  const web = await leafFor(ca, "web");
+  // ~1 MiB written the moment the handshake completes: part of it is read by the sidecar before
+  // the decision, the rest after.
+  const early = randomBytes(768 * 1024).toString("base64");
+  const allowed = await tlsExchange(addr, early, web);
+  t.equal(allowed.data.length, early.length, "allowed: the app echoed every byte once");
+  t.ok(allowed.data.toString("latin1") === early, "allowed: in the order sent");
+  t.equal(app.connections(), 1, "allowed: one connection at the app");
+
+  const deny = runMeshproxy(t, ["intention", "create", "-deny", "web", "db", "-data-dir", dir]);
+  t.equal(await deny.exited, 0, "intention create -deny web db exits 0");
+  t.not(await pollUntil(async () => (await tlsExchange(addr, PAYLOAD, web)).data.length === 0, 5000), null, "the deny is in force");
+  const atApp = app.connections();
+  const deniedBefore = (await metric(db.adminAddr, REJECTED, { reason: "denied_by_intention" })) ?? 0;
+  const denied = await tlsExchange(addr, early, web);
+  t.equal(denied.data.length, 0, `denied: nothing comes back (${denied.error ?? "closed"})`);
+  t.equal(app.connections(), atApp, "denied: the app never saw a connection, so none of the early bytes");
+  t.equal(await metric(db.adminAddr, REJECTED, { reason: "denied_by_intention" }), deniedBefore + 1, "denied: counted as denied_by_intention");
 });
 
 t.test("outbound: a server presenting another service's SPIFFE ID is refused", { timeout: 60_000 }, async (t) => {
