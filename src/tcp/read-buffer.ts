@@ -10,7 +10,12 @@ export const sharedReadBuffer = Buffer.allocUnsafe(64 * 1024);
 
 /** `onread` options that hand each read (a view of the shared buffer) to `deliver`; false from it stops reading. */
 export function readsInto(deliver: (data: Buffer) => boolean): OnReadOpts {
-  return { buffer: sharedReadBuffer, callback: (n, buf) => deliver(Buffer.from(buf.buffer, buf.byteOffset, n)) };
+  return { buffer: sharedReadBuffer, callback: viewsOf(deliver) };
+}
+
+/** The `onread` callback: each read as a view of the buffer it landed in. */
+function viewsOf(deliver: (data: Buffer) => boolean): (n: number, buf: Uint8Array) => boolean {
+  return (n, buf) => deliver(Buffer.from(buf.buffer, buf.byteOffset, n));
 }
 
 /** Whether `chunk` is (part of) the shared buffer, which the next read overwrites. */
@@ -34,7 +39,6 @@ export function borrowsReadBuffer(chunk: Uint8Array): boolean {
 interface OnReadFields {
   readonly buffer: symbol;
   readonly callback: symbol;
-  readonly generator: symbol;
 }
 
 interface UserBufferHandle {
@@ -60,7 +64,8 @@ function findOnReadFields(): OnReadFields | null {
     const generator = named("kBufferGen");
     if (!buffer || !cb || !generator) return null;
     if (Reflect.get(probe, buffer) !== sharedReadBuffer || Reflect.get(probe, cb) !== callback || Reflect.get(probe, generator) !== null) return null;
-    return { buffer, callback: cb, generator };
+    // kBufferGen stays null on a socket switched with a fixed buffer, as it is here.
+    return { buffer, callback: cb };
   } finally {
     probe.destroy();
   }
@@ -84,7 +89,7 @@ export function readAcceptedInto(socket: Socket, deliver: (data: Buffer, borrowe
   let flowing = true;
   for (let chunk: unknown = socket.read(); Buffer.isBuffer(chunk); chunk = socket.read()) flowing = deliver(chunk, false) && flowing;
   Reflect.set(socket, fields.buffer, sharedReadBuffer);
-  Reflect.set(socket, fields.callback, (n: number, buf: Uint8Array): boolean => deliver(Buffer.from(buf.buffer, buf.byteOffset, n), true));
+  Reflect.set(socket, fields.callback, viewsOf((data) => deliver(data, true)));
   handle.useUserBuffer(sharedReadBuffer);
   if (flowing) socket.resume();
   else socket.pause();
