@@ -9,7 +9,7 @@ import { DEFAULT_HELLO_TIMEOUT_MS, DEFAULT_MAX_HELLO_BYTES, peekClientHello, typ
 import { capConnections, DEFAULT_MAX_TLS_HANDSHAKES, listenerLimits } from "../tcp/admission.js";
 import { listenOn } from "../tcp/listen.js";
 import { RateLimitedWarning } from "../telemetry/rate-limited-log.js";
-import { joinSockets, type Pipe } from "../tcp/pipe.js";
+import { DirectReads, joinSockets, type Pipe } from "../tcp/pipe.js";
 import { logRejection, type Logger } from "../telemetry/log.js";
 import { openPipe, type OpenPipe, type StreamFailure } from "../outbound/concrete.js";
 import type { ClusterRuntime, ClusterStatus } from "../cluster/runtime.js";
@@ -160,11 +160,14 @@ export class GatewayListener {
     const primary = this.clusters.get(lookup.cluster);
     // apply() builds every route's runtime before the route: a bug, refused closed.
     if (!primary) return this.reject(down, "no_healthy_endpoint", `cluster ${lookup.cluster} has no runtime`, hello.sni);
+    // The next hop's bytes go straight into the caller's socket (the shared read buffer).
+    const reads = DirectReads.intoPlain(down);
     openPipe(
       {
         primary,
         clusters: this.clusters.all,
         connectTimeoutMs: primary.config.connectTimeoutMs,
+        onread: reads.onread,
         wanted: () => !down.destroyed && !this.closing,
         attemptFailed: (cluster, host, err) => this.attemptFailed(cluster, host.key, err, hello.sni),
       },
@@ -172,7 +175,7 @@ export class GatewayListener {
         if ("flag" in result) return this.refused(down, primary, result, hello.sni);
         down.off("error", early);
         this.pending.delete(down);
-        this.pipe(down, hello, result);
+        this.pipe(down, hello, result, reads);
       },
     );
   }
@@ -195,7 +198,7 @@ export class GatewayListener {
     return this.reject(down, "upstream_connect_failed", f.detail, sni);
   }
 
-  private pipe(down: Socket, hello: Extract<PeekResult, { ok: true }>, stream: OpenPipe): void {
+  private pipe(down: Socket, hello: Extract<PeekResult, { ok: true }>, stream: OpenPipe, reads: DirectReads): void {
     const { cluster, host, socket: up } = stream;
     const endpoint = host.key;
     const clusterStats = this.opts.stats.cluster(cluster.name);
@@ -222,7 +225,7 @@ export class GatewayListener {
         ...(r.error ? { error: r.error.message } : {}),
       });
       if (r.error) this.opts.log.debug("gateway connection closed by error", { cluster: cluster.name, sni: hello.sni, error: r.error.message });
-    });
+    }, reads, DirectReads.intoPlain(up));
     this.pipes.add(pipe);
     down.resume();
   }

@@ -7,6 +7,7 @@ import type { Socket } from "node:net";
 import { STATUS_CODES } from "node:http";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { fieldValue, lowerName } from "./fields.js";
+import { borrowsReadBuffer, readAcceptedInto, readsBackToStream } from "../tcp/read-buffer.js";
 
 export interface Http1ServerOptions {
   readonly headersTimeoutMs: number;
@@ -212,7 +213,12 @@ export class Http1Connection<C> implements MessageEvents {
   private closed = false;
   private clientEnded = false;
   private parserLive = true;
-  private readonly onData = (d: Buffer) => this.data(d);
+  private readonly onData = (d: Buffer) => this.data(d, false);
+  /** Reads into the shared buffer (read-buffer.ts); pauses go through socket.pause(). */
+  private readonly onRead = (d: Buffer, borrowed: boolean): boolean => {
+    this.data(d, borrowed);
+    return true;
+  };
 
   constructor(
     readonly socket: Socket,
@@ -222,9 +228,19 @@ export class Http1Connection<C> implements MessageEvents {
     const core = http1Core();
     if (!core.ok) throw new Error(`the HTTP/1 core is unavailable: ${core.reason}`);
     this.parser = new Http1Parser(core.lib, "request", this);
-    socket.on("data", this.onData);
+  }
+
+  /**
+   * Starts reading, once the server tracks this connection: what the socket already holds (a
+   * sniffer's first bytes) is parsed at once, and may hand the socket on (an upgrade).
+   */
+  start(): void {
+    const socket = this.socket;
     socket.once("end", () => this.ended());
     socket.once("close", () => this.teardown());
+    if (!readAcceptedInto(socket, this.onRead)) socket.on("data", this.onData);
+    // The caller may have paused it (a sniffer, pauseOnConnect); not once it is handed on or paused here.
+    if (!this.closed && this.pausedFor === 0) socket.resume();
   }
 
   begin(): void {
@@ -264,7 +280,8 @@ export class Http1Connection<C> implements MessageEvents {
   }
 
   body(chunk: Buffer): void {
-    this.reading?.bodyChunk(chunk);
+    // Node's parser hands out copies (Node 20 to 24); should one ever be a view of the input, it would be of the shared read buffer.
+    this.reading?.bodyChunk(borrowsReadBuffer(chunk) ? Buffer.copyBytesFrom(chunk) : chunk);
   }
 
   trailers(): void {
@@ -277,7 +294,12 @@ export class Http1Connection<C> implements MessageEvents {
     ex?.bodyEnd();
   }
 
-  private data(d: Buffer): void {
+  /**
+   * `borrowed`: `d` is a view of the shared read buffer, which the next read overwrites. The
+   * parser copies what it keeps (field strings, body chunks); only the bytes after an upgrade
+   * head are kept here, and those are copied.
+   */
+  private data(d: Buffer, borrowed: boolean): void {
     if (this.closed || this.failed) return;
     if (this.rest) {
       this.rest = Buffer.concat([this.rest, d]);
@@ -289,7 +311,7 @@ export class Http1Connection<C> implements MessageEvents {
     if (typeof r !== "number") {
       this.fail({ status: r.code === "HPE_HEADER_OVERFLOW" ? 431 : 400, code: r.code, reason: r.reason });
     } else if (this.queue.at(-1)?.upgrade) {
-      this.rest = r < d.length ? d.subarray(r) : EMPTY;
+      this.rest = r >= d.length ? EMPTY : borrowed ? Buffer.copyBytesFrom(d, r) : d.subarray(r);
       this.reading = null;
     }
     if (this.queue.length > 1 || this.rest) this.pauseFor("queue");
@@ -421,6 +443,7 @@ export class Http1Connection<C> implements MessageEvents {
     this.server.forget(this);
     this.socket.pause();
     this.socket.off("data", this.onData);
+    readsBackToStream(this.socket);
     // As node:http's own upgrade hand-over does: the next 'data' listener starts the flow again.
     Reflect.set(this.socket, "readableFlowing", null);
     this.freeParser();
@@ -462,6 +485,7 @@ export class Http1Server<C> {
     const c = new Http1Connection(socket, context, this);
     this.conns.add(c);
     this.timer ??= setInterval(() => this.sweep(), 1_000).unref();
+    c.start();
     return c;
   }
 

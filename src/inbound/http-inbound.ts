@@ -177,7 +177,8 @@ export class InboundHttp {
         this.connecting = null;
       }
     } else if (this.core && !this.config.appHttp2) {
-      this.core.accept(s, caller);
+      // The core resumes the socket itself, unless its first bytes already handed it on (an upgrade).
+      return this.core.accept(s, caller);
     } else {
       this.h1.emit("connection", s);
     }

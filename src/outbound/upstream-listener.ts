@@ -204,10 +204,9 @@ export class UpstreamListener {
       down.unshift(first);
       const h2 = first.length >= 3 && first[0] === 0x50 && first[1] === 0x52 && first[2] === 0x49; // "PRI" of the HTTP/2 preface
       const core = h2 ? null : this.http1();
-      if (core) {
-        core.accept(down);
-        down.resume();
-      } else (h2 ? this.h2() : this.http()).emit("connection", down);
+      // The core resumes the socket itself, unless its first bytes already handed it on (an upgrade).
+      if (core) core.accept(down);
+      else (h2 ? this.h2() : this.http()).emit("connection", down);
     };
     down.once("readable", readable);
     down.once("end", ended);

@@ -86,12 +86,31 @@ export function readAcceptedInto(socket: Socket, deliver: (data: Buffer, borrowe
   const fields = onReadFields;
   const handle: unknown = Reflect.get(socket, "_handle");
   if (fields === null || !isUserBufferHandle(handle) || socket.destroyed || socket.listenerCount("data") > 0 || socket.readableEncoding !== null || Reflect.get(socket, fields.buffer) !== null) return false;
+  const callback = viewsOf((data) => deliver(data, true));
+  Reflect.set(socket, fields.buffer, sharedReadBuffer);
+  Reflect.set(socket, fields.callback, callback);
+  handle.useUserBuffer(sharedReadBuffer);
+  // Switched before the buffered bytes go out: `deliver` may act on them at once (an upgrade
+  // head hands the socket to a new owner through readsBackToStream), and must find the socket
+  // as it will stay. No read can land in between: reads arrive on a later turn.
   let flowing = true;
   for (let chunk: unknown = socket.read(); Buffer.isBuffer(chunk); chunk = socket.read()) flowing = deliver(chunk, false) && flowing;
-  Reflect.set(socket, fields.buffer, sharedReadBuffer);
-  Reflect.set(socket, fields.callback, viewsOf((data) => deliver(data, true)));
-  handle.useUserBuffer(sharedReadBuffer);
-  if (flowing) socket.resume();
+  // Handed on while draining: the new owner decides when to read.
+  if (Reflect.get(socket, fields.callback) !== callback || socket.destroyed) return true;
+  // As a 'data' listener would: read on unless the owner paused the socket (pauseOnConnect, a
+  // peek that stopped it); pause() and resume() now start and stop the handle's reads.
+  if (flowing && socket.readableFlowing !== false) socket.resume();
   else socket.pause();
   return true;
+}
+
+/**
+ * Gives a switched socket back to the Readable path for a new owner that reads 'data' events (an
+ * upgraded connection handed over): Node cannot undo `useUserBuffer`, so each read into the
+ * shared buffer is copied and pushed, and the Readable's own flow control applies again.
+ */
+export function readsBackToStream(socket: Socket): void {
+  const fields = onReadFields;
+  if (fields === null || Reflect.get(socket, fields.buffer) !== sharedReadBuffer) return;
+  Reflect.set(socket, fields.callback, (n: number, buf: Uint8Array): boolean => socket.push(Buffer.copyBytesFrom(buf, 0, n)));
 }

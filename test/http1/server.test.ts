@@ -2,13 +2,14 @@
 // limits, pipelining order, keep-alive, timeouts' absence of false positives, and the upgrade
 // hand-over. The answers come from an echo handler that reports what the core parsed.
 import t from "tap";
-import { createServer, type AddressInfo, type Server, type Socket } from "node:net";
+import { createConnection, createServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { once } from "node:events";
 import { Http1Server, type ClientFailure, type Exchange } from "../../src/http1/server.js";
 import { fieldRecord } from "../../src/http1/fields.js";
 import { http1Core } from "../../src/http1/parser.js";
 import type { Teardown } from "../helpers/mesh.js";
 import { exchange, hasResponses, parseResponses, plainTo, type Opener } from "../helpers/raw-http.js";
+import { until } from "../helpers/l7.js";
 
 t.ok(http1Core().ok, `the core loads and passes its self-test on node ${process.version}`);
 
@@ -139,6 +140,60 @@ t.test("upgrade requests are handed over with the bytes after their head; nothin
   t.equal(upgrades.length, 1);
   t.match(upgrades[0], /^GET \/ws GET \/smuggled/, "the pipelined bytes went to the upgrade's owner as raw bytes");
   t.same(seen, [], "and never became a request");
+});
+
+t.test("an upgrade in the bytes a sniffer put back: the new owner reads every later byte, also those sent before it read", async (t) => {
+  let owned: { socket: Socket; head: Buffer } | null = null;
+  const core = new Http1Server<null>(
+    {
+      request(ex) {
+        ex.writeHead(200, "OK", "", 0, false);
+        ex.end();
+      },
+      upgrade(_ex, socket, head) {
+        owned = { socket, head };
+      },
+      clientError() {},
+    },
+    { headersTimeoutMs: 10_000, keepAliveTimeoutMs: 60_000, maxHeadersCount: 2000 },
+  );
+  // As the upstream listener's protocol sniff does: the first bytes read, put back, then the core.
+  const server: Server = createServer({ allowHalfOpen: true, pauseOnConnect: true }, (down: Socket) => {
+    const readable = (): void => {
+      const first: unknown = down.read();
+      if (!Buffer.isBuffer(first)) return void down.once("readable", readable);
+      down.unshift(first);
+      core.accept(down, null);
+    };
+    down.once("readable", readable);
+    down.resume();
+    down.pause();
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const client = await new Promise<Socket>((resolve) => {
+    const c: Socket = createConnection((server.address() as AddressInfo).port, "127.0.0.1", () => resolve(c));
+  });
+  t.teardown(() => {
+    client.destroy();
+    core.destroyAll();
+    server.close();
+  });
+  client.write("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n");
+  await until(() => owned !== null, 5000, "the hand-over");
+  const { socket, head } = owned!;
+  t.equal(head.length, 0);
+  // Sent while nobody reads the socket yet (an owner still dialling its next hop).
+  const early = Buffer.alloc(256 * 1024, 0x61);
+  client.write(early);
+  await until(() => socket.readableLength > 0, 5000, "bytes waiting for the new owner");
+  const got: Buffer[] = [];
+  socket.on("data", (d: Buffer) => got.push(d));
+  client.end("late");
+  await once(socket, "end");
+  const all = Buffer.concat(got);
+  t.equal(all.length, early.length + 4, "every byte after the upgrade head reached the new owner");
+  t.ok(all.subarray(0, early.length).equals(early) && all.subarray(early.length).toString() === "late", "once and in order");
 });
 
 t.test("a request head that takes too long: 408 and closed", async (t) => {

@@ -9,7 +9,7 @@ import { createHash } from "node:crypto";
 import { connect as tlsConnect, createServer as createTlsServer, type TLSSocket } from "node:tls";
 import { connect as netConnect, createServer as createNetServer, type AddressInfo, type Server, type Socket } from "node:net";
 import { createRootCa, issueLeaf } from "../../src/index.js";
-import { acceptedSocketsReadDirect, borrowsReadBuffer, readAcceptedInto } from "../../src/tcp/read-buffer.js";
+import { acceptedSocketsReadDirect, borrowsReadBuffer, readAcceptedInto, readsBackToStream } from "../../src/tcp/read-buffer.js";
 import type { Teardown } from "../helpers/mesh.js";
 
 interface Accepted {
@@ -144,6 +144,63 @@ for (const [kind, pair] of [["plain", plainPair], ["TLS", tlsPair]] as const) {
     await wroteAll;
     await once(server, "end");
     t.equal(bytes, size, "every byte arrived once");
+    t.equal(sha(got), sha(sent), "in order");
+  });
+}
+
+for (const [kind, pair] of [["plain", plainPair], ["TLS", tlsPair]] as const) {
+  t.test(`${kind}: a switched socket handed back to the Readable path gives its new owner every later byte as 'data', with flow control`, async (t) => {
+    const { server, client } = await pair(t);
+    const first = pattern(1000, 3);
+    client.write(first);
+    const before: Buffer[] = [];
+    let handedOver = false;
+    t.ok(
+      readAcceptedInto(server, (data) => {
+        if (handedOver) t.fail("a read reached the first owner after the hand-over");
+        before.push(Buffer.copyBytesFrom(data));
+        return true;
+      }),
+      "switched",
+    );
+    await until("the first write to arrive", () => Buffer.concat(before).length === first.length);
+    // As the HTTP/1 core hands over an upgraded connection: paused, then given back.
+    server.pause();
+    readsBackToStream(server);
+    Reflect.set(server, "readableFlowing", null);
+    handedOver = true;
+    const size = 8 * 1024 * 1024;
+    const sent = createHash("sha256");
+    let written = 0;
+    const more = (): void => {
+      while (written < size) {
+        const chunk = pattern(Math.min(40_000, size - written), written % 251);
+        written += chunk.length;
+        sent.update(chunk);
+        if (!client.write(chunk)) return void client.once("drain", more);
+      }
+      client.end();
+    };
+    more();
+    // The new owner is slow at first: reads stop while nobody consumes (the Readable's high-water mark).
+    let last = -1;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 200));
+      if (written === last) break;
+      last = written;
+    }
+    t.ok(written < size, `the client could write ${(written / 1048576).toFixed(1)} of ${size / 1048576} MiB before the new owner read`);
+    const got = createHash("sha256");
+    let bytes = 0;
+    let views = 0;
+    server.on("data", (d: Buffer) => {
+      if (borrowsReadBuffer(d)) views++;
+      got.update(d);
+      bytes += d.length;
+    });
+    await once(server, "end");
+    t.equal(views, 0, "'data' chunks are copies, not views of the shared buffer");
+    t.equal(bytes, size, "every later byte arrived once");
     t.equal(sha(got), sha(sent), "in order");
   });
 }
