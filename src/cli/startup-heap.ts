@@ -8,8 +8,15 @@
 // before; after a quiet spell V8's memory reducer shrinks it and the hold keeps it there. V8 reads
 // the factor each time it grows the space; test/cli/startup-heap.test.ts checks that on the Node
 // under test.
-import { setFlagsFromString } from "node:v8";
-import { performance, type EventLoopUtilization } from "node:perf_hooks";
+//
+// Under load the same hold bounds the space: V8's own maximum is 2 × 16 MB on Node 20 and over
+// 128 MB on Node 24, committed and (with the llhttp core's reads making no garbage of their own)
+// largely touched between scavenges, so an HTTP sidecar on Node 24 peaked at 240 MB. Once a GC
+// leaves the new space at BOUND_SEMI_SPACE_MB per semi-space the factor is held at 1 again, which
+// is what `--max-semi-space-size=4` (the image's NODE_OPTIONS) does from the start (PERF-LOG,
+// session 16). An operator's own --max-semi-space-size stands.
+import { getHeapSpaceStatistics, setFlagsFromString } from "node:v8";
+import { performance, PerformanceObserver, type EventLoopUtilization } from "node:perf_hooks";
 
 const FLAG = "--semi-space-growth-factor";
 const DEFAULT_FACTOR = 2;
@@ -18,11 +25,31 @@ const BUSY = 0.02;
 /** Seconds below BUSY before growth is held again. */
 const QUIET_SECONDS = 30;
 
+/** MB per semi-space at which the new space stops growing under load. */
+export const BOUND_SEMI_SPACE_MB = 4;
+
+function nodeFlags(): string {
+  return [...process.execArgv, process.env["NODE_OPTIONS"] ?? ""].join(" ");
+}
+
 /** Set by whoever runs node: their growth factor stands, and frozen flags must not be written. */
 function operatorChose(): boolean {
-  const given = [...process.execArgv, process.env["NODE_OPTIONS"] ?? ""].join(" ");
-  return /semi[-_]space[-_]growth[-_]factor|freeze[-_]flags[-_]after[-_]init/.test(given);
+  return /semi[-_]space[-_]growth[-_]factor|freeze[-_]flags[-_]after[-_]init/.test(nodeFlags());
 }
+
+/** The operator sized the young generation themselves. */
+function operatorSized(): boolean {
+  return /max[-_]semi[-_]space[-_]size|semi[-_]space[-_]size|max[-_]young/.test(nodeFlags());
+}
+
+/** The new space (both semi-spaces) in bytes. */
+function newSpaceBytes(): number {
+  for (const s of getHeapSpaceStatistics()) if (s.space_name === "new_space") return s.space_size;
+  return 0;
+}
+
+/** Both semi-spaces at the bound (V8 rounds the space up a little: 8.4 MB for 2 × 4 MB). */
+const BOUND_BYTES = 2 * BOUND_SEMI_SPACE_MB * 1024 * 1024;
 
 let held = false;
 let governed = false;
@@ -48,6 +75,14 @@ export function releaseYoungGeneration(): void {
 export function governYoungGeneration(): void {
   if (governed || operatorChose()) return;
   governed = true;
+  const bounded = !operatorSized();
+  if (bounded) {
+    // After each GC: V8 grows the space at the end of one, and the observer runs before the
+    // next in all but the heaviest bursts (one more doubling, then held).
+    new PerformanceObserver(() => {
+      if (!held && newSpaceBytes() >= BOUND_BYTES) holdYoungGeneration();
+    }).observe({ entryTypes: ["gc"] });
+  }
   let last: EventLoopUtilization = performance.eventLoopUtilization();
   // The first second is the start itself (busy by nature): it is not judged.
   let judged = false;
@@ -60,7 +95,7 @@ export function governYoungGeneration(): void {
       judged = true;
     } else if (serving) {
       quiet = 0;
-      releaseYoungGeneration();
+      if (!bounded || newSpaceBytes() < BOUND_BYTES) releaseYoungGeneration();
     } else if (++quiet >= QUIET_SECONDS) {
       holdYoungGeneration();
     }

@@ -66,5 +66,40 @@ t.test("the governor lets the young generation grow once the event loop is busy"
   const r = spawnSync(process.execPath, ["--input-type=module", "-e", BUSY_SCRIPT], { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: "" } });
   t.equal(r.status, 0, `the probe ran (${r.stderr})`);
   const { start, busy } = JSON.parse(r.stdout) as { start: number; busy: number };
-  t.ok(busy >= 4 * start, `busy: the new space grew (${start} → ${busy} bytes)`);
+  t.ok(busy >= 2 * start, `busy: the new space grew (${start} → ${busy} bytes)`);
+});
+
+// Under load the space stops at the bound (2 × BOUND_SEMI_SPACE_MB), where V8 alone would take it to
+// its own maximum (2 × 16 MB on Node 20, 2 × 64 MB on Node 24); an operator's
+// --max-semi-space-size replaces the bound.
+const BOUND_SCRIPT = `
+import { getHeapSpaceStatistics } from "node:v8";
+import { governYoungGeneration, holdYoungGeneration, BOUND_SEMI_SPACE_MB } from ${JSON.stringify(MODULE)};
+const newSpace = () => getHeapSpaceStatistics().find((s) => s.space_name === "new_space").space_size;
+holdYoungGeneration();
+governYoungGeneration();
+let max = 0;
+const live = [];
+const until = performance.now() + 4000;
+const work = () => {
+  for (let i = 0; i < 20000; i++) { live.push({ i, s: "z" + i }); if (live.length > 400000) live.splice(0, 200000); }
+  max = Math.max(max, newSpace());
+  if (performance.now() < until) setImmediate(work);
+  else console.log(JSON.stringify({ max, bound: 2 * BOUND_SEMI_SPACE_MB * 1024 * 1024 }));
+};
+work();
+`;
+
+function busyMax(nodeOptions: string): { max: number; bound: number } {
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", BOUND_SCRIPT], { encoding: "utf8", env: { ...process.env, NODE_OPTIONS: nodeOptions } });
+  if (r.status !== 0) throw new Error(`the probe failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as { max: number; bound: number };
+}
+
+t.test("under load the young generation grows to the bound and stops there; an operator's --max-semi-space-size replaces it", async (t) => {
+  const bounded = busyMax("");
+  t.ok(bounded.max >= bounded.bound, `it grew to the bound (${bounded.max} bytes, bound ${bounded.bound})`);
+  t.ok(bounded.max <= 2 * bounded.bound, `and stopped there, one doubling at most past it (${bounded.max} bytes)`);
+  const sized = busyMax("--max-semi-space-size=32");
+  t.ok(sized.max > 2 * sized.bound, `the same load with the operator's 32 MB semi-spaces grew past it (${sized.max} bytes)`);
 });
