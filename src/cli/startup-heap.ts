@@ -12,9 +12,10 @@
 // Under load the same hold bounds the space: V8's own maximum is 2 × 16 MB on Node 20 and over
 // 128 MB on Node 24, committed and (with the llhttp core's reads making no garbage of their own)
 // largely touched between scavenges, so an HTTP sidecar on Node 24 peaked at 240 MB. Once a GC
-// leaves the new space at BOUND_SEMI_SPACE_MB per semi-space the factor is held at 1 again, which
-// is what `--max-semi-space-size=4` (the image's NODE_OPTIONS) does from the start (PERF-LOG,
-// session 16). An operator's own --max-semi-space-size stands.
+// leaves the new space at BOUND_SEMI_SPACE_MB per semi-space the factor is held at 1 again: a
+// soft form of `--max-semi-space-size=4` (the image's NODE_OPTIONS), which can pass the size by
+// the growth of a GC that ran before the observer (PERF-LOG, session 16). An operator's own
+// --max-semi-space-size stands.
 import { getHeapSpaceStatistics, setFlagsFromString } from "node:v8";
 import { performance, PerformanceObserver, type EventLoopUtilization } from "node:perf_hooks";
 
