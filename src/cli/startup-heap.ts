@@ -43,7 +43,7 @@ function operatorChose(): boolean {
 
 /** The operator sized the young generation themselves. */
 function operatorSized(): boolean {
-  return /max[-_]semi[-_]space[-_]size|semi[-_]space[-_]size|max[-_]young/.test(nodeFlags());
+  return /semi[-_]space[-_]size|max[-_]young/.test(nodeFlags());
 }
 
 /** The new space (both semi-spaces) in bytes. */
@@ -73,18 +73,25 @@ export function releaseYoungGeneration(): void {
 }
 
 /**
+ * The old generation: what the client sidecar promotes (~0.8 KB per HTTP request) is garbage that
+ * waits for a mark-compact, and V8 sets the next one at the live size times a factor of its own
+ * (~3.7 here): 40–51 MB of old space at the L7 peak against 10 MB live. A factor of 1.5 cut that
+ * peak by 20–34 MB at no CPU cost the benchmark could separate (PERF-LOG, session 16). V8 reads
+ * it each time it sets the limit; an operator's own --heap-growing-percent stands.
+ */
+function slowOldGenerationGrowth(): void {
+  if (/heap[-_]growing[-_]percent/.test(nodeFlags())) return;
+  setFlagsFromString(`--heap-growing-percent=${OLD_GENERATION_GROWING_PERCENT}`);
+}
+
+/**
  * A proxy: growth follows the event loop from now on, released after a busy second (the first
  * second, the start, aside) and held again after QUIET_SECONDS of idling. One unref'd timer, nothing per request.
  */
 export function governYoungGeneration(): void {
   if (governed || operatorChose()) return;
   governed = true;
-  // The old generation: what the client sidecar promotes (~0.8 KB per HTTP request) is garbage
-  // that waits for a mark-compact, and V8 sets the next one at the live size times a factor of
-  // its own (~3.7 here): 40–51 MB of old space at the L7 peak against 10 MB live. A factor of
-  // 1.5 cut that peak by 20–34 MB at no CPU cost the benchmark could separate (PERF-LOG, session
-  // 16). V8 reads it each time it sets the limit.
-  if (!/heap[-_]growing[-_]percent/.test(nodeFlags())) setFlagsFromString(`--heap-growing-percent=${OLD_GENERATION_GROWING_PERCENT}`);
+  slowOldGenerationGrowth();
   const bounded = !operatorSized();
   if (bounded) {
     // After each GC: V8 grows the space at the end of one, and the observer runs before the

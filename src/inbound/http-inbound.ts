@@ -169,6 +169,11 @@ export class InboundHttp {
     s.once("close", () => this.sockets.delete(s));
     const caller = { authorizer, uri };
     this.callers.set(s, caller);
+    if (s.alpnProtocol !== "h2" && this.core && !this.config.appHttp2) {
+      // The core resumes the socket itself, unless its first bytes already handed it on (an upgrade).
+      this.core.accept(s, caller);
+      return;
+    }
     if (s.alpnProtocol === "h2") {
       this.connecting = caller;
       try {
@@ -176,9 +181,6 @@ export class InboundHttp {
       } finally {
         this.connecting = null;
       }
-    } else if (this.core && !this.config.appHttp2) {
-      // The core resumes the socket itself, unless its first bytes already handed it on (an upgrade).
-      return this.core.accept(s, caller);
     } else {
       this.h1.emit("connection", s);
     }

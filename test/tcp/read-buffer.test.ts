@@ -66,6 +66,36 @@ function pattern(size: number, seed: number): Buffer {
 
 const sha = (b: Buffer | ReturnType<typeof createHash>): string => (Buffer.isBuffer(b) ? createHash("sha256").update(b) : b).digest("hex");
 
+/** Writes `size` patterned bytes as fast as the socket takes them, then ends it; `sent` hashes them. */
+function writePattern(client: Socket, size: number): { readonly written: () => number; readonly sent: ReturnType<typeof createHash>; readonly done: Promise<void> } {
+  const sent = createHash("sha256");
+  let written = 0;
+  const done = new Promise<void>((resolve) => {
+    const more = (): void => {
+      while (written < size) {
+        const chunk = pattern(Math.min(40_000, size - written), written % 251);
+        written += chunk.length;
+        sent.update(chunk);
+        if (!client.write(chunk)) return void client.once("drain", more);
+      }
+      client.end();
+      resolve();
+    };
+    more();
+  });
+  return { written: () => written, sent, done };
+}
+
+/** Resolves once the writer has stopped making progress (its queue and the kernel's buffers full). */
+async function stalled(written: () => number): Promise<number> {
+  let last = -1;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 200));
+    if (written() === last) return last;
+    last = written();
+  }
+}
+
 t.test("this Node lets accepted sockets read into the shared buffer", async (t) => {
   t.equal(acceptedSocketsReadDirect, true, `${process.version}: net.Socket's onread fields were found and hold what onread sets`);
 });
@@ -104,21 +134,7 @@ for (const [kind, pair] of [["plain", plainPair], ["TLS", tlsPair]] as const) {
   t.test(`${kind}: false from the callback stops the reads, resume() reads on, and every byte arrives`, async (t) => {
     const { server, client } = await pair(t);
     const size = 32 * 1024 * 1024;
-    let written = 0;
-    const sent = createHash("sha256");
-    const wroteAll = new Promise<void>((resolve) => {
-      const more = (): void => {
-        while (written < size) {
-          const chunk = pattern(Math.min(40_000, size - written), written % 251);
-          written += chunk.length;
-          sent.update(chunk);
-          if (!client.write(chunk)) return void client.once("drain", more);
-        }
-        client.end();
-        resolve();
-      };
-      more();
-    });
+    const writer = writePattern(client, size);
     const got = createHash("sha256");
     let bytes = 0;
     let paused = true;
@@ -131,20 +147,15 @@ for (const [kind, pair] of [["plain", plainPair], ["TLS", tlsPair]] as const) {
       "the socket was switched",
     );
     // While paused the writer must stall: the kernel buffers and the client's queue fill up.
-    let last = -1;
-    for (;;) {
-      await new Promise((r) => setTimeout(r, 200));
-      if (written === last) break;
-      last = written;
-    }
+    const written = await stalled(writer.written);
     t.ok(written < size / 2, `the client could write ${(written / 1048576).toFixed(1)} of ${size / 1048576} MiB while the reads were paused`);
     t.ok(bytes < 1024 * 1024, `${bytes} bytes were delivered while paused`);
     paused = false;
     server.resume();
-    await wroteAll;
+    await writer.done;
     await once(server, "end");
     t.equal(bytes, size, "every byte arrived once");
-    t.equal(sha(got), sha(sent), "in order");
+    t.equal(sha(got), sha(writer.sent), "in order");
   });
 }
 
@@ -170,25 +181,9 @@ for (const [kind, pair] of [["plain", plainPair], ["TLS", tlsPair]] as const) {
     Reflect.set(server, "readableFlowing", null);
     handedOver = true;
     const size = 8 * 1024 * 1024;
-    const sent = createHash("sha256");
-    let written = 0;
-    const more = (): void => {
-      while (written < size) {
-        const chunk = pattern(Math.min(40_000, size - written), written % 251);
-        written += chunk.length;
-        sent.update(chunk);
-        if (!client.write(chunk)) return void client.once("drain", more);
-      }
-      client.end();
-    };
-    more();
+    const writer = writePattern(client, size);
     // The new owner is slow at first: reads stop while nobody consumes (the Readable's high-water mark).
-    let last = -1;
-    for (;;) {
-      await new Promise((r) => setTimeout(r, 200));
-      if (written === last) break;
-      last = written;
-    }
+    const written = await stalled(writer.written);
     t.ok(written < size, `the client could write ${(written / 1048576).toFixed(1)} of ${size / 1048576} MiB before the new owner read`);
     const got = createHash("sha256");
     let bytes = 0;
@@ -201,7 +196,7 @@ for (const [kind, pair] of [["plain", plainPair], ["TLS", tlsPair]] as const) {
     await once(server, "end");
     t.equal(views, 0, "'data' chunks are copies, not views of the shared buffer");
     t.equal(bytes, size, "every later byte arrived once");
-    t.equal(sha(got), sha(sent), "in order");
+    t.equal(sha(got), sha(writer.sent), "in order");
   });
 }
 
