@@ -206,7 +206,17 @@ export class UpstreamListener {
       const core = h2 ? null : this.http1();
       // The core resumes the socket itself, unless its first bytes already handed it on (an upgrade).
       if (core) core.accept(down);
-      else (h2 ? this.h2() : this.http()).emit("connection", down);
+      else if (h2) this.h2().emit("connection", down);
+      else {
+        this.http().emit("connection", down);
+        // node:http stops reading a socket it consumes only on the socket's 'pause' event, which
+        // is emitted on a change from flowing; this one is still paused from the sniff, so node:http
+        // never held the app back and a 1 GiB upload piled up in the sidecar (Node 20: 1.1 GB
+        // RSS). Flowing again, it pauses and resumes as node:http asks. Not from inside this
+        // 'readable' handler: until the next tick the stream still counts the listener, and a
+        // resume then leaves it paused.
+        process.nextTick(() => down.resume());
+      }
     };
     down.once("readable", readable);
     down.once("end", ended);
