@@ -33,6 +33,27 @@ export interface RequestView {
   header(name: string): string | undefined;
 }
 
+/**
+ * A RequestView whose query is parsed on its first read. A class rather than an object literal
+ * with a getter: V8 builds each such literal's accessor at run time, in the old generation.
+ */
+export class LazyRequestView implements RequestView {
+  private parsed: URLSearchParams | null | undefined = undefined;
+
+  constructor(
+    readonly method: string,
+    readonly path: string,
+    /** The query without its `?`; empty when there is none. */
+    readonly rawQuery: string,
+    readonly header: (name: string) => string | undefined,
+  ) {}
+
+  get query(): URLSearchParams | null {
+    if (this.parsed === undefined) this.parsed = this.rawQuery ? new URLSearchParams(this.rawQuery) : null;
+    return this.parsed;
+  }
+}
+
 /** A route that cannot be compiled. `field` is relative to the route, e.g. `match.headers[1].regex`. */
 export class RouteCompileError extends Error {
   constructor(

@@ -15,6 +15,7 @@ import { pickLeg, mutateRequestHeaders, upstreamPath, RETRY_BUFFER_LIMIT, type H
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import { Cancel } from "../http/compat.js";
 import { endToEndCopy, type HeaderRecord } from "../http/headers.js";
+import { LazyRequestView } from "../http/route-match.js";
 import { targetOfOrigin, upstreamKey, type MeshTarget } from "./names.js";
 import { MeshNameError, NoHealthyUpstreamError } from "./errors.js";
 import { HandlerSink, failHandler } from "./response-sink.js";
@@ -79,20 +80,11 @@ export class MeshDispatcher extends Dispatcher {
       return failHandler(handler, new MeshNameError(`${opts.method} ${opts.path.slice(0, 256)}: ${refusalDetail(target)}`));
     }
     const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
-    let query: URLSearchParams | null | undefined;
     const headers = requestHeaders(opts.headers, host);
-    const header = (name: string): string | undefined => {
+    const view = new LazyRequestView(opts.method, target.path, rawQuery, (name) => {
       const v = headers[name];
       return Array.isArray(v) ? v.join(",") : v;
-    };
-    const view = {
-      method: opts.method,
-      path: target.path,
-      get query() {
-        return (query ??= rawQuery ? new URLSearchParams(rawQuery) : null);
-      },
-      header,
-    };
+    });
     const c = state.match(view);
     if (c === null) return failHandler(handler, new NoHealthyUpstreamError(`no route of upstream "${service}" matches ${opts.method} ${target.path}`));
     const leg = c.route.action.splits[pickLeg(c, Math.random())]!;
@@ -103,7 +95,7 @@ export class MeshDispatcher extends Dispatcher {
     mutateRequestHeaders(c, leg, headers);
     const hashPolicies = primary.config.lb.hashPolicies;
     const hash =
-      hashPolicies.length > 0 ? requestHash(hashPolicies, { header, cookie: (n) => cookie(header("cookie"), n), query: (n) => view.query?.get(n) ?? undefined, sourceIp: "" }) : undefined;
+      hashPolicies.length > 0 ? requestHash(hashPolicies, { header: view.header, cookie: (n) => cookie(view.header("cookie"), n), query: (n) => view.query?.get(n) ?? undefined, sourceIp: "" }) : undefined;
     // A body that can be sent twice is retried (the sidecar buffers up to the same limit); a stream is not.
     const body = opts.body ?? null;
     const buffered = typeof body === "string" ? Buffer.from(body) : body instanceof Uint8Array ? Buffer.from(body.buffer, body.byteOffset, body.byteLength) : null;

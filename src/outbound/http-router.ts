@@ -7,7 +7,7 @@
 import type { IncomingHttpHeaders } from "node:http";
 import type { Counter } from "prom-client";
 import type { Route } from "../config/http.js";
-import { rewritePath, type CompiledRoutes, type RequestView } from "../http/route-match.js";
+import { LazyRequestView, rewritePath, type CompiledRoutes, type RequestView } from "../http/route-match.js";
 import type { CompiledRoute, CompiledRouteTable } from "../compile/routes.js";
 import { parseRequestTarget, refusalDetail, type RequestTarget } from "../http/request-target.js";
 import { applyHeaderMutation, endToEndCopy, type HeaderRecord } from "../http/headers.js";
@@ -52,21 +52,12 @@ export class OutboundHttpState {
 }
 
 /** The request as routes see it: the canonical path (request-target.ts), the same one the destination authorizes. */
-function view(req: AnyRequest, target: RequestTarget): RequestView & { readonly rawQuery: string } {
+function view(req: AnyRequest, target: RequestTarget): LazyRequestView {
   const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
-  let query: URLSearchParams | null = null;
-  return {
-    method: req.method ?? "GET",
-    path: target.path,
-    rawQuery,
-    get query() {
-      return (query ??= rawQuery ? new URLSearchParams(rawQuery) : null);
-    },
-    header(name: string) {
-      const v = req.headers[name];
-      return Array.isArray(v) ? v.join(",") : v;
-    },
-  };
+  return new LazyRequestView(req.method ?? "GET", target.path, rawQuery, (name) => {
+    const v = req.headers[name];
+    return Array.isArray(v) ? v.join(",") : v;
+  });
 }
 
 function cookie(req: AnyRequest, name: string): string | undefined {

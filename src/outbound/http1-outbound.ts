@@ -18,6 +18,7 @@ import { localReply } from "../http/local-reply.js";
 import { Cancel, type ResponseSink } from "../http/compat.js";
 import type { HeaderRecord } from "../http/headers.js";
 import { requestHash } from "../cluster/balancer.js";
+import { LazyRequestView } from "../http/route-match.js";
 import type { Logger } from "../telemetry/log.js";
 import type { Observers } from "../telemetry/observers.js";
 import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
@@ -237,16 +238,7 @@ export class OutboundHttp1 {
     // The fields routed on, mutated and sent: one record, read as node:http reads repeated fields.
     const headers: HeaderRecord = forwardRecord(raw);
     const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
-    let query: URLSearchParams | null = null;
-    const v = {
-      method: ex.method,
-      path: target.path,
-      rawQuery,
-      get query() {
-        return (query ??= rawQuery ? new URLSearchParams(rawQuery) : null);
-      },
-      header: (name: string) => fieldValue(raw, name),
-    };
+    const v = new LazyRequestView(ex.method, target.path, rawQuery, (name) => fieldValue(raw, name));
     const c = state.match(v);
     if (!c) return this.router.reply(sink, 404, "NR", state.upstream, undefined, rec);
     const leg = c.route.action.splits[pickLeg(c, Math.random())]!;

@@ -1,7 +1,7 @@
 // Route matching: each rule has a case that would pass if the rule were ignored.
 import t from "tap";
 import { NO_HEADER_MUTATION, NO_RETRIES, type HeaderMatch, type PathMatch, type QueryParamMatch, type Route } from "../../src/config/http.js";
-import { CompiledRoutes, RouteCompileError, matchedPrefix, rewritePath, rewritePrefix, type RequestView } from "../../src/http/route-match.js";
+import { CompiledRoutes, LazyRequestView, RouteCompileError, matchedPrefix, rewritePath, rewritePrefix, type RequestView } from "../../src/http/route-match.js";
 
 interface MatchSpec {
   readonly path?: PathMatch;
@@ -188,4 +188,17 @@ t.test("prefix rewrite (Envoy prefix_rewrite)", async (t) => {
   t.equal(rewritePath(route("x", { path: { kind: "prefix", value: "/api/" } }, "/"), "/api/users"), "/users", "rewritePath uses the route's own prefix");
   t.equal(rewritePath(route("x", {}, "/base/"), "/users"), "/base/users", "…and / for a route without a path match");
   t.equal(rewritePath(route("x", { path: { kind: "prefix", value: "/api/" } }), "/api/users"), "/api/users", "no prefixRewrite, no change");
+});
+
+t.test("LazyRequestView: the query is parsed once, on its first read, and is null without one", async (t) => {
+  const v = new LazyRequestView("GET", "/p", "a=1&a=2&b=%20", (n) => (n === "x-k" ? "v" : undefined));
+  const q = v.query;
+  t.same(q?.getAll("a"), ["1", "2"], "repeated parameters kept");
+  t.equal(q?.get("b"), " ", "decoded");
+  t.equal(v.query, q, "the same parse on the second read");
+  t.equal(v.header("x-k"), "v", "fields through the given reader");
+  t.equal(new LazyRequestView("GET", "/p", "", () => undefined).query, null, "no query: null");
+  const exact = [route("hit", { queryParams: [{ name: "b", exact: " " }] }), CATCH_ALL];
+  t.equal(pick(exact, new LazyRequestView("GET", "/", "b=%20", () => undefined)), "hit", "routes match on it as on a literal view");
+  t.equal(pick(exact, new LazyRequestView("GET", "/", "", () => undefined)), "default", "and without a query");
 });
