@@ -44,13 +44,14 @@ export class LazyRequestView implements RequestView {
   constructor(
     readonly method: string,
     readonly path: string,
-    /** The query without its `?`; empty when there is none. */
-    readonly rawQuery: string,
+    /** The request target's query as request-target.ts gives it: `""` or starting with `?`. */
+    private readonly search: string,
     readonly header: (name: string) => string | undefined,
   ) {}
 
   get query(): URLSearchParams | null {
-    if (this.parsed === undefined) this.parsed = this.rawQuery ? new URLSearchParams(this.rawQuery) : null;
+    // URLSearchParams drops the leading `?` itself; a lone `?` is no query.
+    if (this.parsed === undefined) this.parsed = this.search.length > 1 ? new URLSearchParams(this.search) : null;
     return this.parsed;
   }
 }

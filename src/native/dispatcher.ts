@@ -79,9 +79,8 @@ export class MeshDispatcher extends Dispatcher {
       this.router.refused("invalid_request_target", service, opts.method, opts.path, target.reason);
       return failHandler(handler, new MeshNameError(`${opts.method} ${opts.path.slice(0, 256)}: ${refusalDetail(target)}`));
     }
-    const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
     const headers = requestHeaders(opts.headers, host);
-    const view = new LazyRequestView(opts.method, target.path, rawQuery, (name) => {
+    const view = new LazyRequestView(opts.method, target.path, target.query, (name) => {
       const v = headers[name];
       return Array.isArray(v) ? v.join(",") : v;
     });

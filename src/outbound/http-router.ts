@@ -53,8 +53,7 @@ export class OutboundHttpState {
 
 /** The request as routes see it: the canonical path (request-target.ts), the same one the destination authorizes. */
 function view(req: AnyRequest, target: RequestTarget): LazyRequestView {
-  const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
-  return new LazyRequestView(req.method ?? "GET", target.path, rawQuery, (name) => {
+  return new LazyRequestView(req.method ?? "GET", target.path, target.query, (name) => {
     const v = req.headers[name];
     return Array.isArray(v) ? v.join(",") : v;
   });

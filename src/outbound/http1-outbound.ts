@@ -237,8 +237,7 @@ export class OutboundHttp1 {
     }
     // The fields routed on, mutated and sent: one record, read as node:http reads repeated fields.
     const headers: HeaderRecord = forwardRecord(raw);
-    const rawQuery = target.query.length > 1 ? target.query.slice(1) : "";
-    const v = new LazyRequestView(ex.method, target.path, rawQuery, (name) => fieldValue(raw, name));
+    const v = new LazyRequestView(ex.method, target.path, target.query, (name) => fieldValue(raw, name));
     const c = state.match(v);
     if (!c) return this.router.reply(sink, 404, "NR", state.upstream, undefined, rec);
     const leg = c.route.action.splits[pickLeg(c, Math.random())]!;
@@ -278,7 +277,7 @@ export class OutboundHttp1 {
     const hashPolicies = primary.config.lb.hashPolicies;
     const hash =
       hashPolicies.length > 0
-        ? requestHash(hashPolicies, { header: (n) => fieldValue(raw, n), cookie: (n) => cookieOf(raw, n), query: (n) => v.query?.get(n) ?? undefined, sourceIp: ex.context.remoteAddress })
+        ? requestHash(hashPolicies, { header: v.header, cookie: (n) => cookieOf(raw, n), query: (n) => v.query?.get(n) ?? undefined, sourceIp: ex.context.remoteAddress })
         : undefined;
     return this.router.forward({ state, route: c, leg, primary, method: ex.method, path, headers, body: null, canRetry, hash, res: sink, clientGone, send: http1Sender(body) }, rec);
   }
