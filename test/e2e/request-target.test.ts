@@ -221,6 +221,41 @@ for (const tg of TARGETS) {
       t.equal(hits.length, before, "the app saw nothing");
     });
 
+    // The bytes after a refused upgrade, sent only once the refusal has arrived (a client that
+    // waits for the answer, then goes on as if it had been switched): still nothing reaches
+    // the app unchecked, whether the proxy reads them as a new request or closes.
+    for (const refused of [
+      { name: "denied by intention", request: "GET /secret HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", status: 403 },
+      { name: "an upgrade the route does not allow", request: "GET /ws-foo HTTP/1.1\r\nHost: api\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n", status: 403 },
+    ]) {
+      for (const follow of [
+        { name: "a request for /secret", bytes: "GET /secret HTTP/1.1\r\nHost: api\r\n\r\n" },
+        { name: "a masked websocket frame, then a request", bytes: Buffer.concat([Buffer.from([0x81, 0x85, 1, 2, 3, 4, 0x69, 0x67, 0x6f, 0x68, 0x6e]), Buffer.from("GET /secret HTTP/1.1\r\nHost: api\r\n\r\n")]) },
+      ]) {
+        await t.test(`${refused.name}; ${follow.name} in a later segment never reaches the app`, async (t) => {
+          const before = hits.length;
+          const s = await tg.open();
+          t.teardown(() => s.destroy());
+          const got: Buffer[] = [];
+          s.on("data", (d: Buffer) => got.push(d));
+          let closed = false;
+          s.once("close", () => (closed = true));
+          s.write(refused.request);
+          await until(() => closed || hasResponses(1)(Buffer.concat(got)), 5000, "the refusal");
+          const rs = parseResponses(Buffer.concat(got), { closed });
+          t.equal(rs[0]?.status, refused.status, `refused with ${refused.status}`);
+          if (!s.destroyed) s.write(follow.bytes);
+          // Either the proxy closes the connection or it answers the follow-up itself: wait for either.
+          await until(() => closed || parseResponses(Buffer.concat(got), { closed: false }).length >= 2, 5000, "the connection to close or a second answer");
+          const after = parseResponses(Buffer.concat(got), { closed: true });
+          t.ok(closed || after.length >= 2, `the proxy closed the connection or answered the follow-up (${closed ? "closed" : "answered"}, ${after.length} answers)`);
+          for (const r of after.slice(1)) t.ok(r.status === 400 || r.status === 403, `a second answer is a refusal (${r.status})`);
+          t.same(seen("/secret"), [], "the app never saw /secret");
+          t.equal(hits.length, before, "the app saw nothing of this connection");
+        });
+      }
+    }
+
     await t.test("Upgrade: h2c never reaches the app: the request is served as HTTP/1.1", async (t) => {
       const r = await get(tg.open, "/h2c-check", "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nConnection: Upgrade, HTTP2-Settings\r\n");
       t.equal(r?.status, 200, "200 over HTTP/1.1");
