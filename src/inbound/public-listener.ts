@@ -275,7 +275,7 @@ export class PublicListener {
         if (this.log.enabled("debug")) {
           this.log.debug("inbound connection closed", { source, bytes_in: r.downstreamBytesIn, bytes_out: r.upstreamBytesIn, error: r.error?.message });
         }
-      }, reads, DirectReads.intoPlain(app));
+      }, reads, DirectReads.tlsIntoPlain(app));
       this.pipes.add(pipe);
     });
   }

@@ -255,7 +255,7 @@ export class UpstreamListener {
     }
     this.pending.add(down);
     down.once("close", () => this.pending.delete(down));
-    const reads = DirectReads.intoPlain(down);
+    const reads = DirectReads.tlsIntoPlain(down);
     openStream(
       {
         primary,

@@ -8,6 +8,7 @@
 import type { OnReadOpts, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { readAcceptedInto, readsInto } from "./read-buffer.js";
+import { COPY_BUFFER_BYTES, takeCopyBuffer, writeCopy, writeCopyBuffer } from "./copy-buffers.js";
 
 export interface PipeResult {
   /** Bytes read from the downstream socket (sent towards upstream). */
@@ -78,10 +79,21 @@ function forward(src: Socket, dst: Socket, stamp: Live | null): void {
  * being dialled has already had its 'end' emitted, and waiting for another one left both
  * connections open (and the caller's sidecar waiting on them) until the idle timeout.
  */
-function endWhenEnded(src: Socket, dst: Socket): void {
-  if (src.readableEnded) dst.end();
-  else src.once("end", () => dst.end());
+function endWhenEnded(src: Socket, dst: Socket, reads?: DirectReads): void {
+  const end = (): void => {
+    if (reads) reads.end();
+    else dst.end();
+  };
+  if (src.readableEnded) end();
+  else src.once("end", end);
 }
+
+/**
+ * The most cleartext one TLS record carries. Node reads a TLS socket one record at a time, so a
+ * read of exactly this much says the peer was sending more than a record at once, and more of
+ * the same TCP read is likely to follow within this turn of the event loop.
+ */
+const FULL_RECORD = 16 * 1024;
 
 /**
  * Reads of a socket we dial ourselves (into the shared read buffer, read-buffer.ts: Node's
@@ -92,25 +104,43 @@ function endWhenEnded(src: Socket, dst: Socket): void {
  * - into TLS: the write encrypts (copies) the cleartext before it returns, unless it waits in the
  *   socket's own queue (an earlier write in flight, or corked): only then is the chunk copied;
  * - into plain TCP: a write the kernel cannot take at once stays referenced until it completes,
- *   and that cannot be known in advance: always copied (still cheaper than Node's allocation:
- *   small chunks come from Buffer's pool).
+ *   and that cannot be known in advance: always copied (copy-buffers.ts: small copies from
+ *   Buffer's pool, larger ones into reused buffers).
+ *
+ * From TLS into plain TCP, full records are also gathered. Node hands a TLS socket's cleartext
+ * to JavaScript one record (16 KiB) per callback, and runs the tick queue between callbacks, so
+ * corking until a tick does not gather them; written one by one, a bulk stream cost a write
+ * syscall per record. Full records are copied into one buffer, written when a shorter record
+ * ends the burst, when the buffer is full, or at the end of this turn of the event loop
+ * (setImmediate). A stream that sends less than a record at a time is written at once, as before.
  */
 export class DirectReads {
   readonly onread: OnReadOpts;
   /** Set by joinSockets: the pipe's idle stamp. */
   stamp: { lastActive: number } | null = null;
+  /** Set by joinSockets: the socket these reads come from, paused when a gathered write is refused. */
+  source: Socket | null = null;
+  private gather: Buffer | null = null;
+  private gathered = 0;
+  private flushQueued = false;
 
   static intoTls(dst: TLSSocket): DirectReads {
-    return new DirectReads(dst, false);
+    return new DirectReads(dst, false, false);
   }
 
   static intoPlain(dst: Socket): DirectReads {
-    return new DirectReads(dst, true);
+    return new DirectReads(dst, true, false);
+  }
+
+  /** Reads of a TLS socket into a plain one: full records are gathered into fewer writes. */
+  static tlsIntoPlain(dst: Socket): DirectReads {
+    return new DirectReads(dst, true, true);
   }
 
   private constructor(
     private readonly dst: Socket,
     private readonly alwaysCopy: boolean,
+    private readonly gathers: boolean,
   ) {
     this.onread = readsInto((view) => this.deliver(view));
   }
@@ -123,10 +153,54 @@ export class DirectReads {
     return readAcceptedInto(src, (data, borrowed) => this.deliver(data, borrowed));
   }
 
+  /** Ends the destination after whatever is still gathered. */
+  end(): void {
+    this.flush();
+    this.dst.end();
+  }
+
   private deliver(data: Buffer, borrowed = true): boolean {
     if (this.stamp) this.stamp.lastActive = now;
+    if (this.gathers && (this.gathered > 0 || data.length === FULL_RECORD)) return this.gatherInto(data, borrowed);
+    return this.write(data, borrowed);
+  }
+
+  private write(data: Buffer, borrowed: boolean): boolean {
     const dst = this.dst;
-    return dst.write(!borrowed || (!this.alwaysCopy && dst.writableLength === 0 && dst.writableCorked === 0) ? data : Buffer.copyBytesFrom(data));
+    if (!borrowed || (!this.alwaysCopy && dst.writableLength === 0 && dst.writableCorked === 0)) return dst.write(data);
+    return writeCopy(dst, data);
+  }
+
+  private gatherInto(data: Buffer, borrowed: boolean): boolean {
+    let ok = true;
+    if (this.gathered + data.length > COPY_BUFFER_BYTES) ok = this.flush();
+    // Larger than any read: only a chunk that waited in the socket's own buffer before a switch.
+    if (data.length > COPY_BUFFER_BYTES) return this.write(data, borrowed) && ok;
+    const gather = (this.gather ??= takeCopyBuffer());
+    gather.set(data, this.gathered);
+    this.gathered += data.length;
+    if (data.length < FULL_RECORD || this.gathered === COPY_BUFFER_BYTES) return this.flush() && ok;
+    if (!this.flushQueued) {
+      this.flushQueued = true;
+      setImmediate(this.flushLater);
+    }
+    return ok;
+  }
+
+  private readonly flushLater = (): void => {
+    this.flushQueued = false;
+    if (!this.flush()) this.source?.pause();
+  };
+
+  /** Writes what is gathered; false when the destination wants no more for now. */
+  private flush(): boolean {
+    const gather = this.gather;
+    const n = this.gathered;
+    if (gather === null || n === 0) return true;
+    this.gather = null;
+    this.gathered = 0;
+    if (this.dst.destroyed) return false;
+    return writeCopyBuffer(this.dst, gather, n);
   }
 }
 
@@ -161,17 +235,21 @@ export function joinSockets(down: Socket, up: Socket, idleTimeoutMs: number, onC
   up.on("error", failed);
   down.once("close", closed(up));
   up.once("close", closed(down));
-  if (downReads) downReads.stamp = stamp;
+  if (downReads) {
+    downReads.stamp = stamp;
+    downReads.source = down;
+  }
   if (downReads?.readFrom(down)) {
     up.on("drain", () => down.resume());
-    endWhenEnded(down, up);
+    endWhenEnded(down, up, downReads);
   } else {
     forward(down, up, stamp);
   }
   if (upReads) {
     upReads.stamp = stamp;
+    upReads.source = up;
     down.on("drain", () => up.resume());
-    endWhenEnded(up, down);
+    endWhenEnded(up, down, upReads);
   } else {
     forward(up, down, stamp);
   }

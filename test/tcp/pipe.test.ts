@@ -146,3 +146,84 @@ for (const which of ["down", "up"] as const) {
     t.equal(await within2s(closed), true, "the pipe closes once both sides ended");
   });
 }
+
+/** A plain TCP client and its accepted peer, the peer collecting what it reads (paused if asked). */
+async function plainPair(t: Teardown, opts: { paused?: boolean } = {}): Promise<{ client: Socket; peer: Socket; received: () => Buffer; ended: Promise<unknown> }> {
+  const { client, accepted } = await socketPair(t);
+  const chunks: Buffer[] = [];
+  accepted.on("data", (d: Buffer) => chunks.push(d));
+  if (opts.paused) accepted.pause();
+  return { client, peer: accepted, received: () => Buffer.concat(chunks), ended: once(accepted, "end") };
+}
+
+/** Puts `piece` in the shared buffer and delivers it as one read, as Node's onread would. */
+function readInto(reads: DirectReads, piece: Buffer): boolean | undefined {
+  const buffer = reads.onread.buffer;
+  if (!(buffer instanceof Uint8Array)) throw new Error("DirectReads uses one shared buffer");
+  piece.copy(Buffer.from(buffer.buffer, buffer.byteOffset, piece.length));
+  const r = reads.onread.callback(piece.length, buffer);
+  // The next read of any socket overwrites the buffer: scribble over it to catch a write that kept it.
+  Buffer.from(buffer.buffer, buffer.byteOffset, piece.length).fill(0x5a);
+  return r;
+}
+
+const RECORD = 16 * 1024;
+const pattern = (n: number, seed: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff));
+
+t.test("from TLS into plain TCP: full records are gathered into one write, ended by a shorter one", async (t) => {
+  const { client, received, ended } = await plainPair(t);
+  const reads = DirectReads.tlsIntoPlain(client);
+  const sent = [pattern(RECORD, 1), pattern(RECORD, 2), pattern(RECORD, 3)];
+  for (const p of sent) readInto(reads, p);
+  t.equal(client.bytesWritten, 0, "three full records are held back (more of the same read may follow)");
+  const last = pattern(100, 4);
+  readInto(reads, last);
+  sent.push(last);
+  t.equal(client.bytesWritten, 3 * RECORD + 100, "the shorter record ends the burst: all four go out at once");
+  readInto(reads, Buffer.from("small"));
+  sent.push(Buffer.from("small"));
+  t.equal(client.bytesWritten, 3 * RECORD + 105, "a read shorter than a record is written at once");
+  client.end();
+  await ended;
+  t.ok(received().equals(Buffer.concat(sent)), "the peer gets every byte, in order");
+});
+
+t.test("from TLS into plain TCP: gathered records go out by the end of the event loop's turn", async (t) => {
+  const { client, received, ended } = await plainPair(t);
+  const reads = DirectReads.tlsIntoPlain(client);
+  const sent = [pattern(RECORD, 7), pattern(RECORD, 8)];
+  for (const p of sent) readInto(reads, p);
+  t.equal(client.bytesWritten, 0, "held back for now");
+  await new Promise((resolve) => setImmediate(resolve));
+  t.equal(client.bytesWritten, 2 * RECORD, "written at setImmediate with no shorter record to end them");
+  // Five full records: four fill the buffer and go out at once, the fifth waits.
+  const more = [1, 2, 3, 4, 5].map((i) => pattern(RECORD, 20 + i));
+  for (const p of more) readInto(reads, p);
+  t.equal(client.bytesWritten, 6 * RECORD, "a full buffer (four records) is written without waiting");
+  reads.end();
+  await ended;
+  t.ok(received().equals(Buffer.concat([...sent, ...more])), "ending the destination writes what was still gathered first");
+});
+
+t.test("from TLS into plain TCP: a gathered write the kernel cannot take at once keeps its buffer", async (t) => {
+  const { client, peer, received, ended } = await plainPair(t, { paused: true });
+  const reads = DirectReads.tlsIntoPlain(client);
+  const sent: Buffer[] = [];
+  // 12 MiB of full records, each burst ended by a short one, while the peer reads nothing:
+  // the kernel's buffers fill, writes queue, and the buffers they hold must not be reused.
+  for (let i = 0; i < 192; i++) {
+    for (let r = 0; r < 4; r++) {
+      const p = pattern(RECORD, i * 5 + r);
+      sent.push(p);
+      readInto(reads, p);
+    }
+    const tail = pattern(1 + (i % 200), i);
+    sent.push(tail);
+    readInto(reads, tail);
+  }
+  t.ok(client.writableLength > 0, "writes are waiting for the kernel");
+  client.end();
+  peer.resume();
+  await ended;
+  t.ok(received().equals(Buffer.concat(sent)), "every byte arrives as it was read");
+});
