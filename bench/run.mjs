@@ -68,6 +68,11 @@ options:
                     benchmark a commit of this repository instead: \`git archive REV\` into the
                     run's temp dir, built there with tsc (uncommitted changes and a dist/ being
                     rebuilt by someone else do not matter)
+  --baseline-rev REV
+                    before and after in one run: also run a commit of this repository (built as
+                    --meshproxy-rev builds it) on every Node binary, side by side with the build
+                    under test, as variants <label>-<commit> (mesh@node20-6d5b414 beside
+                    mesh@node20); not written to RESULTS.md
   -h, --help        this help
 `;
 
@@ -160,6 +165,7 @@ try {
       node: { type: "string" },
       "meshproxy-root": { type: "string" },
       "meshproxy-rev": { type: "string" },
+      "baseline-rev": { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   }).values;
@@ -186,7 +192,7 @@ if (args["meshproxy-root"] && args["meshproxy-rev"]) {
   process.exit(2);
 }
 const sidecarConcurrency = args["sidecar-concurrency"] ? positiveInt("--sidecar-concurrency", args["sidecar-concurrency"]) : null;
-const writeResultsMd = mode === "full" && !args["no-results-md"] && !args["sidecar-node-args"] && sidecarConcurrency === null && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"];
+const writeResultsMd = mode === "full" && !args["no-results-md"] && !args["sidecar-node-args"] && sidecarConcurrency === null && !args.rounds && !args.workloads && !args["idle-conns"] && !args["bulk-mib"] && !args["no-haproxy"] && !args["cpu-prof"] && !args["baseline-rev"];
 const command = process.env.npm_lifecycle_event === "bench" ? `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}` : `node bench/run.mjs ${process.argv.slice(2).join(" ")}`.trim();
 
 function positiveInt(flag, v) {
@@ -209,7 +215,8 @@ const needWrk = cfg.workloads.some((w) => ["keepalive", "l7-keepalive", "newconn
 // ─── process bookkeeping and cleanup ────────────────────────────────────────────────────────
 const procs = new Procs({ pidFile: join(outDir, "running.pids") });
 let tmp = null;
-let mpRoot = ROOT;
+/** The snapshot of the build under test (main); a --baseline-rev variant has its own root. */
+let buildRoot = ROOT;
 let cleaning = null;
 function cleanup() {
   cleaning ??= (async () => {
@@ -495,6 +502,8 @@ async function startRound(round, ca) {
 /** One variant's meshproxy processes for a round: the L4 pair, the L7 pair (and the split), the gateway paths. */
 async function startMesh(env, round, ca, roundDir, variant) {
   const { sfx, path: node } = variant;
+  // The build this variant runs: the one under test, or --baseline-rev's.
+  const mpRoot = variant.root ?? buildRoot;
   const appAddr = `127.0.0.1:${env.app.port}`;
   const dataDir = join(roundDir, `mesh-data${sfx}`);
   await mkdir(join(dataDir, "ca"), { recursive: true, mode: 0o700 });
@@ -550,6 +559,7 @@ async function startMesh(env, round, ca, roundDir, variant) {
         key: variant.key,
         dataDir,
         node,
+        root: mpRoot,
         target: l7Client.upstreams.split,
         proxies: [{ side: "client", handle: l7Client.handle }, { side: "server", handle: l7Servers[1].handle }, { side: "server2", handle: l7Servers[2].handle }],
         admin: l7Client.adminAddr,
@@ -634,7 +644,7 @@ const WORKLOADS = {
       const reply = await haproxyCommand(path.statsSocket, "set weight split/v2 100; set weight split/v1 0");
       if (reply.trim()) throw new Error(`HAProxy set weight: ${reply.trim()}`);
     } else {
-      await configWrite(procs, { root: mpRoot, dataDir: path.dataDir, node: path.node, file: join(path.dataDir, "..", `entry-splitter-shift${path.key}.json`), entry: { Kind: "service-splitter", Name: "split", Splits: [{ Weight: 0, ServiceSubset: "v1" }, { Weight: 100, ServiceSubset: "v2" }] } });
+      await configWrite(procs, { root: path.root, dataDir: path.dataDir, node: path.node, file: join(path.dataDir, "..", `entry-splitter-shift${path.key}.json`), entry: { Kind: "service-splitter", Name: "split", Splits: [{ Weight: 0, ServiceSubset: "v1" }, { Weight: 100, ServiceSubset: "v2" }] } });
     }
     const cmdMs = Date.now() - cmdAt;
     const { code } = await h.exited;
@@ -757,6 +767,42 @@ async function summarizeProfiles(dir) {
   return out;
 }
 
+// ─── builds ─────────────────────────────────────────────────────────────────────────────────
+/** `git archive REV` of this repository into `src`, built there with tsc: { src, sha }. */
+async function buildCommit(rev, flag, src) {
+  const git = (gargs, opts = {}) => spawnSync("git", gargs, { cwd: ROOT, encoding: "utf8", ...opts });
+  const sha = git(["rev-parse", "--short", "--verify", `${rev}^{commit}`]);
+  if (sha.status !== 0) throw new Error(`${flag} ${rev}: not a commit of ${ROOT}: ${sha.stderr.trim()}`);
+  const commit = sha.stdout.trim();
+  await mkdir(src, { recursive: true });
+  const tar = `${src}.tar`;
+  if (git(["archive", "-o", tar, commit]).status !== 0) throw new Error(`git archive ${commit} failed`);
+  if (spawnSync("tar", ["-xf", tar, "-C", src]).status !== 0) throw new Error("tar -xf of the archived commit failed");
+  await symlink(join(ROOT, "node_modules"), join(src, "node_modules"), "dir");
+  log(`bench: building meshproxy at commit ${commit} (tsc)`);
+  const b = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(src, "tsconfig.json")], { stdio: "inherit" });
+  if (b.status !== 0) throw new Error(`building commit ${commit} failed`);
+  return { src, sha: commit };
+}
+
+/** A copy of `src`'s dist/ and package.json in `root`, its node_modules linked: what the sidecars run. */
+async function snapshotBuild(src, root) {
+  await mkdir(root, { recursive: true });
+  await cp(join(src, "dist"), join(root, "dist"), { recursive: true });
+  await copyFile(join(src, "package.json"), join(root, "package.json"));
+  await symlink(join(existsSync(join(src, "node_modules")) ? src : ROOT, "node_modules"), join(root, "node_modules"), "dir");
+  return root;
+}
+
+/** Each Node variant twice: on the baseline build (`root`, labelled <label>-<sha>) and on the build under test. */
+function withBaseline(list, root, sha) {
+  return list.flatMap((v) => {
+    const label = v.label === "meshproxy" ? `node${v.node.split(".")[0]}` : v.label;
+    const as = (l, extra) => ({ ...v, key: `mesh@${l}`, gwKey: `mesh-gw@${l}`, sfx: `@${l}`, label: l, ...extra });
+    return [as(`${label}-${sha}`, { root, build: `commit ${sha}` }), as(label, {})];
+  });
+}
+
 // ─── main ───────────────────────────────────────────────────────────────────────────────────
 async function main() {
   const versions = preflight();
@@ -779,30 +825,21 @@ async function main() {
 
   // One dev CA for the whole run: meshproxy's data dirs get a copy, HAProxy gets leaves from it.
   if (args["meshproxy-rev"]) {
-    const rev = args["meshproxy-rev"];
-    const git = (gargs, opts = {}) => spawnSync("git", gargs, { cwd: ROOT, encoding: "utf8", ...opts });
-    const sha = git(["rev-parse", "--short", "--verify", `${rev}^{commit}`]);
-    if (sha.status !== 0) throw new Error(`--meshproxy-rev ${rev}: not a commit of ${ROOT}: ${sha.stderr.trim()}`);
-    const src = join(tmp, "meshproxy-src");
-    await mkdir(src, { recursive: true });
-    const tar = join(tmp, "meshproxy-src.tar");
-    if (git(["archive", "-o", tar, sha.stdout.trim()]).status !== 0) throw new Error(`git archive ${sha.stdout.trim()} failed`);
-    if (spawnSync("tar", ["-xf", tar, "-C", src]).status !== 0) throw new Error("tar -xf of the archived commit failed");
-    await symlink(join(ROOT, "node_modules"), join(src, "node_modules"), "dir");
-    log(`bench: building meshproxy at commit ${sha.stdout.trim()} (tsc)`);
-    const b = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(src, "tsconfig.json")], { stdio: "inherit" });
-    if (b.status !== 0) throw new Error(`building commit ${sha.stdout.trim()} failed`);
-    MP_SRC = src;
-    versions.meshproxy = `commit ${sha.stdout.trim()} (git archive, built for this run)`;
+    const built = await buildCommit(args["meshproxy-rev"], "--meshproxy-rev", join(tmp, "meshproxy-src"));
+    MP_SRC = built.src;
+    versions.meshproxy = `commit ${built.sha} (git archive, built for this run)`;
   }
   // Snapshot dist/ (with node_modules linked) so that a rebuild of the tree during the run
   // cannot change the proxy between rounds.
-  mpRoot = join(tmp, "meshproxy");
-  await mkdir(mpRoot, { recursive: true });
-  await cp(join(MP_SRC, "dist"), join(mpRoot, "dist"), { recursive: true });
-  await copyFile(join(MP_SRC, "package.json"), join(mpRoot, "package.json"));
-  await symlink(join(existsSync(join(MP_SRC, "node_modules")) ? MP_SRC : ROOT, "node_modules"), join(mpRoot, "node_modules"), "dir");
-  const { createRootCa, issueLeaf } = await import(pathToFileURL(join(mpRoot, "dist", "index.js")).href);
+  buildRoot = await snapshotBuild(MP_SRC, join(tmp, "meshproxy"));
+  if (args["baseline-rev"]) {
+    const built = await buildCommit(args["baseline-rev"], "--baseline-rev", join(tmp, "baseline-src"));
+    const root = await snapshotBuild(built.src, join(tmp, "baseline"));
+    versions.baseline = `commit ${built.sha} (git archive, built for this run)`;
+    variants = withBaseline(variants, root, built.sha);
+    log(`bench: baseline commit ${built.sha} runs beside the build under test: ${variants.map((v) => v.key).join(", ")}`);
+  }
+  const { createRootCa, issueLeaf } = await import(pathToFileURL(join(buildRoot, "dist", "index.js")).href);
   const trustDomain = `${crypto.randomUUID()}.consul`;
   const root = await createRootCa(trustDomain);
   const sni = `app.default.dc1.internal.${trustDomain}`;
@@ -911,7 +948,7 @@ async function main() {
     kernel: release(),
     versions,
     // The Node binaries meshproxy ran on: its column (key) in summary, figures and targets.
-    nodes: variants.map((v) => ({ key: v.key, gatewayKey: v.gwKey, label: v.label, spec: v.spec, path: v.path, node: v.node, openssl: v.openssl, v8: v.v8 })),
+    nodes: variants.map((v) => ({ key: v.key, gatewayKey: v.gwKey, label: v.label, spec: v.spec, path: v.path, node: v.node, openssl: v.openssl, v8: v.v8, build: v.build ?? "under test" })),
     ...(args["sidecar-node-args"] ? { sidecarNodeArgs: args["sidecar-node-args"] } : {}),
     ...(sidecarConcurrency !== null ? { sidecarConcurrency } : {}),
     fdLimit: fdLimit(),
