@@ -56,8 +56,10 @@ t.test("a live pid started at another time is another process (a reused pid)", a
 });
 
 t.test("a zombie is dead", async (t) => {
-  // sh forks `sleep 0`, prints its pid and execs into a sleep that never reaps it.
-  const parent = spawn("sh", ["-c", "sleep 0 & echo $!; exec sleep 30"], { stdio: ["ignore", "pipe", "inherit"] });
+  // perl forks a child that exits at once, prints its pid and sleeps without ever reaping it. (A
+  // shell that forked `sleep 0` and exec'd into a sleep once left no process at all to find, in
+  // CI: the shell can reap its child before the exec.)
+  const parent = spawn("perl", ["-e", '$| = 1; $SIG{CHLD} = "DEFAULT"; my $p = fork(); exit 0 unless $p; print "$p\n"; sleep 30'], { stdio: ["ignore", "pipe", "inherit"] });
   t.teardown(() => parent.kill("SIGKILL"));
   const [chunk] = (await once(parent.stdout, "data")) as [Buffer];
   const zombie = Number(chunk.toString().trim());
@@ -70,7 +72,7 @@ t.test("a zombie is dead", async (t) => {
       return "gone";
     }
   };
-  // `sleep 0` exits at once; its state turns Z when it has (polling /proc is the only signal).
+  // The child exits at once; its state turns Z when it has (polling /proc is the only signal).
   for (let i = 0; i < 500 && state() !== "Z"; i++) await new Promise((r) => setTimeout(r, 10));
   t.equal(state(), "Z", "the child is a zombie");
   t.ok(answersSignalZero(zombie), "kill(zombie, 0) succeeds");
