@@ -80,10 +80,7 @@ function forward(src: Socket, dst: Socket, stamp: Live | null): void {
  * connections open (and the caller's sidecar waiting on them) until the idle timeout.
  */
 function endWhenEnded(src: Socket, dst: Socket, reads?: DirectReads): void {
-  const end = (): void => {
-    if (reads) reads.end();
-    else dst.end();
-  };
+  const end = reads ? () => reads.end() : () => dst.end();
   if (src.readableEnded) end();
   else src.once("end", end);
 }
@@ -182,15 +179,16 @@ export class DirectReads {
     if (data.length < FULL_RECORD || this.gathered === COPY_BUFFER_BYTES) return this.flush() && ok;
     if (!this.flushQueued) {
       this.flushQueued = true;
-      setImmediate(this.flushLater);
+      setImmediate(DirectReads.flushLater, this);
     }
     return ok;
   }
 
-  private readonly flushLater = (): void => {
-    this.flushQueued = false;
-    if (!this.flush()) this.source?.pause();
-  };
+  /** The deferred flush; static, so a DirectReads that never gathers allocates no closure for it. */
+  private static flushLater(this: void, reads: DirectReads): void {
+    reads.flushQueued = false;
+    if (!reads.flush()) reads.source?.pause();
+  }
 
   /** Writes what is gathered; false when the destination wants no more for now. */
   private flush(): boolean {
