@@ -7,7 +7,7 @@ import { connect, type Socket } from "node:net";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { lowerName } from "./fields.js";
 import { connectDeadline } from "../tcp/connect-deadline.js";
-import { borrowsReadBuffer, readsInto } from "../tcp/read-buffer.js";
+import { borrowsReadBuffer, readAcceptedInto, readsInto } from "../tcp/read-buffer.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
@@ -105,6 +105,11 @@ class OriginConnection implements MessageEvents, OriginRequest {
   /** The request in flight, when it may be sent again on a fresh connection (this one was stale). */
   private retry: ResendableRequest | null = null;
 
+  private readonly onRead = (d: Buffer): boolean => {
+    this.data(d);
+    return true;
+  };
+
   constructor(private readonly pool: OriginPool) {
     const core = http1Core();
     if (!core.ok) throw new Error(`the HTTP/1 core is unavailable: ${core.reason}`);
@@ -112,19 +117,18 @@ class OriginConnection implements MessageEvents, OriginRequest {
     this.idleMs = o.keepAliveTimeoutMs;
     this.parser = new Http1Parser(core.lib, "response", this);
     if (o.dial) {
-      // A dialled (mTLS) connection reads through its Readable side: with onread on the TLS
-      // socket the client sidecar's L7 peak RSS on Node 24 rose from 180-220 to 230-245 MB
-      // (its old space grew), for no CPU gain beyond the noise (PERF-LOG, session 14).
-      this.socket = o.dial((err) => (err ? this.failed(err) : this.up()));
-      this.socket.on("data", (d: Buffer) => this.data(d));
+      // A dialled (mTLS) connection is TLS over a TCP socket of the dialler's own, which Node
+      // never gives `onread`; it is switched to the shared read buffer the way accepted sockets
+      // are (read-buffer.ts), or reads 'data' events where this Node does not allow it. (Session
+      // 14 dropped onread here for a higher Node 24 peak; with the young generation bounded
+      // since, the peak does not move: PERF-LOG, session 19.)
+      const socket = o.dial((err) => (err ? this.failed(err) : this.up()));
+      this.socket = socket;
+      if (!readAcceptedInto(socket, this.onRead)) socket.on("data", (d: Buffer) => this.data(d));
     } else {
       // Responses of the app are parsed straight from the shared read buffer: no Readable,
       // 'data' event or per-read allocation (pause() stops the reads, as on a Readable).
-      const onread = readsInto((d) => {
-        this.data(d);
-        return true;
-      });
-      this.socket = connect({ host: o.host, port: o.port, noDelay: true, onread });
+      this.socket = connect({ host: o.host, port: o.port, noDelay: true, onread: readsInto(this.onRead) });
       const socket = this.socket;
       const cancel = connectDeadline(o.connectTimeoutMs, () => socket.connecting, () => socket.destroy(new ConnectTimeoutError(`${o.host}:${o.port}`, o.connectTimeoutMs)));
       socket.once("connect", () => {

@@ -8,9 +8,12 @@
 import t from "tap";
 import { connect, createServer, type AddressInfo, type Socket } from "node:net";
 import { once } from "node:events";
+import { connect as tlsConnect, createServer as createTlsServer } from "node:tls";
 import { createHash } from "node:crypto";
 import { BodyTimeoutError, OriginPool, ResponseTimeoutError, type ResponseEvents } from "../../src/http1/client.js";
 import type { Teardown } from "../helpers/mesh.js";
+import { meshTls } from "../helpers/mesh-tls.js";
+import { acceptedSocketsReadDirect, sharedReadBuffer } from "../../src/tcp/read-buffer.js";
 
 /** A raw app: `answer(requestHead)` returns the bytes to send back (and whether to close after). */
 async function rawApp(t: Teardown, answer: (head: string, s: Socket) => string | null): Promise<{ port: number; connections: number; heads: string[] }> {
@@ -336,13 +339,17 @@ t.test("a retired pool closes its idle connections now and its busy ones after t
   t.equal(p.size, 0, "then it is closed");
 });
 
-// The pool's connections to the app read into one buffer shared by every such socket (onread):
-// pauseResponse must still stop the reads, and two answers read side by side must each arrive
-// intact although every read overwrites the same buffer.
-t.test("answers read side by side into the shared buffer: pauseResponse stops the reads, and each answer arrives intact", async (t) => {
+// The pool's connections read into one buffer shared by every such socket: those to the app with
+// onread, the mTLS ones a dialler opens switched after the fact (read-buffer.ts). pauseResponse
+// must still stop the reads, and two answers read side by side must each arrive intact although
+// every read overwrites the same buffer.
+for (const overTls of [false, true]) {
+t.test(`answers read side by side into the shared buffer${overTls ? " (dialled mTLS connections)" : ""}: pauseResponse stops the reads, and each answer arrives intact`, async (t) => {
   const size = 32 * 1024 * 1024;
   const written = new Map<string, { bytes: number; hash: string }>();
-  const server = createServer((s) => {
+  const mesh = overTls ? await meshTls() : null;
+  const serverLeaf = mesh ? await mesh.leaf("db") : null;
+  const answer = (s: Socket): void => {
     s.once("data", (d: Buffer) => {
       const path = d.toString("latin1").split(" ")[1] ?? "";
       const rec = { bytes: 0, hash: "" };
@@ -364,11 +371,33 @@ t.test("answers read side by side into the shared buffer: pauseResponse stops th
       more();
     });
     s.on("error", () => s.destroy());
-  });
+  };
+  const server = serverLeaf ? createTlsServer({ key: serverLeaf.keyPem, cert: serverLeaf.certPem }, answer) : createServer(answer);
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   t.teardown(() => server.close());
-  const p = new OriginPool({ host: "127.0.0.1", port: (server.address() as AddressInfo).port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000 });
+  const port = (server.address() as AddressInfo).port;
+  const tlsMaterial = mesh?.tls;
+  const dialled: Socket[] = [];
+  const p = new OriginPool({
+    host: "127.0.0.1",
+    port,
+    connectTimeoutMs: 1000,
+    keepAliveTimeoutMs: 30_000,
+    // As the mesh's connector: TLS over a TCP socket of its own, up once the handshake is done.
+    ...(tlsMaterial
+      ? {
+          dial: (done: (err: Error | null) => void) => {
+            const tcp = connect({ host: "127.0.0.1", port });
+            // The SPIFFE check is origin.ts's (tested with it); the chain is still verified against the root.
+            const s = tlsConnect({ socket: tcp, secureContext: tlsMaterial.clientContext, servername: "db", checkServerIdentity: () => undefined });
+            dialled.push(s);
+            s.once("secureConnect", () => done(s.authorized ? null : new Error(`not authorized: ${String(s.authorizationError)}`)));
+            return s;
+          },
+        }
+      : {}),
+  });
   t.teardown(() => p.close());
   const reads = ["/a", "/b"].map((path) => {
     const hash = createHash("sha256");
@@ -405,4 +434,10 @@ t.test("answers read side by side into the shared buffer: pauseResponse stops th
   for (const [path, r] of written) t.ok(r.bytes < size / 2, `${path}: the app could write ${(r.bytes / 1048576).toFixed(1)} of ${size / 1048576} MiB while the reads were paused`);
   for (const r of reads) r.resume();
   for (const r of reads) t.same(await r.done, { bytes: size, hash: written.get(r.path)?.hash }, `${r.path}: every byte arrived, in order, none of the other answer's`);
+  if (overTls) {
+    // Node's onread state lives under private symbols (read-buffer.ts finds them the same way).
+    const readsShared = (s: Socket): boolean => Object.getOwnPropertySymbols(s).some((k) => k.description === "kBuffer" && Reflect.get(s, k) === sharedReadBuffer);
+    t.same(dialled.map(readsShared), dialled.map(() => acceptedSocketsReadDirect), `each of the ${dialled.length} dialled TLS connections read into the shared buffer (where this Node allows it)`);
+  }
 });
+}
