@@ -8,6 +8,7 @@ import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { lowerName } from "./fields.js";
 import { connectDeadline } from "../tcp/connect-deadline.js";
 import { borrowsReadBuffer, readAcceptedInto, readsInto } from "../tcp/read-buffer.js";
+import { executeHolding } from "./held-writes.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
@@ -316,7 +317,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
       return this.kill();
     }
     this.executing = true;
-    const r = this.parser.execute(d);
+    const r = executeHolding(this.parser, d);
     this.executing = false;
     if (typeof r !== "number") this.failed(new Error(`the response of ${this.pool.peer} did not parse: ${r.reason} (${r.code})`));
     if (this.dead) this.freeParser();

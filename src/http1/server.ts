@@ -8,6 +8,7 @@ import { STATUS_CODES } from "node:http";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { fieldValue, lowerName } from "./fields.js";
 import { borrowsReadBuffer, readAcceptedInto, readsBackToStream } from "../tcp/read-buffer.js";
+import { executeHolding, holdWrite, type HeldWrite } from "./held-writes.js";
 
 export interface Http1ServerOptions {
   readonly headersTimeoutMs: number;
@@ -42,8 +43,11 @@ export interface BodySink {
 
 const EMPTY = Buffer.alloc(0);
 
+/** A held head and a body chunk this small leave as one buffer (one TLS record's worth). */
+const JOIN_MAX = 16 * 1024;
+
 /** One request and its response. */
-export class Exchange<C> {
+export class Exchange<C> implements HeldWrite {
   /** The request body was completely received. */
   bodyDone = false;
   headersSent = false;
@@ -56,6 +60,8 @@ export class Exchange<C> {
   private chunked = false;
   private closeAfter = false;
   private corked = false;
+  /** The response head, written with the first body bytes or when the current parse ends (held-writes.ts). */
+  private heldHead: string | null = null;
 
   constructor(
     private readonly conn: Http1Connection<C>,
@@ -141,25 +147,48 @@ export class Exchange<C> {
     if (length !== null) head += `content-length: ${length}\r\n`;
     else if (this.chunked) head += "transfer-encoding: chunked\r\n";
     head += this.closeAfter ? "connection: close\r\n\r\n" : "connection: keep-alive\r\nkeep-alive: timeout=60\r\n\r\n";
-    const s = this.conn.socket;
-    // Head and the first body bytes (usually parsed from the same read) leave as one TLS record.
-    s.cork();
-    this.corked = true;
-    process.nextTick(uncork, this);
-    s.write(head, "latin1");
+    // Head and the first body bytes (usually parsed from the same read) leave as one write.
+    this.heldHead = head;
+    holdWrite(this);
   }
 
-  /** @internal */
-  uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.conn.socket.uncork();
+  /** @internal Writes the held head and what was corked behind it. */
+  flushHeld(): void {
+    const head = this.heldHead;
+    if (head !== null) {
+      this.heldHead = null;
+      if (!this.aborted && !this.conn.socket.destroyed) this.conn.socket.write(head, "latin1");
+    }
+    if (this.corked) {
+      this.corked = false;
+      this.conn.socket.uncork();
+    }
+  }
+
+  /** The held head goes out ahead of more writes, corked with them until the flush or the end. */
+  private corkHead(head: string): void {
+    this.heldHead = null;
+    const s = this.conn.socket;
+    s.cork();
+    this.corked = true;
+    s.write(head, "latin1");
   }
 
   /** A body chunk; false when the client is not reading fast enough (wait for onDrain). */
   write(chunk: Buffer): boolean {
     if (chunk.length === 0 || this.aborted) return true;
     const s = this.conn.socket;
+    const head = this.heldHead;
+    if (head !== null) {
+      if (!this.chunked && chunk.length <= JOIN_MAX) {
+        this.heldHead = null;
+        const joined = Buffer.allocUnsafe(head.length + chunk.length);
+        joined.write(head, 0, "latin1");
+        joined.set(chunk, head.length);
+        return s.write(joined);
+      }
+      this.corkHead(head);
+    }
     if (!this.chunked) return s.write(chunk);
     s.write(`${chunk.length.toString(16)}\r\n`, "latin1");
     s.write(chunk);
@@ -175,22 +204,28 @@ export class Exchange<C> {
     if (this.finished || this.aborted) return;
     this.finished = true;
     const s = this.conn.socket;
-    if (body !== undefined && body.length > 0) s.write(body);
+    const hasBody = body !== undefined && body.length > 0;
+    const head = this.heldHead;
+    if (head !== null) {
+      if (hasBody || this.chunked) this.corkHead(head);
+      else {
+        this.heldHead = null;
+        s.write(head, "latin1");
+      }
+    }
+    if (hasBody) s.write(body);
     if (this.chunked) s.write("0\r\n\r\n", "latin1");
-    this.uncork();
+    this.flushHeld();
     this.conn.exchangeDone(this, this.closeAfter || !this.bodyDone);
   }
 
   /** The answer cannot be completed (the app failed mid-body): the client's connection goes. */
   destroy(): void {
     this.finished = true;
-    this.uncork();
+    this.heldHead = null;
+    this.flushHeld();
     this.conn.socket.destroy();
   }
-}
-
-function uncork(ex: Exchange<unknown>): void {
-  ex.uncork();
 }
 
 export class Http1Connection<C> implements MessageEvents {
@@ -306,7 +341,7 @@ export class Http1Connection<C> implements MessageEvents {
       return;
     }
     this.executing = true;
-    const r = this.parser.execute(d);
+    const r = executeHolding(this.parser, d);
     this.executing = false;
     if (typeof r !== "number") {
       this.fail({ status: r.code === "HPE_HEADER_OVERFLOW" ? 431 : 400, code: r.code, reason: r.reason });

@@ -7,6 +7,7 @@ import { once } from "node:events";
 import { Http1Server, type ClientFailure, type Exchange } from "../../src/http1/server.js";
 import { fieldRecord } from "../../src/http1/fields.js";
 import { http1Core } from "../../src/http1/parser.js";
+import { parseEnded, parseStarted } from "../../src/http1/held-writes.js";
 import type { Teardown } from "../helpers/mesh.js";
 import { exchange, hasResponses, parseResponses, plainTo, type Opener } from "../helpers/raw-http.js";
 import { until } from "../helpers/l7.js";
@@ -58,6 +59,21 @@ async function echoServer(t: Teardown, opts?: { headersTimeoutMs?: number }): Pr
     server.close();
   });
   return { open: plainTo(`127.0.0.1:${(server.address() as AddressInfo).port}`), seen, failures, upgrades };
+}
+
+/** Serves `core` on a loopback port (`onAccept` sees each socket first); an opener for it. */
+async function serveCore(t: Teardown, core: Http1Server<null>, onAccept?: (s: Socket) => void): Promise<Opener> {
+  const server: Server = createServer({ allowHalfOpen: true }, (s: Socket) => {
+    onAccept?.(s);
+    core.accept(s, null);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => {
+    core.destroyAll();
+    server.close();
+  });
+  return plainTo(`127.0.0.1:${(server.address() as AddressInfo).port}`);
 }
 
 const statusOf = async (open: Opener, raw: string) => parseResponses((await exchange(open, raw, { done: hasResponses(1), timeoutMs: 3000 })).data)[0]?.status;
@@ -216,14 +232,7 @@ t.test("an answer before the request body was read (a denied upload) ends the co
     upgrade: (_ex, s) => s.destroy(),
     clientError: () => {},
   });
-  const server = createServer({ allowHalfOpen: true }, (s: Socket) => core.accept(s, null));
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  t.teardown(() => {
-    core.destroyAll();
-    server.close();
-  });
-  const open = plainTo(`127.0.0.1:${(server.address() as AddressInfo).port}`);
+  const open = await serveCore(t, core);
   const s = await open();
   t.teardown(() => s.destroy());
   const got: Buffer[] = [];
@@ -236,4 +245,93 @@ t.test("an answer before the request body was read (a denied upload) ends the co
   t.match(text, /^HTTP\/1\.1 403 Forbidden\r\n/, "403");
   t.match(text, /\r\nconnection: close\r\n/, "which says the connection closes");
   t.same(seen, ["/upload"]);
+});
+
+// A response head is held until its body's first bytes (held-writes.ts), so a small answer
+// leaves in one write: one TLS record and one syscall. Counted at the socket's own write step
+// (one call per write or per corked batch).
+t.test("a response head leaves with its body in one write; held no longer than the parse or the tick", async (t) => {
+  const writesOf = new Map<string, number>();
+  let current = "";
+  let heldAfterParse: number | null = null;
+  const core = new Http1Server<null>(
+    {
+      request(ex) {
+        const answer = (): void => {
+          current = ex.url;
+          writesOf.set(current, 0);
+          if (ex.url === "/small") {
+            ex.writeHead(200, "OK", "", 5, false);
+            ex.write(Buffer.from("hello"));
+            ex.end();
+          } else if (ex.url === "/empty") {
+            ex.writeHead(204, "No Content", "", null, true);
+            ex.end();
+          } else if (ex.url === "/chunked") {
+            ex.writeHead(200, "OK", "", null, false);
+            ex.write(Buffer.from("a"));
+            ex.write(Buffer.from("b"));
+            ex.end();
+          } else if (ex.url === "/parsed") {
+            // As a forwarded answer: its head written inside a parse, its body in a later one.
+            parseStarted();
+            ex.writeHead(200, "OK", "", 4, false);
+            const before = writesOf.get(current);
+            parseEnded();
+            heldAfterParse = (writesOf.get(current) ?? 0) - (before ?? 0);
+            setTimeout(() => {
+              ex.write(Buffer.from("late"));
+              ex.end();
+            }, 50);
+          } else {
+            // Head now, body a while later: the head must not wait for it past this tick.
+            ex.writeHead(200, "OK", "", 4, false);
+            setTimeout(() => {
+              ex.write(Buffer.from("slow"));
+              ex.end();
+            }, 200);
+          }
+        };
+        ex.setBodySink({ data: () => {}, end: answer });
+      },
+      upgrade: (_ex, s) => s.destroy(),
+      clientError: () => {},
+    },
+    { headersTimeoutMs: 10_000, keepAliveTimeoutMs: 60_000, maxHeadersCount: 2000 },
+  );
+  const open = await serveCore(t, core, (s) => {
+    // net.Socket's step below write/writev (Node 20 to 24); a Node without it skips the count.
+    const generic: unknown = Reflect.get(s, "_writeGeneric");
+    if (typeof generic !== "function") return;
+    Reflect.set(s, "_writeGeneric", function (this: Socket, ...args: unknown[]): unknown {
+      writesOf.set(current, (writesOf.get(current) ?? 0) + 1);
+      const r: unknown = Reflect.apply(generic, this, args);
+      return r;
+    });
+  });
+  const ask = async (path: string) => parseResponses((await exchange(open, `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`, { done: hasResponses(1), timeoutMs: 3000 })).data)[0];
+  const small = await ask("/small");
+  t.same([small?.status, small?.body.toString()], [200, "hello"], "a small answer arrives whole");
+  const empty = await ask("/empty");
+  t.same([empty?.status, empty?.body.length], [204, 0], "an answer without a body arrives");
+  const chunked = await ask("/chunked");
+  t.same([chunked?.status, chunked?.body.toString()], [200, "ab"], "a chunked answer arrives whole");
+  const parsed = await ask("/parsed");
+  t.same([parsed?.status, parsed?.body.toString()], [200, "late"], "an answer whose body came after the parse arrives whole");
+
+  // The slow answer: the head reaches the client before the body is written.
+  const s = await open();
+  t.teardown(() => s.destroy());
+  const firstData = once(s, "data");
+  const sentAt = performance.now();
+  s.write("GET /slow HTTP/1.1\r\nHost: h\r\n\r\n");
+  const [first] = (await firstData) as [Buffer];
+  t.ok(performance.now() - sentAt < 150, "the head of a slow answer came at once, not with its body");
+  t.match(first.toString("latin1"), /^HTTP\/1\.1 200 OK\r\n[^]*\r\n\r\n$/, "the head alone");
+
+  if (!writesOf.has("/small") || (writesOf.get("/small") ?? 0) === 0) return void t.comment("this Node has no _writeGeneric: write counts not checked");
+  t.equal(writesOf.get("/small"), 1, "head and a small body: one write");
+  t.equal(writesOf.get("/empty"), 1, "a head without a body: one write");
+  t.equal(writesOf.get("/chunked"), 1, "head and chunks parsed together: one corked write");
+  t.equal(heldAfterParse, 1, "a head written inside a parse goes out when the parse ends");
 });
