@@ -8,7 +8,7 @@ import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { lowerName } from "./fields.js";
 import { connectDeadline } from "../tcp/connect-deadline.js";
 import { borrowsReadBuffer, readAcceptedInto, readsInto } from "../tcp/read-buffer.js";
-import { executeHolding } from "./held-writes.js";
+import { executeHolding, holdWrite, joinHead, JOIN_MAX, type HeldWrite } from "./held-writes.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
@@ -73,7 +73,7 @@ export interface OriginRequest {
 
 const KEEP_ALIVE_TIMEOUT = /(?:^|[,\s])timeout=(\d+)/i;
 
-class OriginConnection implements MessageEvents, OriginRequest {
+class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
   readonly socket: Socket;
   private readonly parser: Http1Parser;
   private events: ResponseEvents | null = null;
@@ -105,6 +105,8 @@ class OriginConnection implements MessageEvents, OriginRequest {
   private dead = false;
   /** The request in flight, when it may be sent again on a fresh connection (this one was stale). */
   private retry: ResendableRequest | null = null;
+  /** The request head, held for the body's first bytes (or the end of the parse or tick). */
+  private heldHead: string | null = null;
 
   private readonly onRead = (d: Buffer): boolean => {
     this.data(d);
@@ -199,7 +201,19 @@ class OriginConnection implements MessageEvents, OriginRequest {
         this.responseTimer = setTimeout(() => this.timedOut(timeoutMs), timeoutMs).unref();
       }
     }
-    this.put(head);
+    // A head with a Content-Length body waits for its first bytes (held-writes.ts): a small body
+    // (the router buffers those for retries) leaves with it in one write.
+    if (hasBody && !chunked) {
+      this.heldHead = head;
+      holdWrite(this);
+    } else this.put(head);
+  }
+
+  flushHeld(): void {
+    const head = this.heldHead;
+    if (head === null) return;
+    this.heldHead = null;
+    if (!this.dead) this.put(head);
   }
 
   write(chunk: Buffer): boolean {
@@ -207,6 +221,12 @@ class OriginConnection implements MessageEvents, OriginRequest {
     // As undici's headersTimeout: the peer's time to answer counts from the last body byte sent,
     // so a long upload is not cut at the request timeout.
     if (this.waitingHead) this.responseTimer?.refresh();
+    const head = this.heldHead;
+    if (head !== null) {
+      this.heldHead = null;
+      if (chunk.length <= JOIN_MAX) return this.put(joinHead(head, chunk));
+      this.put(head);
+    }
     if (!this.chunked) return this.put(chunk);
     this.put(`${chunk.length.toString(16)}\r\n`);
     this.put(chunk);
@@ -220,6 +240,7 @@ class OriginConnection implements MessageEvents, OriginRequest {
 
   end(): void {
     if (this.dead) return;
+    this.flushHeld();
     if (this.chunked) this.put("0\r\n\r\n");
     if (this.waitingHead) this.responseTimer?.refresh();
     this.bodySent = true;

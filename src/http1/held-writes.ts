@@ -1,14 +1,27 @@
-// Response heads held until the read that produced them has been parsed. A forwarded answer is
+// Message heads held until the read that produced them has been parsed. A forwarded answer is
 // usually parsed from one read (head, body, end, all inside one `execute`), and the head waiting
 // for its body lets both leave in one write: one TLS record, one syscall, and none of a cork's
-// cost (an entry in the Writable's buffer per chunk, a writev, a nextTick per response). What is
-// still held when the outermost parse ends is written then; a head written outside any parse (a
-// local reply after an async step, a timer) is written at the next tick, as a cork would.
+// cost (an entry in the Writable's buffer per chunk, a writev, a nextTick per response). A
+// request head with a small body (buffered for retries) waits for it the same way. What is still
+// held when the outermost parse ends is written then; a head written outside any parse (a local
+// reply after an async step, a timer, a request sent once routed) is written at the next tick,
+// as a cork would.
 import type { Http1Parser, ParseFailure } from "./parser.js";
 
 export interface HeldWrite {
   /** Writes what is held now (idempotent: nothing held, nothing written). */
   flushHeld(): void;
+}
+
+/** A held head and a body chunk this small leave as one buffer (one TLS record's worth). */
+export const JOIN_MAX = 16 * 1024;
+
+/** `head` (latin1) and `chunk` in one buffer, for one write. */
+export function joinHead(head: string, chunk: Buffer): Buffer {
+  const joined = Buffer.allocUnsafe(head.length + chunk.length);
+  joined.write(head, 0, "latin1");
+  joined.set(chunk, head.length);
+  return joined;
 }
 
 let parses = 0;

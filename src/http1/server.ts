@@ -8,7 +8,7 @@ import { STATUS_CODES } from "node:http";
 import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { fieldValue, lowerName } from "./fields.js";
 import { borrowsReadBuffer, readAcceptedInto, readsBackToStream } from "../tcp/read-buffer.js";
-import { executeHolding, holdWrite, type HeldWrite } from "./held-writes.js";
+import { executeHolding, holdWrite, joinHead, JOIN_MAX, type HeldWrite } from "./held-writes.js";
 
 export interface Http1ServerOptions {
   readonly headersTimeoutMs: number;
@@ -42,9 +42,6 @@ export interface BodySink {
 }
 
 const EMPTY = Buffer.alloc(0);
-
-/** A held head and a body chunk this small leave as one buffer (one TLS record's worth). */
-const JOIN_MAX = 16 * 1024;
 
 /** One request and its response. */
 export class Exchange<C> implements HeldWrite {
@@ -182,10 +179,7 @@ export class Exchange<C> implements HeldWrite {
     if (head !== null) {
       if (!this.chunked && chunk.length <= JOIN_MAX) {
         this.heldHead = null;
-        const joined = Buffer.allocUnsafe(head.length + chunk.length);
-        joined.write(head, 0, "latin1");
-        joined.set(chunk, head.length);
-        return s.write(joined);
+        return s.write(joinHead(head, chunk));
       }
       this.corkHead(head);
     }

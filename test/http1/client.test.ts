@@ -13,6 +13,7 @@ import { createHash } from "node:crypto";
 import { BodyTimeoutError, OriginPool, ResponseTimeoutError, type ResponseEvents } from "../../src/http1/client.js";
 import type { Teardown } from "../helpers/mesh.js";
 import { meshTls } from "../helpers/mesh-tls.js";
+import { countWrites } from "../helpers/write-count.js";
 import { acceptedSocketsReadDirect, sharedReadBuffer } from "../../src/tcp/read-buffer.js";
 
 /** A raw app: `answer(requestHead)` returns the bytes to send back (and whether to close after). */
@@ -62,7 +63,7 @@ interface Got {
   answered?: boolean;
 }
 
-function send(pool: OriginPool, head: string, opts: { isHead?: boolean; body?: Buffer[]; timeoutMs?: number; gapMs?: number } = {}): Promise<Got> {
+function send(pool: OriginPool, head: string, opts: { isHead?: boolean; body?: Buffer[]; timeoutMs?: number; gapMs?: number; firstGapMs?: number } = {}): Promise<Got> {
   return new Promise((resolve) => {
     const got: Got = { status: 0, headers: [], body: "" };
     const events: ResponseEvents = {
@@ -84,13 +85,23 @@ function send(pool: OriginPool, head: string, opts: { isHead?: boolean; body?: B
         req.write(p);
         setTimeout(next, opts.gapMs ?? 0);
       };
-      next();
+      if (opts.firstGapMs !== undefined) setTimeout(next, opts.firstGapMs);
+      else next();
     }
   });
 }
 
-const pool = (t: Teardown, port: number) => {
-  const p = new OriginPool({ host: "127.0.0.1", port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000 });
+/** A pool to the app; with `seeSocket`, its connections are dialled here and shown to it first. */
+const pool = (t: Teardown, port: number, seeSocket?: (s: Socket) => void) => {
+  const dial = seeSocket
+    ? (done: (err: Error | null) => void): Socket => {
+        const s = connect({ host: "127.0.0.1", port });
+        seeSocket(s);
+        s.once("connect", () => done(null));
+        return s;
+      }
+    : undefined;
+  const p = new OriginPool({ host: "127.0.0.1", port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000, ...(dial ? { dial } : {}) });
   t.teardown(() => p.close());
   return p;
 };
@@ -441,3 +452,40 @@ t.test(`answers read side by side into the shared buffer${overTls ? " (dialled m
   }
 });
 }
+
+// A request head with a Content-Length body is held for the body's first bytes (held-writes.ts):
+// a small body leaves with it in one write, and a body that comes later does not hold the head
+// back (a client that sent `Expect: 100-continue` waits for an answer to the head alone).
+t.test("a request head leaves with a small body in one write, and alone when the body comes later", async (t) => {
+  let firstRead: string | null = null;
+  const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+  let writes = 0;
+  let counted = true;
+  const p = pool(t, app.port, (s) => {
+    counted &&= countWrites(s, () => writes++);
+  });
+  const r = await send(p, "POST /small HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\n", { body: [Buffer.from("hello")] });
+  t.same([r.status, r.body, app.heads.at(-1)?.split("\r\n")[0]], [200, "ok", "POST /small HTTP/1.1"], "answered");
+  if (counted) t.equal(writes, 1, "head and body: one write");
+
+  // The app reports what its first read held, with the body still 300 ms away.
+  const watcher = createServer((s) => {
+    s.once("data", (d: Buffer) => {
+      firstRead = d.toString("latin1");
+    });
+    s.on("data", (d: Buffer) => {
+      if (d.toString("latin1").endsWith("later")) s.write("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    });
+    s.on("error", () => s.destroy());
+  });
+  watcher.listen(0, "127.0.0.1");
+  await once(watcher, "listening");
+  t.teardown(() => watcher.close());
+  const q = pool(t, (watcher.address() as AddressInfo).port);
+  const sentAt = performance.now();
+  const pending = send(q, "POST /later HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n", { body: [Buffer.from("later")], firstGapMs: 300 });
+  while (firstRead === null && performance.now() - sentAt < 2000) await new Promise((res) => setTimeout(res, 10));
+  t.ok(performance.now() - sentAt < 250, "the head reached the app before the body was written");
+  t.equal(firstRead, "POST /later HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n", "the head alone");
+  t.equal((await pending).status, 200, "then the body, and the answer");
+});

@@ -8,6 +8,7 @@ import { Http1Server, type ClientFailure, type Exchange } from "../../src/http1/
 import { fieldRecord } from "../../src/http1/fields.js";
 import { http1Core } from "../../src/http1/parser.js";
 import { parseEnded, parseStarted } from "../../src/http1/held-writes.js";
+import { countWrites } from "../helpers/write-count.js";
 import type { Teardown } from "../helpers/mesh.js";
 import { exchange, hasResponses, parseResponses, plainTo, type Opener } from "../helpers/raw-http.js";
 import { until } from "../helpers/l7.js";
@@ -299,16 +300,7 @@ t.test("a response head leaves with its body in one write; held no longer than t
     },
     { headersTimeoutMs: 10_000, keepAliveTimeoutMs: 60_000, maxHeadersCount: 2000 },
   );
-  const open = await serveCore(t, core, (s) => {
-    // net.Socket's step below write/writev (Node 20 to 24); a Node without it skips the count.
-    const generic: unknown = Reflect.get(s, "_writeGeneric");
-    if (typeof generic !== "function") return;
-    Reflect.set(s, "_writeGeneric", function (this: Socket, ...args: unknown[]): unknown {
-      writesOf.set(current, (writesOf.get(current) ?? 0) + 1);
-      const r: unknown = Reflect.apply(generic, this, args);
-      return r;
-    });
-  });
+  const open = await serveCore(t, core, (s) => void countWrites(s, () => writesOf.set(current, (writesOf.get(current) ?? 0) + 1)));
   const ask = async (path: string) => parseResponses((await exchange(open, `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`, { done: hasResponses(1), timeoutMs: 3000 })).data)[0];
   const small = await ask("/small");
   t.same([small?.status, small?.body.toString()], [200, "hello"], "a small answer arrives whole");
