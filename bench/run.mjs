@@ -10,7 +10,7 @@
 // a markdown table plus bench/out/results.json. A full run also rewrites bench/RESULTS.md.
 import { parseArgs } from "node:util";
 import { spawnSync } from "node:child_process";
-import { mkdtemp, mkdir, rm, writeFile, readdir, cp, symlink, copyFile } from "node:fs/promises";
+import { mkdtemp, mkdir, rm, writeFile, readdir } from "node:fs/promises";
 import { existsSync, rmSync, readFileSync, statSync, readdirSync } from "node:fs";
 import { tmpdir, cpus, availableParallelism, loadavg, totalmem, release } from "node:os";
 import { join, dirname, resolve } from "node:path";
@@ -24,6 +24,7 @@ import { startSidecar, startGateway, gatewayForwarded, configWrite, configDump, 
 import { summarize, figures, targets, renderTable, renderGatewayTable, renderTargets } from "./lib/report.mjs";
 import { resolveVariants, NodeSpecError } from "./lib/node-binaries.mjs";
 import { fmt } from "./lib/stats.mjs";
+import { buildCommit, snapshotBuild } from "./lib/builds.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const LIB = join(ROOT, "bench", "lib");
@@ -768,32 +769,6 @@ async function summarizeProfiles(dir) {
 }
 
 // ─── builds ─────────────────────────────────────────────────────────────────────────────────
-/** `git archive REV` of this repository into `src`, built there with tsc: { src, sha }. */
-async function buildCommit(rev, flag, src) {
-  const git = (gargs, opts = {}) => spawnSync("git", gargs, { cwd: ROOT, encoding: "utf8", ...opts });
-  const sha = git(["rev-parse", "--short", "--verify", `${rev}^{commit}`]);
-  if (sha.status !== 0) throw new Error(`${flag} ${rev}: not a commit of ${ROOT}: ${sha.stderr.trim()}`);
-  const commit = sha.stdout.trim();
-  await mkdir(src, { recursive: true });
-  const tar = `${src}.tar`;
-  if (git(["archive", "-o", tar, commit]).status !== 0) throw new Error(`git archive ${commit} failed`);
-  if (spawnSync("tar", ["-xf", tar, "-C", src]).status !== 0) throw new Error("tar -xf of the archived commit failed");
-  await symlink(join(ROOT, "node_modules"), join(src, "node_modules"), "dir");
-  log(`bench: building meshproxy at commit ${commit} (tsc)`);
-  const b = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(src, "tsconfig.json")], { stdio: "inherit" });
-  if (b.status !== 0) throw new Error(`building commit ${commit} failed`);
-  return { src, sha: commit };
-}
-
-/** A copy of `src`'s dist/ and package.json in `root`, its node_modules linked: what the sidecars run. */
-async function snapshotBuild(src, root) {
-  await mkdir(root, { recursive: true });
-  await cp(join(src, "dist"), join(root, "dist"), { recursive: true });
-  await copyFile(join(src, "package.json"), join(root, "package.json"));
-  await symlink(join(existsSync(join(src, "node_modules")) ? src : ROOT, "node_modules"), join(root, "node_modules"), "dir");
-  return root;
-}
-
 /** Each Node variant twice: on the baseline build (`root`, labelled <label>-<sha>) and on the build under test. */
 function withBaseline(list, root, sha) {
   return list.flatMap((v) => {
@@ -825,16 +800,16 @@ async function main() {
 
   // One dev CA for the whole run: meshproxy's data dirs get a copy, HAProxy gets leaves from it.
   if (args["meshproxy-rev"]) {
-    const built = await buildCommit(args["meshproxy-rev"], "--meshproxy-rev", join(tmp, "meshproxy-src"));
+    const built = await buildCommit(ROOT, args["meshproxy-rev"], "--meshproxy-rev", join(tmp, "meshproxy-src"), log);
     MP_SRC = built.src;
     versions.meshproxy = `commit ${built.sha} (git archive, built for this run)`;
   }
   // Snapshot dist/ (with node_modules linked) so that a rebuild of the tree during the run
   // cannot change the proxy between rounds.
-  buildRoot = await snapshotBuild(MP_SRC, join(tmp, "meshproxy"));
+  buildRoot = await snapshotBuild(ROOT, MP_SRC, join(tmp, "meshproxy"));
   if (args["baseline-rev"]) {
-    const built = await buildCommit(args["baseline-rev"], "--baseline-rev", join(tmp, "baseline-src"));
-    const root = await snapshotBuild(built.src, join(tmp, "baseline"));
+    const built = await buildCommit(ROOT, args["baseline-rev"], "--baseline-rev", join(tmp, "baseline-src"), log);
+    const root = await snapshotBuild(ROOT, built.src, join(tmp, "baseline"));
     versions.baseline = `commit ${built.sha} (git archive, built for this run)`;
     variants = withBaseline(variants, root, built.sha);
     log(`bench: baseline commit ${built.sha} runs beside the build under test: ${variants.map((v) => v.key).join(", ")}`);

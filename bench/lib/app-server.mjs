@@ -1,5 +1,6 @@
 // The benchmark app, run as its own process: a minimal node:http server.
-//   GET /            → 200, a small fixed body (keep-alive unless the client says close)
+//   GET /            → 200, a small fixed body (keep-alive unless the client says close); any
+//                      other method with a body gets the same once the body has been read
 //   GET /bulk?bytes=N → 200, N bytes streamed with backpressure (the bulk workload)
 //   GET /stats        → {"accepted":n,"open":n} (idle-connection counting; asked directly, never through a proxy)
 // Prints {"listening":port} on stdout when ready.
@@ -38,8 +39,18 @@ const server = createServer({ requestTimeout: 0, headersTimeout: 0, keepAliveTim
     res.end(body);
     return;
   }
-  res.writeHead(200, { "content-type": "text/plain", "content-length": String(BODY.length) });
-  res.end(BODY);
+  const answer = () => {
+    res.writeHead(200, { "content-type": "text/plain", "content-length": String(BODY.length) });
+    res.end(BODY);
+  };
+  // A request with a body is answered once the body is read, as an app that uses it would: an
+  // answer that starts earlier makes a proxy close the connection (what follows an unread body
+  // cannot be trusted), which would measure handshakes instead of requests.
+  const cl = req.headers["content-length"];
+  if ((cl !== undefined && cl !== "0") || req.headers["transfer-encoding"] !== undefined) {
+    req.resume();
+    req.once("end", answer);
+  } else answer();
 });
 server.keepAliveTimeout = 600_000;
 server.timeout = 0;
