@@ -25,6 +25,7 @@ import { cpuSeconds } from "./lib/procstat.mjs";
 import { startSidecar, configWrite } from "./lib/meshproxy.mjs";
 import { resolveVariants } from "./lib/node-binaries.mjs";
 import { buildCommit, snapshotBuild } from "./lib/builds.mjs";
+import { median } from "./lib/stats.mjs";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const { values: args } = parseArgs({
@@ -110,11 +111,6 @@ function run(p, secs) {
   if (errors) throw new Error(`wrk against ${p.label}: ${errors}; the comparison needs every request answered`);
   return { cpuPer10k: ((cpu1 - cpu0) / requests) * 1e4, rps };
 }
-
-const median = (xs) => {
-  const v = [...xs].sort((x, y) => x - y);
-  return v.length % 2 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
-};
 
 /** Two-sided sign test: the chance of a split at least this uneven if neither build were cheaper. */
 function signTestP(wins, n) {

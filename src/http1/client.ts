@@ -127,7 +127,7 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
       // since, the peak does not move: PERF-LOG, session 19.)
       const socket = o.dial((err) => (err ? this.failed(err) : this.up()));
       this.socket = socket;
-      if (!readAcceptedInto(socket, this.onRead)) socket.on("data", (d: Buffer) => this.data(d));
+      if (!readAcceptedInto(socket, this.onRead)) socket.on("data", this.onRead);
     } else {
       // Responses of the app are parsed straight from the shared read buffer: no Readable,
       // 'data' event or per-read allocation (pause() stops the reads, as on a Readable).

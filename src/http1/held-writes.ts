@@ -48,7 +48,7 @@ export function parseEnded(): void {
 
 /** `parser.execute(data)` as a parse whose callbacks may hold writes: they go out when it returns. */
 export function executeHolding(parser: Http1Parser, data: Buffer): number | ParseFailure {
-  parses++;
+  parseStarted();
   try {
     return parser.execute(data);
   } finally {
