@@ -29,6 +29,11 @@ export interface ResponseSink {
    * the end-to-end ones go on as they came, without a header record in between.
    */
   writeParsedHead?(status: number, raw: readonly string[]): void;
+  /**
+   * Takes back a head that has not left yet (sinks on the core hold it until its body or the end
+   * of the parse): true when nothing of the answer went out and a local reply can still be sent.
+   */
+  retractHead?(): boolean;
 }
 
 /**

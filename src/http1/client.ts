@@ -8,14 +8,18 @@ import { Http1Parser, http1Core, type MessageEvents } from "./parser.js";
 import { lowerName } from "./fields.js";
 import { connectDeadline } from "../tcp/connect-deadline.js";
 import { borrowsReadBuffer, readAcceptedInto, readsInto } from "../tcp/read-buffer.js";
-import { executeHolding, holdWrite, joinHead, JOIN_MAX, type HeldWrite } from "./held-writes.js";
+import { holdWrite, joinHead, JOIN_MAX, parseEnded, parseStarted, type HeldWrite } from "./held-writes.js";
 
 export interface ResponseEvents {
   /** The final head; the body follows unless the request was HEAD or the status has none. */
   head(status: number, statusText: string, rawHeaders: string[]): void;
   body(chunk: Buffer): void;
   end(): void;
-  /** Before the head (`answered` false) the caller may still answer the client itself. */
+  /**
+   * Before the head (`answered` false) the caller may still answer the client itself; after it,
+   * too, when the failure came in the parse that delivered the head and the head is still held
+   * (server.ts `retractHead`).
+   */
   error(error: Error, answered: boolean): void;
 }
 
@@ -245,7 +249,7 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     if (this.waitingHead) this.responseTimer?.refresh();
     this.bodySent = true;
     this.retry = null;
-    if (this.events === null) this.release();
+    if (this.events === null) this.releaseWhenParsed();
   }
 
   abort(): void {
@@ -261,7 +265,12 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     if (!this.dead) this.socket.resume();
   }
 
-  begin(): void {}
+  begin(): void {
+    // A message with no request outstanding: bytes the peer sent after its answer, in the same
+    // read (later reads are caught in data()). Not an answer to anything, and were the connection
+    // reused they would be read as the next request's answer: it is unusable.
+    if (this.events === null) this.kill();
+  }
 
   head(_major: number, _minor: number, raw: string[], _m: string, _u: string, status: number, text: string, upgrade: boolean, keepAlive: boolean): number {
     this.retry = null;
@@ -328,7 +337,16 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     this.events = null;
     ev?.end();
     if (!this.keepAlive) this.kill();
-    else if (this.bodySent) this.release();
+    else if (this.bodySent) this.releaseWhenParsed();
+  }
+
+  /**
+   * Inside a parse, the rest of the read may still hold bytes after this answer (begin() kills
+   * the connection for them): it goes back to the pool only once the whole read is parsed.
+   */
+  private releaseWhenParsed(): void {
+    if (this.executing) this.releaseAfterParse = true;
+    else this.release();
   }
 
   private data(d: Buffer): void {
@@ -338,14 +356,28 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
       return this.kill();
     }
     this.executing = true;
-    const r = executeHolding(this.parser, d);
-    this.executing = false;
-    if (typeof r !== "number") this.failed(new Error(`the response of ${this.pool.peer} did not parse: ${r.reason} (${r.code})`));
+    parseStarted();
+    try {
+      const r = this.parser.execute(d);
+      this.executing = false;
+      // Reported before the parse ends: a head this parse held for the client has not left yet,
+      // and the client can still get a local reply instead of a cut-off answer.
+      if (typeof r !== "number") this.failed(new Error(`the response of ${this.pool.peer} did not parse: ${r.reason} (${r.code})`));
+    } finally {
+      this.executing = false;
+      parseEnded();
+    }
     if (this.dead) this.freeParser();
+    else if (this.releaseAfterParse) {
+      this.releaseAfterParse = false;
+      this.release();
+    }
   }
 
   /** The native parser is freed outside its own callbacks only. */
   private executing = false;
+  /** An answer completed inside the current parse; the pool gets the connection when it ends. */
+  private releaseAfterParse = false;
   private parserLive = true;
 
   private freeParser(): void {

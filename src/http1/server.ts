@@ -213,6 +213,18 @@ export class Exchange<C> implements HeldWrite {
     this.conn.exchangeDone(this, this.closeAfter || !this.bodyDone);
   }
 
+  /**
+   * Takes back a head that is still held: no byte of the answer has left, so the client can be
+   * answered instead (the upstream's answer failed in the same parse as its head; Envoy answers
+   * such a response with a local reply too). False once any of the answer is out.
+   */
+  retractHead(): boolean {
+    if (this.heldHead === null) return false;
+    this.heldHead = null;
+    this.headersSent = false;
+    return true;
+  }
+
   /** The answer cannot be completed (the app failed mid-body): the client's connection goes. */
   destroy(): void {
     this.finished = true;

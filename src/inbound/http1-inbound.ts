@@ -188,7 +188,9 @@ export class InboundHttp1 {
         this.finish(r);
       },
       error: (e, answered) => {
-        if (answered || ex.headersSent) {
+        // A head still held (the app's answer failed in the read that carried it) is taken back:
+        // the client gets the local reply below, not a cut-off answer.
+        if ((answered || ex.headersSent) && !ex.retractHead()) {
           ex.destroy();
           this.finish(r);
           return;

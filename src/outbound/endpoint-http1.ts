@@ -165,13 +165,19 @@ class Http1Attempt implements ResponseEvents {
 
   error(e: Error, answered: boolean): void {
     if (this.done) return;
-    // Part of an answer already went out: the client's response cannot be completed.
     if (this.delivering) {
-      this.res.destroy();
-      return this.finish({ outcome: { kind: "reset" }, delivered: true });
+      // Part of an answer already went out: the client's response cannot be completed.
+      if (!this.res.retractHead?.()) {
+        this.res.destroy();
+        return this.finish({ outcome: { kind: "reset" }, delivered: true });
+      }
+      // The head was still held (the answer failed in the read that carried it): nothing left,
+      // so this is a reset before the answer, retried or answered locally as one.
+      this.delivering = false;
+    } else if (answered) {
+      // A head that was drained for a retry: the decision was made on its status already.
+      return this.finish({ outcome: { kind: "response", status: this.status }, delivered: false });
     }
-    // A head that was drained for a retry: the decision was made on its status already.
-    if (answered) return this.finish({ outcome: { kind: "response", status: this.status }, delivered: false });
     this.cluster.reportResult(this.host, { localOriginFailure: true });
     if (isConnectFailure(e)) this.cluster.connectFailed(this.host);
     this.finish({ outcome: e instanceof ResponseTimeoutError ? PER_TRY_TIMEOUT : isConnectFailure(e) ? CONNECT_FAILURE[e.cause.kind] : RESET, delivered: false });

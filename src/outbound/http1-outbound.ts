@@ -106,6 +106,10 @@ class ExchangeSink implements ResponseSink {
     this.ex.end(body);
   }
 
+  retractHead(): boolean {
+    return this.ex.retractHead();
+  }
+
   destroy(): void {
     this.ex.destroy();
   }

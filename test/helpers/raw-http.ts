@@ -7,6 +7,22 @@ import { hostPort } from "./mesh.js";
 
 export type Opener = () => Promise<Socket | TLSSocket>;
 
+/**
+ * An app side that answers requests without bodies as their heads arrive: `answer` gets each
+ * request's target, in order (pipelined requests included), and writes what it likes.
+ */
+export function onRequestTargets(s: Socket | TLSSocket, answer: (target: string) => void): void {
+  let buf = "";
+  s.on("data", (d: Buffer) => {
+    buf += d.toString("latin1");
+    for (let end = buf.indexOf("\r\n\r\n"); end >= 0; end = buf.indexOf("\r\n\r\n")) {
+      const target = buf.slice(0, end).split(" ")[1] ?? "";
+      buf = buf.slice(end + 4);
+      answer(target);
+    }
+  });
+}
+
 /** A plain TCP connection to `addr` (an upstream listener). */
 export function plainTo(addr: string): Opener {
   const { host, port } = hostPort(addr);

@@ -16,7 +16,7 @@ import { NO_RETRIES, type RouteAction } from "../../src/config/http.js";
 import { meshTls } from "../helpers/mesh-tls.js";
 import { apiCluster, apiRoutes, listenOutboundHttp1 } from "../helpers/outbound-router.js";
 import type { Metrics } from "../../src/telemetry/metrics.js";
-import { exchange, hasResponses, parseResponses, plainTo } from "../helpers/raw-http.js";
+import { exchange, hasResponses, onRequestTargets, parseResponses, plainTo } from "../helpers/raw-http.js";
 
 await loadUndici();
 const { tls, leaf } = await meshTls();
@@ -312,17 +312,11 @@ t.test("a hostile upstream answer cannot smuggle fields or a response into the a
     "/extra": "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
     // HEAD: the length describes a body that is not sent, and no byte of one may be read as it.
     "/head": "HTTP/1.1 200 OK\r\nContent-Length: 37\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n",
+    // A chunk size that does not parse, in the read that carried the head.
+    "/bad-chunk": "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nsmuggled\r\n0\r\n\r\n",
   };
   const server = createTlsServer({ cert: l.certPem, key: l.keyPem }, (s) => {
-    let buf = "";
-    s.on("data", (d: Buffer) => {
-      buf += d.toString("latin1");
-      for (let end = buf.indexOf("\r\n\r\n"); end >= 0; end = buf.indexOf("\r\n\r\n")) {
-        const path = buf.slice(0, end).split(" ")[1] ?? "";
-        buf = buf.slice(end + 4);
-        s.write(answers[path] ?? `HTTP/1.1 200 OK\r\nContent-Length: ${path.length}\r\n\r\n${path}`);
-      }
-    });
+    onRequestTargets(s, (path) => s.write(answers[path] ?? `HTTP/1.1 200 OK\r\nContent-Length: ${path.length}\r\n\r\n${path}`));
     s.on("error", () => s.destroy());
   });
   server.listen(0, "127.0.0.1");
@@ -345,8 +339,23 @@ t.test("a hostile upstream answer cannot smuggle fields or a response into the a
     t.ok(rs.length <= 2 && (rs.length < 2 || String(last?.body) === "/next"), `${path}: a second answer on the app's connection is its own request's (got ${JSON.stringify(rs.map((r) => [r.status, String(r.body)]))})`);
   }
 
+  // The head waited for its body and had not left: the app gets the router's local reply (no
+  // retry policy here), not a 200 cut off, and its connection goes on.
+  const bad = await exchange(plainTo(addr), `GET /bad-chunk HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: hasResponses(2), timeoutMs: 3_000 });
+  const badRs = parseResponses(bad.data);
+  t.notMatch(bad.data.toString("latin1"), /smuggled/, "/bad-chunk: no byte of the bad answer reached the app");
+  t.same(
+    badRs.map((r) => [r.status, r.headers["x-meshproxy-response-flags"] ?? null]),
+    [
+      [503, "UF"],
+      [200, null],
+    ],
+    "/bad-chunk: a local reply, then the next request's own answer",
+  );
+  t.equal(String(badRs[1]?.body), "/next");
+
   const head = await exchange(plainTo(addr), `HEAD /head HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: (b) => b.toString("latin1").includes("/next"), timeoutMs: 3_000 });
   const text = head.data.toString("latin1");
-  t.notMatch(text, /Content-Length: 8/, "HEAD: the bytes after the head were not passed on as a body or a response");
+  t.notMatch(text, /Content-Length: 8/i, "HEAD: the bytes after the head were not passed on as a body or a response");
   t.match(text, /\r\n\r\n\/next$|\/next$/, "the next request's own answer came after it");
 });

@@ -207,6 +207,22 @@ t.test("the response timeout runs from the last body byte, not from the head", a
   t.same([s.error, s.answered], ["timeout", false], "an app that does not answer times out");
 });
 
+t.test("bytes after an answer, in the same read, are no one's answer: the connection is not reused", async (t) => {
+  for (const [name, extra] of [
+    ["a whole second response", "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"],
+    ["a response head waiting for its body", "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n"],
+    ["bytes that are no response", "garbage"],
+  ] as const) {
+    const app = await rawApp(t, (head) => (head.startsWith("GET /1 ") ? `HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok${extra}` : "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nmine"));
+    const p = pool(t, app.port);
+    const first = await send(p, "GET /1 HTTP/1.1\r\nhost: x\r\n\r\n");
+    t.same([first.status, first.body], [200, "ok"], `${name}: the answer itself is delivered`);
+    const second = await send(p, "GET /2 HTTP/1.1\r\nhost: x\r\n\r\n");
+    t.same([second.status, second.body, second.error], [200, "mine", undefined], `${name}: the next request gets its own answer`);
+    t.equal(app.connections, 2, `${name}: on a new connection`);
+  }
+});
+
 t.test("an answer that does not parse is an error, never a response", async (t) => {
   const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
   const p = pool(t, app.port);
