@@ -98,6 +98,15 @@ export function errorCode(e: unknown): string | undefined {
 }
 
 /**
+ * An answer that did not parse, as undici reports it (its parser's HPE_* codes, or a body that
+ * does not match its Content-Length): Envoy's upstream protocol error.
+ */
+export function isResponseParseError(e: unknown): boolean {
+  const code = errorCode(e);
+  return code !== undefined && (code.startsWith("HPE_") || code === "UND_ERR_RES_CONTENT_LENGTH_MISMATCH");
+}
+
+/**
  * "The client went away", for the attempt in flight. One is made for every request, so it is a
  * flag and a short listener list rather than an EventEmitter (whose once() allocates a wrapper
  * per listener) or an AbortController (an EventTarget that builds a DOMException to abort).

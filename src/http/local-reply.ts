@@ -20,6 +20,8 @@ export type ResponseFlag =
   | "UAEX"
   /** Upstream connection terminated mid-response. */
   | "UC"
+  /** Upstream protocol error: the answer did not parse, and none of it had reached the client (502). */
+  | "UPE"
   /** Downstream (client) went away. */
   | "DC"
   /** Downstream protocol error: a request target or upgrade refused with 400/403 (request-target.ts). */
@@ -35,15 +37,22 @@ const TEXT: Partial<Record<ResponseFlag, string>> = {
   NR: "no route",
   UAEX: "RBAC: access denied",
   UC: "upstream connection terminated",
+  // Envoy's words for the same case, which operators search for.
+  UPE: "upstream connect error or disconnect/reset before headers. reset reason: protocol error",
   DPE: "bad request",
 };
+
+/** A local reply's text: what the flag means, then the detail. */
+export function localReplyText(flag: ResponseFlag, detail?: string): string {
+  return `${TEXT[flag] ?? flag}${detail ? `: ${detail}` : ""}`;
+}
 
 export function localReply(res: ResponseSink, status: number, flag: ResponseFlag, detail?: string): void {
   if (res.headersSent) {
     res.destroy();
     return;
   }
-  const text = `${TEXT[flag] ?? flag}${detail ? `: ${detail}` : ""}`;
+  const text = localReplyText(flag, detail);
   if (isGrpcCall(res)) return grpcLocalReply(res, status, flag, text);
   const body = `${text}\n`;
   const headers: Record<string, string | number> = {

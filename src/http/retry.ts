@@ -9,8 +9,12 @@ export type AttemptOutcome =
   | { readonly kind: "response"; readonly status: number }
   /** TCP or TLS never came up: no request byte left. */
   | { readonly kind: "connect-failure"; readonly reason: ConnectFailureReason }
-  /** The connection broke or the per-try timeout fired before response headers. */
-  | { readonly kind: "reset" }
+  /**
+   * The connection broke before response headers, or the answer did not parse before any of it
+   * reached the client (`protocolError`: what failed; Envoy's reset reason protocol_error, retried
+   * as a reset and answered 502 UPE).
+   */
+  | { readonly kind: "reset"; readonly protocolError?: string }
   /**
    * The upstream reset the HTTP/2 stream with REFUSED_STREAM: it did not process the request
    * (RFC 9113 §8.7), so a retry is always safe.

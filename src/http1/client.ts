@@ -38,6 +38,14 @@ export class ConnectTimeoutError extends Error {
   }
 }
 
+/** The peer's answer did not parse (Envoy's upstream protocol error). */
+export class ResponseParseError extends Error {
+  constructor(peer: string, reason: string, code: string) {
+    super(`the response of ${peer} did not parse: ${reason} (${code})`);
+    this.name = "ResponseParseError";
+  }
+}
+
 export class BodyTimeoutError extends Error {
   readonly code = "UND_ERR_BODY_TIMEOUT";
   constructor(ms: number) {
@@ -362,7 +370,7 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
       this.executing = false;
       // Reported before the parse ends: a head this parse held for the client has not left yet,
       // and the client can still get a local reply instead of a cut-off answer.
-      if (typeof r !== "number") this.failed(new Error(`the response of ${this.pool.peer} did not parse: ${r.reason} (${r.code})`));
+      if (typeof r !== "number") this.failed(new ResponseParseError(this.pool.peer, r.reason, r.code));
     } finally {
       this.executing = false;
       parseEnded();

@@ -11,7 +11,7 @@ import type { HostPort } from "../config/snapshot.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import { endToEndCopy } from "../http/headers.js";
 import { ResponseForwarder, type ForwardResult } from "../http/forwarder.js";
-import { errorCode, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
+import { errorCode, isResponseParseError, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
 import { parseRequestTarget, refusalDetail, type RefusedTarget } from "../http/request-target.js";
 import { classifyUpgrade, rawLocalReply, relayUpgrade, upgradeRequestHeaders } from "../http/upgrade-relay.js";
 import { localReply, type ResponseFlag } from "../http/local-reply.js";
@@ -300,7 +300,9 @@ export class InboundHttp {
     if (!("error" in result) || result.delivered || res.destroyed) return;
     const timedOut = errorCode(result.error) === "UND_ERR_HEADERS_TIMEOUT";
     this.log.warn("local app request failed", { app: this.app, error: result.error.message, timed_out: timedOut });
-    this.reply(res, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${timeoutMs} ms` : `local app ${this.app}: ${result.error.message}`, rec);
+    if (timedOut) this.reply(res, 504, "UT", `local app did not answer within ${timeoutMs} ms`, rec);
+    else if (isResponseParseError(result.error)) this.reply(res, 502, "UPE", `local app ${this.app}: the response did not parse: ${result.error.message}`, rec);
+    else this.reply(res, 503, "UF", `local app ${this.app}: ${result.error.message}`, rec);
   }
 
   /**

@@ -5,10 +5,10 @@
 // acts on. HTTP/2 callers, h2c apps and upgrades stay on the node:http path (http-inbound.ts).
 import type { Socket } from "node:net";
 import { Http1Server, type ClientFailure, type Exchange } from "../http1/server.js";
-import { OriginPool, ResponseTimeoutError, type OriginRequest } from "../http1/client.js";
+import { OriginPool, ResponseParseError, ResponseTimeoutError, type OriginRequest } from "../http1/client.js";
 import { fieldRecord, fieldValue } from "../http1/fields.js";
 import { appRequestHead, clientResponseFields } from "../http1/forward.js";
-import { FLAGS_HEADER, type ResponseFlag } from "../http/local-reply.js";
+import { FLAGS_HEADER, localReplyText, type ResponseFlag } from "../http/local-reply.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { SourceAuthorizer } from "../authz/l7.js";
 import type { Logger } from "../telemetry/log.js";
@@ -27,13 +27,6 @@ export interface Http1Caller {
 
 /** Hands an upgrade request and its socket to the node:http path's relay. */
 export type UpgradeHandOver = (req: { method: string; url: string; headers: ReturnType<typeof fieldRecord>; rawHeaders: string[] }, socket: Socket, head: Buffer, caller: Http1Caller) => void;
-
-const LOCAL_TEXT: Partial<Record<ResponseFlag, string>> = {
-  UF: "upstream connect error or disconnect/reset before headers",
-  UT: "upstream request timeout",
-  UAEX: "RBAC: access denied",
-  DPE: "bad request",
-};
 
 /** One request's record, for metrics, the access log and the span. */
 class InboundRequest {
@@ -197,7 +190,9 @@ export class InboundHttp1 {
         }
         const timedOut = e instanceof ResponseTimeoutError;
         this.log.warn("local app request failed", { app: this.app, error: e.message, timed_out: timedOut });
-        this.reply(r, timedOut ? 504 : 503, timedOut ? "UT" : "UF", timedOut ? `local app did not answer within ${timeoutMs} ms` : `local app ${this.app}: ${e.message}`);
+        if (timedOut) this.reply(r, 504, "UT", `local app did not answer within ${timeoutMs} ms`);
+        else if (e instanceof ResponseParseError) this.reply(r, 502, "UPE", `local app ${this.app}: ${e.message}`);
+        else this.reply(r, 503, "UF", `local app ${this.app}: ${e.message}`);
       },
     });
     r.upstream = up;
@@ -221,7 +216,7 @@ export class InboundHttp1 {
     if (ex.headersSent) {
       ex.destroy();
     } else {
-      const body = `${LOCAL_TEXT[flag] ?? flag}${detail ? `: ${detail}` : ""}\n`;
+      const body = `${localReplyText(flag, detail)}\n`;
       ex.writeHead(status, "", `content-type: text/plain; charset=utf-8\r\n${FLAGS_HEADER}: ${flag}\r\n`, Buffer.byteLength(body), false);
       ex.end(body);
     }

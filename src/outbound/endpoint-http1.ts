@@ -7,7 +7,7 @@ import type { IncomingHttpHeaders } from "node:http";
 import { Readable } from "node:stream";
 import type { ClusterHost, ClusterRuntime } from "../cluster/runtime.js";
 import { isConnectFailure } from "../cluster/pools.js";
-import { ResponseTimeoutError, type OriginRequest, type ResponseEvents } from "../http1/client.js";
+import { ResponseParseError, ResponseTimeoutError, type OriginRequest, type ResponseEvents } from "../http1/client.js";
 import { ParsedFields } from "../http1/fields.js";
 import { recordRequestHead } from "../http1/forward.js";
 import type { AttemptOutcome, ConnectFailureReason } from "../http/retry.js";
@@ -180,7 +180,10 @@ class Http1Attempt implements ResponseEvents {
     }
     this.cluster.reportResult(this.host, { localOriginFailure: true });
     if (isConnectFailure(e)) this.cluster.connectFailed(this.host);
-    this.finish({ outcome: e instanceof ResponseTimeoutError ? PER_TRY_TIMEOUT : isConnectFailure(e) ? CONNECT_FAILURE[e.cause.kind] : RESET, delivered: false });
+    this.finish({
+      outcome: e instanceof ResponseTimeoutError ? PER_TRY_TIMEOUT : isConnectFailure(e) ? CONNECT_FAILURE[e.cause.kind] : e instanceof ResponseParseError ? { kind: "reset", protocolError: e.message } : RESET,
+      delivered: false,
+    });
   }
 
   /** The client went away: the request in flight (or its wait for a connection) is abandoned. */

@@ -10,7 +10,7 @@ import type { ParsedFields } from "../http1/fields.js";
 import { isRefusedStream, type AttemptOutcome } from "../http/retry.js";
 import { ResponseForwarder } from "../http/forwarder.js";
 import type { Dispatcher } from "undici";
-import { errorCode, type Cancel, type ResponseSink } from "../http/compat.js";
+import { errorCode, isResponseParseError, type Cancel, type ResponseSink } from "../http/compat.js";
 import { loadUndici, undiciLoaded } from "../http/undici.js";
 
 /** A body undici can send: buffered (a retry sends it again) or streamed (the app's request, a native client's stream). */
@@ -109,7 +109,8 @@ export function dispatchAttempt(
           cluster.connectFailed(host);
           return resolve({ outcome: { kind: "connect-failure", reason: r.error.cause.kind }, delivered: false });
         }
-        resolve({ outcome: { kind: isRefusedStream(r.error) ? "refused-stream" : "reset" }, delivered: false });
+        if (isRefusedStream(r.error)) return resolve({ outcome: { kind: "refused-stream" }, delivered: false });
+        resolve({ outcome: isResponseParseError(r.error) ? { kind: "reset", protocolError: `the response did not parse: ${r.error.message}` } : { kind: "reset" }, delivered: false });
       },
       assigned,
     );

@@ -183,8 +183,9 @@ export class HttpRouter {
   /** The request is over (answered, or the caller went away): span, access log and the failure count. */
   finish(req: RequestInfo, state: OutboundHttpState, rec: RequestRecord): void {
     if (rec.status === 0) rec.flag = "DC"; // the app went away before an answer
-    // A connection failure answered locally has no response series; the traffic page counts it as an error of the cluster.
-    if (rec.flag === "UF" && rec.cluster !== undefined) this.stats.failed(rec.cluster);
+    // A connection failure or an answer that did not parse, answered locally, has no response
+    // series; the traffic page counts it as an error of the cluster.
+    if (rec.cluster !== undefined && (rec.flag === "UF" || rec.flag === "UPE")) this.stats.failed(rec.cluster, rec.flag === "UPE" ? 502 : 503);
     const tracing = this.obs.tracing;
     if (tracing && rec.span) {
       tracing.end(rec.span, rec.status, { "meshproxy.response_flags": rec.flag, "meshproxy.attempts": rec.attempts, ...(rec.cluster ? { "meshproxy.upstream_cluster": rec.cluster } : {}) });
@@ -289,7 +290,10 @@ export class HttpRouter {
         const cluster = clusterWithHosts(primary, state.clusters, tried, true);
         const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
         if (!cluster || !host) {
-          if (last) return this.reply(res, 503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(last.outcome, last.host), rec);
+          if (last) {
+            const [status, flag] = last.outcome.kind === "reset" && last.outcome.protocolError ? ([502, "UPE"] as const) : ([503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF"] as const);
+            return this.reply(res, status, flag, state.upstream, this.describeFailure(last.outcome, last.host), rec);
+          }
           this.stats.noHealthy(primary.name);
           return this.reply(res, 503, "UH", state.upstream, primary.describeUnavailable(), rec);
         }
@@ -350,7 +354,9 @@ export class HttpRouter {
           const more = canRetry && c.retry.retriable(outcome.outcome) && retriesTaken < c.retry.numRetries;
           if (!more) {
             if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, rec);
-            return this.reply(res, outcome.outcome.kind === "per-try-timeout" ? 504 : 503, outcome.outcome.kind === "per-try-timeout" ? "UT" : "UF", state.upstream, this.describeFailure(outcome.outcome, host), rec);
+            const o = outcome.outcome;
+            const [status, flag] = o.kind === "per-try-timeout" ? ([504, "UT"] as const) : o.kind === "reset" && o.protocolError ? ([502, "UPE"] as const) : ([503, "UF"] as const);
+            return this.reply(res, status, flag, state.upstream, this.describeFailure(o, host), rec);
           }
           if (retrySlot === null) {
             if (!cluster.breaker.tryAcquireRetry()) {
@@ -374,6 +380,7 @@ export class HttpRouter {
 
   private describeFailure(o: AttemptOutcome, host: ClusterHost): string {
     if (o.kind === "response") return `${host.key} answered ${o.status}`;
+    if (o.kind === "reset" && o.protocolError) return `${host.key}: ${o.protocolError}`;
     return `${host.key}: ${o.kind}`;
   }
 

@@ -143,9 +143,12 @@ export class HttpStats {
     this.of(cluster).noHealthy.inc();
   }
 
-  /** A request answered 503 UF after attempts on this cluster failed (connect failure, reset). */
-  failed(cluster: string): void {
-    this.charge(this.of(cluster), 503);
+  /**
+   * A request answered locally after attempts on this cluster failed: 503 UF (connect failure,
+   * reset) or 502 UPE (the answer did not parse).
+   */
+  failed(cluster: string, status: 502 | 503 = 503): void {
+    this.charge(this.of(cluster), status);
   }
 
   /** The clusters with request series so far. */

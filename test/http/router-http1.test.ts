@@ -322,7 +322,7 @@ t.test("a hostile upstream answer cannot smuggle fields or a response into the a
   server.listen(0, "127.0.0.1");
   await once(server, "listening");
   t.teardown(() => server.close());
-  const addr = await listener((server.address() as AddressInfo).port);
+  const { addr, metrics } = await listenerWithMetrics((server.address() as AddressInfo).port);
   const next = "GET /next HTTP/1.1\r\nHost: api\r\n\r\n";
 
   const hop = parseResponses((await exchange(plainTo(addr), `GET /hop HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: hasResponses(2) })).data);
@@ -339,20 +339,23 @@ t.test("a hostile upstream answer cannot smuggle fields or a response into the a
     t.ok(rs.length <= 2 && (rs.length < 2 || String(last?.body) === "/next"), `${path}: a second answer on the app's connection is its own request's (got ${JSON.stringify(rs.map((r) => [r.status, String(r.body)]))})`);
   }
 
-  // The head waited for its body and had not left: the app gets the router's local reply (no
-  // retry policy here), not a 200 cut off, and its connection goes on.
+  // The head waited for its body and had not left: the app gets the router's local reply, 502
+  // UPE as Envoy's (no retry policy here), not a 200 cut off, and its connection goes on.
   const bad = await exchange(plainTo(addr), `GET /bad-chunk HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: hasResponses(2), timeoutMs: 3_000 });
   const badRs = parseResponses(bad.data);
   t.notMatch(bad.data.toString("latin1"), /smuggled/, "/bad-chunk: no byte of the bad answer reached the app");
   t.same(
     badRs.map((r) => [r.status, r.headers["x-meshproxy-response-flags"] ?? null]),
     [
-      [503, "UF"],
+      [502, "UPE"],
       [200, null],
     ],
     "/bad-chunk: a local reply, then the next request's own answer",
   );
+  t.match(String(badRs[0]?.body), /reset reason: protocol error: .*did not parse: Invalid character in chunk size/, "/bad-chunk: the reply says what failed");
   t.equal(String(badRs[1]?.body), "/next");
+  // /te-cl, /two-cl (their heads did not parse) and /bad-chunk.
+  t.match(await metrics.registry.metrics(), /^envoy_cluster_upstream_rq\{[^}]*envoy_response_code="502"[^}]*\} 3$/m, "each 502 UPE is charged to the cluster, as a 503 UF would be");
 
   const head = await exchange(plainTo(addr), `HEAD /head HTTP/1.1\r\nHost: api\r\n\r\n${next}`, { done: (b) => b.toString("latin1").includes("/next"), timeoutMs: 3_000 });
   const text = head.data.toString("latin1");
