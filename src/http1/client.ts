@@ -372,7 +372,6 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
       // and the client can still get a local reply instead of a cut-off answer.
       if (typeof r !== "number") this.failed(new ResponseParseError(this.pool.peer, r.reason, r.code));
     } finally {
-      this.executing = false;
       parseEnded();
     }
     if (this.dead) this.freeParser();

@@ -290,10 +290,7 @@ export class HttpRouter {
         const cluster = clusterWithHosts(primary, state.clusters, tried, true);
         const host = cluster?.pick(hash !== undefined ? { hash, exclude: tried } : { exclude: tried }) ?? null;
         if (!cluster || !host) {
-          if (last) {
-            const [status, flag] = last.outcome.kind === "reset" && last.outcome.protocolError ? ([502, "UPE"] as const) : ([503, last.outcome.kind === "per-try-timeout" ? "UT" : "UF"] as const);
-            return this.reply(res, status, flag, state.upstream, this.describeFailure(last.outcome, last.host), rec);
-          }
+          if (last) return this.replyFailure(res, last.outcome, 503, state.upstream, last.host, rec);
           this.stats.noHealthy(primary.name);
           return this.reply(res, 503, "UH", state.upstream, primary.describeUnavailable(), rec);
         }
@@ -354,9 +351,7 @@ export class HttpRouter {
           const more = canRetry && c.retry.retriable(outcome.outcome) && retriesTaken < c.retry.numRetries;
           if (!more) {
             if (outcome.outcome.kind === "per-try-timeout" && Date.now() >= deadline) return this.timeout(res, cluster, state.upstream, rec);
-            const o = outcome.outcome;
-            const [status, flag] = o.kind === "per-try-timeout" ? ([504, "UT"] as const) : o.kind === "reset" && o.protocolError ? ([502, "UPE"] as const) : ([503, "UF"] as const);
-            return this.reply(res, status, flag, state.upstream, this.describeFailure(o, host), rec);
+            return this.replyFailure(res, outcome.outcome, 504, state.upstream, host, rec);
           }
           if (retrySlot === null) {
             if (!cluster.breaker.tryAcquireRetry()) {
@@ -376,6 +371,17 @@ export class HttpRouter {
       releaseRetrySlot();
       primary.breaker.releaseRequest();
     }
+  }
+
+  /**
+   * The local reply for the last attempt's failure: 502 UPE for an answer that did not parse, UT
+   * (`timeoutStatus`) for a per-try timeout, 503 UF for the rest.
+   */
+  private replyFailure(res: ResponseSink, o: AttemptOutcome, timeoutStatus: 503 | 504, upstream: string, host: ClusterHost, rec: RequestRecord): void {
+    const detail = this.describeFailure(o, host);
+    if (o.kind === "reset" && o.protocolError) return this.reply(res, 502, "UPE", upstream, detail, rec);
+    if (o.kind === "per-try-timeout") return this.reply(res, timeoutStatus, "UT", upstream, detail, rec);
+    this.reply(res, 503, "UF", upstream, detail, rec);
   }
 
   private describeFailure(o: AttemptOutcome, host: ClusterHost): string {
