@@ -7,7 +7,8 @@
 // bytes the app did not frame.
 import t from "tap";
 import { startSidecar, tcpApp, tempDir } from "../helpers/mesh.js";
-import { configWrite } from "../helpers/l7.js";
+import { configWrite, until } from "../helpers/l7.js";
+import { once } from "node:events";
 import { leafFor, readDevCa } from "../helpers/certs.js";
 import { exchange, hasResponses, onRequestTargets, parseResponses, plainTo, tlsTo, type Opener } from "../helpers/raw-http.js";
 
@@ -19,8 +20,10 @@ for (const engine of ["llhttp", "node"] as const) {
 t.test(`MESHPROXY_HTTP1_CORE=${engine === "llhttp" ? "(unset)" : engine}: an answer that fails in the read carrying its head: 502 UPE; after the head went out: a cut`, async (t) => {
   const dir = await tempDir(t);
   const env = { MESHPROXY_HTTP1_CORE: engine === "llhttp" ? undefined : "node" };
+  const seen: string[] = [];
   const app = await tcpApp(t, (s) =>
     onRequestTargets(s, (path) => {
+      seen.push(path);
       if (path === "/bad-head") s.write(BAD_HEAD);
       else if (path === "/bad-chunk") s.write(BAD_CHUNK);
       else if (path === "/late") {
@@ -77,6 +80,23 @@ t.test(`MESHPROXY_HTTP1_CORE=${engine === "llhttp" ? "(unset)" : engine}: an ans
     t.ok(late.closed, `${name}: a bad chunk after the head was sent closes the client's connection`);
     t.match(text, /^HTTP\/1\.1 200 /, `${name}: the head and first chunk had gone out`);
     t.notMatch(text, /smuggled|\r\n0\r\n\r\n/, `${name}: the cut answer is not completed, nor followed by the bad bytes`);
+  }
+
+  if (engine === "llhttp") {
+    // A taken-back head answered before the request body was read: the 502 closes the caller's
+    // connection, so body bytes sent after it are never read as a request (the rule for any
+    // answer that starts before its request's body is read).
+    const s = await paths[0]![1]();
+    let got = "";
+    s.on("data", (d: Buffer) => (got += d.toString("latin1")));
+    const closed = once(s, "close");
+    s.write("POST /bad-chunk HTTP/1.1\r\nHost: api\r\nContent-Length: 60\r\n\r\n");
+    await until(() => got.includes("reset reason: protocol error"), 5_000, "the 502 to a POST whose body is not sent yet");
+    s.write("GET /smuggled HTTP/1.1\r\nHost: api\r\n\r\n".padEnd(60, "x"));
+    await closed;
+    t.match(got, /^HTTP\/1\.1 502 [^]*connection: close\r\n/, "the 502 says the connection closes");
+    t.equal(parseResponses(Buffer.from(got, "latin1")).length, 1, "one answer on that connection");
+    t.notOk(seen.includes("/smuggled"), "the bytes sent after the answer never reached the app as a request");
   }
 
   const bad = await api.waitForLog((l) => l["@message"] === "local app request failed" && /did not parse|content-length/i.test(String(l["error"])), 5_000);
