@@ -28,6 +28,35 @@ export interface L7Decision {
 /** What a permission reads from a request; a RequestView will do. */
 export type L7Request = Pick<RequestView, "method" | "path" | "header">;
 
+/**
+ * What a header permission reads for `name` (lower case) when it is `host` or a pseudo-header,
+ * as Envoy's RBAC reads them whatever the caller's protocol: `host` is its name for `:authority`,
+ * `:path` is the normalized target with its query, `:method` the method. `authority` is the host
+ * the app is sent (HTTP/1.1's Host, HTTP/2's host field or else `:authority`), `pathAndQuery` the
+ * canonical target the app is sent. Without this a caller could pass a deny on `host` with an
+ * HTTP/2 `:authority`, on `:path` with a target that normalizes into it, and on any pseudo-header
+ * over HTTP/1.1, which has none. Other names (and `:scheme`) are left to the caller's fields:
+ * `undefined` then.
+ */
+export function requestPseudoField(name: string, method: string, pathAndQuery: string, authority: string | undefined): string | undefined {
+  switch (name) {
+    case "host":
+    case ":authority":
+      return authority;
+    case ":path":
+      return pathAndQuery;
+    case ":method":
+      return method;
+    default:
+      return undefined;
+  }
+}
+
+/** `host` and the pseudo-headers requestPseudoField answers for; any other name is the request's own field. */
+export function isRequestPseudoField(name: string): boolean {
+  return name === "host" || name === ":authority" || name === ":path" || name === ":method";
+}
+
 /** The decision procedure for one source, fixed for the life of a policy. */
 export interface SourceAuthorizer {
   /** The intention that governs the source; null when the default action applies. */

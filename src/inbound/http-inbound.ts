@@ -8,7 +8,7 @@ import type { TLSSocket } from "node:tls";
 import type { Dispatcher } from "undici";
 import { loadUndici, undici, undiciLoaded } from "../http/undici.js";
 import type { HostPort } from "../config/snapshot.js";
-import type { SourceAuthorizer } from "../authz/l7.js";
+import { isRequestPseudoField, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
 import { endToEndCopy } from "../http/headers.js";
 import { ResponseForwarder, type ForwardResult } from "../http/forwarder.js";
 import { errorCode, isResponseParseError, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
@@ -72,6 +72,11 @@ type Req = AnyRequest;
 /** What the upgrade relay reads of a request (node:http's IncomingMessage, or the llhttp core's parse). */
 type UpgradeRequest = Pick<IncomingMessage, "method" | "url" | "headers" | "rawHeaders">;
 type Res = AnyResponse;
+
+/** A header record's value as permissions read it: repeated lines joined with ", ". */
+function joined(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v.join(", ") : v;
+}
 
 /** `host:port` of the local app, for logs. */
 function appAddress(c: InboundHttpConfig): string {
@@ -243,12 +248,14 @@ export class InboundHttp {
       this.refused("invalid_request_target", caller, req, refusalDetail(target), target);
       return this.reply(res, 400, "DPE", refusalDetail(target), rec);
     }
+    const method = req.method ?? "GET";
     const decision = caller.authorizer.authorize({
-      method: req.method ?? "GET",
+      method,
       path: target.path,
       header: (n: string) => {
-        const v = req.headers[n];
-        return Array.isArray(v) ? v.join(", ") : v;
+        // An HTTP/2 request's host for the app is its host field, else :authority (compat.ts requestHeaders).
+        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, joined(req.headers["host"] ?? req.headers[":authority"]));
+        return joined(req.headers[n]);
       },
     });
     if (!decision.allowed) {
@@ -322,13 +329,11 @@ export class InboundHttp {
       this.refused(kind.reason, caller, req, kind.detail);
       return rawLocalReply(socket, kind.status, "DPE", kind.detail);
     }
+    const method = req.method ?? "GET";
     const decision = caller.authorizer.authorize({
-      method: req.method ?? "GET",
+      method,
       path: target.path,
-      header: (n: string) => {
-        const v = req.headers[n];
-        return Array.isArray(v) ? v.join(", ") : v;
-      },
+      header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, joined(req.headers["host"])) : joined(req.headers[n])),
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");

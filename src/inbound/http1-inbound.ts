@@ -10,7 +10,7 @@ import { fieldRecord, fieldValue } from "../http1/fields.js";
 import { appRequestHead, clientResponseFields } from "../http1/forward.js";
 import { FLAGS_HEADER, localReplyText, type ResponseFlag } from "../http/local-reply.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
-import type { SourceAuthorizer } from "../authz/l7.js";
+import { isRequestPseudoField, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
 import type { Logger } from "../telemetry/log.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
@@ -133,7 +133,13 @@ export class InboundHttp1 {
       return this.reply(r, 400, "DPE", refusalDetail(target));
     }
     const raw = ex.rawHeaders;
-    const decision = caller.authorizer.authorize({ method: ex.method, path: target.path, header: (n: string) => fieldValue(raw, n) });
+    const method = ex.method;
+    const decision = caller.authorizer.authorize({
+      method,
+      path: target.path,
+      // The first Host line is the one the app is sent (forward.ts).
+      header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, fieldValue(raw, "host")) : fieldValue(raw, n)),
+    });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
       this.log.info("request denied by intention", { source: caller.uri, method: ex.method, path: target.path, reason: decision.reason });

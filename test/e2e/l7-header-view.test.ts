@@ -1,0 +1,118 @@
+// What a header permission reads, end to end, as an attacker holding web's certificate would try
+// it: Envoy's RBAC reads `host` as `:authority` and the pseudo-headers `:authority`, `:path` (the
+// normalized target) and `:method` whatever the caller's protocol. So a deny on any of them must
+// hold for an HTTP/2 caller that sends only `:authority` (the app gets it as its host), for a raw
+// `:path` that normalizes into the denied path, and for HTTP/1.1 callers, which send no
+// pseudo-headers at all. Both HTTP/1.1 engines and the HTTP/2 public listener are checked.
+import t from "tap";
+import { once } from "node:events";
+import { rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { createServer } from "node:http";
+import { connect as h2connect, createServer as createH2Server, type OutgoingHttpHeaders } from "node:http2";
+import { connect as tlsConnect } from "node:tls";
+import type { AddressInfo } from "node:net";
+import { startSidecar, tempDir, hostPort, type Sidecar } from "../helpers/mesh.js";
+import { configDump, configWrite, until } from "../helpers/l7.js";
+import { leafFor, readDevCa } from "../helpers/certs.js";
+import { exchange, hasResponses, parseResponses, tlsTo } from "../helpers/raw-http.js";
+
+const DENY_ALL_BUT = [
+  { action: "deny", http: { header: [{ name: "host", exact: "admin.internal" }] } },
+  { action: "deny", http: { header: [{ name: ":authority", exact: "admin2.internal" }] } },
+  { action: "deny", http: { header: [{ name: ":path", prefix: "/secret" }] } },
+  { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
+  { action: "allow", http: { path_prefix: "/" } },
+];
+const POLICY = {
+  default_action: "deny",
+  intentions: [
+    { source: "web", destination: "api", permissions: DENY_ALL_BUT },
+    { source: "web", destination: "api2", permissions: DENY_ALL_BUT },
+  ],
+};
+
+/** What reached an app: `host` is the HTTP/1.1 Host or the HTTP/2 :authority it acted on. */
+const hits: Array<{ method: string; url: string; host: string }> = [];
+const h1App = createServer((req, res) => {
+  hits.push({ method: req.method ?? "", url: req.url ?? "", host: req.headers.host ?? "" });
+  res.end("ok");
+});
+const h2App = createH2Server((req, res) => {
+  hits.push({ method: req.method, url: req.url, host: req.authority });
+  res.end("ok");
+});
+for (const s of [h1App, h2App]) {
+  s.listen(0, "127.0.0.1");
+  await once(s, "listening");
+}
+t.teardown(() => {
+  h1App.closeAllConnections();
+  h1App.close();
+  h2App.close();
+});
+
+const dir = await tempDir(t);
+await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http" });
+await configWrite(t, dir, { Kind: "service-defaults", Name: "api2", Protocol: "http2" });
+const file = join(dir, "intentions.json");
+await writeFile(`${file}.tmp`, JSON.stringify(POLICY));
+await rename(`${file}.tmp`, file);
+const port = (s: typeof h1App | typeof h2App) => (s.address() as AddressInfo).port;
+const api: Sidecar = await startSidecar(t, dir, ["-service", "api", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${port(h1App)}`]);
+const apiNode: Sidecar = await startSidecar(t, dir, ["-service", "api", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${port(h1App)}`], { MESHPROXY_HTTP1_CORE: "node" });
+const api2: Sidecar = await startSidecar(t, dir, ["-service", "api2", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${port(h2App)}`]);
+for (const s of [api, apiNode, api2]) await until(async () => JSON.stringify(await configDump(s.adminAddr)).includes("admin2.internal"), 10_000, "the L7 intentions to be applied");
+const ca = await readDevCa(dir);
+const webLeaf = await leafFor(ca, "web");
+
+const ENGINES: Array<[string, Sidecar]> = [
+  ["HTTP/1.1, llhttp core", api],
+  ["HTTP/1.1, node:http engine", apiNode],
+];
+for (const [name, sidecar] of ENGINES) {
+  t.test(`${name}: pseudo-header permissions read the request's own fields`, async (t) => {
+    const send = async (line: string, host: string) => {
+      hits.length = 0;
+      const x = await exchange(tlsTo(sidecar.publicAddr!, webLeaf), `${line}\r\nHost: ${host}\r\nConnection: close\r\n\r\n`, { done: hasResponses(1) });
+      return parseResponses(x.data, { closed: x.closed })[0]?.status;
+    };
+    t.equal(await send("GET /public HTTP/1.1", "api"), 200, "control: an allowed request is served");
+    t.equal(await send("GET /public HTTP/1.1", "admin.internal"), 403, "control: a host rule denies Host");
+    t.equal(await send("GET /public HTTP/1.1", "admin2.internal"), 403, "an :authority rule denies Host");
+    t.equal(await send("GET /secret/x HTTP/1.1", "api"), 403, "a :path rule denies the path");
+    t.equal(await send("GET /public/..//secret HTTP/1.1", "api"), 403, "a :path rule denies the normalized path");
+    t.equal(await send("DELETE /public HTTP/1.1", "api"), 403, "a :method rule denies the method");
+    t.same(hits, [], "the app saw none of the denied requests");
+  });
+}
+
+t.test("HTTP/2 to an http2 service: host, :authority, :path and :method rules hold", async (t) => {
+  const { host, port: p } = hostPort(api2.publicAddr!);
+  const s = h2connect(`https://${host}:${p}`, {
+    createConnection: () => tlsConnect({ host, port: p, cert: webLeaf.certPem, key: webLeaf.keyPem, ca: [ca.certPem], ALPNProtocols: ["h2"], checkServerIdentity: () => undefined }),
+  });
+  t.teardown(() => s.close());
+  const ask = (h: OutgoingHttpHeaders) =>
+    new Promise<number>((resolve, reject) => {
+      hits.length = 0;
+      const st = s.request(h);
+      let status = 0;
+      st.on("response", (r) => (status = Number(r[":status"])));
+      st.resume();
+      st.on("end", () => resolve(status));
+      st.on("error", reject);
+      st.end();
+    });
+  t.equal(await ask({ ":method": "GET", ":path": "/public", ":authority": "api2" }), 200, "control: an allowed request is served");
+  t.equal(await ask({ ":method": "GET", ":path": "/public", ":authority": "x", host: "admin.internal" }), 403, "control: a host rule denies a host field");
+  t.equal(await ask({ ":method": "GET", ":path": "/public", ":authority": "admin.internal" }), 403, "a host rule denies :authority sent without host (the app's host)");
+  t.same(hits, [], "the app never acted on host admin.internal");
+  t.equal(await ask({ ":method": "GET", ":path": "/public", ":authority": "admin2.internal" }), 403, "an :authority rule denies :authority");
+  t.equal(await ask({ ":method": "GET", ":path": "/public", ":authority": "admin2.internal", host: "api2" }), 200, "the app's host is the host field then, and it is allowed");
+  t.equal(hits[0]?.host, "api2", "the app acted on that host");
+  t.equal(await ask({ ":method": "GET", ":path": "//secret", ":authority": "api2" }), 403, "a :path rule denies the normalized :path");
+  t.equal(await ask({ ":method": "GET", ":path": "/public/../secret", ":authority": "api2" }), 403, "also through dot segments");
+  t.equal(await ask({ ":method": "DELETE", ":path": "/public", ":authority": "api2" }), 403, "a :method rule denies the method");
+  t.same(hits, [], "the app saw none of the denied requests");
+});
