@@ -13,6 +13,7 @@
 import { request as httpRequest, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type RequestOptions } from "node:http";
 import type { Socket } from "node:net";
 import { HOP_BY_HOP } from "./headers.js";
+import { FIRST_LINE_ONLY } from "../http1/fields.js";
 import { FLAGS_HEADER, type ResponseFlag } from "./local-reply.js";
 import { joinSockets } from "../tcp/pipe.js";
 
@@ -78,15 +79,25 @@ function closeAfter(socket: Socket): void {
   socket.resume();
 }
 
-/** The request's fields for the next hop: hop-by-hop ones and those Connection nominates left out. */
+/**
+ * The request's fields for the next hop: hop-by-hop ones and those Connection nominates left out,
+ * and of a field node:http reads only the first line of (Host, Authorization, ...) only that line:
+ * it is the one `headers` holds and the request was authorized and routed on, and an app that
+ * reads the last line (or joins them) must not act on one that was never checked (as forward.ts).
+ */
 export function upgradeRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders): string[] {
   const nominated = new Set<string>(["http2-settings", "content-length"]);
   for (const t of (headers["connection"] ?? "").split(",")) nominated.add(t.trim().toLowerCase());
   const out: string[] = [];
+  const seen = new Set<string>();
   for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
     const name = rawHeaders[i]!;
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || nominated.has(lower)) continue;
+    if (FIRST_LINE_ONLY.has(lower)) {
+      if (seen.has(lower)) continue;
+      seen.add(lower);
+    }
     out.push(name, rawHeaders[i + 1]!);
   }
   return out;

@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { createServer } from "node:http";
 import { connect as h2connect, createServer as createH2Server, type OutgoingHttpHeaders } from "node:http2";
 import { connect as tlsConnect } from "node:tls";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { startSidecar, tempDir, hostPort, type Sidecar } from "../helpers/mesh.js";
 import { configDump, configWrite, until } from "../helpers/l7.js";
 import { leafFor, readDevCa } from "../helpers/certs.js";
@@ -42,6 +42,9 @@ const h2App = createH2Server((req, res) => {
   hits.push({ method: req.method, url: req.url, host: req.authority });
   res.end("ok");
 });
+/** The bytes the HTTP/1.1 app read, for the fields a request head carried on the wire. */
+const appBytes: string[] = [];
+h1App.on("connection", (c: Socket) => c.on("data", (d: Buffer) => appBytes.push(d.toString("latin1"))));
 for (const s of [h1App, h2App]) {
   s.listen(0, "127.0.0.1");
   await once(s, "listening");
@@ -84,6 +87,16 @@ for (const [name, sidecar] of ENGINES) {
     t.equal(await send("GET /public/..//secret HTTP/1.1", "api"), 403, "a :path rule denies the normalized path");
     t.equal(await send("DELETE /public HTTP/1.1", "api"), 403, "a :method rule denies the method");
     t.same(hits, [], "the app saw none of the denied requests");
+  });
+
+  t.test(`${name}: an upgrade request's repeated Host reaches the app as the one line authorized`, async (t) => {
+    appBytes.length = 0;
+    const head = "GET /ws HTTP/1.1\r\nHost: api\r\nHost: admin.internal\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    const x = await exchange(tlsTo(sidecar.publicAddr!, webLeaf), head, { done: hasResponses(1) });
+    t.equal(parseResponses(x.data, { closed: x.closed })[0]?.status, 200, "authorized on its first Host line and relayed (the app does not upgrade)");
+    const wire = appBytes.join("");
+    t.match(wire, /^GET \/ws HTTP\/1\.1\r\n/, "the app got the request");
+    t.notMatch(wire, /admin\.internal/i, "and not the Host line that was never authorized (an app reading the last one would act on it)");
   });
 }
 
