@@ -11,7 +11,7 @@ import { TLSSocket, type Server as TlsServer, type TlsOptions } from "node:tls";
 import type { Protocol, Snapshot } from "../config/snapshot.js";
 import type { TlsMaterial } from "../tls/contexts.js";
 import { CompiledIntentions, hasPermissions, scopeOf } from "../authz/intentions.js";
-import { CompiledL7Intentions } from "../authz/l7.js";
+import { CompiledL7Intentions, isRequestPseudoField, requestPseudoField } from "../authz/l7.js";
 import { verifyClient } from "../identity/peer.js";
 import type { ServiceId } from "../identity/spiffe.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
@@ -302,13 +302,14 @@ export class InboundGate {
       this.metrics.reject("invalid_request_target");
       return { status: 400, body: refusalDetail(target) };
     }
+    const joined = (v: string | string[] | undefined): string | undefined => (Array.isArray(v) ? v.join(", ") : v);
     const decision = l7.forSource(peer).authorize({
       method,
       path: target.path,
-      header: (n: string) => {
-        const v = headers[n];
-        return Array.isArray(v) ? v.join(", ") : v;
-      },
+      // As the sidecar reads them: an HTTP/2 caller's host is its host field, else :authority
+      // (node's compat request reports either as its authority), so sending only :authority does
+      // not pass a rule on host, nor a target that normalizes into a denied :path.
+      header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, joined(headers["host"] ?? headers[":authority"])) : joined(headers[n])),
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");

@@ -96,3 +96,54 @@ t.test("upgrade, CONNECT and Expect: 100-continue requests cannot step around L7
   t.equal(await status("GET /public/ws HTTP/1.1\r\nhost: api\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"), "HTTP/1.1 101 Switching Protocols", "an allowed upgrade reaches the app");
   t.same(seen, ["upgrade /public/ws"], "the app's upgrade, connect and checkContinue listeners saw only the allowed one");
 });
+
+t.test("header permissions on host and the pseudo-headers read what the handler is given, on HTTP/1.1 and HTTP/2", async (t) => {
+  const dir = await tempDir(t);
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http2" });
+  await intentions(dir, "deny", [
+    {
+      source: "web",
+      destination: "api",
+      permissions: [
+        { action: "deny", http: { header: [{ name: "host", exact: "admin.internal" }] } },
+        { action: "deny", http: { header: [{ name: ":path", prefix: "/secret" }] } },
+        { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
+        { action: "allow", http: { path_prefix: "/" } },
+      ],
+    },
+  ]);
+  const api = await service(t, { name: "api", dataDir: dir });
+  const seen: string[] = [];
+  const server = api.attach(
+    createSecureServer({ ...api.serverTLSOptions(), allowHTTP1: true }, (req, res) => {
+      seen.push(`${req.method} ${req.url} ${req.authority ?? req.headers.host ?? ""}`);
+      res.end("ok");
+    }),
+  );
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise((r) => server.close(r)));
+  const ca = await readDevCa(dir);
+  const web = await leafFor(ca, "web");
+  const port = (server.address() as AddressInfo).port;
+  const session = connect(`https://127.0.0.1:${port}`, { ca: ca.certPem, cert: web.certPem, key: web.keyPem, checkServerIdentity: () => undefined });
+  t.teardown(() => session.close());
+  const h2 = (headers: Record<string, string>) =>
+    new Promise<number>((resolve, reject) => {
+      const s = session.request(headers);
+      s.on("response", (h) => resolve(Number(h[":status"])));
+      s.on("error", reject);
+      s.resume();
+      s.end();
+    });
+  t.equal(await h2({ ":path": "/a", ":authority": "admin.internal" }), 403, "HTTP/2: a deny on host holds for a caller that sends only :authority");
+  t.equal(await h2({ ":path": "/public/../secret/x", ":authority": "api" }), 403, "HTTP/2: a deny on :path holds for a target that normalizes into it");
+  t.equal(await h2({ ":path": "/a", ":method": "DELETE", ":authority": "api" }), 403, "HTTP/2: a deny on :method holds");
+  t.equal(await h2({ ":path": "/a", ":authority": "api" }), 200, "HTTP/2: anything else is allowed");
+  const h1 = async (head: string) => (await tlsExchange(`127.0.0.1:${port}`, head, web)).data.toString().split("\r\n")[0];
+  t.equal(await h1("GET /secret HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :path holds though no :path is sent");
+  t.equal(await h1("DELETE /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :method holds");
+  t.equal(await h1("GET /a HTTP/1.1\r\nhost: admin.internal\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on host holds");
+  t.equal(await h1("GET /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 200 OK", "HTTP/1.1: anything else is allowed");
+  t.same(seen, ["GET /a api", "GET /a api"], "the handler saw only the allowed requests");
+});
