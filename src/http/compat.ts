@@ -41,8 +41,8 @@ export interface ResponseSink {
  * pseudo-headers, `host` filled from `:authority`, and `te: trailers` kept (gRPC needs it end to
  * end; it is the one TE value HTTP/2 allows).
  */
-export function requestHeaders(req: AnyRequest): HeaderRecord {
-  const out = endToEndCopy(req.headers, true);
+export function requestHeaders(req: AnyRequest, outbound = false): HeaderRecord {
+  const out = endToEndCopy(req.headers, true, outbound);
   const authority = req.headers[":authority"];
   if (out["host"] === undefined && typeof authority === "string") out["host"] = authority;
   if (req.headers["te"] === "trailers") out["te"] = "trailers";

@@ -141,11 +141,21 @@ export function stripHopByHop(headers: HeaderRecord): void {
 }
 
 /**
+ * The destination sidecar's statement of who called (By=<itself>;URI=<the verified caller>,
+ * appended to the caller sidecar's). A local app must not be able to add an element of its own:
+ * it would name any identity ahead of the one the destination verified. Consul leaves Envoy's
+ * upstream listeners at forward_client_cert_details SANITIZE, which drops it; the outbound side
+ * does the same.
+ */
+export const SIDECAR_ONLY_FIELD = "x-forwarded-client-cert";
+
+/**
  * A copy of `src` holding only end-to-end fields: hop-by-hop ones, those the Connection header
  * nominates, and (for HTTP/2) pseudo-headers are left out while copying. One pass and no
  * `delete`, which would turn the object into a slow dictionary for everything that reads it next.
+ * `outbound`: a local app's request going into the mesh, which also loses SIDECAR_ONLY_FIELD.
  */
-export function endToEndCopy(src: Readonly<Record<string, string | string[] | undefined>>, skipPseudo = false): HeaderRecord {
+export function endToEndCopy(src: Readonly<Record<string, string | string[] | undefined>>, skipPseudo = false, outbound = false): HeaderRecord {
   const conn = src["connection"];
   let nominated: Set<string> | null = null;
   if (conn !== undefined) {
@@ -154,7 +164,7 @@ export function endToEndCopy(src: Readonly<Record<string, string | string[] | un
   }
   const out: HeaderRecord = {};
   for (const name in src) {
-    if (HOP_BY_HOP.has(name) || (skipPseudo && name.charCodeAt(0) === 58) || nominated?.has(name)) continue;
+    if (HOP_BY_HOP.has(name) || (skipPseudo && name.charCodeAt(0) === 58) || nominated?.has(name) || (outbound && name === SIDECAR_ONLY_FIELD)) continue;
     out[name] = src[name];
   }
   return out;

@@ -12,7 +12,7 @@
 // handshake is a GET without one (RFC 6455 §4.1), and node hands the body over unparsed.
 import { request as httpRequest, type ClientRequest, type IncomingHttpHeaders, type IncomingMessage, type RequestOptions } from "node:http";
 import type { Socket } from "node:net";
-import { HOP_BY_HOP } from "./headers.js";
+import { HOP_BY_HOP, SIDECAR_ONLY_FIELD } from "./headers.js";
 import { FIRST_LINE_ONLY } from "../http1/fields.js";
 import { FLAGS_HEADER, type ResponseFlag } from "./local-reply.js";
 import { joinSockets } from "../tcp/pipe.js";
@@ -84,9 +84,11 @@ function closeAfter(socket: Socket): void {
  * and of a field node:http reads only the first line of (Host, Authorization, ...) only that line:
  * it is the one `headers` holds and the request was authorized and routed on, and an app that
  * reads the last line (or joins them) must not act on one that was never checked (as forward.ts).
+ * `outbound` (a local app's upgrade going into the mesh): the app's x-forwarded-client-cert too.
  */
-export function upgradeRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders): string[] {
+export function upgradeRequestHeaders(rawHeaders: readonly string[], headers: IncomingHttpHeaders, outbound = false): string[] {
   const nominated = new Set<string>(["http2-settings", "content-length"]);
+  if (outbound) nominated.add(SIDECAR_ONLY_FIELD);
   for (const t of (headers["connection"] ?? "").split(",")) nominated.add(t.trim().toLowerCase());
   const out: string[] = [];
   const seen = new Set<string>();

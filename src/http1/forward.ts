@@ -3,7 +3,7 @@
 // (RFC 9110 §7.6.1: hop-by-hop ones and those Connection nominates go) and frame the body
 // themselves. Repeated fields follow node:http's reading (fields.ts), so the app reads exactly
 // the values the authorization read.
-import { HOP_BY_HOP } from "../http/headers.js";
+import { HOP_BY_HOP, SIDECAR_ONLY_FIELD } from "../http/headers.js";
 import { FIRST_LINE_ONLY, fieldValue, lowerName } from "./fields.js";
 
 function nominatedBy(raw: readonly string[]): string[] | null {
@@ -115,7 +115,8 @@ export function recordRequestHead(method: string, path: string, headers: Readonl
  * node:http's `requestHeaders(req)` for the parsed fields in one pass: the end-to-end fields
  * (hop-by-hop ones, those Connection nominates, and Expect, which the sidecar answered, left
  * out; `te: trailers` kept), repeated fields read as node:http reads them (fields.ts). The
- * outbound router routes on these and mutates them, and the next hop gets exactly them.
+ * outbound router routes on these and mutates them, and the next hop gets exactly them, less the
+ * app's x-forwarded-client-cert (SIDECAR_ONLY_FIELD), which only a sidecar writes.
  */
 export function forwardRecord(raw: readonly string[]): Record<string, string | string[] | undefined> {
   const nominated = nominatedBy(raw);
@@ -128,6 +129,7 @@ export function forwardRecord(raw: readonly string[]): Record<string, string | s
       te ||= name === "te";
       continue;
     }
+    if (name === SIDECAR_ONLY_FIELD) continue;
     const cur = out[name];
     if (cur === undefined) out[name] = name === "set-cookie" ? [v] : v;
     else if (Array.isArray(cur)) cur.push(v);

@@ -161,7 +161,7 @@ function requestHeaders(headers: Headers, host: string): HeaderRecord {
   } else if (headers && Symbol.iterator in headers) {
     for (const pair of headers) if (Array.isArray(pair)) add(pair[0], pair[1]);
   }
-  const out = endToEndCopy(raw, true);
+  const out = endToEndCopy(raw, true, true);
   if (raw["te"] === "trailers") out["te"] = "trailers";
   if (out["host"] === undefined) out["host"] = host;
   return out;

@@ -219,8 +219,8 @@ export class HttpRouter {
     const primary = state.clusters.get(leg.cluster);
     if (!primary) return this.reply(res, 503, "UH", state.upstream, `cluster "${leg.cluster}" is not configured`, rec);
 
-    // Request headers for the upstream: hop-by-hop stripped, mutations applied.
-    const headers = requestHeaders(req);
+    // Request headers for the upstream: hop-by-hop and the app's x-forwarded-client-cert stripped, mutations applied.
+    const headers = requestHeaders(req, true);
     mutateRequestHeaders(c, leg, headers);
     const tracing = this.obs.tracing;
     if (tracing) {

@@ -74,7 +74,7 @@ export function upgradeOutbound(
         head,
         method: req.method ?? "GET",
         path: target.path + query,
-        headers: upgradeRequestHeaders(req.rawHeaders, req.headers),
+        headers: upgradeRequestHeaders(req.rawHeaders, req.headers, true),
         decision: kind.kind === "upgrade" ? { kind: "upgrade", protocol: kind.protocol, upgradeValue: req.headers["upgrade"] ?? kind.protocol } : { kind: "plain" },
         connect: { createConnection: () => up },
         responseTimeoutMs: compiled.upgradeResponseTimeoutMs,

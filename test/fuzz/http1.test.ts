@@ -20,7 +20,7 @@ import { fuzzParams } from "./params.js";
 import { Http1Server } from "../../src/http1/server.js";
 import { OriginPool, type ResponseEvents } from "../../src/http1/client.js";
 import { fieldRecord, fieldValue, lowerName } from "../../src/http1/fields.js";
-import { HOP_BY_HOP } from "../../src/http/headers.js";
+import { HOP_BY_HOP, SIDECAR_ONLY_FIELD } from "../../src/http/headers.js";
 import { InboundHttp1, type Http1Caller } from "../../src/inbound/http1-inbound.js";
 import { Metrics } from "../../src/telemetry/metrics.js";
 import { AccessLog } from "../../src/telemetry/access-log.js";
@@ -379,7 +379,7 @@ t.teardown(async () => {
 
 /** Fields this hop owns or strips on the way: not the peer's to compare with what was routed on. */
 function routedComparable(name: string, connection: string | undefined, routedValue: string | undefined): boolean {
-  if (HOP_BY_HOP.has(name) || name === "content-length" || name === "expect") return false;
+  if (HOP_BY_HOP.has(name) || name === "content-length" || name === "expect" || name === SIDECAR_ONLY_FIELD) return false;
   // HTTP/1.0 without Host: the hop names the endpoint (as undici did).
   if (name === "host" && routedValue === undefined) return false;
   return !(connection ?? "").toLowerCase().split(",").some((t) => t.trim() === name);
@@ -401,6 +401,8 @@ t.test("smuggling, outbound: the peer sidecar sees exactly the requests that wer
       peerSeen.forEach((a, i) => {
         const z = routed[i]!;
         if (a.method !== z.method || a.url.split("?")[0] !== z.path) throw new Error(`request ${i}: routed ${z.method} ${z.path}, the peer got ${a.method} ${a.url}`);
+        // Only a destination sidecar writes it: the app's never leaves.
+        if (a.headers[SIDECAR_ONLY_FIELD] !== undefined) throw new Error(`request ${i} ${a.url}: the app's ${SIDECAR_ONLY_FIELD} reached the peer`);
         for (const [name, value] of z.fields) {
           if (!routedComparable(name, z.fields.get("connection"), value)) continue;
           const got = a.headers[name];
