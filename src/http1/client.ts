@@ -418,8 +418,8 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     this.events = null;
     this.kill();
     if (!ev) return;
-    // A keep-alive connection the peer closed just as it was reused: one fresh try for a request
-    // without a body, before any byte of an answer (undici does the same for idempotent requests).
+    // A keep-alive connection the peer closed just as it was reused: one fresh try for an
+    // idempotent request without a body, before any byte of an answer (pool.request decides).
     if (retry && !this.answered && !(e instanceof ResponseTimeoutError)) return retry.resend();
     ev.error(e, this.answered);
   }
@@ -507,7 +507,7 @@ export class OriginPool {
       conn = new OriginConnection(this);
       this.all.add(conn);
     }
-    if (!conn.used || hasBody) {
+    if (!conn.used || hasBody || !idempotent(head)) {
       conn.send(head, isHead, hasBody, chunked, timeoutMs, bodyTimeoutMs, events, null);
       return conn;
     }
@@ -558,8 +558,28 @@ export class OriginPool {
 }
 
 /**
- * A request without a body on a reused keep-alive connection, which the peer may have closed just
- * as it was reused: sent again once on a fresh connection. The caller's handle follows the request
+ * RFC 9110 §9.2.2's idempotent methods, read from the head this pool was given (`METHOD target
+ * HTTP/1.1`). A connection that closes unanswered may have carried the request to a peer that
+ * acted on it before closing (a crash, a restart): RFC 9112 §9.3.1 forbids a proxy to send a
+ * non-idempotent request again by itself, so a bodiless POST or PATCH fails to the caller instead.
+ */
+function idempotent(head: string): boolean {
+  switch (head.slice(0, head.indexOf(" "))) {
+    case "GET":
+    case "HEAD":
+    case "OPTIONS":
+    case "TRACE":
+    case "PUT":
+    case "DELETE":
+      return true;
+    default:
+      return false;
+  }
+}
+
+/**
+ * A request without a body and with an idempotent method on a reused keep-alive connection, which
+ * the peer may have closed just as it was reused: sent again once on a fresh connection. The caller's handle follows the request
  * there, so its abort, pause and resume reach the connection that carries it.
  */
 class ResendableRequest implements OriginRequest {

@@ -170,6 +170,30 @@ t.test("a stale keep-alive connection closed by the app is retried once on a new
   t.equal(app.connections, 2);
 });
 
+// The app may have acted on a request and then closed without answering (a crash, a restart):
+// the proxy cannot tell that from a connection closed just as it was reused. RFC 9112 §9.3.1: a
+// proxy MUST NOT retry a non-idempotent request by itself; a bodiless POST (`POST /charge?n=1`)
+// sent twice is acted on twice. Its failure goes to the caller (the router's retry policy decides).
+t.test("a request with a non-idempotent method is not sent again when the reused connection closes unanswered", async (t) => {
+  let n = 0;
+  const app = await rawApp(t, (_head, s) => {
+    n++;
+    if (n === 1 || n === 3) return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    s.destroy();
+    return null;
+  });
+  const p = pool(t, app.port);
+  t.equal((await send(p, "GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")).status, 200);
+  const second = await send(p, "POST /charge?n=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n");
+  t.equal(second.status, 0, "no answer");
+  t.match(second.error, /closed/, "the caller is told the connection closed");
+  t.equal(second.answered, false, "before any answer: the caller may still answer its client");
+  t.same(app.heads.filter((h) => h.startsWith("POST")).length, 1, "the app got the POST once");
+  t.equal(app.connections, 1, "no new connection was opened for it");
+  const del = await send(p, "GET /3 HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.equal(del.status, 200, "the pool goes on with a fresh connection for the next request");
+});
+
 t.test("a request sent again on a fresh connection: the caller's abort reaches that connection", async (t) => {
   // Request 2 finds the reused connection closed and goes again on a new one, where the app
   // holds it unanswered. The handle the caller got must now abort that second connection, or it
