@@ -1,5 +1,6 @@
 // Deciding who a TLS peer is, after OpenSSL has verified its chain against our roots.
 import type { TLSSocket } from "node:tls";
+import type { X509Certificate } from "node:crypto";
 import { firstUriSan, parseServiceSpiffeId, type ServiceId } from "./spiffe.js";
 
 export type PeerRejection =
@@ -58,6 +59,19 @@ function chainRejection(code: string): ClientCertRejection["reason"] {
 }
 
 /**
+ * Whether the peer's leaf is within its validity now, for a resumed session: OpenSSL restores the
+ * peer certificate and the verification result of the full handshake the session came from and
+ * checks neither again, so a leaf that expired since (the mesh's way of taking an identity away:
+ * a service that can no longer renew) would be accepted for as long as the server keeps the
+ * session. A full handshake has this checked by OpenSSL already.
+ */
+function resumedLeafValid(s: TLSSocket, cert: X509Certificate | undefined, now = Date.now()): boolean {
+  if (!s.isSessionReused()) return true;
+  if (!cert) return false;
+  return Date.parse(cert.validFrom) <= now && now <= Date.parse(cert.validTo);
+}
+
+/**
  * The caller of a mesh TLS server (requestCert on, rejectUnauthorized off so each refusal gets
  * its own reason): a certificate, a chain OpenSSL verified against our roots, then its SPIFFE ID
  * in our trust domain. The sidecar's public listener and the native library's servers both ask
@@ -70,6 +84,9 @@ export function verifyClient(s: TLSSocket, trustDomain: string): PeerResult | ({
   if (!s.authorized) {
     const code = String(s.authorizationError);
     return { ok: false, reason: chainRejection(code), detail: `client certificate not trusted: ${code}` };
+  }
+  if (!resumedLeafValid(s, cert)) {
+    return { ok: false, reason: "expired_certificate", detail: `client certificate not trusted: outside its validity (${cert.validFrom} to ${cert.validTo}) on a resumed session` };
   }
   return identifyPeer(cert.subjectAltName, trustDomain);
 }

@@ -43,9 +43,14 @@ export interface OriginTarget {
  */
 const SESSION_REFRESH_MS = 60_000;
 
-/** Resumable sessions, keyed by endpoint and the TLS material they were made with. */
+/**
+ * Resumable sessions, keyed by endpoint and the TLS material they were made with. Each is offered
+ * only until the server leaf it was verified with expires: a resumed session restores that leaf
+ * without checking it again, so an expired one would still be accepted (for as long as the server
+ * keeps the session), where a full handshake refuses it.
+ */
 export class SessionCache {
-  private readonly sessions = new Map<string, { readonly session: Buffer; readonly at: number }>();
+  private readonly sessions = new Map<string, { readonly session: Buffer; readonly at: number; readonly notAfter: number }>();
   private materialKey = "";
 
   reset(materialKey: string): void {
@@ -54,8 +59,16 @@ export class SessionCache {
     this.sessions.clear();
   }
 
-  get(key: string): Buffer | undefined {
-    return this.sessions.get(key)?.session;
+  get(key: string, now = Date.now()): Buffer | undefined {
+    const s = this.sessions.get(key);
+    if (s === undefined || now <= s.notAfter) return s?.session;
+    this.sessions.delete(key);
+    return undefined;
+  }
+
+  /** The notAfter of the server leaf the session for `key` was verified with (NaN: none). */
+  peerNotAfter(key: string): number {
+    return this.sessions.get(key)?.notAfter ?? NaN;
   }
 
   /** True when there is no session for `key`, or it is old enough to be replaced. */
@@ -70,11 +83,12 @@ export class SessionCache {
    * its ticket after reset(), and resuming it would present the old leaf (expired, with short
    * leaves: the peer refuses the connection).
    */
-  set(key: string, session: Buffer, materialKey: string): void {
+  set(key: string, session: Buffer, materialKey: string, peerNotAfter: number): void {
     // A cache never reset (no material yet: tests, the gateway) keeps what it is given.
     if (this.materialKey !== "" && materialKey !== this.materialKey) return;
+    // No known expiry (NaN) is never offered: get() compares `now <= NaN`, which is false.
     if (this.sessions.size > 4096) this.sessions.clear();
-    this.sessions.set(key, { session, at: Date.now() });
+    this.sessions.set(key, { session, at: Date.now(), notAfter: peerNotAfter });
   }
 
   delete(key: string): void {
@@ -90,13 +104,19 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   // can never present an old identity or leaf, nor skip a root that has since been dropped.
   const key = `${target.host}:${target.port}/${target.sni}/${target.expectedSpiffeId}/${tls.key}`;
   let identityError: Error | undefined;
+  // The server leaf's notAfter: read in a full handshake; a resumed one restores the leaf of the
+  // session it resumed, whose notAfter the cache kept.
+  let peerNotAfter = sessions.peerNotAfter(key);
   const session = sessions.get(key);
   const common = {
     servername: target.sni,
     secureContext: tls.clientContext,
     rejectUnauthorized: true,
     ...(target.alpn ? { ALPNProtocols: [...target.alpn] } : {}),
-    checkServerIdentity: (_host: string, cert: PeerCertificate) => (identityError = checkServerIdentity(cert.subjectaltname, target.expectedSpiffeId)),
+    checkServerIdentity: (_host: string, cert: PeerCertificate) => {
+      peerNotAfter = Date.parse(cert.valid_to);
+      return (identityError = checkServerIdentity(cert.subjectaltname, target.expectedSpiffeId));
+    },
   };
   // Node ignores `onread` on a TLS socket layered over a socket of our own, so the L4 pipe lets
   // tls.connect dial; otherwise (pools) our own TCP socket, so half-close and Nagle are set where
@@ -138,7 +158,7 @@ export function originate(target: OriginTarget, tls: TlsMaterial, sessions: Sess
   // After the handshake the pipe owns error handling; the raw socket's errors surface on the TLS one.
   tcp?.on("error", (e) => (settled ? socket.destroy(e) : onError(e)));
   // Node serialises new sessions only while a "session" listener is attached.
-  const store = (s: Buffer): void => sessions.set(key, s, tls.key);
+  const store = (s: Buffer): void => sessions.set(key, s, tls.key, peerNotAfter);
   const wanted = sessions.wants(key);
   if (wanted) socket.on("session", store);
   socket.once("secureConnect", () => {

@@ -16,16 +16,21 @@ const spiffe = (svc: string) => `spiffe://${TD}/ns/default/dc/dc1/svc/${svc}`;
 t.test("SessionCache keeps a session for 60 s before asking for a new one", async (t) => {
   const c = new SessionCache();
   t.equal(c.wants("a", 0), true, "nothing cached: a connection should take the server's tickets");
-  c.set("a", Buffer.from("s1"), "first-material");
+  c.set("a", Buffer.from("s1"), "first-material", Infinity);
   const at = Date.now();
   t.equal(c.wants("a", at + 1_000), false, "a fresh session is reused as is");
   t.equal(c.wants("a", at + 61_000), true, "after a minute a connection takes new tickets");
   c.reset("other-material");
   t.equal(c.get("a"), undefined, "new TLS material drops every session");
-  c.set("a", Buffer.from("late"), "first-material");
+  c.set("a", Buffer.from("late"), "first-material", Infinity);
   t.equal(c.get("a"), undefined, "a ticket made with the old material that arrives after the change is not kept");
-  c.set("a", Buffer.from("s2"), "other-material");
+  c.set("a", Buffer.from("s2"), "other-material", Infinity);
   t.same(c.get("a"), Buffer.from("s2"), "one made with the current material is");
+  c.set("b", Buffer.from("s3"), "other-material", 5_000);
+  t.same(c.get("b", 5_000), Buffer.from("s3"), "a session is offered until the server leaf it was verified with expires");
+  t.equal(c.get("b", 5_001), undefined, "and not after: resuming would accept the expired leaf unchecked");
+  c.set("c", Buffer.from("s4"), "other-material", NaN);
+  t.equal(c.get("c"), undefined, "nor when that expiry is unknown");
 });
 
 t.test("upstream connections resume, on both dialling paths, and recover from refused sessions", async (t) => {
