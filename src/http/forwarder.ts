@@ -61,6 +61,19 @@ export class ResponseForwarder implements Dispatcher.DispatchHandler {
     if (statusCode < 200 || this.status !== 0) return;
     this.status = statusCode;
     this.delivering = this.decide(statusCode, headers);
+    if (!this.delivering) queueMicrotask(() => this.dropUndelivered());
+  }
+
+  /**
+   * An answer dropped for a retry: what came with its head is drained, the rest is not waited
+   * for (the request is cancelled), as Envoy resets the upstream request when it retries on
+   * headers; a body that trickles on would otherwise hold the retry past the route timeout.
+   */
+  private dropUndelivered(): void {
+    if (this.done) return;
+    const c = this.controller;
+    this.finish({ status: this.status, delivered: false });
+    c?.abort(new Error(`the upstream's ${this.status} answer was dropped for a retry`));
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {

@@ -147,6 +147,20 @@ class Http1Attempt implements ResponseEvents {
     this.cluster.reportResult(this.host, { status });
     if (this.sent > 0) this.cluster.observeLatency(this.host, performance.now() - this.sent);
     this.delivering = this.deliver(status, new ParsedFields(raw));
+    if (!this.delivering) queueMicrotask(() => this.dropUndelivered());
+  }
+
+  /**
+   * A retry comes next: what of the dropped answer came in the read that carried its head is
+   * drained (a small error page leaves the connection usable); the rest is not waited for, as
+   * Envoy resets the upstream request when it retries on headers. Otherwise a body that trickles
+   * on would hold the retry (and the client) for as long as the upstream likes: the route
+   * timeout ends at the response headers.
+   */
+  private dropUndelivered(): void {
+    if (this.done) return;
+    this.up?.abort();
+    this.finish({ outcome: { kind: "response", status: this.status }, delivered: false });
   }
 
   body(chunk: Buffer): void {
