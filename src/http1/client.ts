@@ -115,6 +115,8 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
   /** The last Keep-Alive value read, so the same hint on every response is parsed once. */
   private hint = "";
   private dead = false;
+  /** Reads stopped for the client's backpressure (pauseResponse), until resumeResponse or the answer's end. */
+  private paused = false;
   /** The request in flight, when it may be sent again on a fresh connection (this one was stale). */
   private retry: ResendableRequest | null = null;
   /** The request head, held for the body's first bytes (or the end of the parse or tick). */
@@ -266,11 +268,14 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
   }
 
   pauseResponse(): void {
+    this.paused = true;
     this.socket.pause();
   }
 
   resumeResponse(): void {
-    if (!this.dead) this.socket.resume();
+    if (this.dead || !this.paused) return;
+    this.paused = false;
+    this.socket.resume();
   }
 
   begin(): void {
@@ -343,6 +348,13 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     this.inBody = false;
     const ev = this.events;
     this.events = null;
+    // The client's backpressure held this answer's reads: its end came in the read being parsed,
+    // and what is read next is the next request's. A connection pooled paused would hold that
+    // answer until the previous client drained (never, if it stalls): the next request times out.
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
     ev?.end();
     if (!this.keepAlive) this.kill();
     else if (this.bodySent) this.releaseWhenParsed();

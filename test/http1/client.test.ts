@@ -219,6 +219,33 @@ t.test("a request sent again on a fresh connection: the caller's abort reaches t
   t.equal(events, 0, "the aborted request heard nothing");
 });
 
+// A client slower than the app pauses the reads (pauseResponse) until it drains. When the
+// answer's end came in the very read that paused them, the connection goes back to the pool:
+// paused, it held the next request's answer (another client's, perhaps) until the first client
+// drained, and to its timeout when that client stalled for good.
+t.test("an answer that ends in the read its client paused: the connection goes back to the pool reading", async (t) => {
+  const app = await rawApp(t, (head) => {
+    const path = head.split(" ")[1] ?? "";
+    return `HTTP/1.1 200 OK\r\nContent-Length: ${path.length}\r\n\r\n${path}`;
+  });
+  const p = pool(t, app.port);
+  // The first client stalls at its first body chunk and never drains.
+  await new Promise<void>((resolve) => {
+    const up = p.request("GET /stalled HTTP/1.1\r\nhost: x\r\n\r\n", false, false, false, 0, {
+      head: () => {},
+      body: () => up.pauseResponse(),
+      end: () => resolve(),
+      error: (e) => {
+        t.fail(e.message);
+        resolve();
+      },
+    });
+  });
+  const second = await send(p, "GET /next HTTP/1.1\r\nhost: x\r\n\r\n", { timeoutMs: 2_000 });
+  t.same([second.status, second.body, second.error], [200, "/next", undefined], "the next request on the connection is answered");
+  t.equal(app.connections, 1, "on the same connection");
+});
+
 t.test("the response timeout runs from the last body byte, not from the head", async (t) => {
   const app = await rawApp(t, () => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
   const p = pool(t, app.port);
