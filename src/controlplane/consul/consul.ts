@@ -45,7 +45,9 @@ import { CompiledL7Intentions, PermissionCompileError } from "../../authz/l7.js"
 import { DEFAULT_SCOPE, type LocalScope } from "../../authz/intentions.js";
 import { chainFromAgent } from "./chain.js";
 import { compileChain, entryIndex, type ChainTarget, type CompiledChain } from "../chain/compile.js";
-import { buildUpstream, type ServiceInstance } from "../chain/upstream.js";
+import { buildUpstream, type ServiceInstance, type UpstreamBuild } from "../chain/upstream.js";
+import { compileSnapshot, SnapshotError } from "../../compile/snapshot.js";
+import type { TlsMaterial } from "../../tls/contexts.js";
 import type { MeshGatewayMode } from "../chain/entries.js";
 import { dcParam, gatewayDatacenters, gatewayInstances, targetInstances, withMeshGatewayMode } from "./mesh-gateways.js";
 
@@ -120,6 +122,10 @@ export class ConsulControlPlane implements ControlPlane {
   private readonly warned = new Set<string>();
   /** Upstreams added after start (a Connect-native app's), after the request's own. */
   private readonly added: UpstreamRequest[] = [];
+  /** Each upstream's last part that compiled, and the TLS material the checks reuse. */
+  private readonly partMemo: PartMemo = { good: new Map(), tls: null };
+  /** The reason each refused upstream part was reported with, so it is reported once. */
+  private readonly partErrors = new Map<string, string>();
 
   constructor(private readonly o: ConsulControlPlaneOptions) {
     this.log = o.logger.child("consul");
@@ -463,8 +469,22 @@ export class ConsulControlPlane implements ControlPlane {
     const clusters: Record<string, Cluster> = {};
     const listeners: UpstreamListener[] = [];
     const local = this.localScope();
+    const identity = {
+      service: leaf.service,
+      namespace,
+      datacenter,
+      trustDomain,
+      spiffeId: leaf.serviceUri,
+      certChainPem: leaf.certPem,
+      privateKeyPem: leaf.keyPem,
+      serial: leaf.serial,
+      notBefore: leaf.validAfter,
+      notAfter: leaf.validBefore,
+    };
+    const trust = { trustDomain, rootsPem: roots.roots.map((r) => r.certPem) };
+    const parts = new UpstreamParts(this.partMemo, { version: 0, source: this.kind, identity, trust, publicListener: null, upstreams: [], clusters: {}, intentions: { defaultAction: "deny", intentions: [] } });
     for (const u of upstreams) {
-      const built = buildUpstream({
+      const built = parts.checked(chainKey(u), buildUpstream({
         // Consul's upstream stat prefix names the chain's namespace and partition: the upstream's, else the proxy's.
         upstream: { ...u, namespace: u.namespace ?? local.namespace, partition: u.partition ?? local.partition },
         chain: this.effectiveChain(u, datacenter),
@@ -476,34 +496,37 @@ export class ConsulControlPlane implements ControlPlane {
         localDatacenter: datacenter,
         settings: u.settings,
         trustDomain,
-      });
+      }));
+      if (!built) continue;
       listeners.push(built.listener);
       Object.assign(clusters, built.clusters);
       for (const p of built.problems) this.warnOnce(p);
     }
+    this.reportParts(parts.refused, new Set(upstreams.map(chainKey)));
     const intentionList = snapshotIntentions(intentions.list, local);
     const defaultAction = this.defaultAction.kind === "learned" ? this.defaultAction.learned.action : "deny";
     return {
       version: this.version + 1,
       source: this.kind,
-      identity: {
-        service: leaf.service,
-        namespace,
-        datacenter,
-        trustDomain,
-        spiffeId: leaf.serviceUri,
-        certChainPem: leaf.certPem,
-        privateKeyPem: leaf.keyPem,
-        serial: leaf.serial,
-        notBefore: leaf.validAfter,
-        notAfter: leaf.validBefore,
-      },
-      trust: { trustDomain, rootsPem: roots.roots.map((r) => r.certPem) },
+      identity,
+      trust,
       publicListener: this.publicListener(),
       upstreams: listeners,
       clusters,
       intentions: { defaultAction, intentions: intentionList },
     };
+  }
+
+  /** Reports each refused upstream part once per reason; forgets upstreams no longer wanted. */
+  private reportParts(refused: ReadonlyMap<string, string>, wanted: ReadonlySet<string>): void {
+    for (const key of this.partMemo.good.keys()) if (!wanted.has(key)) this.partMemo.good.delete(key);
+    for (const [key, why] of refused) {
+      if (this.partErrors.get(key) === why) continue;
+      this.partErrors.set(key, why);
+      const keeps = this.partMemo.good.has(key) ? "keeping its last good configuration" : "its listener is left out until it is fixed";
+      this.handlers?.error(new ControlPlaneError("upstream", `upstream ${JSON.stringify(key.split("|")[0])}: ${why}; ${keeps}`));
+    }
+    for (const key of [...this.partErrors.keys()]) if (!refused.has(key)) this.partErrors.delete(key);
   }
 
   private publicListener(): PublicListener | null {
@@ -608,6 +631,52 @@ function snapshotIntentions(list: readonly WireIntention[], local: LocalScope): 
       ...(i.sourcePeer !== "" ? { sourcePeer: i.sourcePeer } : {}),
       ...(i.permissions.length > 0 ? { permissions: i.permissions } : {}),
     }));
+}
+
+interface PartMemo {
+  readonly good: Map<string, UpstreamBuild>;
+  tls: TlsMaterial | null;
+}
+
+/**
+ * Each upstream's listener and clusters, compiled alone as the proxy compiles a Snapshot. The
+ * proxy refuses a Snapshot whole, so one upstream's bad piece (an instance port, a resolver
+ * timeout no timer can hold) would ride in every later Snapshot and have each refused with it,
+ * a new deny intention or a renewed leaf included. A part that does not compile is replaced by
+ * its last good one, or left out (no listener: its callers are refused) when there is none.
+ */
+class UpstreamParts {
+  readonly refused = new Map<string, string>();
+  private readonly baseOk: boolean;
+
+  constructor(
+    private readonly memo: PartMemo,
+    private readonly base: Snapshot,
+  ) {
+    this.baseOk = this.problem(base) === null;
+  }
+
+  private problem(s: Snapshot): string | null {
+    try {
+      this.memo.tls = compileSnapshot(s, this.memo.tls).tls;
+      return null;
+    } catch (e) {
+      if (e instanceof SnapshotError) return e.message;
+      throw e;
+    }
+  }
+
+  checked(key: string, built: UpstreamBuild): UpstreamBuild | null {
+    // A bad leaf or roots is no upstream's fault: the whole Snapshot is refused for it.
+    if (!this.baseOk) return built;
+    const why = this.problem({ ...this.base, upstreams: [built.listener], clusters: built.clusters });
+    if (why === null) {
+      this.memo.good.set(key, built);
+      return built;
+    }
+    this.refused.set(key, why);
+    return this.memo.good.get(key) ?? null;
+  }
 }
 
 /** An upstream's Destination{Namespace,Partition}: empty means the proxy's own. */

@@ -1,6 +1,7 @@
 // The Consul agent's JSON, narrowed to what meshproxy uses. Unknown fields are ignored and
 // `null` stands for an empty list or map, as the agent writes them. Every failure names the
 // endpoint and field so a bad response can be told from a bad config.
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { parseDurationMs } from "../../config/duration.js";
 import { EntryError, MESH_GATEWAY_MODES, describeValue, parsePermissions, parseUpstreamSettings, type MeshGatewayMode, type UpstreamSettings } from "../chain/entries.js";
 import type { Permission } from "../../config/http.js";
@@ -99,6 +100,29 @@ class Reader {
 
 // ---- /v1/agent/connect/ca/roots ----
 
+// Certificates and keys are checked here as the proxy checks a Snapshot: one it would refuse is
+// a broken answer of this watch (the last good leaf or roots stay), not a piece that would have
+// every later Snapshot refused with it.
+
+function checkedCert(ep: string, at: string, pem: string): string {
+  try {
+    new X509Certificate(pem);
+  } catch (e) {
+    throw new WireError(ep, at, `not a PEM certificate (${e instanceof Error ? e.message : String(e)})`);
+  }
+  return pem;
+}
+
+function checkKeyMatches(ep: string, certPem: string, keyPem: string): void {
+  let matches: boolean;
+  try {
+    matches = new X509Certificate(certPem).checkPrivateKey(createPrivateKey(keyPem));
+  } catch (e) {
+    throw new WireError(ep, "$.PrivateKeyPEM", `not a PEM private key (${e instanceof Error ? e.message : String(e)})`);
+  }
+  if (!matches) throw new WireError(ep, "$.PrivateKeyPEM", "does not match the certificate's public key");
+}
+
 export interface CaRoots {
   readonly trustDomain: string;
   readonly activeRootId: string;
@@ -108,9 +132,9 @@ export interface CaRoots {
 export function parseRoots(body: unknown): CaRoots {
   const ep = "/v1/agent/connect/ca/roots";
   const r = Reader.of(ep, body);
-  const roots = r.arr("Roots").map((x) => ({
+  const roots = r.arr("Roots").map((x, i) => ({
     id: x.str("ID"),
-    certPem: x.str("RootCert"),
+    certPem: checkedCert(ep, `$.Roots[${i}].RootCert`, x.str("RootCert")),
     intermediatesPem: x.strArr("IntermediateCerts"),
     active: x.bool("Active"),
     notAfter: x.optStr("NotAfter"),
@@ -139,10 +163,13 @@ export function parseLeaf(body: unknown): LeafCert {
     if (Number.isNaN(d.getTime())) throw new WireError(ep, `$.${k}`, "not an RFC 3339 time");
     return d;
   };
+  const certPem = checkedCert(ep, "$.CertPEM", r.str("CertPEM"));
+  const keyPem = r.str("PrivateKeyPEM");
+  checkKeyMatches(ep, certPem, keyPem);
   return {
     serial: r.str("SerialNumber"),
-    certPem: r.str("CertPEM"),
-    keyPem: r.str("PrivateKeyPEM"),
+    certPem,
+    keyPem,
     service: r.str("Service"),
     serviceUri: r.str("ServiceURI"),
     validAfter: date("ValidAfter"),

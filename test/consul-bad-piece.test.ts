@@ -1,0 +1,114 @@
+// One bad piece of Consul state must cost only that piece. The Consul control plane builds each
+// Snapshot from every watch's latest value; the proxy refuses a Snapshot that does not compile,
+// whole. A piece the watch accepts but the proxy refuses (an instance port, a resolver timeout,
+// a leaf whose key does not match) would stay in every later Snapshot, so each later change,
+// a new deny intention or a renewed leaf included, would be refused with it: the proxy would go
+// on allowing a caller the operator has just denied. Each case checks that every Snapshot the
+// control plane delivers compiles, and that an intention change made after the bad piece arrives.
+import t from "tap";
+import { generateKeyPairSync } from "node:crypto";
+import { ConsulAgentDouble, type JsonObject } from "./helpers/consul-agent.js";
+import { AgentClient } from "../src/controlplane/consul/client.js";
+import { ConsulControlPlane } from "../src/controlplane/consul/consul.js";
+import type { ControlPlaneError, ProxyRequest } from "../src/controlplane/controlplane.js";
+import { compileSnapshot } from "../src/compile/snapshot.js";
+import { serviceSni } from "../src/identity/spiffe.js";
+import { silentLogger } from "../src/telemetry/log.js";
+import type { Snapshot } from "../src/config/snapshot.js";
+import type { Teardown } from "./helpers/mesh.js";
+import { until } from "./helpers/l7.js";
+import { ignoreRejection } from "./helpers/ignore.js";
+
+const WEB_WITH_DB: ProxyRequest = {
+  service: "web",
+  publicListener: { bind: { host: "127.0.0.1", port: 21000 }, localApp: { host: "127.0.0.1", port: 8080 } },
+  upstreams: [{ name: "db", bind: { host: "127.0.0.1", port: 9191 } }],
+};
+
+interface Run {
+  readonly d: ConsulAgentDouble;
+  readonly snapshots: Snapshot[];
+  readonly errors: ControlPlaneError[];
+}
+
+async function start(t: Teardown): Promise<Run> {
+  const d = await ConsulAgentDouble.start({ defaultIntentionPolicy: "deny" });
+  t.teardown(() => d.stop());
+  d.setInstances("db", [{ id: "db-1", address: "10.0.0.5", port: 21000 }]);
+  d.setIntentions("web", [{ source: "api", action: "allow" }]);
+  const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger: silentLogger, request: WEB_WITH_DB, waitMs: 2000, backoff: { baseMs: 50, maxMs: 500 } });
+  const snapshots: Snapshot[] = [];
+  const errors: ControlPlaneError[] = [];
+  const started = cp.start({ snapshot: (s) => snapshots.push(s), error: (e) => errors.push(e) });
+  t.teardown(async () => {
+    await cp.stop();
+    await started.catch(ignoreRejection("stopped at teardown"));
+  });
+  await started;
+  return { d, snapshots, errors };
+}
+
+function denied(s: Snapshot): boolean {
+  return s.intentions.intentions.some((i) => i.source === "api" && i.action === "deny");
+}
+
+/** The bad piece arrives, is reported, and a later deny still reaches a Snapshot the proxy takes. */
+async function denyStillApplies(t: Teardown & { equal: (a: unknown, b: unknown, m: string) => void; ok: (v: unknown, m: string) => void }, r: Run, resource: string): Promise<void> {
+  const before = r.snapshots.length;
+  // Either way the piece was seen: reported (refused at its watch) or taken into a Snapshot.
+  await until(() => r.errors.some((e) => e.resource === resource) || r.snapshots.length > before, 8000, `the bad ${resource} to be seen`);
+  r.d.setIntentions("web", [{ source: "api", action: "deny" }]);
+  await until(() => r.snapshots.some(denied), 8000, "a Snapshot with the new deny intention");
+  for (const s of r.snapshots) {
+    let refused = "";
+    try {
+      compileSnapshot(s);
+    } catch (e) {
+      refused = e instanceof Error ? e.message : String(e);
+    }
+    t.equal(refused, "", `Snapshot ${s.version} (${denied(s) ? "with" : "without"} the deny) compiles`);
+  }
+  t.ok(r.errors.some((e) => e.resource === resource), `the bad ${resource} is reported as a control-plane error`);
+}
+
+t.test("health: an instance on port 0 costs only its upstream, which keeps its last good instances, and a new deny applies", async (t) => {
+  const r = await start(t);
+  r.d.setInstances("db", [
+    { id: "db-1", address: "10.0.0.5", port: 21000 },
+    { id: "db-2", address: "10.0.0.6", port: 0 },
+  ]);
+  await denyStillApplies(t, r, "upstream");
+  const last = r.snapshots.at(-1)!;
+  t.same(Object.values(last.clusters).flatMap((c) => c.endpoints.map((e) => e.port)), [21000], "the last good instances");
+});
+
+t.test("discovery chain: a ConnectTimeout no timer can hold costs only its upstream, which keeps its last good chain, and a new deny applies", async (t) => {
+  const r = await start(t);
+  const id = `db.default.default.${r.d.datacenter}`;
+  const sni = serviceSni("db", "default", r.d.datacenter, r.d.trustDomain);
+  const chain: JsonObject = {
+    ServiceName: "db",
+    Namespace: "default",
+    Partition: "default",
+    Datacenter: r.d.datacenter,
+    Protocol: "tcp",
+    StartNode: `resolver:${id}`,
+    Nodes: { [`resolver:${id}`]: { Type: "resolver", Name: id, Resolver: { Default: false, ConnectTimeout: "720h", Target: id } } },
+    Targets: { [id]: { ID: id, Service: "db", Namespace: "default", Partition: "default", Datacenter: r.d.datacenter, MeshGateway: {}, Subset: {}, ConnectTimeout: "720h", SNI: sni, Name: sni } },
+  };
+  r.d.setChain("db", chain);
+  await denyStillApplies(t, r, "upstream");
+  t.equal(r.snapshots.at(-1)!.upstreams[0]?.connectTimeoutMs, 5000, "the last good chain's timeout");
+});
+
+t.test("leaf: a certificate whose key does not match is refused at its watch; the last good leaf stays and a new deny applies", async (t) => {
+  const r = await start(t);
+  const good = r.snapshots.at(-1)!.identity;
+  const res = await fetch(`${r.d.url}/v1/agent/connect/ca/leaf/web`);
+  const leaf: unknown = await res.json();
+  t.ok(typeof leaf === "object" && leaf !== null, "the double's leaf");
+  const otherKey = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({ type: "sec1", format: "pem" }).toString();
+  r.d.fault("/v1/agent/connect/ca/leaf", `body:${JSON.stringify({ ...Object(leaf), SerialNumber: "aa:bb", PrivateKeyPEM: otherKey })}`);
+  await denyStillApplies(t, r, "leaf");
+  t.equal(r.snapshots.at(-1)!.identity.serial, good.serial, "the last good leaf");
+});
