@@ -33,9 +33,17 @@ export class ExpositionError extends Error {
 
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 const LABEL_NAME = /^[a-zA-Z_][a-zA-Z0-9_]*$/;
-// What Go's strconv.ParseFloat accepts in practice from exporters, minus hex floats.
-const FLOAT = /^[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?|nan)$/i;
-const TIMESTAMP = /^-?\d+$/;
+// What Go's strconv.ParseFloat accepts in practice from exporters, minus hex floats. A sign
+// goes with a number or Inf only: Go reads "+NaN" and "-nan" as syntax errors.
+const FLOAT = /^(?:[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?|inf(?:inity)?)|nan)$/i;
+// Prometheus' lexer takes digits only (no sign), read with ParseInt into an int64.
+const TIMESTAMP = /^\d+$/;
+const MAX_TIMESTAMP = 2n ** 63n - 1n;
+
+/** A literal written as a number (not Inf or NaN) that float64 cannot hold: Go's ParseFloat says ErrRange. */
+function overflows(value: string): boolean {
+  return !/inf|nan/i.test(value) && !Number.isFinite(Number(value));
+}
 
 /** Names a family's samples can have. Histogram and summary samples carry suffixes. */
 export function sampleNames(name: string, type: MetricType | null): string[] {
@@ -72,6 +80,9 @@ function parseSample(line: string, n: number): string {
       while (i < line.length && /[a-zA-Z0-9_]/.test(line[i]!)) i++;
       const label = line.slice(start, i);
       if (!LABEL_NAME.test(label)) throw new ExpositionError(n, `${name}: bad label name at "${truncate(line.slice(start))}"`);
+      // Prometheus adds __name__ from the metric name: a second one makes the sample invalid, and
+      // one invalid sample fails the whole scrape.
+      if (label === "__name__") throw new ExpositionError(n, `${name}: label "__name__" is the metric name; Prometheus refuses it as a label`);
       if (seen.has(label)) throw new ExpositionError(n, `${name}: label "${label}" given twice`);
       seen.add(label);
       while (line[i] === " " || line[i] === "\t") i++;
@@ -107,7 +118,10 @@ function parseSample(line: string, n: number): string {
   const fields = rest.trim().split(/[ \t]+/);
   if (fields.length < 1 || fields.length > 2 || fields[0] === "") throw new ExpositionError(n, `${name}: want "value" or "value timestamp", got "${truncate(rest.trim())}"`);
   if (!FLOAT.test(fields[0]!)) throw new ExpositionError(n, `${name}: "${truncate(fields[0]!)}" is not a number`);
-  if (fields[1] !== undefined && !TIMESTAMP.test(fields[1])) throw new ExpositionError(n, `${name}: "${truncate(fields[1])}" is not a millisecond timestamp`);
+  if (overflows(fields[0]!)) throw new ExpositionError(n, `${name}: "${truncate(fields[0]!)}" is out of float64 range`);
+  if (fields[1] !== undefined && (!TIMESTAMP.test(fields[1]) || BigInt(fields[1]) > MAX_TIMESTAMP)) {
+    throw new ExpositionError(n, `${name}: "${truncate(fields[1])}" is not a millisecond timestamp (0 to 2^63-1)`);
+  }
   return name;
 }
 

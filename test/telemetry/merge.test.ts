@@ -49,7 +49,7 @@ t.test("parse: what Prometheus accepts", async (t) => {
     "a 1\n",
     "a{} 1\n",
     'a{b="c",} 1\n',
-    'a { b = "c" , d="e" } -2.5e-3 -17\n',
+    'a { b = "c" , d="e" } -2.5e-3 17\n',
     "a NaN\nb +Inf\nc -Inf\n",
     "a 1\r\nb 2\r\n",
     "# TYPE x gauge\n",
@@ -59,6 +59,8 @@ t.test("parse: what Prometheus accepts", async (t) => {
     'a {b="c"} 1\n',
     'a{b="c"}1\n',
     "a Infinity\nb -inf\n",
+    "a 1e-400\nb 1.7976931348623157e308\nc 1 9223372036854775807\n",
+    'a{__b="c"} 1\n',
     // An untyped x_count before a summary x: Prometheus reads both.
     '# TYPE x_count gauge\nx_count 1\n# TYPE x summary\nx{quantile="0.5"} 1\nx_count 2\n',
   ]) {
@@ -86,6 +88,14 @@ t.test("parse: what Prometheus rejects is rejected, with the line", async (t) =>
     ["# TYPE 1a gauge\n", /is not a metric name/],
     ["a 0x1p3\n", /"0x1p3" is not a number/],
     ["a\n", /want "value"/],
+    // Each of these fails the whole scrape in Prometheus (merge-prometheus.test.ts).
+    ['a{__name__="b"} 1\n', /label "__name__" is the metric name/],
+    ["a -nan\n", /"-nan" is not a number/],
+    ["a +NaN\n", /"\+NaN" is not a number/],
+    ["a 1e400\n", /out of float64 range/],
+    ["a -1e309\n", /out of float64 range/],
+    ["a 1 -17\n", /not a millisecond timestamp/],
+    ["a 1 9223372036854775808\n", /not a millisecond timestamp/],
   ];
   for (const [text, msg] of cases) {
     t.throws(() => parseExposition(text), ExpositionError, JSON.stringify(text));
