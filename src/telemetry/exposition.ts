@@ -115,8 +115,11 @@ function parseSample(line: string, n: number): string {
   }
   const rest = line.slice(i);
   if (!labelled && rest !== "" && rest[0] !== " " && rest[0] !== "\t") throw new ExpositionError(n, `${name}: want a space before the value`);
-  const fields = rest.trim().split(/[ \t]+/);
-  if (fields.length < 1 || fields.length > 2 || fields[0] === "") throw new ExpositionError(n, `${name}: want "value" or "value timestamp", got "${truncate(rest.trim())}"`);
+  // Spaces and tabs only: the line is passed on as it came, and Prometheus' lexer takes no other
+  // blank (String.prototype.trim would also drop a vertical tab, a no-break space, a BOM).
+  const value = rest.replace(/^[ \t]+|[ \t]+$/g, "");
+  const fields = value.split(/[ \t]+/);
+  if (fields.length < 1 || fields.length > 2 || fields[0] === "") throw new ExpositionError(n, `${name}: want "value" or "value timestamp", got "${truncate(value)}"`);
   if (!FLOAT.test(fields[0]!)) throw new ExpositionError(n, `${name}: "${truncate(fields[0]!)}" is not a number`);
   if (overflows(fields[0]!)) throw new ExpositionError(n, `${name}: "${truncate(fields[0]!)}" is out of float64 range`);
   if (fields[1] !== undefined && (!TIMESTAMP.test(fields[1]) || BigInt(fields[1]) > MAX_TIMESTAMP)) {

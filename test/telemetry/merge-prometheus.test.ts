@@ -21,6 +21,8 @@ const REJECTED: ReadonlyArray<readonly [string, string]> = [
   ["a value beyond float64", "shop_ratio 1e400"],
   ["a negative timestamp", "shop_ratio 1 -5"],
   ["a timestamp beyond int64", "shop_ratio 1 99999999999999999999"],
+  ["a vertical tab after the value", "shop_ratio 1\u000b"],
+  ["a no-break space before the value", "shop_ratio \u00a01"],
 ];
 
 async function listener(t: Teardown, appPage: string): Promise<string> {

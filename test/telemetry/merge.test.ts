@@ -96,6 +96,9 @@ t.test("parse: what Prometheus rejects is rejected, with the line", async (t) =>
     ["a -1e309\n", /out of float64 range/],
     ["a 1 -17\n", /not a millisecond timestamp/],
     ["a 1 9223372036854775808\n", /not a millisecond timestamp/],
+    ["a 1\u000b\n", /is not a number/],
+    ["a \u00a01\n", /is not a number/],
+    ["a 1 2\ufeff\n", /not a millisecond timestamp/],
   ];
   for (const [text, msg] of cases) {
     t.throws(() => parseExposition(text), ExpositionError, JSON.stringify(text));
