@@ -46,6 +46,7 @@ import { DEFAULT_SCOPE, type LocalScope } from "../../authz/intentions.js";
 import { chainFromAgent } from "./chain.js";
 import { compileChain, entryIndex, type ChainTarget, type CompiledChain } from "../chain/compile.js";
 import { buildUpstream, type ServiceInstance, type UpstreamBuild } from "../chain/upstream.js";
+import { FilterError } from "../chain/bexpr.js";
 import { compileSnapshot, SnapshotError } from "../../compile/snapshot.js";
 import type { TlsMaterial } from "../../tls/contexts.js";
 import type { MeshGatewayMode } from "../chain/entries.js";
@@ -186,7 +187,9 @@ export class ConsulControlPlane implements ControlPlane {
           this.learnAgain = false;
           this.learnDefault();
         }
-      });
+      })
+      // onDefault builds a Snapshot; nothing awaits this chain, and a rejection left unhandled ends the process.
+      .catch(logRejection(this.log, "applying the agent's default intention action"));
   }
 
   private onDefault(r: LearnedDefault | Error): void {
@@ -484,7 +487,7 @@ export class ConsulControlPlane implements ControlPlane {
     const trust = { trustDomain, rootsPem: roots.roots.map((r) => r.certPem) };
     const parts = new UpstreamParts(this.partMemo, { version: 0, source: this.kind, identity, trust, publicListener: null, upstreams: [], clusters: {}, intentions: { defaultAction: "deny", intentions: [] } });
     for (const u of upstreams) {
-      const built = parts.checked(chainKey(u), buildUpstream({
+      const built = parts.checked(chainKey(u), () => buildUpstream({
         // Consul's upstream stat prefix names the chain's namespace and partition: the upstream's, else the proxy's.
         upstream: { ...u, namespace: u.namespace ?? local.namespace, partition: u.partition ?? local.partition },
         chain: this.effectiveChain(u, datacenter),
@@ -639,9 +642,9 @@ interface PartMemo {
 }
 
 /**
- * Each upstream's listener and clusters, compiled alone as the proxy compiles a Snapshot. The
- * proxy refuses a Snapshot whole, so one upstream's bad piece (an instance port, a resolver
- * timeout no timer can hold) would ride in every later Snapshot and have each refused with it,
+ * Each upstream's listener and clusters, built and compiled alone as the proxy compiles a
+ * Snapshot. The proxy refuses a Snapshot whole, so one upstream's bad piece (an instance port, a
+ * resolver timeout no timer can hold, a subset filter meshproxy cannot evaluate) would ride in every later Snapshot and have each refused with it,
  * a new deny intention or a renewed leaf included. A part that does not compile is replaced by
  * its last good one, or left out (no listener: its callers are refused) when there is none.
  */
@@ -666,7 +669,17 @@ class UpstreamParts {
     }
   }
 
-  checked(key: string, built: UpstreamBuild): UpstreamBuild | null {
+  checked(key: string, build: () => UpstreamBuild): UpstreamBuild | null {
+    let built: UpstreamBuild;
+    try {
+      built = build();
+    } catch (e) {
+      // A subset Filter Consul accepts and meshproxy cannot evaluate: thrown out of every build,
+      // it would stop all Snapshots (and crash the default-action refresh that builds one).
+      if (!(e instanceof FilterError)) throw e;
+      this.refused.set(key, e.message);
+      return this.memo.good.get(key) ?? null;
+    }
     // A bad leaf or roots is no upstream's fault: the whole Snapshot is refused for it.
     if (!this.baseOk) return built;
     const why = this.problem({ ...this.base, upstreams: [built.listener], clusters: built.clusters });
