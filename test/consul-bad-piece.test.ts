@@ -134,3 +134,37 @@ t.test("discovery chain: a subset Filter Consul accepts but meshproxy cannot eva
   await denyStillApplies(t, r, "upstream");
   t.same(Object.values(r.snapshots.at(-1)!.clusters).flatMap((c) => c.endpoints.map((e) => e.id)), ["db-1"], "the last good chain's endpoints");
 });
+
+t.test("agent mode: one service registered as an upstream in two datacenters gives two listeners in a Snapshot the proxy takes", async (t) => {
+  const d = await ConsulAgentDouble.start({});
+  t.teardown(() => d.stop());
+  d.setInstances("db", [{ id: "db-1", address: "10.0.0.5", port: 21000 }]);
+  d.registerProxy({
+    Kind: "connect-proxy",
+    ID: "web-sidecar-proxy",
+    Name: "web-sidecar-proxy",
+    Port: 21000,
+    Address: "10.20.0.15",
+    Proxy: {
+      DestinationServiceName: "web",
+      DestinationServiceID: "web-1",
+      LocalServiceAddress: "127.0.0.1",
+      LocalServicePort: 8080,
+      Upstreams: [
+        { DestinationType: "service", DestinationName: "db", LocalBindAddress: "127.0.0.1", LocalBindPort: 9191 },
+        { DestinationType: "service", DestinationName: "db", Datacenter: "dc2", LocalBindAddress: "127.0.0.1", LocalBindPort: 9192 },
+      ],
+    },
+  });
+  const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger: silentLogger, request: { service: "", upstreams: [] }, proxyId: "web-sidecar-proxy", waitMs: 2000, backoff: { baseMs: 50, maxMs: 500 } });
+  const snapshots: Snapshot[] = [];
+  const started = cp.start({ snapshot: (s) => snapshots.push(s), error: () => {} });
+  t.teardown(async () => {
+    await cp.stop();
+    await started.catch(ignoreRejection("stopped at teardown"));
+  });
+  await started;
+  const s = snapshots[0]!;
+  t.same(s.upstreams.map((u) => [u.name, u.bind.port]), [["db", 9191], ["db.service.dc2", 9192]], "named as -upstream writes them");
+  t.doesNotThrow(() => compileSnapshot(s), "the proxy takes it (it refused two upstreams named db)");
+});

@@ -241,8 +241,12 @@ export class ConsulControlPlane implements ControlPlane {
     if (!this.registration) return [];
     const local = this.localScope();
     const out: UpstreamRequest[] = [];
-    for (const u of this.registration.upstreams) {
+    const regs = this.registration.upstreams;
+    for (const u of regs) {
       const skip = (why: string) => this.warnOnce(`upstream ${u.destinationName}: ${why}`);
+      // The same service in two datacenters is two listeners: named as -upstream writes the
+      // other datacenter's (db.service.dc2), or the Snapshot would name two upstreams "db".
+      const shared = u.datacenter !== "" && regs.some((o) => o !== u && o.destinationName === u.destinationName);
       if (u.destinationType !== "service") skip(`destination type "${u.destinationType}" is not supported yet; skipped`);
       // Chains and instances are read in the proxy's own namespace and partition: an upstream
       // naming another would silently reach the same-named service here instead.
@@ -256,6 +260,7 @@ export class ConsulControlPlane implements ControlPlane {
           name: u.destinationName,
           bind: { host: u.localBindAddress, port: u.localBindPort },
           ...(u.datacenter ? { datacenter: u.datacenter } : {}),
+          ...(shared ? { listenerName: `${u.destinationName}.service.${u.datacenter}` } : {}),
           ...(u.destinationNamespace ? { namespace: u.destinationNamespace } : {}),
           ...(u.destinationPartition ? { partition: u.destinationPartition } : {}),
           ...(u.connectTimeoutMs ? { connectTimeoutMs: u.connectTimeoutMs } : {}),
