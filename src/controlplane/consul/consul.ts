@@ -642,7 +642,8 @@ function snapshotIntentions(list: readonly WireIntention[], local: LocalScope): 
 }
 
 interface PartMemo {
-  readonly good: Map<string, UpstreamBuild>;
+  /** Each upstream's last part that compiled, with its JSON: an unchanged part is not compiled again. */
+  readonly good: Map<string, { readonly built: UpstreamBuild; readonly json: string }>;
   tls: TlsMaterial | null;
 }
 
@@ -683,17 +684,19 @@ class UpstreamParts {
       // it would stop all Snapshots (and crash the default-action refresh that builds one).
       if (!(e instanceof FilterError)) throw e;
       this.refused.set(key, e.message);
-      return this.memo.good.get(key) ?? null;
+      return this.memo.good.get(key)?.built ?? null;
     }
     // A bad leaf or roots is no upstream's fault: the whole Snapshot is refused for it.
     if (!this.baseOk) return built;
+    const json = JSON.stringify(built);
+    if (this.memo.good.get(key)?.json === json) return built;
     const why = this.problem({ ...this.base, upstreams: [built.listener], clusters: built.clusters });
     if (why === null) {
-      this.memo.good.set(key, built);
+      this.memo.good.set(key, { built, json });
       return built;
     }
     this.refused.set(key, why);
-    return this.memo.good.get(key) ?? null;
+    return this.memo.good.get(key)?.built ?? null;
   }
 }
 
