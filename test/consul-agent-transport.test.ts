@@ -105,3 +105,36 @@ t.test("HTTPS to the agent with full verification: the agent's name from -tls-se
   t.teardown(() => wrongName.close());
   await t.rejects(wrongName.call("GET", "/v1/agent/connect/ca/roots"), "a server name the certificate does not carry is refused");
 });
+
+t.test("an answer past the size bound is refused, not read to its end, and the client goes on", async (t) => {
+  const { createServer } = await import("node:http");
+  let streamClosed: () => void = () => {};
+  const closed = new Promise<void>((r) => (streamClosed = r));
+  const agent = createServer((req, res) => {
+    if (req.url?.startsWith("/v1/endless")) {
+      // Never ends: the client must stop reading, not wait for the end.
+      res.writeHead(200, { "content-type": "application/json" });
+      res.on("close", () => streamClosed());
+      const feed = (): void => {
+        while (res.write("[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]".repeat(64)));
+        res.once("drain", feed);
+      };
+      feed();
+      return;
+    }
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ ok: true }));
+  });
+  await listening(agent, { port: 0, host: "127.0.0.1" });
+  t.teardown(() => {
+    agent.closeAllConnections();
+    return new Promise<void>((r) => agent.close(() => r()));
+  });
+  const client = new AgentClient({ httpAddr: `127.0.0.1:${(agent.address() as AddressInfo).port}`, maxAnswerBytes: 64 * 1024 });
+  t.teardown(() => client.close());
+  await t.rejects(client.call("GET", "/v1/endless"), /GET \/v1\/endless: the agent's answer is larger than 65536 bytes; refused as bad input/, "an endless answer is refused with what was wrong");
+  await closed;
+  t.pass("the endless answer's connection was closed by the client");
+  const res = await client.call("GET", "/v1/agent/self");
+  t.same(res.body, { ok: true }, "the next call is answered as before");
+});

@@ -20,7 +20,16 @@ export interface AgentClientOptions {
   readonly tls?: AgentTlsOptions;
   /** `dc` sent on every request, as Consul's -datacenter does. */
   readonly datacenter?: string;
+  /** The largest answer read (bytes); a larger one is refused as bad input. Default MAX_AGENT_ANSWER_BYTES. */
+  readonly maxAnswerBytes?: number;
 }
+
+/**
+ * An agent's answer is held whole to be parsed, so one without a bound (a broken or hostile
+ * agent, a proxy in front of it streaming forever) would grow the sidecar until the kernel ends
+ * it. A catalog of tens of thousands of instances is a few MiB; 64 MiB is far past any real one.
+ */
+export const MAX_AGENT_ANSWER_BYTES = 64 * 1024 * 1024;
 
 export interface AgentResponse {
   readonly status: number;
@@ -119,7 +128,7 @@ export class AgentClient {
       ...(opts.body !== undefined ? { body: JSON.stringify(opts.body) } : {}),
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
-    const text = await res.body.text();
+    const text = await readBounded(res.body, this.opts.maxAnswerBytes ?? MAX_AGENT_ANSWER_BYTES, res.statusCode, method, path);
     const header = (name: string): string | null => {
       const v = res.headers[name];
       return typeof v === "string" ? v : null;
@@ -147,4 +156,20 @@ export class AgentClient {
   async close(): Promise<void> {
     if (this.dispatcherP) await (await this.dispatcherP).destroy();
   }
+}
+
+/** The answer's text, refused once it passes `max` bytes (the rest is not read: the request is dropped). */
+async function readBounded(body: Dispatcher.ResponseData["body"], max: number, status: number, method: string, path: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of body) {
+    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(String(chunk));
+    size += b.length;
+    if (size > max) {
+      body.destroy();
+      throw new AgentError(status, path, `${method} ${path}: the agent's answer is larger than ${max} bytes; refused as bad input (the last good configuration stays in force)`);
+    }
+    chunks.push(b);
+  }
+  return Buffer.concat(chunks, size).toString("utf8");
 }
