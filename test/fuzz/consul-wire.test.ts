@@ -11,10 +11,15 @@ import { chainFromAgent } from "../../src/controlplane/consul/chain.js";
 import { EntryError } from "../../src/controlplane/chain/entries.js";
 import { defaultFromAgentSelf, parseAuthorize } from "../../src/controlplane/consul/default-action.js";
 import { defaultDiscoveryChain } from "../helpers/consul-agent.js";
+import { createRootCa, issueLeaf } from "../../src/identity/ca.js";
 
 type Decoder = (body: unknown) => unknown;
 
-const ROOT = { ID: "3d:91", Name: "Consul CA Primary Cert", RootCert: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", IntermediateCerts: null, Active: true, NotAfter: "2034-01-01T00:00:00Z" };
+// Real certificates: the roots and leaf decoders check them as the proxy would (a PEM that parses,
+// a key that matches), so a valid sample has to be one.
+const ca = await createRootCa("a.consul");
+const leaf = await issueLeaf(ca, { spiffeId: "spiffe://a.consul/ns/default/dc/dc1/svc/web", commonName: "web", ttlMs: 3_600_000 });
+const ROOT = { ID: "3d:91", Name: "Consul CA Primary Cert", RootCert: ca.certPem, IntermediateCerts: null, Active: true, NotAfter: "2034-01-01T00:00:00Z" };
 
 /** One valid answer per decoder, as the agent writes them. */
 const DECODERS: ReadonlyArray<{ readonly name: string; readonly decode: Decoder; readonly valid: unknown }> = [
@@ -22,7 +27,7 @@ const DECODERS: ReadonlyArray<{ readonly name: string; readonly decode: Decoder;
   {
     name: "leaf",
     decode: parseLeaf,
-    valid: { SerialNumber: "5f:02", CertPEM: "pem", PrivateKeyPEM: "key", Service: "web", ServiceURI: "spiffe://a.consul/ns/default/dc/dc1/svc/web", ValidAfter: "2024-01-01T00:00:00Z", ValidBefore: "2024-01-04T00:00:00Z" },
+    valid: { SerialNumber: "5f:02", CertPEM: leaf.certPem, PrivateKeyPEM: leaf.keyPem, Service: "web", ServiceURI: "spiffe://a.consul/ns/default/dc/dc1/svc/web", ValidAfter: "2024-01-01T00:00:00Z", ValidBefore: "2024-01-04T00:00:00Z" },
   },
   {
     name: "registration",
