@@ -35,8 +35,9 @@ export type L7Request = Pick<RequestView, "method" | "path" | "header">;
  * the app is sent (HTTP/1.1's Host, HTTP/2's host field or else `:authority`), `pathAndQuery` the
  * canonical target the app is sent. Without this a caller could pass a deny on `host` with an
  * HTTP/2 `:authority`, on `:path` with a target that normalizes into it, and on any pseudo-header
- * over HTTP/1.1, which has none. Other names (and `:scheme`) are left to the caller's fields:
- * `undefined` then.
+ * over HTTP/1.1, which has none. `:scheme` is `https` whatever the caller sends: every caller
+ * reached the listener over mTLS, and HTTP/1.1 sends no scheme (a deny on it would never match).
+ * Other names are left to the caller's fields: `undefined` then.
  */
 export function requestPseudoField(name: string, method: string, pathAndQuery: string, authority: string | undefined): string | undefined {
   switch (name) {
@@ -47,6 +48,8 @@ export function requestPseudoField(name: string, method: string, pathAndQuery: s
       return pathAndQuery;
     case ":method":
       return method;
+    case ":scheme":
+      return "https";
     default:
       return undefined;
   }
@@ -54,7 +57,7 @@ export function requestPseudoField(name: string, method: string, pathAndQuery: s
 
 /** `host` and the pseudo-headers requestPseudoField answers for; any other name is the request's own field. */
 export function isRequestPseudoField(name: string): boolean {
-  return name === "host" || name === ":authority" || name === ":path" || name === ":method";
+  return name === "host" || name === ":authority" || name === ":path" || name === ":method" || name === ":scheme";
 }
 
 /** The decision procedure for one source, fixed for the life of a policy. */

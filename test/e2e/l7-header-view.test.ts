@@ -22,6 +22,8 @@ const DENY_ALL_BUT = [
   { action: "deny", http: { header: [{ name: ":authority", exact: "admin2.internal" }] } },
   { action: "deny", http: { header: [{ name: ":path", prefix: "/secret" }] } },
   { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
+  // Every caller arrives over mTLS: `:scheme` is https, whatever (or if ever) the caller says so.
+  { action: "deny", http: { path_prefix: "/tls-denied", header: [{ name: ":scheme", exact: "https" }] } },
   { action: "allow", http: { path_prefix: "/" } },
 ];
 const POLICY = {
@@ -86,6 +88,7 @@ for (const [name, sidecar] of ENGINES) {
     t.equal(await send("GET /secret/x HTTP/1.1", "api"), 403, "a :path rule denies the path");
     t.equal(await send("GET /public/..//secret HTTP/1.1", "api"), 403, "a :path rule denies the normalized path");
     t.equal(await send("DELETE /public HTTP/1.1", "api"), 403, "a :method rule denies the method");
+    t.equal(await send("GET /tls-denied HTTP/1.1", "api"), 403, "a :scheme rule reads https though HTTP/1.1 sends no scheme");
     t.same(hits, [], "the app saw none of the denied requests");
   });
 
@@ -100,7 +103,7 @@ for (const [name, sidecar] of ENGINES) {
   });
 }
 
-t.test("HTTP/2 to an http2 service: host, :authority, :path and :method rules hold", async (t) => {
+t.test("HTTP/2 to an http2 service: host, :authority, :path, :method and :scheme rules hold", async (t) => {
   const { host, port: p } = hostPort(api2.publicAddr!);
   const s = h2connect(`https://${host}:${p}`, {
     createConnection: () => tlsConnect({ host, port: p, cert: webLeaf.certPem, key: webLeaf.keyPem, ca: [ca.certPem], ALPNProtocols: ["h2"], checkServerIdentity: () => undefined }),
@@ -127,5 +130,6 @@ t.test("HTTP/2 to an http2 service: host, :authority, :path and :method rules ho
   t.equal(await ask({ ":method": "GET", ":path": "//secret", ":authority": "api2" }), 403, "a :path rule denies the normalized :path");
   t.equal(await ask({ ":method": "GET", ":path": "/public/../secret", ":authority": "api2" }), 403, "also through dot segments");
   t.equal(await ask({ ":method": "DELETE", ":path": "/public", ":authority": "api2" }), 403, "a :method rule denies the method");
+  t.equal(await ask({ ":method": "GET", ":scheme": "http", ":path": "/tls-denied", ":authority": "api2" }), 403, "a :scheme rule reads https though the caller says http");
   t.same(hits, [], "the app saw none of the denied requests");
 });

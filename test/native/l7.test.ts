@@ -97,7 +97,7 @@ t.test("upgrade, CONNECT and Expect: 100-continue requests cannot step around L7
   t.same(seen, ["upgrade /public/ws"], "the app's upgrade, connect and checkContinue listeners saw only the allowed one");
 });
 
-t.test("header permissions on host and the pseudo-headers read what the handler is given, on HTTP/1.1 and HTTP/2", async (t) => {
+t.test("header permissions on host and the pseudo-headers read what the handler is given, on HTTP/1.1 and HTTP/2 (:scheme is https)", async (t) => {
   const dir = await tempDir(t);
   await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http2" });
   await intentions(dir, "deny", [
@@ -108,6 +108,7 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
         { action: "deny", http: { header: [{ name: "host", exact: "admin.internal" }] } },
         { action: "deny", http: { header: [{ name: ":path", prefix: "/secret" }] } },
         { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
+        { action: "deny", http: { path_prefix: "/tls-denied", header: [{ name: ":scheme", exact: "https" }] } },
         { action: "allow", http: { path_prefix: "/" } },
       ],
     },
@@ -139,11 +140,13 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
   t.equal(await h2({ ":path": "/a", ":authority": "admin.internal" }), 403, "HTTP/2: a deny on host holds for a caller that sends only :authority");
   t.equal(await h2({ ":path": "/public/../secret/x", ":authority": "api" }), 403, "HTTP/2: a deny on :path holds for a target that normalizes into it");
   t.equal(await h2({ ":path": "/a", ":method": "DELETE", ":authority": "api" }), 403, "HTTP/2: a deny on :method holds");
+  t.equal(await h2({ ":path": "/tls-denied", ":scheme": "http", ":authority": "api" }), 403, "HTTP/2: a deny on :scheme https holds though the caller says http");
   t.equal(await h2({ ":path": "/a", ":authority": "api" }), 200, "HTTP/2: anything else is allowed");
   const h1 = async (head: string) => (await tlsExchange(`127.0.0.1:${port}`, head, web)).data.toString().split("\r\n")[0];
   t.equal(await h1("GET /secret HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :path holds though no :path is sent");
   t.equal(await h1("DELETE /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :method holds");
   t.equal(await h1("GET /a HTTP/1.1\r\nhost: admin.internal\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on host holds");
+  t.equal(await h1("GET /tls-denied HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :scheme https holds though no scheme is sent");
   t.equal(await h1("GET /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 200 OK", "HTTP/1.1: anything else is allowed");
   t.same(seen, ["GET /a api", "GET /a api"], "the handler saw only the allowed requests");
 });
