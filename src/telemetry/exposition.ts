@@ -42,7 +42,8 @@ const MAX_TIMESTAMP = 2n ** 63n - 1n;
 
 /** A literal written as a number (not Inf or NaN) that float64 cannot hold: Go's ParseFloat says ErrRange. */
 function overflows(value: string): boolean {
-  return !/inf|nan/i.test(value) && !Number.isFinite(Number(value));
+  // The regex only for the rare non-finite value, not for every sample of every scrape.
+  return !Number.isFinite(Number(value)) && !/inf|nan/i.test(value);
 }
 
 /** Names a family's samples can have. Histogram and summary samples carry suffixes. */
