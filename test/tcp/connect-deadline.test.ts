@@ -39,11 +39,20 @@ t.test("a connect still pending at the deadline expires, once; a cancelled one n
   let cancelledExpiries = 0;
   const cancel = connectDeadline(10, () => true, () => cancelledExpiries++);
   cancel();
-  // Cancelled between the timer and its check: the check must not run either.
+  // Cancelled between the timer and its check: the check must not run either. The stall makes
+  // both 5 ms timers due in the same timers phase, so the cancel runs after the deadline's timer
+  // and before its check on any machine (two timers due a millisecond apart would race on a
+  // loaded one).
   let lateCancelled = 0;
   const late = connectDeadline(5, () => true, () => lateCancelled++);
-  await new Promise<void>((resolve) => setTimeout(resolve, 5));
-  late();
+  const cancelledLate = new Promise<void>((resolve) =>
+    setTimeout(() => {
+      late();
+      resolve();
+    }, 5),
+  );
+  stall(20);
+  await cancelledLate;
   await new Promise<void>((resolve) => setTimeout(resolve, 50));
   await new Promise<void>((resolve) => setImmediate(resolve));
   t.equal(expiries, 1);
