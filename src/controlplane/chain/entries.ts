@@ -3,6 +3,7 @@
 // durations as Go strings or integer nanoseconds. Parsing narrows to typed entries and names
 // the field when something is wrong.
 import { parseDurationMs } from "../../config/duration.js";
+import { FilterError, compileFilter } from "./bexpr.js";
 import { isValidServiceName } from "../../config/validate.js";
 import type { Protocol } from "../../config/snapshot.js";
 import type { HashPolicy, HeaderMatch, HeaderMutation, LbPolicy, PathMatch, Permission, QueryParamMatch, RetryOn } from "../../config/http.js";
@@ -488,7 +489,19 @@ function resolver(f: Fields, name: string): ServiceResolver {
   for (const k of sf?.keys() ?? []) {
     // A subset written as null is an error, not a crash; at() keeps a huge key short.
     const s = Fields.of(sf!.at(k), sf!.raw(k));
-    subsets[k] = { filter: s.str("Filter") ?? "", onlyPassing: s.bool("OnlyPassing") };
+    const filter = s.str("Filter") ?? "";
+    // Checked here, as Consul checks it when the entry is written: a Filter first compiled when an
+    // upstream (a Connect-native app's, added later) routes to the subset would fail every build
+    // from then on, and no other change (intentions, a renewed leaf) would reach the proxy.
+    if (filter !== "") {
+      try {
+        compileFilter(filter);
+      } catch (e) {
+        if (e instanceof FilterError) throw new EntryError(s.at("Filter"), e.message);
+        throw e;
+      }
+    }
+    subsets[k] = { filter, onlyPassing: s.bool("OnlyPassing") };
   }
   const failover: Record<string, FailoverTarget[]> = {};
   const ff = f.obj("Failover");
