@@ -4,6 +4,7 @@
 // check for "this parser is linear".
 import fc from "fast-check";
 import type { Test } from "tap";
+import { fastestCpuMs } from "../helpers/cpu-time.js";
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
 
@@ -136,29 +137,17 @@ export function jsonText(v: Json): string {
   return out.join("");
 }
 
-/** The fastest of five timings of `run(input)`, in ms: the least disturbed by GC and other work. */
-function fastestMs(run: () => void): number {
-  const times: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    const start = performance.now();
-    run();
-    times.push(performance.now() - start);
-  }
-  times.sort((a, b) => a - b);
-  return times[0] ?? 0;
-}
-
 /**
  * Asserts that `run` on an input of size 16n costs roughly 16x what size n does, not 256x. The
  * bound is 80x plus 30 ms: past a few megabytes of live objects even a plain Map fill grows
- * 30x for 16x here (caches, GC), and a CPU shared with other work adds noise; a quadratic parser
- * still fails it by a factor of three.
+ * 30x for 16x here (caches, GC); a quadratic parser still fails it by a factor of three. Timed
+ * in CPU time (helpers/cpu-time.ts), so a loaded machine does not stretch the large run.
  */
 export function assertLinear(t: Test, what: string, make: (n: number) => string, run: (input: string) => void, n: number): void {
   const small = make(n);
   const large = make(16 * n);
   run(small); // warm up the JIT
-  const a = fastestMs(() => run(small));
-  const b = fastestMs(() => run(large));
+  const a = fastestCpuMs(() => run(small));
+  const b = fastestCpuMs(() => run(large));
   t.ok(b < 80 * a + 30, `${what}: ${small.length} chars in ${a.toFixed(2)} ms, ${large.length} in ${b.toFixed(2)} ms`);
 }

@@ -6,6 +6,7 @@ import fc from "fast-check";
 import { fuzzParams } from "./params.js";
 import { assertLinear, deepNest, jsonText, mutated, type Json } from "./mutate.js";
 import { StaticConfigError, parseStaticConfig } from "../../src/controlplane/static/config.js";
+import { cpuMs } from "../helpers/cpu-time.js";
 
 const VALID: Json = {
   service: "web",
@@ -83,15 +84,16 @@ t.test("huge and deep values: a StaticConfigError with a bounded message", async
     ["text that is not JSON, a megabyte in", `{"service": "${"w".repeat(1_000_000)}`],
   ];
   for (const [what, text] of cases) {
-    const start = performance.now();
-    try {
-      parseStaticConfig(text, "proxy.json");
-      t.fail(`${what}: accepted`);
-    } catch (e) {
-      t.ok(e instanceof StaticConfigError, `${what}: a StaticConfigError`);
-      if (e instanceof Error) t.ok(e.message.length < 1_000, `${what}: a ${e.message.length}-character message`);
-    }
-    t.ok(performance.now() - start < 2_000, `${what}: in ${(performance.now() - start).toFixed(0)} ms`);
+    const ms = cpuMs(() => {
+      try {
+        parseStaticConfig(text, "proxy.json");
+        t.fail(`${what}: accepted`);
+      } catch (e) {
+        t.ok(e instanceof StaticConfigError, `${what}: a StaticConfigError`);
+        if (e instanceof Error) t.ok(e.message.length < 1_000, `${what}: a ${e.message.length}-character message`);
+      }
+    });
+    t.ok(ms < 2_000, `${what}: in ${ms.toFixed(0)} ms of CPU`);
   }
 });
 
