@@ -428,12 +428,16 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     const ev = this.events;
     const retry = this.retry;
     this.events = null;
-    this.kill();
-    if (!ev) return;
     // A keep-alive connection the peer closed just as it was reused: one fresh try for an
     // idempotent request without a body, before any byte of an answer (pool.request decides).
-    if (retry && !this.answered && !(e instanceof ResponseTimeoutError)) return retry.resend();
-    ev.error(e, this.answered);
+    if (ev && retry && !this.answered && !(e instanceof ResponseTimeoutError)) {
+      // The resend inherits this connection's slot. Were a waiting request woken into it first,
+      // the resend would open a connection over maxConnections (Envoy's max_connections).
+      this.kill(false);
+      return retry.resend();
+    }
+    this.kill();
+    ev?.error(e, this.answered);
   }
 
   private release(): void {
@@ -454,7 +458,8 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     if (this.inPool) this.kill();
   }
 
-  kill(): void {
+  /** `wake` false: the caller hands this connection's slot on itself (a resend), no waiting request gets it. */
+  kill(wake = true): void {
     if (this.dead) return;
     this.dead = true;
     if (this.responseTimer) clearTimeout(this.responseTimer);
@@ -464,7 +469,7 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
     this.drainWaiters = null;
     this.socket.destroy();
     this.freeParser();
-    this.pool.gone(this);
+    this.pool.gone(this, wake);
   }
 
   get alive(): boolean {
@@ -536,12 +541,21 @@ export class OriginPool {
     this.wake();
   }
 
-  /** @internal a connection closed: its slot is free for a waiting request. */
-  gone(c: OriginConnection): void {
+  /** @internal a connection closed: its slot is free for a waiting request, unless `wake` is false (see resent). */
+  gone(c: OriginConnection, wake: boolean): void {
     const i = this.idle.indexOf(c);
     if (i >= 0) this.idle.splice(i, 1);
     this.all.delete(c);
-    this.wake();
+    if (wake) this.wake();
+  }
+
+  /**
+   * @internal a request was sent again in the slot of its closed connection (gone without
+   * waking). Had it found an idle connection, that slot is still free: a waiting request gets it,
+   * as gone() would have given it.
+   */
+  resent(): void {
+    if (!this.full) this.wake();
   }
 
   private wake(): void {
@@ -598,6 +612,7 @@ class ResendableRequest implements OriginRequest {
 
   resend(): void {
     this.current = this.pool.request(this.head, this.isHead, false, false, this.timeoutMs, this.events, this.bodyTimeoutMs);
+    this.pool.resent();
   }
 
   write(chunk: Buffer): boolean {

@@ -17,10 +17,13 @@ import { countWrites } from "../helpers/write-count.js";
 import { acceptedSocketsReadDirect, sharedReadBuffer } from "../../src/tcp/read-buffer.js";
 
 /** A raw app: `answer(requestHead)` returns the bytes to send back (and whether to close after). */
-async function rawApp(t: Teardown, answer: (head: string, s: Socket) => string | null): Promise<{ port: number; connections: number; heads: string[] }> {
-  const state = { port: 0, connections: 0, heads: [] as string[] };
+async function rawApp(t: Teardown, answer: (head: string, s: Socket) => string | null): Promise<{ port: number; connections: number; heads: string[]; mostOpen: number }> {
+  const state = { port: 0, connections: 0, heads: [] as string[], open: 0, mostOpen: 0 };
   const server = createServer((s) => {
     state.connections++;
+    // Connections open at once, as the app counts them (a closed one counts until its 'close').
+    state.mostOpen = Math.max(state.mostOpen, ++state.open);
+    s.once("close", () => state.open--);
     let buf = "";
     s.on("data", (d: Buffer) => {
       buf += d.toString("latin1");
@@ -364,6 +367,32 @@ t.test("maxConnections: a request beyond it waits for a free connection, then go
   t.equal((await second!)?.body, "ok");
   t.equal(app.connections, 1, "both on the one connection");
   t.notOk(cancelledRan, "a cancelled wait is never called");
+});
+
+// Envoy's max_connections holds for a request sent again too. Request 2 goes on the reused
+// connection and request 3 waits for one (the pool is full; endpoint-http1.ts waits so). The app
+// closes that connection unanswered: its slot is free once, for the resend or for the waiting
+// request, never for both (which made two connections of one allowed).
+t.test("maxConnections: a request sent again after its reused connection closed takes that connection's slot, never one more", async (t) => {
+  let n = 0;
+  const app = await rawApp(t, (_head, s) => {
+    if (++n === 2) {
+      s.destroy();
+      return null;
+    }
+    return "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  });
+  const p = new OriginPool({ host: "127.0.0.1", port: app.port, connectTimeoutMs: 1000, keepAliveTimeoutMs: 30_000, maxConnections: 1 });
+  t.teardown(() => p.close());
+  t.equal((await send(p, "GET /1 HTTP/1.1\r\nhost: x\r\n\r\n")).status, 200);
+  const second = send(p, "GET /2 HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.ok(p.full, "the one connection allowed is busy");
+  const third = new Promise<Got>((resolve) => p.wait(() => resolve(send(p, "GET /3 HTTP/1.1\r\nhost: x\r\n\r\n"))));
+  const [b, c] = await Promise.all([second, third]);
+  t.same([b.status, b.error, c.status, c.error], [200, undefined, 200, undefined], "both are answered");
+  t.ok(p.size <= 1, `the pool holds at most one connection (${p.size})`);
+  t.equal(app.mostOpen, 1, "the app never saw more than one connection open at once");
+  t.same(app.heads.map((h) => h.split(" ")[1]), ["/1", "/2", "/2", "/3"], "the resend went first, the waiting request after it");
 });
 
 t.test("the idle timeout between response body bytes ends an answer that stalls", async (t) => {
