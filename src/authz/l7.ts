@@ -6,6 +6,7 @@
 import type { Permission } from "../config/http.js";
 import type { Intention, IntentionAction, IntentionPolicy } from "../config/snapshot.js";
 import type { RequestView } from "../http/route-match.js";
+import { HOP_BY_HOP, SIDECAR_ONLY_FIELD } from "../http/headers.js";
 import {
   MatchCompileError,
   compileHeaderMatches,
@@ -53,6 +54,22 @@ export function requestPseudoField(name: string, method: string, pathAndQuery: s
     default:
       return undefined;
   }
+}
+
+/**
+ * Whether the caller's Connection field (`connection`, its lines joined with ", ") nominates
+ * `name` (lower case) away: the sidecar drops such a field before the app (RFC 9110 §7.6.1;
+ * forward.ts, endToEndCopy, upgradeRequestHeaders), so a permission reads it as absent, as the app
+ * gets it. Read as present, a caller could pass a deny on the field's absence (or an allow on its
+ * value) with a field the app then never saw. Not for hop-by-hop fields, which go whether
+ * nominated or not (an upgrade's are the relay's to send), nor for Content-Length and
+ * x-forwarded-client-cert, which the HTTP/1 core sends on anyway. Tokens are read as the
+ * forwarders read them. Called only for the fields a permission names.
+ */
+export function nominatedAway(connection: string | undefined, name: string): boolean {
+  if (!connection || HOP_BY_HOP.has(name) || name === "content-length" || name === SIDECAR_ONLY_FIELD) return false;
+  for (const t of connection.split(",")) if (t.trim().toLowerCase() === name) return true;
+  return false;
 }
 
 /** `host` and the pseudo-headers requestPseudoField answers for; any other name is the request's own field. */

@@ -8,7 +8,7 @@ import type { TLSSocket } from "node:tls";
 import type { Dispatcher } from "undici";
 import { loadUndici, undici, undiciLoaded } from "../http/undici.js";
 import type { HostPort } from "../config/snapshot.js";
-import { isRequestPseudoField, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
+import { isRequestPseudoField, nominatedAway, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
 import { endToEndCopy } from "../http/headers.js";
 import { ResponseForwarder, type ForwardResult } from "../http/forwarder.js";
 import { errorCode, isResponseParseError, requestHasBody, requestHeaders, writeHead, type AnyRequest, type AnyResponse } from "../http/compat.js";
@@ -253,9 +253,11 @@ export class InboundHttp {
       method,
       path: target.path,
       header: (n: string) => {
+        // A field the caller's Connection nominates is not sent to the app (endToEndCopy); HTTP/2 has no Connection.
+        const connection = joined(req.headers["connection"]);
         // An HTTP/2 request's host for the app is its host field, else :authority (compat.ts requestHeaders).
-        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, joined(req.headers["host"] ?? req.headers[":authority"]));
-        return joined(req.headers[n]);
+        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : joined(req.headers["host"] ?? req.headers[":authority"]));
+        return nominatedAway(connection, n) ? undefined : joined(req.headers[n]);
       },
     });
     if (!decision.allowed) {
@@ -333,7 +335,12 @@ export class InboundHttp {
     const decision = caller.authorizer.authorize({
       method,
       path: target.path,
-      header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, joined(req.headers["host"])) : joined(req.headers[n])),
+      header: (n: string) => {
+        // As for any request: a field the Connection nominates is not relayed (upgradeRequestHeaders).
+        const connection = joined(req.headers["connection"]);
+        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : joined(req.headers["host"]));
+        return nominatedAway(connection, n) ? undefined : joined(req.headers[n]);
+      },
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");

@@ -10,7 +10,7 @@ import { fieldRecord, fieldValue } from "../http1/fields.js";
 import { appRequestHead, clientResponseFields } from "../http1/forward.js";
 import { FLAGS_HEADER, localReplyText, type ResponseFlag } from "../http/local-reply.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
-import { isRequestPseudoField, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
+import { isRequestPseudoField, nominatedAway, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
 import type { Logger } from "../telemetry/log.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
@@ -134,11 +134,18 @@ export class InboundHttp1 {
     }
     const raw = ex.rawHeaders;
     const method = ex.method;
+    // Read at the first permission on a header ("" when absent), not for every request.
+    let connection: string | undefined;
     const decision = caller.authorizer.authorize({
       method,
       path: target.path,
-      // The first Host line is the one the app is sent (forward.ts).
-      header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, fieldValue(raw, "host")) : fieldValue(raw, n)),
+      // The first Host line is the one the app is sent (forward.ts); a field the caller's
+      // Connection nominates is not sent at all.
+      header: (n: string) => {
+        connection ??= fieldValue(raw, "connection") ?? "";
+        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : fieldValue(raw, "host"));
+        return nominatedAway(connection, n) ? undefined : fieldValue(raw, n);
+      },
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");

@@ -3,7 +3,7 @@
 import t from "tap";
 import type { Permission } from "../../src/config/http.js";
 import type { Intention, IntentionPolicy } from "../../src/config/snapshot.js";
-import { CompiledL7Intentions, PermissionCompileError, type L7Request } from "../../src/authz/l7.js";
+import { CompiledL7Intentions, PermissionCompileError, nominatedAway, type L7Request } from "../../src/authz/l7.js";
 import { CompiledIntentions, hasPermissions } from "../../src/authz/intentions.js";
 
 function req(method: string, path: string, headers: Record<string, string> = {}): L7Request {
@@ -153,4 +153,17 @@ t.test("hasPermissions", async (t) => {
   t.equal(hasPermissions(emptyList), false, "an empty list is L4");
   t.equal(new CompiledIntentions({ defaultAction: "deny", intentions: [emptyList] }, "billing").authorize("web").allowed, true, "…and L4 evaluation honours its action");
   t.equal(new CompiledL7Intentions({ defaultAction: "deny", intentions: [emptyList] }, "billing").forSource("web").authorize(req("GET", "/")).reason, "Matched L4 intention: web => billing (allow)");
+});
+
+t.test("nominatedAway: the end-to-end fields a Connection header drops before the app, as the forwarders read its tokens", async (t) => {
+  t.ok(nominatedAway("close, X-Tenant", "x-tenant"), "any case, after other tokens");
+  t.ok(nominatedAway("keep-alive,\tx-tenant ", "x-tenant"), "whitespace around a token");
+  t.notOk(nominatedAway("close", "x-tenant"), "not nominated");
+  t.notOk(nominatedAway("x-tenant-id", "x-tenant"), "a whole token, not a prefix");
+  t.notOk(nominatedAway(undefined, "x-tenant"), "no Connection field");
+  t.notOk(nominatedAway("", "x-tenant"), "an empty one");
+  t.notOk(nominatedAway("Upgrade", "upgrade"), "a hop-by-hop field is read as sent (an upgrade's go on through the relay)");
+  t.notOk(nominatedAway("content-length, x-forwarded-client-cert", "content-length"), "Content-Length frames the body the app gets");
+  t.notOk(nominatedAway("x-forwarded-client-cert", "x-forwarded-client-cert"), "the caller's certificate chain goes on with this hop's element");
+  t.ok(nominatedAway("host", "host"), "Host too: the app gets the sidecar's own instead");
 });

@@ -24,6 +24,8 @@ const DENY_ALL_BUT = [
   { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
   // Every caller arrives over mTLS: `:scheme` is https, whatever (or if ever) the caller says so.
   { action: "deny", http: { path_prefix: "/tls-denied", header: [{ name: ":scheme", exact: "https" }] } },
+  // Only requests that carry a tenant reach /tenant.
+  { action: "deny", http: { path_prefix: "/tenant", header: [{ name: "x-tenant", present: true, invert: true }] } },
   { action: "allow", http: { path_prefix: "/" } },
 ];
 const POLICY = {
@@ -35,9 +37,9 @@ const POLICY = {
 };
 
 /** What reached an app: `host` is the HTTP/1.1 Host or the HTTP/2 :authority it acted on. */
-const hits: Array<{ method: string; url: string; host: string }> = [];
+const hits: Array<{ method: string; url: string; host: string; tenant?: string | string[] | undefined }> = [];
 const h1App = createServer((req, res) => {
-  hits.push({ method: req.method ?? "", url: req.url ?? "", host: req.headers.host ?? "" });
+  hits.push({ method: req.method ?? "", url: req.url ?? "", host: req.headers.host ?? "", tenant: req.headers["x-tenant"] });
   res.end("ok");
 });
 const h2App = createH2Server((req, res) => {
@@ -90,6 +92,25 @@ for (const [name, sidecar] of ENGINES) {
     t.equal(await send("DELETE /public HTTP/1.1", "api"), 403, "a :method rule denies the method");
     t.equal(await send("GET /tls-denied HTTP/1.1", "api"), 403, "a :scheme rule reads https though HTTP/1.1 sends no scheme");
     t.same(hits, [], "the app saw none of the denied requests");
+  });
+
+  // RFC 9110 §7.6.1: the sidecar drops the fields a caller's Connection header nominates, so the
+  // app never gets them. Authorized as present, such a field let a request through that the app
+  // then received without it: a deny on its absence did not hold.
+  t.test(`${name}: a field the caller's Connection header nominates is read as absent, as the app gets it`, async (t) => {
+    const send = async (fields: string) => {
+      hits.length = 0;
+      const x = await exchange(tlsTo(sidecar.publicAddr!, webLeaf), `GET /tenant HTTP/1.1\r\nHost: api\r\n${fields}\r\n`, { done: hasResponses(1) });
+      return parseResponses(x.data, { closed: x.closed })[0]?.status;
+    };
+    t.equal(await send("x-tenant: a\r\nConnection: close\r\n"), 200, "control: a request with a tenant is served");
+    t.same(hits.map((h) => h.tenant), ["a"], "with its tenant");
+    t.equal(await send("Connection: close\r\n"), 403, "control: one without is denied");
+    t.equal(await send("x-tenant: a\r\nConnection: close, x-tenant\r\n"), 403, "one whose tenant the sidecar would drop is denied too");
+    t.equal(await send("x-tenant: a\r\nConnection: X-Tenant\r\nConnection: close\r\n"), 403, "nominated in another Connection line, in another case");
+    const upgrade = "Upgrade: websocket\r\nConnection: Upgrade, x-tenant\r\nx-tenant: a\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    t.equal(await send(upgrade), 403, "an upgrade request's too");
+    t.same(hits, [], "the app never got a /tenant request without its tenant");
   });
 
   t.test(`${name}: an upgrade request's repeated Host reaches the app as the one line authorized`, async (t) => {
