@@ -26,8 +26,13 @@ export interface L7Decision {
   readonly reason: string;
 }
 
-/** What a permission reads from a request; a RequestView will do. */
-export type L7Request = Pick<RequestView, "method" | "path" | "header">;
+/**
+ * What a permission reads from a request; a RequestView will do. `lines` gives the separate lines
+ * of a field the app is sent as two or more lines (undefined when it is absent, one line, or a
+ * field the app only gets the first line of): an app may read the first of them (Go's Get,
+ * Python's), the last, or all joined (node:http, and `header`), and a decision must hold for each.
+ */
+export type L7Request = Pick<RequestView, "method" | "path" | "header"> & { readonly lines?: (name: string) => readonly string[] | undefined };
 
 /**
  * What a header permission reads for `name` (lower case) when it is `host` or a pseudo-header,
@@ -123,14 +128,67 @@ function permissionMatches(p: CompiledPermission, req: L7Request): boolean {
   return methodMatches(p.methods, req.method) && pathMatches(p.path, req.path) && headersMatch(p.headers, req);
 }
 
+/** Lines of one field a permission reads, past which a request is refused rather than judged line by line. */
+const MAX_READ_LINES = 32;
+
 class PermissionAuthorizer implements SourceAuthorizer {
+  private readonly readsHeaders: boolean;
+  private readonly ambiguous: L7Decision;
+  private readonly tooManyLines: L7Decision;
+
   constructor(
     readonly intention: Intention,
     private readonly permissions: readonly CompiledPermission[],
     private readonly fallback: L7Decision,
-  ) {}
+  ) {
+    this.readsHeaders = permissions.some((p) => p.headers.length > 0);
+    const it = `L7 intention ${intention.source} => ${intention.destination}`;
+    this.ambiguous = { allowed: false, reason: `Repeated header lines: ${it} decides differently on one of them alone than on all of them joined, and the app may read either` };
+    this.tooManyLines = { allowed: false, reason: `Repeated header lines: more than ${MAX_READ_LINES} lines of a field ${it} reads` };
+  }
 
+  /**
+   * A field sent as several lines is judged as each reading of it an app may make: the lines
+   * joined, and each line alone (Go's Get reads the first, others the last, a loop over Values any
+   * of them). Envoy matched only the joined value, so `x-role: user` then `x-role: admin` passed a
+   * deny on `admin` to an app that reads one line (CVE-2026-26308). When the readings disagree the
+   * request is refused, whichever way the joined one went. Reading i takes line i of every
+   * repeated field (its last, for one with fewer lines).
+   */
   authorize(req: L7Request): L7Decision {
+    const lines = req.lines;
+    if (lines === undefined || !this.readsHeaders) return this.decide(req);
+    let most = 1;
+    const joined = this.decide({
+      method: req.method,
+      path: req.path,
+      header: (n) => {
+        const l = lines(n);
+        if (l !== undefined && l.length > most) most = l.length;
+        return req.header(n);
+      },
+    });
+    if (most === 1) return joined;
+    // A reading can reach a permission the joined one did not, and a field with more lines: the
+    // count grows as they are found.
+    for (let i = 0; i < most; i++) {
+      if (most > MAX_READ_LINES) return this.tooManyLines;
+      const one = this.decide({
+        method: req.method,
+        path: req.path,
+        header: (n) => {
+          const l = lines(n);
+          if (l === undefined) return req.header(n);
+          if (l.length > most) most = l.length;
+          return l[Math.min(i, l.length - 1)];
+        },
+      });
+      if (one.allowed !== joined.allowed) return this.ambiguous;
+    }
+    return joined;
+  }
+
+  private decide(req: L7Request): L7Decision {
     for (const p of this.permissions) if (permissionMatches(p, req)) return p.decision;
     // Consul: no matching permission means the default action — lower-precedence intentions
     // are not consulted, the matched intention was terminal.

@@ -54,6 +54,26 @@ export function fieldValue(raw: readonly string[], name: string): string | undef
 }
 
 /**
+ * The lines of `name` (lower case) when there are two or more and the app is sent each of them
+ * (every field but FIRST_LINE_ONLY's, whose later lines are dropped); undefined otherwise. Only
+ * for a field a permission reads: it allocates.
+ */
+export function fieldLines(raw: readonly string[], name: string): string[] | undefined {
+  if (FIRST_LINE_ONLY.has(name)) return undefined;
+  let out: string[] | undefined;
+  let first: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const n = raw[i]!;
+    if (n.length !== name.length || lowerName(n) !== name) continue;
+    const v = raw[i + 1]!;
+    if (first === undefined) first = v;
+    else if (out === undefined) out = [first, v];
+    else out.push(v);
+  }
+  return out;
+}
+
+/**
  * An answer's fields as the parser gave them (flat name, value, ...), handed on as they are: a
  * sink on the HTTP/1 core writes them straight into the next head (forward.ts), and a record is
  * built only when something reads or mutates the fields.

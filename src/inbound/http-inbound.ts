@@ -25,6 +25,7 @@ import type { Observers } from "../telemetry/observers.js";
 import { requestFields } from "../telemetry/access-log.js";
 import { InboundHttp1 } from "./http1-inbound.js";
 import { http1Core } from "../http1/parser.js";
+import { fieldLines } from "../http1/fields.js";
 
 /**
  * Which HTTP/1.1 engine serves the public listener: "llhttp" (src/http1/, node's parser driven
@@ -341,6 +342,9 @@ export class InboundHttp {
         if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : joined(req.headers["host"]));
         return nominatedAway(connection, n) ? undefined : joined(req.headers[n]);
       },
+      // The relay sends each line of a repeated field (upgradeRequestHeaders), and the app may
+      // read any one of them. Other requests reach the app with Node's joined value, one line.
+      lines: (n: string) => (isRequestPseudoField(n) || nominatedAway(joined(req.headers["connection"]), n) ? undefined : fieldLines(req.rawHeaders, n)),
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");

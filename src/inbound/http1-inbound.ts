@@ -6,7 +6,7 @@
 import type { Socket } from "node:net";
 import { Http1Server, type ClientFailure, type Exchange } from "../http1/server.js";
 import { OriginPool, ResponseParseError, ResponseTimeoutError, type OriginRequest } from "../http1/client.js";
-import { fieldRecord, fieldValue } from "../http1/fields.js";
+import { fieldLines, fieldRecord, fieldValue } from "../http1/fields.js";
 import { appRequestHead, clientResponseFields } from "../http1/forward.js";
 import { FLAGS_HEADER, localReplyText, type ResponseFlag } from "../http/local-reply.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
@@ -145,6 +145,11 @@ export class InboundHttp1 {
         connection ??= fieldValue(raw, "connection") ?? "";
         if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : fieldValue(raw, "host"));
         return nominatedAway(connection, n) ? undefined : fieldValue(raw, n);
+      },
+      // The app is sent each line of a repeated field (forward.ts) and may read any one of them.
+      lines: (n: string) => {
+        connection ??= fieldValue(raw, "connection") ?? "";
+        return isRequestPseudoField(n) || nominatedAway(connection, n) ? undefined : fieldLines(raw, n);
       },
     });
     if (!decision.allowed) {

@@ -167,3 +167,38 @@ t.test("nominatedAway: the end-to-end fields a Connection header drops before th
   t.notOk(nominatedAway("x-forwarded-client-cert", "x-forwarded-client-cert"), "the caller's certificate chain goes on with this hop's element");
   t.ok(nominatedAway("host", "host"), "Host too: the app gets the sidecar's own instead");
 });
+
+t.test("a field sent as several lines: every reading an app may make must agree, or the request is refused", async (t) => {
+  const denyAdmin: Intention = {
+    source: "web",
+    destination: "billing",
+    action: "allow",
+    permissions: [
+      { action: "deny", headers: [{ name: "x-role", exact: "admin" }], methods: [] },
+      { action: "allow", headers: [], methods: [] },
+    ],
+  };
+  const allowUser: Intention = { ...denyAdmin, permissions: [{ action: "allow", headers: [{ name: "x-role", exact: "user" }], methods: [] }] };
+  const withLines = (lines: Record<string, readonly string[]>): L7Request => ({
+    method: "GET",
+    path: "/",
+    header: (n) => lines[n]?.join(", "),
+    lines: (n) => ((lines[n]?.length ?? 0) > 1 ? lines[n] : undefined),
+  });
+  const deny = new CompiledL7Intentions({ defaultAction: "deny", intentions: [denyAdmin] }, "billing").forSource("web");
+  t.equal(deny.authorize(withLines({ "x-role": ["admin"] })).allowed, false, "one line: the deny");
+  t.equal(deny.authorize(withLines({ "x-role": ["user"] })).allowed, true, "one line: the allow");
+  for (const order of [["user", "admin"], ["admin", "user"], ["user", "admin", "user"]]) {
+    const d = deny.authorize(withLines({ "x-role": order }));
+    t.equal(d.allowed, false, `${order.join(" then ")}: an app reading one line may read admin (the joined value alone passed the deny)`);
+  }
+  t.match(deny.authorize(withLines({ "x-role": ["user", "admin"] })).reason, /^Repeated header lines: L7 intention web => billing decides differently/);
+  t.match(deny.authorize(withLines({ "x-role": Array.from({ length: 33 }, () => "user") })), { allowed: false, reason: /more than 32 lines/ }, "past 32 lines of a field it reads, refused");
+  t.equal(deny.authorize(withLines({ "x-role": ["user", "user"] })).allowed, true, "lines that every reading agrees on pass");
+  t.equal(deny.authorize(withLines({ "x-role": ["user"], "x-other": ["a", "b"] })).allowed, true, "repeated lines of a field no permission reads change nothing");
+
+  const allow = new CompiledL7Intentions({ defaultAction: "deny", intentions: [allowUser] }, "billing").forSource("web");
+  t.equal(allow.authorize(withLines({ "x-role": ["user"] })).allowed, true);
+  t.equal(allow.authorize(withLines({ "x-role": ["user", "admin"] })).allowed, false, "an allow on user: joined it does not match, first line it does: refused");
+  t.equal(allow.authorize(req("GET", "/", { "x-role": "user, admin" })).allowed, false, "a caller without `lines` (one joined line reaches the app) is judged on it alone");
+});

@@ -26,6 +26,8 @@ const DENY_ALL_BUT = [
   { action: "deny", http: { path_prefix: "/tls-denied", header: [{ name: ":scheme", exact: "https" }] } },
   // Only requests that carry a tenant reach /tenant.
   { action: "deny", http: { path_prefix: "/tenant", header: [{ name: "x-tenant", present: true, invert: true }] } },
+  // An app may read one line of a repeated field (Go's Get: the first): x-role must be judged on each.
+  { action: "deny", http: { path_prefix: "/role", header: [{ name: "x-role", exact: "admin" }] } },
   { action: "allow", http: { path_prefix: "/" } },
 ];
 const POLICY = {
@@ -111,6 +113,36 @@ for (const [name, sidecar] of ENGINES) {
     const upgrade = "Upgrade: websocket\r\nConnection: Upgrade, x-tenant\r\nx-tenant: a\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     t.equal(await send(upgrade), 403, "an upgrade request's too");
     t.same(hits, [], "the app never got a /tenant request without its tenant");
+  });
+
+  // CVE-2026-26308 in Envoy: `x-role: user` then `x-role: admin` is "user, admin" joined, which a
+  // deny on admin does not match, while an app that reads one line reads admin.
+  t.test(`${name}: a field sent as several lines is judged on each line an app may read`, async (t) => {
+    const send = async (fields: string, upgrade = false) => {
+      hits.length = 0;
+      appBytes.length = 0;
+      const up = upgrade ? "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" : "Connection: close\r\n";
+      const x = await exchange(tlsTo(sidecar.publicAddr!, webLeaf), `GET /role HTTP/1.1\r\nHost: api\r\n${fields}${up}\r\n`, { done: hasResponses(1) });
+      return parseResponses(x.data, { closed: x.closed })[0]?.status;
+    };
+    t.equal(await send("x-role: user\r\n"), 200, "control: user is served");
+    t.equal(await send("x-role: admin\r\n"), 403, "control: admin is denied");
+    t.equal(await send("x-role: user\r\nx-role: user\r\n"), 200, "two lines every reading agrees on are served");
+    for (const [first, second] of [["user", "admin"], ["admin", "user"]]) {
+      for (const upgrade of [false, true]) {
+        const what = `${upgrade ? "an upgrade request" : "a request"} with x-role ${first} then ${second}`;
+        const status = await send(`x-role: ${first}\r\nX-Role: ${second}\r\n`, upgrade);
+        const wire = appBytes.join("");
+        if (status === 200) {
+          // Served only when the app got the value that was judged, as one line (node:http joins them).
+          t.match(wire, new RegExp(`\r\nx-role: ${first}, ${second}\r\n`, "i"), `${what}: served only as the one joined line that was judged`);
+          t.notMatch(wire, /\r\nx-role: admin\r\n/i, `${what}: never the admin line alone`);
+        } else {
+          t.equal(status, 403, `${what}: denied`);
+          t.same(hits, [], `${what}: the app never saw it`);
+        }
+      }
+    }
   });
 
   t.test(`${name}: an upgrade request's repeated Host reaches the app as the one line authorized`, async (t) => {
