@@ -35,6 +35,8 @@ export const DEFAULT_LIMITS: Limits = {
 /** Defaults people already know: Consul's built-in proxy and Envoy's tcp_proxy. */
 export const DEFAULTS = {
   namespace: "default",
+  /** Consul Enterprise's admin partition outside any other (and Consul CE's only one). */
+  partition: "default",
   datacenter: "dc1",
   handshakeTimeoutMs: 10_000,
   localConnectTimeoutMs: 1_000,

@@ -1,4 +1,5 @@
 // SPIFFE IDs and SNI names in Consul's formats (shared/reference/consul-connect.md §3.1, §3.2).
+import { formatMeshSni } from "./sni.js";
 
 export interface ServiceId {
   readonly trustDomain: string;
@@ -40,10 +41,12 @@ export function parseServiceSpiffeId(uri: string): ServiceId | null {
   }
 }
 
-/** `[<subset>.]<service>.<namespace>.<datacenter>.internal.<trust-domain>` */
+/**
+ * `[<subset>.]<service>.<namespace>.<datacenter>.internal.<trust-domain>`: a service in the default
+ * admin partition. formatMeshSni names one in any partition.
+ */
 export function serviceSni(service: string, namespace: string, datacenter: string, trustDomain: string, subset?: string): string {
-  const prefix = subset ? `${subset}.` : "";
-  return `${prefix}${service}.${namespace}.${datacenter}.internal.${trustDomain}`;
+  return formatMeshSni({ kind: "service", subset: subset || null, service, namespace, partition: "default", datacenter, trustDomain });
 }
 
 function enc(s: string): string {

@@ -9,7 +9,8 @@ import { createHash, createPrivateKey, X509Certificate } from "node:crypto";
 import { once } from "node:events";
 import * as x509 from "@peculiar/x509";
 import { createRootCa, crossSign, issueLeaf, type CaMaterial, type IssuedLeaf } from "../../src/identity/ca.js";
-import { parseServiceSpiffeId, serviceSni, serviceSpiffeId } from "../../src/identity/spiffe.js";
+import { parseServiceSpiffeId, serviceSpiffeId } from "../../src/identity/spiffe.js";
+import { formatMeshSni } from "../../src/identity/sni.js";
 import { parseDurationMs } from "../../src/config/duration.js";
 import { precedence } from "../../src/authz/intentions.js";
 
@@ -56,6 +57,11 @@ export interface ConsulAgentDoubleOptions {
   readonly aclDefaultPolicy?: "allow" | "deny" | undefined;
   /** `default_intention_policy` (Consul 1.x agents); unset by default. When set it decides over the ACLs. */
   readonly defaultIntentionPolicy?: "allow" | "deny" | undefined;
+  /**
+   * The agent's admin partition (Consul Enterprise); default `default`. Leafs, default chains and
+   * intentions are in it, as an Enterprise agent in that partition answers.
+   */
+  readonly partition?: string | undefined;
 }
 
 export interface CARoot {
@@ -288,7 +294,7 @@ export interface IntentionSpec {
   readonly precedence?: number | undefined;
   /** `SourceNS`; default `default`. `*` for every namespace. */
   readonly sourceNamespace?: string | undefined;
-  /** `SourcePartition`; default `default`. */
+  /** `SourcePartition`; default the double's own partition (`default`). */
   readonly sourcePartition?: string | undefined;
   /** `SourcePeer`: the source is a service of this cluster peer. */
   readonly sourcePeer?: string | undefined;
@@ -657,13 +663,13 @@ function tokenOf(req: IncomingMessage, url: URL): string | null {
 }
 
 /** The default compiled chain: a single resolver, protocol tcp (§2.7). */
-export function defaultDiscoveryChain(service: string, datacenter: string, trustDomain: string): JsonObject {
-  const target = `${service}.${NS}.default.${datacenter}`;
-  const sni = serviceSni(service, NS, datacenter, trustDomain);
+export function defaultDiscoveryChain(service: string, datacenter: string, trustDomain: string, partition = "default"): JsonObject {
+  const target = `${service}.${NS}.${partition}.${datacenter}`;
+  const sni = formatMeshSni({ kind: "service", subset: null, service, namespace: NS, partition, datacenter, trustDomain });
   return {
     ServiceName: service,
     Namespace: NS,
-    Partition: "default",
+    Partition: partition,
     Datacenter: datacenter,
     Default: true,
     Protocol: "tcp",
@@ -680,7 +686,7 @@ export function defaultDiscoveryChain(service: string, datacenter: string, trust
         ID: target,
         Service: service,
         Namespace: NS,
-        Partition: "default",
+        Partition: partition,
         Datacenter: datacenter,
         MeshGateway: {},
         Subset: {},
@@ -780,6 +786,7 @@ type Route = (ctx: Ctx, params: readonly string[]) => Promise<void> | void;
 export class ConsulAgentDouble {
   readonly datacenter: string;
   readonly trustDomain: string;
+  readonly partition: string;
   readonly nodeName: string;
   /** Every request, in arrival order. */
   readonly requests: RecordedRequest[] = [];
@@ -832,6 +839,7 @@ export class ConsulAgentDouble {
     this.aclsEnabled = opts.token !== undefined;
     this.datacenter = opts.datacenter ?? DEFAULT_DATACENTER;
     this.trustDomain = (opts.trustDomain ?? DEFAULT_TRUST_DOMAIN).toLowerCase();
+    this.partition = opts.partition ?? "default";
     this.nodeName = opts.nodeName ?? "node-double";
     this.leafTtlMs = opts.leafTtlMs ?? DEFAULT_LEAF_TTL_MS;
     this.leafRenewFraction = opts.leafRenewFraction;
@@ -1413,7 +1421,7 @@ export class ConsulAgentDouble {
 
   private async issue(service: string, ttlMs: number): Promise<LeafState> {
     const root = this.activeRootState;
-    const spiffeId = serviceSpiffeId({ trustDomain: this.trustDomain, namespace: NS, datacenter: this.datacenter, service });
+    const spiffeId = serviceSpiffeId({ trustDomain: this.trustDomain, partition: this.partition, namespace: NS, datacenter: this.datacenter, service });
     // Back-dated for clock skew like the dev CA, but never by more than a quarter of the
     // lifetime, so a test's 2-second leaf is not born expired.
     const notBefore = new Date(Date.now() - Math.min(60_000, ttlMs / 4));
@@ -1477,7 +1485,7 @@ export class ConsulAgentDouble {
    */
   async foreignLeaf(service: string, where: { namespace?: string; partition?: string }): Promise<{ spiffeId: string; certPem: string; keyPem: string }> {
     const root = this.activeRootState;
-    const spiffeId = serviceSpiffeId({ trustDomain: this.trustDomain, namespace: where.namespace ?? NS, datacenter: this.datacenter, service, ...(where.partition ? { partition: where.partition } : {}) });
+    const spiffeId = serviceSpiffeId({ trustDomain: this.trustDomain, namespace: where.namespace ?? NS, datacenter: this.datacenter, service, partition: where.partition ?? this.partition });
     const issued = await issueLeaf(root.ca, { spiffeId, commonName: service, ttlMs: this.leafTtlMs, notBefore: new Date(Date.now() - 60_000) });
     return { spiffeId, certPem: issued.certPem + root.intermediates.join(""), keyPem: toSec1(issued.keyPem) };
   }
@@ -1565,8 +1573,8 @@ export class ConsulAgentDouble {
       SourceName: i.spec.source,
       DestinationNS: i.spec.destinationNamespace ?? NS,
       DestinationName: i.destination,
-      SourcePartition: i.spec.sourcePartition ?? "default",
-      DestinationPartition: "default",
+      SourcePartition: i.spec.sourcePartition ?? this.partition,
+      DestinationPartition: this.partition,
       ...(i.spec.sourcePeer ? { SourcePeer: i.spec.sourcePeer } : {}),
       SourceType: "consul",
       Action: i.spec.permissions && i.spec.permissions.length > 0 ? undefined : (i.spec.action ?? "allow"),
@@ -1614,7 +1622,7 @@ export class ConsulAgentDouble {
    * equal or `*`) wins, L7 ones always deny; else `default_intention_policy` if set, else allow
    * with ACLs off, else `acl.default_policy`.
    */
-  authorize(source: string, sourceNamespace: string, target: string, sourcePartition = "default"): { Authorized: boolean; Reason: string } {
+  authorize(source: string, sourceNamespace: string, target: string, sourcePartition = this.partition): { Authorized: boolean; Reason: string } {
     for (const it of this.matching("destination", target)) {
       if (it.SourcePeer || it.SourcePartition !== sourcePartition) continue;
       if (it.SourceNS !== "*" && it.SourceNS !== sourceNamespace) continue;
@@ -2129,7 +2137,7 @@ export class ConsulAgentDouble {
     if (ctx.record.method === "POST" && ctx.record.body.trim() !== "") await this.readJson(ctx);
     const dc = ctx.url.searchParams.get("compile-dc") || this.datacenter;
     await this.indexed(ctx, [`chain:${service}`], () => ({
-      Chain: this.chains.get(service) ?? defaultDiscoveryChain(service, dc, this.trustDomain),
+      Chain: this.chains.get(service) ?? defaultDiscoveryChain(service, dc, this.trustDomain, this.partition),
     }));
   }
 }

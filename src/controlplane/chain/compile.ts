@@ -2,7 +2,7 @@
 // /v1/discovery-chain: router → splitter → resolver → targets. The dev control plane compiles
 // chains itself; the Consul control plane receives them compiled and maps them to the same
 // CompiledChain, so both feed one Snapshot builder.
-import type { Protocol } from "../../config/snapshot.js";
+import { DEFAULTS, type Protocol } from "../../config/snapshot.js";
 import type { HeaderMutation, RouteMatch } from "../../config/http.js";
 import { EntryError, type ConfigEntry, type EntryKind, type MeshGatewayMode, type RouteDestination, type ServiceResolver, type ServiceRouter, type ServiceSplitter, type ServiceDefaults, type ProxyDefaults } from "./entries.js";
 
@@ -12,6 +12,11 @@ export interface ChainTarget {
   readonly service: string;
   readonly subset: string;
   readonly namespace: string;
+  /**
+   * The target's admin partition (Consul Enterprise; `default` in CE): part of the identity its
+   * instances present (`spiffe://<td>/ap/<partition>/ns/…`) and of its SNI (`….internal-v1.<td>`).
+   */
+  readonly partition: string;
   readonly datacenter: string;
   /** bexpr over the health entry; empty selects every instance. */
   readonly filter: string;
@@ -93,6 +98,7 @@ class Compiler {
   constructor(
     private readonly lookup: EntryLookup,
     private readonly namespace: string,
+    private readonly partition: string,
     private readonly datacenter: string,
     private readonly meshGatewayOverride: MeshGatewayMode | undefined,
   ) {}
@@ -140,6 +146,7 @@ class Compiler {
       service,
       subset: sub,
       namespace: this.namespace,
+      partition: this.partition,
       datacenter,
       filter: def?.filter ?? "",
       onlyPassing: def?.onlyPassing ?? false,
@@ -203,12 +210,12 @@ export function meshGatewayOverride(lookup: EntryLookup, source: string, upstrea
 const CATCH_ALL: RouteMatch = { path: { kind: "prefix", value: "/" }, headers: [], queryParams: [], methods: [] };
 
 /**
- * Compiles the chain for `service` as seen from a proxy in `datacenter`. Throws EntryError
- * naming the entry and field when the entries do not fit together.
+ * Compiles the chain for `service` as seen from a proxy in `datacenter` (and `partition`, default
+ * the default one). Throws EntryError naming the entry and field when the entries do not fit together.
  */
-export function compileChain(lookup: EntryLookup, service: string, opts: { namespace: string; datacenter: string; meshGatewayOverride?: MeshGatewayMode }): CompiledChain {
+export function compileChain(lookup: EntryLookup, service: string, opts: { namespace: string; partition?: string; datacenter: string; meshGatewayOverride?: MeshGatewayMode }): CompiledChain {
   const protocol = serviceProtocol(lookup, service);
-  const c = new Compiler(lookup, opts.namespace, opts.datacenter, opts.meshGatewayOverride);
+  const c = new Compiler(lookup, opts.namespace, opts.partition ?? DEFAULTS.partition, opts.datacenter, opts.meshGatewayOverride);
   const re = lookup.get("service-router", service);
   const router: ServiceRouter | undefined = re?.kind === "service-router" ? re : undefined;
   const splitter = lookup.get("service-splitter", service);

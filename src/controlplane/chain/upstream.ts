@@ -15,7 +15,8 @@ import {
   type RetryPolicy,
   type Route,
 } from "../../config/http.js";
-import { serviceSni, serviceSpiffeId } from "../../identity/spiffe.js";
+import { serviceSpiffeId } from "../../identity/spiffe.js";
+import { formatMeshSni } from "../../identity/sni.js";
 import type { UpstreamRequest } from "../controlplane.js";
 import { compileFilter, type FilterTarget } from "./bexpr.js";
 import type { ChainTarget, CompiledChain } from "./compile.js";
@@ -158,9 +159,12 @@ export function retryPolicyFrom(d: RouteDestination): RetryPolicy {
   };
 }
 
-/** The cluster name Consul's Envoy config uses: the target's SNI. */
-function clusterName(t: ChainTarget, trustDomain: string): string {
-  return t.sni ?? serviceSni(t.service, t.namespace, t.datacenter, trustDomain, t.subset || undefined);
+/**
+ * The target's SNI, which is also the cluster name Consul's Envoy config uses: the agent's when
+ * it compiled the chain, else Consul's TargetSNI (the -v1 form in a partition other than default).
+ */
+function targetSni(t: ChainTarget, trustDomain: string): string {
+  return t.sni ?? formatMeshSni({ kind: "service", subset: t.subset || null, service: t.service, namespace: t.namespace, partition: t.partition, datacenter: t.datacenter, trustDomain });
 }
 
 export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
@@ -168,7 +172,7 @@ export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
   const clusters: Record<string, Cluster> = {};
   const problems: string[] = [];
   const names: Record<string, string> = {};
-  for (const t of Object.values(chain.targets)) names[t.id] = clusterName(t, trustDomain);
+  for (const t of Object.values(chain.targets)) names[t.id] = targetSni(t, trustDomain);
   for (const t of Object.values(chain.targets)) {
     const name = names[t.id]!;
     const connectTimeoutMs = settings?.connectTimeoutMs ?? t.connectTimeoutMs ?? u.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs;
@@ -179,9 +183,10 @@ export function buildUpstream(input: UpstreamBuildInput): UpstreamBuild {
       service: t.service,
       namespace: t.namespace,
       datacenter: t.datacenter,
-      sni: t.sni ?? serviceSni(t.service, t.namespace, t.datacenter, trustDomain, t.subset || undefined),
-      // A subset is a slice of one service: every instance presents the service's identity.
-      expectedSpiffeId: serviceSpiffeId({ trustDomain, namespace: t.namespace, datacenter: t.datacenter, service: t.service }),
+      sni: name,
+      // A subset is a slice of one service: every instance presents the service's identity, in
+      // the target's partition (Consul's upstream cluster SAN match: /ap/<partition>/ unless default).
+      expectedSpiffeId: serviceSpiffeId({ trustDomain, partition: t.partition, namespace: t.namespace, datacenter: t.datacenter, service: t.service }),
       endpoints,
       ...(meshGateway ? { meshGateway } : {}),
       lb: lbFrom(t),

@@ -2,7 +2,7 @@
 // same shape the dev control plane compiles from config entries, so both feed one Snapshot
 // builder. Route definitions and load-balancer settings have the config entries' own JSON shape,
 // so they are read by the config-entry parser.
-import type { Protocol } from "../../config/snapshot.js";
+import { DEFAULTS, type Protocol } from "../../config/snapshot.js";
 import { parseDurationMs } from "../../config/duration.js";
 import { MESH_GATEWAY_MODES, parseEntry, type MeshGatewayMode, type RouterRoute, type ServiceResolver } from "../chain/entries.js";
 import type { ChainRoute, ChainSplit, ChainTarget, CompiledChain } from "../chain/compile.js";
@@ -54,7 +54,9 @@ export function chainFromAgent(body: unknown, service: string): CompiledChain {
       id,
       service: str(t, "Service") || service,
       subset: str(t, "ServiceSubset"),
-      namespace: str(t, "Namespace") || "default",
+      namespace: str(t, "Namespace") || DEFAULTS.namespace,
+      // Consul CE leaves it out; Enterprise names every target's, `default` included.
+      partition: str(t, "Partition") || DEFAULTS.partition,
       datacenter: str(t, "Datacenter"),
       filter: str(subset, "Filter"),
       onlyPassing: subset["OnlyPassing"] === true,

@@ -285,7 +285,9 @@ export class ConsulControlPlane implements ControlPlane {
   private chainOf(u: UpstreamRequest, datacenter: string): CompiledChain {
     const c = this.chains.get(chainKey(u));
     if (c && c !== "unavailable") return c;
-    return compileChain(entryIndex([]), u.name, { namespace: DEFAULTS.namespace, datacenter: u.datacenter ?? datacenter });
+    // In the proxy's own namespace and partition: upstreams naming another are skipped (upstreamRequests).
+    const local = this.localScope();
+    return compileChain(entryIndex([]), u.name, { namespace: local.namespace, partition: local.partition, datacenter: u.datacenter ?? datacenter });
   }
 
   /** This proxy's datacenter, once its leaf says; null before. */
@@ -492,10 +494,16 @@ export class ConsulControlPlane implements ControlPlane {
     const trust = { trustDomain, rootsPem: roots.roots.map((r) => r.certPem) };
     const parts = new UpstreamParts(this.partMemo, { version: 0, source: this.kind, identity, trust, publicListener: null, upstreams: [], clusters: {}, intentions: { defaultAction: "deny", intentions: [] } });
     for (const u of upstreams) {
+      const chain = this.effectiveChain(u, datacenter);
+      for (const t of Object.values(chain.targets)) {
+        if (t.partition !== local.partition) {
+          this.warnOnce(`upstream ${u.name}: target ${t.id} is in partition "${t.partition}", not this proxy's ("${local.partition}"); meshproxy reads instances in its own partition only and does not route between partitions through mesh gateways, so connections to that target are refused (its instances must present ${t.partition}'s identity)`);
+        }
+      }
       const built = parts.checked(chainKey(u), () => buildUpstream({
         // Consul's upstream stat prefix names the chain's namespace and partition: the upstream's, else the proxy's.
         upstream: { ...u, namespace: u.namespace ?? local.namespace, partition: u.partition ?? local.partition },
-        chain: this.effectiveChain(u, datacenter),
+        chain,
         instances: (svc, d) => (this.health.get(healthKey(svc, dcParam(d, datacenter))) ?? []).map((h) => instanceOf(h, svc, d)),
         gateways: (d) => {
           const dc = dcParam(d, datacenter);
