@@ -5,6 +5,7 @@
 import { X509Certificate, createPrivateKey, type KeyObject } from "node:crypto";
 import { colonHexSerial } from "../../identity/serial.js";
 import { firstUriSan, parseServiceSpiffeId } from "../../identity/spiffe.js";
+import { chainsToRoot } from "../../identity/chain.js";
 import { DEFAULTS, type Identity, type TrustBundle } from "../../config/snapshot.js";
 import { StaticConfigError, type StaticConfig } from "./config.js";
 
@@ -76,7 +77,7 @@ export function buildMaterial(cfg: StaticConfig, texts: PemTexts, configFile: st
     if (found.length === 0) fail(`roots_files[${i}]`, `${file}: no PEM certificate found (want "-----BEGIN CERTIFICATE-----" blocks)`);
     roots.push(...found);
   });
-  if (!chainsToRoot(chain, roots)) {
+  if (!chainsToRoot(leaf.cert, chain.slice(1).map((c) => c.cert), roots.map((r) => r.cert))) {
     fail("identity.cert_file", `${certFile}: the leaf (issuer ${oneLine(leaf.cert.issuer)}) is not signed by any certificate in roots_files; add its CA root to roots_files or issue the leaf from one of them`);
   }
 
@@ -119,20 +120,6 @@ function certificates(text: string, bad: (reason: string) => never): Parsed[] {
       return bad(`certificate ${i + 1} in the file is not valid (${errorText(e)})`);
     }
   });
-}
-
-/**
- * True when leaf → intermediates (in file order) → some root is a chain of signatures. OpenSSL
- * checks this again at every handshake; checking here names the file at fault instead.
- */
-function chainsToRoot(chain: readonly Parsed[], roots: readonly Parsed[]): boolean {
-  const signedBy = (child: X509Certificate, parent: X509Certificate): boolean => child.checkIssued(parent) && child.verify(parent.publicKey);
-  for (const [i, { cert }] of chain.entries()) {
-    if (roots.some((r) => signedBy(cert, r.cert))) return true;
-    const next = chain[i + 1];
-    if (!next || !signedBy(cert, next.cert)) return false;
-  }
-  return false;
 }
 
 function oneLine(dn: string): string {
