@@ -8,9 +8,10 @@
 import t from "tap";
 import { generateKeyPairSync } from "node:crypto";
 import { ConsulAgentDouble, type JsonObject } from "./helpers/consul-agent.js";
+import { recordedControlPlane, type Recorded } from "./helpers/consul-cp.js";
 import { AgentClient } from "../src/controlplane/consul/client.js";
 import { ConsulControlPlane } from "../src/controlplane/consul/consul.js";
-import type { ControlPlaneError, ProxyRequest } from "../src/controlplane/controlplane.js";
+import type { ProxyRequest } from "../src/controlplane/controlplane.js";
 import { compileSnapshot } from "../src/compile/snapshot.js";
 import { serviceSni } from "../src/identity/spiffe.js";
 import { silentLogger } from "../src/telemetry/log.js";
@@ -25,10 +26,8 @@ const WEB_WITH_DB: ProxyRequest = {
   upstreams: [{ name: "db", bind: { host: "127.0.0.1", port: 9191 } }],
 };
 
-interface Run {
+interface Run extends Recorded {
   readonly d: ConsulAgentDouble;
-  readonly snapshots: Snapshot[];
-  readonly errors: ControlPlaneError[];
 }
 
 async function start(t: Teardown): Promise<Run> {
@@ -36,16 +35,7 @@ async function start(t: Teardown): Promise<Run> {
   t.teardown(() => d.stop());
   d.setInstances("db", [{ id: "db-1", address: "10.0.0.5", port: 21000 }]);
   d.setIntentions("web", [{ source: "api", action: "allow" }]);
-  const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger: silentLogger, request: WEB_WITH_DB, waitMs: 2000, backoff: { baseMs: 50, maxMs: 500 } });
-  const snapshots: Snapshot[] = [];
-  const errors: ControlPlaneError[] = [];
-  const started = cp.start({ snapshot: (s) => snapshots.push(s), error: (e) => errors.push(e) });
-  t.teardown(async () => {
-    await cp.stop();
-    await started.catch(ignoreRejection("stopped at teardown"));
-  });
-  await started;
-  return { d, snapshots, errors };
+  return { d, ...(await recordedControlPlane(t, d, WEB_WITH_DB)) };
 }
 
 function denied(s: Snapshot): boolean {

@@ -29,6 +29,7 @@ import {
   parseProxyRegistration,
   parseRoots,
   parseServiceNames,
+  rootsVerifyingLeaf,
   type CaRoots,
   type GatewayEndpoint,
   type HealthEndpoint,
@@ -353,7 +354,7 @@ export class ConsulControlPlane implements ControlPlane {
   private reconcile(): void {
     if (this.stopped) return;
     const wanted = new Set<string>(["roots"]);
-    this.watch<CaRoots>("roots", { path: "/v1/agent/connect/ca/roots", mode: "index", parse: parseRoots }, (v) => (this.roots = v));
+    this.watch<CaRoots>("roots", { path: "/v1/agent/connect/ca/roots", mode: "index", parse: (b) => rootsVerifyingLeaf(parseRoots(b), this.leaf) }, (v) => (this.roots = v));
     if (this.agentMode) {
       const id = this.proxyId!;
       wanted.add(`service:${id}`);

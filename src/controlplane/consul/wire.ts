@@ -5,6 +5,8 @@ import { createPrivateKey, X509Certificate } from "node:crypto";
 import { parseDurationMs } from "../../config/duration.js";
 import { EntryError, MESH_GATEWAY_MODES, describeValue, parsePermissions, parseUpstreamSettings, type MeshGatewayMode, type UpstreamSettings } from "../chain/entries.js";
 import type { Permission } from "../../config/http.js";
+import { chainsToRoot } from "../../identity/chain.js";
+import { pemCertificates } from "../../identity/cert-info.js";
 
 export class WireError extends Error {
   constructor(endpoint: string, field: string, why: string) {
@@ -140,7 +142,38 @@ export function parseRoots(body: unknown): CaRoots {
     notAfter: x.optStr("NotAfter"),
   }));
   if (roots.length === 0) throw new WireError(ep, "$.Roots", "no CA roots (is Connect enabled on the agent?)");
-  return { trustDomain: r.str("TrustDomain").toLowerCase(), activeRootId: r.optStr("ActiveRootID"), roots };
+  // The active root signs every new leaf: a set without it could not verify the next leaf.
+  const activeRootId = r.str("ActiveRootID");
+  if (!roots.some((x) => x.id.toLowerCase() === activeRootId.toLowerCase())) {
+    throw new WireError(ep, "$.ActiveRootID", `${JSON.stringify(activeRootId)} names none of the roots listed (${rootIds(roots)}); refused as an inconsistent answer, check the servers' CA state (GET /v1/connect/ca/roots)`);
+  }
+  return { trustDomain: r.str("TrustDomain").toLowerCase(), activeRootId, roots };
+}
+
+function rootIds(roots: CaRoots["roots"]): string {
+  const shown = roots.slice(0, 8).map((x) => JSON.stringify(x.id));
+  return `IDs ${shown.join(", ")}${roots.length > shown.length ? ` and ${roots.length - shown.length} more` : ""}`;
+}
+
+/**
+ * A roots answer must verify this proxy's current leaf (with the intermediates its CertPEM
+ * carries, which is the chain peers are sent): a set that does not is not this mesh's CA, and
+ * trusting it would leave the proxy unable to verify its own mesh. A rotation passes:
+ * the old root stays listed (inactive) while leafs from it are still out, and a leaf from the new
+ * root reaches either the new root or, through the cross-signed certificate it is sent with, the
+ * old one. The leaf is checked against the roots only in this direction: a new leaf may arrive
+ * before the roots that list its root, and refusing it too could leave each waiting for the other.
+ */
+export function rootsVerifyingLeaf(roots: CaRoots, leaf: LeafCert | null): CaRoots {
+  if (!leaf) return roots;
+  const [leafCert, ...intermediates] = pemCertificates(leaf.certPem).map((p) => new X509Certificate(p));
+  if (!leafCert) return roots;
+  if (chainsToRoot(leafCert, intermediates, roots.roots.map((x) => new X509Certificate(x.certPem)))) return roots;
+  throw new WireError(
+    "/v1/agent/connect/ca/roots",
+    "$.Roots",
+    `none of the roots listed (${rootIds(roots.roots)}) verifies this proxy's leaf for ${JSON.stringify(leaf.service)} (serial ${leaf.serial}, issuer ${leafCert.issuer.split("\n").join(", ")}), directly or through the intermediates sent with it; refused, as trusting them would cut the proxy off from its own mesh. The agent lists the old root during a rotation: check the servers' CA state (GET /v1/connect/ca/roots) and the agent's leaf (GET /v1/agent/connect/ca/leaf/${leaf.service})`,
+  );
 }
 
 // ---- /v1/agent/connect/ca/leaf/:service ----
@@ -164,6 +197,8 @@ export function parseLeaf(body: unknown): LeafCert {
     return d;
   };
   const certPem = checkedCert(ep, "$.CertPEM", r.str("CertPEM"));
+  // The intermediates after the leaf are sent to peers, and checked against the roots.
+  pemCertificates(certPem).forEach((pem, i) => checkedCert(ep, `$.CertPEM (certificate ${i + 1})`, pem));
   const keyPem = r.str("PrivateKeyPEM");
   checkKeyMatches(ep, certPem, keyPem);
   return {
