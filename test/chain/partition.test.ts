@@ -11,6 +11,16 @@ import { parseServiceSpiffeId } from "../../src/identity/spiffe.js";
 import { identifyPeer } from "../../src/identity/peer.js";
 import { authorize } from "../../src/authz/intentions.js";
 import type { CompiledChain } from "../../src/controlplane/chain/compile.js";
+import { ConsulAgentDouble, defaultDiscoveryChain, type Json, type JsonObject } from "../helpers/consul-agent.js";
+import { AgentClient } from "../../src/controlplane/consul/client.js";
+import { ConsulControlPlane } from "../../src/controlplane/consul/consul.js";
+import { createLogger } from "../../src/telemetry/log.js";
+import type { Snapshot } from "../../src/config/snapshot.js";
+import { ignoreRejection } from "../helpers/ignore.js";
+
+function isObject(v: Json | undefined): v is JsonObject {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
 
 const TD = "0c4a3f6e-2b1d-4e8a-9f7c-5d6e7a8b9c01.consul";
 
@@ -102,4 +112,40 @@ t.test("inbound: a caller's partitioned SPIFFE ID is read whole, and intentions 
   t.equal(authorize(policy("ap2"), peer.id, "web", local).allowed, true, "an intention from ap2/api lets ap2's api in");
   t.equal(authorize(policy(), peer.id, "web", local).allowed, false, "an unscoped one (the local partition, ap1) does not");
   t.equal(authorize(policy(), { ...peer.id, partition: "ap1" }, "web", local).allowed, true, "it lets ap1's api in");
+});
+
+t.test("Consul control plane: a failover target in another partition than the proxy's expects that partition's identity, and is warned about (not routed through mesh gateways)", async (t) => {
+  const d = await ConsulAgentDouble.start({ partition: "ap1" });
+  t.teardown(() => d.stop());
+  d.setInstances("db", [{ id: "db-1", address: "10.0.0.5", port: 21000 }]);
+  const chain = defaultDiscoveryChain("db", d.datacenter, d.trustDomain, "ap1");
+  const targets = chain["Targets"];
+  const nodes = chain["Nodes"];
+  if (!isObject(targets) || !isObject(nodes)) throw new Error("the default chain has Targets and Nodes");
+  const primary = `db.default.ap1.${d.datacenter}`;
+  const other = `db.default.ap2.${d.datacenter}`;
+  const resolver = nodes[`resolver:${primary}`];
+  const target = targets[primary];
+  if (!isObject(resolver) || !isObject(target) || !isObject(resolver["Resolver"])) throw new Error("the default chain resolves to its one target");
+  d.setChain("db", {
+    ...chain,
+    Nodes: { [`resolver:${primary}`]: { ...resolver, Resolver: { ...resolver["Resolver"], Failover: { Targets: [other] } } } },
+    Targets: { ...targets, [other]: { ...target, ID: other, Partition: "ap2", SNI: `db.default.ap2.${d.datacenter}.internal-v1.${d.trustDomain}` } },
+  });
+  const lines: string[] = [];
+  const logger = createLogger({ level: "warn", json: true, write: (l) => lines.push(l) });
+  const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger, request: { service: "web", upstreams: [{ name: "db", bind: { host: "127.0.0.1", port: 9191 } }] }, waitMs: 2000, backoff: { baseMs: 50, maxMs: 500 } });
+  const snapshots: Snapshot[] = [];
+  const started = cp.start({ snapshot: (s) => snapshots.push(s), error: () => undefined });
+  t.teardown(async () => {
+    await cp.stop();
+    await started.catch(ignoreRejection("stopped at teardown"));
+  });
+  await started;
+  const clusters = snapshots[0]?.clusters ?? {};
+  t.equal(clusters[`db.default.ap2.${d.datacenter}.internal-v1.${d.trustDomain}`]?.expectedSpiffeId, `spiffe://${d.trustDomain}/ap/ap2/ns/default/dc/${d.datacenter}/svc/db`, "the failover cluster expects ap2's identity");
+  t.ok(
+    lines.some((l) => l.includes(`upstream db: target ${other} is in partition \\"ap2\\", not this proxy's (\\"ap1\\")`) && l.includes("does not route between partitions")),
+    "and the operator is told it will not be reached",
+  );
 });
