@@ -9,6 +9,7 @@ import { catalogDir, openStateDir, registerInstance, writeEntry, type CatalogEnt
 import type { ProxyRequest, UpstreamRequest } from "../src/controlplane/controlplane.js";
 import type { Snapshot } from "../src/config/snapshot.js";
 import { createLogger } from "../src/telemetry/log.js";
+import { issueLeaf } from "../src/identity/ca.js";
 import { tempDir } from "./helpers/mesh.js";
 
 const deadPid = spawnSync("true").pid;
@@ -42,7 +43,9 @@ async function firstSnapshot(t: Test, dir: string, upstream: Partial<UpstreamReq
   const warnings: string[] = [];
   const logger = createLogger({ level: "warn", json: true, write: (line: string) => void warnings.push(line) });
   const request: ProxyRequest = { service: "web", upstreams: [{ name: "db", bind: { host: "127.0.0.1", port: 0 }, ...upstream }], ...extra };
-  const cp = new DevControlPlane({ dataDir: dir, request, logger, datacenter: "dc1", pollMs: 60_000 });
+  // The leaf is issued in this process: the default child process, started with the TypeScript
+  // loader, took seconds each on a loaded machine, and 17 of them ran this file past tap's timeout.
+  const cp = new DevControlPlane({ dataDir: dir, request, logger, datacenter: "dc1", pollMs: 60_000, issueLeaf });
   let snapshot: Snapshot | null = null;
   await cp.start({ snapshot: (s) => (snapshot = snapshot ?? s), error: (e) => t.fail(`control plane error: ${e.message}`) });
   await cp.stop();
