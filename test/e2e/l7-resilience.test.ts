@@ -277,7 +277,8 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
 // must be the ones /clusters reads, or their counts stay inflated for good (least_request and
 // peak_ewma then steer away from a host that is idle).
 t.test("requests in flight across a Snapshot update: rq_active returns to 0 once they finish", async (t) => {
-  // lb: no LocalRequestTimeoutMs on its side, so the requests can outlast a slow config write.
+  // lb: no LocalRequestTimeoutMs on its side, so the requests can be held across the config write
+  // (a 5 s delay raced it: a loaded machine's write and apply can take longer).
   const rqActive = async (): Promise<number> => {
     const res = await fetch(`http://${web.adminAddr}/clusters`);
     let sum = 0;
@@ -286,11 +287,12 @@ t.test("requests in flight across a Snapshot update: rq_active returns to 0 once
     }
     return sum;
   };
-  const inFlight = Promise.all(Array.from({ length: 4 }, () => get(LB, "/inflight?delay=5000")));
+  const inFlight = Promise.all(Array.from({ length: 4 }, () => get(LB, "/inflight?hold")));
   await until(async () => (await rqActive()) === 4, 5_000, "four requests in flight");
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "lb", Limits: { MaxConcurrentRequests: 500 } }] } });
   await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.limits?.maxRequests === 500, 10_000, "the update to apply");
   t.equal(await rqActive(), 4, "the four are still counted after the update");
+  for (const a of lbApps) a.release();
   const rs = await inFlight;
   t.same(rs.map((r) => r.status), [200, 200, 200, 200], "all four are answered");
   await until(async () => (await rqActive()) === 0, 2_000, "rq_active to return to 0").then(

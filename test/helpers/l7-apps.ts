@@ -23,11 +23,14 @@ export interface ScriptedApp extends TestApp {
   readonly seen: Seen[];
   /** Requests in flight now, and the most at once since the test last set it to 0. */
   readonly load: { inflight: number; maxInflight: number };
+  /** Answers every request held by `?hold` (each waits for this, not for a clock). */
+  release(): void;
 }
 
 /**
  * An app that answers `<name> <status>` with the status from `?status=` (default 200) after
- * `?delay=` ms — only on the app named by `?slow=` when that is given — and records each request.
+ * `?delay=` ms — only on the app named by `?slow=` when that is given — or, with `?hold`, when the
+ * test calls release(), and records each request.
  * `x-app: <name>` is on every response; `x-app-secret` and `x-resp-set` are there for
  * response-header mutations to act on. With `echo` (or `?echo=1`) the body is the JSON of what
  * arrived: app, method, url, headers and the number of body bytes.
@@ -35,6 +38,7 @@ export interface ScriptedApp extends TestApp {
 export async function scriptedApp(t: Teardown, name: string, opts: { echo?: boolean } = {}): Promise<ScriptedApp> {
   const seen: Seen[] = [];
   const a = { inflight: 0, maxInflight: 0 };
+  const held: Array<() => void> = [];
   const handler = (req: IncomingMessage, res: ServerResponse) => {
     const u = new URL(req.url ?? "/", "http://app");
     seen.push({
@@ -64,12 +68,13 @@ export async function scriptedApp(t: Teardown, name: string, opts: { echo?: bool
         res.writeHead(status, { "content-type": "text/plain", "x-app": name, "x-app-secret": "s3cret", "x-resp-set": "from-app" });
         res.end(body);
       };
-      if (delay > 0) setTimeout(answer, delay);
+      if (u.searchParams.has("hold")) held.push(answer);
+      else if (delay > 0) setTimeout(answer, delay);
       else answer();
     });
   };
   const app = await httpApp(t, name, handler);
-  return Object.assign(app, { name, seen, load: a });
+  return Object.assign(app, { name, seen, load: a, release: () => held.splice(0).forEach((answer) => answer()) });
 }
 
 export interface Reply {
