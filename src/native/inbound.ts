@@ -19,6 +19,7 @@ import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 import { Counter } from "../telemetry/prom.js";
 import type { NativeObservers, ObservedRequest } from "./observe.js";
+import { fieldLines } from "../http1/fields.js";
 
 /** The verified caller of a connection or request. */
 export interface Peer extends ServiceId {
@@ -228,7 +229,7 @@ export class InboundGate {
    */
   private authorizeRequest(server: TlsServer, req: IncomingMessage, res: Reply): boolean {
     const peer = verifiedPeer(req.socket);
-    const verdict = this.check(peer, req.method ?? "GET", req.url ?? "/", req.headers);
+    const verdict = this.check(peer, req.method ?? "GET", req.url ?? "/", req.headers, req.rawHeaders);
     if (typeof verdict !== "string") {
       this.obs.refused(server, req, verdict.status, peer?.spiffeId ?? null);
       return reply(res, verdict.status, verdict.body);
@@ -238,7 +239,7 @@ export class InboundGate {
   }
 
   private authorizeRaw(req: IncomingMessage, socket: Duplex): boolean {
-    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers);
+    const verdict = this.check(verifiedPeer(req.socket), req.method ?? "GET", req.url ?? "/", req.headers, req.rawHeaders);
     if (typeof verdict === "string") {
       req.url = verdict;
       return true;
@@ -292,8 +293,13 @@ export class InboundGate {
     return reason;
   }
 
-  /** The canonical target to hand the app, or the refusal to answer. */
-  private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders): string | { status: number; body: string } {
+  /**
+   * The canonical target to hand the app, or the refusal to answer. `rawHeaders` (HTTP/1.1): the
+   * app can read a repeated field's lines one by one (rawHeaders, headersDistinct) as well as
+   * joined (headers), so permissions judge each reading (l7.ts). An HTTP/2 caller may split a
+   * field (cookie crumbs) that node hands the app joined: judged joined.
+   */
+  private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders, rawHeaders?: readonly string[]): string | { status: number; body: string } {
     if (!peer) return { status: 403, body: "no verified caller on this connection" };
     const l7 = this.policy.l7;
     if (l7 === null) return url;
@@ -310,6 +316,7 @@ export class InboundGate {
       // (node's compat request reports either as its authority), so sending only :authority does
       // not pass a rule on host, nor a target that normalizes into a denied :path.
       header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, joined(headers["host"] ?? headers[":authority"])) : joined(headers[n])),
+      ...(rawHeaders ? { lines: (n: string) => (isRequestPseudoField(n) ? undefined : fieldLines(rawHeaders, n)) } : {}),
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");

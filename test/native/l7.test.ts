@@ -109,6 +109,7 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
         { action: "deny", http: { header: [{ name: ":path", prefix: "/secret" }] } },
         { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
         { action: "deny", http: { path_prefix: "/tls-denied", header: [{ name: ":scheme", exact: "https" }] } },
+        { action: "deny", http: { path_prefix: "/role", header: [{ name: "x-role", exact: "admin" }] } },
         { action: "allow", http: { path_prefix: "/" } },
       ],
     },
@@ -147,6 +148,9 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
   t.equal(await h1("DELETE /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :method holds");
   t.equal(await h1("GET /a HTTP/1.1\r\nhost: admin.internal\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on host holds");
   t.equal(await h1("GET /tls-denied HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :scheme https holds though no scheme is sent");
+  // The handler can read x-role's lines one by one (rawHeaders, headersDistinct): judged on each.
+  t.equal(await h1("GET /role HTTP/1.1\r\nhost: api\r\nx-role: user\r\nx-role: admin\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: x-role user then admin does not pass a deny on admin");
+  t.equal(await h1("GET /role HTTP/1.1\r\nhost: api\r\nx-role: user\r\nx-role: user\r\nconnection: close\r\n\r\n"), "HTTP/1.1 200 OK", "HTTP/1.1: repeated lines every reading agrees on are allowed");
   t.equal(await h1("GET /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 200 OK", "HTTP/1.1: anything else is allowed");
-  t.same(seen, ["GET /a api", "GET /a api"], "the handler saw only the allowed requests");
+  t.same(seen, ["GET /a api", "GET /role api", "GET /a api"], "the handler saw only the allowed requests");
 });
