@@ -154,8 +154,8 @@ export class InboundGate {
         const [req, socket] = args;
         if (req instanceof IncomingMessage && socket instanceof Duplex && !this.authorizeRaw(req, socket)) return true;
       } else if (event === "stream") {
-        const [stream, headers] = args;
-        if (isServerStream(stream) && isHeaders(headers) && !this.authorizeStream(stream, headers)) return true;
+        const [stream, headers, , rawHeaders] = args;
+        if (isServerStream(stream) && isHeaders(headers) && !this.authorizeStream(stream, headers, isStringList(rawHeaders) ? rawHeaders : undefined)) return true;
       }
       return emit(event, ...args);
     };
@@ -250,10 +250,10 @@ export class InboundGate {
   }
 
   /** An HTTP/2 stream (node's compat requests are made from these, so both APIs are covered). */
-  private authorizeStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean {
+  private authorizeStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders, rawHeaders: readonly string[] | undefined): boolean {
     const method = headers[":method"];
     const path = headers[":path"];
-    const verdict = this.check(verifiedPeer(stream.session?.socket), typeof method === "string" ? method : "GET", typeof path === "string" ? path : "/", headers);
+    const verdict = this.check(verifiedPeer(stream.session?.socket), typeof method === "string" ? method : "GET", typeof path === "string" ? path : "/", headers, rawHeaders, true);
     if (typeof verdict === "string") {
       headers[":path"] = verdict;
       return true;
@@ -294,12 +294,12 @@ export class InboundGate {
   }
 
   /**
-   * The canonical target to hand the app, or the refusal to answer. `rawHeaders` (HTTP/1.1): the
-   * app can read a repeated field's lines one by one (rawHeaders, headersDistinct) as well as
-   * joined (headers), so permissions judge each reading (l7.ts). An HTTP/2 caller may split a
-   * field (cookie crumbs) that node hands the app joined: judged joined.
+   * The canonical target to hand the app, or the refusal to answer. `rawHeaders`: the app can
+   * read a repeated field's lines one by one (rawHeaders, headersDistinct) as well as joined
+   * (headers), so permissions judge each reading (l7.ts). Over HTTP/2 (`h2`) a cookie may come as
+   * crumbs, which RFC 9113 §8.2.3 has joined into one before anyone acts on them: judged joined.
    */
-  private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders, rawHeaders?: readonly string[]): string | { status: number; body: string } {
+  private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders, rawHeaders?: readonly string[], h2 = false): string | { status: number; body: string } {
     if (!peer) return { status: 403, body: "no verified caller on this connection" };
     const l7 = this.policy.l7;
     if (l7 === null) return url;
@@ -316,7 +316,7 @@ export class InboundGate {
       // (node's compat request reports either as its authority), so sending only :authority does
       // not pass a rule on host, nor a target that normalizes into a denied :path.
       header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, joined(headers["host"] ?? headers[":authority"])) : joined(headers[n])),
-      ...(rawHeaders ? { lines: (n: string) => (isRequestPseudoField(n) ? undefined : fieldLines(rawHeaders, n)) } : {}),
+      ...(rawHeaders ? { lines: (n: string) => (isRequestPseudoField(n) || (h2 && n === "cookie") ? undefined : fieldLines(rawHeaders, n)) } : {}),
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
@@ -388,4 +388,9 @@ function reply(res: Reply, status: number, body: string): false {
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(body) + 1 });
   res.end(`${body}\n`);
   return false;
+}
+
+/** node's `stream` event's rawHeaders (flat name, value, …), when it gives them. */
+function isStringList(v: unknown): v is readonly string[] {
+  return Array.isArray(v) && v.every((x) => typeof x === "string");
 }

@@ -2,7 +2,7 @@
 // HTTP/2, and for the requests node hands to other events (upgrade, CONNECT, Expect).
 import t from "tap";
 import { once } from "node:events";
-import { connect, createSecureServer } from "node:http2";
+import { connect, createSecureServer, type OutgoingHttpHeaders } from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
@@ -110,6 +110,8 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
         { action: "deny", http: { header: [{ name: ":method", exact: "DELETE" }] } },
         { action: "deny", http: { path_prefix: "/tls-denied", header: [{ name: ":scheme", exact: "https" }] } },
         { action: "deny", http: { path_prefix: "/role", header: [{ name: "x-role", exact: "admin" }] } },
+        // Only the whole cookie passes: HTTP/2 crumbs are one cookie (RFC 9113 §8.2.3).
+        { action: "deny", http: { path_prefix: "/crumbs", header: [{ name: "cookie", exact: "a=1; b=2", invert: true }] } },
         { action: "allow", http: { path_prefix: "/" } },
       ],
     },
@@ -130,7 +132,7 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
   const port = (server.address() as AddressInfo).port;
   const session = connect(`https://127.0.0.1:${port}`, { ca: ca.certPem, cert: web.certPem, key: web.keyPem, checkServerIdentity: () => undefined });
   t.teardown(() => session.close());
-  const h2 = (headers: Record<string, string>) =>
+  const h2 = (headers: OutgoingHttpHeaders) =>
     new Promise<number>((resolve, reject) => {
       const s = session.request(headers);
       s.on("response", (h) => resolve(Number(h[":status"])));
@@ -142,6 +144,8 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
   t.equal(await h2({ ":path": "/public/../secret/x", ":authority": "api" }), 403, "HTTP/2: a deny on :path holds for a target that normalizes into it");
   t.equal(await h2({ ":path": "/a", ":method": "DELETE", ":authority": "api" }), 403, "HTTP/2: a deny on :method holds");
   t.equal(await h2({ ":path": "/tls-denied", ":scheme": "http", ":authority": "api" }), 403, "HTTP/2: a deny on :scheme https holds though the caller says http");
+  t.equal(await h2({ ":path": "/role", ":authority": "api", "x-role": ["user", "admin"] }), 403, "HTTP/2: x-role user then admin does not pass a deny on admin");
+  t.equal(await h2({ ":path": "/crumbs", ":authority": "api", cookie: ["a=1", "b=2"] }), 200, "HTTP/2: cookie crumbs are judged as the one cookie they make");
   t.equal(await h2({ ":path": "/a", ":authority": "api" }), 200, "HTTP/2: anything else is allowed");
   const h1 = async (head: string) => (await tlsExchange(`127.0.0.1:${port}`, head, web)).data.toString().split("\r\n")[0];
   t.equal(await h1("GET /secret HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: a deny on :path holds though no :path is sent");
@@ -152,5 +156,5 @@ t.test("header permissions on host and the pseudo-headers read what the handler 
   t.equal(await h1("GET /role HTTP/1.1\r\nhost: api\r\nx-role: user\r\nx-role: admin\r\nconnection: close\r\n\r\n"), "HTTP/1.1 403 Forbidden", "HTTP/1.1: x-role user then admin does not pass a deny on admin");
   t.equal(await h1("GET /role HTTP/1.1\r\nhost: api\r\nx-role: user\r\nx-role: user\r\nconnection: close\r\n\r\n"), "HTTP/1.1 200 OK", "HTTP/1.1: repeated lines every reading agrees on are allowed");
   t.equal(await h1("GET /a HTTP/1.1\r\nhost: api\r\nconnection: close\r\n\r\n"), "HTTP/1.1 200 OK", "HTTP/1.1: anything else is allowed");
-  t.same(seen, ["GET /a api", "GET /role api", "GET /a api"], "the handler saw only the allowed requests");
+  t.same(seen, ["GET /crumbs api", "GET /a api", "GET /role api", "GET /a api"], "the handler saw only the allowed requests");
 });
