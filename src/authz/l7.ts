@@ -156,8 +156,9 @@ class PermissionAuthorizer implements SourceAuthorizer {
    * repeated field (its last, for one with fewer lines).
    */
   authorize(req: L7Request): L7Decision {
-    const lines = req.lines;
-    if (lines === undefined || !this.readsHeaders) return this.decide(req);
+    if (req.lines === undefined || !this.readsHeaders) return this.decide(req);
+    // Bound: a request view may be a class instance, its methods on the prototype.
+    const lines = req.lines.bind(req);
     let most = 1;
     const joined = this.decide({
       method: req.method,

@@ -10,7 +10,7 @@ import { fieldLines, fieldRecord, fieldValue } from "../http1/fields.js";
 import { appRequestHead, clientResponseFields } from "../http1/forward.js";
 import { FLAGS_HEADER, localReplyText, type ResponseFlag } from "../http/local-reply.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
-import { isRequestPseudoField, nominatedAway, requestPseudoField, type SourceAuthorizer } from "../authz/l7.js";
+import { isRequestPseudoField, nominatedAway, requestPseudoField, type L7Request, type SourceAuthorizer } from "../authz/l7.js";
 import type { Logger } from "../telemetry/log.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { HttpConnManagerStats } from "../telemetry/filter-stats.js";
@@ -39,6 +39,35 @@ class InboundRequest {
   /** Metrics, span and access log were written (once, whichever of answer or abort comes first). */
   recorded = false;
   constructor(readonly ex: Exchange<Http1Caller>) {}
+}
+
+/**
+ * A request's fields as the app is sent them (forward.ts), for the permissions: one object per
+ * request, its methods on the prototype, and nothing read until a permission asks. The first
+ * Host line is the one the app gets; a field the caller's Connection nominates is not sent at all;
+ * every line of another repeated field is, and the app may read any one of them.
+ */
+class AppFieldView implements L7Request {
+  /** The caller's Connection value ("" when absent), read at the first permission on a header. */
+  private connection: string | undefined;
+
+  constructor(
+    readonly method: string,
+    readonly path: string,
+    private readonly query: string,
+    private readonly raw: readonly string[],
+  ) {}
+
+  header(n: string): string | undefined {
+    const connection = (this.connection ??= fieldValue(this.raw, "connection") ?? "");
+    if (isRequestPseudoField(n)) return requestPseudoField(n, this.method, this.path + this.query, nominatedAway(connection, "host") ? undefined : fieldValue(this.raw, "host"));
+    return nominatedAway(connection, n) ? undefined : fieldValue(this.raw, n);
+  }
+
+  lines(n: string): readonly string[] | undefined {
+    const connection = (this.connection ??= fieldValue(this.raw, "connection") ?? "");
+    return isRequestPseudoField(n) || nominatedAway(connection, n) ? undefined : fieldLines(this.raw, n);
+  }
 }
 
 function poolKey(c: InboundHttpConfig): string {
@@ -133,25 +162,7 @@ export class InboundHttp1 {
       return this.reply(r, 400, "DPE", refusalDetail(target));
     }
     const raw = ex.rawHeaders;
-    const method = ex.method;
-    // Read at the first permission on a header ("" when absent), not for every request.
-    let connection: string | undefined;
-    const decision = caller.authorizer.authorize({
-      method,
-      path: target.path,
-      // The first Host line is the one the app is sent (forward.ts); a field the caller's
-      // Connection nominates is not sent at all.
-      header: (n: string) => {
-        connection ??= fieldValue(raw, "connection") ?? "";
-        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : fieldValue(raw, "host"));
-        return nominatedAway(connection, n) ? undefined : fieldValue(raw, n);
-      },
-      // The app is sent each line of a repeated field (forward.ts) and may read any one of them.
-      lines: (n: string) => {
-        connection ??= fieldValue(raw, "connection") ?? "";
-        return isRequestPseudoField(n) || nominatedAway(connection, n) ? undefined : fieldLines(raw, n);
-      },
-    });
+    const decision = caller.authorizer.authorize(new AppFieldView(ex.method, target.path, target.query, raw));
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
       this.log.info("request denied by intention", { source: caller.uri, method: ex.method, path: target.path, reason: decision.reason });
