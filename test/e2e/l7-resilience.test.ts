@@ -60,6 +60,29 @@ let seq = 0;
 const rid = () => `r${++seq}`;
 const attemptsOf = (app: ScriptedApp, id: string) => app.seen.filter((s) => s.id === id);
 const allLbSeen = () => lbApps.flatMap((a) => a.seen);
+/** How many requests for exactly `url` reached `app`. */
+const arrived = (app: ScriptedApp, url: string) => app.seen.filter((s) => s.url === url).length;
+/** web's rq_active summed over `service`'s hosts: requests on a connection or waiting for one. */
+const rqActive = async (service: string): Promise<number> => {
+  const res = await fetch(`http://${web.adminAddr}/clusters`);
+  let sum = 0;
+  for (const line of (await res.text()).split("\n")) {
+    if (line.startsWith(`${service}.default.`) && /::127\.0\.0\.1:\d+::rq_active::/.test(line)) sum += Number(line.split("::").pop());
+  }
+  return sum;
+};
+/** Requests whose replies are collected as they come, so a test can wait on some while the app holds others. */
+const track = (ps: Array<Promise<Reply>>) => {
+  const settled: Reply[] = [];
+  return { settled, all: Promise.all(ps.map((p) => p.then((r) => (settled.push(r), r)))) };
+};
+/** Answers whatever `apps` hold, again as held requests reach them, until all `n` requests are answered. */
+const drain = async (apps: ScriptedApp[], settled: readonly Reply[], n: number): Promise<void> => {
+  await until(() => {
+    for (const a of apps) a.release();
+    return settled.length === n;
+  }, 15_000, `all ${n} requests to be answered`);
+};
 
 t.test("retries: NumRetries, RetryOn, RetryOnStatusCodes, URX and backoff", async (t) => {
   let id = rid();
@@ -176,8 +199,13 @@ t.test("timeouts: a route's RequestTimeout and the destination's LocalRequestTim
   let r = await get(API, "/timeout?delay=3000");
   t.equal(r.status, 504, "RequestTimeout 300ms with an app taking 3 s: 504");
   t.equal(r.flags, "UT", "flagged UT");
-  t.ok(r.ms >= 280 && r.ms < 1500, `answered after ${r.ms.toFixed(0)} ms (the timeout is 300 ms)`);
+  // Which timeout fired is told by who answered, not by a clock window: api's sidecar would give
+  // up at its LocalRequestTimeoutMs (1000 ms) with its own body, and web's counter would not move.
+  t.match(r.body, /upstream request timeout/, "by web's route timeout (Envoy's body)…");
+  t.notMatch(r.body, /local app did not answer/, "…not api's 1000 ms local timeout");
   t.equal((await metric(web.adminAddr, "envoy_cluster_upstream_rq_timeout")) - timeouts, 1, "envoy_cluster_upstream_rq_timeout went up by one");
+  t.ok(r.ms >= 280, `answered after ${r.ms.toFixed(0)} ms: not before the 300 ms timeout`);
+  t.ok(r.ms < 3000, `and before the app's 3 s answer (${r.ms.toFixed(0)} ms)`);
   r = await get(API, "/timeout?delay=100");
   t.equal(r.status, 200, "an answer within the route timeout passes");
 
@@ -186,7 +214,8 @@ t.test("timeouts: a route's RequestTimeout and the destination's LocalRequestTim
   t.equal(r.status, 504, "LocalRequestTimeoutMs 1000 with an app taking 3 s: 504 (the route's own timeout is the default 15 s)");
   t.equal(r.flags, "UT", "flagged UT");
   t.match(r.body, /local app did not answer within 1000 ms/, "by api's sidecar, which says so");
-  t.ok(r.ms >= 950 && r.ms < 2500, `after ${r.ms.toFixed(0)} ms`);
+  t.ok(r.ms >= 950, `after ${r.ms.toFixed(0)} ms: not before the 1000 ms timeout`);
+  t.ok(r.ms < 3000, `and before the app's 3 s answer (${r.ms.toFixed(0)} ms)`);
   t.equal((await metric(web.adminAddr, "envoy_cluster_upstream_rq_timeout")) - timeouts, 1, "web did not time out itself");
 });
 
@@ -198,13 +227,25 @@ t.test("limits: MaxConcurrentRequests overflows with 503 UO, MaxConnections queu
 
   await setLimits({ MaxConcurrentRequests: 2 }, (l) => l?.maxRequests === 2);
   const overflow = await metric(web.adminAddr, "envoy_cluster_upstream_rq_pending_overflow");
-  const rs = await Promise.all(Array.from({ length: 5 }, () => get(API, "/limit?delay=500")));
+  // The app holds what reaches it until release(): the refusals have to come back while the two
+  // admitted requests still hold their slots, so none of them waited for a slot to free up.
+  const five = track(Array.from({ length: 5 }, () => get(API, "/limit?hold")));
+  let early: Reply[] | undefined;
+  try {
+    await until(() => five.settled.length >= 3, 15_000, "three answers while the app holds the others");
+    early = [...five.settled];
+    t.equal(arrived(api, "/limit?hold"), 2, "MaxConcurrentRequests 2 with 5 concurrent requests: 2 reach the app (held there)");
+  } finally {
+    await drain([api], five.settled, 5);
+  }
+  const rs = await five.all;
   const ok = rs.filter((r) => r.status === 200);
   const refused = rs.filter((r) => r.status === 503);
-  t.equal(ok.length, 2, "MaxConcurrentRequests 2 with 5 concurrent slow requests: 2 are served");
+  t.equal(ok.length, 2, "the 2 are served once the app answers");
   t.equal(refused.length, 3, "3 are refused with 503");
   t.ok(refused.every((r) => r.flags === "UO" && r.headers["x-envoy-overloaded"] === "true"), "each refusal has flag UO and x-envoy-overloaded: true");
-  t.ok(refused.every((r) => r.ms < 400), "refused at once, not after waiting");
+  t.same(early?.map((r) => r.status), [503, 503, 503], "refused at once: all three refusals came back while the two admitted requests were still held");
+  t.ok(refused.every((r) => r.ms < 5000), `not after a queue's wait (slowest refusal ${Math.max(...refused.map((r) => r.ms)).toFixed(0)} ms)`);
   t.equal((await metric(web.adminAddr, "envoy_cluster_upstream_rq_pending_overflow")) - overflow, 3, "envoy_cluster_upstream_rq_pending_overflow went up by 3");
   const after = await Promise.all(Array.from({ length: 2 }, () => get(API, "/limit?delay=100")));
   t.same(after.map((r) => r.status), [200, 200], "the slots are released: 2 concurrent requests pass afterwards");
@@ -212,10 +253,16 @@ t.test("limits: MaxConcurrentRequests overflows with 503 UO, MaxConnections queu
   // MaxConnections 1: HTTP/1.1 requests queue for the one connection instead of failing, so
   // the app never sees two at once. The control (default limits) shows it would.
   await setLimits(null, (l) => l?.maxRequests === 1024);
-  api.load.maxInflight = 0;
-  let par = await Promise.all(Array.from({ length: 4 }, () => get(API, "/conn?delay=300")));
+  // Held by the app until all four are there (or some answer comes back without them).
+  const control = track(Array.from({ length: 4 }, () => get(API, "/conn-control?hold")));
+  try {
+    await until(() => arrived(api, "/conn-control?hold") === 4 || control.settled.length > 0, 15_000, "the four control requests to reach the app");
+  } finally {
+    await drain([api], control.settled, 4);
+  }
+  let par = await control.all;
   t.same(par.map((r) => r.status), [200, 200, 200, 200], "control: 4 concurrent requests with default limits pass");
-  t.equal(api.load.maxInflight, 4, "control: and reach the app together");
+  t.equal(arrived(api, "/conn-control?hold"), 4, "control: and reach the app together (all four held there at once)");
   await setLimits({ MaxConnections: 1 }, (l) => l?.maxConnections === 1);
   api.load.maxInflight = 0;
   const t0 = performance.now();
@@ -229,9 +276,19 @@ t.test("limits: MaxConcurrentRequests overflows with 503 UO, MaxConnections queu
 t.test("limits: MaxPendingRequests refuses requests queued beyond it", async (t) => {
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] } });
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1, 10_000, "the limits to apply");
-  const rs = await Promise.all(Array.from({ length: 4 }, () => get(API, "/pending?delay=300")));
+  // The app holds the request on the connection until release(), so the one pending stays pending
+  // while the others arrive, however slowly a loaded machine sends them.
+  const four = track(Array.from({ length: 4 }, () => get(API, "/pending?hold")));
+  try {
+    await until(() => four.settled.length >= 2, 15_000, "two answers while the app holds the request on the connection");
+    t.equal(arrived(api, "/pending?hold"), 1, "one request on the one connection (held by the app)");
+  } finally {
+    await drain([api], four.settled, 4);
+  }
+  const rs = await four.all;
   // Envoy: one request on the connection, one pending, two refused.
   t.equal(rs.filter((r) => r.status === 503 && r.flags === "UO").length, 2, `two of four concurrent requests overflow the pending queue (${rs.map((r) => `${r.status} ${r.flags}`).join(", ")})`);
+  t.equal(rs.filter((r) => r.status === 200).length, 2, "the one on the connection and the one pending are served");
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
   await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1024, 10_000, "the limits to go back");
 });
@@ -251,18 +308,41 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
   }, 10_000, "the limits to apply");
   // One request per lb instance at once (round robin): each has its instance's one connection,
   // so none waits, whatever the cluster-wide count of requests.
-  const spread = await Promise.all(Array.from({ length: 3 }, () => get(LB, "/spread?delay=300")));
+  // Each instance holds its request until all three are held at once.
+  const spreadReq = track(Array.from({ length: 3 }, () => get(LB, "/spread?hold")));
+  try {
+    await until(() => lbApps.every((x) => arrived(x, "/spread?hold") === 1) || spreadReq.settled.length > 0, 15_000, "each lb instance to hold one request");
+  } finally {
+    await drain(lbApps, spreadReq.settled, 3);
+  }
+  const spread = await spreadReq.all;
   t.same(spread.map((r) => r.status), [200, 200, 200], "three concurrent requests on three instances with a free connection each: none pending, none refused");
+  t.same(lbApps.map((x) => arrived(x, "/spread?hold")), [1, 1, 1], "all three were held at once, one on each instance");
 
   // api has one instance and one connection. A holds it, B waits (pending) until A is done and
-  // then runs; C arrives while B runs and may wait in the slot B gave back.
-  const a = get(API, "/pa?delay=400");
-  await new Promise((r) => setTimeout(r, 50));
-  const b = get(API, "/pb?delay=400");
-  await new Promise((r) => setTimeout(r, 500));
-  const c = get(API, "/pc?delay=50");
-  const [ra, rb, rc] = await Promise.all([a, b, c]);
-  t.same([ra.status, rb.status], [200, 200], "A runs, B waits for the connection and runs");
+  // then runs; C arrives while B runs and may wait in the slot B gave back. Each step waits on
+  // what web reports (rq_active counts a request on the connection or waiting for one) and on
+  // what reached the app, which holds every request until release().
+  const settled: Reply[] = [];
+  const sent: Array<Promise<Reply>> = [];
+  const send = (path: string) => sent.push(get(API, path).then((r) => (settled.push(r), r)));
+  try {
+    send("/pa?hold");
+    await until(() => arrived(api, "/pa?hold") === 1, 15_000, "A to reach the app");
+    send("/pb?hold");
+    await until(async () => (await rqActive("api")) === 2 || settled.length > 0, 15_000, "B to wait for the connection A holds");
+    t.same(settled, [], "B waits for the connection (pending), not refused");
+    api.release();
+    await until(() => arrived(api, "/pb?hold") === 1 || settled.length > 1, 15_000, "B to get the connection once A is answered");
+    send("/pc?hold");
+    await until(async () => (await rqActive("api")) === 2 || settled.length > 1, 15_000, "C to wait for the connection B runs on");
+  } finally {
+    await drain([api], settled, sent.length);
+  }
+  t.equal(sent.length, 3, "A, B and C were sent");
+  const [ra, rb, rc] = await Promise.all(sent);
+  t.same([ra?.status, rb?.status], [200, 200], "A runs, B waits for the connection and runs");
+  if (rc === undefined) return;
   t.equal(rc.status, 200, "C, sent while B runs, waits in the pending slot B released when it got the connection");
   t.equal(rc.flags, "", "and is not flagged UO");
 
@@ -279,23 +359,16 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
 t.test("requests in flight across a Snapshot update: rq_active returns to 0 once they finish", async (t) => {
   // lb: no LocalRequestTimeoutMs on its side, so the requests can be held across the config write
   // (a 5 s delay raced it: a loaded machine's write and apply can take longer).
-  const rqActive = async (): Promise<number> => {
-    const res = await fetch(`http://${web.adminAddr}/clusters`);
-    let sum = 0;
-    for (const line of (await res.text()).split("\n")) {
-      if (line.startsWith("lb.default.") && /::127\.0\.0\.1:\d+::rq_active::/.test(line)) sum += Number(line.split("::").pop());
-    }
-    return sum;
-  };
   const inFlight = Promise.all(Array.from({ length: 4 }, () => get(LB, "/inflight?hold")));
-  await until(async () => (await rqActive()) === 4, 5_000, "four requests in flight");
+  await until(async () => (await rqActive("lb")) === 4, 15_000, "four requests in flight");
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "lb", Limits: { MaxConcurrentRequests: 500 } }] } });
   await until(async () => clusterOf(await configDump(web.adminAddr), "lb")?.limits?.maxRequests === 500, 10_000, "the update to apply");
-  t.equal(await rqActive(), 4, "the four are still counted after the update");
+  t.equal(await rqActive("lb"), 4, "the four are still counted after the update");
   for (const a of lbApps) a.release();
   const rs = await inFlight;
   t.same(rs.map((r) => r.status), [200, 200, 200, 200], "all four are answered");
-  await until(async () => (await rqActive()) === 0, 2_000, "rq_active to return to 0").then(
+  // A count that stayed inflated would never come back: a deadline of seconds, not a window.
+  await until(async () => (await rqActive("lb")) === 0, 10_000, "rq_active to return to 0").then(
     () => t.pass("rq_active is back at 0"),
     (e: unknown) => t.fail(String(e)),
   );
