@@ -703,21 +703,27 @@ t.test("-register heartbeat: the TTL check is passed every TTL/3, and a lost reg
   t.teardown(async () => {
     if (!deregistered) await reg.deregister();
   });
+  // Taken before register(): its interval timer starts inside the call, so the k-th heartbeat
+  // cannot be sent before k × TTL/3 after this (a timer never fires early; a busy machine only
+  // makes it late). The upper bound is the TTL itself: a later beat would let the check lapse.
+  const registering = Date.now();
   await reg.register();
   t.equal(reg.id, "db-proxy", "ID <service>-proxy without -register-id");
   t.equal(d.checkStatus("db-proxy-ttl"), "passing");
-  const registeredAt = Date.now();
   const isPass = (r: RecordedRequest) => r.method === "PUT" && r.path === "/v1/agent/check/pass/db-proxy-ttl";
-  const first = await d.waitForRequest(isPass, 5000);
-  const second = await d.waitForRequest(after(d, d.requests.indexOf(first) + 1, isPass), 5000);
-  t.ok(first.at - registeredAt >= 900 && first.at - registeredAt < 2500, `the first heartbeat after ~TTL/3 (${first.at - registeredAt} ms)`);
-  t.ok(second.at - first.at >= 900 && second.at - first.at < 2500, `the next ~TTL/3 later (${second.at - first.at} ms)`);
-  t.match(d.heartbeats.slice(0, 2), [{ checkId: "db-proxy-ttl", status: "passing" }, { checkId: "db-proxy-ttl", status: "passing" }], "recorded as passing heartbeats");
+  const first = await d.waitForRequest(isPass, 10_000);
+  const second = await d.waitForRequest(after(d, d.requests.indexOf(first) + 1, isPass), 10_000);
+  const third = await d.waitForRequest(after(d, d.requests.indexOf(second) + 1, isPass), 10_000);
+  const gaps = [first.at - registering, second.at - first.at, third.at - second.at];
+  t.ok(first.at - registering >= 950, `no heartbeat before TTL/3 (the first came ${first.at - registering} ms after register() began)`);
+  t.ok(third.at - registering >= 2950, `not more often than every TTL/3 (the third came ${third.at - registering} ms after register() began)`);
+  t.ok(gaps.every((g) => g < 3000), `each heartbeat within the 3 s TTL of the last (${gaps.join(", ")} ms), so the check never lapses`);
+  t.match(d.heartbeats.slice(0, 3), [{ checkId: "db-proxy-ttl", status: "passing" }, { checkId: "db-proxy-ttl", status: "passing" }, { checkId: "db-proxy-ttl", status: "passing" }], "recorded as passing heartbeats");
 
   d.deregister("db-proxy");
   const mark = d.requests.length;
-  const failed = await d.waitForRequest(after(d, mark, isPass), 5000);
-  const again = await d.waitForRequest(after(d, d.requests.indexOf(failed), (r) => r.method === "PUT" && r.path === "/v1/agent/service/register"), 5000);
+  const failed = await d.waitForRequest(after(d, mark, isPass), 10_000);
+  const again = await d.waitForRequest(after(d, d.requests.indexOf(failed), (r) => r.method === "PUT" && r.path === "/v1/agent/service/register"), 10_000);
   t.ok(again, "a heartbeat the agent rejects (404) re-registers the proxy");
   t.ok(await waitUntil(() => d.service("db-proxy") !== undefined, 2000), "and the agent has it again");
 
