@@ -23,7 +23,7 @@ async function mesh(t: Teardown, extra: { passiveHealthCheck?: boolean } = {}) {
       Kind: "service-defaults",
       Name: "web",
       Protocol: "http",
-      UpstreamConfig: { Overrides: [{ Name: "api", PassiveHealthCheck: { Interval: "500ms", MaxFailures: 3, MaxEjectionPercent: 100, BaseEjectionTime: "2s" } }] },
+      UpstreamConfig: { Overrides: [{ Name: "api", PassiveHealthCheck: { Interval: "500ms", MaxFailures: 3, MaxEjectionPercent: 100, BaseEjectionTime: "5s" } }] },
     });
     await configWrite(t, dir, {
       Kind: "service-router",
@@ -90,14 +90,24 @@ t.test("a failing v2 is ejected, retries and failover keep errors at zero, and i
   const dump = (await configDump(web.adminAddr)) as { clusters: Record<string, unknown> };
   v2Cluster.envoy_cluster_name = Object.keys(dump.clusters).find((k) => k.startsWith("v2.")) ?? "";
   t.equal(await metric(web.adminAddr, "envoy_cluster_outlier_detection_ejections_active", v2Cluster), 1, "the v2 cluster has its host ejected");
-  // While ejected, v2 gets nothing (unejection is checked on the sweep, every 500 ms, after 2 s).
+  // While ejected, v2 gets nothing (unejection is checked on the sweep, every 500 ms, after 5 s).
+  // Counted over the next 100 requests the client sends, not a second of the clock, and only
+  // while v2 is still ejected: each count is read before a check that v2 still is.
   const servedAtEjection = v2.served;
-  await new Promise((r) => setTimeout(r, 1000));
-  t.ok(v2.served - servedAtEjection <= 2, `ejected v2 served ${v2.served - servedAtEjection} requests in the next second`);
+  const sentAtEjection = gen.snapshot().sent;
+  const whileEjected = { served: 0, sent: 0 };
+  await until(async () => {
+    const now = { served: v2.served - servedAtEjection, sent: gen.snapshot().sent - sentAtEjection };
+    if ((await metric(web.adminAddr, "envoy_cluster_outlier_detection_ejections_active", v2Cluster)) !== 1) return true;
+    Object.assign(whileEjected, now);
+    return now.sent >= 100;
+  }, 30_000, "100 requests sent while v2 is ejected");
+  t.ok(whileEjected.sent >= 20, `the client sent ${whileEjected.sent} requests while v2 was ejected (v2 would get half)`);
+  t.ok(whileEjected.served <= 2, `ejected v2 served ${whileEjected.served} of them`);
 
   v2.status = 200;
   const back = v2.served;
-  await until(() => v2.served > back + 20, 15_000, "v2 to get traffic again after the ejection time");
+  await until(() => v2.served > back + 20, 30_000, "v2 to get traffic again after the ejection time");
   const final = await gen.stop();
   t.same(final.errors, [], `no client-visible failure in ${final.sent} requests`);
   if (final.errors.length) t.comment(JSON.stringify(final.errors.slice(0, 5)), JSON.stringify(web.logs.filter((l) => l["@level"] === "warn" || (l["@message"] === "attempt" && l["outcome"] === "response" && l["more"] === false && l["cluster"]?.toString().startsWith("v2"))).slice(0, 8)));
