@@ -1,7 +1,7 @@
 // Intentions end to end: the real `meshproxy intention` CLI edits the dev control plane's
 // intentions.json and running sidecars enforce the change on new connections, without a restart.
 import t from "tap";
-import { rename, writeFile, readFile } from "node:fs/promises";
+import { rename, writeFile, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { echoServer, runMeshproxy, startSidecar, tempDir, type LogLine, type Sidecar, type Teardown } from "../helpers/mesh.js";
 import { echoes, metric, nextLog, pollUntil } from "../helpers/peers.js";
@@ -23,19 +23,33 @@ async function intention(t: Teardown, dir: string, ...args: string[]): Promise<C
 }
 
 /** A db sidecar in front of an echo app, and one client sidecar per name with upstream db. */
-async function mesh(t: Teardown, clients: string[]): Promise<{ dir: string; db: Sidecar; up: Record<string, string> }> {
+async function mesh(t: Teardown, clients: string[]): Promise<{ dir: string; db: Sidecar; up: Record<string, string>; appConnections: number[] }> {
   const dir = await tempDir(t);
   const echo = await echoServer(t);
+  // When (Date.now()) db's sidecar opened each connection to the app: it does so for a connection
+  // it let in, so the first after a change that allows is the moment the change was enforced.
+  const appConnections: number[] = [];
+  echo.server.on("connection", () => appConnections.push(Date.now()));
   const db = await startSidecar(t, dir, ["-service", "db", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${echo.port}`]);
   const up: Record<string, string> = {};
   for (const c of clients) up[c] = (await startSidecar(t, dir, ["-service", c, "-upstream", "db:0"])).upstreams["db"]!;
-  return { dir, db, up };
+  return { dir, db, up, appConnections };
 }
+
+/**
+ * The README's promise is about the sidecar: a change applies to new connections "within a
+ * second". So it is measured on the product's side, from the moment the CLI's write landed
+ * (intentions.json's mtime) to the moment db enforced it (its refusal's log timestamp, or its
+ * first connection to the app), not from when this process saw the CLI exit to when a client
+ * attempt it started happened to finish.
+ */
+const changedAt = async (dir: string) => (await stat(join(dir, "intentions.json"))).mtimeMs;
+const logged = (l: LogLine) => Date.parse(String(l["@timestamp"]));
 
 const refused = (source: string) => (l: LogLine) => l["@message"] === "inbound connection refused" && l["reason"] === "denied_by_intention" && l["source"] === source;
 
 t.test("create -deny cuts new connections within a second, delete restores them, no restart", { timeout: 60_000 }, async (t) => {
-  const { dir, db, up } = await mesh(t, ["web"]);
+  const { dir, db, up, appConnections } = await mesh(t, ["web"]);
   const web = up["web"]!;
   t.ok(await echoes(web), "web reaches db before any intention exists");
   const readyLines = () => db.logs.filter((l) => l["@message"] === "proxy ready").length;
@@ -44,10 +58,12 @@ t.test("create -deny cuts new connections within a second, delete restores them,
   const create = await intention(t, dir, "create", "-deny", "web", "db");
   t.equal(create.code, 0, `intention create exits 0 ${create.stderr}`);
   t.equal(create.stdout, "Created: web => db (deny)\n", "and says what it created");
-  const toDeny = await pollUntil(async () => !(await echoes(web, "ping\n", 1000)), 3000, create.exitAt);
+  const createdAt = await changedAt(dir);
+  const toDeny = await pollUntil(async () => !(await echoes(web, "ping\n", 1000)), 10_000, create.exitAt);
   t.not(toDeny, null, "a new connection from web fails after the deny");
-  t.ok(toDeny !== null && toDeny < 1500, `the first failure came ${toDeny?.toFixed(0)} ms after the CLI exited (< 1500)`);
   const line = await denied;
+  const denyTook = logged(line) - createdAt;
+  t.ok(denyTook < 1500, `db refused web ${denyTook.toFixed(0)} ms after the deny was written (< 1500)`);
   t.equal(line["detail"], "Matched L4 intention: web => db (deny)", "db logs the refusal with the matching intention");
   t.equal(line["destination"], "db", "and the destination");
   t.ok(((await metric(db.adminAddr, "meshproxy_inbound_rejected_total", { reason: "denied_by_intention" })) ?? 0) >= 1, "the denied_by_intention counter moved");
@@ -55,8 +71,11 @@ t.test("create -deny cuts new connections within a second, delete restores them,
   const del = await intention(t, dir, "delete", "web", "db");
   t.equal(del.code, 0, `intention delete exits 0 ${del.stderr}`);
   t.equal(del.stdout, "Intention deleted: web => db\n", "and says what it deleted");
-  const toAllow = await pollUntil(() => echoes(web, "ping\n", 1000), 3000, del.exitAt);
-  t.ok(toAllow !== null && toAllow < 1500, `web reaches db again ${toAllow?.toFixed(0)} ms after the delete (< 1500)`);
+  const deletedAt = await changedAt(dir);
+  const toAllow = await pollUntil(() => echoes(web, "ping\n", 1000), 10_000, del.exitAt);
+  t.not(toAllow, null, "web reaches db again after the delete");
+  const letIn = appConnections.find((at) => at >= deletedAt);
+  t.ok(letIn !== undefined && letIn - deletedAt < 1500, `db let web through to the app ${letIn === undefined ? "never" : (letIn - deletedAt).toFixed(0)} ms after the delete was written (< 1500)`);
 
   t.equal(db.child.exitCode, null, "db sidecar is still the same running process");
   t.equal(readyLines(), 1, "and never restarted (one 'proxy ready')");
@@ -115,9 +134,12 @@ t.test("wildcard precedence: -deny '*' db with -allow web db lets web in and kee
   const apiRefused = nextLog(db, refused("api"));
   const deny = await intention(t, dir, "create", "-deny", "*", "db");
   t.equal(deny.code, 0, "create -deny * db");
-  const took = await pollUntil(async () => !(await echoes(up["api"]!, "ping\n", 1000)), 3000, deny.exitAt);
-  t.ok(took !== null && took < 1500, `api is refused ${took?.toFixed(0)} ms after the wildcard deny (< 1500)`);
-  t.equal((await apiRefused)["detail"], "Matched L4 intention: * => db (deny)", "db refused api by the wildcard intention");
+  const deniedAt = await changedAt(dir);
+  t.not(await pollUntil(async () => !(await echoes(up["api"]!, "ping\n", 1000)), 10_000, deny.exitAt), null, "api is refused after the wildcard deny");
+  const refusal = await apiRefused;
+  const took = logged(refusal) - deniedAt;
+  t.ok(took < 1500, `db refused api ${took.toFixed(0)} ms after the wildcard deny was written (< 1500)`);
+  t.equal(refusal["detail"], "Matched L4 intention: * => db (deny)", "db refused api by the wildcard intention");
 
   for (let i = 0; i < 3; i++) t.ok(await echoes(up["web"]!), `web still reaches db (connection ${i + 1}): exact beats wildcard`);
   t.notOk(db.logs.some(refused("web")), "db never refused web");
@@ -130,7 +152,7 @@ t.test("a broken intentions.json keeps the previous intentions in force, is logg
   const file = join(dir, "intentions.json");
   const deny = await intention(t, dir, "create", "-deny", "api", "db");
   t.equal(deny.code, 0, "create -deny api db");
-  t.not(await pollUntil(async () => !(await echoes(up["api"]!, "ping\n", 1000)), 3000, deny.exitAt), null, "api is refused");
+  t.not(await pollUntil(async () => !(await echoes(up["api"]!, "ping\n", 1000)), 10_000, deny.exitAt), null, "api is refused");
 
   const errors = async () => (await metric(db.adminAddr, "meshproxy_control_plane_errors_total", { control_plane: "dev", resource: "intentions" })) ?? 0;
   const isCpError = (l: LogLine) => l["@message"] === "control plane error; serving on the last good snapshot" && String(l["error"]).includes("intentions.json");
@@ -153,7 +175,7 @@ t.test("a broken intentions.json keeps the previous intentions in force, is logg
   // Fix it (an atomic write, as an editor that saves via rename does): the new policy applies.
   await writeFile(`${file}.tmp`, JSON.stringify({ default_action: "allow", intentions: [] }));
   await rename(`${file}.tmp`, file);
-  t.not(await pollUntil(() => echoes(up["api"]!, "ping\n", 1000), 3000), null, "after the fix the new (empty) policy applies: api gets through");
+  t.not(await pollUntil(() => echoes(up["api"]!, "ping\n", 1000), 10_000), null, "after the fix the new (empty) policy applies: api gets through");
 
   // The same mistake again is a new problem and must be reported again.
   logged = nextLog(db, isCpError, 5000);
