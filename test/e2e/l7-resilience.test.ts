@@ -4,7 +4,9 @@
 // concurrency) or by what the client got (status, response flags), so a setting that were not
 // honoured would fail its test. One mesh serves the whole file:
 //
-//   client ─▶ web ─┬─▶ api   (1 instance; retries, timeouts, limits, retry budget)
+//   client ─▶ web ─┬─▶ api   (1 instance; retries, timeouts, retry budget)
+//                  ├─▶ solo  (1 instance, no LocalRequestTimeoutMs: circuit-breaker limits, with
+//                  │          requests the app holds until the test releases them)
 //                  ├─▶ lb    (3 instances; retry host selection, connect failures, LB policies)
 //                  └─▶ ghost (no instance: 503 UH)
 import t from "tap";
@@ -22,6 +24,7 @@ const get = client(t);
 await configWrite(t, dir, { Kind: "service-defaults", Name: "api", Protocol: "http", LocalRequestTimeoutMs: 1000 });
 await configWrite(t, dir, { Kind: "service-defaults", Name: "lb", Protocol: "http" });
 await configWrite(t, dir, { Kind: "service-defaults", Name: "ghost", Protocol: "http" });
+await configWrite(t, dir, { Kind: "service-defaults", Name: "solo", Protocol: "http" });
 await configWrite(t, dir, {
   Kind: "service-router",
   Name: "api",
@@ -44,17 +47,20 @@ await configWrite(t, dir, {
 });
 
 const api = await scriptedApp(t, "api");
+const solo = await scriptedApp(t, "solo");
 const lbApps: ScriptedApp[] = [];
 for (const n of ["lb-a", "lb-b", "lb-c"]) lbApps.push(await scriptedApp(t, n));
 await startSidecar(t, dir, ["-service", "api", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${api.port}`]);
+await startSidecar(t, dir, ["-service", "solo", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${solo.port}`]);
 for (const a of lbApps) await startSidecar(t, dir, ["-service", "lb", "-listen", "127.0.0.1:0", "-service-addr", `127.0.0.1:${a.port}`]);
-const web: Sidecar = await startSidecar(t, dir, ["-service", "web", "-upstream", "api:0", "-upstream", "lb:0", "-upstream", "ghost:0"]);
+const web: Sidecar = await startSidecar(t, dir, ["-service", "web", "-upstream", "api:0", "-upstream", "solo:0", "-upstream", "lb:0", "-upstream", "ghost:0"]);
 const API = web.upstreams["api"]!;
+const SOLO = web.upstreams["solo"]!;
 const LB = web.upstreams["lb"]!;
 await until(async () => {
   const d = await configDump(web.adminAddr);
-  return clusterOf(d, "lb")?.endpoints.length === 3 && clusterOf(d, "api")?.endpoints.length === 1 && routeCount(d, "api") === 6 && routeCount(d, "lb") === 4;
-}, 15_000, "web to see api, the three lb instances and both routers");
+  return clusterOf(d, "lb")?.endpoints.length === 3 && clusterOf(d, "api")?.endpoints.length === 1 && clusterOf(d, "solo")?.endpoints.length === 1 && routeCount(d, "api") === 6 && routeCount(d, "lb") === 4;
+}, 15_000, "web to see api, solo, the three lb instances and both routers");
 
 let seq = 0;
 const rid = () => `r${++seq}`;
@@ -221,22 +227,22 @@ t.test("timeouts: a route's RequestTimeout and the destination's LocalRequestTim
 
 t.test("limits: MaxConcurrentRequests overflows with 503 UO, MaxConnections queues", async (t) => {
   const setLimits = async (limits: Record<string, number> | null, check: (l: NonNullable<ReturnType<typeof clusterOf>>["limits"]) => boolean) => {
-    await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: limits ? { Overrides: [{ Name: "api", Limits: limits }] } : {} });
-    await until(async () => check(clusterOf(await configDump(web.adminAddr), "api")?.limits), 10_000, `api's limits to become ${JSON.stringify(limits)}`);
+    await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: limits ? { Overrides: [{ Name: "solo", Limits: limits }] } : {} });
+    await until(async () => check(clusterOf(await configDump(web.adminAddr), "solo")?.limits), 10_000, `solo's limits to become ${JSON.stringify(limits)}`);
   };
 
   await setLimits({ MaxConcurrentRequests: 2 }, (l) => l?.maxRequests === 2);
   const overflow = await metric(web.adminAddr, "envoy_cluster_upstream_rq_pending_overflow");
   // The app holds what reaches it until release(): the refusals have to come back while the two
   // admitted requests still hold their slots, so none of them waited for a slot to free up.
-  const five = track(Array.from({ length: 5 }, () => get(API, "/limit?hold")));
+  const five = track(Array.from({ length: 5 }, () => get(SOLO, "/limit?hold")));
   let early: Reply[] | undefined;
   try {
     await until(() => five.settled.length >= 3, 15_000, "three answers while the app holds the others");
     early = [...five.settled];
-    t.equal(arrived(api, "/limit?hold"), 2, "MaxConcurrentRequests 2 with 5 concurrent requests: 2 reach the app (held there)");
+    t.equal(arrived(solo, "/limit?hold"), 2, "MaxConcurrentRequests 2 with 5 concurrent requests: 2 reach the app (held there)");
   } finally {
-    await drain([api], five.settled, 5);
+    await drain([solo], five.settled, 5);
   }
   const rs = await five.all;
   const ok = rs.filter((r) => r.status === 200);
@@ -247,50 +253,50 @@ t.test("limits: MaxConcurrentRequests overflows with 503 UO, MaxConnections queu
   t.same(early?.map((r) => r.status), [503, 503, 503], "refused at once: all three refusals came back while the two admitted requests were still held");
   t.ok(refused.every((r) => r.ms < 5000), `not after a queue's wait (slowest refusal ${Math.max(...refused.map((r) => r.ms)).toFixed(0)} ms)`);
   t.equal((await metric(web.adminAddr, "envoy_cluster_upstream_rq_pending_overflow")) - overflow, 3, "envoy_cluster_upstream_rq_pending_overflow went up by 3");
-  const after = await Promise.all(Array.from({ length: 2 }, () => get(API, "/limit?delay=100")));
+  const after = await Promise.all(Array.from({ length: 2 }, () => get(SOLO, "/limit?delay=100")));
   t.same(after.map((r) => r.status), [200, 200], "the slots are released: 2 concurrent requests pass afterwards");
 
   // MaxConnections 1: HTTP/1.1 requests queue for the one connection instead of failing, so
   // the app never sees two at once. The control (default limits) shows it would.
   await setLimits(null, (l) => l?.maxRequests === 1024);
   // Held by the app until all four are there (or some answer comes back without them).
-  const control = track(Array.from({ length: 4 }, () => get(API, "/conn-control?hold")));
+  const control = track(Array.from({ length: 4 }, () => get(SOLO, "/conn-control?hold")));
   try {
-    await until(() => arrived(api, "/conn-control?hold") === 4 || control.settled.length > 0, 15_000, "the four control requests to reach the app");
+    await until(() => arrived(solo, "/conn-control?hold") === 4 || control.settled.length > 0, 15_000, "the four control requests to reach the app");
   } finally {
-    await drain([api], control.settled, 4);
+    await drain([solo], control.settled, 4);
   }
   let par = await control.all;
   t.same(par.map((r) => r.status), [200, 200, 200, 200], "control: 4 concurrent requests with default limits pass");
-  t.equal(arrived(api, "/conn-control?hold"), 4, "control: and reach the app together (all four held there at once)");
+  t.equal(arrived(solo, "/conn-control?hold"), 4, "control: and reach the app together (all four held there at once)");
   await setLimits({ MaxConnections: 1 }, (l) => l?.maxConnections === 1);
-  api.load.maxInflight = 0;
+  solo.load.maxInflight = 0;
   const t0 = performance.now();
-  par = await Promise.all(Array.from({ length: 4 }, () => get(API, "/conn?delay=300")));
+  par = await Promise.all(Array.from({ length: 4 }, () => get(SOLO, "/conn?delay=300")));
   t.same(par.map((r) => r.status), [200, 200, 200, 200], "MaxConnections 1: 4 concurrent requests all pass (queued, as Envoy's HTTP/1 pool does)");
-  t.equal(api.load.maxInflight, 1, "one at a time: the app never had two in flight");
+  t.equal(solo.load.maxInflight, 1, "one at a time: the app never had two in flight");
   t.ok(performance.now() - t0 >= 1100, `taking about 4 × 300 ms (${(performance.now() - t0).toFixed(0)} ms)`);
   await setLimits(null, (l) => l?.maxConnections === 1024);
 });
 
 t.test("limits: MaxPendingRequests refuses requests queued beyond it", async (t) => {
-  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] } });
-  await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1, 10_000, "the limits to apply");
+  await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http", UpstreamConfig: { Overrides: [{ Name: "solo", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] } });
+  await until(async () => clusterOf(await configDump(web.adminAddr), "solo")?.limits?.maxConnections === 1, 10_000, "the limits to apply");
   // The app holds the request on the connection until release(), so the one pending stays pending
   // while the others arrive, however slowly a loaded machine sends them.
-  const four = track(Array.from({ length: 4 }, () => get(API, "/pending?hold")));
+  const four = track(Array.from({ length: 4 }, () => get(SOLO, "/pending?hold")));
   try {
     await until(() => four.settled.length >= 2, 15_000, "two answers while the app holds the request on the connection");
-    t.equal(arrived(api, "/pending?hold"), 1, "one request on the one connection (held by the app)");
+    t.equal(arrived(solo, "/pending?hold"), 1, "one request on the one connection (held by the app)");
   } finally {
-    await drain([api], four.settled, 4);
+    await drain([solo], four.settled, 4);
   }
   const rs = await four.all;
   // Envoy: one request on the connection, one pending, two refused.
   t.equal(rs.filter((r) => r.status === 503 && r.flags === "UO").length, 2, `two of four concurrent requests overflow the pending queue (${rs.map((r) => `${r.status} ${r.flags}`).join(", ")})`);
   t.equal(rs.filter((r) => r.status === 200).length, 2, "the one on the connection and the one pending are served");
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
-  await until(async () => clusterOf(await configDump(web.adminAddr), "api")?.limits?.maxConnections === 1024, 10_000, "the limits to go back");
+  await until(async () => clusterOf(await configDump(web.adminAddr), "solo")?.limits?.maxConnections === 1024, 10_000, "the limits to go back");
 });
 
 // Envoy's max_pending_requests: the cluster's requests waiting for a connection, whichever host
@@ -300,11 +306,11 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
     Kind: "service-defaults",
     Name: "web",
     Protocol: "http",
-    UpstreamConfig: { Overrides: [{ Name: "api", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }, { Name: "lb", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] },
+    UpstreamConfig: { Overrides: [{ Name: "solo", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }, { Name: "lb", Limits: { MaxConnections: 1, MaxPendingRequests: 1 } }] },
   });
   await until(async () => {
     const d = await configDump(web.adminAddr);
-    return clusterOf(d, "api")?.limits?.maxConnections === 1 && clusterOf(d, "lb")?.limits?.maxConnections === 1;
+    return clusterOf(d, "solo")?.limits?.maxConnections === 1 && clusterOf(d, "lb")?.limits?.maxConnections === 1;
   }, 10_000, "the limits to apply");
   // One request per lb instance at once (round robin): each has its instance's one connection,
   // so none waits, whatever the cluster-wide count of requests.
@@ -319,25 +325,25 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
   t.same(spread.map((r) => r.status), [200, 200, 200], "three concurrent requests on three instances with a free connection each: none pending, none refused");
   t.same(lbApps.map((x) => arrived(x, "/spread?hold")), [1, 1, 1], "all three were held at once, one on each instance");
 
-  // api has one instance and one connection. A holds it, B waits (pending) until A is done and
+  // solo has one instance and one connection. A holds it, B waits (pending) until A is done and
   // then runs; C arrives while B runs and may wait in the slot B gave back. Each step waits on
   // what web reports (rq_active counts a request on the connection or waiting for one) and on
   // what reached the app, which holds every request until release().
   const settled: Reply[] = [];
   const sent: Array<Promise<Reply>> = [];
-  const send = (path: string) => sent.push(get(API, path).then((r) => (settled.push(r), r)));
+  const send = (path: string) => sent.push(get(SOLO, path).then((r) => (settled.push(r), r)));
   try {
     send("/pa?hold");
-    await until(() => arrived(api, "/pa?hold") === 1, 15_000, "A to reach the app");
+    await until(() => arrived(solo, "/pa?hold") === 1, 15_000, "A to reach the app");
     send("/pb?hold");
-    await until(async () => (await rqActive("api")) === 2 || settled.length > 0, 15_000, "B to wait for the connection A holds");
+    await until(async () => (await rqActive("solo")) === 2 || settled.length > 0, 15_000, "B to wait for the connection A holds");
     t.same(settled, [], "B waits for the connection (pending), not refused");
-    api.release();
-    await until(() => arrived(api, "/pb?hold") === 1 || settled.length > 1, 15_000, "B to get the connection once A is answered");
+    solo.release();
+    await until(() => arrived(solo, "/pb?hold") === 1 || settled.length > 1, 15_000, "B to get the connection once A is answered");
     send("/pc?hold");
-    await until(async () => (await rqActive("api")) === 2 || settled.length > 1, 15_000, "C to wait for the connection B runs on");
+    await until(async () => (await rqActive("solo")) === 2 || settled.length > 1, 15_000, "C to wait for the connection B runs on");
   } finally {
-    await drain([api], settled, sent.length);
+    await drain([solo], settled, sent.length);
   }
   t.equal(sent.length, 3, "A, B and C were sent");
   const [ra, rb, rc] = await Promise.all(sent);
@@ -349,7 +355,7 @@ t.test("limits: MaxPendingRequests counts requests waiting for a connection, unt
   await configWrite(t, dir, { Kind: "service-defaults", Name: "web", Protocol: "http" });
   await until(async () => {
     const d = await configDump(web.adminAddr);
-    return clusterOf(d, "api")?.limits?.maxConnections === 1024 && clusterOf(d, "lb")?.limits?.maxConnections === 1024;
+    return clusterOf(d, "solo")?.limits?.maxConnections === 1024 && clusterOf(d, "lb")?.limits?.maxConnections === 1024;
   }, 10_000, "the limits to go back");
 });
 
