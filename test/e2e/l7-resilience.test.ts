@@ -238,7 +238,9 @@ t.test("limits: MaxConcurrentRequests overflows with 503 UO, MaxConnections queu
   const five = track(Array.from({ length: 5 }, () => get(SOLO, "/limit?hold")));
   let early: Reply[] | undefined;
   try {
-    await until(() => five.settled.length >= 3, 15_000, "three answers while the app holds the others");
+    // Both events, in either order: a refusal comes straight back from web, before an admitted
+    // request has even crossed solo's sidecar to the app.
+    await until(() => five.settled.length >= 3 && arrived(solo, "/limit?hold") >= 2, 15_000, "three answers while the app holds the other two");
     early = [...five.settled];
     t.equal(arrived(solo, "/limit?hold"), 2, "MaxConcurrentRequests 2 with 5 concurrent requests: 2 reach the app (held there)");
   } finally {
@@ -286,7 +288,7 @@ t.test("limits: MaxPendingRequests refuses requests queued beyond it", async (t)
   // while the others arrive, however slowly a loaded machine sends them.
   const four = track(Array.from({ length: 4 }, () => get(SOLO, "/pending?hold")));
   try {
-    await until(() => four.settled.length >= 2, 15_000, "two answers while the app holds the request on the connection");
+    await until(() => four.settled.length >= 2 && arrived(solo, "/pending?hold") >= 1, 15_000, "two answers while the app holds the request on the connection");
     t.equal(arrived(solo, "/pending?hold"), 1, "one request on the one connection (held by the app)");
   } finally {
     await drain([solo], four.settled, 4);
