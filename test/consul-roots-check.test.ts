@@ -72,10 +72,10 @@ interface Run extends Recorded {
   readonly d: ConsulAgentDouble;
 }
 
-async function start(t: Teardown): Promise<Run> {
+async function start(t: Teardown, backoff?: { baseMs: number; maxMs: number }): Promise<Run> {
   const d = await ConsulAgentDouble.start({ defaultIntentionPolicy: "deny" });
   t.teardown(() => d.stop());
-  return { d, ...(await recordedControlPlane(t, d, WEB)) };
+  return { d, ...(await recordedControlPlane(t, d, WEB, backoff)) };
 }
 
 /** A roots answer as the agent writes it: the double's roots with `extra` roots added, and the ActiveRootID given. */
@@ -131,4 +131,20 @@ t.test("control plane: a rotation passes at every step; the old root pruned too 
   await until(() => r.snapshots.at(-1)!.identity.serial === serial && r.snapshots.at(-1)!.trust.rootsPem.length === 1, 8000, "the new leaf, then the pruned roots taken on the watch's retry");
   t.same(r.snapshots.at(-1)!.trust.rootsPem, r.d.roots().map((x) => x.ca.certPem), "only the new root");
   t.not(r.snapshots.at(-1)!.trust.rootsPem[0], a!.ca.certPem, "and it is not the old one");
+});
+
+t.test("control plane: roots refused after an early prune are asked for again when the leaf moves, not after the backoff", async (t) => {
+  // Production's backoff (1 s doubling to 60 s, full jitter) here starts at 60 s: no draw is
+  // under 15 s, so roots taken within 8 s of the new leaf came from the leaf's wake-up.
+  const r = await start(t, { baseMs: 60_000, maxMs: 60_000 });
+  await r.d.rotateRoots({ reissueLeafs: false });
+  await until(() => r.snapshots.at(-1)!.trust.rootsPem.length === 2, 8000, "both roots trusted while the leaf is still the old root's");
+  r.d.pruneInactiveRoots();
+  await until(() => r.errors.some((e) => e.resource === "roots" && /verifies this proxy's leaf/.test(e.message)), 8000, "the early prune refused");
+  const serial = await r.d.rotateLeaf("web");
+  const movedAt = Date.now();
+  await until(() => r.snapshots.at(-1)!.identity.serial === serial, 8000, "the new leaf");
+  await until(() => r.snapshots.at(-1)!.trust.rootsPem.length === 1, 8000, "the pruned roots, taken when the leaf moved");
+  t.same(r.snapshots.at(-1)!.trust.rootsPem, r.d.roots().map((x) => x.ca.certPem), "only the new root");
+  t.ok(Date.now() - movedAt < 15_000, "well inside the shortest backoff the watch could have drawn");
 });

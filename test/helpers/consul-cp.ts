@@ -14,9 +14,9 @@ export interface Recorded {
   readonly errors: ControlPlaneError[];
 }
 
-/** Starts it (short waits and backoff), resolves after the first Snapshot; stopped at teardown. */
-export async function recordedControlPlane(t: Teardown, d: ConsulAgentDouble, request: ProxyRequest): Promise<Recorded> {
-  const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger: silentLogger, request, waitMs: 2000, backoff: { baseMs: 50, maxMs: 500 } });
+/** Starts it (short waits and backoff unless given), resolves after the first Snapshot; stopped at teardown. */
+export async function recordedControlPlane(t: Teardown, d: ConsulAgentDouble, request: ProxyRequest, backoff = { baseMs: 50, maxMs: 500 }): Promise<Recorded> {
+  const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger: silentLogger, request, waitMs: 2000, backoff });
   const snapshots: Snapshot[] = [];
   const errors: ControlPlaneError[] = [];
   const started = cp.start({ snapshot: (s) => snapshots.push(s), error: (e) => errors.push(e) });

@@ -51,6 +51,8 @@ export class BlockingQuery<T> {
   private tokens: number;
   private lastRefill = Date.now();
   private running: Promise<void> | null = null;
+  /** Aborted by retryNow() to cut short the error backoff in progress (null: none). */
+  private backoffWake: AbortController | null = null;
 
   constructor(private readonly o: BlockingOptions<T>) {
     this.tokens = (o.rate ?? DEFAULT_RATE).burst;
@@ -58,6 +60,15 @@ export class BlockingQuery<T> {
 
   start(): void {
     this.running ??= this.loop();
+  }
+
+  /**
+   * Cuts short the error backoff in progress, if any: the owner learned something that may make
+   * the next answer acceptable (a parse that depends on other state). The token bucket still
+   * paces the calls. A watch that is waiting on the agent, or healthy, is left alone.
+   */
+  retryNow(): void {
+    this.backoffWake?.abort();
   }
 
   async stop(): Promise<void> {
@@ -115,7 +126,9 @@ export class BlockingQuery<T> {
         const err = e as Error;
         const msg = deadline.aborted ? `GET ${this.o.path}: no answer within ${Math.round(deadlineMs / 1000)} s (agent stalled?)` : err.message;
         this.o.onError(err instanceof AgentError ? err : new Error(msg));
-        await sleep(backoffMs(this.failures, this.o.backoff ?? DEFAULT_BACKOFF), signal);
+        const wake = (this.backoffWake = new AbortController());
+        await sleep(backoffMs(this.failures, this.o.backoff ?? DEFAULT_BACKOFF), AbortSignal.any([signal, wake.signal]));
+        this.backoffWake = null;
       }
     }
   }

@@ -97,7 +97,7 @@ export class ConsulControlPlane implements ControlPlane {
   readonly kind = "consul";
   private readonly log: Logger;
   private handlers: ControlPlaneHandlers | null = null;
-  private readonly watches = new Map<string, { stop(): Promise<void> }>();
+  private readonly watches = new Map<string, { stop(): Promise<void>; retryNow(): void }>();
   private proxyId: string | null;
   private roots: CaRoots | null = null;
   private leaf: LeafCert | null = null;
@@ -370,7 +370,12 @@ export class ConsulControlPlane implements ControlPlane {
     if (service) {
       wanted.add(`leaf:${service}`);
       wanted.add(`intentions:${service}`);
-      this.watch<LeafCert>(`leaf:${service}`, { path: `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`, mode: "index", parse: parseLeaf }, (v) => (this.leaf = v));
+      this.watch<LeafCert>(`leaf:${service}`, { path: `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`, mode: "index", parse: parseLeaf }, (v) => {
+        this.leaf = v;
+        // Roots refused for not verifying the old leaf (an inactive root pruned before the leaf
+        // moved) are asked for again now, not after a backoff of up to a minute.
+        this.watches.get("roots")?.retryNow();
+      });
       this.watch<IntentionsState>(
         `intentions:${service}`,
         {
