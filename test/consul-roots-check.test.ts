@@ -7,7 +7,7 @@
 import t from "tap";
 import { X509Certificate } from "node:crypto";
 import { ConsulAgentDouble } from "./helpers/consul-agent.js";
-import { recordedControlPlane, type Recorded } from "./helpers/consul-cp.js";
+import { recordedControlPlane, recordingControlPlane, type Recorded } from "./helpers/consul-cp.js";
 import type { ControlPlaneError, ProxyRequest } from "../src/controlplane/controlplane.js";
 import { parseRoots, rootsVerifyingLeaf, type CaRoots, type LeafCert } from "../src/controlplane/consul/wire.js";
 import { createRootCa, crossSign, issueLeaf, type CaMaterial } from "../src/identity/ca.js";
@@ -147,4 +147,28 @@ t.test("control plane: roots refused after an early prune are asked for again wh
   await until(() => r.snapshots.at(-1)!.trust.rootsPem.length === 1, 8000, "the pruned roots, taken when the leaf moved");
   t.same(r.snapshots.at(-1)!.trust.rootsPem, r.d.roots().map((x) => x.ca.certPem), "only the new root");
   t.ok(Date.now() - movedAt < 15_000, "well inside the shortest backoff the watch could have drawn");
+});
+
+t.test("control plane: roots taken before the first leaf are checked when it comes; a set that cannot verify it never reaches a Snapshot", async (t) => {
+  const d = await ConsulAgentDouble.start({ defaultIntentionPolicy: "deny" });
+  t.teardown(() => d.stop());
+  const stranger = await createRootCa(d.trustDomain, { commonName: "Stranger" });
+  const id = new X509Certificate(stranger.certPem).fingerprint.toLowerCase();
+  // The leaf is held back, so the stranger's roots arrive first, with no leaf to check them by.
+  d.fault("/v1/agent/connect/ca/leaf", "stall");
+  d.fault("/v1/agent/connect/ca/roots", rootsBody(d, id, [{ id, certPem: stranger.certPem }], false));
+  const { snapshots, errors, started } = recordingControlPlane(t, d, WEB);
+  await d.waitForHeld("/v1/agent/connect/ca/leaf");
+  await until(() => d.requestsTo("/v1/agent/connect/ca/roots").length >= 2, 8000, "the stranger's roots answered, before any leaf");
+  t.same(errors.filter((e) => e.resource === "roots"), [], "taken unchecked: there is no leaf yet");
+
+  d.fault("/v1/agent/connect/ca/leaf", "none");
+  await until(() => errors.some((e) => e.resource === "roots" && /verifies this proxy's leaf for "web"/.test(e.message)), 8000, "the roots refused once the leaf came");
+  t.equal(snapshots.length, 0, "no Snapshot: the roots that came first cannot verify the leaf");
+
+  d.fault("/v1/agent/connect/ca/roots", "none");
+  await until(() => snapshots.length > 0, 8000, "a Snapshot once the agent answers with its own roots");
+  t.same(snapshots[0]!.trust.rootsPem, d.roots().map((x) => x.ca.certPem), "with the agent's roots");
+  t.notOk(snapshots.some((s) => s.trust.rootsPem.includes(stranger.certPem)), "no Snapshot ever carried the stranger's root");
+  await started;
 });

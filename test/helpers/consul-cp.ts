@@ -14,8 +14,8 @@ export interface Recorded {
   readonly errors: ControlPlaneError[];
 }
 
-/** Starts it (short waits and backoff unless given), resolves after the first Snapshot; stopped at teardown. */
-export async function recordedControlPlane(t: Teardown, d: ConsulAgentDouble, request: ProxyRequest, backoff = { baseMs: 50, maxMs: 500 }): Promise<Recorded> {
+/** Starts it (short waits and backoff unless given) and records from then on; `started` resolves with the first Snapshot; stopped at teardown. */
+export function recordingControlPlane(t: Teardown, d: ConsulAgentDouble, request: ProxyRequest, backoff = { baseMs: 50, maxMs: 500 }): Recorded & { readonly started: Promise<void> } {
   const cp = new ConsulControlPlane({ client: new AgentClient({ httpAddr: d.url }), logger: silentLogger, request, waitMs: 2000, backoff });
   const snapshots: Snapshot[] = [];
   const errors: ControlPlaneError[] = [];
@@ -24,6 +24,12 @@ export async function recordedControlPlane(t: Teardown, d: ConsulAgentDouble, re
     await cp.stop();
     await started.catch(ignoreRejection("stopped at teardown"));
   });
+  return { snapshots, errors, started };
+}
+
+/** recordingControlPlane, resolved after the first Snapshot. */
+export async function recordedControlPlane(t: Teardown, d: ConsulAgentDouble, request: ProxyRequest, backoff?: { baseMs: number; maxMs: number }): Promise<Recorded> {
+  const { snapshots, errors, started } = recordingControlPlane(t, d, request, backoff);
   await started;
   return { snapshots, errors };
 }

@@ -350,6 +350,25 @@ export class ConsulControlPlane implements ControlPlane {
     q.start();
   }
 
+  /** False (and reported, as a roots error) when `roots` cannot verify `leaf`. */
+  private rootsVerify(roots: CaRoots, leaf: LeafCert): boolean {
+    try {
+      rootsVerifyingLeaf(roots, leaf);
+      return true;
+    } catch (e) {
+      this.handlers?.error(new ControlPlaneError("roots", (e as Error).message));
+      return false;
+    }
+  }
+
+  /** Stops the watch `key` so the next reconcile starts it afresh (no index, nothing seen). */
+  private restartWatch(key: string): void {
+    const w = this.watches.get(key);
+    if (!w) return;
+    this.watches.delete(key);
+    w.stop().catch(logRejection(this.log, `stopping the watch ${key}`, "debug"));
+  }
+
   /** Starts the watches the current config needs, stops the rest, and emits if complete. */
   private reconcile(): void {
     if (this.stopped) return;
@@ -371,7 +390,17 @@ export class ConsulControlPlane implements ControlPlane {
       wanted.add(`leaf:${service}`);
       wanted.add(`intentions:${service}`);
       this.watch<LeafCert>(`leaf:${service}`, { path: `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`, mode: "index", parse: parseLeaf }, (v) => {
+        const first = this.leaf === null;
         this.leaf = v;
+        // Roots that came before the first leaf were taken unchecked: they are checked now, and
+        // roots that do not verify the leaf are dropped and asked for afresh (the first Snapshot
+        // waits for a set that does). Only the first leaf: later, roots that lag a renewed leaf
+        // must not hold back other changes, and the roots watch checks every answer against it.
+        if (first && this.roots && !this.rootsVerify(this.roots, v)) {
+          this.roots = null;
+          this.restartWatch("roots");
+          return;
+        }
         // Roots refused for not verifying the old leaf (an inactive root pruned before the leaf
         // moved) are asked for again now, not after a backoff of up to a minute.
         this.watches.get("roots")?.retryNow();
