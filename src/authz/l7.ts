@@ -12,6 +12,7 @@ import {
   compileHeaderMatches,
   compileMethods,
   compilePathMatch,
+  headerMatches,
   headersMatch,
   methodMatches,
   pathMatches,
@@ -131,6 +132,25 @@ function permissionMatches(p: CompiledPermission, req: L7Request): boolean {
 /** Lines of one field a permission reads, past which a request is refused rather than judged line by line. */
 const MAX_READ_LINES = 32;
 
+/** What a header condition can come to over its field's readings: bits, CAN_HOLD | CAN_FAIL for either. */
+const CAN_HOLD = 1;
+const CAN_FAIL = 2;
+/** conditionOutcomes' answer for a field of more than MAX_READ_LINES lines. */
+const TOO_MANY = 4;
+/** The decisions the permissions can come to: bits. */
+const ALLOWS = 1;
+const DENIES = 2;
+
+/** Whether `m` can hold, fail, or either, over the joined field and each of its lines. */
+function conditionOutcomes(m: CompiledHeaderMatch, req: L7Request, lines: (name: string) => readonly string[] | undefined): number {
+  let can = headerMatches(m, req.header(m.name)) ? CAN_HOLD : CAN_FAIL;
+  const l = lines(m.name);
+  if (l === undefined) return can;
+  if (l.length > MAX_READ_LINES) return TOO_MANY;
+  for (const v of l) can |= headerMatches(m, v) ? CAN_HOLD : CAN_FAIL;
+  return can;
+}
+
 class PermissionAuthorizer implements SourceAuthorizer {
   private readonly readsHeaders: boolean;
   private readonly ambiguous: L7Decision;
@@ -143,7 +163,7 @@ class PermissionAuthorizer implements SourceAuthorizer {
   ) {
     this.readsHeaders = permissions.some((p) => p.headers.length > 0);
     const it = `L7 intention ${intention.source} => ${intention.destination}`;
-    this.ambiguous = { allowed: false, reason: `Repeated header lines: ${it} decides differently on one of them alone than on all of them joined, and the app may read either` };
+    this.ambiguous = { allowed: false, reason: `Repeated header lines: ${it} allows some readings of them and denies others (a field's lines joined, or one line alone), and the app may make any of them` };
     this.tooManyLines = { allowed: false, reason: `Repeated header lines: more than ${MAX_READ_LINES} lines of a field ${it} reads` };
   }
 
@@ -151,42 +171,43 @@ class PermissionAuthorizer implements SourceAuthorizer {
    * A field sent as several lines is judged as each reading of it an app may make: the lines
    * joined, and each line alone (Go's Get reads the first, others the last, a loop over Values any
    * of them). Envoy matched only the joined value, so `x-role: user` then `x-role: admin` passed a
-   * deny on `admin` to an app that reads one line (CVE-2026-26308). When the readings disagree the
-   * request is refused, whichever way the joined one went. Reading i takes line i of every
-   * repeated field (its last, for one with fewer lines).
+   * deny on `admin` to an app that reads one line (CVE-2026-26308). An app reads each field its
+   * own way, so the readings of two fields combine freely (line 1 of one with line 2 of
+   * another): each header condition is judged over its field's readings (it can hold, fail, or
+   * either), and when the permissions, taken in order, can come to both an allow and a deny, the
+   * request is refused, whichever way the joined reading went.
    */
   authorize(req: L7Request): L7Decision {
     if (req.lines === undefined || !this.readsHeaders) return this.decide(req);
     // Bound: a request view may be a class instance, its methods on the prototype.
     const lines = req.lines.bind(req);
-    let most = 1;
+    let repeated = false;
     const joined = this.decide({
       method: req.method,
       path: req.path,
       header: (n) => {
-        const l = lines(n);
-        if (l !== undefined && l.length > most) most = l.length;
+        if (!repeated && lines(n) !== undefined) repeated = true;
         return req.header(n);
       },
     });
-    if (most === 1) return joined;
-    // A reading can reach a permission the joined one did not, and a field with more lines: the
-    // count grows as they are found.
-    for (let i = 0; i < most; i++) {
-      if (most > MAX_READ_LINES) return this.tooManyLines;
-      const one = this.decide({
-        method: req.method,
-        path: req.path,
-        header: (n) => {
-          const l = lines(n);
-          if (l === undefined) return req.header(n);
-          if (l.length > most) most = l.length;
-          return l[Math.min(i, l.length - 1)];
-        },
-      });
-      if (one.allowed !== joined.allowed) return this.ambiguous;
+    // Every field the joined reading looked at has one line: a condition it found false is false
+    // in every reading, so the permissions it skipped cannot be reached either.
+    if (!repeated) return joined;
+    let outcomes = 0;
+    for (const p of this.permissions) {
+      let can = methodMatches(p.methods, req.method) && pathMatches(p.path, req.path) ? CAN_HOLD : CAN_FAIL;
+      for (let i = 0; can !== CAN_FAIL && i < p.headers.length; i++) {
+        const c = conditionOutcomes(p.headers[i]!, req, lines);
+        if (c === TOO_MANY) return this.tooManyLines;
+        // AND: one condition that cannot hold sinks the permission; one that may fail lets it fail.
+        can = c === CAN_FAIL ? CAN_FAIL : can | c;
+      }
+      if (can & CAN_HOLD) outcomes |= p.decision.allowed ? ALLOWS : DENIES;
+      // A permission that holds in every reading ends the walk: the ones after it are not reached.
+      if (!(can & CAN_FAIL)) return outcomes === (ALLOWS | DENIES) ? this.ambiguous : joined;
     }
-    return joined;
+    outcomes |= this.fallback.allowed ? ALLOWS : DENIES;
+    return outcomes === (ALLOWS | DENIES) ? this.ambiguous : joined;
   }
 
   private decide(req: L7Request): L7Decision {

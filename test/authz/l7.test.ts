@@ -168,6 +168,16 @@ t.test("nominatedAway: the end-to-end fields a Connection header drops before th
   t.ok(nominatedAway("host", "host"), "Host too: the app gets the sidecar's own instead");
 });
 
+/** A GET of / whose fields are sent as the lines given (`lines` answers for a field of two or more). */
+function withLines(lines: Record<string, readonly string[]>): L7Request {
+  return {
+    method: "GET",
+    path: "/",
+    header: (n) => lines[n]?.join(", "),
+    lines: (n) => ((lines[n]?.length ?? 0) > 1 ? lines[n] : undefined),
+  };
+}
+
 t.test("a field sent as several lines: every reading an app may make must agree, or the request is refused", async (t) => {
   const denyAdmin: Intention = {
     source: "web",
@@ -179,12 +189,6 @@ t.test("a field sent as several lines: every reading an app may make must agree,
     ],
   };
   const allowUser: Intention = { ...denyAdmin, permissions: [{ action: "allow", headers: [{ name: "x-role", exact: "user" }], methods: [] }] };
-  const withLines = (lines: Record<string, readonly string[]>): L7Request => ({
-    method: "GET",
-    path: "/",
-    header: (n) => lines[n]?.join(", "),
-    lines: (n) => ((lines[n]?.length ?? 0) > 1 ? lines[n] : undefined),
-  });
   const deny = new CompiledL7Intentions({ defaultAction: "deny", intentions: [denyAdmin] }, "billing").forSource("web");
   t.equal(deny.authorize(withLines({ "x-role": ["admin"] })).allowed, false, "one line: the deny");
   t.equal(deny.authorize(withLines({ "x-role": ["user"] })).allowed, true, "one line: the allow");
@@ -192,7 +196,7 @@ t.test("a field sent as several lines: every reading an app may make must agree,
     const d = deny.authorize(withLines({ "x-role": order }));
     t.equal(d.allowed, false, `${order.join(" then ")}: an app reading one line may read admin (the joined value alone passed the deny)`);
   }
-  t.match(deny.authorize(withLines({ "x-role": ["user", "admin"] })).reason, /^Repeated header lines: L7 intention web => billing decides differently/);
+  t.match(deny.authorize(withLines({ "x-role": ["user", "admin"] })).reason, /^Repeated header lines: L7 intention web => billing allows some readings of them and denies others/);
   t.match(deny.authorize(withLines({ "x-role": Array.from({ length: 33 }, () => "user") })), { allowed: false, reason: /more than 32 lines/ }, "past 32 lines of a field it reads, refused");
   t.equal(deny.authorize(withLines({ "x-role": ["user", "user"] })).allowed, true, "lines that every reading agrees on pass");
   t.equal(deny.authorize(withLines({ "x-role": ["user"], "x-other": ["a", "b"] })).allowed, true, "repeated lines of a field no permission reads change nothing");
@@ -201,4 +205,44 @@ t.test("a field sent as several lines: every reading an app may make must agree,
   t.equal(allow.authorize(withLines({ "x-role": ["user"] })).allowed, true);
   t.equal(allow.authorize(withLines({ "x-role": ["user", "admin"] })).allowed, false, "an allow on user: joined it does not match, first line it does: refused");
   t.equal(allow.authorize(req("GET", "/", { "x-role": "user, admin" })).allowed, false, "a caller without `lines` (one joined line reaches the app) is judged on it alone");
+});
+
+t.test("several repeated fields: an app reads each its own way, so their lines combine freely", async (t) => {
+  // Deny admins of tenant acme; allow the rest.
+  const denyAcmeAdmin: Intention = { source: "web", destination: "billing", action: "allow", permissions: [
+    { action: "deny", headers: [{ name: "x-role", exact: "admin" }, { name: "x-tenant", exact: "acme" }], methods: [] },
+    { action: "allow", headers: [], methods: [] },
+  ] };
+  const deny = new CompiledL7Intentions({ defaultAction: "deny", intentions: [denyAcmeAdmin] }, "billing").forSource("web");
+  t.equal(deny.authorize(withLines({ "x-role": ["admin"], "x-tenant": ["acme"] })).allowed, false, "one line each: the deny");
+  // Joined, line 1 with line 1, line 2 with line 2: none is admin of acme. An app reading the
+  // first x-role and the last x-tenant is.
+  const crossed = deny.authorize(withLines({ "x-role": ["admin", "user"], "x-tenant": ["other", "acme"] }));
+  t.match(crossed, { allowed: false, reason: /^Repeated header lines: / }, "admin (first line) of acme (last line): refused");
+  t.equal(deny.authorize(withLines({ "x-role": ["admin", "admin"], "x-tenant": ["other", "beta"] })).allowed, true, "no reading of x-tenant is acme: allowed");
+  t.equal(deny.authorize(withLines({ "x-role": ["user", "guest"], "x-tenant": ["acme", "acme"] })).allowed, true, "no reading of x-role is admin: allowed");
+  t.equal(deny.authorize(withLines({ "x-role": ["user"], "x-tenant": ["acme", "other"] })).allowed, true, "x-role is one line and not admin: x-tenant's lines cannot matter");
+
+  // An allow that every reading reaches before an ambiguous permission decides alone.
+  const allowFirst: Intention = {
+    ...denyAcmeAdmin,
+    permissions: [
+      { action: "allow", path: { kind: "exact", value: "/health" }, headers: [], methods: [] },
+      { action: "deny", headers: [{ name: "x-role", exact: "admin" }], methods: [] },
+      { action: "allow", headers: [], methods: [] },
+    ],
+  };
+  const first = new CompiledL7Intentions({ defaultAction: "deny", intentions: [allowFirst] }, "billing").forSource("web");
+  t.equal(first.authorize({ ...withLines({ "x-role": ["user", "admin"] }), path: "/health" }).allowed, true, "a permission with no header condition that matches ends the walk");
+  t.equal(first.authorize(withLines({ "x-role": ["user", "admin"] })).allowed, false, "elsewhere the ambiguous deny still refuses");
+  // Two permissions that decide the same way whatever the readings: no ambiguity.
+  const bothDeny: Intention = {
+    ...denyAcmeAdmin,
+    permissions: [
+      { action: "deny", headers: [{ name: "x-role", exact: "admin" }], methods: [] },
+      { action: "deny", headers: [{ name: "x-role", present: true }], methods: [] },
+    ],
+  };
+  const same = new CompiledL7Intentions({ defaultAction: "deny", intentions: [bothDeny] }, "billing").forSource("web");
+  t.match(same.authorize(withLines({ "x-role": ["user", "admin"] })), { allowed: false, reason: /^Matched L7 intention: web => billing \(permission 2: deny\)$/ }, "every reading denies: the joined reading's reason, not an ambiguity");
 });
