@@ -28,6 +28,8 @@ const DENY_ALL_BUT = [
   { action: "deny", http: { path_prefix: "/tenant", header: [{ name: "x-tenant", present: true, invert: true }] } },
   // An app may read one line of a repeated field (Go's Get: the first): x-role must be judged on each.
   { action: "deny", http: { path_prefix: "/role", header: [{ name: "x-role", exact: "admin" }] } },
+  // Two repeated fields: an app may read the first line of one and the last of the other.
+  { action: "deny", http: { path_prefix: "/acme", header: [{ name: "x-role", exact: "admin" }, { name: "x-tenant", exact: "acme" }] } },
   { action: "allow", http: { path_prefix: "/" } },
 ];
 const POLICY = {
@@ -118,11 +120,11 @@ for (const [name, sidecar] of ENGINES) {
   // CVE-2026-26308 in Envoy: `x-role: user` then `x-role: admin` is "user, admin" joined, which a
   // deny on admin does not match, while an app that reads one line reads admin.
   t.test(`${name}: a field sent as several lines is judged on each line an app may read`, async (t) => {
-    const send = async (fields: string, upgrade = false) => {
+    const send = async (fields: string, upgrade = false, path = "/role") => {
       hits.length = 0;
       appBytes.length = 0;
       const up = upgrade ? "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" : "Connection: close\r\n";
-      const x = await exchange(tlsTo(sidecar.publicAddr!, webLeaf), `GET /role HTTP/1.1\r\nHost: api\r\n${fields}${up}\r\n`, { done: hasResponses(1) });
+      const x = await exchange(tlsTo(sidecar.publicAddr!, webLeaf), `GET ${path} HTTP/1.1\r\nHost: api\r\n${fields}${up}\r\n`, { done: hasResponses(1) });
       return parseResponses(x.data, { closed: x.closed })[0]?.status;
     };
     t.equal(await send("x-role: user\r\n"), 200, "control: user is served");
@@ -141,6 +143,21 @@ for (const [name, sidecar] of ENGINES) {
           t.equal(status, 403, `${what}: denied`);
           t.same(hits, [], `${what}: the app never saw it`);
         }
+      }
+    }
+    // Line by line (admin with other, user with acme) no reading is an admin of acme; the first
+    // x-role with the last x-tenant is.
+    t.equal(await send("x-role: admin\r\nx-tenant: acme\r\n", false, "/acme"), 403, "control: an admin of acme is denied");
+    for (const upgrade of [false, true]) {
+      const what = `${upgrade ? "an upgrade request" : "a request"} with x-role admin then user, x-tenant other then acme`;
+      const status = await send("x-role: admin\r\nx-tenant: other\r\nX-Role: user\r\nX-Tenant: acme\r\n", upgrade, "/acme");
+      const wire = appBytes.join("");
+      if (status === 200) {
+        t.match(wire, /\r\nx-role: admin, user\r\n/i, `${what}: served only as the joined lines that were judged`);
+        t.notMatch(wire, /\r\nx-tenant: acme\r\n/i, `${what}: never the acme line alone`);
+      } else {
+        t.equal(status, 403, `${what}: denied`);
+        t.same(hits, [], `${what}: the app never saw it`);
       }
     }
   });
