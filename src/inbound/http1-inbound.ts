@@ -59,14 +59,17 @@ class AppFieldView implements L7Request {
   ) {}
 
   header(n: string): string | undefined {
-    const connection = (this.connection ??= fieldValue(this.raw, "connection") ?? "");
-    if (isRequestPseudoField(n)) return requestPseudoField(n, this.method, this.path + this.query, nominatedAway(connection, "host") ? undefined : fieldValue(this.raw, "host"));
-    return nominatedAway(connection, n) ? undefined : fieldValue(this.raw, n);
+    if (isRequestPseudoField(n)) return requestPseudoField(n, this.method, this.path + this.query, this.sentAway("host") ? undefined : fieldValue(this.raw, "host"));
+    return this.sentAway(n) ? undefined : fieldValue(this.raw, n);
   }
 
   lines(n: string): readonly string[] | undefined {
-    const connection = (this.connection ??= fieldValue(this.raw, "connection") ?? "");
-    return isRequestPseudoField(n) || nominatedAway(connection, n) ? undefined : fieldLines(this.raw, n);
+    return isRequestPseudoField(n) || this.sentAway(n) ? undefined : fieldLines(this.raw, n);
+  }
+
+  /** The caller's Connection nominates `n`: the app is not sent it. */
+  private sentAway(n: string): boolean {
+    return nominatedAway((this.connection ??= fieldValue(this.raw, "connection") ?? ""), n);
   }
 }
 
