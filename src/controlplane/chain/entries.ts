@@ -359,8 +359,9 @@ function pathMatch(f: Fields): PathMatch | undefined {
   return undefined;
 }
 
-export function headerMatches(list: Fields[]): HeaderMatch[] {
+export function headerMatches(list: Fields[], keys?: KeyCheck): HeaderMatch[] {
   return list.map((h) => {
+    if (keys) keys(h, HEADER_MATCH_KEYS);
     const name = h.str("Name");
     if (!name) throw new EntryError(h.where, "Name is required");
     return {
@@ -375,27 +376,65 @@ export function headerMatches(list: Fields[]): HeaderMatch[] {
   });
 }
 
+/** Consul's IntentionHTTPHeaderPermission fields meshproxy evaluates. */
+const HEADER_MATCH_KEYS = ["Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert"] as const;
+/** Consul's IntentionHTTPPermission fields. */
+const HTTP_PERMISSION_KEYS = ["PathExact", "PathPrefix", "PathRegex", "Header", "Methods"] as const;
+
+/** Throws EntryError for a key of `f` that is none of `known` (in any spelling pick accepts). */
+type KeyCheck = (f: Fields, known: readonly string[]) => void;
+
+function spellings(camel: string): string[] {
+  return [camel, camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase(), camel.charAt(0).toLowerCase() + camel.slice(1)];
+}
+
+/** Go's omitempty zero values: a field written with one of them says nothing. */
+function isZeroValue(v: unknown): boolean {
+  return v === null || v === false || v === "" || v === 0 || (Array.isArray(v) && v.length === 0) || (isObj(v) && Object.keys(v).length === 0);
+}
+
+function keyCheck(source: "file" | "wire"): KeyCheck {
+  return (f, known) => {
+    for (const k of f.keys()) {
+      if (known.some((c) => spellings(c).includes(k))) continue;
+      // An agent newer than meshproxy may write a field it added with its zero value; any other
+      // value is a condition meshproxy would not evaluate, and a permission read without it
+      // allows (or fails to deny) what it was written to refuse.
+      if (source === "wire" && isZeroValue(f.raw(k))) continue;
+      throw new EntryError(f.at(k), `unknown key: meshproxy does not evaluate it, and a permission read without it could allow what it was meant to refuse (known keys: ${known.join(", ")})`);
+    }
+  };
+}
+
 /**
  * An L7 intention's `Permissions` (Consul's IntentionPermission), in the key styles config entries
  * accept: `{Action, HTTP: {PathExact|PathPrefix|PathRegex, Methods, Header: [...]}}` or snake_case.
  * `where` names the list for messages, e.g. `intentions.json: intentions[2].permissions`.
+ * A key meshproxy does not evaluate is an error, never ignored: a misspelt `path_prefx` would leave
+ * an allow on every path, an `IgnoreCase` a deny that `ADMIN` passes. `source` "wire" (a Consul
+ * agent's answer) also takes `JWT`, which the caller turns into a deny, and tolerates unknown
+ * fields holding their zero value; "file" (intentions.json) refuses any unknown key, JWT included.
  */
-export function parsePermissions(v: unknown, where: string): Permission[] {
+export function parsePermissions(v: unknown, where: string, source: "file" | "wire" = "file"): Permission[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) throw new EntryError(where, "want an array");
   checkDepth(v, where);
+  const keys = keyCheck(source);
   return v.map((x, i) => {
     const p = Fields.of(`${where}[${i}]`, x);
+    if (source === "file" && p.raw("JWT") !== undefined) throw new EntryError(p.at("JWT"), "JWT requirements are not supported: meshproxy cannot verify tokens");
+    keys(p, source === "wire" ? ["Action", "HTTP", "JWT"] : ["Action", "HTTP"]);
     const action = p.str("Action");
     if (action !== "allow" && action !== "deny") throw new EntryError(`${p.where}.Action`, `want "allow" or "deny", got ${describeValue(action ?? null)}`);
     // Consul requires the HTTP block (JWT-only permissions are not supported here); an empty one matches every request.
     const http = p.obj("HTTP");
     if (!http) throw new EntryError(`${p.where}.HTTP`, "is required (an empty {} matches every request)");
+    keys(http, HTTP_PERMISSION_KEYS);
     const path = pathMatch(http);
     return {
       action,
       ...(path ? { path } : {}),
-      headers: headerMatches(http.list("Header")),
+      headers: headerMatches(http.list("Header"), keys),
       methods: http.strList("Methods").map((m) => m.toUpperCase()),
     };
   });

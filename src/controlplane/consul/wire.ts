@@ -532,7 +532,7 @@ export function parseIntentionMatch(body: unknown, destination: string): WireInt
 function intentionPermissions(raw: unknown, ep: string, at: string): { permissions: Permission[]; jwt: number } {
   let permissions: Permission[];
   try {
-    permissions = parsePermissions(raw, at);
+    permissions = parsePermissions(raw, at, "wire");
   } catch (e) {
     if (e instanceof EntryError) {
       // EntryError reads `<field>: <why>`, with the field under `at`.
