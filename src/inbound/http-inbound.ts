@@ -256,8 +256,9 @@ export class InboundHttp {
       header: (n: string) => {
         // A field the caller's Connection nominates is not sent to the app (endToEndCopy); HTTP/2 has no Connection.
         const connection = joined(req.headers["connection"]);
-        // An HTTP/2 request's host for the app is its host field, else :authority (compat.ts requestHeaders).
-        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, nominatedAway(connection, "host") ? undefined : joined(req.headers["host"] ?? req.headers[":authority"]));
+        // An HTTP/2 request's host for the app is its host field, else :authority (compat.ts requestHeaders);
+        // without either (HTTP/1.0, or a Host the Connection nominates) undici sends the app's own address.
+        if (isRequestPseudoField(n)) return requestPseudoField(n, method, target.path + target.query, (nominatedAway(connection, "host") ? undefined : joined(req.headers["host"] ?? req.headers[":authority"])) ?? this.app);
         return nominatedAway(connection, n) ? undefined : joined(req.headers[n]);
       },
     });

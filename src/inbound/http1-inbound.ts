@@ -56,10 +56,12 @@ class AppFieldView implements L7Request {
     readonly path: string,
     private readonly query: string,
     private readonly raw: readonly string[],
+    /** The app's own `host:port`: the Host the app is sent when the caller's is absent or nominated away (appRequestHead's fallback). */
+    private readonly fallbackHost: string,
   ) {}
 
   header(n: string): string | undefined {
-    if (isRequestPseudoField(n)) return requestPseudoField(n, this.method, this.path + this.query, this.sentAway("host") ? undefined : fieldValue(this.raw, "host"));
+    if (isRequestPseudoField(n)) return requestPseudoField(n, this.method, this.path + this.query, (this.sentAway("host") ? undefined : fieldValue(this.raw, "host")) ?? this.fallbackHost);
     return this.sentAway(n) ? undefined : fieldValue(this.raw, n);
   }
 
@@ -165,7 +167,7 @@ export class InboundHttp1 {
       return this.reply(r, 400, "DPE", refusalDetail(target));
     }
     const raw = ex.rawHeaders;
-    const decision = caller.authorizer.authorize(new AppFieldView(ex.method, target.path, target.query, raw));
+    const decision = caller.authorizer.authorize(new AppFieldView(ex.method, target.path, target.query, raw, this.app));
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
       this.log.info("request denied by intention", { source: caller.uri, method: ex.method, path: target.path, reason: decision.reason });
