@@ -4,20 +4,27 @@
 // Envoy's (shared/reference/data-plane-anchors.md §1–§4), in defaults.ts.
 export { DEFAULT_LB, DEFAULT_LIMITS, DEFAULT_OUTLIER_DETECTION } from "./defaults.js";
 
+/** `caseInsensitive`: a service-router match's CaseInsensitive (Envoy's `case_sensitive: false`), exact and prefix only. */
 export type PathMatch =
-  | { readonly kind: "exact"; readonly value: string }
-  | { readonly kind: "prefix"; readonly value: string }
+  | { readonly kind: "exact"; readonly value: string; readonly caseInsensitive?: boolean }
+  | { readonly kind: "prefix"; readonly value: string; readonly caseInsensitive?: boolean }
   | { readonly kind: "regex"; readonly value: string };
 
-/** Consul's header matcher: exactly one of present/exact/prefix/suffix/regex, optionally inverted. */
+/**
+ * Consul's header matcher: exactly one of present/exact/prefix/suffix/contains/regex, optionally
+ * inverted. `contains` and `ignoreCase` are intention permissions' only (Consul's
+ * IntentionHTTPHeaderPermission); `ignoreCase` applies to exact, prefix, suffix and contains.
+ */
 export interface HeaderMatch {
   readonly name: string;
   readonly present?: boolean;
   readonly exact?: string;
   readonly prefix?: string;
   readonly suffix?: string;
+  readonly contains?: string;
   readonly regex?: string;
   readonly invert?: boolean;
+  readonly ignoreCase?: boolean;
 }
 
 export interface QueryParamMatch {

@@ -4,6 +4,7 @@
 import type { HeaderMutation, QueryParamMatch, Route, RouteMatch, RouteTable } from "../config/http.js";
 import {
   MatchCompileError,
+  asciiLower,
   compileHeaderMatches,
   compileMethods,
   compilePathMatch,
@@ -179,10 +180,11 @@ export class CompiledRoutes {
  * Envoy's prefix_rewrite: the matched prefix is replaced as-is, slashes included (prefix `/api`
  * with rewrite `/` turns `/api/x` into `//x`, as in Envoy — write the prefix as `/api/`). A
  * path that does not start with the prefix is returned unchanged; an empty result becomes `/`.
+ * With `fold` (a CaseInsensitive match) the prefix is compared without ASCII case, as it matched.
  * `path` excludes the query string; the caller re-appends it.
  */
-export function rewritePrefix(path: string, matchedPrefix: string, replacement: string): string {
-  if (!path.startsWith(matchedPrefix)) return path;
+export function rewritePrefix(path: string, matchedPrefix: string, replacement: string, fold = false): string {
+  if (!(fold ? asciiLower(path).startsWith(asciiLower(matchedPrefix)) : path.startsWith(matchedPrefix))) return path;
   const out = replacement + path.slice(matchedPrefix.length);
   return out.length === 0 ? "/" : out;
 }
@@ -202,5 +204,6 @@ export function rewritePath(route: Route, path: string): string {
   const replacement = route.action.prefixRewrite;
   if (replacement === undefined || replacement === "") return path;
   const prefix = matchedPrefix(route.match);
-  return prefix === null ? path : rewritePrefix(path, prefix, replacement);
+  const fold = route.match.path !== undefined && route.match.path.kind !== "regex" && route.match.path.caseInsensitive === true;
+  return prefix === null ? path : rewritePrefix(path, prefix, replacement, fold);
 }

@@ -347,6 +347,14 @@ function headerMutation(f: Fields | undefined): HeaderMutation | undefined {
   return { add: lower(f.strMap("Add")), set: lower(f.strMap("Set")), remove: f.strList("Remove").map((h) => h.toLowerCase()) };
 }
 
+/** A route's path match: a permission's, plus CaseInsensitive on PathExact and PathPrefix (Envoy's case_sensitive: false). */
+function routePathMatch(f: Fields): PathMatch | undefined {
+  const p = pathMatch(f);
+  if (!f.bool("CaseInsensitive") || p === undefined) return p;
+  if (p.kind === "exact" || p.kind === "prefix") return { ...p, caseInsensitive: true };
+  throw new EntryError(f.at("CaseInsensitive"), "applies to PathExact and PathPrefix only (write the PathRegex case-insensitively, e.g. (?i))");
+}
+
 function pathMatch(f: Fields): PathMatch | undefined {
   const exact = f.str("PathExact");
   const prefix = f.str("PathPrefix");
@@ -359,9 +367,13 @@ function pathMatch(f: Fields): PathMatch | undefined {
   return undefined;
 }
 
-export function headerMatches(list: Fields[], keys?: KeyCheck): HeaderMatch[] {
+/**
+ * Header matchers: a service-router's (Consul's ServiceRouteHTTPMatchHeader) or, with `permission`,
+ * an intention permission's (IntentionHTTPHeaderPermission, which adds Contains and IgnoreCase).
+ */
+function headerMatches(list: Fields[], keys: KeyCheck, permission: boolean): HeaderMatch[] {
   return list.map((h) => {
-    if (keys) keys(h, HEADER_MATCH_KEYS);
+    keys(h, permission ? PERMISSION_HEADER_KEYS : ROUTE_HEADER_KEYS);
     const name = h.str("Name");
     if (!name) throw new EntryError(h.where, "Name is required");
     return {
@@ -370,16 +382,25 @@ export function headerMatches(list: Fields[], keys?: KeyCheck): HeaderMatch[] {
       ...opt("exact", h.str("Exact")),
       ...opt("prefix", h.str("Prefix")),
       ...opt("suffix", h.str("Suffix")),
+      ...(permission ? opt("contains", h.str("Contains")) : {}),
       ...opt("regex", h.str("Regex")),
       ...(h.bool("Invert") ? { invert: true } : {}),
+      ...(permission && h.bool("IgnoreCase") ? { ignoreCase: true } : {}),
     };
   });
 }
 
-/** Consul's IntentionHTTPHeaderPermission fields meshproxy evaluates. */
-const HEADER_MATCH_KEYS = ["Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert"] as const;
+/** Consul's ServiceRouteHTTPMatchHeader. */
+const ROUTE_HEADER_KEYS = ["Name", "Present", "Exact", "Prefix", "Suffix", "Regex", "Invert"] as const;
+/** Consul's IntentionHTTPHeaderPermission. */
+const PERMISSION_HEADER_KEYS = [...ROUTE_HEADER_KEYS, "Contains", "IgnoreCase"] as const;
 /** Consul's IntentionHTTPPermission fields. */
 const HTTP_PERMISSION_KEYS = ["PathExact", "PathPrefix", "PathRegex", "Header", "Methods"] as const;
+/** Consul's ServiceRouteMatch and ServiceRouteHTTPMatch. */
+const ROUTE_MATCH_KEYS = ["HTTP"] as const;
+const ROUTE_HTTP_MATCH_KEYS = ["PathExact", "PathPrefix", "PathRegex", "CaseInsensitive", "Header", "QueryParam", "Methods"] as const;
+/** Consul's ServiceRouteHTTPMatchQueryParam. */
+const ROUTE_QUERY_KEYS = ["Name", "Present", "Exact", "Regex"] as const;
 
 /** Throws EntryError for a key of `f` that is none of `known` (in any spelling pick accepts). */
 type KeyCheck = (f: Fields, known: readonly string[]) => void;
@@ -393,7 +414,10 @@ function isZeroValue(v: unknown): boolean {
   return v === null || v === false || v === "" || v === 0 || (Array.isArray(v) && v.length === 0) || (isObj(v) && Object.keys(v).length === 0);
 }
 
-function keyCheck(source: "file" | "wire"): KeyCheck {
+/** Where an entry came from: a file meshproxy reads (strict, as `consul config write` is), or a Consul agent's answer. */
+export type EntrySource = "file" | "wire";
+
+function keyCheck(source: EntrySource): KeyCheck {
   return (f, known) => {
     for (const k of f.keys()) {
       if (known.some((c) => spellings(c).includes(k))) continue;
@@ -401,7 +425,7 @@ function keyCheck(source: "file" | "wire"): KeyCheck {
       // value is a condition meshproxy would not evaluate, and a permission read without it
       // allows (or fails to deny) what it was written to refuse.
       if (source === "wire" && isZeroValue(f.raw(k))) continue;
-      throw new EntryError(f.at(k), `unknown key: meshproxy does not evaluate it, and a permission read without it could allow what it was meant to refuse (known keys: ${known.join(", ")})`);
+      throw new EntryError(f.at(k), `unknown key: meshproxy does not evaluate it, and a match read without it would match what it was written to exclude (known keys: ${known.join(", ")})`);
     }
   };
 }
@@ -415,7 +439,7 @@ function keyCheck(source: "file" | "wire"): KeyCheck {
  * agent's answer) also takes `JWT`, which the caller turns into a deny, and tolerates unknown
  * fields holding their zero value; "file" (intentions.json) refuses any unknown key, JWT included.
  */
-export function parsePermissions(v: unknown, where: string, source: "file" | "wire" = "file"): Permission[] {
+export function parsePermissions(v: unknown, where: string, source: EntrySource = "file"): Permission[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) throw new EntryError(where, "want an array");
   checkDepth(v, where);
@@ -434,7 +458,7 @@ export function parsePermissions(v: unknown, where: string, source: "file" | "wi
     return {
       action,
       ...(path ? { path } : {}),
-      headers: headerMatches(http.list("Header"), keys),
+      headers: headerMatches(http.list("Header"), keys, true),
       methods: http.strList("Methods").map((m) => m.toUpperCase()),
     };
   });
@@ -442,9 +466,17 @@ export function parsePermissions(v: unknown, where: string, source: "file" | "wi
 
 const RETRY_ON: readonly RetryOn[] = ["5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx", "refused-stream", "retriable-status-codes"];
 
-function router(f: Fields, name: string): ServiceRouter {
+/**
+ * A route's Match is checked key by key as a permission is: a misspelt `PathPrefx` would leave a
+ * match on every request, sending all of the service's traffic to the route's destination.
+ */
+function router(f: Fields, name: string, source: EntrySource): ServiceRouter {
+  const keys = keyCheck(source);
   const routes = f.list("Routes").map((r) => {
-    const http = r.obj("Match")?.obj("HTTP");
+    const match = r.obj("Match");
+    if (match) keys(match, ROUTE_MATCH_KEYS);
+    const http = match?.obj("HTTP");
+    if (http) keys(http, ROUTE_HTTP_MATCH_KEYS);
     const d = r.obj("Destination") ?? Fields.of(`${r.where}.Destination`, {});
     const retryOn = d.strList("RetryOn").map((x) => {
       const found = RETRY_ON.find((c) => c === x);
@@ -453,7 +485,7 @@ function router(f: Fields, name: string): ServiceRouter {
     });
     const reqH = headerMutation(d.obj("RequestHeaders"));
     const resH = headerMutation(d.obj("ResponseHeaders"));
-    const path = http ? pathMatch(http) : undefined;
+    const path = http ? routePathMatch(http) : undefined;
     const destination: RouteDestination = {
       ...opt("service", d.str("Service")),
       ...opt("serviceSubset", d.str("ServiceSubset")),
@@ -472,9 +504,10 @@ function router(f: Fields, name: string): ServiceRouter {
     }
     return {
       ...(path ? { path } : {}),
-      headers: http ? headerMatches(http.list("Header")) : [],
+      headers: http ? headerMatches(http.list("Header"), keys, false) : [],
       queryParams: http
         ? http.list("QueryParam").map((q) => {
+            keys(q, ROUTE_QUERY_KEYS);
             const qn = q.str("Name");
             if (!qn) throw new EntryError(q.where, "Name is required");
             return { name: qn, ...(q.bool("Present") ? { present: true } : {}), ...opt("exact", q.str("Exact")), ...opt("regex", q.str("Regex")) };
@@ -591,8 +624,12 @@ function resolver(f: Fields, name: string): ServiceResolver {
   };
 }
 
-/** Parses one config entry; `where` names the file for messages. */
-export function parseEntry(v: unknown, where: string): ConfigEntry {
+/**
+ * Parses one config entry; `where` names the file for messages. `source` "wire" (an entry from a
+ * Consul agent, which validated it) tolerates unknown keys in a route's match that hold their zero
+ * value; "file" refuses them, as `consul config write` does.
+ */
+export function parseEntry(v: unknown, where: string, source: EntrySource = "file"): ConfigEntry {
   const f = Fields.of(where, v);
   checkDepth(v, where);
   const kind = f.str("Kind");
@@ -624,7 +661,7 @@ export function parseEntry(v: unknown, where: string): ConfigEntry {
       return { kind, name: "global", ...opt("protocol", cfg ? protocol(cfg, "protocol") : undefined), ...opt("meshGatewayMode", meshGatewayMode(f)) };
     }
     case "service-router":
-      return router(f, name);
+      return router(f, name, source);
     case "service-splitter":
       return splitter(f, name);
     case "service-resolver":

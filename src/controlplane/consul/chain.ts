@@ -80,7 +80,7 @@ export function chainFromAgent(body: unknown, service: string): CompiledChain {
     const failover = isObj(r["Failover"]) && Array.isArray(r["Failover"]["Targets"]) ? r["Failover"]["Targets"].filter((x): x is string => typeof x === "string" && x in targets) : [];
     let loadBalancer: ServiceResolver["loadBalancer"];
     if (isObj(n["LoadBalancer"])) {
-      const e = parseEntry({ Kind: "service-resolver", Name: service, LoadBalancer: n["LoadBalancer"] }, `${ep} $.Chain.Nodes["${name}"]`);
+      const e = parseEntry({ Kind: "service-resolver", Name: service, LoadBalancer: n["LoadBalancer"] }, `${ep} $.Chain.Nodes["${name}"]`, "wire");
       if (e.kind === "service-resolver") loadBalancer = e.loadBalancer;
     }
     targets[id] = { ...t, failover, ...(loadBalancer ? { loadBalancer } : {}) };
@@ -109,7 +109,7 @@ export function chainFromAgent(body: unknown, service: string): CompiledChain {
       const w = typeof leg["Weight"] === "number" ? leg["Weight"] : 0;
       const def = isObj(leg["Definition"]) ? leg["Definition"] : {};
       // The splitter entry's own parser reads the headers of a leg; its weight check is for whole entries.
-      const parsed = parseEntry({ Kind: "service-splitter", Name: service, Splits: [{ ...def, Weight: 100 }] }, `${ep} $.Chain.Nodes["${name}"]`);
+      const parsed = parseEntry({ Kind: "service-splitter", Name: service, Splits: [{ ...def, Weight: 100 }] }, `${ep} $.Chain.Nodes["${name}"]`, "wire");
       const headers = parsed.kind === "service-splitter" ? parsed.splits[0] : undefined;
       for (const l of legs(str(leg, "NextNode"), Math.round((weight * Math.round(w * 100)) / 10_000), depth + 1)) {
         out.push({ ...l, ...(headers?.requestHeaders ? { requestHeaders: headers.requestHeaders } : {}), ...(headers?.responseHeaders ? { responseHeaders: headers.responseHeaders } : {}) });
@@ -125,7 +125,7 @@ export function chainFromAgent(body: unknown, service: string): CompiledChain {
   if (startType === "router") {
     const raw = Array.isArray(start["Routes"]) ? start["Routes"] : [];
     const defs = raw.map((r, i) => obj(obj(r, `$.Chain.Nodes["${startNode}"].Routes[${i}]`, ep)["Definition"] ?? {}, `$.Chain.Nodes["${startNode}"].Routes[${i}].Definition`, ep));
-    const parsed = parseEntry({ Kind: "service-router", Name: service, Routes: defs }, `${ep} $.Chain.Nodes["${startNode}"]`);
+    const parsed = parseEntry({ Kind: "service-router", Name: service, Routes: defs }, `${ep} $.Chain.Nodes["${startNode}"]`, "wire");
     const routerRoutes: readonly RouterRoute[] = parsed.kind === "service-router" ? parsed.routes : [];
     routes = routerRoutes.map((r, i) => {
       const next = str(obj(raw[i], "", ep), "NextNode");

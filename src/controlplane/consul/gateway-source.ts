@@ -64,7 +64,7 @@ function parseResolvers(body: unknown): ConfigEntry[] {
   if (!Array.isArray(body)) throw new WireError(ep, "$", "want an array of config entries");
   return body.map((e, i) => {
     try {
-      return parseEntry(e, `${ep} $[${i}]`);
+      return parseEntry(e, `${ep} $[${i}]`, "wire");
     } catch (err) {
       if (err instanceof EntryError) throw new WireError(ep, `$[${i}]`, err.message);
       throw err;
