@@ -115,8 +115,8 @@ export class AdminServer {
     this.exposition = opts.exposition ?? new MetricsExposition(target.metrics.registry, null, this.log);
     this.gets = {
       "/ready": (_q, res) => (target.isReady ? send(res, 200, "LIVE\n") : send(res, 503, "NOT READY\n")),
-      "/stats/prometheus": (q, res) => serveExposition(this.exposition, res, q.method === "HEAD"),
-      "/metrics": (q, res) => serveExposition(this.exposition, res, q.method === "HEAD"),
+      "/stats/prometheus": (q, res) => serveExposition(this.exposition, q, res),
+      "/metrics": (q, res) => serveExposition(this.exposition, q, res),
       "/config_dump": (_q, res) => {
         const s = target.snapshot;
         sendJson(res, s ? 200 : 503, s ? redactedSnapshot(s) : { error: "no snapshot yet" });

@@ -70,6 +70,21 @@ export function registryNames(registry: Registry): Set<string> {
   return names;
 }
 
+/**
+ * The app's share of a scrape whose Prometheus sent `X-Prometheus-Scrape-Timeout-Seconds`: half of
+ * it, never more than the configured timeout. A scrape timeout below 2 s (Prometheus' default is
+ * 10 s) would otherwise expire while a slow app is still awaited, and Prometheus would drop the
+ * proxy's series with the app's. The other half is for rendering and sending. A missing or
+ * malformed header leaves the configured timeout.
+ */
+export function appDeadlineMs(configuredMs: number, scrapeTimeoutHeader: string | readonly string[] | undefined): number {
+  const raw = Array.isArray(scrapeTimeoutHeader) ? scrapeTimeoutHeader[0] : scrapeTimeoutHeader;
+  if (typeof raw !== "string" || !/^\s*\d+(\.\d+)?\s*$/.test(raw)) return configuredMs;
+  const budgetMs = Number(raw) * 1000;
+  if (!(budgetMs > 0)) return configuredMs;
+  return Math.max(1, Math.min(configuredMs, Math.floor(budgetMs / 2)));
+}
+
 export interface AppMetricsOptions {
   /** http(s) URL of the app's metrics, e.g. http://127.0.0.1:9464/metrics. */
   readonly url: string;
@@ -133,9 +148,9 @@ class AppSource {
   }
 
   /** Scrapes the app and resolves its families against `taken`; records the outcome in our metrics. */
-  async collect(taken: ReadonlySet<string>): Promise<MergeResult> {
+  async collect(taken: ReadonlySet<string>, scrapeTimeoutHeader?: string | readonly string[]): Promise<MergeResult> {
     const started = performance.now();
-    const scrape = await this.scrape();
+    const scrape = await this.scrape(appDeadlineMs(this.timeoutMs, scrapeTimeoutHeader));
     this.duration.set((performance.now() - started) / 1000);
     let merged: MergeResult = { families: [], renamed: [], dropped: [] };
     if (scrape.ok) merged = mergeFamilies(taken, scrape.families);
@@ -163,7 +178,7 @@ class AppSource {
     }
   }
 
-  private async scrape(): Promise<AppScrape> {
+  private async scrape(deadlineMs: number): Promise<AppScrape> {
     const fail = (reason: ScrapeFailure, message: string): AppScrape => ({ ok: false, reason, message });
     let text: string;
     try {
@@ -171,7 +186,7 @@ class AppSource {
       const res = await undici().request(this.url, {
         dispatcher,
         headers: { accept: "text/plain;version=0.0.4;q=1,*/*;q=0.1" },
-        signal: AbortSignal.timeout(this.timeoutMs),
+        signal: AbortSignal.timeout(deadlineMs),
       });
       if (res.statusCode < 200 || res.statusCode > 299) {
         await res.body.dump();
@@ -198,7 +213,7 @@ class AppSource {
     } catch (e) {
       const code = errorCode(e);
       if (code === "TIMEOUT" || code === "UND_ERR_HEADERS_TIMEOUT" || code === "UND_ERR_BODY_TIMEOUT" || code === "UND_ERR_CONNECT_TIMEOUT") {
-        return fail("timeout", `GET ${this.url}: no complete answer within ${this.timeoutMs} ms`);
+        return fail("timeout", `GET ${this.url}: no complete answer within ${deadlineMs} ms`);
       }
       return fail("connect", `GET ${this.url}: ${describe(e)}${code ? ` (${code})` : ""}`);
     }
@@ -236,11 +251,14 @@ export class MetricsExposition {
     this.app = app ? new AppSource(app, registry, log.child("metrics")) : null;
   }
 
-  /** The exposition to serve for one scrape. Never fails because of the app. */
-  async render(): Promise<string> {
+  /**
+   * The exposition to serve for one scrape. Never fails because of the app. `scrapeTimeoutHeader`
+   * is the scraper's `X-Prometheus-Scrape-Timeout-Seconds`, which shortens the wait for the app.
+   */
+  async render(scrapeTimeoutHeader?: string | readonly string[]): Promise<string> {
     if (!this.app) return (await this.gather()).metrics();
     // The app first: its outcome is part of our metrics, which are rendered after it.
-    const merged = await this.app.collect(registryNames(await this.gather()));
+    const merged = await this.app.collect(registryNames(await this.gather()), scrapeTimeoutHeader);
     // Gathered again: the app's outcome (meshproxy_app_metrics_*) is part of it.
     const ours = await (await this.gather()).metrics();
     return (ours === "" || ours.endsWith("\n") ? ours : `${ours}\n`) + formatFamilies(merged.families);

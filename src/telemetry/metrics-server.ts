@@ -4,7 +4,7 @@
 // so there is nothing for a cross-origin page to forge; on loopback it also refuses foreign Host
 // names, so a DNS-rebinding page cannot read what only the host itself could.
 import { listenOn } from "../tcp/listen.js";
-import { createServer, type Server, type ServerResponse } from "node:http";
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Counter } from "prom-client";
 import type { MetricsExposition } from "./merge.js";
@@ -17,9 +17,13 @@ function send(res: ServerResponse, status: number, body: string, headers: Record
   res.end(body);
 }
 
-/** Serves an exposition for one scrape; shared by the metrics listener and the admin API. */
-export async function serveExposition(exposition: MetricsExposition, res: ServerResponse, head = false): Promise<void> {
-  const body = await exposition.render();
+/**
+ * Serves an exposition for one scrape; shared by the metrics listener and the admin API. The
+ * scraper's `X-Prometheus-Scrape-Timeout-Seconds` bounds the wait for the app's metrics.
+ */
+export async function serveExposition(exposition: MetricsExposition, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const body = await exposition.render(req.headers["x-prometheus-scrape-timeout-seconds"]);
+  const head = req.method === "HEAD";
   res.writeHead(200, { "content-type": exposition.contentType, "content-length": Buffer.byteLength(body) });
   res.end(head ? undefined : body);
 }
@@ -43,7 +47,7 @@ export class MetricsServer {
       }
       if (!METRICS_PATHS.includes(path)) return send(res, 404, `no such endpoint: ${path}; metrics are at /metrics\n`);
       if (req.method !== "GET" && req.method !== "HEAD") return send(res, 405, "metrics are read with GET\n", { allow: "GET, HEAD" });
-      serveExposition(exposition, res, req.method === "HEAD").catch((e: unknown) => send(res, 500, `rendering metrics failed: ${e instanceof Error ? e.message : String(e)}\n`));
+      serveExposition(exposition, req, res).catch((e: unknown) => send(res, 500, `rendering metrics failed: ${e instanceof Error ? e.message : String(e)}\n`));
     });
   }
 

@@ -25,8 +25,9 @@ const REJECTED: ReadonlyArray<readonly [string, string]> = [
   ["a no-break space before the value", "shop_ratio \u00a01"],
 ];
 
-async function listener(t: Teardown, appPage: string): Promise<string> {
-  const app = createServer((_req, res) => res.end(`shop_ok 1\n${appPage}\n`));
+async function listener(t: Teardown, appPage: string | null): Promise<string> {
+  // null: an app that accepts the request and never answers.
+  const app = createServer((_req, res) => (appPage === null ? undefined : res.end(`shop_ok 1\n${appPage}\n`)));
   app.listen(0, "127.0.0.1");
   await once(app, "listening");
   t.teardown(() => {
@@ -59,4 +60,17 @@ t.test("an app line Prometheus rejects is not merged: the proxy's scrape stays u
     t.equal(cx.result.find(job)?.value?.[1], "7", `${what}: the proxy's series is stored`);
     t.equal(appUp.result.find(job)?.value?.[1], "0", `${what}: the app's page was refused (meshproxy_app_metrics_up 0)`);
   });
+});
+
+t.test("a stalled app under a scrape timeout shorter than the app timeout (2 s): the proxy's scrape stays up", async (t) => {
+  // Prometheus here scrapes with a 1 s timeout and says so in X-Prometheus-Scrape-Timeout-Seconds;
+  // the app is awaited for half of it, not the default 2 s, so the proxy's own page is served in time.
+  const address = await listener(t, null);
+  const prom = await startPrometheus(t, [{ address, path: "/metrics" }]);
+  await until(async () => (await prom.query("count_over_time(up[1m]) >= 2")).result.length === 1, 30_000, `scraped twice; Prometheus stderr:\n${prom.stderr()}`);
+  t.equal((await prom.query("min_over_time(up[1m])")).result[0]?.value?.[1], "1", "every scrape is up");
+  t.equal((await prom.query("envoy_listener_downstream_cx_total")).result[0]?.value?.[1], "7", "the proxy's series is stored");
+  t.equal((await prom.query("meshproxy_app_metrics_up")).result[0]?.value?.[1], "0", "the app's page is missing (meshproxy_app_metrics_up 0)");
+  const timeouts = await prom.query('meshproxy_app_metrics_scrape_errors_total{reason="timeout"}');
+  t.ok(Number(timeouts.result[0]?.value?.[1]) >= 1, "counted as a timeout");
 });

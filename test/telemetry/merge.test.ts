@@ -7,7 +7,7 @@ import { once } from "node:events";
 import type { AddressInfo } from "node:net";
 import { Counter, Histogram, Registry } from "prom-client";
 import { ExpositionError, formatFamilies, parseExposition } from "../../src/telemetry/exposition.js";
-import { APP_PREFIX, MetricsExposition, mergeFamilies, registryNames } from "../../src/telemetry/merge.js";
+import { APP_PREFIX, MetricsExposition, appDeadlineMs, mergeFamilies, registryNames } from "../../src/telemetry/merge.js";
 import { silentLogger } from "../../src/telemetry/log.js";
 import { runCommand, sample } from "../helpers/peers.js";
 import type { Teardown } from "../helpers/mesh.js";
@@ -267,4 +267,24 @@ t.test("no app URL: the registry's exposition alone, no app_* or scrape metrics"
   t.equal(text, await reg.metrics());
   t.notMatch(text, /meshproxy_app_metrics/);
   await exp.close();
+});
+
+t.test("X-Prometheus-Scrape-Timeout-Seconds: the app gets half the scrape's budget, at most its own timeout", async (t) => {
+  t.equal(appDeadlineMs(2000, undefined), 2000, "no header: the configured timeout");
+  t.equal(appDeadlineMs(2000, "10"), 2000, "Prometheus' default 10 s: still 2 s");
+  t.equal(appDeadlineMs(2000, "1"), 500);
+  t.equal(appDeadlineMs(2000, "1.5"), 750);
+  t.equal(appDeadlineMs(2000, ["0.4", "9"]), 200, "the first of repeated headers");
+  for (const bad of ["", "0", "-1", "abc", "1e3", "Infinity", "NaN"]) t.equal(appDeadlineMs(2000, bad), 2000, `${JSON.stringify(bad)} is ignored`);
+
+  const app = await fakeApp(t);
+  app.handler = () => {}; // never answers
+  const exp = new MetricsExposition(proxyRegistry(), { url: app.url }, silentLogger);
+  t.teardown(() => exp.close());
+  const started = Date.now();
+  const text = await exp.render("0.6");
+  const took = Date.now() - started;
+  t.ok(took < 1000, `answered within the 0.6 s scrape budget (${took} ms), not after the 2 s app timeout`);
+  t.equal(sample(text, "meshproxy_app_metrics_scrape_errors_total", { reason: "timeout" }), 1, "counted as a timeout");
+  t.equal(sample(text, "envoy_listener_downstream_cx_total", { envoy_listener_address: "0.0.0.0_21000" }), 7, "proxy series served");
 });
