@@ -78,7 +78,7 @@ export function registryNames(registry: Registry): Set<string> {
  * malformed header leaves the configured timeout.
  */
 export function appDeadlineMs(configuredMs: number, scrapeTimeoutHeader: string | readonly string[] | undefined): number {
-  const raw = Array.isArray(scrapeTimeoutHeader) ? scrapeTimeoutHeader[0] : scrapeTimeoutHeader;
+  const raw: string | undefined = typeof scrapeTimeoutHeader === "string" ? scrapeTimeoutHeader : scrapeTimeoutHeader?.[0];
   if (typeof raw !== "string" || !/^\s*\d+(\.\d+)?\s*$/.test(raw)) return configuredMs;
   const budgetMs = Number(raw) * 1000;
   if (!(budgetMs > 0)) return configuredMs;
