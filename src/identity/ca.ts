@@ -51,6 +51,8 @@ export interface LeafRequest {
   readonly ttlMs: number;
   /** Defaults to a little before now (a minute at most), to absorb clock skew; the TTL counts from now. */
   readonly notBefore?: Date;
+  /** Replaces the SAN list (`spiffeId` alone): tests make leafs with none or several URI SANs. */
+  readonly sans?: ReadonlyArray<{ readonly type: "url" | "dns"; readonly value: string }>;
 }
 
 function pem(label: string, der: ArrayBuffer): string {
@@ -127,7 +129,7 @@ export async function issueLeaf(ca: CaMaterial, req: LeafRequest): Promise<Issue
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature | x509.KeyUsageFlags.keyAgreement, true),
       new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]),
-      new x509.SubjectAlternativeNameExtension([{ type: "url", value: req.spiffeId }]),
+      new x509.SubjectAlternativeNameExtension(req.sans ? req.sans.map((n) => ({ ...n })) : [{ type: "url", value: req.spiffeId }]),
       await x509.SubjectKeyIdentifierExtension.create(keys.publicKey),
       await x509.AuthorityKeyIdentifierExtension.create(caCert),
     ],

@@ -1,10 +1,11 @@
 // Deciding who a TLS peer is, after OpenSSL has verified its chain against our roots.
 import type { TLSSocket } from "node:tls";
 import type { X509Certificate } from "node:crypto";
-import { firstUriSan, parseServiceSpiffeId, type ServiceId } from "./spiffe.js";
+import { firstUriSan, parseServiceSpiffeId, uriSanCount, type ServiceId } from "./spiffe.js";
 
 export type PeerRejection =
   | { readonly reason: "no_uri_san"; readonly detail: string }
+  | { readonly reason: "multiple_uri_sans"; readonly detail: string }
   | { readonly reason: "not_a_service_id"; readonly detail: string }
   | { readonly reason: "wrong_trust_domain"; readonly detail: string };
 
@@ -18,6 +19,10 @@ export type PeerResult = { readonly ok: true; readonly id: ServiceId; readonly u
 export function identifyPeer(subjectAltName: string | undefined, trustDomain: string): PeerResult {
   const uri = firstUriSan(subjectAltName);
   if (!uri) return { ok: false, reason: "no_uri_san", detail: "peer certificate has no URI SAN (not a mesh identity)" };
+  // An X.509-SVID has exactly one URI SAN (SPIFFE X509-SVID §2); with several, which identity
+  // the caller has would depend on which one a verifier reads (Envoy's RBAC matches any of them).
+  const uris = uriSanCount(subjectAltName);
+  if (uris > 1) return { ok: false, reason: "multiple_uri_sans", detail: `peer certificate has ${uris} URI SANs; a SPIFFE identity has exactly one` };
   const id = parseServiceSpiffeId(uri);
   if (!id) return { ok: false, reason: "not_a_service_id", detail: `peer URI SAN ${uri} is not a SPIFFE service ID` };
   if (id.trustDomain !== trustDomain.toLowerCase()) {
@@ -33,6 +38,8 @@ export function identifyPeer(subjectAltName: string | undefined, trustDomain: st
 export function checkServerIdentity(subjectAltName: string | undefined, expectedSpiffeId: string): Error | undefined {
   const uri = firstUriSan(subjectAltName);
   if (!uri) return new Error(`peer certificate has no URI SAN, want ${expectedSpiffeId}`);
+  const uris = uriSanCount(subjectAltName);
+  if (uris > 1) return new Error(`peer certificate has ${uris} URI SANs, want exactly one: ${expectedSpiffeId}`);
   if (uri.toLowerCase() !== expectedSpiffeId.toLowerCase()) {
     return new Error(`peer certificate mismatch: got ${uri}, want ${expectedSpiffeId}`);
   }

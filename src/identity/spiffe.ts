@@ -64,3 +64,11 @@ export function firstUriSan(subjectAltName: string | undefined): string | null {
   }
   return null;
 }
+
+/** How many `URI:` entries a Node `subjectaltname` string has. */
+export function uriSanCount(subjectAltName: string | undefined): number {
+  if (!subjectAltName) return 0;
+  let n = 0;
+  for (const part of subjectAltName.split(", ")) if (part.startsWith("URI:")) n++;
+  return n;
+}

@@ -15,6 +15,7 @@ export type InboundRejection =
   | "expired_certificate"
   | "bad_certificate"
   | "no_uri_san"
+  | "multiple_uri_sans"
   | "not_a_service_id"
   | "wrong_trust_domain"
   | "denied_by_intention"
@@ -137,7 +138,7 @@ export class Metrics {
     this.adminRejected = new Counter({ name: "meshproxy_admin_rejected_total", help: "Requests to the admin API or metrics listener refused as coming from a browser page (DNS rebinding, cross-origin, form body)", labelNames: ["listener", "reason"], registers: r });
     this.adminSplitChanges = new Counter({ name: "meshproxy_admin_split_changes_total", help: "Split weight changes asked for through the admin API (POST /splits/<service>), by result", labelNames: ["result"], registers: r });
     this.accessLogDropped = new Counter({ name: "meshproxy_access_log_dropped_total", help: "Access-log lines dropped because the destination could not keep up", registers: r });
-    for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable", ...REQUEST_REFUSALS] satisfies InboundRejection[]) {
+    for (const reason of ["no_client_cert", "untrusted_certificate", "expired_certificate", "bad_certificate", "no_uri_san", "multiple_uri_sans", "not_a_service_id", "wrong_trust_domain", "denied_by_intention", "handshake_timeout", "tls_error", "local_app_unreachable", ...REQUEST_REFUSALS] satisfies InboundRejection[]) {
       this.inboundRejected.labels(reason).inc(0);
     }
     for (const reason of REQUEST_REFUSALS) this.outboundRejected.labels(reason).inc(0);

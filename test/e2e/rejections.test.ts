@@ -9,7 +9,8 @@ import { randomBytes } from "node:crypto";
 import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { echoServer, hostPort, runMeshproxy, startSidecar, tempDir, type LogLine, type Sidecar, type Teardown } from "../helpers/mesh.js";
-import { foreignLeaf, leafFor, readDevCa, tlsExchange, type DevCa } from "../helpers/certs.js";
+import { foreignLeaf, leafFor, readDevCa, spiffeFor, tlsExchange, type DevCa } from "../helpers/certs.js";
+import { issueLeaf } from "../../src/index.js";
 import { metric, nextLog, pollUntil, upstreamCluster } from "../helpers/peers.js";
 
 const REJECTED = "meshproxy_inbound_rejected_total";
@@ -39,6 +40,13 @@ t.test("the public listener refuses clients without a valid mesh identity", { ti
     { name: "no client certificate", reason: "no_client_cert", leaf: async () => undefined, detail: /no certificate/ },
     { name: "a certificate from another CA", reason: "untrusted_certificate", leaf: () => foreignLeaf(ca.trustDomain, "web"), detail: /not trusted: UNABLE_TO_GET_ISSUER_CERT_LOCALLY|not trusted: UNABLE_TO_VERIFY_LEAF_SIGNATURE/ },
     { name: "a dev-CA certificate for another trust domain", reason: "wrong_trust_domain", leaf: () => leafFor(ca, "web", { trustDomain: "elsewhere.consul" }), detail: /trust domain elsewhere\.consul/ },
+    { name: "a dev-CA certificate with no URI SAN (a DNS name only)", reason: "no_uri_san", leaf: () => issueLeaf(ca, { spiffeId: "", commonName: "web", ttlMs: 3_600_000, sans: [{ type: "dns", value: "web" }] }), detail: /no URI SAN/ },
+    {
+      name: "a dev-CA certificate with two SPIFFE IDs (web, then admin)",
+      reason: "multiple_uri_sans",
+      leaf: () => issueLeaf(ca, { spiffeId: "", commonName: "web", ttlMs: 3_600_000, sans: [{ type: "url", value: spiffeFor(ca.trustDomain, "web") }, { type: "url", value: spiffeFor(ca.trustDomain, "admin") }] }),
+      detail: /2 URI SANs/,
+    },
     { name: "an expired dev-CA certificate", reason: "expired_certificate", leaf: () => leafFor(ca, "web", { notBefore: new Date(Date.now() - 2 * 3_600_000), ttlMs: 3_600_000 }), detail: /CERT_HAS_EXPIRED/ },
   ];
   for (const c of cases) {
@@ -148,4 +156,12 @@ t.test("outbound: a server presenting another service's SPIFFE ID is refused", {
   t.equal(await metric(web.adminAddr, "meshproxy_upstream_identity_rejected_total", { envoy_cluster_name: cluster }), 1, `meshproxy_upstream_identity_rejected_total{envoy_cluster_name="${cluster}"} is 1`);
   t.equal(handshakes, 0, "the impostor never completed a handshake with web");
   t.equal(bytes, 0, "and never received a byte of the client's data");
+});
+
+t.test("outbound identity check: a server leaf with two URI SANs is refused even when the first is the one meant", async (t) => {
+  const { checkServerIdentity } = await import("../../src/identity/peer.js");
+  const want = "spiffe://td.consul/ns/default/dc/dc1/svc/db";
+  t.equal(checkServerIdentity(`URI:${want}`, want), undefined, "control: one URI SAN, the one meant");
+  t.match(checkServerIdentity(`URI:${want}, URI:spiffe://td.consul/ns/default/dc/dc1/svc/admin`, want)?.message, /2 URI SANs/);
+  t.match(checkServerIdentity("DNS:db", want)?.message, /no URI SAN/);
 });
