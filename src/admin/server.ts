@@ -145,6 +145,12 @@ export class AdminServer {
         send(res, 202, "draining\n");
         target.stop().catch(logRejection(this.log, "drain requested through the admin API"));
       },
+      // Envoy's name, which Job/CronJob sidecar-stoppers and preStop hooks call
+      // (`curl -X POST localhost:19000/quitquitquit`): the same graceful drain and exit.
+      "/quitquitquit": (_q, res) => {
+        send(res, 202, "draining\n");
+        target.stop().catch(logRejection(this.log, "quitquitquit requested through the admin API"));
+      },
       "/logging": (q, res) => this.logging(q, res),
     };
     this.server = createServer((req, res) => {

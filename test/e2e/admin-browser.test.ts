@@ -122,3 +122,15 @@ t.test("admin API: browser-reachable requests are refused, curl-style ones work"
     t.equal(await web.exited, 0, "and the proxy drains and exits 0");
   });
 });
+
+t.test("POST /quitquitquit (Envoy's name, used by Job sidecar-stoppers) drains and exits; GET is refused", { timeout: 60_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const web = await startSidecar(t, dir, ["-service", "web"]);
+  const own = `127.0.0.1:${hostPort(web.adminAddr).port}`;
+  const get = await send(web.adminAddr, "GET", "/quitquitquit", { host: own });
+  t.equal(get.status, 405, "GET /quitquitquit → 405, as every mutation");
+  t.equal(web.child.exitCode, null, "and the proxy keeps running");
+  const r = await runCommand(t, "curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", `http://${own}/quitquitquit`]);
+  t.equal(r.stdout, "202", "curl -X POST /quitquitquit → 202");
+  t.equal(await web.exited, 0, "and the proxy drains and exits 0");
+});
