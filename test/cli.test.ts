@@ -2,7 +2,7 @@
 // exit 0, both dash styles work, and a taken address names the flag that chose it (exit 1).
 import t from "tap";
 import { existsSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { runMeshproxy, startSidecar, tempDir, type LogLine } from "./helpers/mesh.js";
 import { occupyPort } from "./helpers/peers.js";
@@ -90,4 +90,51 @@ t.test("a -listen or -upstream port that is taken: exit 1, naming the flag", asy
   const upstream = runMeshproxy(t, ["-service", "web", "-upstream", `db:${port}`, "-data-dir", dir, "-log-json", "-admin-addr", "127.0.0.1:0"], CLEAN_ENV);
   t.equal(await upstream.exited, 1, "-upstream on a taken port: exit 1");
   t.match(upstream.stderrText(), /^meshproxy: -upstream: upstream "db" listener 127\.0\.0\.1:\d+: address already in use/, `stderr names -upstream: ${upstream.stderrText().trim()}`);
+});
+
+t.test("stray arguments name the argument; a command group alone prints its help on stderr, exit 2", async (t) => {
+  const dir = await tempDir(t);
+  const state = join(dir, "state");
+  const cases: Array<{ args: string[]; message: RegExp }> = [
+    // A misspelt command, and a second value after a flag (-upstream a:1 b:2).
+    { args: ["intentions", "list"], message: /^meshproxy: unexpected argument "intentions": the proxy takes only flags .*the commands are intention, config, ca, demo, canary/ },
+    { args: ["-service", "web", "-upstream", "db:8181", "api:9191"], message: /^meshproxy: unexpected argument "api:9191": .*repeat it for another, e\.g\. -upstream db:8181 -upstream api:9191/ },
+    { args: ["intention", "create", "-deny", "web", "db", "extra", "-data-dir", state], message: /^meshproxy: intention create: unexpected argument "extra" \(it takes <source> <destination>; run meshproxy intention create -h\)$/ },
+    { args: ["intention", "list", "extra", "-data-dir", state], message: /^meshproxy: intention list: unexpected argument "extra" \(it takes no arguments, only flags; / },
+  ];
+  for (const c of cases) {
+    const p = runMeshproxy(t, c.args, CLEAN_ENV);
+    const name = c.args.join(" ");
+    t.equal(await p.exited, 2, `${name}: exit 2`);
+    const lines = p.stderrText().split("\n").filter((l) => l !== "");
+    t.equal(lines.length, 1, `${name}: one line on stderr`);
+    t.match(lines[0], c.message, `${name}: ${lines[0]}`);
+  }
+  for (const group of ["intention", "config", "ca"]) {
+    const p = runMeshproxy(t, [group], CLEAN_ENV);
+    t.equal(await p.exited, 2, `${group} alone: exit 2 (it was 0, printing nothing)`);
+    t.match(p.stderrText(), new RegExp(`^Usage: meshproxy ${group} \\[options\\] \\[command\\]`), `${group} alone: its usage on stderr`);
+    t.equal(p.stdoutText(), "", `${group} alone: nothing on stdout`);
+  }
+  t.notOk(existsSync(state), "no run created the data directory");
+});
+
+t.test("a sidecar with nothing else holding it (no admin API, no listener) runs until SIGTERM", async (t) => {
+  const dir = await tempDir(t);
+  const ready = (l: LogLine) => l["@message"] === "proxy ready";
+  const p = runMeshproxy(t, ["-service", "web", "-data-dir", dir, "-log-json", "-admin-addr", ""], CLEAN_ENV);
+  await p.waitForLog(ready);
+  await new Promise((r) => setTimeout(r, 1500));
+  t.equal(p.child.exitCode, null, "still running 1.5 s after ready (it ended with code 13 at once)");
+  t.equal(await p.stop(), 0, "SIGTERM: exit 0");
+
+  // Waiting for a broken intentions.json to be fixed, with no admin API: it waits, as documented.
+  await writeFile(join(dir, "intentions.json"), "{ not json", { mode: 0o644 });
+  const waiting = runMeshproxy(t, ["-service", "web", "-upstream", "db:0", "-data-dir", dir, "-log-json", "-admin-addr", ""], CLEAN_ENV);
+  await waiting.waitForLog((l) => /not serving/.test(String(l["@message"])));
+  await new Promise((r) => setTimeout(r, 1500));
+  t.equal(waiting.child.exitCode, null, "still waiting for the fix");
+  await writeFile(join(dir, "intentions.json"), JSON.stringify({ default_action: "allow", intentions: [] }), { mode: 0o644 });
+  await waiting.waitForLog(ready);
+  t.equal(await waiting.stop(), 0, "started once fixed; SIGTERM: exit 0");
 });

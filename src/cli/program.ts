@@ -491,7 +491,21 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
       setResult(h.canary(toCanaryCommand(o, given)));
     });
 
-  for (const c of [program, intention, ...intention.commands, config, ...config.commands, ca, ...ca.commands, ...program.commands]) c.exitOverride();
+  for (const c of [program, intention, ...intention.commands, config, ...config.commands, ca, ...ca.commands, ...program.commands]) c.exitOverride().allowExcessArguments(true);
+  // Commander's own "too many arguments. Expected 0 arguments but got 1." names neither the
+  // argument nor the mistake (a misspelt command, a second value after a flag): say both.
+  program.hook("preAction", (_root, cmd) => {
+    const extra = cmd.args.slice(cmd.registeredArguments.length);
+    if (extra.length === 0) return;
+    const stray = JSON.stringify(extra[0]);
+    if (cmd === program) {
+      const commands = program.commands.map((c) => c.name()).join(", ");
+      throw new UsageError(`unexpected argument ${stray}: the proxy takes only flags (a flag takes one value; repeat it for another, e.g. -upstream db:8181 -upstream api:9191), and the commands are ${commands} (run meshproxy -h)`);
+    }
+    const path = `${cmd.parent && cmd.parent !== program ? `${cmd.parent.name()} ` : ""}${cmd.name()}`;
+    const wants = cmd.registeredArguments.map((a) => `<${a.name()}>`).join(" ");
+    throw new UsageError(`${path}: unexpected argument ${stray} (it takes ${wants === "" ? "no arguments, only flags" : wants}; run meshproxy ${path} -h)`);
+  });
   return program;
 }
 
@@ -501,15 +515,18 @@ export async function runCli(argv: readonly string[], h: Handlers, write = (s: s
   const program = buildProgram(h, (p) => {
     result = p;
   });
-  program.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
-  for (const c of program.commands) c.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
-  for (const c of program.commands.flatMap((c) => c.commands)) c.configureOutput({ writeErr: () => {}, writeOut: (s) => void process.stdout.write(s) });
+  // Commander's error messages are replaced by ours (below); the help it prints for a command
+  // group given no command (`meshproxy intention`) goes to stderr, with exit 2.
+  const output = { outputError: () => {}, writeErr: write, writeOut: (s: string) => void process.stdout.write(s) };
+  for (const c of [program, ...program.commands, ...program.commands.flatMap((c) => c.commands)]) c.configureOutput(output);
   try {
     await program.parseAsync(goStyleArgv(argv), { from: "user" });
     return await result;
   } catch (e) {
     if (e instanceof CommanderError) {
-      if (e.code === "commander.helpDisplayed" || e.code === "commander.help" || e.code === "commander.version") return 0;
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version") return 0;
+      // Help asked for (-h) is 0; help shown because no command was given is a usage error.
+      if (e.code === "commander.help") return e.exitCode === 0 ? 0 : 2;
       write(`meshproxy: ${commanderMessage(e)}\n`);
       return 2;
     }

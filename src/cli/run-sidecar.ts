@@ -158,6 +158,10 @@ export async function runSidecar({ cmd, log, limits, createDataPlane, unboundLis
   const signals = handleShutdownSignals(log, () => {
     plane?.stop().catch(logRejection(log, "shutdown"));
   });
+  // A sidecar runs until it is stopped, even when nothing else holds the event loop: no admin API
+  // (-admin-addr ""), no listener (only -service), or waiting for a configuration to be fixed
+  // (the watches' polls do not hold it). Without this node ends with code 13, mid-await.
+  const keepAlive = setInterval(() => undefined, 2 ** 30);
   try {
     const client = agentClientFor(cmd);
     const fds = fileDescriptorLimit();
@@ -190,6 +194,7 @@ export async function runSidecar({ cmd, log, limits, createDataPlane, unboundLis
     // A state directory others could write is a setup mistake to fix, like a bad flag: 2.
     return e instanceof UnsafeStateDirError ? 2 : 1;
   } finally {
+    clearInterval(keepAlive);
     if (sidecarId !== null) await deregisterSidecar(cmd.dataDir, sidecarId).catch(logRejection(log, "removing the sidecar's admin registration"));
     admin?.close();
     metrics?.close();
