@@ -174,8 +174,8 @@ export class Proxy extends EventEmitter {
     }
     if (this.publicListener && this.current.publicListener) {
       const [host, port] = splitAddr(this.addrs.public!);
-      const address = host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host;
-      await this.cp.announce({ address, port, protocol: this.current.publicListener.protocol });
+      const wildcard = host === "0.0.0.0" || host === "::";
+      await this.cp.announce({ address: wildcard ? "127.0.0.1" : host, port, protocol: this.current.publicListener.protocol, ...(wildcard ? { wildcard } : {}) });
     }
     this.ready = true;
     this.log.info("proxy ready", { service: this.current.identity.service, control_plane: this.cp.kind, public: this.addrs.public, ...prefixed("upstream.", this.addrs.upstreams) });

@@ -683,6 +683,27 @@ t.test("-register: announce registers a connect-proxy with a TTL check; withdraw
   t.equal(d.requestsTo("/v1/agent/service/register").length, n, "without -register, announce registers nothing");
 });
 
+t.test("-register with -listen :port (every interface): no Address, so the agent fills in the node's, as Consul's built-in proxy", async (t) => {
+  const d = await double(t);
+  const h = harness(t, d, { request: WEB_WITH_DB, register: {} });
+  await h.start();
+  await h.cp.announce({ address: "127.0.0.1", port: 21000, protocol: "tcp", wildcard: true });
+  const put = d.requests.find((r) => r.method === "PUT" && r.path === "/v1/agent/service/register");
+  const body = JSON.parse(put?.body ?? "null") as { Address?: unknown; Port?: unknown };
+  t.equal(body.Address, "", "Address empty, not 127.0.0.1 (which would send other hosts' sidecars to their own loopback)");
+  t.equal(body.Port, 21000);
+  const watcher = harness(t, d, { request: { service: "api", upstreams: [{ name: "web", bind: { host: "127.0.0.1", port: 9393 } }] } });
+  await watcher.start();
+  t.same(endpointsOf(watcher.latest(), "web").map((e) => e.port), [21000], "other proxies find it at the node's address");
+
+  const d2 = await double(t);
+  const pinned = harness(t, d2, { request: WEB_WITH_DB, register: {} });
+  await pinned.start();
+  await pinned.cp.announce({ address: "10.0.0.5", port: 21000, protocol: "tcp" });
+  const put2 = d2.requests.find((r) => r.method === "PUT" && r.path === "/v1/agent/service/register");
+  t.equal((JSON.parse(put2?.body ?? "null") as { Address?: unknown }).Address, "10.0.0.5", "an address given in -listen is registered as it is");
+});
+
 t.test("-register heartbeat: the TTL check is passed every TTL/3, and a lost registration is put back", async (t) => {
   const d = await double(t);
   const client = new AgentClient({ httpAddr: d.url });

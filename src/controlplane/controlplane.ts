@@ -50,6 +50,12 @@ export interface Announcement {
   readonly address: string;
   readonly port: number;
   readonly protocol: Protocol;
+  /**
+   * The listener is bound to every interface (`:port`, 0.0.0.0, ::); `address` is then loopback.
+   * A catalog shared by several hosts registers no address instead, so its agent fills in the
+   * node's (as Consul's built-in proxy registers `-listen :port`).
+   */
+  readonly wildcard?: boolean;
 }
 
 export class ControlPlaneError extends Error {

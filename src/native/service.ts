@@ -431,9 +431,9 @@ export class Service {
       this.registered = null;
       this.cp.withdraw().catch(logRejection(this.log, "deregistering the service instance", "warn"));
     });
-    const address = a.address === "0.0.0.0" || a.address === "::" ? "127.0.0.1" : a.address;
+    const wildcard = a.address === "0.0.0.0" || a.address === "::";
     const protocol = this.snapshot.publicListener?.protocol ?? "tcp";
-    this.cp.announce({ address, port: a.port, protocol }).catch(logRejection(this.log, "registering the service instance"));
+    this.cp.announce({ address: wildcard ? "127.0.0.1" : a.address, port: a.port, protocol, ...(wildcard ? { wildcard } : {}) }).catch(logRejection(this.log, "registering the service instance"));
   }
 
   /** An undici Dispatcher for `https://<service>.service.consul/...` (fetch's `dispatcher` option). */

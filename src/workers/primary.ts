@@ -135,7 +135,8 @@ export class Primary extends EventEmitter implements AdminTarget {
     if (this.stopping) return addresses;
     if (addresses.public && this.applied?.publicListener) {
       const [host, port] = splitAddr(addresses.public);
-      await this.cp.announce({ address: host === "0.0.0.0" || host === "::" ? "127.0.0.1" : host, port, protocol: this.applied.publicListener.protocol });
+      const wildcard = host === "0.0.0.0" || host === "::";
+      await this.cp.announce({ address: wildcard ? "127.0.0.1" : host, port, protocol: this.applied.publicListener.protocol, ...(wildcard ? { wildcard } : {}) });
     }
     this.started = true;
     this.readingsTimer = setInterval(() => void this.gatherReadings().catch(logRejection(this.log, "gathering the workers' request totals")), READINGS_EVERY_MS);

@@ -621,7 +621,10 @@ export class ConsulControlPlane implements ControlPlane {
       logger: this.log,
       service: this.o.request.service,
       idSuffix: this.o.register.idSuffix,
-      address: a.address,
+      // Bound to every interface: no Address, so the agent registers its node's (Consul's
+      // built-in proxy with -listen :port does the same); loopback would send every other host's
+      // sidecars to their own 127.0.0.1.
+      address: a.wildcard ? "" : a.address,
       port: a.port,
       localApp: pl.localApp,
       upstreams: this.o.request.upstreams,

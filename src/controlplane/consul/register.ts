@@ -69,7 +69,7 @@ export class ProxyRegistrar {
 
   async register(): Promise<void> {
     await this.o.client.call("PUT", "/v1/agent/service/register", { body: this.body() });
-    this.o.logger.info("registered proxy in the Consul agent", { id: this.id, address: `${this.o.address}:${this.o.port}` });
+    this.o.logger.info("registered proxy in the Consul agent", { id: this.id, address: `${this.o.address === "" ? "(the node's address)" : this.o.address}:${this.o.port}` });
     this.heartbeat = setInterval(() => {
       this.beat().catch(logRejection(this.o.logger, "re-registering after a failed heartbeat", "warn"));
     }, Math.max(1000, this.ttlMs / 3));
