@@ -2,11 +2,12 @@
 // never re-created (missing means deleted), the readers say which file and what to do, and the
 // edit lock serialises concurrent read-modify-writes.
 import t from "tap";
-import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { ENTRY_KINDS } from "../src/controlplane/chain/entries.js";
 import { editIntentions, ensureCa, entryFile, openStateDir, readEntries, readIntentions, StateError } from "../src/controlplane/dev/state.js";
 import { withLock } from "../src/controlplane/dev/lock.js";
+import { registerSidecar } from "../src/controlplane/dev/sidecars.js";
 import { tempDir } from "./helpers/mesh.js";
 
 t.test("a new directory gets the whole layout and the allow default", async (t) => {
@@ -78,4 +79,17 @@ t.test("the edit lock is released when the edit throws", async (t) => {
   await t.rejects(withLock(file, async () => Promise.reject(new Error("boom"))), /boom/);
   t.same(await readdir(dir), [], "no lock left");
   t.equal(await withLock(file, async () => 7), 7, "and the next edit takes it at once");
+});
+
+t.test("a new directory is private (0700) whichever write comes first, the sidecars/ listing included", async (t) => {
+  if (process.platform === "win32") return;
+  const base = await tempDir(t);
+  const viaOpen = join(base, "opened");
+  await openStateDir(viaOpen);
+  t.equal((await stat(viaOpen)).mode & 0o777, 0o700, "openStateDir makes it 0700");
+  // A sidecar lists its admin address before its control plane opens the directory.
+  const viaSidecar = join(base, "listed");
+  await registerSidecar(viaSidecar, { id: "web-sidecar-proxy-1", service: "web", admin: "127.0.0.1:19000", pid: process.pid });
+  t.equal((await stat(viaSidecar)).mode & 0o777, 0o700, "registerSidecar makes it 0700 too (it was 0755)");
+  t.same(await openStateDir(viaSidecar), { created: true }, "and it is then laid out, accepted as private");
 });

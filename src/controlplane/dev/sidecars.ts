@@ -27,6 +27,9 @@ function fileOf(dataDir: string, id: string): string {
 }
 
 export async function registerSidecar(dataDir: string, r: SidecarRecord): Promise<void> {
+  // This can be the first write to a new state directory: made private (0700) as openStateDir
+  // makes it, not 0755 by the recursive mkdir of sidecars/.
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
   await mkdir(sidecarsDir(dataDir), { recursive: true, mode: 0o755 });
   const file = fileOf(dataDir, r.id);
   const tmp = `${file}.${process.pid}.${randomUUID().slice(0, 8)}.tmp`;
