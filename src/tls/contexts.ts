@@ -1,6 +1,6 @@
 // Secure contexts built once per identity/trust change, never per connection.
 import { createSecureContext, type SecureContext, type SecureContextOptions } from "node:tls";
-import { createHash } from "node:crypto";
+import { constants, createHash } from "node:crypto";
 import type { Identity, TrustBundle } from "../config/snapshot.js";
 
 /** TLS 1.2 suites as Consul's proxy limits them (ECDHE with AEAD only); TLS 1.3 suites as OpenSSL ships them. */
@@ -24,6 +24,10 @@ export function secureContextOptions(identity: Identity, trust: TrustBundle): Se
     minVersion: "TLSv1.2",
     ciphers: CIPHERS,
     honorCipherOrder: true,
+    // TLS 1.2 renegotiation, either side asking: refused, as BoringSSL (Envoy) refuses it. Node
+    // only rate-limits a client's (3 in 10 minutes); each one is a full handshake for nothing a
+    // new connection would not give, and renegotiation is where its attacks live.
+    secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
   };
 }
 
