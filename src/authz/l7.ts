@@ -33,7 +33,16 @@ export interface L7Decision {
  * field the app only gets the first line of): an app may read the first of them (Go's Get,
  * Python's), the last, or all joined (node:http, and `header`), and a decision must hold for each.
  */
-export type L7Request = Pick<RequestView, "method" | "path" | "header"> & { readonly lines?: (name: string) => readonly string[] | undefined };
+export type L7Request = Pick<RequestView, "method" | "path" | "header"> & {
+  readonly lines?: (name: string) => readonly string[] | undefined;
+  /**
+   * Set when `lines` also answers for fields whose `header` is only their first line (node:http's
+   * FIRST_LINE_ONLY fields, handed to a Connect-native app with every line in `rawHeaders`): the
+   * lines joined with ", " (what a Fetch API Headers built from rawHeaders gives) are then one more
+   * reading to judge.
+   */
+  readonly joinedReading?: boolean;
+};
 
 /**
  * What a header permission reads for `name` (lower case) when it is `host` or a pseudo-header,
@@ -148,6 +157,7 @@ function conditionOutcomes(m: CompiledHeaderMatch, req: L7Request, lines: (name:
   if (l === undefined) return can;
   if (l.length > MAX_READ_LINES) return TOO_MANY;
   for (const v of l) can |= headerMatches(m, v) ? CAN_HOLD : CAN_FAIL;
+  if (req.joinedReading === true) can |= headerMatches(m, l.join(", ")) ? CAN_HOLD : CAN_FAIL;
   return can;
 }
 

@@ -59,7 +59,16 @@ export function fieldValue(raw: readonly string[], name: string): string | undef
  * for a field a permission reads: it allocates.
  */
 export function fieldLines(raw: readonly string[], name: string): string[] | undefined {
-  if (FIRST_LINE_ONLY.has(name)) return undefined;
+  return FIRST_LINE_ONLY.has(name) ? undefined : everyFieldLine(raw, name);
+}
+
+/**
+ * The lines of `name` (lower case) when there are two or more, FIRST_LINE_ONLY's fields too;
+ * undefined otherwise. For an app that is handed the parsed request itself (the Connect-native
+ * gate): node:http keeps only the first line of those fields in `headers`, but `rawHeaders` and
+ * `headersDistinct` hold every line. Allocates only for a field of two or more lines.
+ */
+export function everyFieldLine(raw: readonly string[], name: string): string[] | undefined {
   let out: string[] | undefined;
   let first: string | undefined;
   for (let i = 0; i + 1 < raw.length; i += 2) {

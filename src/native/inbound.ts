@@ -19,7 +19,7 @@ import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
 import type { Logger } from "../telemetry/log.js";
 import { Counter } from "../telemetry/prom.js";
 import type { NativeObservers, ObservedRequest } from "./observe.js";
-import { fieldLines } from "../http1/fields.js";
+import { everyFieldLine } from "../http1/fields.js";
 
 /** The verified caller of a connection or request. */
 export interface Peer extends ServiceId {
@@ -296,8 +296,11 @@ export class InboundGate {
   /**
    * The canonical target to hand the app, or the refusal to answer. `rawHeaders`: the app can
    * read a repeated field's lines one by one (rawHeaders, headersDistinct) as well as joined
-   * (headers), so permissions judge each reading (l7.ts). Over HTTP/2 (`h2`) a cookie may come as
-   * crumbs, which RFC 9113 §8.2.3 has joined into one before anyone acts on them: judged joined.
+   * (headers), so permissions judge each reading (l7.ts), and every line of it: nothing here drops
+   * the later lines of the fields node:http keeps the first line of (Authorization, User-Agent,
+   * Host, …), as the sidecar does before its app, so the app can read those lines too (see
+   * readings). Over HTTP/2 (`h2`) a cookie may come as crumbs, which RFC 9113 §8.2.3 has joined
+   * into one before anyone acts on them: judged joined.
    */
   private check(peer: Peer | null, method: string, url: string, headers: IncomingHttpHeaders, rawHeaders?: readonly string[], h2 = false): string | { status: number; body: string } {
     if (!peer) return { status: 403, body: "no verified caller on this connection" };
@@ -316,7 +319,7 @@ export class InboundGate {
       // (node's compat request reports either as its authority), so sending only :authority does
       // not pass a rule on host, nor a target that normalizes into a denied :path.
       header: (n: string) => (isRequestPseudoField(n) ? requestPseudoField(n, method, target.path + target.query, joined(headers["host"] ?? headers[":authority"])) : joined(headers[n])),
-      ...(rawHeaders ? { lines: (n: string) => (isRequestPseudoField(n) || (h2 && n === "cookie") ? undefined : fieldLines(rawHeaders, n)) } : {}),
+      ...(rawHeaders ? { lines: (n: string) => readings(rawHeaders, n, h2), joinedReading: true } : {}),
     });
     if (!decision.allowed) {
       this.metrics.reject("denied_by_intention");
@@ -388,6 +391,36 @@ function reply(res: Reply, status: number, body: string): false {
   res.writeHead(status, { "content-type": "text/plain; charset=utf-8", "content-length": Buffer.byteLength(body) + 1 });
   res.end(`${body}\n`);
   return false;
+}
+
+/**
+ * The readings of field `name` (lower case) an app handed the parsed request can make beyond
+ * what the gate's `header` gives, when there are two or more; undefined otherwise (no allocation
+ * then). Every line, FIRST_LINE_ONLY's fields included: `req.headers` has their first line only,
+ * but `rawHeaders` and `headersDistinct` every one. `host` and `:authority` are one authority:
+ * each Host line, and over HTTP/2 the `:authority` too (node's compat `req.authority` prefers it,
+ * `req.headers.host` is the host field). Other pseudo-headers have one value (the method, the
+ * canonical target), and an HTTP/2 cookie's crumbs are one cookie.
+ */
+function readings(raw: readonly string[], name: string, h2: boolean): string[] | undefined {
+  if (name === "host" || name === ":authority") return h2 ? authorityReadings(raw) : everyFieldLine(raw, "host");
+  if (isRequestPseudoField(name) || (h2 && name === "cookie")) return undefined;
+  return everyFieldLine(raw, name);
+}
+
+/** An HTTP/2 request's `:authority` and host lines, when there are two or more of them. */
+function authorityReadings(raw: readonly string[]): string[] | undefined {
+  let out: string[] | undefined;
+  let first: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const n = raw[i]!;
+    if (n !== ":authority" && n !== "host") continue;
+    const v = raw[i + 1]!;
+    if (first === undefined) first = v;
+    else if (out === undefined) out = [first, v];
+    else out.push(v);
+  }
+  return out;
 }
 
 /** node's `stream` event's rawHeaders (flat name, value, …), when it gives them. */

@@ -207,6 +207,33 @@ t.test("a field sent as several lines: every reading an app may make must agree,
   t.equal(allow.authorize(req("GET", "/", { "x-role": "user, admin" })).allowed, false, "a caller without `lines` (one joined line reaches the app) is judged on it alone");
 });
 
+t.test("a field whose header() is its first line only (a native app's Authorization): each line, and with joinedReading the lines joined, are judged", async (t) => {
+  const it: Intention = {
+    source: "web",
+    destination: "billing",
+    action: "allow",
+    permissions: [
+      { action: "deny", headers: [{ name: "authorization", exact: "Bearer admin" }], methods: [] },
+      { action: "allow", headers: [{ name: "authorization", regex: "Bearer [a-z]+" }], methods: [] },
+    ],
+  };
+  const a = new CompiledL7Intentions({ defaultAction: "deny", intentions: [it] }, "billing").forSource("web");
+  /** node:http's view: `header` is the first line; `lines` every line of two or more. */
+  const firstLine = (lines: readonly string[], joinedReading: boolean): L7Request => ({
+    method: "GET",
+    path: "/",
+    header: (n) => (n === "authorization" ? lines[0] : undefined),
+    lines: (n) => (n === "authorization" && lines.length > 1 ? lines : undefined),
+    joinedReading,
+  });
+  t.match(a.authorize(firstLine(["Bearer user", "Bearer admin"], true)), { allowed: false, reason: /^Repeated header lines: / }, "the second line is judged though header() gives the first");
+  t.match(a.authorize(firstLine(["Bearer user", "Bearer other"], false)), { allowed: true }, "without joinedReading: each line passes the allow");
+  t.match(a.authorize(firstLine(["Bearer user", "Bearer other"], true)), { allowed: false, reason: /^Repeated header lines: / }, "with it the lines joined are judged too, which the allow's regex does not match");
+  t.match(a.authorize(firstLine(["Bearer user"], true)), { allowed: true }, "one line: judged as before");
+  t.match(a.authorize(firstLine(Array.from({ length: 32 }, () => "Bearer user"), true)), { allowed: false, reason: /^Repeated header lines: / }, "32 lines are judged (joined, they do not match the regex)");
+  t.match(a.authorize(firstLine(Array.from({ length: 33 }, () => "Bearer user"), true)), { allowed: false, reason: /more than 32 lines/ }, "the joined reading does not count against the 32-line limit, nor lift it");
+});
+
 t.test("several repeated fields: an app reads each its own way, so their lines combine freely", async (t) => {
   // Deny admins of tenant acme; allow the rest.
   const denyAcmeAdmin: Intention = { source: "web", destination: "billing", action: "allow", permissions: [
