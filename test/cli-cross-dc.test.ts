@@ -13,6 +13,12 @@ t.test("-upstream <name>.service.<dc>:port names the destination's datacenter", 
   t.throws(() => parseUpstream("orders.query.dc3:9000", false), /prepared queries \(\.query\) need a Consul agent/);
   t.throws(() => parseUpstream("db.service.dc!2:8181", false), new UsageError('-upstream "db.service.dc!2:8181": "dc!2" is not a datacenter name (letters, digits, - _), e.g. db.service.dc2:8181'));
   t.throws(() => parseUpstream(".service.dc2:8181", false), UsageError, "no name before .service");
+  t.same(parseUpstream("db.:8181", false), { name: "db", bind: { host: "127.0.0.1", port: 8181 } }, "an empty type is a service, as Consul's built-in proxy reads it");
+  t.same(parseUpstream("orders.query:9000", true), { name: "orders", bind: { host: "127.0.0.1", port: 9000 } }, "a prepared query here (Consul agent)");
+  for (const bad of ["db.foo:8181", "db.services:8181", "my.db:8181", "my.db.service:8181", "db.service.dc2.consul:8181", "db.foo.dc2:8181"]) {
+    t.throws(() => parseUpstream(bad, true), { name: "UsageError", message: new RegExp(`^-upstream "${bad.replace(/\./g, "\\.")}": ".*" is not a destination Consul accepts`) }, `${bad}: only .service and .query are types`);
+  }
+  t.throws(() => parseUpstream("db.service.:8181", false), /"" is not a datacenter name/, "an empty datacenter");
 });
 
 async function parse(argv: string[]): Promise<{ code: number; cmd: ProxyCommand | null; err: string }> {

@@ -16,6 +16,11 @@ t.test("every bad flag: one line on stderr naming it, exit 2, nothing started", 
   const cases: Array<{ args: string[]; message: RegExp }> = [
     { args: ["-service", "web", "-upstream", "db"], message: /^meshproxy: -upstream "db": want name:port or name:host:port, e\.g\. db:8181$/ },
     { args: ["-service", "web", "-upstream", "db:70000"], message: /^meshproxy: -upstream "db:70000": port 70000 is out of range \(0-65535\)$/ },
+    // Consul's built-in proxy reads the part after the first dot as a type: service or query.
+    { args: ["-service", "web", "-upstream", "db.foo:8181"], message: /^meshproxy: -upstream "db\.foo:8181": "db\.foo" is not a destination Consul accepts \(type "\.foo"\); want <name>, <name>\.service, <name>\.query, <name>\.service\.<dc> or <name>\.query\.<dc>, e\.g\. db\.service:8181$/ },
+    { args: ["-service", "web", "-upstream", "my.db.service:8181"], message: /^meshproxy: -upstream "my\.db\.service:8181": "my\.db\.service" is not a destination Consul accepts \(type "\.db\.service"\); want <name>, .*$/ },
+    { args: ["-service", "web", "-upstream", "db.service.dc2.consul:8181"], message: /^meshproxy: -upstream "db\.service\.dc2\.consul:8181": .* \(type "\.service\.dc2\.consul"\); want <name>, .*$/ },
+    { args: ["-service", "web", "-upstream", "db.query:8181"], message: /^meshproxy: -upstream "db\.query:8181": prepared queries \(\.query\) need a Consul agent \(-http-addr\)$/ },
     { args: ["-service", "web", "-listen", "127.0.0.1:1"], message: /^meshproxy: -listen requires -service-addr\b.*$/ },
     { args: ["-service", "web", "-bogus"], message: /^meshproxy: unknown flag -bogus \(run meshproxy -h for the list\)$/ },
     { args: ["-upstream", "db:0"], message: /^meshproxy: -service or -proxy-id must be specified\b.*$/ },

@@ -43,37 +43,33 @@ export function parseHostPort(flag: string, raw: string, defaultHost: string, al
   return { host, port: parsePort(flag, raw, raw.slice(i + 1), allowZero) };
 }
 
-/**
- * A destination in another datacenter, written as Consul's DNS names it: `db.service.dc2`
- * (`<name>.service.<dc>`; `<name>.query.<dc>` for a prepared query).
- */
-const IN_DATACENTER = /^(.+)\.(service|query)\.([^.]+)$/;
+/** What `-upstream` accepts before the port, for the error that rejects anything else. */
+const UPSTREAM_FORMS = "<name>, <name>.service, <name>.query, <name>.service.<dc> or <name>.query.<dc>";
 
 /**
- * `-upstream name:port` or `name:host:port`, as Consul's built-in proxy takes it. The name may
- * carry `.service`, or `.service.<dc>` for a destination in another datacenter; `.query`
- * (prepared queries) needs a Consul agent.
+ * `-upstream name:port` or `name:host:port`, as Consul's built-in proxy takes it
+ * (flag_upstreams.go): the destination is split at its first dot, and what follows must be
+ * nothing, `service` (the default type) or `query` (a prepared query, which needs a Consul
+ * agent); any other suffix is an error, so `db.foo:8181` is not a service named `db.foo`. One
+ * extension: `.service.<dc>` (`.query.<dc>`), Consul's DNS form, for a destination in another
+ * datacenter.
  */
 export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest {
   const parts = raw.split(":");
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === "" && parts.length === 2)) {
     throw new UsageError(`-upstream "${raw}": want name:port or name:host:port, e.g. db:8181`);
   }
-  let name = parts[0]!;
-  let datacenter: string | undefined;
-  const inDc = IN_DATACENTER.exec(name);
-  if (inDc) {
-    datacenter = inDc[3]!;
-    if (!isValidServiceName(datacenter)) throw new UsageError(`-upstream "${raw}": "${datacenter}" is not a datacenter name (letters, digits, - _), e.g. db.service.dc2:8181`);
-    name = `${inDc[1]!}.${inDc[2]!}`;
+  const dest = parts[0]!;
+  const dot = dest.indexOf(".");
+  const name = dot < 0 ? dest : dest.slice(0, dot);
+  const suffix = dot < 0 ? "" : dest.slice(dot + 1);
+  const typed = /^(service|query)(?:\.([^.]*))?$/.exec(suffix);
+  if (suffix !== "" && !typed) {
+    throw new UsageError(`-upstream "${raw}": "${dest}" is not a destination Consul accepts (type ".${suffix}"); want ${UPSTREAM_FORMS}, e.g. db.service:8181`);
   }
-  if (name.endsWith(".service")) name = name.slice(0, -".service".length);
-  else if (name.endsWith(".query")) {
-    if (!allowQuery) throw new UsageError(`-upstream "${raw}": prepared queries (.query) need a Consul agent (-http-addr)`);
-    name = name.slice(0, -".query".length);
-  } else if (name.includes(".") && !isValidServiceName(name)) {
-    throw new UsageError(`-upstream "${raw}": type must be .service or .query`);
-  }
+  const datacenter = typed?.[2];
+  if (datacenter !== undefined && !isValidServiceName(datacenter)) throw new UsageError(`-upstream "${raw}": "${datacenter}" is not a datacenter name (letters, digits, - _), e.g. db.service.dc2:8181`);
+  if (typed?.[1] === "query" && !allowQuery) throw new UsageError(`-upstream "${raw}": prepared queries (.query) need a Consul agent (-http-addr)`);
   if (!isValidServiceName(name)) throw new UsageError(`-upstream "${raw}": "${name}" is not a valid service name`);
   const bind = parts.length === 2 ? { host: "127.0.0.1", port: parsePort("-upstream", raw, parts[1]!, true) } : parseHostPort("-upstream", `${parts[1]}:${parts[2]}`, "127.0.0.1", true);
   return { name, bind, ...(datacenter !== undefined ? { datacenter } : {}) };
