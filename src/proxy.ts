@@ -78,6 +78,8 @@ export class Proxy extends EventEmitter {
   private applying: Promise<void> = Promise.resolve();
   private addrs: { public: string | null; upstreams: Record<string, string> } = { public: null, upstreams: {} };
   private ready = false;
+  /** POST /healthcheck/fail: not ready and DRAINING, while every listener keeps serving. */
+  private hcFailed = false;
   private stopping: Promise<void> | null = null;
   /** start()'s wait for the first applied Snapshot; stop() ends it. */
   private firstApplied: { resolve(): void; reject(e: unknown): void } | null = null;
@@ -94,13 +96,27 @@ export class Proxy extends EventEmitter {
     this.router = new HttpRouter(this.log.child("http"), this.httpStats, this.obs, this.metrics.outboundRejected);
     registerClusterGauges(this.metrics.registry, () => [...this.runtimes.values()].map((rt) => rt.statsSnapshot()));
     registerServerGauges(this.metrics.registry, {
-      state: () => (this.stopping ? "draining" : this.ready ? "live" : "initializing"),
+      state: () => (this.stopping || (this.ready && this.hcFailed) ? "draining" : this.ready ? "live" : "initializing"),
       totalConnections: () => this.activeConnections,
     });
   }
 
   get isReady(): boolean {
-    return this.ready && !this.stopping;
+    return this.ready && !this.stopping && !this.hcFailed;
+  }
+
+  get healthCheckFailed(): boolean {
+    return this.hcFailed;
+  }
+
+  /**
+   * Envoy's /healthcheck/fail (true) and /healthcheck/ok (false): /ready answers 503 and the
+   * server state is DRAINING, the listeners stay open and the process runs on; the control plane
+   * fails the instance's health check where it keeps one (Consul -register's TTL check).
+   */
+  async setHealthCheckFailed(failed: boolean): Promise<void> {
+    this.hcFailed = failed;
+    await this.cp.setHealthCheckFailed?.(failed);
   }
 
   get snapshot(): Snapshot | null {

@@ -32,6 +32,10 @@ export interface AdminTarget {
   stop(): Promise<void>;
   /** The request totals the traffic page's figures come from; absent: metrics.http (this process's). */
   readonly requestReadings?: RequestReadings;
+  /** POST /healthcheck/fail was called (and no /healthcheck/ok since). */
+  readonly healthCheckFailed?: boolean;
+  /** POST /healthcheck/fail (true) and /healthcheck/ok (false); absent: those answer 501. */
+  setHealthCheckFailed?(failed: boolean): Promise<void>;
   /** Writes split weights through the control plane (POST /splits/<service>); null or absent: it cannot. */
   readonly splitWriter?: SplitWriter | null;
 }
@@ -114,7 +118,8 @@ export class AdminServer {
     this.log = opts.log ?? silentLogger;
     this.exposition = opts.exposition ?? new MetricsExposition(target.metrics.registry, null, this.log);
     this.gets = {
-      "/ready": (_q, res) => (target.isReady ? send(res, 200, "LIVE\n") : send(res, 503, "NOT READY\n")),
+      // Envoy's /ready names the state: DRAINING after /healthcheck/fail.
+      "/ready": (_q, res) => (target.isReady ? send(res, 200, "LIVE\n") : send(res, 503, target.healthCheckFailed ? "DRAINING\n" : "NOT READY\n")),
       "/stats/prometheus": (q, res) => serveExposition(this.exposition, q, res),
       "/metrics": (q, res) => serveExposition(this.exposition, q, res),
       "/config_dump": (_q, res) => {
@@ -152,6 +157,10 @@ export class AdminServer {
         target.stop().catch(logRejection(this.log, "quitquitquit requested through the admin API"));
       },
       "/logging": (q, res) => this.logging(q, res),
+      // Envoy's: fail the health check (ready 503, state DRAINING) so load balancers and the
+      // catalog stop sending traffic before a shutdown; listeners stay open, nothing exits.
+      "/healthcheck/fail": (q, res) => this.healthCheck(q, res, true),
+      "/healthcheck/ok": (q, res) => this.healthCheck(q, res, false),
     };
     this.server = createServer((req, res) => {
       this.handle(req, res).catch(logRejection(this.log, "admin request"));
@@ -185,6 +194,22 @@ export class AdminServer {
     // Connection: close: a browser that was refused once has no business reusing the connection.
     res.setHeader("connection", "close");
     send(res, r.status, `${r.message}\n`);
+  }
+
+  private async healthCheck(req: IncomingMessage, res: ServerResponse, failed: boolean): Promise<void> {
+    const set = this.target.setHealthCheckFailed?.bind(this.target);
+    if (!set) return send(res, 501, "this proxy has no health check to fail\n");
+    const was = this.target.healthCheckFailed ?? false;
+    const fields = { peer: req.socket.remoteAddress };
+    try {
+      await set(failed);
+    } catch (e) {
+      // The proxy's own state changed (/ready, the server state); the catalog's may lag: the next heartbeat retries.
+      this.log.warn("could not update the registered health check; the next heartbeat retries", { error: e instanceof Error ? e.message : String(e) });
+    }
+    if (failed && !was) this.log.warn("health check failed through the admin API: /ready answers 503 and the state is DRAINING; listeners stay open", fields);
+    else if (!failed && was) this.log.info("health check passing again through the admin API", fields);
+    send(res, 200, "OK\n");
   }
 
   /** POST /logging?level=debug sets the level of every logger; without ?level reports it. */

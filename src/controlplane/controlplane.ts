@@ -90,6 +90,13 @@ export interface ControlPlane {
   /** Stops every watch and timer. */
   stop(): Promise<void>;
   /**
+   * The admin API's POST /healthcheck/fail (true) and /healthcheck/ok (false): where the
+   * instance's registration carries a health check this proxy keeps (Consul -register's TTL
+   * check), it fails or passes it, so callers stop (or start again) sending traffic here while
+   * the listeners stay open. Absent: nothing outside the proxy's /ready reflects it.
+   */
+  setHealthCheckFailed?(failed: boolean): Promise<void>;
+  /**
    * Connect-native apps name the services they call as they call them, not up front: this adds
    * an upstream after start(), and the next Snapshots carry its listener and clusters (watched
    * like the request's own upstreams). Idempotent per name and datacenter. Absent: only the request's upstreams

@@ -80,6 +80,8 @@ export class Primary extends EventEmitter implements AdminTarget {
   private relaying: Promise<void> = Promise.resolve();
   private started = false;
   private stopping: Promise<void> | null = null;
+  /** POST /healthcheck/fail: not ready; every worker's server state is DRAINING. */
+  private hcFailed = false;
   private firstReady: { resolve(a: ProxyAddresses): void; reject(e: Error): void } | null = null;
   private addresses: ProxyAddresses = { public: null, upstreams: {} };
   private nextRequest = 0;
@@ -100,7 +102,18 @@ export class Primary extends EventEmitter implements AdminTarget {
   }
 
   get isReady(): boolean {
-    return this.started && !this.stopping && this.slots.some((s) => s.ready);
+    return this.started && !this.stopping && !this.hcFailed && this.slots.some((s) => s.ready);
+  }
+
+  get healthCheckFailed(): boolean {
+    return this.hcFailed;
+  }
+
+  /** As Proxy.setHealthCheckFailed; every worker (and one started later) follows for its server state. */
+  async setHealthCheckFailed(failed: boolean): Promise<void> {
+    this.hcFailed = failed;
+    for (const s of this.slots) if (s.listening) this.send(s, { t: "health-check", failed });
+    await this.cp.setHealthCheckFailed?.(failed);
   }
 
   get snapshot(): Snapshot | null {
@@ -194,6 +207,7 @@ export class Primary extends EventEmitter implements AdminTarget {
         slot.listening = true;
         // Started while draining: a drain sent before it listened was lost.
         if (this.stopping) return this.send(slot, { t: "drain" });
+        if (this.hcFailed) this.send(slot, { t: "health-check", failed: true });
         // The last good Snapshot first: a worker restarted while the latest is one every worker
         // rejected must serve what the others serve, not wait for a valid one.
         if (this.applied) this.send(slot, { t: "snapshot", snapshot: this.applied });

@@ -23,7 +23,9 @@ export type ToWorker =
   | { readonly t: "clusters"; readonly id: number }
   | { readonly t: "metrics"; readonly id: number }
   | { readonly t: "readings"; readonly id: number }
-  | { readonly t: "log-level"; readonly level: Level };
+  | { readonly t: "log-level"; readonly level: Level }
+  /** POST /healthcheck/fail or /healthcheck/ok on the primary: each worker's server state follows. */
+  | { readonly t: "health-check"; readonly failed: boolean };
 
 export type FromWorker =
   /** The worker listens for messages: send it the current Snapshot. */
@@ -38,7 +40,7 @@ export type FromWorker =
   | { readonly t: "readings"; readonly id: number; readonly readings: ReadonlyArray<readonly [string, ClusterRequestReading]> }
   | { readonly t: "stopped" };
 
-const TO_WORKER = new Set(["snapshot", "drain", "clusters", "metrics", "readings", "log-level"]);
+const TO_WORKER = new Set(["snapshot", "drain", "clusters", "metrics", "readings", "log-level", "health-check"]);
 const FROM_WORKER = new Set(["hello", "ready", "applied", "failed", "clusters", "metrics", "readings", "stopped"]);
 
 function tagged(m: unknown): m is { t: string } {

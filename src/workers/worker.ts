@@ -93,6 +93,9 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
       }
       case "log-level":
         return root.setLevel(m.level);
+      case "health-check":
+        // The worker's relayed control plane keeps no health check: this is its server state.
+        return void proxy.setHealthCheckFailed(m.failed).catch(logRejection(log, "following the primary's health check"));
     }
   };
   process.on("message", onMessage);

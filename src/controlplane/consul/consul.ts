@@ -120,6 +120,8 @@ export class ConsulControlPlane implements ControlPlane {
   private firstDelivered: (() => void) | null = null;
   private fatal: ((e: Error) => void) | null = null;
   private registrar: ProxyRegistrar | null = null;
+  /** POST /healthcheck/fail before (or after) -register registered: the registration follows it. */
+  private healthCheckFailed = false;
   private stopped = false;
   private readonly warned = new Set<string>();
   /** Upstreams added after start (a Connect-native app's), after the request's own. */
@@ -632,7 +634,14 @@ export class ConsulControlPlane implements ControlPlane {
       ...(this.o.request.meta ? { meta: this.o.request.meta } : {}),
       ...(this.o.native ? { native: true } : {}),
     });
+    await this.registrar.setHealthCheckFailed(this.healthCheckFailed);
     await this.registrar.register();
+  }
+
+  /** -register: fails or passes the proxy's TTL check. Without it the registration's checks are someone else's. */
+  async setHealthCheckFailed(failed: boolean): Promise<void> {
+    this.healthCheckFailed = failed;
+    await this.registrar?.setHealthCheckFailed(failed);
   }
 
   async withdraw(): Promise<void> {

@@ -6,6 +6,9 @@ import type { UpstreamRequest } from "../controlplane.js";
 import { logRejection, type Logger } from "../../telemetry/log.js";
 import type { AgentClient } from "./client.js";
 
+/** The TTL check's output while the health check is failed through the admin API. */
+const FAILED_NOTE = "health check failed through the admin API (POST /healthcheck/fail); POST /healthcheck/ok passes it again";
+
 export interface RegistrarOptions {
   readonly client: AgentClient;
   readonly logger: Logger;
@@ -28,6 +31,8 @@ export class ProxyRegistrar {
   readonly id: string;
   readonly checkId: string;
   private heartbeat: NodeJS.Timeout | null = null;
+  /** POST /healthcheck/fail: the heartbeat fails the TTL check instead of passing it. */
+  private failed = false;
 
   constructor(private readonly o: RegistrarOptions) {
     this.id = `${o.service}${o.native ? "" : "-proxy"}${o.idSuffix ? `-${o.idSuffix}` : ""}`;
@@ -39,7 +44,7 @@ export class ProxyRegistrar {
   }
 
   body(): unknown {
-    const check = { CheckID: this.checkId, Name: this.o.native ? "native service heartbeat" : "proxy heartbeat", TTL: `${Math.round(this.ttlMs / 1000)}s`, Status: "passing" };
+    const check = { CheckID: this.checkId, Name: this.o.native ? "native service heartbeat" : "proxy heartbeat", TTL: `${Math.round(this.ttlMs / 1000)}s`, Status: this.failed ? "critical" : "passing" };
     if (this.o.native) {
       // Consul's native apps: the service itself, found by /v1/health/connect/<name> like a sidecar.
       return { ID: this.id, Name: this.o.service, Address: this.o.address, Port: this.o.port, ...(this.o.meta ? { Meta: this.o.meta } : {}), Connect: { Native: true }, Check: check };
@@ -76,9 +81,20 @@ export class ProxyRegistrar {
     this.heartbeat.unref();
   }
 
+  /**
+   * Fails (true) or passes (false) the TTL check from now on: at once when registered, then at
+   * every heartbeat, and in a re-registration after the agent lost it.
+   */
+  async setHealthCheckFailed(failed: boolean): Promise<void> {
+    this.failed = failed;
+    if (this.heartbeat) await this.beat();
+  }
+
   private async beat(): Promise<void> {
+    const check = encodeURIComponent(this.checkId);
     try {
-      await this.o.client.call("PUT", `/v1/agent/check/pass/${encodeURIComponent(this.checkId)}`);
+      if (this.failed) await this.o.client.call("PUT", `/v1/agent/check/fail/${check}`, { query: { note: FAILED_NOTE } });
+      else await this.o.client.call("PUT", `/v1/agent/check/pass/${check}`);
     } catch (e) {
       // The agent may have restarted and lost the registration: put it back.
       this.o.logger.warn("heartbeat failed; re-registering", { id: this.id, error: (e as Error).message });
