@@ -109,6 +109,13 @@ export class Proxy extends EventEmitter {
     return this.hcFailed;
   }
 
+  /** SIGUSR1 (log rotation): the -access-log file is opened again; resolves with its path once open, null when it is not a file. */
+  async reopenLogs(): Promise<{ readonly file: string } | null> {
+    await this.obs.accessLog.reopen();
+    const file = this.obs.accessLog.path;
+    return file === null ? null : { file };
+  }
+
   /**
    * Envoy's /healthcheck/fail (true) and /healthcheck/ok (false): /ready answers 503 and the
    * server state is DRAINING, the listeners stay open and the process runs on; the control plane

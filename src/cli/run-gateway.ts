@@ -20,7 +20,7 @@ import { GatewayListener } from "../gateway/listener.js";
 import { GatewayRoutes } from "../gateway/routes.js";
 import { GatewayStats } from "../gateway/stats.js";
 import type { SourceTags } from "../telemetry/consul-tags.js";
-import { handleShutdownSignals } from "./signals.js";
+import { handleReopenSignals, handleShutdownSignals } from "./signals.js";
 import type { ProxyCommand } from "./program.js";
 
 function adminHandler(registry: Registry, ready: () => boolean, gateway: () => GatewayListener | null, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
@@ -122,6 +122,10 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
   let stopping = false;
   registerClusterGauges(registry, () => gateway?.clusterStats() ?? []);
   const signals = handleShutdownSignals(log);
+  const reopen = handleReopenSignals(log, async () => {
+    await accessLog.reopen();
+    return accessLog.path === null ? null : { file: accessLog.path };
+  });
   try {
     source = await routeSourceFor(cmd, closers);
     // The newest table that compiled; one that arrives before the listener exists is its first.
@@ -193,5 +197,6 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
     for (const close of closers) await close().catch(logRejection(log, "closing the agent client"));
     accessLog.close();
     signals.dispose();
+    reopen.dispose();
   }
 }

@@ -16,7 +16,7 @@ import type { Metrics } from "../telemetry/metrics.js";
 import { consulPrometheusBindAddr } from "./consul-metrics-addr.js";
 import { fileDescriptorLimit, RESERVED_FDS, type ListenerLimits } from "../tcp/admission.js";
 import type { ProxyCommand } from "./program.js";
-import { handleShutdownSignals } from "./signals.js";
+import { handleReopenSignals, handleShutdownSignals, type ReopenedLog } from "./signals.js";
 import { deregisterSidecar, registerSidecar } from "../controlplane/dev/sidecars.js";
 import { ownProcess } from "../controlplane/dev/process-identity.js";
 
@@ -124,6 +124,8 @@ async function registerDevSidecar(cmd: ProxyCommand, admin: AdminServer | null, 
 export interface DataPlane extends AdminTarget {
   /** Resolves once the data plane serves the first Snapshot; rejects when a listener cannot bind. */
   start(): Promise<unknown>;
+  /** SIGUSR1: reopen the -access-log file; resolves with what was reopened, or null when nothing here writes one. */
+  reopenLogs?(): Promise<ReopenedLog | null>;
   /** "stopped" is emitted once stop() has drained everything. */
   once(event: "stopped", listener: () => void): unknown;
 }
@@ -158,6 +160,8 @@ export async function runSidecar({ cmd, log, limits, createDataPlane, unboundLis
   const signals = handleShutdownSignals(log, () => {
     plane?.stop().catch(logRejection(log, "shutdown"));
   });
+  // SIGHUP is eaten with a warning; SIGUSR1 reopens the access log (the workers' under -concurrency).
+  const reopen = handleReopenSignals(log, async () => (await plane?.reopenLogs?.()) ?? null);
   // A sidecar runs until it is stopped, even when nothing else holds the event loop: no admin API
   // (-admin-addr ""), no listener (only -service), or waiting for a configuration to be fixed
   // (the watches' polls do not hold it). Without this node ends with code 13, mid-await.
@@ -200,5 +204,6 @@ export async function runSidecar({ cmd, log, limits, createDataPlane, unboundLis
     metrics?.close();
     await exposition?.close();
     signals.dispose();
+    reopen.dispose();
   }
 }

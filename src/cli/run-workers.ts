@@ -22,7 +22,7 @@ export async function runWorkers(cmd: ProxyCommand): Promise<number> {
     log,
     limits,
     createDataPlane: (controlPlane) => {
-      const primary = new Primary({ controlPlane, metrics: new Metrics(), log, concurrency: cmd.concurrency, drainTimeoutMs: cmd.drainTimeoutMs });
+      const primary = new Primary({ controlPlane, metrics: new Metrics(), log, concurrency: cmd.concurrency, drainTimeoutMs: cmd.drainTimeoutMs, ...(typeof cmd.accessLog === "object" ? { accessLogFile: cmd.accessLog.file } : {}) });
       return { plane: primary, levels: primary.levels(log), gather: () => primary.aggregatedRegistry() };
     },
     unboundListener: (e) => (e instanceof WorkerStartError ? e.listener : null),

@@ -1,7 +1,8 @@
 // Access log: one JSON line per connection (L4) and per request (L7), with Envoy's response
 // flags. Lines are batched and written on the next turn of the event loop; when the destination
 // cannot keep up, lines are dropped and counted rather than queued without bound, so logging
-// never slows the data path.
+// never slows the data path. A file is reopened on reopen() (SIGUSR1): after logrotate's
+// `mv access.log access.log.1`, lines go to a new access.log, as Envoy's /reopen_logs.
 import { createWriteStream, type WriteStream } from "node:fs";
 import type { Counter } from "prom-client";
 
@@ -48,15 +49,15 @@ export function parseAccessLogTarget(v: string): AccessLogTarget {
   return { file: v };
 }
 
-function fileStream(file: string): NodeJS.WritableStream {
-  const w: WriteStream = createWriteStream(file, { flags: "a", mode: 0o640 });
-  return w;
+function fileStream(file: string): WriteStream {
+  return createWriteStream(file, { flags: "a", mode: 0o640 });
 }
 
 const MAX_PENDING_BYTES = 4 * 1024 * 1024;
 
 export class AccessLog {
-  private readonly out: NodeJS.WritableStream | null;
+  private out: NodeJS.WritableStream | null;
+  private readonly file: string | null;
   private pending: string[] = [];
   private pendingBytes = 0;
   private scheduled = false;
@@ -66,12 +67,56 @@ export class AccessLog {
     target: AccessLogTarget,
     private readonly dropped: Counter<string> | null = null,
   ) {
+    this.file = typeof target === "object" ? target.file : null;
     if (target === "off") this.out = null;
     else if (target === "stdout") this.out = process.stdout;
     else if (target === "stderr") this.out = process.stderr;
     else this.out = fileStream(target.file);
-    this.out?.on("drain", () => (this.blocked = false));
-    this.out?.on("error", () => (this.blocked = true));
+    if (this.out) this.watch(this.out);
+  }
+
+  /** Backpressure and failure of `out`, while it is the current stream (a reopened one replaces it). */
+  private watch(out: NodeJS.WritableStream): void {
+    out.on("drain", () => {
+      if (this.out === out) this.blocked = false;
+    });
+    out.on("error", () => {
+      if (this.out === out) this.blocked = true;
+    });
+  }
+
+  /** The file lines are written to; null: off, stdout or stderr. */
+  get path(): string | null {
+    return this.file;
+  }
+
+  /**
+   * Log rotation (SIGUSR1): lines logged so far go to the file as it was opened (renamed by
+   * then), the file is closed, and the path is opened again, created if it is gone, so every line
+   * logged from now on is in the new file. Resolves once it is open; rejects (and lines are
+   * dropped and counted, as for a destination that cannot keep up) when it cannot be, until the
+   * next reopen. Nothing to do for stdout, stderr or off.
+   */
+  reopen(): Promise<void> {
+    if (this.file === null || this.out === null) return Promise.resolve();
+    this.flush();
+    this.out.end();
+    const next = fileStream(this.file);
+    this.out = next;
+    this.blocked = false;
+    this.watch(next);
+    return new Promise<void>((resolve, reject) => {
+      const onOpen = (): void => {
+        next.off("error", onError);
+        resolve();
+      };
+      const onError = (e: Error): void => {
+        next.off("open", onOpen);
+        reject(e);
+      };
+      next.once("open", onOpen);
+      next.once("error", onError);
+    });
   }
 
   get enabled(): boolean {

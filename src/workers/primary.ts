@@ -8,6 +8,7 @@ import cluster, { type Worker } from "node:cluster";
 import { EventEmitter } from "node:events";
 import { AggregatorRegistry, Counter, type Registry } from "prom-client";
 import type { Snapshot } from "../config/snapshot.js";
+import type { ReopenedLog } from "../cli/signals.js";
 import type { ControlPlane, ControlPlaneError } from "../controlplane/controlplane.js";
 import type { ClusterStatus } from "../cluster/runtime.js";
 import type { AdminTarget } from "../admin/server.js";
@@ -49,6 +50,8 @@ export interface PrimaryOptions {
   readonly log: Logger;
   readonly concurrency: number;
   readonly drainTimeoutMs: number;
+  /** The workers' -access-log file, named when SIGUSR1 has them reopen it. */
+  readonly accessLogFile?: string;
 }
 
 interface Slot {
@@ -107,6 +110,18 @@ export class Primary extends EventEmitter implements AdminTarget {
 
   get healthCheckFailed(): boolean {
     return this.hcFailed;
+  }
+
+  /**
+   * SIGUSR1 (log rotation): the primary writes no access log, each worker writes its own lines to
+   * the -access-log file, so each is told to reopen it (and logs when it has). Null: no file.
+   */
+  reopenLogs(): Promise<ReopenedLog | null> {
+    const file = this.opts.accessLogFile;
+    if (file === undefined) return Promise.resolve(null);
+    const told = this.slots.filter((s) => s.listening);
+    for (const s of told) this.send(s, { t: "reopen-logs" });
+    return Promise.resolve({ file, workers: told.length });
   }
 
   /** As Proxy.setHealthCheckFailed; every worker (and one started later) follows for its server state. */

@@ -25,7 +25,9 @@ export type ToWorker =
   | { readonly t: "readings"; readonly id: number }
   | { readonly t: "log-level"; readonly level: Level }
   /** POST /healthcheck/fail or /healthcheck/ok on the primary: each worker's server state follows. */
-  | { readonly t: "health-check"; readonly failed: boolean };
+  | { readonly t: "health-check"; readonly failed: boolean }
+  /** SIGUSR1 on the primary (log rotation): each worker opens its -access-log file again. */
+  | { readonly t: "reopen-logs" };
 
 export type FromWorker =
   /** The worker listens for messages: send it the current Snapshot. */
@@ -40,7 +42,7 @@ export type FromWorker =
   | { readonly t: "readings"; readonly id: number; readonly readings: ReadonlyArray<readonly [string, ClusterRequestReading]> }
   | { readonly t: "stopped" };
 
-const TO_WORKER = new Set(["snapshot", "drain", "clusters", "metrics", "readings", "log-level", "health-check"]);
+const TO_WORKER = new Set(["snapshot", "drain", "clusters", "metrics", "readings", "log-level", "health-check", "reopen-logs"]);
 const FROM_WORKER = new Set(["hello", "ready", "applied", "failed", "clusters", "metrics", "readings", "stopped"]);
 
 function tagged(m: unknown): m is { t: string } {

@@ -53,9 +53,22 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
   const ignoreSignal = (signal: NodeJS.Signals) => log.debug("signal left to the primary, which drains every worker", { signal });
   process.on("SIGINT", ignoreSignal);
   process.on("SIGTERM", ignoreSignal);
+  // A terminal's hangup reaches the whole process group: the primary warns and eats it, so do we.
+  process.on("SIGHUP", ignoreSignal);
   const cp = new RelayedControlPlane(process.env[WORKER_CONTROL_PLANE_ENV] ?? "relayed");
   const proxy = new Proxy({ ...opts.proxy, controlPlane: cp, logger: log });
   registerWorkerListenerStats(proxy.metrics, index);
+  // Each worker writes the -access-log file itself (appending, a line at a time): each reopens
+  // it, when the primary forwards SIGUSR1 or when the signal reaches the process group.
+  const reopenLogs = (): void => {
+    proxy.reopenLogs().then(
+      (r) => {
+        if (r !== null) log.info("access log reopened", { file: r.file });
+      },
+      logRejection(log, "reopening the access log", "warn"),
+    );
+  };
+  process.on("SIGUSR1", reopenLogs);
   const stopped = new Promise<void>((resolve) => proxy.once("stopped", resolve));
   proxy.on("snapshot", (s: { version: number }) => send({ t: "applied", version: s.version }));
 
@@ -93,6 +106,8 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
       }
       case "log-level":
         return root.setLevel(m.level);
+      case "reopen-logs":
+        return reopenLogs();
       case "health-check":
         // The worker's relayed control plane keeps no health check: this is its server state.
         return void proxy.setHealthCheckFailed(m.failed).catch(logRejection(log, "following the primary's health check"));
@@ -117,6 +132,8 @@ export async function runWorker(opts: WorkerOptions): Promise<number> {
     process.off("message", onMessage);
     process.off("SIGINT", ignoreSignal);
     process.off("SIGTERM", ignoreSignal);
+    process.off("SIGHUP", ignoreSignal);
+    process.off("SIGUSR1", reopenLogs);
     // Closes the IPC channel, so the process can end; the primary reads the exit.
     process.disconnect?.();
   }

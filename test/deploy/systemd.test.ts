@@ -37,6 +37,9 @@ t.test("the unit keeps its hardening and its drain fits in the stop timeout", as
     ["CapabilityBoundingSet", ""],
     ["StateDirectory", "meshproxy/%i"],
     ["KillSignal", "SIGTERM"],
+    // Log rotation: SIGUSR1 reopens the -access-log file (deploy/systemd/meshproxy.logrotate).
+    ["ExecReload", "/bin/kill -USR1 $MAINPID"],
+    ["LogsDirectory", "meshproxy/%i"],
   ] as const) {
     t.equal(directive(k), v, `${k}=${v}`);
   }
