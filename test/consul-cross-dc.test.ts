@@ -110,3 +110,21 @@ t.test("the agent's compiled mode is followed; no gateway in the mode's datacent
   t.same(dc3?.endpoints, [], "dc3 has no gateway: no endpoint, not its instance");
   t.same(dc3?.meshGateway, { mode: "remote", datacenter: "dc3" });
 });
+
+t.test("an instance in another datacenter dialled directly is dialled at its WAN address, as Consul's Envoy does (BestAddress(wan))", async (t) => {
+  const d = await double(t);
+  d.setChain("db", chain(d, "dc1", [{ dc: "dc1" }, { dc: "dc2" }]));
+  d.setInstances("db", [
+    // This datacenter's instance: its LAN address, whatever WAN address it has.
+    { id: "db-dc1-sidecar-proxy", address: "10.1.0.5", port: 21000, wan: { address: "203.0.113.5", port: 31000 }, nodeWan: "203.0.113.1" },
+    // Service.TaggedAddresses.wan first, with its own port.
+    { id: "db-dc2-a-sidecar-proxy", address: "10.2.0.5", port: 21000, datacenter: "dc2", wan: { address: "198.51.100.5", port: 31000 } },
+    // No service WAN address, no service address: the node's WAN address, the service port.
+    { id: "db-dc2-b-sidecar-proxy", address: "", port: 21001, datacenter: "dc2", nodeAddress: "10.2.0.6", nodeWan: "198.51.100.6" },
+    // A service address and only a node WAN address: the service address (Consul's order).
+    { id: "db-dc2-c-sidecar-proxy", address: "10.2.0.7", port: 21002, datacenter: "dc2", nodeWan: "198.51.100.7" },
+  ]);
+  const s = await firstSnapshot(t, d, web({}));
+  t.same(hosts(s, serviceSni("db", "default", "dc1", d.trustDomain)), ["10.1.0.5:21000"], "dc1's instance: LAN");
+  t.same(hosts(s, serviceSni("db", "default", "dc2", d.trustDomain)).sort(), ["10.2.0.7:21002", "198.51.100.5:31000", "198.51.100.6:21001"], "dc2's instances: WAN, as BestAddress(true) picks it");
+});

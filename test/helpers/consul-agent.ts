@@ -260,6 +260,10 @@ export interface InstanceSpec {
   readonly status?: CheckStatus | undefined;
   /** Default `127.0.0.1`. */
   readonly nodeAddress?: string | undefined;
+  /** `Node.TaggedAddresses.wan`; default the node address. */
+  readonly nodeWan?: string | undefined;
+  /** `Service.TaggedAddresses.wan` (and `lan`, the service address); default none. */
+  readonly wan?: { readonly address: string; readonly port: number } | undefined;
   /** Default `node-<id>`. */
   readonly node?: string | undefined;
   /** Default the double's datacenter; served for `?dc=<that>`. */
@@ -1903,7 +1907,7 @@ export class ConsulAgentDouble {
         Node: node,
         Address: nodeAddress,
         Datacenter: inst.datacenter ?? this.datacenter,
-        TaggedAddresses: { lan: nodeAddress, wan: nodeAddress },
+        TaggedAddresses: { lan: nodeAddress, wan: inst.nodeWan ?? nodeAddress },
         Meta: {},
         CreateIndex: index,
         ModifyIndex: index,
@@ -1914,6 +1918,7 @@ export class ConsulAgentDouble {
         Service: name,
         Tags: inst.tags ?? [],
         Address: inst.address,
+        ...(inst.wan ? { TaggedAddresses: { lan: { Address: inst.address, Port: inst.port }, wan: { Address: inst.wan.address, Port: inst.wan.port } } } : {}),
         Meta: inst.meta ?? {},
         Port: inst.port,
         Weights: { Passing: inst.weights?.passing ?? 1, Warning: inst.weights?.warning ?? 1 },

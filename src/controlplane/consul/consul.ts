@@ -541,7 +541,7 @@ export class ConsulControlPlane implements ControlPlane {
         // Consul's upstream stat prefix names the chain's namespace and partition: the upstream's, else the proxy's.
         upstream: { ...u, namespace: u.namespace ?? local.namespace, partition: u.partition ?? local.partition },
         chain,
-        instances: (svc, d) => (this.health.get(healthKey(svc, dcParam(d, datacenter))) ?? []).map((h) => instanceOf(h, svc, d)),
+        instances: (svc, d) => (this.health.get(healthKey(svc, dcParam(d, datacenter))) ?? []).map((h) => instanceOf(h, svc, d, datacenter)),
         gateways: (d) => {
           const dc = dcParam(d, datacenter);
           return (this.gatewayNames.get(dc) ?? []).flatMap((name) => gatewayInstances(this.gateways.get(healthKey(name, dc)) ?? [], name, d, dc !== ""));
@@ -772,12 +772,18 @@ function withDatacenter(chain: CompiledChain, datacenter: string): CompiledChain
   return { ...chain, targets };
 }
 
-function instanceOf(h: HealthEndpoint, service: string, datacenter: string): ServiceInstance {
+/**
+ * An instance in another datacenter than the proxy's, dialled directly (mesh gateway mode none),
+ * is dialled at its WAN address, as Consul's Envoy does (agent/xds/endpoints.go:
+ * `ep.BestAddress(<the node is in another datacenter>)`); its LAN address is only reachable there.
+ */
+function instanceOf(h: HealthEndpoint, service: string, datacenter: string, local: string): ServiceInstance {
+  const at = (h.datacenter || datacenter) === local ? { address: h.address, port: h.port } : h.wan;
   return {
     id: h.id,
     service: h.identityService || service,
-    address: h.address,
-    port: h.port,
+    address: at.address,
+    port: at.port,
     status: h.status,
     meta: h.meta,
     tags: h.tags,

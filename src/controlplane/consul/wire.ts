@@ -321,13 +321,32 @@ export interface HealthEndpoint {
   readonly tags: readonly string[];
   readonly nodeMeta: Record<string, string>;
   readonly node: string;
+  /** The LAN address: `Service.Address`, else `Node.Address` (what this datacenter dials). */
   readonly address: string;
   readonly port: number;
+  /** The address another datacenter dials directly (Consul's BestAddress(wan)); see {@link bestAddress}. */
+  readonly wan: { readonly address: string; readonly port: number };
   readonly datacenter: string;
   /** The service whose identity the instance presents. */
   readonly identityService: string;
   readonly healthy: boolean;
   readonly meta: Record<string, string>;
+}
+
+/**
+ * Consul's CheckServiceNode.BestAddress (agent/structs/structs.go), which Envoy's endpoints use
+ * (agent/xds/endpoints.go: `ep.BestAddress(<node in another datacenter>)`). WAN: the service's
+ * `TaggedAddresses.wan` (its `Port` when set, else the service port), else `Service.Address`,
+ * else the node's `TaggedAddresses.wan`, else `Node.Address`. LAN: `Service.Address`, else
+ * `Node.Address`. An empty tagged address is passed over rather than dialled.
+ */
+function bestAddress(svc: Reader, node: Reader, wan: boolean): { address: string; port: number } {
+  const port = svc.num("Port");
+  if (!wan) return { address: svc.optStr("Address") || node.str("Address"), port };
+  const tagged = svc.obj("TaggedAddresses").obj("wan");
+  const taggedAddress = tagged.optStr("Address");
+  if (taggedAddress) return { address: taggedAddress, port: tagged.optNum("Port") || port };
+  return { address: svc.optStr("Address") || node.strMap("TaggedAddresses")["wan"] || node.str("Address"), port };
 }
 
 export function parseHealth(body: unknown, service: string): HealthEndpoint[] {
@@ -351,6 +370,7 @@ export function parseHealth(body: unknown, service: string): HealthEndpoint[] {
       node: node.optStr("Node"),
       address: svc.optStr("Address") || node.str("Address"),
       port: svc.num("Port"),
+      wan: bestAddress(svc, node, true),
       datacenter: node.optStr("Datacenter"),
       identityService: native ? svc.str("Service") : proxy.optStr("DestinationServiceName") || service,
       // As Envoy weighs them: any critical check makes the instance unhealthy.
@@ -377,7 +397,7 @@ export interface GatewayEndpoint {
   readonly datacenter: string;
   /** The LAN address (Service.Address, else the node's), which the gateway's own datacenter dials. */
   readonly lan: { readonly address: string; readonly port: number };
-  /** The WAN address (Service.TaggedAddresses.wan), which other datacenters dial; the LAN one when absent. */
+  /** The address other datacenters dial (Consul's BestAddress(wan): Service.TaggedAddresses.wan, Service.Address, the node's wan, Node.Address). */
   readonly wan: { readonly address: string; readonly port: number };
   readonly status: "passing" | "warning" | "critical";
   readonly meta: Record<string, string>;
@@ -394,17 +414,13 @@ export function parseGatewayHealth(body: unknown, name: string): GatewayEndpoint
     const svc = r.obj("Service");
     if (svc.optStr("Kind") !== "mesh-gateway") return [];
     const statuses = r.arr("Checks").map((c) => c.optStr("Status"));
-    const lan = { address: svc.optStr("Address") || node.str("Address"), port: svc.num("Port") };
-    const tagged = svc.obj("TaggedAddresses").obj("wan");
-    const wanAddress = tagged.optStr("Address");
-    const wanPort = tagged.optNum("Port");
     return [
       {
         id: svc.str("ID"),
         node: node.optStr("Node"),
         datacenter: node.optStr("Datacenter"),
-        lan,
-        wan: wanAddress && wanPort ? { address: wanAddress, port: wanPort } : lan,
+        lan: bestAddress(svc, node, false),
+        wan: bestAddress(svc, node, true),
         status: statuses.includes("critical") ? "critical" : statuses.includes("warning") ? "warning" : "passing",
         meta: svc.strMap("Meta"),
       },
