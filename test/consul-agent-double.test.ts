@@ -294,13 +294,15 @@ async function handshake(t: Teardown, keyPem: string, certPem: string, caPem: st
   return ok;
 }
 
-t.test("ACL token: 403 'Permission denied' without or with a wrong token, 200 with the right one", async (t) => {
+t.test("ACL token: 403 'Permission denied' without a token, 'ACL not found' with a wrong one, 200 with the right one", async (t) => {
   const d = await double(t, { token: "s3cret" });
   for (const path of ["/v1/agent/connect/ca/leaf/billing", "/v1/agent/connect/ca/roots", "/v1/health/connect/billing", "/v1/agent/services"]) {
     const none = await call(`${d.url}${path}`);
     t.equal(none.status, 403, `${path} without a token`);
     t.match(none.text, /^Permission denied/);
-    t.equal((await call(`${d.url}${path}`, { token: "wrong" })).status, 403, `${path} with a wrong token`);
+    const wrong = await call(`${d.url}${path}`, { token: "wrong" });
+    t.equal(wrong.status, 403, `${path} with a wrong token`);
+    t.equal(wrong.text, "ACL not found", "as Consul answers a token it does not know");
     t.equal((await call(`${d.url}${path}`, { token: "s3cret" })).status, 200, `${path} with X-Consul-Token`);
   }
   t.equal((await call(`${d.url}/v1/agent/connect/ca/roots`, { bearer: "s3cret" })).status, 200, "Authorization: Bearer works too");

@@ -539,7 +539,7 @@ t.test("a wrong ACL token: 403s are reported with a hint about the token, and no
   const started = h.start();
   for (const resource of ["roots", "leaf", "intentions", "health"]) {
     const e = await h.errors.next((x) => x.resource === resource, `a ${resource} error`, 0);
-    t.match(e.message, /HTTP 403: Permission denied.*\(check the ACL token: -token, -token-file, CONSUL_HTTP_TOKEN\)$/, `${resource}: 403 with the token hint`);
+    t.match(e.message, /HTTP 403: ACL not found \(the agent does not know the ACL token from -token: deleted, expired or another cluster's; check that source\)$/, `${resource}: 403 with the token hint`);
     t.notOk(e.fatal, "retried, not fatal");
   }
   t.equal(h.snapshots.length, 0, "no Snapshot from a control plane that cannot read");

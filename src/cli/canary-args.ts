@@ -6,6 +6,7 @@ import { parseDurationMs } from "../config/duration.js";
 import { isValidServiceName } from "../config/validate.js";
 import type { CanaryPlan } from "../canary/controller.js";
 import type { AgentTlsOptions } from "../controlplane/consul/client.js";
+import { sslVerifyFromEnv, tokenSource } from "../controlplane/consul/env.js";
 
 export type CanaryAction = "run" | "pause" | "resume" | "abort" | "status";
 
@@ -13,7 +14,7 @@ export interface CanaryCommand {
   readonly action: CanaryAction;
   readonly plan: CanaryPlan;
   readonly dataDir: string;
-  readonly consul: { readonly httpAddr: string; readonly token: string | undefined; readonly datacenter: string | undefined; readonly tls: AgentTlsOptions } | null;
+  readonly consul: { readonly httpAddr: string; readonly token: string | undefined; readonly tokenSource?: string | undefined; readonly datacenter: string | undefined; readonly tls: AgentTlsOptions } | null;
   readonly logJson: boolean;
 }
 
@@ -126,6 +127,7 @@ export function toCanaryCommand(raw: RawCanaryOptions, given: ReadonlySet<string
       ? {
           httpAddr: o.httpAddr,
           token,
+          tokenSource: tokenSource(o),
           datacenter: o.datacenter,
           tls: {
             ...(o.caFile ? { caFile: o.caFile } : {}),
@@ -133,7 +135,7 @@ export function toCanaryCommand(raw: RawCanaryOptions, given: ReadonlySet<string
             ...(o.clientCert ? { clientCert: o.clientCert } : {}),
             ...(o.clientKey ? { clientKey: o.clientKey } : {}),
             ...(o.tlsServerName ? { serverName: o.tlsServerName } : {}),
-            verify: process.env["CONSUL_HTTP_SSL_VERIFY"] !== "false",
+            verify: sslVerifyFromEnv(),
           },
         }
       : null,

@@ -29,7 +29,7 @@ export async function runCanary(cmd: CanaryCommand, out = (s: string) => void pr
     let targets: TargetDirectory;
     if (cmd.consul) {
       const c = cmd.consul;
-      client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
+      client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.tokenSource ? { tokenSource: c.tokenSource } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
       store = new ConsulSplitterStore(client, cmd.plan.service);
       targets = new ConsulTargets(client);
     } else {

@@ -11,6 +11,7 @@ import { defaultDataDir } from "../controlplane/dev/state.js";
 import { DEFAULTS, type HostPort } from "../config/snapshot.js";
 import type { ProxyRequest } from "../controlplane/controlplane.js";
 import type { AgentTlsOptions } from "../controlplane/consul/client.js";
+import { sslVerifyFromEnv, tokenSource } from "../controlplane/consul/env.js";
 import { MESH_GATEWAY_MODES, type MeshGatewayMode } from "../controlplane/chain/entries.js";
 import { parseAccessLogTarget, type AccessLogTarget } from "../telemetry/access-log.js";
 import type { ListenerLimits } from "../tcp/admission.js";
@@ -19,6 +20,8 @@ import { CANARY_DEFAULTS, toCanaryCommand, type CanaryCommand, type RawCanaryOpt
 export interface ConsulSettings {
   readonly httpAddr: string;
   readonly token: string | undefined;
+  /** Where the token came from, named when the agent answers 403. */
+  readonly tokenSource: string | undefined;
   readonly datacenter: string | undefined;
   readonly register: boolean;
   readonly registerId: string | undefined;
@@ -123,6 +126,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
     ? {
         httpAddr: o.httpAddr,
         token: readToken(o),
+        tokenSource: tokenSource(o),
         datacenter: o.datacenter,
         register: o.register,
         registerId: o.registerId,
@@ -132,7 +136,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
           ...(o.clientCert ? { clientCert: o.clientCert } : {}),
           ...(o.clientKey ? { clientKey: o.clientKey } : {}),
           ...(o.tlsServerName ? { serverName: o.tlsServerName } : {}),
-          verify: process.env["CONSUL_HTTP_SSL_VERIFY"] !== "false",
+          verify: sslVerifyFromEnv(),
         },
       }
     : null;

@@ -85,7 +85,7 @@ async function routeSourceFor(cmd: ProxyCommand, closers: Array<() => Promise<vo
     const { AgentClient } = await import("../controlplane/consul/client.js");
     const { ConsulGatewaySource } = await import("../controlplane/consul/gateway-source.js");
     const datacenter = c.datacenter ?? cmd.datacenter;
-    const client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(datacenter ? { datacenter } : {}), tls: c.tls });
+    const client = new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.tokenSource ? { tokenSource: c.tokenSource } : {}), ...(datacenter ? { datacenter } : {}), tls: c.tls });
     closers.push(() => client.close());
     return new ConsulGatewaySource({ client, service: cmd.request.service, meta: cmd.request.meta ?? {}, datacenter });
   }

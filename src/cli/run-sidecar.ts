@@ -24,7 +24,7 @@ function agentClientFor(cmd: ProxyCommand): AgentClient | null {
   const c = cmd.consul;
   if (!c || cmd.configFile !== undefined) return null;
   try {
-    return new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
+    return new AgentClient({ httpAddr: c.httpAddr, ...(c.token ? { token: c.token } : {}), ...(c.tokenSource ? { tokenSource: c.tokenSource } : {}), ...(c.datacenter ? { datacenter: c.datacenter } : {}), tls: c.tls });
   } catch (e) {
     throw new ControlPlaneError("consul", e instanceof Error ? e.message : String(e), true);
   }

@@ -4,6 +4,7 @@
 // implementation is loaded (the dev CA's certificate library is not small).
 import { ControlPlaneError, type ControlPlane, type ProxyRequest } from "./controlplane.js";
 import type { AgentClient, AgentClientOptions, AgentTlsOptions } from "./consul/client.js";
+import { sslVerifyFromEnv, tokenSource } from "./consul/env.js";
 import { defaultDataDir } from "./dev/state.js";
 import type { Logger } from "../telemetry/log.js";
 import { readFileSync } from "node:fs";
@@ -42,9 +43,10 @@ export function consulAgentFromEnv(env: NodeJS.ProcessEnv = process.env): AgentC
     ...(env["CONSUL_CLIENT_CERT"] ? { clientCert: env["CONSUL_CLIENT_CERT"] } : {}),
     ...(env["CONSUL_CLIENT_KEY"] ? { clientKey: env["CONSUL_CLIENT_KEY"] } : {}),
     ...(env["CONSUL_TLS_SERVER_NAME"] ? { serverName: env["CONSUL_TLS_SERVER_NAME"] } : {}),
-    verify: env["CONSUL_HTTP_SSL_VERIFY"] !== "false",
+    verify: sslVerifyFromEnv(env),
   };
-  return { httpAddr, ...(token ? { token } : {}), tls };
+  const source = tokenSource({ token, tokenFile }, env);
+  return { httpAddr, ...(token ? { token } : {}), ...(source ? { tokenSource: source } : {}), tls };
 }
 
 /** The dev default: MESHPROXY_DATA_DIR, else `./.meshproxy`. */

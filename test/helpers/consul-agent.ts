@@ -1199,7 +1199,8 @@ export class ConsulAgentDouble {
 
   private async route(ctx: Ctx): Promise<void> {
     if (this.token !== null && ctx.record.token !== this.token) {
-      return this.text(ctx, 403, "Permission denied: token lacks the required permission (or ACL not found)");
+      // As Consul answers: a token it does not know is `ACL not found`; none is the anonymous token's denial.
+      return ctx.record.token ? this.text(ctx, 403, "ACL not found") : this.text(ctx, 403, "Permission denied: anonymous token lacks permission");
     }
     const path = ctx.url.pathname;
     let allowed: readonly string[] | null = null;

@@ -4,6 +4,7 @@ import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Dispatcher } from "undici";
 import { loadUndici, undici } from "../../http/undici.js";
+import { goBool } from "./env.js";
 
 export interface AgentTlsOptions {
   readonly caFile?: string;
@@ -17,6 +18,8 @@ export interface AgentTlsOptions {
 export interface AgentClientOptions {
   readonly httpAddr: string;
   readonly token?: string;
+  /** Where the token came from (see {@link tokenSource}), named when the agent answers 403. */
+  readonly tokenSource?: string;
   readonly tls?: AgentTlsOptions;
   /** `dc` sent on every request, as Consul's -datacenter does. */
   readonly datacenter?: string;
@@ -58,6 +61,18 @@ export interface ParsedAddr {
   readonly pathPrefix: string;
 }
 
+/**
+ * What a 403 means for the token sent: none (the agent used its default token), one the agent
+ * does not know (Consul's `ACL not found`: deleted, expired, another cluster's), or one without
+ * the permission the agent names.
+ */
+export function forbiddenHint(body: string, token: string | undefined, source: string | undefined): string {
+  if (!token) return " (no ACL token was sent, so the agent used its default token: give -token, -token-file, CONSUL_HTTP_TOKEN or CONSUL_HTTP_TOKEN_FILE)";
+  const from = source ?? "-token";
+  if (!/Permission denied/i.test(body) && /ACL not found/i.test(body)) return ` (the agent does not know the ACL token from ${from}: deleted, expired or another cluster's; check that source)`;
+  return ` (the ACL token from ${from} lacks the permission the agent names)`;
+}
+
 /** Reads CONSUL_HTTP_ADDR's forms; CONSUL_HTTP_SSL=true forces https for a bare host:port. */
 export function parseAgentAddr(addr: string, forceSsl = false): ParsedAddr {
   if (addr.startsWith("unix://")) return { origin: "http://localhost", socketPath: addr.slice("unix://".length), pathPrefix: "" };
@@ -83,7 +98,7 @@ export class AgentClient {
   private readonly connectOptions: { socketPath?: string; ca?: string[]; cert?: string; key?: string; servername?: string; rejectUnauthorized: boolean };
 
   constructor(private readonly opts: AgentClientOptions) {
-    this.addr = parseAgentAddr(opts.httpAddr, process.env["CONSUL_HTTP_SSL"] === "true");
+    this.addr = parseAgentAddr(opts.httpAddr, goBool(process.env["CONSUL_HTTP_SSL"]) === true);
     const t = opts.tls ?? {};
     const ca = [...(t.caFile ? [readFileSync(t.caFile, "utf8")] : []), ...(t.caPath ? readCaPath(t.caPath) : [])];
     // Files are read (and their errors reported) here; the HTTP client itself is made on first use.
@@ -142,7 +157,7 @@ export class AgentClient {
       contentHash: header("x-consul-contenthash"),
     };
     if (res.statusCode < 200 || res.statusCode > 299) {
-      const hint = res.statusCode === 403 ? " (check the ACL token: -token, -token-file, CONSUL_HTTP_TOKEN)" : "";
+      const hint = res.statusCode === 403 ? forbiddenHint(text, this.opts.token, this.opts.tokenSource) : "";
       throw new AgentError(res.statusCode, path, `${method} ${path}: HTTP ${res.statusCode}: ${text.trim().slice(0, 200)}${hint}`);
     }
     if (text.length === 0) return { ...base, body: null };
