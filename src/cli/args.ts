@@ -44,17 +44,18 @@ export function parseHostPort(flag: string, raw: string, defaultHost: string, al
 }
 
 /** What `-upstream` accepts before the port, for the error that rejects anything else. */
-const UPSTREAM_FORMS = "<name>, <name>.service, <name>.query, <name>.service.<dc> or <name>.query.<dc>";
+const UPSTREAM_FORMS = "<name>, <name>.service or <name>.service.<dc>";
 
 /**
  * `-upstream name:port` or `name:host:port`, as Consul's built-in proxy takes it
  * (flag_upstreams.go): the destination is split at its first dot, and what follows must be
- * nothing, `service` (the default type) or `query` (a prepared query, which needs a Consul
- * agent); any other suffix is an error, so `db.foo:8181` is not a service named `db.foo`. One
- * extension: `.service.<dc>` (`.query.<dc>`), Consul's DNS form, for a destination in another
- * datacenter.
+ * nothing or `service` (the default type); any other suffix is an error, so `db.foo:8181` is not
+ * a service named `db.foo`. `query` (a prepared query, which Consul's built-in proxy executes) is
+ * refused: meshproxy does not resolve prepared queries, and reading the name as a service would
+ * route to whatever service has it. One extension: `.service.<dc>`, Consul's DNS form, for a
+ * destination in another datacenter.
  */
-export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest {
+export function parseUpstream(raw: string): UpstreamRequest {
   const parts = raw.split(":");
   if (parts.length < 2 || parts.length > 3 || parts.some((p) => p === "" && parts.length === 2)) {
     throw new UsageError(`-upstream "${raw}": want name:port or name:host:port, e.g. db:8181`);
@@ -69,7 +70,9 @@ export function parseUpstream(raw: string, allowQuery: boolean): UpstreamRequest
   }
   const datacenter = typed?.[2];
   if (datacenter !== undefined && !isValidServiceName(datacenter)) throw new UsageError(`-upstream "${raw}": "${datacenter}" is not a datacenter name (letters, digits, - _), e.g. db.service.dc2:8181`);
-  if (typed?.[1] === "query" && !allowQuery) throw new UsageError(`-upstream "${raw}": prepared queries (.query) need a Consul agent (-http-addr)`);
+  if (typed?.[1] === "query") {
+    throw new UsageError(`-upstream "${raw}": prepared queries (.query) are not resolved by meshproxy (Consul's built-in proxy executes them with /v1/query/<name>/execute); name the service instead, e.g. ${name}${datacenter !== undefined ? `.service.${datacenter}` : ""}:${parts.slice(1).join(":")}`);
+  }
   if (!isValidServiceName(name)) throw new UsageError(`-upstream "${raw}": "${name}" is not a valid service name`);
   const bind = parts.length === 2 ? { host: "127.0.0.1", port: parsePort("-upstream", raw, parts[1]!, true) } : parseHostPort("-upstream", `${parts[1]}:${parts[2]}`, "127.0.0.1", true);
   return { name, bind, ...(datacenter !== undefined ? { datacenter } : {}) };

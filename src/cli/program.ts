@@ -152,7 +152,7 @@ export function toProxyCommand(o: RawProxyOptions, adminExplicit: boolean): Prox
   if (gateway === null && o.listen && !o.serviceAddr) throw new UsageError("-listen requires -service-addr (the local app's host:port that inbound connections are forwarded to)");
   if (o.serviceAddr && !o.listen) throw new UsageError("-service-addr needs -listen (the public mTLS listener's host:port)");
   if (o.register && !consul) throw new UsageError("-register registers the proxy in a Consul agent: give -http-addr or CONSUL_HTTP_ADDR (the dev control plane registers on its own)");
-  const upstreams = o.upstream.map((u) => parseUpstream(u, consul !== null));
+  const upstreams = o.upstream.map((u) => parseUpstream(u));
   const meshGatewayMode = o.meshGatewayMode === undefined ? undefined : parseMeshGatewayMode(o.meshGatewayMode);
   const byName = new Map(upstreams.map((u) => [u.name, u]));
   const drainTimeoutMs = parseDurationMs(o.drainTimeout);
