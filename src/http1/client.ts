@@ -356,8 +356,14 @@ class OriginConnection implements MessageEvents, OriginRequest, HeldWrite {
       this.socket.resume();
     }
     ev?.end();
-    if (!this.keepAlive) this.kill();
-    else if (this.bodySent) this.releaseWhenParsed();
+    // An answer complete before the request body was sent whole (an early 401 or 413): the
+    // connection is mid-request and carries nothing more, as Envoy resets the upstream stream
+    // then. Kept, it waited for the body's end, which never comes once the caller's client is
+    // closed (server.ts closes it after such an answer): an app that waits for the rest held it
+    // open for good. And the rest of the body, were it sent, is what an app that answered
+    // without reading it would parse as the next request, then the connection would be reused.
+    if (!this.keepAlive || !this.bodySent) this.kill();
+    else this.releaseWhenParsed();
   }
 
   /**

@@ -287,6 +287,47 @@ t.test("an answer that does not parse is an error, never a response", async (t) 
   t.match((await send(refused, "GET / HTTP/1.1\r\nhost: x\r\n\r\n")).error, /ECONNREFUSED/, "a connect failure is an error before any answer");
 });
 
+t.test("an answer complete before the request body was sent whole (an early 401 or 413): the connection is closed, never left open nor reused", async (t) => {
+  // A naive app: answers each head at once, reads no body, keeps the connection open.
+  let connections = 0;
+  const closed: Promise<void>[] = [];
+  const seen: string[] = [];
+  const server = createServer((s) => {
+    connections++;
+    closed.push(once(s, "close").then(() => undefined));
+    s.on("error", () => s.destroy());
+    s.on("data", (d: Buffer) => {
+      seen.push(d.toString("latin1"));
+      if (/^[A-Z]+ \//.test(d.toString("latin1"))) s.write("HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno");
+    });
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => server.close());
+  const p = pool(t, (server.address() as AddressInfo).port);
+  // The caller's client goes away after the answer: the body's end never comes.
+  const events = (resolve: (s: number) => void): ResponseEvents => {
+    let status = 0;
+    return { head: (st) => (status = st), body: () => {}, end: () => resolve(status), error: () => resolve(-1) };
+  };
+  let req: ReturnType<OriginPool["request"]> | null = null;
+  const status = await new Promise<number>((resolve) => {
+    req = p.request("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n", false, true, false, 0, events(resolve));
+    req.write(Buffer.from("x".repeat(10)));
+  });
+  t.equal(status, 401, "the early answer is delivered");
+  const gone = await Promise.race([closed[0]!.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 2000))]);
+  t.ok(gone, "the connection left mid-request is closed, not held open until the app gives up");
+  t.equal(p.size, 0, "the pool holds no connection");
+  // The rest of the body, which a naive app would read as a request of its own, goes nowhere.
+  req!.write(Buffer.from("GET /admin HTTP/1.1\r\nhost: x\r\n\r\n"));
+  req!.end();
+  const next = await send(p, "GET /next HTTP/1.1\r\nhost: x\r\n\r\n");
+  t.equal(next.status, 401, "the next request is answered");
+  t.equal(connections, 2, "on a new connection");
+  t.notOk(seen.join("").includes("/admin"), "the app never received the rest of the body");
+});
+
 t.test("a dialler's connection carries no byte before the dialler says it is up, and its failure is the one reported", async (t) => {
   let firstByteAt = 0;
   const app = await rawApp(t, () => {
