@@ -16,6 +16,7 @@ import { verifyClient } from "../identity/peer.js";
 import type { ServiceId } from "../identity/spiffe.js";
 import { parseRequestTarget, refusalDetail } from "../http/request-target.js";
 import type { InboundRejection, Metrics } from "../telemetry/metrics.js";
+import { randomBytes } from "node:crypto";
 import type { Logger } from "../telemetry/log.js";
 import { Counter } from "../telemetry/prom.js";
 import type { NativeObservers, ObservedRequest } from "./observe.js";
@@ -59,6 +60,17 @@ export function serverOptions(tls: TlsMaterial): TlsOptions {
     requestCert: true,
     rejectUnauthorized: false,
   };
+}
+
+/**
+ * What a server is given at attach() and at each new leaf or root set: serverOptions with ticket
+ * keys of its own. A resumed handshake carries no chain to verify again, so a session must not
+ * outlive the material it was verified under. node keeps a server's ticketKeys across
+ * setSecureContext when the app built the server with its own (node:cluster workers sharing
+ * them), and those resumed a caller's session after its roots were dropped.
+ */
+function rotatedOptions(tls: TlsMaterial): TlsOptions {
+  return { ...serverOptions(tls), ticketKeys: randomBytes(48) };
 }
 
 /**
@@ -110,7 +122,7 @@ export class InboundGate {
     this.policy = policy;
     if (tls.key === this.tls.key) return;
     this.tls = tls;
-    for (const server of this.servers) server.setSecureContext(serverOptions(tls));
+    for (const server of this.servers) server.setSecureContext(rotatedOptions(tls));
     if (this.servers.size > 0) this.log.info("native servers' certificates rotated", { servers: this.servers.size });
   }
 
@@ -133,7 +145,7 @@ export class InboundGate {
   attach(server: TlsServer): void {
     if (this.servers.has(server)) return;
     this.servers.add(server);
-    server.setSecureContext(serverOptions(this.tls));
+    server.setSecureContext(rotatedOptions(this.tls));
     server.once("close", () => this.servers.delete(server));
     const emit = server.emit.bind(server);
     server.emit = (event: string | symbol, ...args: unknown[]): boolean => {

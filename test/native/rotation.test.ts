@@ -3,6 +3,8 @@
 // decides exactly when the leaf and the roots change.
 import t from "tap";
 import { once } from "node:events";
+import { randomBytes } from "node:crypto";
+import { createServer as createHttpsServer } from "node:https";
 import { connect as tlsConnect, type TLSSocket } from "node:tls";
 import type { AddressInfo } from "node:net";
 import { fetch } from "undici";
@@ -90,4 +92,49 @@ t.test("close() withdraws the registration", async (t) => {
   await m.get("/x");
   await m.api.close();
   t.equal(m.apiCp.withdrawn >= 1, true, "api deregistered on close");
+});
+
+// An app may build its server with ticket keys of its own (node:cluster workers sharing
+// resumption). Kept across a roots change, they resumed a session whose client certificate was
+// verified against roots since dropped: a resumed handshake carries no chain to verify again.
+t.test("an app's own ticketKeys do not carry a session across a roots change: the caller is verified again", async (t) => {
+  const ca1 = await createRootCa(TD);
+  const apiCp = new TestControlPlane("api", await leaf(ca1, "api"), [ca1.certPem]);
+  const api = await service(t, { name: "api", controlPlane: apiCp });
+  const appKeys = randomBytes(48);
+  const server = api.attach(createHttpsServer({ ...api.serverTLSOptions(), ticketKeys: appKeys }, (_req, res) => res.end("ok")));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise<void>((r) => (server.close(() => r()), server.closeAllConnections())));
+  const port = (server.address() as AddressInfo).port;
+  const webLeaf = await leaf(ca1, "web");
+  const connectAs = async (session?: Buffer): Promise<{ socket: TLSSocket; session: Promise<Buffer> }> => {
+    const socket = tlsConnect({ host: "127.0.0.1", port, ca: [ca1.certPem], cert: webLeaf.certPem, key: webLeaf.keyPem, servername: "api", checkServerIdentity: () => undefined, ...(session ? { session } : {}) });
+    t.teardown(() => socket.destroy());
+    const next = new Promise<Buffer>((r) => socket.once("session", r));
+    await once(socket, "secureConnect");
+    return { socket, session: next };
+  };
+  const first = await connectAs();
+  const session = await first.session;
+  first.socket.destroy();
+  const resumed = await connectAs(session);
+  t.ok(resumed.socket.isSessionReused(), "control: the session resumes while the roots are the same");
+  resumed.socket.destroy();
+  // api now trusts only a new root: web's leaf (of ca1) is no longer a mesh identity to it.
+  const ca2 = await createRootCa(TD, { commonName: "rotated root" });
+  apiCp.set({ roots: [ca1.certPem, ca2.certPem], leaf: await leaf(ca2, "api") });
+  apiCp.set({ roots: [ca2.certPem] });
+  const after = tlsConnect({ host: "127.0.0.1", port, ca: [ca2.certPem], cert: webLeaf.certPem, key: webLeaf.keyPem, servername: "api", checkServerIdentity: () => undefined, session });
+  t.teardown(() => after.destroy());
+  const outcome = await new Promise<string>((resolve) => {
+    after.on("secureConnect", () => {
+      const reused = after.isSessionReused();
+      after.write("GET / HTTP/1.1\r\nHost: api\r\n\r\n");
+      after.once("data", (d: Buffer) => resolve(`${reused ? "resumed" : "full handshake"}, answered ${d.toString().split("\r\n")[0]}`));
+    });
+    after.on("close", () => resolve("closed"));
+    after.on("error", (e: Error) => resolve(`refused: ${e.message}`));
+  });
+  t.notMatch(outcome, /answered HTTP\/1\.1 200/, `a caller whose certificate the current roots do not verify is not served (${outcome})`);
 });
