@@ -6,6 +6,7 @@
 // the admin address, and drains on SIGTERM. It never loads a leaf or the CA key:
 // passthrough needs neither, so nothing here can decrypt what crosses it.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { HostAllowList, checkHost, isLoopbackHost } from "../http/browser-guard.js";
 import type { AddressInfo } from "node:net";
 import { Registry } from "../telemetry/prom.js";
 import { createLogger, logRejection, type Logger } from "../telemetry/log.js";
@@ -23,8 +24,18 @@ import type { SourceTags } from "../telemetry/consul-tags.js";
 import { handleReopenSignals, handleShutdownSignals } from "./signals.js";
 import type { ProxyCommand } from "./program.js";
 
-function adminHandler(registry: Registry, ready: () => boolean, gateway: () => GatewayListener | null, log: Logger): (req: IncomingMessage, res: ServerResponse) => void {
+/**
+ * `hosts`: the Host names a loopback-bound listener answers (null beyond loopback), as the
+ * sidecar's admin API and metrics listener check them: a DNS-rebinding page on the same host
+ * would otherwise read the gateway's clusters (its endpoints' addresses) and metrics.
+ */
+function adminHandler(registry: Registry, ready: () => boolean, gateway: () => GatewayListener | null, log: Logger, hosts: HostAllowList | null): (req: IncomingMessage, res: ServerResponse) => void {
   return (req, res) => {
+    const wrongHost = hosts ? checkHost(req, hosts) : null;
+    if (wrongHost) {
+      res.writeHead(wrongHost.status, { "content-type": "text/plain", connection: "close" }).end(`${wrongHost.message}\n`);
+      return;
+    }
     const path = (req.url ?? "/").split("?")[0];
     if (req.method !== "GET" && req.method !== "HEAD") {
       res.writeHead(405, { allow: "GET, HEAD", "content-type": "text/plain" }).end("method not allowed\n");
@@ -160,15 +171,15 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
       await source.register({ lan, ...(wan ? { wan } : {}) });
       log.info("registered mesh gateway", { service: cmd.request.service, lan: `${lan.address}:${lan.port}`, ...(wan ? { wan: `${wan.address}:${wan.port}` } : {}) });
     }
-    const handler = adminHandler(registry, () => !stopping, () => gateway, log);
+    const handler = (at: HostPort) => adminHandler(registry, () => !stopping, () => gateway, log, isLoopbackHost(at.host) ? new HostAllowList(at.host) : null);
     if (cmd.admin) {
-      const admin = createServer(handler);
+      const admin = createServer(handler(cmd.admin));
       servers.push(admin);
       const a = await listenHttp(admin, cmd.admin, cmd.adminExplicit, "-admin-addr", log);
       log.info("admin API listening", { address: `${a.address}:${a.port}` });
     }
     if (cmd.metrics) {
-      const m = createServer(handler);
+      const m = createServer(handler(cmd.metrics));
       servers.push(m);
       const a = await listenHttp(m, cmd.metrics, true, "-metrics-addr", log);
       log.info("metrics listening", { address: `${a.address}:${a.port}`, path: "/metrics" });
