@@ -104,6 +104,25 @@ t.test("leaf: a certificate whose key does not match is refused at its watch; th
   t.equal(r.snapshots.at(-1)!.identity.serial, good.serial, "the last good leaf");
 });
 
+t.test("leaf: another service's certificate, or one whose SAN is not its ServiceURI, is refused at its watch; the last good leaf stays and a new deny applies", async (t) => {
+  for (const [what, bad] of [
+    ["for another service", (leaf: object, f: { spiffeId: string; certPem: string; keyPem: string }) => ({ ...leaf, SerialNumber: "aa:01", CertPEM: f.certPem, PrivateKeyPEM: f.keyPem, Service: "billing", ServiceURI: f.spiffeId })],
+    ["whose URI SAN is not the ServiceURI sent with it", (leaf: object, f: { spiffeId: string; certPem: string; keyPem: string }) => ({ ...leaf, SerialNumber: "aa:02", CertPEM: f.certPem, PrivateKeyPEM: f.keyPem })],
+  ] as const) {
+    await t.test(what, async (t) => {
+      const r = await start(t);
+      const good = r.snapshots.at(-1)!.identity;
+      const leaf: unknown = await (await fetch(`${r.d.url}/v1/agent/connect/ca/leaf/web`)).json();
+      t.ok(typeof leaf === "object" && leaf !== null, "the double's leaf");
+      r.d.fault("/v1/agent/connect/ca/leaf", `body:${JSON.stringify(bad(leaf as object, await r.d.foreignLeaf("billing", {})))}`);
+      await denyStillApplies(t, r, "leaf");
+      const last = r.snapshots.at(-1)!.identity;
+      t.same([last.serial, last.spiffeId, last.service], [good.serial, good.spiffeId, "web"], "the last good leaf");
+      t.match(r.errors.find((e) => e.resource === "leaf")?.message, /leaf.*(not "web", the one asked for|URI SAN is "spiffe:\/\/[^"]*\/svc\/billing", not the ServiceURI)/, "the error says whose the certificate is");
+    });
+  }
+});
+
 t.test("discovery chain: a subset Filter Consul accepts but meshproxy cannot evaluate costs only its upstream; a new deny applies", async (t) => {
   const r = await start(t);
   const dc = r.d.datacenter;

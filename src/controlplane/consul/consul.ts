@@ -391,7 +391,7 @@ export class ConsulControlPlane implements ControlPlane {
     if (service) {
       wanted.add(`leaf:${service}`);
       wanted.add(`intentions:${service}`);
-      this.watch<LeafCert>(`leaf:${service}`, { path: `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`, mode: "index", parse: parseLeaf }, (v) => {
+      this.watch<LeafCert>(`leaf:${service}`, { path: `/v1/agent/connect/ca/leaf/${encodeURIComponent(service)}`, mode: "index", parse: (b) => parseLeaf(b, service) }, (v) => {
         const first = this.leaf === null;
         this.leaf = v;
         // Roots that came before the first leaf were taken unchecked: they are checked now, and

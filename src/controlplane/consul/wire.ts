@@ -7,6 +7,7 @@ import { EntryError, MESH_GATEWAY_MODES, describeValue, parsePermissions, parseU
 import type { Permission } from "../../config/http.js";
 import { chainsToRoot } from "../../identity/chain.js";
 import { pemCertificates } from "../../identity/cert-info.js";
+import { firstUriSan, parseServiceSpiffeId } from "../../identity/spiffe.js";
 
 export class WireError extends Error {
   constructor(endpoint: string, field: string, why: string) {
@@ -188,7 +189,12 @@ export interface LeafCert {
   readonly validBefore: Date;
 }
 
-export function parseLeaf(body: unknown): LeafCert {
+/**
+ * `service`: the service the leaf was asked for. A leaf whose certificate is another's (its URI
+ * SAN not the `ServiceURI` sent with it, or for another service) is refused: this proxy would
+ * present it to every peer, and they would refuse it (or take this proxy for that service).
+ */
+export function parseLeaf(body: unknown, service?: string): LeafCert {
   const ep = "/v1/agent/connect/ca/leaf";
   const r = Reader.of(ep, body);
   const date = (k: string) => {
@@ -201,12 +207,23 @@ export function parseLeaf(body: unknown): LeafCert {
   pemCertificates(certPem).forEach((pem, i) => checkedCert(ep, `$.CertPEM (certificate ${i + 1})`, pem));
   const keyPem = r.str("PrivateKeyPEM");
   checkKeyMatches(ep, certPem, keyPem);
+  const serviceUri = r.str("ServiceURI");
+  const id = parseServiceSpiffeId(serviceUri);
+  if (!id) throw new WireError(ep, "$.ServiceURI", `${JSON.stringify(serviceUri)} is not a SPIFFE service ID (spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>)`);
+  const san = firstUriSan(new X509Certificate(certPem).subjectAltName);
+  if (san !== serviceUri) {
+    throw new WireError(ep, "$.CertPEM", `the certificate's URI SAN is ${san === null ? "missing" : JSON.stringify(san)}, not the ServiceURI sent with it (${serviceUri}); refused, the last good leaf stays`);
+  }
+  const leafService = r.str("Service");
+  if (service !== undefined && (id.service !== service || leafService !== service)) {
+    throw new WireError(ep, "$.Service", `the leaf is for service ${JSON.stringify(leafService)} (${serviceUri}), not ${JSON.stringify(service)}, the one asked for; refused, the last good leaf stays`);
+  }
   return {
     serial: r.str("SerialNumber"),
     certPem,
     keyPem,
-    service: r.str("Service"),
-    serviceUri: r.str("ServiceURI"),
+    service: leafService,
+    serviceUri,
     validAfter: date("ValidAfter"),
     validBefore: date("ValidBefore"),
   };
