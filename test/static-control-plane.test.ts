@@ -1,12 +1,14 @@
 // The static control plane: the parser's messages name the field, a good file becomes the
 // expected Snapshot, and the live behaviour with real files (edit, break, fix, rotate).
 import t from "tap";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, truncate, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join, resolve } from "node:path";
 import { createRootCa, issueLeaf, type CaMaterial, type IssuedLeaf } from "../src/identity/ca.js";
 import { serviceSni, serviceSpiffeId } from "../src/identity/spiffe.js";
 import { parseStaticConfig, StaticConfigError, type StaticConfig } from "../src/controlplane/static/config.js";
-import { StaticControlPlane } from "../src/controlplane/static/static.js";
+import { MAX_STATIC_FILE_BYTES, StaticControlPlane } from "../src/controlplane/static/static.js";
 import { ControlPlaneError } from "../src/controlplane/controlplane.js";
 import { validateSnapshot } from "../src/config/validate.js";
 import type { Snapshot } from "../src/config/snapshot.js";
@@ -626,6 +628,47 @@ t.test("live: a PEM file that disappears is reported; its return applies", async
   await writeFile(keyFile, leaf.keyPem);
   t.equal(snapshotOf(await rec.wait(m, (e) => e.kind === "snapshot", "a snapshot")).identity.serial, leaf.serial);
   t.not(key, leaf.keyPem);
+});
+
+t.test("live: a FIFO, a directory or a huge file in place of a PEM file is reported, never waited on; the fix applies and stop() returns", async (t) => {
+  const p = await pki(t);
+  const file = await writeConfig(p.dir, upstreams(db()));
+  const { cp, rec } = await started(t, file);
+  const certFile = join(p.dir, "certs", "web.pem");
+  const good = await readFile(certFile, "utf8");
+  const swap = async (make: (tmp: string) => Promise<void>): Promise<void> => {
+    const tmp = join(p.dir, "certs", "swap.tmp");
+    await make(tmp);
+    await rm(certFile, { recursive: true, force: true });
+    await rename(tmp, certFile);
+  };
+
+  let m = rec.mark();
+  await swap(async (tmp) => void execFileSync("mkfifo", [tmp]));
+  t.match(errorOf(await rec.nextChange(m)).message, /identity\.cert_file: .*web\.pem: cannot read: not a regular file \(a FIFO\)/, "a FIFO: reported, not opened for a writer that never comes");
+
+  m = rec.mark();
+  await swap((tmp) => mkdir(tmp));
+  t.match(errorOf(await rec.nextChange(m)).message, /web\.pem: cannot read \(EISDIR/, "a directory");
+
+  m = rec.mark();
+  await swap(async (tmp) => {
+    await writeFile(tmp, "");
+    await truncate(tmp, MAX_STATIC_FILE_BYTES + 1);
+  });
+  t.match(errorOf(await rec.nextChange(m)).message, new RegExp(`web\\.pem: cannot read: ${MAX_STATIC_FILE_BYTES + 1} bytes, larger than ${MAX_STATIC_FILE_BYTES}`), "a file past the bound: refused unread");
+
+  const leaf = await p.issue("web");
+  m = rec.mark();
+  await writeFile(join(p.dir, "certs", "web.key"), leaf.keyPem);
+  await swap((tmp) => writeFile(tmp, leaf.certPem));
+  t.equal(snapshotOf(await rec.wait(m, (e) => e.kind === "snapshot", "a snapshot")).identity.serial, leaf.serial, "the fix applies");
+  t.not(good, leaf.certPem);
+
+  await swap(async (tmp) => void execFileSync("mkfifo", [tmp]));
+  await rec.wait(rec.mark(), (e) => e.kind === "error", "the FIFO reported again");
+  const stopped = await Promise.race([cp.stop().then(() => "stopped"), sleep(5000).then(() => "stuck")]);
+  t.equal(stopped, "stopped", "stop() returns");
 });
 
 t.test("CLI: -config-file selects the static control plane and stands alone", async (t) => {
