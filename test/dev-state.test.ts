@@ -2,7 +2,9 @@
 // never re-created (missing means deleted), the readers say which file and what to do, and the
 // edit lock serialises concurrent read-modify-writes.
 import t from "tap";
-import { mkdir, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { setTimeout as sleep } from "node:timers/promises";
 import { join } from "node:path";
 import { ENTRY_KINDS } from "../src/controlplane/chain/entries.js";
 import { editIntentions, ensureCa, entryFile, openStateDir, readEntries, readIntentions, StateError } from "../src/controlplane/dev/state.js";
@@ -47,6 +49,27 @@ t.test("in a used directory, a missing intentions.json or config directory is an
   t.match((await readEntries(dir)).problems.map((p) => p.message), [/\/config: missing \(deleted\?\)/], "a missing config/ is one problem");
   await mkdir(join(dir, "config"));
   t.equal((await readEntries(dir)).problems.length, ENTRY_KINDS.length, "an empty config/ still lacks its kinds");
+});
+
+t.test("a FIFO or a device in a state file's place is an error naming the file, never a read that waits for a writer", async (t) => {
+  const dir = await tempDir(t);
+  await openStateDir(dir);
+  const intentions = join(dir, "intentions.json");
+  await rm(intentions);
+  execFileSync("mkfifo", [intentions]);
+  const fifo = await Promise.race([readIntentions(dir).then(() => "read", (e: unknown) => e), sleep(5000).then(() => "stuck")]);
+  t.match(fifo, { name: "StateError", message: /intentions\.json: cannot be read \(not a regular file \(a FIFO\); name a file\)/ }, "intentions.json a FIFO: refused at once");
+  await rm(intentions);
+  await symlink("/dev/zero", intentions);
+  await t.rejects(readIntentions(dir), { name: "StateError", message: /intentions\.json: cannot be read \(not a regular file \(a device\)/ }, "a link to /dev/zero: refused, not read without end");
+  await rm(intentions);
+  await writeFile(intentions, JSON.stringify({ default_action: "deny" }));
+  t.equal((await readIntentions(dir)).defaultAction, "deny", "a good file is read again");
+
+  const entry = join(dir, "config", "service-defaults", "db.json");
+  execFileSync("mkfifo", [entry]);
+  const r = await Promise.race([readEntries(dir), sleep(5000).then(() => null)]);
+  t.match(r?.problems.map((p) => p.message), [/db\.json: cannot be read \(not a regular file \(a FIFO\)/], "a config entry that is a FIFO is a problem of its own");
 });
 
 t.test("entry names become paths only when they are names", async (t) => {

@@ -9,7 +9,7 @@
 // next one no leaf of the root before last is left; rotating twice within seconds would cut the
 // proxies that had not re-issued yet, which `meshproxy ca rotate` says.
 import { randomUUID, X509Certificate } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readRegularFile } from "../read-file.js";
 import { createRootCa, crossSign } from "../../identity/ca.js";
 import { serialOf } from "../../identity/serial.js";
 import { withLock } from "./lock.js";
@@ -29,7 +29,7 @@ export async function rotateCa(dir: string): Promise<Rotation> {
   const p = paths(dir);
   let cfgText: string;
   try {
-    cfgText = await readFile(p.caConfig, "utf8");
+    cfgText = await readRegularFile(p.caConfig);
   } catch (e) {
     throw new StateError(p.caConfig, `cannot be read (${e instanceof Error ? e.message : String(e)}): there is no dev CA to rotate yet; start a sidecar on this -data-dir first (it creates the CA)`);
   }

@@ -4,7 +4,7 @@
 // entries (and every 500 ms, which also finds new datacenters and dead processes); a read that
 // fails keeps the previous table. The gateway registers in its own datacenter's catalog.
 import { watch, type FSWatcher } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readRegularFile } from "../read-file.js";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { GatewayRegistration, GatewayRouteSource, GatewayRoutesConfig } from "../../config/gateway.js";
@@ -43,7 +43,7 @@ async function readView(dataDir: string, datacenter: string | undefined): Promis
   const file = paths(dataDir).caConfig;
   let text: string;
   try {
-    text = await readFile(file, "utf8");
+    text = await readRegularFile(file);
   } catch (e) {
     // The gateway never makes a CA: a mesh without one has no trust domain to route.
     throw new StateError(file, `cannot be read (${messageOf(e)}); start a sidecar first (it creates the dev CA), or give the -data-dir the mesh uses`);

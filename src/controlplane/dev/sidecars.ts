@@ -3,7 +3,8 @@
 // tool reading the mesh's own figures (`meshproxy canary`) can find every caller's metrics.
 // Written when the admin API is up, removed on exit; a process that died leaves its file, which
 // readers report as stale (its pid is gone, or its address does not answer) and skip.
-import { mkdir, readdir, readFile, rm, writeFile, rename } from "node:fs/promises";
+import { mkdir, readdir, rm, writeFile, rename } from "node:fs/promises";
+import { readRegularFile } from "../read-file.js";
 import { join } from "node:path";
 import { randomUUID } from "node:crypto";
 import { isValidServiceName } from "../../config/validate.js";
@@ -79,7 +80,7 @@ export async function listSidecars(dataDir: string): Promise<{ sidecars: Sidecar
     if (!n.endsWith(".json")) continue;
     const file = join(sidecarsDir(dataDir), n);
     try {
-      const r = parseRecord(await readFile(file, "utf8"), file);
+      const r = parseRecord(await readRegularFile(file), file);
       if (processAlive(r)) sidecars.push(r);
       else problems.push(`${file}: stale (process ${r.pid} is gone or is another process now); skipped, remove the file`);
     } catch (e) {

@@ -17,6 +17,7 @@
 // whole when the directory is first used, so a file or directory missing later was deleted:
 // that is an error to report, never an empty (allow-everything) configuration.
 import { mkdir, readFile, writeFile, rename, readdir, rm, chmod, mkdtemp, lstat } from "node:fs/promises";
+import { readRegularFile } from "../read-file.js";
 import { createHash, createPrivateKey, randomUUID, X509Certificate } from "node:crypto";
 import { join } from "node:path";
 import type { CaMaterial } from "../../identity/ca.js";
@@ -169,7 +170,7 @@ export async function ensureCa(dir: string): Promise<DevCa & { created: boolean 
       await rm(tmp, { recursive: true, force: true });
     }
   }
-  const [roots, cfgText] = await Promise.all([readCaRoots(dir, { rotated: false }), readFile(p.caConfig, "utf8")]);
+  const [roots, cfgText] = await Promise.all([readCaRoots(dir, { rotated: false }), readRegularFile(p.caConfig)]);
   return { ...roots, config: parseCaConfig(cfgText, p.caConfig), created };
 }
 
@@ -210,12 +211,12 @@ export function parseCaRoots(text: string, file: string): CaRoots {
 export async function readCaRoots(dir: string, opts: { rotated: boolean }): Promise<CaRoots> {
   const p = paths(dir);
   try {
-    return parseCaRoots(await readFile(p.roots, "utf8"), p.roots);
+    return parseCaRoots(await readRegularFile(p.roots), p.roots);
   } catch (e) {
     if (errnoOf(e) !== "ENOENT") throw e instanceof StateError ? e : new StateError(p.roots, `cannot be read (${messageOf(e)})`);
     if (opts.rotated) throw new StateError(p.roots, "missing (deleted?); it says which root is active since `meshproxy ca rotate`: restore it, or run `meshproxy ca rotate` to make a new one");
   }
-  const [certPem, keyPem] = await Promise.all([readFile(p.rootCert, "utf8"), readFile(p.rootKey, "utf8")]);
+  const [certPem, keyPem] = await Promise.all([readRegularFile(p.rootCert), readRegularFile(p.rootKey)]);
   return { certPem, keyPem, rootId: serialOf(certPem), intermediatesPem: [], rootsPem: [certPem], rotated: false };
 }
 
@@ -366,7 +367,7 @@ export async function readCatalog(dir: string, catalog = paths(dir).catalog): Pr
     if (!name.endsWith(".json")) continue;
     const file = join(catalog, name);
     try {
-      entries.push(parseCatalogEntry(await readFile(file, "utf8"), file));
+      entries.push(parseCatalogEntry(await readRegularFile(file), file));
     } catch (e) {
       if (e instanceof StateError) problems.push(e);
       else if (errnoOf(e) !== "ENOENT") {
@@ -456,7 +457,7 @@ export async function readIntentions(dir: string): Promise<IntentionPolicy> {
   const file = paths(dir).intentions;
   let text: string;
   try {
-    text = await readFile(file, "utf8");
+    text = await readRegularFile(file);
   } catch (e) {
     if (errnoOf(e) === "ENOENT") {
       throw new StateError(
@@ -550,7 +551,7 @@ export async function readEntries(dir: string): Promise<EntriesRead> {
       if (!name.endsWith(".json")) continue;
       const file = join(kdir, name);
       try {
-        entries.push(parseEntryFile(await readFile(file, "utf8"), file, kind, name.slice(0, -".json".length)));
+        entries.push(parseEntryFile(await readRegularFile(file), file, kind, name.slice(0, -".json".length)));
       } catch (e) {
         if (e instanceof StateError) problems.push(e);
         else if (errnoOf(e) !== "ENOENT") problems.push(new StateError(file, `cannot be read (${messageOf(e)})`));
@@ -582,7 +583,7 @@ export async function readEntryVersioned(dir: string, kind: EntryKind, name: str
 
 async function readEntryText(file: string): Promise<string | null> {
   try {
-    return await readFile(file, "utf8");
+    return await readRegularFile(file);
   } catch (e) {
     if (errnoOf(e) === "ENOENT") return null;
     throw new StateError(file, `cannot be read (${messageOf(e)})`);
@@ -624,7 +625,7 @@ async function readStoredEntry(dir: string, kind: EntryKind, name: string): Prom
   const file = entryFile(dir, kind, name);
   let text: string;
   try {
-    text = await readFile(file, "utf8");
+    text = await readRegularFile(file);
   } catch (e) {
     if (errnoOf(e) === "ENOENT") return null;
     throw new StateError(file, `cannot be read (${messageOf(e)})`);

@@ -5,8 +5,8 @@
 // until the files are fixed, then starts without a restart.
 import { CoalescedRun } from "../coalesce.js";
 import { watch, type FSWatcher } from "node:fs";
-import { constants } from "node:fs";
-import { open, stat } from "node:fs/promises";
+import { stat } from "node:fs/promises";
+import { NotAFileError, readRegularFile } from "../read-file.js";
 import { setTimeout as sleep } from "node:timers/promises";
 import { createHash, type Hash } from "node:crypto";
 import { dirname } from "node:path";
@@ -30,12 +30,6 @@ export interface StaticControlPlaneOptions {
  * after the other: wait this long after the first event so one re-read sees the finished set.
  */
 const SETTLE_MS = 100;
-
-/**
- * The largest file read (bytes), as the Consul control plane bounds an agent's answer: a config
- * with thousands of endpoints, or a system CA bundle, is well under a MiB.
- */
-export const MAX_STATIC_FILE_BYTES = 64 * 1024 * 1024;
 
 type Load =
   | { readonly ok: true; readonly inputs: string; readonly snapshot: Snapshot; readonly warnings: readonly string[] }
@@ -269,50 +263,16 @@ export class StaticControlPlane implements ControlPlane {
   }
 }
 
-/**
- * Reads a file into the running hash; a read failure is a config error against `field`. Only a
- * regular file is read: a FIFO would block the read (and a thread of libuv's pool) until a
- * writer came, freezing every later reload and the shutdown that waits for it; a device such
- * as /dev/zero would never end. Opened non-blocking, then checked on the open handle, so a file
- * renamed over between the check and the read cannot slip past it.
- */
+/** Reads a file into the running hash; a read failure is a config error against `field`. */
 async function readText(hash: Hash, path: string, configFile: string, field: string, prefix: string): Promise<string> {
-  const refuse = (why: string): never => {
-    hash.update(`${path}\0!${why}\0`);
-    throw new StaticConfigError(configFile, field, `${prefix}${why}`);
-  };
-  let fh;
   try {
-    fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK);
-  } catch (e) {
-    return refuse(`cannot read (${e instanceof Error ? e.message : String(e)})`);
-  }
-  try {
-    const st = await fh.stat();
-    if (st.isDirectory()) return refuse("cannot read (EISDIR: a directory; name the file in it)");
-    if (!st.isFile()) return refuse(`cannot read: not a regular file (${st.isFIFO() ? "a FIFO" : st.isSocket() ? "a socket" : "a device"}); name a file`);
-    if (st.size > MAX_STATIC_FILE_BYTES) return refuse(`cannot read: ${st.size} bytes, larger than ${MAX_STATIC_FILE_BYTES}; is it the right file?`);
-    let text: string;
-    try {
-      // Read to the end, not to the size stat gave: the file may grow while it is read (within the bound).
-      const chunks: Buffer[] = [];
-      let total = 0;
-      for (;;) {
-        const { bytesRead, buffer } = await fh.read(Buffer.alloc(Math.min(Math.max(st.size - total, 0) + 1, 1024 * 1024)), 0, undefined, null);
-        if (bytesRead === 0) break;
-        total += bytesRead;
-        if (total > MAX_STATIC_FILE_BYTES) return refuse(`cannot read: larger than ${MAX_STATIC_FILE_BYTES} bytes; is it the right file?`);
-        chunks.push(buffer.subarray(0, bytesRead));
-      }
-      text = Buffer.concat(chunks, total).toString("utf8");
-    } catch (e) {
-      if (e instanceof StaticConfigError) throw e;
-      return refuse(`cannot read (${e instanceof Error ? e.message : String(e)})`);
-    }
+    const text = await readRegularFile(path);
     hash.update(`${path}\0${text}\0`);
     return text;
-  } finally {
-    await fh.close();
+  } catch (e) {
+    const why = e instanceof NotAFileError && e.code !== "EISDIR" ? `cannot read: ${e.message}` : `cannot read (${e instanceof Error ? e.message : String(e)})`;
+    hash.update(`${path}\0!${why}\0`);
+    throw new StaticConfigError(configFile, field, `${prefix}${why}`);
   }
 }
 
