@@ -106,6 +106,10 @@ t.test("stray arguments name the argument; a command group alone prints its help
     { args: ["-service", "web", "-upstream", "db:8181", "api:9191"], message: /^meshproxy: unexpected argument "api:9191": .*repeat it for another, e\.g\. -upstream db:8181 -upstream api:9191/ },
     { args: ["intention", "create", "-deny", "web", "db", "extra", "-data-dir", state], message: /^meshproxy: intention create: unexpected argument "extra" \(it takes <source> <destination>; run meshproxy intention create -h\)$/ },
     { args: ["intention", "list", "extra", "-data-dir", state], message: /^meshproxy: intention list: unexpected argument "extra" \(it takes no arguments, only flags; / },
+    // The proxy's flags before a command are read by no command: it used ./.meshproxy (made it,
+    // and wrote the intention there) while the user named another directory.
+    { args: ["-data-dir", state, "intention", "create", "-deny", "web", "db"], message: /^meshproxy: -data-dir before the command "intention" is a proxy flag, not read by it; put a command's flags after it \(meshproxy intention \.\.\. -data-dir <value>\)$/ },
+    { args: ["-log-level", "debug", "-data-dir", state, "ca", "roots"], message: /^meshproxy: -log-level, -data-dir before the command "ca" are proxy flags, not read by it; / },
   ];
   for (const c of cases) {
     const p = runMeshproxy(t, c.args, CLEAN_ENV);

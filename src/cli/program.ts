@@ -325,7 +325,15 @@ export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => voi
     // Flags after a subcommand belong to it: without this the proxy's own --data-dir swallows
     // `intention create web db -data-dir X` and the subcommand silently uses ./.meshproxy.
     .enablePositionalOptions()
-    .exitOverride();
+    .exitOverride()
+    // The proxy's flags before a command (`meshproxy -data-dir X intention create web db`) are
+    // the proxy's, read by no command: the command would silently use ./.meshproxy. Refused,
+    // naming the flags and where they go.
+    .hook("preSubcommand", (root, sub) => {
+      const given = root.options.filter((o) => root.getOptionValueSource(o.attributeName()) === "cli").map((o) => `-${o.name()}`);
+      if (given.length === 0) return;
+      throw new UsageError(`${given.join(", ")} before the command "${sub.name()}" ${given.length === 1 ? "is a proxy flag" : "are proxy flags"}, not read by it; put a command's flags after it (meshproxy ${sub.name()} ... ${given[0]} <value>)`);
+    });
 
   program
     .addOption(new Option("--service <name>", "name of the service this proxy represents"))
