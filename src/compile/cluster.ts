@@ -4,7 +4,7 @@
 import type { Cluster, Endpoint } from "../config/snapshot.js";
 import type { HashPolicy, LbPolicy, Limits, LoadBalancer, OutlierDetection } from "../config/http.js";
 import { DEFAULT_LB, DEFAULT_LIMITS, DEFAULTS } from "../config/defaults.js";
-import { MAGLEV_TABLE_SIZE } from "../cluster/balancer.js";
+import { MAGLEV_TABLE_SIZE, hostKey } from "../cluster/balancer.js";
 import { SnapshotError, checkInteger, checkPercent, checkTimerMs } from "../config/validate.js";
 
 /** A cluster as the data plane uses it: no optional settings left, nothing left to check. */
@@ -94,12 +94,33 @@ function compileOutlier(f: string, od: OutlierDetection): OutlierDetection {
 }
 
 /**
+ * One endpoint per address. The runtime keeps a host's state (health, active requests, back-off,
+ * ejection) by its address, so two instances at one address were one host whose health was the
+ * last one listed: an instance restarted on its port under a new id, next to the dead one's
+ * registration not yet removed (critical), was refused as unhealthy. What listens there is one
+ * process; it is healthy when any instance registered at that address is.
+ */
+function oneHostPerAddress(endpoints: readonly Endpoint[]): readonly Endpoint[] {
+  const byKey = new Map<string, number>();
+  const out: Endpoint[] = [];
+  for (const e of endpoints) {
+    const at = byKey.get(hostKey(e));
+    if (at === undefined) {
+      byKey.set(hostKey(e), out.length);
+      out.push(e);
+    } else if (!out[at]!.healthy && e.healthy) out[at] = e;
+  }
+  return out.length === endpoints.length ? endpoints : out;
+}
+
+/**
  * Fills and checks one cluster. `field` is where it sits in the Snapshot (`clusters[db]`); the
  * cluster's failover names are checked against the other clusters by compileSnapshot.
  */
 export function compileCluster(c: Cluster, http2: boolean, field = `clusters[${c.name}]`): CompiledCluster {
   const connectTimeoutMs = c.connectTimeoutMs ?? DEFAULTS.upstreamConnectTimeoutMs;
   checkTimerMs(`${field}.connectTimeoutMs`, connectTimeoutMs);
+  const endpoints = oneHostPerAddress(c.endpoints);
   return {
     name: c.name,
     service: c.service,
@@ -107,8 +128,8 @@ export function compileCluster(c: Cluster, http2: boolean, field = `clusters[${c
     datacenter: c.datacenter,
     sni: c.sni,
     expectedSpiffeId: c.expectedSpiffeId,
-    endpoints: c.endpoints,
-    lb: compileLb(`${field}.lb`, c.lb ?? DEFAULT_LB, c.endpoints.length),
+    endpoints,
+    lb: compileLb(`${field}.lb`, c.lb ?? DEFAULT_LB, endpoints.length),
     outlierDetection: c.outlierDetection ? compileOutlier(`${field}.outlierDetection`, c.outlierDetection) : null,
     limits: compileLimits(`${field}.limits`, c.limits ?? DEFAULT_LIMITS),
     connectTimeoutMs,

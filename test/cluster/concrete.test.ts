@@ -221,6 +221,27 @@ t.test("a host backing off takes streams again once the control plane reports it
   t.equal(deadHost().connectBackoffMs, 0, "unhealthy then healthy again (a restarted instance): the back-off is over");
 });
 
+t.test("two instances at one address (restarted under a new id, the dead one's registration still listed critical): one host, healthy, in every Snapshot", async (t) => {
+  const live = await dbInstance(t);
+  const restarted = { ...endpoint(live.port), id: "db-new" };
+  const stale = { ...endpoint(live.port), id: "db-old", healthy: false };
+  const rt = new ClusterRuntime(compiled("db", [endpoint(live.port)]), tls, pools);
+  t.teardown(() => rt.close());
+  const runtimes = new Map([["db", rt]]);
+  for (const endpoints of [
+    [restarted, stale],
+    [stale, restarted],
+    [stale, restarted, { ...endpoint(live.port), id: "db-third", healthy: false }],
+  ]) {
+    rt.update(compiled("db", endpoints), tls);
+    const hosts = rt.hostsSnapshot().hosts;
+    t.same(hosts.map((h) => [h.port, h.healthy]), [[live.port, true]], `${endpoints.map((e) => e.id).join(", ")}: one host, healthy`);
+    await closed(stream(t, await open(runtimes, "db")));
+  }
+  rt.update(compiled("db", [stale]), tls);
+  t.same(rt.hostsSnapshot().hosts.map((h) => h.healthy), [false], "only the critical one left: unhealthy");
+});
+
 t.test("failover: a cluster with nothing available hands the stream to its failover cluster", async (t) => {
   const live = await dbInstance(t);
   const primary = new ClusterRuntime(compiled("db-primary", [{ ...endpoint(await refusingPort()), healthy: false }], { failover: ["db-backup"] }), tls, pools);
