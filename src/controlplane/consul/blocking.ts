@@ -13,6 +13,15 @@ export interface BlockingOptions<T> {
   readonly parse: (body: unknown, res: AgentResponse) => T;
   readonly onValue: (value: T) => void;
   readonly onError: (e: Error) => void;
+  /**
+   * Called once when a call that should answer at once (no index or hash: the first one, and
+   * the first after an error) has had no answer for `slowMs`. The call goes on (an agent may hold
+   * a first leaf while the servers sign it); this only says why nothing is happening, as the
+   * deadline for it is that of a blocking call (minutes).
+   */
+  readonly onSlow?: (afterMs: number) => void;
+  /** Default 10 s. */
+  readonly slowMs?: number;
   /** The `wait` sent to the agent. Default 5 min (the agent's default). */
   readonly waitMs?: number;
   readonly backoff?: { readonly baseMs: number; readonly maxMs: number };
@@ -104,8 +113,17 @@ export class BlockingQuery<T> {
       // Whole milliseconds: AbortSignal.timeout throws a RangeError on a fraction (wait 200ms).
       const deadlineMs = Math.ceil(waitMs + waitMs / 16) + 5000;
       const deadline = AbortSignal.timeout(deadlineMs);
+      const slowMs = this.o.slowMs ?? 10_000;
+      const blocking = "index" in query || "hash" in query;
+      const slow = blocking || !this.o.onSlow ? null : setTimeout(() => this.o.onSlow?.(slowMs), slowMs);
+      slow?.unref();
       try {
-        const res = await this.o.client.call("GET", this.o.path, { query, signal: AbortSignal.any([signal, deadline]) });
+        let res: AgentResponse;
+        try {
+          res = await this.o.client.call("GET", this.o.path, { query, signal: AbortSignal.any([signal, deadline]) });
+        } finally {
+          if (slow) clearTimeout(slow);
+        }
         // Stopped while the answer was on its way: a stopped watch delivers nothing (its
         // owner may already have dropped the value it would overwrite).
         if (signal.aborted) return;

@@ -338,6 +338,10 @@ export class ConsulControlPlane implements ControlPlane {
         onValue(v);
         this.reconcile();
       },
+      onSlow: (afterMs) => {
+        if (this.stopped) return;
+        this.log.warn("no answer from the Consul agent yet; still waiting (is -http-addr the agent's HTTP API?)", { agent: this.o.client.address, path: opts.path, waited_ms: afterMs });
+      },
       onError: (e) => {
         if (this.stopped) return;
         this.handlers?.error(new ControlPlaneError(key.split(":")[0]!, e.message));
