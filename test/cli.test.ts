@@ -1,7 +1,7 @@
 // The command line as a user meets it: each bad flag is one line on stderr and exit 2, help is
 // exit 0, both dash styles work, and a taken address names the flag that chose it (exit 1).
 import t from "tap";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { runMeshproxy, startSidecar, tempDir, type LogLine } from "./helpers/mesh.js";
@@ -52,6 +52,16 @@ t.test("-h and --help print usage and exit 0", async (t) => {
     t.equal(await p.exited, 0, `${flag}: exit 0`);
     t.match(p.stdoutText(), /^Usage: meshproxy -service <name>/, `${flag}: usage first`);
     t.match(p.stdoutText(), /--service <name>\s+name of the service this proxy represents/, `${flag}: lists -service`);
+    t.equal(p.stderrText(), "", `${flag}: nothing on stderr`);
+  }
+});
+
+t.test("-version and --version print meshproxy's version and the runtime's, exit 0, start nothing", async (t) => {
+  const { version } = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as { version: string };
+  for (const flag of ["-version", "--version"]) {
+    const p = runMeshproxy(t, [flag]);
+    t.equal(await p.exited, 0, `${flag}: exit 0`);
+    t.equal(p.stdoutText(), `meshproxy ${version} (node ${process.version}, OpenSSL ${process.versions.openssl})\n`, `${flag}: one line`);
     t.equal(p.stderrText(), "", `${flag}: nothing on stderr`);
   }
 });

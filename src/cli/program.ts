@@ -316,11 +316,20 @@ export interface Handlers {
   ca(action: "rotate" | "roots", opts: { dataDir: string }): Promise<number>;
 }
 
+/** `meshproxy 0.1.0 (node v20.20.2, OpenSSL 3.0.19)`: the runtime decides TLS and speed (bench/RESULTS.md), so it is part of the answer. */
+function versionLine(): string {
+  // dist/cli/program.js and src/cli/program.ts both sit two levels below the package root.
+  const pkg: unknown = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8"));
+  const version = typeof pkg === "object" && pkg !== null && "version" in pkg && typeof pkg.version === "string" ? pkg.version : "unknown";
+  return `meshproxy ${version} (node ${process.version}, OpenSSL ${process.versions.openssl})`;
+}
+
 export function buildProgram(h: Handlers, setResult: (p: Promise<number>) => void): Command {
   const program = new Command("meshproxy")
     .description("A service-mesh sidecar proxy: mTLS, intentions and traffic management for Consul Connect meshes.\nFlags take one dash or two: -service web or --service web.")
     .usage("-service <name> [-listen host:port -service-addr host:port] [-upstream name:port ...] | -config-file <path>")
     .helpOption("-h, --help", "show this help")
+    .version(versionLine(), "--version", "print meshproxy's version and the runtime's (node, OpenSSL), then exit")
     .showSuggestionAfterError(false)
     // Flags after a subcommand belong to it: without this the proxy's own --data-dir swallows
     // `intention create web db -data-dir X` and the subcommand silently uses ./.meshproxy.
