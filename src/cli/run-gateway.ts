@@ -133,6 +133,9 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
   let stopping = false;
   registerClusterGauges(registry, () => gateway?.clusterStats() ?? []);
   const signals = handleShutdownSignals(log);
+  // The gateway runs until it is stopped, also while it waits for a first readable table (the
+  // route source's polls and watches do not hold the event loop): node would end it with code 13.
+  const keepAlive = setInterval(() => undefined, 2 ** 30);
   const reopen = handleReopenSignals(log, async () => {
     await accessLog.reopen();
     return accessLog.path === null ? null : { file: accessLog.path };
@@ -209,5 +212,6 @@ export async function runGateway(cmd: ProxyCommand): Promise<number> {
     accessLog.close();
     signals.dispose();
     reopen.dispose();
+    clearInterval(keepAlive);
   }
 }

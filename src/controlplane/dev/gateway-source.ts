@@ -86,6 +86,10 @@ export class DevGatewaySource implements GatewayRouteSource {
       seen.add(message);
       if (!reported.has(message)) onProblem(message);
     };
+    // Until a first table reads, start() waits for one, as a sidecar waits for its first
+    // configuration: an unreadable config entry at start is a problem to fix, not an exit.
+    let firstTable: (cfg: GatewayRoutesConfig) => void = () => undefined;
+    const first = new Promise<GatewayRoutesConfig>((resolve) => (firstTable = resolve));
     this.refresher = new CoalescedRun(async () => {
       seen = new Set();
       try {
@@ -94,6 +98,7 @@ export class DevGatewaySource implements GatewayRouteSource {
         if (key !== acceptedKey) {
           // The gateway may refuse a table (one that does not compile): the previous one stays.
           onTable(cfg);
+          if (!accepted) firstTable(cfg);
           accepted = cfg;
           acceptedKey = key;
         }
@@ -103,7 +108,6 @@ export class DevGatewaySource implements GatewayRouteSource {
       reported = seen;
     }, () => this.stopped);
     await this.refresher.run();
-    if (!accepted) throw new Error(`cannot build the gateway's routes from ${this.opts.dataDir}; see the warnings above`);
     const refresh = (): void => {
       this.refresher?.run().catch((e: unknown) => onProblem(`re-reading the state directory: ${messageOf(e)}`));
     };
@@ -118,7 +122,7 @@ export class DevGatewaySource implements GatewayRouteSource {
     // Other datacenters' catalogs may appear at any time; the poll finds them and dead processes.
     this.poll = setInterval(refresh, 500);
     this.poll.unref();
-    return accepted;
+    return accepted ?? first;
   }
 
   private async read(view: View, problem: (message: string) => void): Promise<GatewayRoutesConfig> {
