@@ -6,6 +6,7 @@ import { join } from "node:path";
 import type { AddressInfo } from "node:net";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Server as HttpsServer } from "node:https";
+import { connect as h2connect, createSecureServer, type ClientHttp2Session, type Http2ServerRequest, type Http2ServerResponse } from "node:http2";
 import { fetch, type Response } from "undici";
 import { Service, createLogger, type ServiceOptions } from "../../src/index.js";
 import type { Teardown } from "./mesh.js";
@@ -23,6 +24,26 @@ export interface Served {
   readonly port: number;
   /** Requests the app's handler saw. */
   readonly seen: Array<{ readonly url: string; readonly peer: string | null; readonly host: string | undefined }>;
+}
+
+/**
+ * An HTTP/2 app of `svc` (node:http2's secure server, attached) on 127.0.0.1:0, and a session to
+ * it as `caller` (a leaf of the dev CA `ca`); both closed at teardown.
+ */
+export async function serveHttp2(
+  t: Teardown,
+  svc: Service,
+  handler: (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+  caller: { readonly certPem: string; readonly keyPem: string },
+  ca: { readonly certPem: string },
+): Promise<ClientHttp2Session> {
+  const server = svc.attach(createSecureServer(svc.serverTLSOptions(), handler));
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  t.teardown(() => new Promise((r) => server.close(r)));
+  const session = h2connect(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { ca: ca.certPem, cert: caller.certPem, key: caller.keyPem, checkServerIdentity: () => undefined });
+  t.teardown(() => session.close());
+  return session;
 }
 
 /** An HTTPS app of `svc` answering `<name> <path> from <caller>`; closed at teardown. */

@@ -5,13 +5,10 @@
 // those fields included, as the sidecar judges the other repeated fields: a request its
 // permissions could both allow and deny on the app's readings is refused before the handler.
 import t from "tap";
-import { once } from "node:events";
-import { connect, createSecureServer } from "node:http2";
-import type { AddressInfo } from "node:net";
 import { tempDir } from "../helpers/mesh.js";
 import { configWrite } from "../helpers/l7.js";
 import { leafFor, readDevCa, tlsExchange } from "../helpers/certs.js";
-import { intentions, serve, service } from "../helpers/native.js";
+import { intentions, serve, serveHttp2, service } from "../helpers/native.js";
 
 const PERMISSIONS = [
   { action: "deny", http: { header: [{ name: "authorization", exact: "Bearer admin" }] } },
@@ -85,19 +82,17 @@ t.test("HTTP/2: :authority and a host field that disagree are both judged (node'
   await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: PERMISSIONS }]);
   const api = await service(t, { name: "api", dataDir: dir });
   const handled: string[] = [];
-  const server = api.attach(
-    createSecureServer(api.serverTLSOptions(), (req, res) => {
+  const ca = await readDevCa(dir);
+  const session = await serveHttp2(
+    t,
+    api,
+    (req, res) => {
       handled.push(`${req.url} ${req.authority}`);
       res.end("ok");
-    }),
+    },
+    await leafFor(ca, "web"),
+    ca,
   );
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  t.teardown(() => new Promise((r) => server.close(r)));
-  const ca = await readDevCa(dir);
-  const web = await leafFor(ca, "web");
-  const session = connect(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { ca: ca.certPem, cert: web.certPem, key: web.keyPem, checkServerIdentity: () => undefined });
-  t.teardown(() => session.close());
   const get = (headers: Record<string, string>) =>
     new Promise<number>((resolve, reject) => {
       const s = session.request(headers);

@@ -10,7 +10,7 @@ import { fetch } from "undici";
 import { tempDir } from "../helpers/mesh.js";
 import { configWrite } from "../helpers/l7.js";
 import { leafFor, readDevCa, tlsExchange } from "../helpers/certs.js";
-import { fetchUntil, intentions, serve, service } from "../helpers/native.js";
+import { fetchUntil, intentions, serve, serveHttp2, service } from "../helpers/native.js";
 
 
 t.test("L7 intentions are checked per request on an http service, against the canonical path", async (t) => {
@@ -39,19 +39,17 @@ t.test("an HTTP/2 server of the service gets the same checks: identity per conne
   await intentions(dir, "deny", [{ source: "web", destination: "api", permissions: [{ action: "allow", http: { path_prefix: "/public/" } }] }]);
   const api = await service(t, { name: "api", dataDir: dir });
   const seen: string[] = [];
-  const server = api.attach(
-    createSecureServer(api.serverTLSOptions(), (req, res) => {
+  const ca = await readDevCa(dir);
+  const session = await serveHttp2(
+    t,
+    api,
+    (req, res) => {
       seen.push(`${req.url} from ${api.peerOf(req)?.service ?? "?"}`);
       res.end("ok");
-    }),
+    },
+    await leafFor(ca, "web"),
+    ca,
   );
-  server.listen(0, "127.0.0.1");
-  await once(server, "listening");
-  t.teardown(() => new Promise((r) => server.close(r)));
-  const ca = await readDevCa(dir);
-  const web = await leafFor(ca, "web");
-  const session = connect(`https://127.0.0.1:${(server.address() as AddressInfo).port}`, { ca: ca.certPem, cert: web.certPem, key: web.keyPem, checkServerIdentity: () => undefined });
-  t.teardown(() => session.close());
   const get = (path: string) =>
     new Promise<number>((resolve, reject) => {
       const s = session.request({ ":path": path });
