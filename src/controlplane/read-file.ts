@@ -10,7 +10,7 @@ import { open } from "node:fs/promises";
 /** The largest file read (bytes), as the Consul control plane bounds an agent's answer. */
 export const MAX_CONTROL_PLANE_FILE_BYTES = 64 * 1024 * 1024;
 
-/** A path that names something other than a regular file, or a file past the bound (`code` EFTYPE or EFBIG). */
+/** A path that names a directory (EISDIR), something else that is not a regular file (EFTYPE), or a file past the bound (EFBIG). */
 export class NotAFileError extends Error {
   constructor(
     readonly code: "EFTYPE" | "EFBIG" | "EISDIR",

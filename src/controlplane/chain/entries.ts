@@ -166,14 +166,16 @@ function clip(s: string): string {
   return s.length > 80 ? `${s.slice(0, 77)}...` : s;
 }
 
-/** Accepts `ServiceSubset`, `service_subset` and `serviceSubset` for the same field. */
+/** The keys a field may be written as, in the order pick tries them: `ServiceSubset`, `service_subset`, `serviceSubset`. */
+function spellings(camel: string): string[] {
+  return [camel, camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase(), camel.charAt(0).toLowerCase() + camel.slice(1)];
+}
+
+/** Accepts every spelling of a field (spellings). */
 function pick(o: Obj, camel: string): unknown {
   // Own properties only: a subset or map key such as "constructor" must not find Object.prototype's.
-  if (Object.hasOwn(o, camel)) return o[camel];
-  const snake = camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
-  if (Object.hasOwn(o, snake)) return o[snake];
-  const lower = camel.charAt(0).toLowerCase() + camel.slice(1);
-  return Object.hasOwn(o, lower) ? o[lower] : undefined;
+  for (const k of spellings(camel)) if (Object.hasOwn(o, k)) return o[k];
+  return undefined;
 }
 
 class Fields {
@@ -404,10 +406,6 @@ const ROUTE_QUERY_KEYS = ["Name", "Present", "Exact", "Regex"] as const;
 
 /** Throws EntryError for a key of `f` that is none of `known` (in any spelling pick accepts). */
 type KeyCheck = (f: Fields, known: readonly string[]) => void;
-
-function spellings(camel: string): string[] {
-  return [camel, camel.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase(), camel.charAt(0).toLowerCase() + camel.slice(1)];
-}
 
 /** Go's omitempty zero values: a field written with one of them says nothing. */
 function isZeroValue(v: unknown): boolean {
