@@ -6,7 +6,7 @@ import { DEFAULTS } from "./config/defaults.js";
 import { compileSnapshot, SnapshotError, type CompiledSnapshot } from "./compile/snapshot.js";
 import { syncClusterRuntimes } from "./cluster/sync.js";
 import { alpnFor } from "./compile/inbound.js";
-import { ControlPlaneError, type ControlPlane } from "./controlplane/controlplane.js";
+import { ControlPlaneError, announcementOf, type ControlPlane } from "./controlplane/controlplane.js";
 import type { TlsMaterial } from "./tls/contexts.js";
 import type { SplitWriter } from "./config/split-weights.js";
 import { SessionCache } from "./tls/origin.js";
@@ -197,8 +197,7 @@ export class Proxy extends EventEmitter {
     }
     if (this.publicListener && this.current.publicListener) {
       const [host, port] = splitAddr(this.addrs.public!);
-      const wildcard = host === "0.0.0.0" || host === "::";
-      await this.cp.announce({ address: wildcard ? "127.0.0.1" : host, port, protocol: this.current.publicListener.protocol, ...(wildcard ? { wildcard } : {}) });
+      await this.cp.announce(announcementOf(host, port, this.current.publicListener.protocol));
     }
     this.ready = true;
     this.log.info("proxy ready", { service: this.current.identity.service, control_plane: this.cp.kind, public: this.addrs.public, ...prefixed("upstream.", this.addrs.upstreams) });

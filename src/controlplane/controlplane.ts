@@ -58,6 +58,12 @@ export interface Announcement {
   readonly wildcard?: boolean;
 }
 
+/** The Announcement of a public listener bound at `host`:`port` (the bound port, not 0). */
+export function announcementOf(host: string, port: number, protocol: Protocol): Announcement {
+  const wildcard = host === "0.0.0.0" || host === "::";
+  return { address: wildcard ? "127.0.0.1" : host, port, protocol, ...(wildcard ? { wildcard } : {}) };
+}
+
 export class ControlPlaneError extends Error {
   constructor(
     /** Which watch or call failed, e.g. `intentions`, `ca-roots`, `leaf`. */

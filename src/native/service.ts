@@ -11,7 +11,7 @@ import type { Dispatcher } from "undici";
 import type { Snapshot } from "../config/snapshot.js";
 import { DEFAULTS } from "../config/snapshot.js";
 import { compileSnapshot, SnapshotError, type CompiledSnapshot } from "../compile/snapshot.js";
-import { ControlPlaneError, type ControlPlane, type ProxyRequest } from "../controlplane/controlplane.js";
+import { ControlPlaneError, announcementOf, type ControlPlane, type ProxyRequest } from "../controlplane/controlplane.js";
 import { consulAgentFromEnv, createControlPlane, devChoice, type ControlPlaneChoice } from "../controlplane/select.js";
 import type { AgentClientOptions } from "../controlplane/consul/client.js";
 import type { TlsMaterial } from "../tls/contexts.js";
@@ -431,9 +431,8 @@ export class Service {
       this.registered = null;
       this.cp.withdraw().catch(logRejection(this.log, "deregistering the service instance", "warn"));
     });
-    const wildcard = a.address === "0.0.0.0" || a.address === "::";
     const protocol = this.snapshot.publicListener?.protocol ?? "tcp";
-    this.cp.announce({ address: wildcard ? "127.0.0.1" : a.address, port: a.port, protocol, ...(wildcard ? { wildcard } : {}) }).catch(logRejection(this.log, "registering the service instance"));
+    this.cp.announce(announcementOf(a.address, a.port, protocol)).catch(logRejection(this.log, "registering the service instance"));
   }
 
   /** An undici Dispatcher for `https://<service>.service.consul/...` (fetch's `dispatcher` option). */

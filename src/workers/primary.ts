@@ -9,7 +9,7 @@ import { EventEmitter } from "node:events";
 import { AggregatorRegistry, Counter, type Registry } from "prom-client";
 import type { Snapshot } from "../config/snapshot.js";
 import type { ReopenedLog } from "../cli/signals.js";
-import type { ControlPlane, ControlPlaneError } from "../controlplane/controlplane.js";
+import { announcementOf, type ControlPlane, type ControlPlaneError } from "../controlplane/controlplane.js";
 import type { ClusterStatus } from "../cluster/runtime.js";
 import type { AdminTarget } from "../admin/server.js";
 import type { SplitWriter } from "../config/split-weights.js";
@@ -163,8 +163,7 @@ export class Primary extends EventEmitter implements AdminTarget {
     if (this.stopping) return addresses;
     if (addresses.public && this.applied?.publicListener) {
       const [host, port] = splitAddr(addresses.public);
-      const wildcard = host === "0.0.0.0" || host === "::";
-      await this.cp.announce({ address: wildcard ? "127.0.0.1" : host, port, protocol: this.applied.publicListener.protocol, ...(wildcard ? { wildcard } : {}) });
+      await this.cp.announce(announcementOf(host, port, this.applied.publicListener.protocol));
     }
     this.started = true;
     this.readingsTimer = setInterval(() => void this.gatherReadings().catch(logRejection(this.log, "gathering the workers' request totals")), READINGS_EVERY_MS);
