@@ -63,23 +63,28 @@ export function fieldLines(raw: readonly string[], name: string): string[] | und
 }
 
 /**
- * The lines of `name` (lower case) when there are two or more, FIRST_LINE_ONLY's fields too;
- * undefined otherwise. For an app that is handed the parsed request itself (the Connect-native
- * gate): node:http keeps only the first line of those fields in `headers`, but `rawHeaders` and
- * `headersDistinct` hold every line. Allocates only for a field of two or more lines.
+ * The lines of `name` (lower case), and of `alias` when given (HTTP/2's `:authority` beside
+ * `host`), when there are two or more, FIRST_LINE_ONLY's fields too; undefined otherwise. For an
+ * app that is handed the parsed request itself (the Connect-native gate): node:http keeps only the
+ * first line of those fields in `headers`, but `rawHeaders` and `headersDistinct` hold every line.
+ * Allocates only for two or more lines.
  */
-export function everyFieldLine(raw: readonly string[], name: string): string[] | undefined {
+export function everyFieldLine(raw: readonly string[], name: string, alias?: string): string[] | undefined {
   let out: string[] | undefined;
   let first: string | undefined;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const n = raw[i]!;
-    if (n.length !== name.length || lowerName(n) !== name) continue;
+    if (!isField(n, name) && (alias === undefined || !isField(n, alias))) continue;
     const v = raw[i + 1]!;
     if (first === undefined) first = v;
     else if (out === undefined) out = [first, v];
     else out.push(v);
   }
   return out;
+}
+
+function isField(n: string, lowerCaseName: string): boolean {
+  return n.length === lowerCaseName.length && lowerName(n) === lowerCaseName;
 }
 
 /**

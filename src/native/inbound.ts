@@ -415,24 +415,9 @@ function reply(res: Reply, status: number, body: string): false {
  * canonical target), and an HTTP/2 cookie's crumbs are one cookie.
  */
 function readings(raw: readonly string[], name: string, h2: boolean): string[] | undefined {
-  if (name === "host" || name === ":authority") return h2 ? authorityReadings(raw) : everyFieldLine(raw, "host");
+  if (name === "host" || name === ":authority") return h2 ? everyFieldLine(raw, "host", ":authority") : everyFieldLine(raw, "host");
   if (isRequestPseudoField(name) || (h2 && name === "cookie")) return undefined;
   return everyFieldLine(raw, name);
-}
-
-/** An HTTP/2 request's `:authority` and host lines, when there are two or more of them. */
-function authorityReadings(raw: readonly string[]): string[] | undefined {
-  let out: string[] | undefined;
-  let first: string | undefined;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const n = raw[i]!;
-    if (n !== ":authority" && n !== "host") continue;
-    const v = raw[i + 1]!;
-    if (first === undefined) first = v;
-    else if (out === undefined) out = [first, v];
-    else out.push(v);
-  }
-  return out;
 }
 
 /** node's `stream` event's rawHeaders (flat name, value, …), when it gives them. */
