@@ -134,3 +134,28 @@ t.test("POST /quitquitquit (Envoy's name, used by Job sidecar-stoppers) drains a
   t.equal(r.stdout, "202", "curl -X POST /quitquitquit → 202");
   t.equal(await web.exited, 0, "and the proxy drains and exits 0");
 });
+
+// The endpoints added for Envoy's names mutate like /drain: a page must not be able to take the
+// proxy out of its load balancer (/healthcheck/fail) or stop it (/quitquitquit) from a browser.
+t.test("a web page cannot fail the health check or quit the proxy: cross-site, form and rebinding POSTs are refused", { timeout: 60_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const web = await startSidecar(t, dir, ["-service", "web"]);
+  const port = hostPort(web.adminAddr).port;
+  const own = `127.0.0.1:${port}`;
+  const page: ReadonlyArray<[string, Record<string, string>, number]> = [
+    ["Sec-Fetch-Site cross-site", { host: own, "sec-fetch-site": "cross-site" }, 403],
+    ["a foreign Origin", { host: own, origin: "http://evil.example" }, 403],
+    ["Origin null", { host: own, origin: "null" }, 403],
+    ["a text/plain body (no preflight)", { host: own, "content-type": "text/plain" }, 415],
+    ["a form body", { host: own, "content-type": "application/x-www-form-urlencoded" }, 415],
+    ["a rebound Host", { host: `evil.example:${port}` }, 421],
+  ];
+  for (const path of ["/healthcheck/fail", "/quitquitquit"]) {
+    for (const [what, headers, status] of page) {
+      t.equal((await send(web.adminAddr, "POST", path, headers)).status, status, `POST ${path} with ${what} → ${status}`);
+    }
+  }
+  const ready = await send(web.adminAddr, "GET", "/ready", { host: own });
+  t.same([ready.status, ready.body], [200, "LIVE\n"], "the proxy is still ready: no refused request failed its health check");
+  t.equal(web.child.exitCode, null, "and still running");
+});
